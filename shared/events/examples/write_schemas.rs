@@ -1,0 +1,9 @@
+//! Rewrites `shared/events/schemas/*.json` from the Rust types (`cargo run -p events --example write_schemas`).
+fn main() -> std::io::Result<()> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+    for kind in events::CATALOG {
+        let text = serde_json::to_string_pretty(&(kind.derived_schema)()).expect("schema serializes");
+        std::fs::write(dir.join(format!("{}.json", kind.ty)), text + "\n")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! The event catalog: every event type jetfn knows, its subject, its schema and the functions that consume it.
+
+use serde_json::{Value, json};
+
+use crate::{Event, UserRegistered};
+
+/// Every event subject starts with this token, so one stream (`EVENTS`, subjects `events.>`) holds them all.
+pub const SUBJECT_PREFIX: &str = "events";
+
+/// One row of the catalog.
+#[derive(Debug, Clone, Copy)]
+pub struct EventKind {
+    /// The CloudEvents `type`.
+    pub ty: &'static str,
+    /// The NATS subject events of this type are published on.
+    pub subject: &'static str,
+    /// What the event means.
+    pub description: &'static str,
+    /// The functions whose consumers filter on `subject`.
+    pub consumers: &'static [&'static str],
+    /// The committed JSON Schema file: the contract publishers in other languages validate against.
+    pub schema_file: &'static str,
+    /// The schema derived from the Rust type; a test keeps `schema_file` equal to it.
+    pub derived_schema: fn() -> Value,
+    /// A valid `data` for documentation and smoke tests.
+    pub example_data: fn() -> Value,
+}
+
+/// All event types, in documentation order.
+pub static CATALOG: &[EventKind] = &[EventKind {
+    ty: UserRegistered::TYPE,
+    subject: "events.users.registered",
+    description: "A user created an account; the welcome email goes out.",
+    consumers: &["welcome"],
+    schema_file: include_str!("../schemas/users.registered.json"),
+    derived_schema: schema_for::<UserRegistered>,
+    example_data: || serde_json::to_value(UserRegistered::example()).expect("example serializes"),
+}];
+
+/// Looks a type up in the catalog.
+pub fn kind_by_type(ty: &str) -> Option<&'static EventKind> {
+    CATALOG.iter().find(|kind| kind.ty == ty)
+}
+
+/// The subject events of type `ty` are published on.
+pub fn subject_for(ty: &str) -> String {
+    format!("{SUBJECT_PREFIX}.{ty}")
+}
+
+pub(crate) fn dataschema_uri(ty: &str) -> String {
+    format!("https://schemas.jetfn.dev/events/{ty}.json")
+}
+
+/// Derives the JSON Schema of a whole CloudEvent whose `data` is `T`.
+///
+/// The envelope rules are written here once; the payload rules come from `T`'s derive, so the schema cannot drift
+/// from the type a function deserializes.
+pub fn schema_for<T: Event>() -> Value {
+    let payload = schemars::schema_for!(T);
+    let mut payload = payload.to_value();
+    let payload_obj = payload.as_object_mut().expect("a derived schema is an object");
+    payload_obj.remove("$schema");
+    let mut defs = match payload_obj.remove("$defs") {
+        Some(Value::Object(defs)) => defs,
+        _ => serde_json::Map::new(),
+    };
+    let payload_name = payload_obj
+        .get("title")
+        .and_then(Value::as_str)
+        .unwrap_or("Data")
+        .to_owned();
+    defs.insert(payload_name.clone(), payload);
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": dataschema_uri(T::TYPE),
+        "title": T::TYPE,
+        "description": format!("A CloudEvents 1.0 event (JSON structured mode) of type `{}`, published on `{}`.", T::TYPE, subject_for(T::TYPE)),
+        "type": "object",
+        "required": ["specversion", "id", "source", "type", "data"],
+        "properties": {
+            "specversion": { "const": crate::SPECVERSION },
+            "id": { "type": "string", "minLength": 1, "maxLength": 256, "pattern": "^[A-Za-z0-9._:-]+$",
+                    "description": "Unique per event; publishers set Nats-Msg-Id to it." },
+            "source": { "type": "string", "minLength": 1, "maxLength": 512, "format": "uri-reference" },
+            "type": { "const": T::TYPE },
+            "time": { "type": "string", "format": "date-time" },
+            "datacontenttype": { "const": crate::DATACONTENTTYPE_JSON },
+            "subject": { "type": "string", "maxLength": 256 },
+            "dataschema": { "type": "string", "format": "uri" },
+            "data": { "$ref": format!("#/$defs/{payload_name}") }
+        },
+        "$defs": defs
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed schema files are the contract other languages read; they must equal what the types derive.
+    /// Regenerate them with `cargo run -p jetfn-cli -- schema write`.
+    #[test]
+    fn committed_schemas_match_the_rust_types() {
+        for kind in CATALOG {
+            let committed: Value = serde_json::from_str(kind.schema_file)
+                .unwrap_or_else(|err| panic!("schemas/{}.json is not JSON: {err}", kind.ty));
+            assert_eq!(
+                committed,
+                (kind.derived_schema)(),
+                "schemas/{}.json is out of date; run `cargo run -p jetfn-cli -- schema write`",
+                kind.ty
+            );
+        }
+    }
+
+    #[test]
+    fn subjects_follow_the_scheme() {
+        for kind in CATALOG {
+            assert_eq!(kind.subject, subject_for(kind.ty));
+        }
+    }
+}

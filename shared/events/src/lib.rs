@@ -1,0 +1,34 @@
+//! jetfn's event contract, shared by every publisher and every function.
+//!
+//! It holds the CloudEvents 1.0 envelope, the catalog of event types (subject, schema, consumer), the payload
+//! types, and the validation that both ends run. It does no I/O and knows nothing of NATS or tokio, so a
+//! producer in another service can depend on it alone.
+#![warn(missing_docs)]
+
+mod catalog;
+mod envelope;
+mod payloads;
+pub mod pii;
+mod validate;
+
+pub use catalog::{CATALOG, EventKind, SUBJECT_PREFIX, kind_by_type, schema_for, subject_for};
+pub use envelope::{CloudEvent, DATACONTENTTYPE_JSON, SPECVERSION};
+pub use payloads::{Locale, UserRegistered};
+pub use validate::{FieldError, Invalid, MAX_EVENT_BYTES, Validator};
+
+/// A payload type that travels as the `data` of a CloudEvent.
+///
+/// The JSON Schema derived from the type is the contract for publishers in other languages; `validate` holds the
+/// rules a schema cannot express (for example an expiry that must lie in the future).
+pub trait Event: serde::Serialize + serde::de::DeserializeOwned + schemars::JsonSchema + Send + 'static {
+    /// The CloudEvents `type`, which also names the subject (`events.<type>`).
+    const TYPE: &'static str;
+
+    /// Checks the rules the schema cannot express. An error here is permanent: the event is never retried.
+    ///
+    /// # Errors
+    /// Returns the offending fields, each with its reason.
+    fn validate(&self) -> Result<(), Invalid> {
+        Ok(())
+    }
+}

@@ -1,0 +1,279 @@
+//! Validation at both ends: the publisher refuses an invalid event before it reaches NATS, and a function refuses
+//! one that got through some other way. Both run the same code against the same committed schemas.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::{CATALOG, CloudEvent, Event};
+
+/// The largest event jetfn accepts, envelope included. The `EVENTS` stream's `max_msg_size` holds the same line.
+pub const MAX_EVENT_BYTES: usize = 256 * 1024;
+
+/// One field that failed, named by its JSON pointer (`/data/email`), with a reason that never quotes the value:
+/// values may be personal data and reasons end up in logs and the dead-letter stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// JSON pointer to the field, `""` for the whole event.
+    pub field: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// Why an event was refused. It is never worth retrying.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Invalid {
+    /// Every failure found, in document order.
+    pub errors: Vec<FieldError>,
+}
+
+impl Invalid {
+    /// One failure.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        let mut invalid = Self::default();
+        invalid.push(field, reason);
+        invalid
+    }
+
+    /// Adds a failure.
+    pub fn push(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.errors.push(FieldError { field: field.into(), reason: reason.into() });
+    }
+
+    /// `Ok` when nothing was pushed.
+    ///
+    /// # Errors
+    /// Returns `self` when it holds at least one failure.
+    pub fn into_result(self) -> Result<(), Self> {
+        if self.errors.is_empty() { Ok(()) } else { Err(self) }
+    }
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            let field = if error.field.is_empty() { "(event)" } else { error.field.as_str() };
+            write!(f, "{field}: {}", error.reason)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+/// Holds every catalog schema compiled once, so checking an event allocates no schema.
+pub struct Validator {
+    schemas: HashMap<&'static str, jsonschema::Validator>,
+}
+
+impl fmt::Debug for Validator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Validator").field("types", &self.schemas.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+impl Validator {
+    /// Compiles the committed schema of every catalog type.
+    ///
+    /// # Panics
+    /// When a committed schema is not valid JSON Schema: a build defect that the catalog test catches first.
+    pub fn new() -> Self {
+        let schemas = CATALOG
+            .iter()
+            .map(|kind| {
+                let schema: Value = serde_json::from_str(kind.schema_file).expect("committed schema is JSON");
+                let compiled = jsonschema::options()
+                    .should_validate_formats(true)
+                    .build(&schema)
+                    .unwrap_or_else(|err| panic!("schema of {} does not compile: {err}", kind.ty));
+                (kind.ty, compiled)
+            })
+            .collect();
+        Self { schemas }
+    }
+
+    /// Checks raw bytes as a CloudEvent of any catalog type.
+    ///
+    /// # Errors
+    /// Names every field that fails and why: size, JSON syntax, envelope, unknown type, schema.
+    pub fn check(&self, bytes: &[u8]) -> Result<CloudEvent, Invalid> {
+        if bytes.len() > MAX_EVENT_BYTES {
+            return Err(Invalid::new("", format!("event is {} bytes, over the {MAX_EVENT_BYTES} byte limit", bytes.len())));
+        }
+        let value: Value = serde_json::from_slice(bytes).map_err(|err| {
+            Invalid::new("", format!("not JSON: {} at line {} column {}", describe_json_error(&err), err.line(), err.column()))
+        })?;
+        self.check_value(value)
+    }
+
+    /// Checks an already parsed value as a CloudEvent of any catalog type.
+    ///
+    /// # Errors
+    /// As [`Validator::check`].
+    pub fn check_value(&self, value: Value) -> Result<CloudEvent, Invalid> {
+        let Some(object) = value.as_object() else {
+            return Err(Invalid::new("", "a CloudEvent must be a JSON object"));
+        };
+        let ty = match object.get("type") {
+            Some(Value::String(ty)) => ty.as_str(),
+            Some(_) => return Err(Invalid::new("/type", "must be a string")),
+            None => return Err(Invalid::new("/type", "is required")),
+        };
+        let Some(schema) = self.schemas.get(ty) else {
+            return Err(Invalid::new("/type", "is not an event type in the catalog"));
+        };
+        let mut invalid = Invalid::default();
+        for error in schema.iter_errors(&value) {
+            invalid.push(error.instance_path().to_string(), describe_schema_error(&error));
+        }
+        invalid.into_result()?;
+        serde_json::from_value(value).map_err(|err| Invalid::new("", format!("envelope: {}", describe_json_error(&err))))
+    }
+
+    /// Checks raw bytes as a CloudEvent of type `T`, including `T`'s own rules.
+    ///
+    /// # Errors
+    /// As [`Validator::check`], plus a wrong `type` and `T::validate` failures.
+    pub fn decode<T: Event>(&self, bytes: &[u8]) -> Result<CloudEvent<T>, Invalid> {
+        let event = self.check(bytes)?;
+        Self::typed(event)
+    }
+
+    /// Converts a checked event to its payload type and runs the payload's own rules.
+    ///
+    /// # Errors
+    /// A wrong `type`, a payload that does not fit `T`, or a `T::validate` failure.
+    pub fn typed<T: Event>(event: CloudEvent) -> Result<CloudEvent<T>, Invalid> {
+        if event.ty != T::TYPE {
+            return Err(Invalid::new("/type", format!("this function takes {} events only", T::TYPE)));
+        }
+        let data: T = serde_json::from_value(event.data)
+            .map_err(|err| Invalid::new("/data", describe_json_error(&err)))?;
+        data.validate()?;
+        Ok(CloudEvent {
+            specversion: event.specversion,
+            id: event.id,
+            source: event.source,
+            ty: event.ty,
+            time: event.time,
+            datacontenttype: event.datacontenttype,
+            subject: event.subject,
+            dataschema: event.dataschema,
+            data,
+            extensions: event.extensions,
+        })
+    }
+}
+
+impl Default for Validator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// serde_json's messages can quote the offending value ("invalid type: string \"ada@…\""); keep only the category.
+fn describe_json_error(err: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let message = err.to_string();
+    match err.classify() {
+        Category::Syntax => "syntax error".to_owned(),
+        Category::Eof => "unexpected end of input".to_owned(),
+        Category::Io => "read error".to_owned(),
+        Category::Data => {
+            // "missing field `x`" and "unknown variant" name fields, not values; anything else is cut at the value.
+            match message.find(['"', '\'']) {
+                Some(cut) if !message.starts_with("missing field") => message[..cut].trim_end().to_owned(),
+                _ => message.split(" at line ").next().unwrap_or(&message).to_owned(),
+            }
+        }
+    }
+}
+
+fn describe_schema_error(error: &jsonschema::ValidationError<'_>) -> String {
+    use jsonschema::error::ValidationErrorKind as Kind;
+    match error.kind() {
+        Kind::Required { property } => format!("missing required field {property}"),
+        Kind::Type { kind } => format!("must be of type {kind:?}").to_lowercase(),
+        Kind::Format { format } => format!("is not a valid {format}"),
+        Kind::MinLength { limit } => format!("must be at least {limit} characters"),
+        Kind::MaxLength { limit } => format!("must be at most {limit} characters"),
+        Kind::Pattern { pattern } => format!("does not match the pattern {pattern}"),
+        Kind::Constant { expected_value } => format!("must be {expected_value}"),
+        Kind::Enum { options } => format!("must be one of {options}"),
+        Kind::Minimum { limit } => format!("must be at least {limit}"),
+        Kind::Maximum { limit } => format!("must be at most {limit}"),
+        Kind::MinItems { limit } => format!("must have at least {limit} items"),
+        Kind::MaxItems { limit } => format!("must have at most {limit} items"),
+        Kind::AdditionalProperties { unexpected } => format!("unexpected fields {unexpected:?}"),
+        other => format!("fails the schema ({})", kind_name(other)),
+    }
+}
+
+fn kind_name(kind: &jsonschema::error::ValidationErrorKind) -> String {
+    let debug = format!("{kind:?}");
+    debug.split([' ', '{', '(']).next().unwrap_or("rule").to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Locale, UserRegistered};
+
+    fn event(data: Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "specversion": "1.0", "id": "evt-1", "source": "/tests", "type": "users.registered",
+            "time": "2026-11-25T10:00:00Z", "datacontenttype": "application/json", "data": data
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_valid_event_decodes_to_its_payload() {
+        let validator = Validator::new();
+        let bytes = event(serde_json::json!({"user_id": "u1", "email": "ada@example.com", "name": "Ada", "locale": "vi"}));
+        let decoded = validator.decode::<UserRegistered>(&bytes).unwrap();
+        assert_eq!(decoded.data.locale, Locale::Vi);
+        assert_eq!(decoded.id, "evt-1");
+    }
+
+    #[test]
+    fn a_bad_email_is_named_without_its_value() {
+        let validator = Validator::new();
+        let bytes = event(serde_json::json!({"user_id": "u1", "email": "secret-not-an-email", "name": "Ada"}));
+        let invalid = validator.decode::<UserRegistered>(&bytes).unwrap_err();
+        let text = invalid.to_string();
+        assert!(text.contains("/data/email"), "{text}");
+        assert!(!text.contains("secret-not-an-email"), "{text}");
+    }
+
+    #[test]
+    fn missing_fields_and_unknown_types_are_named() {
+        let validator = Validator::new();
+        let invalid = validator.decode::<UserRegistered>(&event(serde_json::json!({"user_id": "u1"}))).unwrap_err();
+        let text = invalid.to_string();
+        assert!(text.contains("missing required field") && text.contains("email"), "{text}");
+
+        let unknown = br#"{"specversion":"1.0","id":"x","source":"/t","type":"nope","data":{}}"#;
+        assert_eq!(validator.check(unknown).unwrap_err().errors[0].field, "/type");
+        assert!(validator.check(b"{not json").unwrap_err().to_string().contains("not JSON"));
+    }
+
+    #[test]
+    fn oversized_events_are_refused_before_parsing() {
+        let validator = Validator::new();
+        let big = vec![b' '; MAX_EVENT_BYTES + 1];
+        assert!(validator.check(&big).unwrap_err().to_string().contains("byte limit"));
+    }
+
+    #[test]
+    fn header_injection_in_the_name_is_refused() {
+        let validator = Validator::new();
+        let bytes = event(serde_json::json!({"user_id": "u1", "email": "ada@example.com", "name": "Ada\r\nBcc: x@evil.test"}));
+        let invalid = validator.decode::<UserRegistered>(&bytes).unwrap_err();
+        assert_eq!(invalid.errors[0].field, "/data/name");
+    }
+}

@@ -1,0 +1,1 @@
+//! Test harness: real nats-server, SMTP server and OTLP receiver for the integration tests.
