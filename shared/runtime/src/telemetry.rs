@@ -1,0 +1,156 @@
+//! Logs to stdout through `tracing`, and spans to an OTLP backend when the standard `OTEL_EXPORTER_OTLP_*`
+//! variables say where one is. Trace context crosses NATS in W3C `traceparent`/`tracestate` headers.
+
+use anyhow::Context as _;
+use async_nats::HeaderMap;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
+
+/// Flushes and shuts the span exporter down when dropped, so spans of the last messages are not lost on exit.
+#[must_use = "dropping the guard shuts telemetry down"]
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Whether spans are exported.
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Exports what is buffered now; used before exit, where `Drop` might run too late.
+    pub fn flush(&self) {
+        if let Some(provider) = &self.provider
+            && let Err(err) = provider.force_flush()
+        {
+            tracing::warn!(error = %err, "flushing spans failed");
+        }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(err) = provider.shutdown()
+        {
+            tracing::warn!(error = %err, "shutting the span exporter down failed");
+        }
+    }
+}
+
+/// Installs the global subscriber: `RUST_LOG` filters (default `info`), `LOG_FORMAT=json` for containers,
+/// compact text otherwise; plus the OTLP span exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` or
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set (`OTEL_SDK_DISABLED=true` turns it off).
+///
+/// # Errors
+/// The exporter cannot be built from the `OTEL_*` variables, or a subscriber is already installed.
+pub fn init(service_name: &str) -> anyhow::Result<Telemetry> {
+    install(service_name, "info", false)
+}
+
+/// As [`init`] for a command-line tool: logs go to stderr (stdout is the command's output) and only warnings
+/// show unless `RUST_LOG` says otherwise.
+///
+/// # Errors
+/// As [`init`].
+pub fn init_cli(service_name: &str) -> anyhow::Result<Telemetry> {
+    install(service_name, "warn", true)
+}
+
+fn install(service_name: &str, default_filter: &str, stderr: bool) -> anyhow::Result<Telemetry> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|format| format.eq_ignore_ascii_case("json"));
+    let fmt_layer = match (json, stderr) {
+        (true, false) => tracing_subscriber::fmt::layer().json().with_current_span(true).with_filter(filter()).boxed(),
+        (true, true) => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_writer(std::io::stderr)
+            .with_filter(filter())
+            .boxed(),
+        (false, false) => tracing_subscriber::fmt::layer().compact().with_target(false).with_filter(filter()).boxed(),
+        (false, true) => tracing_subscriber::fmt::layer()
+            .compact()
+            .with_target(false)
+            .with_writer(std::io::stderr)
+            .with_filter(filter())
+            .boxed(),
+    };
+
+    let provider = if otlp_configured() {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+            .context("building the OTLP span exporter from OTEL_EXPORTER_OTLP_*")?;
+        let mut resource = opentelemetry_sdk::Resource::builder();
+        if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+            resource = resource.with_service_name(service_name.to_owned());
+        }
+        Some(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource.build()).build())
+    } else {
+        None
+    };
+    let otel_layer = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(service_name.to_owned()))
+            .with_filter(EnvFilter::new("info,runtime=debug"))
+    });
+    tracing_subscriber::registry()
+        .with(fmt_layer)
+        .with(otel_layer)
+        .try_init()
+        .context("installing the tracing subscriber")?;
+    if provider.is_some() {
+        tracing::info!(service = service_name, "exporting spans over OTLP");
+    }
+    Ok(Telemetry { provider })
+}
+
+fn otlp_configured() -> bool {
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|value| value.eq_ignore_ascii_case("true"));
+    let set = |name: &str| std::env::var(name).is_ok_and(|value| !value.is_empty());
+    !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+/// Writes the current span's context into NATS headers as `traceparent`/`tracestate`.
+pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
+    let context = span.context();
+    TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
+}
+
+/// Makes `span` a child of the trace context carried in `headers`, if any.
+pub fn set_parent_from(span: &tracing::Span, headers: Option<&HeaderMap>) {
+    let Some(headers) = headers else { return };
+    let context = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    // An error means the span is disabled or already started; there is nothing to parent then.
+    let _ = span.set_parent(context);
+}
+
+/// NATS header names are case-sensitive (ADR-4); W3C names are lowercase, so write them lowercase.
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value.as_str());
+    }
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(async_nats::HeaderValue::as_str)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(name, _)| name.as_ref()).collect()
+    }
+}

@@ -1,0 +1,596 @@
+//! The consume loop: bind the durable consumer, run the handler on each message under the consumer's
+//! concurrency cap, and turn its outcome into exactly one of ack, delayed NAK, or dead-letter + TERM.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use events::{CloudEvent, Event, Validator};
+use futures::StreamExt as _;
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use crate::config::{JobConfig, NatsConfig};
+use crate::dlq::{DeadLetter, DeathKind, Failures, strip_control_headers};
+use crate::health::Health;
+use crate::ledger::{Effect, Ledger};
+
+use crate::{JobError, telemetry};
+
+/// One delivery of an event to a handler.
+#[derive(Debug)]
+pub struct Job<T> {
+    /// The validated event.
+    pub event: CloudEvent<T>,
+    /// 1 for the first delivery.
+    pub attempt: u32,
+    /// The consumer's `max_deliver`, `None` when unlimited.
+    pub max_deliver: Option<u32>,
+    /// The event's sequence in its stream.
+    pub stream_sequence: u64,
+    ledger: Ledger,
+    shutdown: CancellationToken,
+}
+
+impl<T> Job<T> {
+    /// Runs `effect` at most once for this event across redeliveries, re-publishes and replicas. `name` tells
+    /// the effects of one event apart (for example `customer-email` and `admin-email`).
+    ///
+    /// # Errors
+    /// The effect's error, or a transient ledger error.
+    pub async fn once<R, F, Fut>(&self, name: &str, effect: F) -> Result<Effect<R>, JobError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<R, JobError>>,
+    {
+        let key = self.ledger.key(&self.event.id, name);
+        self.ledger.once(&key, effect).await
+    }
+
+    /// The idempotency key of an effect, for a downstream system that deduplicates (an email's `Message-ID`).
+    pub fn effect_key(&self, name: &str) -> String {
+        self.ledger.key(&self.event.id, name)
+    }
+
+    /// Whether a failure now goes to the dead-letter stream instead of being retried.
+    pub fn is_last_attempt(&self) -> bool {
+        self.max_deliver.is_some_and(|max| self.attempt >= max)
+    }
+
+    /// Whether the process is draining; long handlers may stop early and return a transient error.
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+}
+
+/// A connected function runtime, ready to serve one consumer.
+pub struct Runtime {
+    name: String,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    job: JobConfig,
+    validator: Arc<Validator>,
+    health: Health,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("name", &self.name).field("job", &self.job).finish_non_exhaustive()
+    }
+}
+
+/// What the consumer on the server says; read at bind time so `infra/` is the one place retries are set.
+#[derive(Debug, Clone)]
+struct Policy {
+    stream: String,
+    consumer: String,
+    backoff: Vec<Duration>,
+    max_deliver: Option<u32>,
+    ack_wait: Duration,
+    max_ack_pending: usize,
+}
+
+impl Policy {
+    /// The delay before attempt `attempt + 1`: the consumer's backoff list, the last value reused.
+    fn delay_after(&self, attempt: u32) -> Duration {
+        if self.backoff.is_empty() {
+            let exp = attempt.saturating_sub(1).min(8);
+            return (Duration::from_secs(1) * (1 << exp)).min(Duration::from_secs(300));
+        }
+        let index = usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX).min(self.backoff.len() - 1);
+        self.backoff[index]
+    }
+
+    /// Progress acks must land before the server's redelivery deadline; with a backoff list that deadline is
+    /// the current backoff step, so tick at a third of the shortest.
+    fn progress_period(&self) -> Duration {
+        let shortest = self.backoff.iter().copied().chain([self.ack_wait]).min().unwrap_or(self.ack_wait);
+        (shortest / 3).max(Duration::from_millis(100))
+    }
+
+    fn is_last(&self, attempt: u32) -> bool {
+        self.max_deliver.is_some_and(|max| attempt >= max)
+    }
+}
+
+struct Shared<H, T> {
+    name: String,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    job: JobConfig,
+    policy: Policy,
+    validator: Arc<Validator>,
+    ledger: Ledger,
+    failures: Failures,
+    handler: H,
+    shutdown: CancellationToken,
+    _event: PhantomData<fn() -> T>,
+}
+
+impl Runtime {
+    /// Connects with `NATS_*` and reads `JOB_*`; `name` is the function's name and, by default, its consumer's.
+    ///
+    /// # Errors
+    /// A configuration variable that does not parse, or a connection option that cannot be used.
+    pub async fn from_env(name: &str) -> anyhow::Result<Self> {
+        let nats = NatsConfig::from_env().context("reading NATS_* configuration")?;
+        let job = JobConfig::from_env().context("reading JOB_* configuration")?;
+        Self::new(name, &nats, job).await
+    }
+
+    /// Connects with explicit configuration.
+    ///
+    /// # Errors
+    /// As [`Runtime::from_env`].
+    pub async fn new(name: &str, nats: &NatsConfig, job: JobConfig) -> anyhow::Result<Self> {
+        tracing::info!(function = name, ?job, nats_url = %nats.url, "starting");
+        let client = crate::connect(nats, name).await?;
+        let js = jetstream::new(client.clone());
+        let health = Health::default();
+        health.watch_client(client.clone());
+        Ok(Self { name: name.to_owned(), client, js, job, validator: Arc::new(Validator::new()), health })
+    }
+
+    /// The NATS connection, for handlers that publish.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Serves the consumer until `shutdown` resolves, then drains: stops pulling, lets in-flight handlers finish
+    /// within `JOB_DRAIN_TIMEOUT_SECS` and acks them. What is unfinished at the deadline is redelivered later.
+    ///
+    /// # Errors
+    /// Only start-up failures (the health address cannot be bound); once messages flow, errors are handled per
+    /// message and never end the loop.
+    pub async fn serve<T, H, Fut>(self, handler: H, shutdown: impl Future<Output = ()>) -> anyhow::Result<()>
+    where
+        T: Event,
+        H: Fn(Job<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), JobError>> + Send + 'static,
+    {
+        let stop = CancellationToken::new();
+        if let Some(addr) = &self.job.health_addr {
+            self.health.clone().serve(addr, stop.clone()).await?;
+        }
+        let stopper = stop.clone();
+        let mut shutdown = std::pin::pin!(shutdown);
+        let bound = tokio::select! {
+            () = &mut shutdown => None,
+            bound = self.bind() => Some(bound),
+        };
+        let Some((consumer, policy, ledger, failures)) = bound else {
+            tracing::info!("stopped before the consumer was bound");
+            return Ok(());
+        };
+        self.health.set_bound(true);
+        tracing::info!(
+            stream = %policy.stream, consumer = %policy.consumer, max_deliver = ?policy.max_deliver,
+            backoff = ?policy.backoff, max_ack_pending = policy.max_ack_pending, "consumer bound; serving"
+        );
+
+        let shared = Arc::new(Shared {
+            name: self.name.clone(),
+            client: self.client.clone(),
+            js: self.js.clone(),
+            job: self.job.clone(),
+            policy: policy.clone(),
+            validator: self.validator.clone(),
+            ledger,
+            failures,
+            handler,
+            shutdown: stopper.clone(),
+            _event: PhantomData,
+        });
+        let tracker = TaskTracker::new();
+        let permits = Arc::new(Semaphore::new(policy.max_ack_pending));
+        let batch = policy.max_ack_pending.clamp(1, 256);
+
+        'pull: loop {
+            let mut messages = match consumer
+                .stream()
+                .max_messages_per_batch(batch)
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages()
+                .await
+            {
+                Ok(messages) => messages,
+                Err(err) => {
+                    tracing::warn!(error = %err, "starting the pull failed; retrying");
+                    tokio::select! {
+                        () = &mut shutdown => break 'pull,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue 'pull,
+                    }
+                }
+            };
+            loop {
+                let permit = tokio::select! {
+                    () = &mut shutdown => break 'pull,
+                    permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                };
+                let next = tokio::select! {
+                    () = &mut shutdown => break 'pull,
+                    next = messages.next() => next,
+                };
+                match next {
+                    Some(Ok(message)) => {
+                        let shared = shared.clone();
+                        tracker.spawn(async move {
+                            process(&shared, message).await;
+                            drop(permit);
+                        });
+                    }
+                    Some(Err(err)) => {
+                        tracing::warn!(error = %err, "pull error; continuing");
+                        if matches!(err.kind(), jetstream::consumer::pull::MessagesErrorKind::ConsumerDeleted) {
+                            self.health.set_bound(false);
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue 'pull;
+                        }
+                    }
+                    None => continue 'pull,
+                }
+            }
+        }
+
+        // Draining: nothing new is pulled; messages buffered but not started are redelivered after ack_wait.
+        self.health.set_bound(false);
+        stopper.cancel();
+        tracker.close();
+        let in_flight = tracker.len();
+        tracing::info!(in_flight, timeout_secs = self.job.drain_timeout_secs, "draining in-flight handlers");
+        if tokio::time::timeout(self.job.drain_timeout(), tracker.wait()).await.is_err() {
+            tracing::warn!(
+                still_running = tracker.len(),
+                "drain timeout reached; unfinished messages will be redelivered"
+            );
+        }
+        if let Err(err) = self.client.flush().await {
+            tracing::warn!(error = %err, "flushing the NATS connection failed");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    /// Waits until the consumer and the ledger buckets exist, then reads the consumer's retry policy.
+    async fn bind(&self) -> (PullConsumer, Policy, Ledger, Failures) {
+        let consumer_name = self.job.consumer.clone().unwrap_or_else(|| self.name.clone());
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.try_bind(&consumer_name).await {
+                Ok(bound) => return bound,
+                Err(err) => {
+                    tracing::warn!(
+                        error = %format!("{err:#}"), stream = %self.job.stream, consumer = %consumer_name,
+                        "cannot bind yet (run `jetfn infra apply`?); retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn try_bind(&self, consumer_name: &str) -> anyhow::Result<(PullConsumer, Policy, Ledger, Failures)> {
+        let consumer: PullConsumer = self
+            .js
+            .get_consumer_from_stream(consumer_name, &self.job.stream)
+            .await
+            .with_context(|| format!("consumer {consumer_name} on stream {}", self.job.stream))?;
+        let config = &consumer.cached_info().config;
+        let policy = Policy {
+            stream: self.job.stream.clone(),
+            consumer: consumer_name.to_owned(),
+            backoff: config.backoff.clone(),
+            max_deliver: u32::try_from(config.max_deliver).ok().filter(|max| *max > 0),
+            ack_wait: config.ack_wait,
+            max_ack_pending: usize::try_from(config.max_ack_pending).ok().filter(|max| *max > 0).unwrap_or(1000),
+        };
+        let ledger_store = self
+            .js
+            .get_key_value(&self.job.ledger_bucket)
+            .await
+            .with_context(|| format!("KV bucket {}", self.job.ledger_bucket))?;
+        let failures_store = self
+            .js
+            .get_key_value(&self.job.failures_bucket)
+            .await
+            .with_context(|| format!("KV bucket {}", self.job.failures_bucket))?;
+        let ledger = Ledger::new(ledger_store, &self.name, Duration::from_secs(self.job.ledger_lease_secs));
+        Ok((consumer, policy, ledger, Failures::new(failures_store)))
+    }
+}
+
+enum Outcome {
+    Ack,
+    Retry(JobError),
+    Dead(DeathKind, String),
+}
+
+async fn process<T, H, Fut>(shared: &Arc<Shared<H, T>>, message: jetstream::Message)
+where
+    T: Event,
+    H: Fn(Job<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), JobError>> + Send + 'static,
+{
+    let (attempt, sequence) = match message.info() {
+        Ok(info) => (u32::try_from(info.delivered).unwrap_or(u32::MAX), info.stream_sequence),
+        Err(err) => {
+            tracing::error!(error = %err, "message without JetStream metadata; ignoring it");
+            return;
+        }
+    };
+    let policy = &shared.policy;
+    let subject = message.subject.to_string();
+    let message_id = message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(async_nats::header::NATS_MESSAGE_ID))
+        .map(|id| id.as_str().to_owned())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "process",
+        "otel.name" = %format!("process {subject}"),
+        "otel.kind" = "consumer",
+        "otel.status_code" = tracing::field::Empty,
+        "messaging.system" = "nats",
+        "messaging.operation.type" = "process",
+        "messaging.destination.name" = %subject,
+        "messaging.consumer.group.name" = %policy.consumer,
+        "messaging.message.id" = %message_id,
+        "messaging.message.body.size" = message.payload.len(),
+        "messaging.nats.stream" = %policy.stream,
+        "messaging.nats.sequence" = sequence,
+        "jetfn.function" = %shared.name,
+        "jetfn.attempt" = attempt,
+        "jetfn.outcome" = tracing::field::Empty,
+        "error.type" = tracing::field::Empty,
+    );
+    telemetry::set_parent_from(&span, message.headers.as_ref());
+    async move {
+        let outcome = run_attempt(shared, &message, attempt, sequence).await;
+        settle(shared, &message, attempt, sequence, outcome).await;
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn run_attempt<T, H, Fut>(shared: &Arc<Shared<H, T>>, message: &jetstream::Message, attempt: u32, sequence: u64) -> Outcome
+where
+    T: Event,
+    H: Fn(Job<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), JobError>> + Send + 'static,
+{
+    let event = match shared.validator.decode::<T>(&message.payload) {
+        Ok(event) => event,
+        Err(invalid) => return Outcome::Dead(DeathKind::Invalid, format!("invalid event: {invalid}")),
+    };
+    tracing::Span::current().record("messaging.message.id", event.id.as_str());
+    let job = Job {
+        event,
+        attempt,
+        max_deliver: shared.policy.max_deliver,
+        stream_sequence: sequence,
+        ledger: shared.ledger.clone(),
+        shutdown: shared.shutdown.clone(),
+    };
+    // The handler runs in its own task so a panic is caught as a JoinError and the process keeps serving.
+    let mut handle = tokio::spawn((shared.handler)(job).instrument(tracing::Span::current()));
+    let mut progress = tokio::time::interval(shared.policy.progress_period());
+    progress.tick().await;
+    let deadline = tokio::time::sleep(Duration::from_secs(shared.job.handler_timeout_secs));
+    tokio::pin!(deadline);
+    let joined = loop {
+        tokio::select! {
+            joined = &mut handle => break joined,
+            _ = progress.tick() => {
+                if let Err(err) = message.ack_with(AckKind::Progress).await {
+                    tracing::warn!(error = %err, "in-progress ack failed");
+                }
+            }
+            () = &mut deadline => {
+                handle.abort();
+                return Outcome::Retry(JobError::transient(anyhow::anyhow!(
+                    "handler still running after {} s (JOB_HANDLER_TIMEOUT_SECS)", shared.job.handler_timeout_secs
+                )));
+            }
+        }
+    };
+    match joined {
+        Ok(Ok(())) => Outcome::Ack,
+        Ok(Err(err)) if err.is_permanent() => Outcome::Dead(DeathKind::Permanent, err.to_string()),
+        Ok(Err(err)) => Outcome::Retry(err),
+        Err(join) if join.is_panic() => Outcome::Retry(JobError::transient(anyhow::anyhow!("handler panicked"))),
+        Err(join) => Outcome::Retry(JobError::transient(anyhow::anyhow!("handler task failed: {join}"))),
+    }
+}
+
+async fn settle<T, H>(shared: &Arc<Shared<H, T>>, message: &jetstream::Message, attempt: u32, sequence: u64, outcome: Outcome) {
+    let span = tracing::Span::current();
+    let policy = &shared.policy;
+    let outcome = match outcome {
+        Outcome::Retry(err) if policy.is_last(attempt) => {
+            Outcome::Dead(DeathKind::Exhausted, format!("all {attempt} attempts failed; last error: {err}"))
+        }
+        other => other,
+    };
+    match outcome {
+        Outcome::Ack => {
+            if shared.job.test_delay_before_ack_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(shared.job.test_delay_before_ack_ms)).await;
+            }
+            span.record("jetfn.outcome", "ack");
+            double_ack(message).await;
+            if attempt > 1 {
+                shared.failures.clear(&policy.stream, &policy.consumer, sequence).await;
+            }
+            tracing::info!(attempt, "processed");
+        }
+        Outcome::Retry(err) => {
+            let delay = err.requested_delay().unwrap_or_else(|| policy.delay_after(attempt));
+            span.record("jetfn.outcome", "retry");
+            span.record("error.type", "transient");
+            span.record("otel.status_code", "ERROR");
+            shared.failures.record(&policy.stream, &policy.consumer, sequence, &err.to_string()).await;
+            tracing::warn!(attempt, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), error = %err, "attempt failed; will retry");
+            if let Err(nak) = message.ack_with(AckKind::Nak(Some(delay))).await {
+                // Without the NAK the server redelivers after the backoff step anyway.
+                tracing::warn!(error = %nak, "nak failed; the server will redeliver after ack_wait");
+            }
+        }
+        Outcome::Dead(kind, reason) => {
+            span.record("jetfn.outcome", "dead-letter");
+            span.record("error.type", kind.as_str());
+            span.record("otel.status_code", "ERROR");
+            dead_letter(shared, message, attempt, sequence, kind, reason).await;
+        }
+    }
+}
+
+async fn dead_letter<T, H>(
+    shared: &Arc<Shared<H, T>>,
+    message: &jetstream::Message,
+    attempt: u32,
+    sequence: u64,
+    kind: DeathKind,
+    reason: String,
+) {
+    let policy = &shared.policy;
+    let record = shared.failures.record(&policy.stream, &policy.consumer, sequence, &reason).await;
+    let letter = DeadLetter {
+        subject: message.subject.to_string(),
+        stream: policy.stream.clone(),
+        sequence,
+        consumer: policy.consumer.clone(),
+        attempts: u64::from(attempt),
+        reason: reason.clone(),
+        kind,
+        first_failure: record.first(),
+        last_failure: OffsetDateTime::now_utc(),
+        headers: strip_control_headers(message.headers.as_ref()),
+        payload: message.payload.clone(),
+        writer: "runtime".to_owned(),
+    };
+    let dlq_subject = letter.dlq_subject(&shared.job.dlq_prefix);
+    let publish_span = tracing::info_span!(
+        "send",
+        "otel.name" = %format!("send {dlq_subject}"),
+        "otel.kind" = "producer",
+        "messaging.system" = "nats",
+        "messaging.operation.type" = "send",
+        "messaging.destination.name" = %dlq_subject,
+    );
+    let published = letter.publish(&shared.js, &shared.job.dlq_prefix).instrument(publish_span).await;
+    match published {
+        Ok(ack) => {
+            tracing::error!(kind = kind.as_str(), attempt, reason = %reason, dlq_sequence = ack.sequence, "dead-lettered");
+            term(shared, message, kind.as_str()).await;
+            shared.failures.clear(&policy.stream, &policy.consumer, sequence).await;
+        }
+        Err(err) => {
+            // The record is not safe yet, so the original must stay: NAK it and try again later. On the last
+            // delivery the router's MAX_DELIVERIES path picks it up.
+            tracing::error!(error = %format!("{err:#}"), "dead-letter publish failed; the original is kept for another try");
+            let _ = message.ack_with(AckKind::Nak(Some(policy.delay_after(attempt)))).await;
+        }
+    }
+}
+
+/// Acks as a request, so a lost ack is noticed and retried (JetStream's "exactly once" ack).
+async fn double_ack(message: &jetstream::Message) {
+    for attempt in 1..=3u64 {
+        match message.double_ack().await {
+            Ok(()) => return,
+            Err(err) => {
+                tracing::warn!(error = %err, attempt, "ack not confirmed; retrying");
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+        }
+    }
+    tracing::error!("ack never confirmed; the message will be redelivered and the ledger will absorb it");
+}
+
+/// async-nats' `AckKind::Term` sends a bare `+TERM`; the server (2.10.4+) records a reason when one follows.
+async fn term<T, H>(shared: &Arc<Shared<H, T>>, message: &jetstream::Message, reason: &str) {
+    let Some(reply) = message.reply.clone() else { return };
+    let body = bytes::Bytes::from(format!("+TERM {reason}"));
+    for _ in 0..3 {
+        match tokio::time::timeout(Duration::from_secs(5), shared.client.request(reply.clone(), body.clone())).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(err)) => tracing::warn!(error = %err, "term not confirmed; retrying"),
+            Err(_) => tracing::warn!("term timed out; retrying"),
+        }
+    }
+    tracing::error!("term never confirmed; a redelivery will find the dead-letter record already written");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(backoff: &[u64], max_deliver: Option<u32>) -> Policy {
+        Policy {
+            stream: "EVENTS".into(),
+            consumer: "welcome".into(),
+            backoff: backoff.iter().map(|ms| Duration::from_millis(*ms)).collect(),
+            max_deliver,
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 16,
+        }
+    }
+
+    #[test]
+    fn delays_follow_the_backoff_list_and_reuse_the_last() {
+        let policy = policy(&[100, 200, 400], Some(5));
+        assert_eq!(policy.delay_after(1), Duration::from_millis(100));
+        assert_eq!(policy.delay_after(2), Duration::from_millis(200));
+        assert_eq!(policy.delay_after(3), Duration::from_millis(400));
+        assert_eq!(policy.delay_after(9), Duration::from_millis(400));
+        assert!(policy.is_last(5) && !policy.is_last(4));
+    }
+
+    #[test]
+    fn unlimited_deliveries_never_reach_the_last_attempt() {
+        let policy = policy(&[], None);
+        assert!(!policy.is_last(u32::MAX));
+        assert_eq!(policy.delay_after(1), Duration::from_secs(1));
+        assert_eq!(policy.delay_after(50), Duration::from_secs(256));
+    }
+
+    #[test]
+    fn progress_ticks_before_the_shortest_deadline() {
+        assert_eq!(policy(&[300, 600], None).progress_period(), Duration::from_millis(100));
+        assert_eq!(policy(&[30_000], None).progress_period(), Duration::from_secs(10));
+    }
+}
