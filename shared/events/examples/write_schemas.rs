@@ -1,9 +1,12 @@
-//! Rewrites `shared/events/schemas/*.json` from the Rust types (`cargo run -p events --example write_schemas`).
+//! Rewrites `shared/events/schemas/*.json` and `CATALOG.md` from the Rust types
+//! (`cargo run -p events --example write_schemas`).
 fn main() -> std::io::Result<()> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
     for kind in events::CATALOG {
-        let text = serde_json::to_string_pretty(&(kind.derived_schema)()).expect("schema serializes");
+        let text =
+            serde_json::to_string_pretty(&(kind.derived_schema)()).expect("schema serializes");
         std::fs::write(dir.join(format!("{}.json", kind.ty)), text + "\n")?;
     }
+    std::fs::write(dir.with_file_name("CATALOG.md"), events::catalog_markdown())?;
     Ok(())
 }

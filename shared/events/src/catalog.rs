@@ -42,7 +42,8 @@ pub static CATALOG: &[EventKind] = &[EventKind {
 
 /// Deserializes `data` as `T` and runs `T::validate`.
 fn check_data<T: Event>(data: &Value) -> Result<(), Invalid> {
-    let typed: T = serde::Deserialize::deserialize(data).map_err(|err| Invalid::new("/data", crate::validate::describe_json_error(&err)))?;
+    let typed: T = serde::Deserialize::deserialize(data)
+        .map_err(|err| Invalid::new("/data", crate::validate::describe_json_error(&err)))?;
     typed.validate()
 }
 
@@ -67,7 +68,9 @@ pub(crate) fn dataschema_uri(ty: &str) -> String {
 pub fn schema_for<T: Event>() -> Value {
     let payload = schemars::schema_for!(T);
     let mut payload = payload.to_value();
-    let payload_obj = payload.as_object_mut().expect("a derived schema is an object");
+    let payload_obj = payload
+        .as_object_mut()
+        .expect("a derived schema is an object");
     payload_obj.remove("$schema");
     let mut defs = match payload_obj.remove("$defs") {
         Some(Value::Object(defs)) => defs,
@@ -102,12 +105,96 @@ pub fn schema_for<T: Event>() -> Value {
     })
 }
 
+/// The catalog as Markdown: one section per event type with its subject, consumers, payload fields and an
+/// example. `shared/events/CATALOG.md` is this text; a test keeps it current.
+pub fn catalog_markdown() -> String {
+    let mut out = String::from(
+        "# Event catalog\n\n<!-- Generated from the Rust types: `cargo run -p events --example write_schemas`. -->\n\n\
+         Every event is a CloudEvents 1.0 event in JSON structured mode, published on `events.<type>` with\n\
+         `Nats-Msg-Id` set to its `id`. The schema files under `shared/events/schemas/` describe the whole event.\n\n\
+         | type | subject | consumed by | schema |\n|---|---|---|---|\n",
+    );
+    for kind in CATALOG {
+        out.push_str(&format!(
+            "| `{}` | `{}` | {} | [`schemas/{}.json`](schemas/{}.json) |\n",
+            kind.ty,
+            kind.subject,
+            kind.consumers.join(", "),
+            kind.ty,
+            kind.ty
+        ));
+    }
+    for kind in CATALOG {
+        out.push_str(&format!(
+            "\n## `{}`\n\n{}\n\n| field | type | required | description |\n|---|---|---|---|\n",
+            kind.ty, kind.description
+        ));
+        let schema = (kind.derived_schema)();
+        let payload = schema["properties"]["data"]["$ref"]
+            .as_str()
+            .and_then(|r| r.strip_prefix("#/$defs/"))
+            .unwrap_or_default();
+        let def = &schema["$defs"][payload];
+        let required: Vec<&str> = def["required"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if let Some(properties) = def["properties"].as_object() {
+            for (name, property) in properties {
+                let ty = property["type"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .or_else(|| {
+                        property["$ref"]
+                            .as_str()
+                            .map(|r| r.trim_start_matches("#/$defs/").to_owned())
+                    })
+                    .unwrap_or_else(|| "object".to_owned());
+                let format = property["format"]
+                    .as_str()
+                    .map(|f| format!(" ({f})"))
+                    .unwrap_or_default();
+                let description = property["description"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .replace('\n', " ");
+                out.push_str(&format!(
+                    "| `{name}` | {ty}{format} | {} | {description} |\n",
+                    if required.contains(&name.as_str()) {
+                        "yes"
+                    } else {
+                        "no"
+                    }
+                ));
+            }
+        }
+        let example = json!({
+            "specversion": "1.0", "id": "01J0000000000000000000000", "source": "/signup-api", "type": kind.ty,
+            "time": "2026-11-25T10:00:00Z", "datacontenttype": "application/json", "data": (kind.example_data)()
+        });
+        out.push_str(&format!(
+            "\nExample:\n\n```json\n{}\n```\n",
+            serde_json::to_string_pretty(&example).unwrap_or_default()
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_catalog_document_is_current() {
+        let committed = include_str!("../CATALOG.md");
+        assert!(
+            committed == catalog_markdown(),
+            "shared/events/CATALOG.md is out of date; run `cargo run -p events --example write_schemas`"
+        );
+    }
+
     use super::*;
 
     /// The committed schema files are the contract other languages read; they must equal what the types derive.
-    /// Regenerate them with `cargo run -p jetfn-cli -- schema write`.
+    /// Regenerate them with `cargo run -p events --example write_schemas`.
     #[test]
     fn committed_schemas_match_the_rust_types() {
         for kind in CATALOG {
@@ -116,7 +203,7 @@ mod tests {
             assert_eq!(
                 committed,
                 (kind.derived_schema)(),
-                "schemas/{}.json is out of date; run `cargo run -p jetfn-cli -- schema write`",
+                "schemas/{}.json is out of date; run `cargo run -p events --example write_schemas`",
                 kind.ty
             );
         }

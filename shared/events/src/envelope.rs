@@ -24,7 +24,11 @@ pub struct CloudEvent<T = serde_json::Value> {
     #[serde(rename = "type")]
     pub ty: String,
     /// When the occurrence happened.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
     pub time: Option<OffsetDateTime>,
     /// Always `application/json` when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]

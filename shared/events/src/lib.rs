@@ -11,7 +11,9 @@ mod payloads;
 pub mod pii;
 mod validate;
 
-pub use catalog::{CATALOG, EventKind, SUBJECT_PREFIX, kind_by_type, schema_for, subject_for};
+pub use catalog::{
+    CATALOG, EventKind, SUBJECT_PREFIX, catalog_markdown, kind_by_type, schema_for, subject_for,
+};
 pub use envelope::{CloudEvent, DATACONTENTTYPE_JSON, SPECVERSION};
 pub use payloads::{Locale, UserRegistered};
 pub use validate::{FieldError, Invalid, MAX_EVENT_BYTES, Validator};
@@ -20,7 +22,9 @@ pub use validate::{FieldError, Invalid, MAX_EVENT_BYTES, Validator};
 ///
 /// The JSON Schema derived from the type is the contract for publishers in other languages; `validate` holds the
 /// rules a schema cannot express (for example an expiry that must lie in the future).
-pub trait Event: serde::Serialize + serde::de::DeserializeOwned + schemars::JsonSchema + Send + 'static {
+pub trait Event:
+    serde::Serialize + serde::de::DeserializeOwned + schemars::JsonSchema + Send + 'static
+{
     /// The CloudEvents `type`, which also names the subject (`events.<type>`).
     const TYPE: &'static str;
 

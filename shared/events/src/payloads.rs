@@ -65,8 +65,14 @@ impl Event for UserRegistered {
     fn validate(&self) -> Result<(), Invalid> {
         // The schema's `format: email` accepts what RFC 5321 allows; SMTP headers allow less.
         let mut invalid = Invalid::default();
-        if self.email.contains(['\r', '\n', '\0', ' ', '<', '>', ',', ';']) {
-            invalid.push("/data/email", "must be a bare address without spaces, brackets or separators");
+        if self
+            .email
+            .contains(['\r', '\n', '\0', ' ', '<', '>', ',', ';'])
+        {
+            invalid.push(
+                "/data/email",
+                "must be a bare address without spaces, brackets or separators",
+            );
         }
         invalid.into_result()
     }

@@ -38,7 +38,10 @@ impl Invalid {
 
     /// Adds a failure.
     pub fn push(&mut self, field: impl Into<String>, reason: impl Into<String>) {
-        self.errors.push(FieldError { field: field.into(), reason: reason.into() });
+        self.errors.push(FieldError {
+            field: field.into(),
+            reason: reason.into(),
+        });
     }
 
     /// `Ok` when nothing was pushed.
@@ -46,7 +49,11 @@ impl Invalid {
     /// # Errors
     /// Returns `self` when it holds at least one failure.
     pub fn into_result(self) -> Result<(), Self> {
-        if self.errors.is_empty() { Ok(()) } else { Err(self) }
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(self)
+        }
     }
 }
 
@@ -56,7 +63,11 @@ impl fmt::Display for Invalid {
             if i > 0 {
                 f.write_str("; ")?;
             }
-            let field = if error.field.is_empty() { "(event)" } else { error.field.as_str() };
+            let field = if error.field.is_empty() {
+                "(event)"
+            } else {
+                error.field.as_str()
+            };
             write!(f, "{field}: {}", error.reason)?;
         }
         Ok(())
@@ -72,7 +83,9 @@ pub struct Validator {
 
 impl fmt::Debug for Validator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Validator").field("types", &self.schemas.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("Validator")
+            .field("types", &self.schemas.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -85,7 +98,8 @@ impl Validator {
         let schemas = CATALOG
             .iter()
             .map(|kind| {
-                let schema: Value = serde_json::from_str(kind.schema_file).expect("committed schema is JSON");
+                let schema: Value =
+                    serde_json::from_str(kind.schema_file).expect("committed schema is JSON");
                 let compiled = jsonschema::options()
                     .should_validate_formats(true)
                     .build(&schema)
@@ -102,10 +116,24 @@ impl Validator {
     /// Names every field that fails and why: size, JSON syntax, envelope, unknown type, schema.
     pub fn check(&self, bytes: &[u8]) -> Result<CloudEvent, Invalid> {
         if bytes.len() > MAX_EVENT_BYTES {
-            return Err(Invalid::new("", format!("event is {} bytes, over the {MAX_EVENT_BYTES} byte limit", bytes.len())));
+            return Err(Invalid::new(
+                "",
+                format!(
+                    "event is {} bytes, over the {MAX_EVENT_BYTES} byte limit",
+                    bytes.len()
+                ),
+            ));
         }
         let value: Value = serde_json::from_slice(bytes).map_err(|err| {
-            Invalid::new("", format!("not JSON: {} at line {} column {}", describe_json_error(&err), err.line(), err.column()))
+            Invalid::new(
+                "",
+                format!(
+                    "not JSON: {} at line {} column {}",
+                    describe_json_error(&err),
+                    err.line(),
+                    err.column()
+                ),
+            )
         })?;
         self.check_value(value)
     }
@@ -128,13 +156,17 @@ impl Validator {
         };
         let mut invalid = Invalid::default();
         for error in schema.iter_errors(&value) {
-            invalid.push(error.instance_path().to_string(), describe_schema_error(&error));
+            invalid.push(
+                error.instance_path().to_string(),
+                describe_schema_error(&error),
+            );
         }
         invalid.into_result()?;
         if let Some(data) = value.get("data") {
             (kind.check_data)(data)?;
         }
-        serde_json::from_value(value).map_err(|err| Invalid::new("", format!("envelope: {}", describe_json_error(&err))))
+        serde_json::from_value(value)
+            .map_err(|err| Invalid::new("", format!("envelope: {}", describe_json_error(&err))))
     }
 
     /// Checks raw bytes as a CloudEvent of type `T`, including `T`'s own rules.
@@ -152,7 +184,10 @@ impl Validator {
     /// A wrong `type`, a payload that does not fit `T`, or a `T::validate` failure.
     pub fn typed<T: Event>(event: CloudEvent) -> Result<CloudEvent<T>, Invalid> {
         if event.ty != T::TYPE {
-            return Err(Invalid::new("/type", format!("this function takes {} events only", T::TYPE)));
+            return Err(Invalid::new(
+                "/type",
+                format!("this function takes {} events only", T::TYPE),
+            ));
         }
         let data: T = serde_json::from_value(event.data)
             .map_err(|err| Invalid::new("/data", describe_json_error(&err)))?;
@@ -189,8 +224,14 @@ pub(crate) fn describe_json_error(err: &serde_json::Error) -> String {
         Category::Data => {
             // "missing field `x`" and "unknown variant" name fields, not values; anything else is cut at the value.
             match message.find(['"', '\'']) {
-                Some(cut) if !message.starts_with("missing field") => message[..cut].trim_end().to_owned(),
-                _ => message.split(" at line ").next().unwrap_or(&message).to_owned(),
+                Some(cut) if !message.starts_with("missing field") => {
+                    message[..cut].trim_end().to_owned()
+                }
+                _ => message
+                    .split(" at line ")
+                    .next()
+                    .unwrap_or(&message)
+                    .to_owned(),
             }
         }
     }
@@ -218,7 +259,11 @@ fn describe_schema_error(error: &jsonschema::ValidationError<'_>) -> String {
 
 fn kind_name(kind: &jsonschema::error::ValidationErrorKind) -> String {
     let debug = format!("{kind:?}");
-    debug.split([' ', '{', '(']).next().unwrap_or("rule").to_owned()
+    debug
+        .split([' ', '{', '('])
+        .next()
+        .unwrap_or("rule")
+        .to_owned()
 }
 
 #[cfg(test)]
@@ -237,7 +282,9 @@ mod tests {
     #[test]
     fn a_valid_event_decodes_to_its_payload() {
         let validator = Validator::new();
-        let bytes = event(serde_json::json!({"user_id": "u1", "email": "ada@example.com", "name": "Ada", "locale": "vi"}));
+        let bytes = event(
+            serde_json::json!({"user_id": "u1", "email": "ada@example.com", "name": "Ada", "locale": "vi"}),
+        );
         let decoded = validator.decode::<UserRegistered>(&bytes).unwrap();
         assert_eq!(decoded.data.locale, Locale::Vi);
         assert_eq!(decoded.id, "evt-1");
@@ -246,7 +293,9 @@ mod tests {
     #[test]
     fn a_bad_email_is_named_without_its_value() {
         let validator = Validator::new();
-        let bytes = event(serde_json::json!({"user_id": "u1", "email": "secret-not-an-email", "name": "Ada"}));
+        let bytes = event(
+            serde_json::json!({"user_id": "u1", "email": "secret-not-an-email", "name": "Ada"}),
+        );
         let invalid = validator.decode::<UserRegistered>(&bytes).unwrap_err();
         let text = invalid.to_string();
         assert!(text.contains("/data/email"), "{text}");
@@ -256,26 +305,48 @@ mod tests {
     #[test]
     fn missing_fields_and_unknown_types_are_named() {
         let validator = Validator::new();
-        let invalid = validator.decode::<UserRegistered>(&event(serde_json::json!({"user_id": "u1"}))).unwrap_err();
+        let invalid = validator
+            .decode::<UserRegistered>(&event(serde_json::json!({"user_id": "u1"})))
+            .unwrap_err();
         let text = invalid.to_string();
-        assert!(text.contains("missing required field") && text.contains("email"), "{text}");
+        assert!(
+            text.contains("missing required field") && text.contains("email"),
+            "{text}"
+        );
 
         let unknown = br#"{"specversion":"1.0","id":"x","source":"/t","type":"nope","data":{}}"#;
-        assert_eq!(validator.check(unknown).unwrap_err().errors[0].field, "/type");
-        assert!(validator.check(b"{not json").unwrap_err().to_string().contains("not JSON"));
+        assert_eq!(
+            validator.check(unknown).unwrap_err().errors[0].field,
+            "/type"
+        );
+        assert!(
+            validator
+                .check(b"{not json")
+                .unwrap_err()
+                .to_string()
+                .contains("not JSON")
+        );
     }
 
     #[test]
     fn oversized_events_are_refused_before_parsing() {
         let validator = Validator::new();
         let big = vec![b' '; MAX_EVENT_BYTES + 1];
-        assert!(validator.check(&big).unwrap_err().to_string().contains("byte limit"));
+        assert!(
+            validator
+                .check(&big)
+                .unwrap_err()
+                .to_string()
+                .contains("byte limit")
+        );
     }
 
     #[test]
     fn header_injection_in_the_name_is_refused() {
         let validator = Validator::new();
-        let bytes = event(serde_json::json!({"user_id": "u1", "email": "ada@example.com", "name": "Ada\r\nBcc: x@evil.test"}));
+        let bytes = event(
+            serde_json::json!({"user_id": "u1", "email": "ada@example.com", "name": "Ada\r\nBcc: x@evil.test"}),
+        );
         let invalid = validator.decode::<UserRegistered>(&bytes).unwrap_err();
         assert_eq!(invalid.errors[0].field, "/data/name");
     }

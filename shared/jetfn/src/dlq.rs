@@ -55,7 +55,10 @@ const DLQ_PREFIX: &str = "dlq";
 
 pub(crate) async fn run(client: async_nats::Client, command: DlqCommand) -> anyhow::Result<()> {
     let js = jetstream::new(client.clone());
-    let dlq = js.get_stream(DLQ_STREAM).await.context("the DLQ stream (run `jetfn infra apply`)")?;
+    let dlq = js
+        .get_stream(DLQ_STREAM)
+        .await
+        .context("the DLQ stream (run `jetfn infra apply`)")?;
     match command {
         DlqCommand::List { consumer, limit } => {
             let records = read_all(&dlq, consumer.as_deref(), limit).await?;
@@ -63,11 +66,20 @@ pub(crate) async fn run(client: async_nats::Client, command: DlqCommand) -> anyh
                 println!("no dead events");
                 return Ok(());
             }
-            println!("{:>6}  {:<20}  {:<14}  {:<10}  {:>4}  {:<28}  reason", "seq", "last failure", "function", "kind", "tries", "subject");
+            println!(
+                "{:>6}  {:<20}  {:<14}  {:<10}  {:>4}  {:<28}  reason",
+                "seq", "last failure", "function", "kind", "tries", "subject"
+            );
             for (seq, letter) in &records {
                 println!(
                     "{seq:>6}  {:<20}  {:<14}  {:<10}  {:>4}  {:<28}  {}",
-                    letter.last_failure.format(&Rfc3339).unwrap_or_default().chars().take(19).collect::<String>(),
+                    letter
+                        .last_failure
+                        .format(&Rfc3339)
+                        .unwrap_or_default()
+                        .chars()
+                        .take(19)
+                        .collect::<String>(),
                     letter.consumer,
                     letter.kind.as_str(),
                     letter.attempts,
@@ -85,8 +97,14 @@ pub(crate) async fn run(client: async_nats::Client, command: DlqCommand) -> anyh
             println!("function       {}", letter.consumer);
             println!("kind           {}", letter.kind.as_str());
             println!("attempts       {}", letter.attempts);
-            println!("first failure  {}", letter.first_failure.format(&Rfc3339).unwrap_or_default());
-            println!("last failure   {}", letter.last_failure.format(&Rfc3339).unwrap_or_default());
+            println!(
+                "first failure  {}",
+                letter.first_failure.format(&Rfc3339).unwrap_or_default()
+            );
+            println!(
+                "last failure   {}",
+                letter.last_failure.format(&Rfc3339).unwrap_or_default()
+            );
             println!("written by     {}", letter.writer);
             println!("reason         {}", letter.reason);
             for (name, values) in letter.headers.iter() {
@@ -103,32 +121,48 @@ pub(crate) async fn run(client: async_nats::Client, command: DlqCommand) -> anyh
                         mask(&mut value, "");
                         println!("{}", serde_json::to_string_pretty(&value)?);
                     }
-                    Err(_) => println!("(not JSON; {} bytes; use --raw to print it)", letter.payload.len()),
+                    Err(_) => println!(
+                        "(not JSON; {} bytes; use --raw to print it)",
+                        letter.payload.len()
+                    ),
                 }
             }
         }
         DlqCommand::Replay(selection) => {
             for seq in select(&dlq, &selection).await? {
                 let letter = get(&dlq, seq).await?;
-                anyhow::ensure!(!letter.subject.is_empty(), "dlq #{seq} has no original payload to replay");
+                anyhow::ensure!(
+                    !letter.subject.is_empty(),
+                    "dlq #{seq} has no original payload to replay"
+                );
                 let mut headers: HeaderMap = letter.headers.clone();
-                headers.insert(async_nats::header::NATS_MESSAGE_ID, format!("replay:{}:{seq}", letter.message_id()).as_str());
+                headers.insert(
+                    async_nats::header::NATS_MESSAGE_ID,
+                    format!("replay:{}:{seq}", letter.message_id()).as_str(),
+                );
                 headers.insert("Jetfn-Replay-Of", seq.to_string().as_str());
                 let ack = js
                     .publish_with_headers(letter.subject.clone(), headers, letter.payload.clone())
                     .await?
                     .await
                     .with_context(|| format!("replaying dlq #{seq}"))?;
-                println!("replayed dlq #{seq} to {} -> {} seq={}", letter.subject, ack.stream, ack.sequence);
+                println!(
+                    "replayed dlq #{seq} to {} -> {} seq={}",
+                    letter.subject, ack.stream, ack.sequence
+                );
                 if !selection.keep {
-                    dlq.delete_message(seq).await.with_context(|| format!("removing dlq #{seq} after replay"))?;
+                    dlq.delete_message(seq)
+                        .await
+                        .with_context(|| format!("removing dlq #{seq} after replay"))?;
                 }
             }
         }
         DlqCommand::Purge(selection) => {
             let seqs = select(&dlq, &selection).await?;
             for seq in &seqs {
-                dlq.delete_message(*seq).await.with_context(|| format!("deleting dlq #{seq}"))?;
+                dlq.delete_message(*seq)
+                    .await
+                    .with_context(|| format!("deleting dlq #{seq}"))?;
             }
             println!("purged {} dead event(s)", seqs.len());
         }
@@ -139,7 +173,11 @@ pub(crate) async fn run(client: async_nats::Client, command: DlqCommand) -> anyh
 
 async fn select(dlq: &stream::Stream, selection: &Selection) -> anyhow::Result<Vec<u64>> {
     if selection.all {
-        Ok(read_all(dlq, selection.consumer.as_deref(), usize::MAX).await?.into_iter().map(|(seq, _)| seq).collect())
+        Ok(read_all(dlq, selection.consumer.as_deref(), usize::MAX)
+            .await?
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect())
     } else {
         anyhow::ensure!(!selection.seqs.is_empty(), "name DLQ sequences, or --all");
         Ok(selection.seqs.clone())
@@ -147,13 +185,23 @@ async fn select(dlq: &stream::Stream, selection: &Selection) -> anyhow::Result<V
 }
 
 async fn get(dlq: &stream::Stream, seq: u64) -> anyhow::Result<DeadLetter> {
-    let message = dlq.get_raw_message(seq).await.with_context(|| format!("dlq #{seq}"))?;
+    let message = dlq
+        .get_raw_message(seq)
+        .await
+        .with_context(|| format!("dlq #{seq}"))?;
     DeadLetter::from_stored(Some(&message.headers), message.payload)
 }
 
 /// Reads the DLQ with an ephemeral ordered consumer: no state left on the server, no interference with others.
-pub(crate) async fn read_all(dlq: &stream::Stream, consumer: Option<&str>, limit: usize) -> anyhow::Result<Vec<(u64, DeadLetter)>> {
-    let filter = consumer.map_or_else(|| format!("{DLQ_PREFIX}.>"), |name| format!("{DLQ_PREFIX}.*.{name}.*"));
+pub(crate) async fn read_all(
+    dlq: &stream::Stream,
+    consumer: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<Vec<(u64, DeadLetter)>> {
+    let filter = consumer.map_or_else(
+        || format!("{DLQ_PREFIX}.>"),
+        |name| format!("{DLQ_PREFIX}.*.{name}.*"),
+    );
     let mut ordered = dlq
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: filter,
@@ -167,11 +215,16 @@ pub(crate) async fn read_all(dlq: &stream::Stream, consumer: Option<&str>, limit
     let mut messages = ordered.messages().await?;
     let mut records = Vec::new();
     while records.len() < limit {
-        let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await else { break };
+        let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await
+        else {
+            break;
+        };
         let message = message?;
         let info = message.info().map_err(|err| anyhow::anyhow!("{err}"))?;
         let (seq, pending) = (info.stream_sequence, info.pending);
-        if let Ok(letter) = DeadLetter::from_stored(message.headers.as_ref(), message.payload.clone()) {
+        if let Ok(letter) =
+            DeadLetter::from_stored(message.headers.as_ref(), message.payload.clone())
+        {
             records.push((seq, letter));
         }
         if pending == 0 {
@@ -196,9 +249,16 @@ fn mask(value: &mut serde_json::Value, key: &str) {
             }
         }
         serde_json::Value::String(text) => {
-            if ["token", "password", "secret", "code", "otp"].iter().any(|word| key.contains(word)) {
+            if ["token", "password", "secret", "code", "otp"]
+                .iter()
+                .any(|word| key.contains(word))
+            {
                 *text = "***".to_owned();
-            } else if key.contains("email") || key == "to" || key == "reply_to" || text.contains('@') {
+            } else if key.contains("email")
+                || key == "to"
+                || key == "reply_to"
+                || text.contains('@')
+            {
                 *text = events::pii::mask_email(text);
             }
         }
@@ -207,7 +267,11 @@ fn mask(value: &mut serde_json::Value, key: &str) {
 }
 
 fn truncate(text: &str, max: usize) -> String {
-    if text.chars().count() <= max { text.to_owned() } else { text.chars().take(max).collect::<String>() + "…" }
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        text.chars().take(max).collect::<String>() + "…"
+    }
 }
 
 #[cfg(test)]

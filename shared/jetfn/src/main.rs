@@ -15,10 +15,19 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "jetfn", version, about = "Background functions on NATS JetStream")]
+#[command(
+    name = "jetfn",
+    version,
+    about = "Background functions on NATS JetStream"
+)]
 struct Cli {
     /// NATS server URL.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222", global = true)]
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        global = true
+    )]
     nats_url: String,
     /// NATS credentials file.
     #[arg(long, env = "NATS_CREDS_FILE", global = true)]
@@ -82,7 +91,11 @@ struct PublishArgs {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let service = if matches!(cli.command, Command::Dev(_)) { "jetfn-dev" } else { "jetfn-cli" };
+    let service = if matches!(cli.command, Command::Dev(_)) {
+        "jetfn-dev"
+    } else {
+        "jetfn-cli"
+    };
     let telemetry = match runtime::telemetry::init_cli(service) {
         Ok(telemetry) => telemetry,
         Err(err) => {
@@ -96,15 +109,32 @@ async fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", render_error(&err));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
+/// Like `{:#}`, without repeating a cause that the message before it already quoted (NATS errors embed theirs).
+fn render_error(err: &anyhow::Error) -> String {
+    let mut rendered = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if rendered.contains(&text) {
+            continue;
+        }
+        if !rendered.is_empty() {
+            rendered.push_str(": ");
+        }
+        rendered.push_str(&text);
+    }
+    rendered
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let nats = || {
-        let mut config = runtime::config::NatsConfig::from_env().unwrap_or_else(|_| runtime::config::NatsConfig::local(""));
+        let mut config = runtime::config::NatsConfig::from_env()
+            .unwrap_or_else(|_| runtime::config::NatsConfig::local(""));
         config.url.clone_from(&cli.nats_url);
         config.creds_file = cli.nats_creds.clone();
         config
@@ -115,10 +145,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             catalog();
             Ok(())
         }
-        Command::Infra { command: InfraCommand::Apply { dir } } => {
+        Command::Infra {
+            command: InfraCommand::Apply { dir },
+        } => {
             let client = connect(&nats()).await?;
             let definitions = runtime::infra::Definitions::load(&dir)?;
-            definitions.apply(&async_nats::jetstream::new(client)).await?;
+            definitions
+                .apply(&async_nats::jetstream::new(client))
+                .await?;
             println!(
                 "applied {} streams, {} KV buckets, {} consumers from {}",
                 definitions.streams.len(),
@@ -136,11 +170,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// One-shot commands fail fast instead of retrying forever like a function does.
 async fn connect(config: &runtime::config::NatsConfig) -> anyhow::Result<async_nats::Client> {
-    let mut options = async_nats::ConnectOptions::new().name("jetfn-cli").connection_timeout(std::time::Duration::from_secs(5));
+    let mut options = async_nats::ConnectOptions::new()
+        .name("jetfn-cli")
+        .connection_timeout(std::time::Duration::from_secs(5));
     if let Some(path) = &config.creds_file {
-        options = options.credentials_file(path).await.with_context(|| format!("reading {}", path.display()))?;
+        options = options
+            .credentials_file(path)
+            .await
+            .with_context(|| format!("reading {}", path.display()))?;
     }
-    options.connect(config.url.as_str()).await.with_context(|| format!("connecting to NATS at {}", config.url))
+    options
+        .connect(config.url.as_str())
+        .await
+        .with_context(|| format!("connecting to NATS at {}", config.url))
 }
 
 async fn publish(config: &runtime::config::NatsConfig, args: PublishArgs) -> anyhow::Result<()> {
@@ -148,7 +190,9 @@ async fn publish(config: &runtime::config::NatsConfig, args: PublishArgs) -> any
         (Some(event), _, _) => read_arg(event)?,
         (None, data, Some(ty)) => {
             let data: serde_json::Value = match data {
-                Some(data) => serde_json::from_slice(&read_arg(data)?).context("--data is not JSON")?,
+                Some(data) => {
+                    serde_json::from_slice(&read_arg(data)?).context("--data is not JSON")?
+                }
                 None => {
                     let kind = events::kind_by_type(ty)
                         .with_context(|| format!("unknown event type {ty}; see `jetfn catalog`"))?;
@@ -179,7 +223,11 @@ async fn publish(config: &runtime::config::NatsConfig, args: PublishArgs) -> any
         published.subject,
         published.stream,
         published.sequence,
-        if published.duplicate { " (duplicate: already stored, nothing new)" } else { "" }
+        if published.duplicate {
+            " (duplicate: already stored, nothing new)"
+        } else {
+            ""
+        }
     );
     Ok(())
 }
@@ -187,7 +235,9 @@ async fn publish(config: &runtime::config::NatsConfig, args: PublishArgs) -> any
 fn read_arg(arg: &str) -> anyhow::Result<Vec<u8>> {
     if arg == "-" {
         let mut buffer = Vec::new();
-        std::io::stdin().read_to_end(&mut buffer).context("reading stdin")?;
+        std::io::stdin()
+            .read_to_end(&mut buffer)
+            .context("reading stdin")?;
         Ok(buffer)
     } else if let Some(path) = arg.strip_prefix('@') {
         std::fs::read(path).with_context(|| format!("reading {path}"))
@@ -197,8 +247,17 @@ fn read_arg(arg: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 fn catalog() {
-    println!("{:<24} {:<32} {:<20} description", "type", "subject", "consumers");
+    println!(
+        "{:<24} {:<32} {:<20} description",
+        "type", "subject", "consumers"
+    );
     for kind in events::CATALOG {
-        println!("{:<24} {:<32} {:<20} {}", kind.ty, kind.subject, kind.consumers.join(","), kind.description);
+        println!(
+            "{:<24} {:<32} {:<20} {}",
+            kind.ty,
+            kind.subject,
+            kind.consumers.join(","),
+            kind.description
+        );
     }
 }

@@ -8,19 +8,28 @@ pub(crate) async fn run(client: async_nats::Client) -> anyhow::Result<()> {
     let js = jetstream::new(client);
     let mut names: Vec<String> = js.stream_names().try_collect().await?;
     names.sort();
-    println!("{:<12} {:>10} {:>12}  consumers", "stream", "messages", "bytes");
+    println!(
+        "{:<18} {:>10} {:>12}  consumers",
+        "stream", "messages", "bytes"
+    );
     let mut rows = Vec::new();
     for name in &names {
         let mut stream = js.get_stream(name).await?;
         let info = stream.info().await?.clone();
-        println!("{:<12} {:>10} {:>12}  {}", name, info.state.messages, info.state.bytes, info.state.consumer_count);
+        println!(
+            "{:<18} {:>10} {:>12}  {}",
+            name, info.state.messages, info.state.bytes, info.state.consumer_count
+        );
         let consumers: Vec<jetstream::consumer::Info> = stream.consumers().try_collect().await?;
         for consumer in consumers {
             rows.push((name.clone(), consumer));
         }
     }
     println!();
-    println!("{:<12} {:<16} {:>9} {:>9} {:>11} {:>7}", "stream", "function", "waiting", "in-flight", "redelivered", "paused");
+    println!(
+        "{:<12} {:<16} {:>9} {:>9} {:>11} {:>7}",
+        "stream", "function", "waiting", "in-flight", "redelivered", "paused"
+    );
     for (stream, consumer) in rows {
         println!(
             "{:<12} {:<16} {:>9} {:>9} {:>11} {:>7}",

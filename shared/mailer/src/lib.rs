@@ -1,1 +1,45 @@
-//! Email composition and delivery for jetfn functions.
+//! Email rendering, composition and delivery for jetfn functions.
+//!
+//! A function builds one [`Templates`] and one [`Mailer`] at start-up, then per event:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use mailer::{Mailer, Templates, compose};
+//!
+//! let mailer = Mailer::from_env()?;
+//! let templates = Templates::new();
+//!
+//! let locale = events::Locale::Vi;
+//! let rendered = templates.render("welcome", locale, mailer::context! { name => "Ada" })?;
+//! let to = "Ada <ada@example.com>".parse()?;
+//! let message = compose(mailer.from(), &to, None, &rendered, locale, "user.registered/u-1001")?;
+//! match mailer.send(message).await {
+//!     Ok(_) => { /* ack */ }
+//!     Err(e) if e.is_transient() => { /* nak with a delay */ }
+//!     Err(_) => { /* dead-letter, then term */ }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Nothing in this crate logs or displays a full address, a subject, a body or the SMTP password: recipients appear
+//! masked (`ab***@example.com`) and SMTP replies are reduced to their codes, because server replies often echo the
+//! address.
+#![warn(missing_docs)]
+
+mod compose;
+mod config;
+mod error;
+mod templates;
+mod transport;
+
+pub use compose::compose;
+pub use config::{ConfigError, MailerConfig, Secret};
+pub use error::SendError;
+pub use templates::{RenderError, Rendered, Templates};
+pub use transport::{Delivery, Mailer};
+
+/// Re-exported so function crates can build addresses and messages without their own `lettre` dependency.
+pub use lettre::{Address, Message, message::Mailbox};
+/// Re-exported so callers build template contexts with the same minijinja version the templates use.
+pub use minijinja::{Value, context};

@@ -47,7 +47,10 @@ pub async fn connect(config: &NatsConfig, name: &str) -> anyhow::Result<async_na
         options = options.custom_inbox_prefix(prefix.clone());
     }
     tracing::info!(url = %config.url, name, "connecting to NATS");
-    options.connect(config.url.as_str()).await.with_context(|| format!("connecting to NATS at {}", config.url))
+    options
+        .connect(config.url.as_str())
+        .await
+        .with_context(|| format!("connecting to NATS at {}", config.url))
 }
 
 /// 0 ms, then doubling from 100 ms up to 5 s: fast after a blip, gentle during an outage.

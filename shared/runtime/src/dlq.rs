@@ -110,7 +110,11 @@ pub struct DeadLetter {
 impl DeadLetter {
     /// The DLQ subject of one original: `<prefix>.<stream>.<consumer>.<sequence>`.
     pub fn subject_for(prefix: &str, stream: &str, consumer: &str, sequence: u64) -> String {
-        format!("{prefix}.{}.{}.{sequence}", sanitize_token(stream), sanitize_token(consumer))
+        format!(
+            "{prefix}.{}.{}.{sequence}",
+            sanitize_token(stream),
+            sanitize_token(consumer)
+        )
     }
 
     /// This record's DLQ subject.
@@ -127,14 +131,21 @@ impl DeadLetter {
     ///
     /// # Errors
     /// The publish or its ack failed; the caller must not discard the original.
-    pub async fn publish(&self, js: &jetstream::Context, prefix: &str) -> anyhow::Result<jetstream::publish::PublishAck> {
+    pub async fn publish(
+        &self,
+        js: &jetstream::Context,
+        prefix: &str,
+    ) -> anyhow::Result<jetstream::publish::PublishAck> {
         let mut headers = HeaderMap::new();
         for (name, values) in self.headers.iter() {
             for value in values {
                 headers.append(name.clone(), value.clone());
             }
         }
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, self.message_id().as_str());
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            self.message_id().as_str(),
+        );
         headers.insert(header::SUBJECT, self.subject.as_str());
         headers.insert(header::STREAM, self.stream.as_str());
         headers.insert(header::SEQUENCE, self.sequence.to_string().as_str());
@@ -146,7 +157,10 @@ impl DeadLetter {
         headers.insert(header::LAST_FAILURE, rfc3339(self.last_failure).as_str());
         headers.insert(header::WRITER, self.writer.as_str());
         let subject = self.dlq_subject(prefix);
-        let ack = js.publish_with_headers(subject, headers, self.payload.clone()).await?.await?;
+        let ack = js
+            .publish_with_headers(subject, headers, self.payload.clone())
+            .await?
+            .await?;
         Ok(ack)
     }
 
@@ -155,9 +169,18 @@ impl DeadLetter {
     /// # Errors
     /// A message that lacks the `Jetfn-Dlq-*` headers.
     pub fn from_stored(headers: Option<&HeaderMap>, payload: Bytes) -> anyhow::Result<Self> {
-        let headers = headers.ok_or_else(|| anyhow::anyhow!("not a dead-letter record: no headers"))?;
-        let get = |name: &str| headers.get(name).map(HeaderValue::as_str).unwrap_or_default().to_owned();
-        let time = |name: &str| OffsetDateTime::parse(&get(name), &Rfc3339).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let headers =
+            headers.ok_or_else(|| anyhow::anyhow!("not a dead-letter record: no headers"))?;
+        let get = |name: &str| {
+            headers
+                .get(name)
+                .map(HeaderValue::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let time = |name: &str| {
+            OffsetDateTime::parse(&get(name), &Rfc3339).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+        };
         let subject = get(header::SUBJECT);
         if subject.is_empty() {
             anyhow::bail!("not a dead-letter record: no {} header", header::SUBJECT);
@@ -209,7 +232,10 @@ pub fn strip_control_headers(headers: Option<&HeaderMap>) -> HeaderMap {
 
 /// Header values cannot hold CR/LF; reasons are also capped so a runaway error message cannot bloat a record.
 fn header_safe(text: &str) -> String {
-    let mut cleaned: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let mut cleaned: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     if cleaned.len() > 1024 {
         let mut cut = 1024;
         while !cleaned.is_char_boundary(cut) {
@@ -258,7 +284,8 @@ impl FailureRecord {
 
 /// A unix-milliseconds timestamp as a date.
 pub fn from_ms(ms: u64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 impl Failures {
@@ -268,12 +295,22 @@ impl Failures {
     }
 
     fn key(stream: &str, consumer: &str, sequence: u64) -> String {
-        format!("{}.{}.{sequence}", sanitize_token(stream), sanitize_token(consumer))
+        format!(
+            "{}.{}.{sequence}",
+            sanitize_token(stream),
+            sanitize_token(consumer)
+        )
     }
 
     /// Adds a failed attempt and returns the updated record. Journal errors are logged, never fatal: the record is
     /// an aid to diagnosis, not part of delivery.
-    pub async fn record(&self, stream: &str, consumer: &str, sequence: u64, error: &str) -> FailureRecord {
+    pub async fn record(
+        &self,
+        stream: &str,
+        consumer: &str,
+        sequence: u64,
+        error: &str,
+    ) -> FailureRecord {
         let key = Self::key(stream, consumer, sequence);
         let now = now_ms();
         let previous = self.get_by_key(&key).await;
@@ -293,12 +330,17 @@ impl Failures {
 
     /// The record of a message, if it ever failed.
     pub async fn get(&self, stream: &str, consumer: &str, sequence: u64) -> Option<FailureRecord> {
-        self.get_by_key(&Self::key(stream, consumer, sequence)).await
+        self.get_by_key(&Self::key(stream, consumer, sequence))
+            .await
     }
 
     /// Forgets a message that finally succeeded or was dead-lettered.
     pub async fn clear(&self, stream: &str, consumer: &str, sequence: u64) {
-        if let Err(err) = self.store.purge(Self::key(stream, consumer, sequence)).await {
+        if let Err(err) = self
+            .store
+            .purge(Self::key(stream, consumer, sequence))
+            .await
+        {
             tracing::debug!(error = %err, "clearing a failure record failed; it expires with the bucket's max age");
         }
     }

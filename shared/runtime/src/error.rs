@@ -14,17 +14,29 @@ impl JobError {
     /// Another attempt may succeed: NAK with the consumer's backoff for this attempt; dead-lettered after the
     /// last attempt.
     pub fn transient(err: impl Into<anyhow::Error>) -> Self {
-        Self { permanent: false, retry_after: None, source: err.into() }
+        Self {
+            permanent: false,
+            retry_after: None,
+            source: err.into(),
+        }
     }
 
     /// Another attempt cannot succeed (a 5xx SMTP reply, data that will not improve): dead-letter now.
     pub fn permanent(err: impl Into<anyhow::Error>) -> Self {
-        Self { permanent: true, retry_after: None, source: err.into() }
+        Self {
+            permanent: true,
+            retry_after: None,
+            source: err.into(),
+        }
     }
 
     /// Transient, but the handler knows better than the backoff list when to try again (a `Retry-After`).
     pub fn retry_after(err: impl Into<anyhow::Error>, delay: Duration) -> Self {
-        Self { permanent: false, retry_after: Some(delay), source: err.into() }
+        Self {
+            permanent: false,
+            retry_after: Some(delay),
+            source: err.into(),
+        }
     }
 
     /// Whether the runtime dead-letters without retrying.

@@ -29,10 +29,9 @@ impl Health {
 
     /// Connected and bound.
     pub fn ready(&self) -> bool {
-        let connected = self
-            .client
-            .get()
-            .is_some_and(|client| client.connection_state() == async_nats::connection::State::Connected);
+        let connected = self.client.get().is_some_and(|client| {
+            client.connection_state() == async_nats::connection::State::Connected
+        });
         connected && self.bound.load(Ordering::Relaxed)
     }
 
@@ -40,8 +39,14 @@ impl Health {
     ///
     /// # Errors
     /// The address cannot be bound.
-    pub async fn serve(self, addr: &str, stop: CancellationToken) -> anyhow::Result<std::net::SocketAddr> {
-        let listener = TcpListener::bind(addr).await.with_context(|| format!("binding JOB_HEALTH_ADDR {addr}"))?;
+    pub async fn serve(
+        self,
+        addr: &str,
+        stop: CancellationToken,
+    ) -> anyhow::Result<std::net::SocketAddr> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding JOB_HEALTH_ADDR {addr}"))?;
         let local = listener.local_addr()?;
         tracing::info!(addr = %local, "health endpoint listening");
         tokio::spawn(async move {
@@ -50,11 +55,17 @@ impl Health {
                     () = stop.cancelled() => break,
                     accepted = listener.accept() => accepted,
                 };
-                let Ok((mut socket, _)) = accepted else { continue };
+                let Ok((mut socket, _)) = accepted else {
+                    continue;
+                };
                 let health = self.clone();
                 tokio::spawn(async move {
                     let mut buffer = [0u8; 1024];
-                    let read = tokio::time::timeout(std::time::Duration::from_secs(2), socket.read(&mut buffer)).await;
+                    let read = tokio::time::timeout(
+                        std::time::Duration::from_secs(2),
+                        socket.read(&mut buffer),
+                    )
+                    .await;
                     let Ok(Ok(read)) = read else { return };
                     let request = String::from_utf8_lossy(&buffer[..read]);
                     let path = request.split_whitespace().nth(1).unwrap_or("/");

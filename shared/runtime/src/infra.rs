@@ -68,9 +68,16 @@ impl Definitions {
                 if !entry.is_dir() {
                     continue;
                 }
-                let stream_name = entry.file_name().and_then(|name| name.to_str()).unwrap_or_default().to_owned();
+                let stream_name = entry
+                    .file_name()
+                    .and_then(|name| name.to_str())
+                    .unwrap_or_default()
+                    .to_owned();
                 for path in json_files(&entry)? {
-                    consumers.push((stream_name.clone(), read_json::<consumer::pull::Config>(&path)?));
+                    consumers.push((
+                        stream_name.clone(),
+                        read_json::<consumer::pull::Config>(&path)?,
+                    ));
                 }
             }
         }
@@ -81,7 +88,11 @@ impl Definitions {
                 buckets.push(read_json::<BucketDefinition>(&path)?);
             }
         }
-        Ok(Self { streams, consumers, buckets })
+        Ok(Self {
+            streams,
+            consumers,
+            buckets,
+        })
     }
 
     /// The consumer definition named `name` on `stream`.
@@ -93,7 +104,11 @@ impl Definitions {
     }
 
     /// The consumer definition named `name` on `stream`, for changing before apply (tests shorten backoffs).
-    pub fn consumer_mut(&mut self, stream: &str, name: &str) -> Option<&mut consumer::pull::Config> {
+    pub fn consumer_mut(
+        &mut self,
+        stream: &str,
+        name: &str,
+    ) -> Option<&mut consumer::pull::Config> {
         self.consumers
             .iter_mut()
             .find(|(s, config)| s == stream && config.durable_name.as_deref() == Some(name))
@@ -115,12 +130,17 @@ impl Definitions {
             tracing::info!(stream = %config.name, "stream applied");
         }
         for bucket in &self.buckets {
-            apply_bucket(js, bucket).await.with_context(|| format!("applying KV bucket {}", bucket.bucket))?;
+            apply_bucket(js, bucket)
+                .await
+                .with_context(|| format!("applying KV bucket {}", bucket.bucket))?;
             tracing::info!(bucket = %bucket.bucket, "kv bucket applied");
         }
         for (stream_name, config) in &self.consumers {
             let name = config.durable_name.clone().unwrap_or_default();
-            let stream = js.get_stream(stream_name).await.with_context(|| format!("stream {stream_name}"))?;
+            let stream = js
+                .get_stream(stream_name)
+                .await
+                .with_context(|| format!("stream {stream_name}"))?;
             stream
                 .create_consumer(config.clone())
                 .await
@@ -159,7 +179,8 @@ pub fn default_dir() -> PathBuf {
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 

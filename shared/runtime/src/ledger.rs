@@ -41,7 +41,10 @@ pub struct Ledger {
 
 impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ledger").field("function", &self.function).field("lease", &self.lease).finish()
+        f.debug_struct("Ledger")
+            .field("function", &self.function)
+            .field("lease", &self.lease)
+            .finish()
     }
 }
 
@@ -54,14 +57,25 @@ enum Claim {
 impl Ledger {
     /// A ledger for `function` on an existing bucket.
     pub fn new(store: kv::Store, function: &str, lease: Duration) -> Self {
-        Self { store, function: function.to_owned(), owner: uuid::Uuid::now_v7().simple().to_string(), lease }
+        Self {
+            store,
+            function: function.to_owned(),
+            owner: uuid::Uuid::now_v7().simple().to_string(),
+            lease,
+        }
     }
 
     /// The KV key of an effect. The parts are hashed: event ids may hold characters keys cannot, and effect names
     /// often hold a recipient's address, which must not sit in clear in a bucket anyone can list.
     pub fn key(&self, event_id: &str, effect: &str) -> String {
-        let digest = ring::digest::digest(&ring::digest::SHA256, format!("{event_id}\0{effect}").as_bytes());
-        let hex: String = digest.as_ref()[..16].iter().map(|byte| format!("{byte:02x}")).collect();
+        let digest = ring::digest::digest(
+            &ring::digest::SHA256,
+            format!("{event_id}\0{effect}").as_bytes(),
+        );
+        let hex: String = digest.as_ref()[..16]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
         format!("{}.{hex}", sanitize_token(&self.function))
     }
 
@@ -105,9 +119,16 @@ impl Ledger {
             match self.store.create(key, self.pending_value()).await {
                 Ok(revision) => return Ok(Claim::Claimed(revision)),
                 Err(err) if err.kind() == CreateErrorKind::AlreadyExists => {}
-                Err(err) => return Err(JobError::transient(anyhow::anyhow!("ledger create: {err}"))),
+                Err(err) => {
+                    return Err(JobError::transient(anyhow::anyhow!("ledger create: {err}")));
+                }
             }
-            let Some(entry) = self.store.entry(key).await.map_err(|err| JobError::transient(anyhow::anyhow!("ledger read: {err}")))? else {
+            let Some(entry) = self
+                .store
+                .entry(key)
+                .await
+                .map_err(|err| JobError::transient(anyhow::anyhow!("ledger read: {err}")))?
+            else {
                 continue;
             };
             if entry.operation != Operation::Put {
@@ -124,17 +145,25 @@ impl Ledger {
                         age_secs = age.as_secs(),
                         "taking over a stale idempotency claim: the effect may have run once already"
                     );
-                    match self.store.update(key, self.pending_value(), entry.revision).await {
+                    match self
+                        .store
+                        .update(key, self.pending_value(), entry.revision)
+                        .await
+                    {
                         Ok(revision) => return Ok(Claim::Claimed(revision)),
                         Err(_) => continue,
                     }
                 }
                 Value::Unknown => {
-                    return Err(JobError::permanent(anyhow::anyhow!("ledger key holds an unknown value")));
+                    return Err(JobError::permanent(anyhow::anyhow!(
+                        "ledger key holds an unknown value"
+                    )));
                 }
             }
         }
-        Err(JobError::transient(anyhow::anyhow!("ledger claim kept racing; will retry")))
+        Err(JobError::transient(anyhow::anyhow!(
+            "ledger claim kept racing; will retry"
+        )))
     }
 
     async fn mark_done(&self, key: &str, revision: u64) -> Result<(), JobError> {
@@ -153,7 +182,9 @@ impl Ledger {
         }
         // The effect happened but is not recorded: a retry after the lease would repeat it. Say so loudly.
         tracing::error!(error = ?last_error, "side effect done but the ledger could not record it");
-        Err(JobError::transient(anyhow::anyhow!("ledger could not record a completed effect")))
+        Err(JobError::transient(anyhow::anyhow!(
+            "ledger could not record a completed effect"
+        )))
     }
 
     fn pending_value(&self) -> Bytes {
@@ -172,18 +203,33 @@ fn parse_value(value: &[u8]) -> Value {
     let mut parts = text.split(' ');
     match parts.next() {
         Some("done") => Value::Done,
-        Some("pending") => parts.nth(1).and_then(|ms| ms.parse().ok()).map_or(Value::Unknown, Value::Pending),
+        Some("pending") => parts
+            .nth(1)
+            .and_then(|ms| ms.parse().ok())
+            .map_or(Value::Unknown, Value::Pending),
         _ => Value::Unknown,
     }
 }
 
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
 }
 
 /// KV keys allow `[-/_=.a-zA-Z0-9]`; anything else becomes `_`.
 pub(crate) fn sanitize_token(text: &str) -> String {
-    text.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -50,14 +50,20 @@ pub struct Publisher {
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher").field("source", &self.source).finish_non_exhaustive()
+        f.debug_struct("Publisher")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
     }
 }
 
 impl Publisher {
     /// A publisher whose events name `source` (a URI reference such as `/billing-api`).
     pub fn new(client: async_nats::Client, source: impl Into<String>) -> Self {
-        Self { js: jetstream::new(client), validator: Arc::new(Validator::new()), source: source.into() }
+        Self {
+            js: jetstream::new(client),
+            validator: Arc::new(Validator::new()),
+            source: source.into(),
+        }
     }
 
     /// Wraps `data` in a new envelope and publishes it.
@@ -65,15 +71,20 @@ impl Publisher {
     /// # Errors
     /// [`PublishError::Invalid`] before anything is sent; [`PublishError::Nats`] when the stream did not ack.
     pub async fn publish<T: Event>(&self, data: T) -> Result<Published, PublishError> {
-        self.publish_event(&CloudEvent::new(self.source.clone(), data)).await
+        self.publish_event(&CloudEvent::new(self.source.clone(), data))
+            .await
     }
 
     /// Publishes a prepared envelope, keeping its id: publishing the same envelope twice stores it once.
     ///
     /// # Errors
     /// As [`Publisher::publish`].
-    pub async fn publish_event<T: Event>(&self, event: &CloudEvent<T>) -> Result<Published, PublishError> {
-        let bytes = serde_json::to_vec(event).map_err(|err| Invalid::new("", format!("cannot serialize: {err}")))?;
+    pub async fn publish_event<T: Event>(
+        &self,
+        event: &CloudEvent<T>,
+    ) -> Result<Published, PublishError> {
+        let bytes = serde_json::to_vec(event)
+            .map_err(|err| Invalid::new("", format!("cannot serialize: {err}")))?;
         self.publish_json(&bytes).await
     }
 
@@ -96,7 +107,10 @@ impl Publisher {
         );
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, event.id.as_str());
-        headers.insert("content-type", "application/cloudevents+json; charset=utf-8");
+        headers.insert(
+            "content-type",
+            "application/cloudevents+json; charset=utf-8",
+        );
         telemetry::inject(&span, &mut headers);
         let payload = bytes::Bytes::copy_from_slice(bytes);
         async {

@@ -66,17 +66,26 @@ pub fn init_cli(service_name: &str) -> anyhow::Result<Telemetry> {
 
 fn install(service_name: &str, default_filter: &str, stderr: bool) -> anyhow::Result<Telemetry> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let filter =
+        || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|format| format.eq_ignore_ascii_case("json"));
     let fmt_layer = match (json, stderr) {
-        (true, false) => tracing_subscriber::fmt::layer().json().with_current_span(true).with_filter(filter()).boxed(),
+        (true, false) => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_filter(filter())
+            .boxed(),
         (true, true) => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
             .with_writer(std::io::stderr)
             .with_filter(filter())
             .boxed(),
-        (false, false) => tracing_subscriber::fmt::layer().compact().with_target(false).with_filter(filter()).boxed(),
+        (false, false) => tracing_subscriber::fmt::layer()
+            .compact()
+            .with_target(false)
+            .with_filter(filter())
+            .boxed(),
         (false, true) => tracing_subscriber::fmt::layer()
             .compact()
             .with_target(false)
@@ -94,7 +103,12 @@ fn install(service_name: &str, default_filter: &str, stderr: bool) -> anyhow::Re
         if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
             resource = resource.with_service_name(service_name.to_owned());
         }
-        Some(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource.build()).build())
+        Some(
+            SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(resource.build())
+                .build(),
+        )
     } else {
         None
     };
@@ -115,7 +129,8 @@ fn install(service_name: &str, default_filter: &str, stderr: bool) -> anyhow::Re
 }
 
 fn otlp_configured() -> bool {
-    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|value| value.eq_ignore_ascii_case("true"));
+    let disabled =
+        std::env::var("OTEL_SDK_DISABLED").is_ok_and(|value| value.eq_ignore_ascii_case("true"));
     let set = |name: &str| std::env::var(name).is_ok_and(|value| !value.is_empty());
     !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 }

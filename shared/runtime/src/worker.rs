@@ -81,7 +81,10 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("name", &self.name).field("job", &self.job).finish_non_exhaustive()
+        f.debug_struct("Runtime")
+            .field("name", &self.name)
+            .field("job", &self.job)
+            .finish_non_exhaustive()
     }
 }
 
@@ -103,14 +106,22 @@ impl Policy {
             let exp = attempt.saturating_sub(1).min(8);
             return (Duration::from_secs(1) * (1 << exp)).min(Duration::from_secs(300));
         }
-        let index = usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX).min(self.backoff.len() - 1);
+        let index = usize::try_from(attempt.saturating_sub(1))
+            .unwrap_or(usize::MAX)
+            .min(self.backoff.len() - 1);
         self.backoff[index]
     }
 
     /// Progress acks must land before the server's redelivery deadline; with a backoff list that deadline is
     /// the current backoff step, so tick at a third of the shortest.
     fn progress_period(&self) -> Duration {
-        let shortest = self.backoff.iter().copied().chain([self.ack_wait]).min().unwrap_or(self.ack_wait);
+        let shortest = self
+            .backoff
+            .iter()
+            .copied()
+            .chain([self.ack_wait])
+            .min()
+            .unwrap_or(self.ack_wait);
         (shortest / 3).max(Duration::from_millis(100))
     }
 
@@ -154,7 +165,14 @@ impl Runtime {
         let js = jetstream::new(client.clone());
         let health = Health::default();
         health.watch_client(client.clone());
-        Ok(Self { name: name.to_owned(), client, js, job, validator: Arc::new(Validator::new()), health })
+        Ok(Self {
+            name: name.to_owned(),
+            client,
+            js,
+            job,
+            validator: Arc::new(Validator::new()),
+            health,
+        })
     }
 
     /// The NATS connection, for handlers that publish.
@@ -173,7 +191,11 @@ impl Runtime {
     /// # Errors
     /// Only start-up failures (the health address cannot be bound); once messages flow, errors are handled per
     /// message and never end the loop.
-    pub async fn serve<T, H, Fut>(self, handler: H, shutdown: impl Future<Output = ()>) -> anyhow::Result<()>
+    pub async fn serve<T, H, Fut>(
+        self,
+        handler: H,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()>
     where
         T: Event,
         H: Fn(Job<T>) -> Fut + Send + Sync + 'static,
@@ -253,7 +275,10 @@ impl Runtime {
                     }
                     Some(Err(err)) => {
                         tracing::warn!(error = %err, "pull error; continuing");
-                        if matches!(err.kind(), jetstream::consumer::pull::MessagesErrorKind::ConsumerDeleted) {
+                        if matches!(
+                            err.kind(),
+                            jetstream::consumer::pull::MessagesErrorKind::ConsumerDeleted
+                        ) {
                             self.health.set_bound(false);
                             tokio::time::sleep(Duration::from_secs(1)).await;
                             continue 'pull;
@@ -269,8 +294,15 @@ impl Runtime {
         stopper.cancel();
         tracker.close();
         let in_flight = tracker.len();
-        tracing::info!(in_flight, timeout_secs = self.job.drain_timeout_secs, "draining in-flight handlers");
-        if tokio::time::timeout(self.job.drain_timeout(), tracker.wait()).await.is_err() {
+        tracing::info!(
+            in_flight,
+            timeout_secs = self.job.drain_timeout_secs,
+            "draining in-flight handlers"
+        );
+        if tokio::time::timeout(self.job.drain_timeout(), tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 still_running = tracker.len(),
                 "drain timeout reached; unfinished messages will be redelivered"
@@ -285,7 +317,11 @@ impl Runtime {
 
     /// Waits until the consumer and the ledger buckets exist, then reads the consumer's retry policy.
     async fn bind(&self) -> (PullConsumer, Policy, Ledger, Failures) {
-        let consumer_name = self.job.consumer.clone().unwrap_or_else(|| self.name.clone());
+        let consumer_name = self
+            .job
+            .consumer
+            .clone()
+            .unwrap_or_else(|| self.name.clone());
         let mut delay = Duration::from_millis(200);
         loop {
             match self.try_bind(&consumer_name).await {
@@ -302,7 +338,10 @@ impl Runtime {
         }
     }
 
-    async fn try_bind(&self, consumer_name: &str) -> anyhow::Result<(PullConsumer, Policy, Ledger, Failures)> {
+    async fn try_bind(
+        &self,
+        consumer_name: &str,
+    ) -> anyhow::Result<(PullConsumer, Policy, Ledger, Failures)> {
         let consumer: PullConsumer = self
             .js
             .get_consumer_from_stream(consumer_name, &self.job.stream)
@@ -313,9 +352,14 @@ impl Runtime {
             stream: self.job.stream.clone(),
             consumer: consumer_name.to_owned(),
             backoff: config.backoff.clone(),
-            max_deliver: u32::try_from(config.max_deliver).ok().filter(|max| *max > 0),
+            max_deliver: u32::try_from(config.max_deliver)
+                .ok()
+                .filter(|max| *max > 0),
             ack_wait: config.ack_wait,
-            max_ack_pending: usize::try_from(config.max_ack_pending).ok().filter(|max| *max > 0).unwrap_or(1000),
+            max_ack_pending: usize::try_from(config.max_ack_pending)
+                .ok()
+                .filter(|max| *max > 0)
+                .unwrap_or(1000),
         };
         let ledger_store = self
             .js
@@ -327,9 +371,21 @@ impl Runtime {
             .get_key_value(&self.job.failures_bucket)
             .await
             .with_context(|| format!("KV bucket {}", self.job.failures_bucket))?;
-        let ledger = Ledger::new(ledger_store, &self.name, Duration::from_secs(self.job.ledger_lease_secs));
+        let ledger = Ledger::new(
+            ledger_store,
+            &self.name,
+            Duration::from_secs(self.job.ledger_lease_secs),
+        );
         Ok((consumer, policy, ledger, Failures::new(failures_store)))
     }
+}
+
+fn message_id_of(message: &jetstream::Message) -> &str {
+    message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(async_nats::header::NATS_MESSAGE_ID))
+        .map_or("", async_nats::HeaderValue::as_str)
 }
 
 enum Outcome {
@@ -345,7 +401,10 @@ where
     Fut: Future<Output = Result<(), JobError>> + Send + 'static,
 {
     let (attempt, sequence) = match message.info() {
-        Ok(info) => (u32::try_from(info.delivered).unwrap_or(u32::MAX), info.stream_sequence),
+        Ok(info) => (
+            u32::try_from(info.delivered).unwrap_or(u32::MAX),
+            info.stream_sequence,
+        ),
         Err(err) => {
             tracing::error!(error = %err, "message without JetStream metadata; ignoring it");
             return;
@@ -353,12 +412,7 @@ where
     };
     let policy = &shared.policy;
     let subject = message.subject.to_string();
-    let message_id = message
-        .headers
-        .as_ref()
-        .and_then(|headers| headers.get(async_nats::header::NATS_MESSAGE_ID))
-        .map(|id| id.as_str().to_owned())
-        .unwrap_or_default();
+    let message_id = message_id_of(&message).to_owned();
     let span = tracing::info_span!(
         "process",
         "otel.name" = %format!("process {subject}"),
@@ -368,7 +422,7 @@ where
         "messaging.operation.type" = "process",
         "messaging.destination.name" = %subject,
         "messaging.consumer.group.name" = %policy.consumer,
-        "messaging.message.id" = %message_id,
+        "messaging.message.id" = tracing::field::Empty,
         "messaging.message.body.size" = message.payload.len(),
         "messaging.nats.stream" = %policy.stream,
         "messaging.nats.sequence" = sequence,
@@ -378,6 +432,9 @@ where
         "error.type" = tracing::field::Empty,
     );
     telemetry::set_parent_from(&span, message.headers.as_ref());
+    if !message_id.is_empty() {
+        span.record("messaging.message.id", message_id.as_str());
+    }
     async move {
         let outcome = run_attempt(shared, &message, attempt, sequence).await;
         settle(shared, &message, attempt, sequence, outcome).await;
@@ -386,7 +443,12 @@ where
     .await;
 }
 
-async fn run_attempt<T, H, Fut>(shared: &Arc<Shared<H, T>>, message: &jetstream::Message, attempt: u32, sequence: u64) -> Outcome
+async fn run_attempt<T, H, Fut>(
+    shared: &Arc<Shared<H, T>>,
+    message: &jetstream::Message,
+    attempt: u32,
+    sequence: u64,
+) -> Outcome
 where
     T: Event,
     H: Fn(Job<T>) -> Fut + Send + Sync + 'static,
@@ -394,9 +456,13 @@ where
 {
     let event = match shared.validator.decode::<T>(&message.payload) {
         Ok(event) => event,
-        Err(invalid) => return Outcome::Dead(DeathKind::Invalid, format!("invalid event: {invalid}")),
+        Err(invalid) => {
+            return Outcome::Dead(DeathKind::Invalid, format!("invalid event: {invalid}"));
+        }
     };
-    tracing::Span::current().record("messaging.message.id", event.id.as_str());
+    if event.id.as_str() != message_id_of(message) {
+        tracing::Span::current().record("messaging.message.id", event.id.as_str());
+    }
     let job = Job {
         event,
         attempt,
@@ -431,38 +497,58 @@ where
         Ok(Ok(())) => Outcome::Ack,
         Ok(Err(err)) if err.is_permanent() => Outcome::Dead(DeathKind::Permanent, err.to_string()),
         Ok(Err(err)) => Outcome::Retry(err),
-        Err(join) if join.is_panic() => Outcome::Retry(JobError::transient(anyhow::anyhow!("handler panicked"))),
-        Err(join) => Outcome::Retry(JobError::transient(anyhow::anyhow!("handler task failed: {join}"))),
+        Err(join) if join.is_panic() => {
+            Outcome::Retry(JobError::transient(anyhow::anyhow!("handler panicked")))
+        }
+        Err(join) => Outcome::Retry(JobError::transient(anyhow::anyhow!(
+            "handler task failed: {join}"
+        ))),
     }
 }
 
-async fn settle<T, H>(shared: &Arc<Shared<H, T>>, message: &jetstream::Message, attempt: u32, sequence: u64, outcome: Outcome) {
+async fn settle<T, H>(
+    shared: &Arc<Shared<H, T>>,
+    message: &jetstream::Message,
+    attempt: u32,
+    sequence: u64,
+    outcome: Outcome,
+) {
     let span = tracing::Span::current();
     let policy = &shared.policy;
     let outcome = match outcome {
-        Outcome::Retry(err) if policy.is_last(attempt) => {
-            Outcome::Dead(DeathKind::Exhausted, format!("all {attempt} attempts failed; last error: {err}"))
-        }
+        Outcome::Retry(err) if policy.is_last(attempt) => Outcome::Dead(
+            DeathKind::Exhausted,
+            format!("all {attempt} attempts failed; last error: {err}"),
+        ),
         other => other,
     };
     match outcome {
         Outcome::Ack => {
             if shared.job.test_delay_before_ack_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(shared.job.test_delay_before_ack_ms)).await;
+                tokio::time::sleep(Duration::from_millis(shared.job.test_delay_before_ack_ms))
+                    .await;
             }
             span.record("jetfn.outcome", "ack");
             double_ack(message).await;
             if attempt > 1 {
-                shared.failures.clear(&policy.stream, &policy.consumer, sequence).await;
+                shared
+                    .failures
+                    .clear(&policy.stream, &policy.consumer, sequence)
+                    .await;
             }
             tracing::info!(attempt, "processed");
         }
         Outcome::Retry(err) => {
-            let delay = err.requested_delay().unwrap_or_else(|| policy.delay_after(attempt));
+            let delay = err
+                .requested_delay()
+                .unwrap_or_else(|| policy.delay_after(attempt));
             span.record("jetfn.outcome", "retry");
             span.record("error.type", "transient");
             span.record("otel.status_code", "ERROR");
-            shared.failures.record(&policy.stream, &policy.consumer, sequence, &err.to_string()).await;
+            shared
+                .failures
+                .record(&policy.stream, &policy.consumer, sequence, &err.to_string())
+                .await;
             tracing::warn!(attempt, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), error = %err, "attempt failed; will retry");
             if let Err(nak) = message.ack_with(AckKind::Nak(Some(delay))).await {
                 // Without the NAK the server redelivers after the backoff step anyway.
@@ -487,7 +573,10 @@ async fn dead_letter<T, H>(
     reason: String,
 ) {
     let policy = &shared.policy;
-    let record = shared.failures.record(&policy.stream, &policy.consumer, sequence, &reason).await;
+    let record = shared
+        .failures
+        .record(&policy.stream, &policy.consumer, sequence, &reason)
+        .await;
     let letter = DeadLetter {
         subject: message.subject.to_string(),
         stream: policy.stream.clone(),
@@ -511,18 +600,26 @@ async fn dead_letter<T, H>(
         "messaging.operation.type" = "send",
         "messaging.destination.name" = %dlq_subject,
     );
-    let published = letter.publish(&shared.js, &shared.job.dlq_prefix).instrument(publish_span).await;
+    let published = letter
+        .publish(&shared.js, &shared.job.dlq_prefix)
+        .instrument(publish_span)
+        .await;
     match published {
         Ok(ack) => {
             tracing::error!(kind = kind.as_str(), attempt, reason = %reason, dlq_sequence = ack.sequence, "dead-lettered");
             term(shared, message, kind.as_str()).await;
-            shared.failures.clear(&policy.stream, &policy.consumer, sequence).await;
+            shared
+                .failures
+                .clear(&policy.stream, &policy.consumer, sequence)
+                .await;
         }
         Err(err) => {
             // The record is not safe yet, so the original must stay: NAK it and try again later. On the last
             // delivery the router's MAX_DELIVERIES path picks it up.
             tracing::error!(error = %format!("{err:#}"), "dead-letter publish failed; the original is kept for another try");
-            let _ = message.ack_with(AckKind::Nak(Some(policy.delay_after(attempt)))).await;
+            let _ = message
+                .ack_with(AckKind::Nak(Some(policy.delay_after(attempt))))
+                .await;
         }
     }
 }
@@ -538,21 +635,32 @@ async fn double_ack(message: &jetstream::Message) {
             }
         }
     }
-    tracing::error!("ack never confirmed; the message will be redelivered and the ledger will absorb it");
+    tracing::error!(
+        "ack never confirmed; the message will be redelivered and the ledger will absorb it"
+    );
 }
 
 /// async-nats' `AckKind::Term` sends a bare `+TERM`; the server (2.10.4+) records a reason when one follows.
 async fn term<T, H>(shared: &Arc<Shared<H, T>>, message: &jetstream::Message, reason: &str) {
-    let Some(reply) = message.reply.clone() else { return };
+    let Some(reply) = message.reply.clone() else {
+        return;
+    };
     let body = bytes::Bytes::from(format!("+TERM {reason}"));
     for _ in 0..3 {
-        match tokio::time::timeout(Duration::from_secs(5), shared.client.request(reply.clone(), body.clone())).await {
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            shared.client.request(reply.clone(), body.clone()),
+        )
+        .await
+        {
             Ok(Ok(_)) => return,
             Ok(Err(err)) => tracing::warn!(error = %err, "term not confirmed; retrying"),
             Err(_) => tracing::warn!("term timed out; retrying"),
         }
     }
-    tracing::error!("term never confirmed; a redelivery will find the dead-letter record already written");
+    tracing::error!(
+        "term never confirmed; a redelivery will find the dead-letter record already written"
+    );
 }
 
 #[cfg(test)]
@@ -563,7 +671,10 @@ mod tests {
         Policy {
             stream: "EVENTS".into(),
             consumer: "welcome".into(),
-            backoff: backoff.iter().map(|ms| Duration::from_millis(*ms)).collect(),
+            backoff: backoff
+                .iter()
+                .map(|ms| Duration::from_millis(*ms))
+                .collect(),
             max_deliver,
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 16,
@@ -590,7 +701,13 @@ mod tests {
 
     #[test]
     fn progress_ticks_before_the_shortest_deadline() {
-        assert_eq!(policy(&[300, 600], None).progress_period(), Duration::from_millis(100));
-        assert_eq!(policy(&[30_000], None).progress_period(), Duration::from_secs(10));
+        assert_eq!(
+            policy(&[300, 600], None).progress_period(),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            policy(&[30_000], None).progress_period(),
+            Duration::from_secs(10)
+        );
     }
 }

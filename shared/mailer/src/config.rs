@@ -1,0 +1,252 @@
+//! Mailer settings, read once from the environment.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use lettre::message::Mailbox;
+use serde::{Deserialize, Deserializer};
+
+/// A string that must never reach a log line: `Debug` prints `***` and there is no `Display`.
+///
+/// Used for `SMTP_URL`, which carries the SMTP password.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The clear value, for the one place that needs it (building the transport).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Where and how email goes, from environment variables (no prefix).
+///
+/// Without `SMTP_URL` every email is written to `MAIL_DIR` as an `.eml` file, so a laptop or a CI run needs no mail
+/// server and nothing leaves the machine by accident.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MailerConfig {
+    /// `SMTP_URL` (unset: write `.eml` files). lettre URL form: `smtps://user:pass@host` (implicit TLS, port 465) or
+    /// `smtp://user:pass@host:587?tls=required` (STARTTLS required) in production; `smtp://127.0.0.1:2525` (no TLS)
+    /// only for a local test server. An empty value counts as unset.
+    #[serde(default, deserialize_with = "non_empty_secret")]
+    pub smtp_url: Option<Secret>,
+    /// `SMTP_TIMEOUT_SECS` (default 30): limit for one whole send (connect, TLS, every command, the data); a timeout is
+    /// transient. A timeout after the data went out may still have delivered the email; the stable Message-ID lets
+    /// receiving systems collapse the retry.
+    #[serde(default = "default_timeout_secs")]
+    pub smtp_timeout_secs: u64,
+    /// `SMTP_POOL_MAX` (default 8): most SMTP connections kept open to the server.
+    #[serde(default = "default_pool_max")]
+    pub smtp_pool_max: u32,
+    /// `MAIL_DIR` (default `.jetfn/mail`): where `.eml` files go when `SMTP_URL` is unset; created if missing.
+    #[serde(default = "default_mail_dir")]
+    pub mail_dir: PathBuf,
+    /// `MAIL_FROM` (default `jetfn <no-reply@jetfn.local>`): the `From` of every email.
+    #[serde(default = "default_mail_from", deserialize_with = "mailbox")]
+    pub mail_from: Mailbox,
+}
+
+impl Default for MailerConfig {
+    fn default() -> Self {
+        Self {
+            smtp_url: None,
+            smtp_timeout_secs: default_timeout_secs(),
+            smtp_pool_max: default_pool_max(),
+            mail_dir: default_mail_dir(),
+            mail_from: default_mail_from(),
+        }
+    }
+}
+
+impl MailerConfig {
+    /// Reads the settings from the process environment.
+    ///
+    /// # Errors
+    /// A value that does not parse; the message names the variable and never shows `SMTP_URL`.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(std::env::vars())
+    }
+
+    pub(crate) fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let config: Self = envy::from_iter(vars).map_err(|e| ConfigError::Env(e.to_string()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
+        if self.smtp_timeout_secs == 0 {
+            return Err(ConfigError::Invalid {
+                var: "SMTP_TIMEOUT_SECS",
+                reason: "must be at least 1",
+            });
+        }
+        if self.smtp_pool_max == 0 {
+            return Err(ConfigError::Invalid {
+                var: "SMTP_POOL_MAX",
+                reason: "must be at least 1",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A setting that cannot work; the process should stop at start-up rather than fail every email later.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// envy could not read a variable (its message names the variable).
+    #[error("mailer environment: {0}")]
+    Env(String),
+    /// A variable parsed but its value is out of range.
+    #[error("{var} {reason}")]
+    Invalid {
+        /// The environment variable.
+        var: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// lettre rejected `SMTP_URL`; the reason comes from URL parsing and never contains the password.
+    #[error("SMTP_URL is not a usable SMTP URL: {reason}")]
+    SmtpUrl {
+        /// Why lettre rejected it.
+        reason: String,
+    },
+    /// `MAIL_DIR` could not be created.
+    #[error("MAIL_DIR {path:?} cannot be created")]
+    MailDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The pooled SMTP transport spawns its idle-connection reaper, which needs a Tokio runtime.
+    #[error("Mailer::new must be called inside a Tokio runtime when SMTP_URL is set")]
+    NoRuntime,
+}
+
+fn default_timeout_secs() -> u64 {
+    30
+}
+
+fn default_pool_max() -> u32 {
+    8
+}
+
+fn default_mail_dir() -> PathBuf {
+    PathBuf::from(".jetfn/mail")
+}
+
+fn default_mail_from() -> Mailbox {
+    Mailbox::new(
+        Some("jetfn".to_owned()),
+        lettre::Address::new("no-reply", "jetfn.local")
+            .expect("a constant, valid address; covered by a unit test"),
+    )
+}
+
+fn non_empty_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    let value = Option::<String>::deserialize(d)?;
+    Ok(value.filter(|v| !v.trim().is_empty()).map(Secret))
+}
+
+fn mailbox<'de, D: Deserializer<'de>>(d: D) -> Result<Mailbox, D::Error> {
+    let value = String::deserialize(d)?;
+    if value.contains(['\r', '\n', '\0']) {
+        return Err(serde::de::Error::custom("MAIL_FROM contains CR, LF or NUL"));
+    }
+    value.parse().map_err(|e| {
+        serde::de::Error::custom(format_args!(
+            "MAIL_FROM is not a mailbox like `Name <user@example.com>`: {e}"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let c = MailerConfig::from_vars(vars(&[])).expect("defaults");
+        assert!(c.smtp_url.is_none());
+        assert_eq!(c.smtp_timeout_secs, 30);
+        assert_eq!(c.smtp_pool_max, 8);
+        assert_eq!(c.mail_dir, PathBuf::from(".jetfn/mail"));
+        assert_eq!(c.mail_from.to_string(), "jetfn <no-reply@jetfn.local>");
+        assert_eq!(c.mail_from, MailerConfig::default().mail_from);
+    }
+
+    #[test]
+    fn reads_every_variable() {
+        let c = MailerConfig::from_vars(vars(&[
+            ("SMTP_URL", "smtps://u:hunter2@mail.example.com"),
+            ("SMTP_TIMEOUT_SECS", "5"),
+            ("SMTP_POOL_MAX", "2"),
+            ("MAIL_DIR", "/tmp/x"),
+            ("MAIL_FROM", "Shop <shop@example.com>"),
+        ]))
+        .expect("valid");
+        assert_eq!(
+            c.smtp_url.as_ref().map(Secret::expose),
+            Some("smtps://u:hunter2@mail.example.com")
+        );
+        assert_eq!(c.smtp_timeout_secs, 5);
+        assert_eq!(c.smtp_pool_max, 2);
+        assert_eq!(c.mail_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.mail_from.email.to_string(), "shop@example.com");
+    }
+
+    #[test]
+    fn debug_never_shows_the_smtp_password() {
+        let c =
+            MailerConfig::from_vars(vars(&[("SMTP_URL", "smtps://u:hunter2@mail.example.com")]))
+                .expect("valid");
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("***"), "{debug}");
+    }
+
+    #[test]
+    fn empty_smtp_url_means_file_transport() {
+        let c = MailerConfig::from_vars(vars(&[("SMTP_URL", "")])).expect("valid");
+        assert!(c.smtp_url.is_none());
+    }
+
+    #[test]
+    fn bad_mail_from_names_the_variable() {
+        let err =
+            MailerConfig::from_vars(vars(&[("MAIL_FROM", "not a mailbox")])).expect_err("invalid");
+        assert!(err.to_string().contains("MAIL_FROM"), "{err}");
+    }
+
+    #[test]
+    fn bad_numbers_name_the_variable() {
+        let err = MailerConfig::from_vars(vars(&[("SMTP_POOL_MAX", "0")])).expect_err("invalid");
+        assert!(err.to_string().contains("SMTP_POOL_MAX"), "{err}");
+        let err =
+            MailerConfig::from_vars(vars(&[("SMTP_TIMEOUT_SECS", "soon")])).expect_err("invalid");
+        assert!(err.to_string().contains("SMTP_TIMEOUT_SECS"), "{err}");
+    }
+}

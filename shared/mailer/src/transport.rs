@@ -1,0 +1,681 @@
+//! Delivery over SMTP, or into `.eml` files when no SMTP server is configured.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use events::pii::Masked;
+use lettre::message::Mailbox;
+use lettre::transport::smtp::{AsyncSmtpTransportBuilder, PoolConfig};
+use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use tracing::Instrument;
+use tracing::field::Empty;
+
+use crate::{ConfigError, MailerConfig, SendError};
+
+/// Where an email went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Delivery {
+    /// The SMTP server accepted it (2xx after DATA); from here on bounces arrive by email, not as errors.
+    Smtp,
+    /// It was written to this `.eml` file (no `SMTP_URL`).
+    File(PathBuf),
+}
+
+/// Sends email; built once per process and cloned into every handler (a clone shares the SMTP pool).
+#[derive(Clone)]
+pub struct Mailer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    transport: Transport,
+    from: Mailbox,
+}
+
+enum Transport {
+    Smtp(Box<Smtp>),
+    File {
+        transport: AsyncFileTransport<Tokio1Executor>,
+        dir: PathBuf,
+    },
+}
+
+/// The SMTP pool, replaced as a whole when a send times out.
+///
+/// lettre applies its timeout only to the TCP connect: a server that stalls later (TLS handshake, any command)
+/// would hold the send forever, so the whole send runs under `SMTP_TIMEOUT_SECS`. Cancelling a send mid-command
+/// hands a connection with an unread reply back to lettre's pool, and the next email on it would read that stale
+/// reply as its own; so a timeout also retires the pool (its connections close once in-flight sends finish).
+struct Smtp {
+    builder: AsyncSmtpTransportBuilder,
+    timeout: Duration,
+    /// (generation, pool); the generation keeps concurrent timeouts from retiring a pool more than once.
+    current: RwLock<(u64, AsyncSmtpTransport<Tokio1Executor>)>,
+}
+
+impl Smtp {
+    fn current(&self) -> (u64, AsyncSmtpTransport<Tokio1Executor>) {
+        let guard = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        (guard.0, guard.1.clone())
+    }
+
+    fn retire(&self, generation: u64) {
+        let mut guard = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        if guard.0 == generation {
+            *guard = (generation + 1, self.builder.clone().build());
+        }
+    }
+
+    async fn send(&self, message: Message) -> Result<Delivery, SendError> {
+        let (generation, transport) = self.current();
+        match tokio::time::timeout(self.timeout, transport.send(message)).await {
+            Ok(Ok(_)) => Ok(Delivery::Smtp),
+            Ok(Err(e)) => Err(SendError::from_smtp(&e)),
+            Err(_elapsed) => {
+                self.retire(generation);
+                Err(SendError::Timeout)
+            }
+        }
+    }
+}
+
+impl Transport {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Smtp(_) => "smtp",
+            Self::File { .. } => "file",
+        }
+    }
+}
+
+impl fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mailer")
+            .field("transport", &self.inner.transport.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mailer {
+    /// Builds the transport `config` describes. Nothing is sent and no connection is opened yet.
+    ///
+    /// # Errors
+    /// An unusable `SMTP_URL`, a `MAIL_DIR` that cannot be created, or (with `SMTP_URL`) no Tokio runtime: the
+    /// SMTP pool starts a background task.
+    pub fn new(config: MailerConfig) -> Result<Self, ConfigError> {
+        config.check()?;
+        let transport = match &config.smtp_url {
+            Some(url) => {
+                if tokio::runtime::Handle::try_current().is_err() {
+                    return Err(ConfigError::NoRuntime);
+                }
+                if let Some(why) = plaintext_warning(url.expose()) {
+                    tracing::warn!(
+                        smtp.tls = false,
+                        "SMTP_URL {why}; use smtps:// or ?tls=required in production"
+                    );
+                }
+                let timeout = Duration::from_secs(config.smtp_timeout_secs);
+                let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose())
+                    .map_err(|e| ConfigError::SmtpUrl {
+                        reason: e.to_string(),
+                    })?
+                    .timeout(Some(timeout))
+                    .pool_config(PoolConfig::new().max_size(config.smtp_pool_max));
+                let current = RwLock::new((0, builder.clone().build()));
+                Transport::Smtp(Box::new(Smtp {
+                    builder,
+                    timeout,
+                    current,
+                }))
+            }
+            None => {
+                let dir = config.mail_dir;
+                std::fs::create_dir_all(&dir).map_err(|source| ConfigError::MailDir {
+                    path: dir.clone(),
+                    source,
+                })?;
+                tracing::info!(mail_dir = %dir.display(), "no SMTP_URL: emails are written as .eml files");
+                Transport::File {
+                    transport: AsyncFileTransport::new(&dir),
+                    dir,
+                }
+            }
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                transport,
+                from: config.mail_from,
+            }),
+        })
+    }
+
+    /// [`MailerConfig::from_env`] then [`Mailer::new`].
+    ///
+    /// # Errors
+    /// As those two.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::new(MailerConfig::from_env()?)
+    }
+
+    /// The `From` of every email (`MAIL_FROM`), for [`compose`](crate::compose).
+    pub fn from(&self) -> &Mailbox {
+        &self.inner.from
+    }
+
+    /// Delivers one message.
+    ///
+    /// The `smtp send` span carries the transport, the recipient count and masked recipients, and on failure the
+    /// error kind and SMTP reply code; never a full address, the subject or the body.
+    ///
+    /// # Errors
+    /// A [`SendError`]; ask it [`is_transient`](SendError::is_transient) to decide between retry and dead-letter.
+    pub async fn send(&self, message: Message) -> Result<Delivery, SendError> {
+        let recipients = message.envelope().to();
+        let masked = recipients
+            .iter()
+            .map(|a| Masked(a.as_ref()).to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let span = tracing::info_span!(
+            "smtp send",
+            transport = self.inner.transport.kind(),
+            recipients = recipients.len(),
+            to = %masked,
+            error.kind = Empty,
+            smtp.code = Empty,
+        );
+        let result = async {
+            match &self.inner.transport {
+                Transport::Smtp(smtp) => smtp.send(message).await,
+                Transport::File { transport, dir } => transport
+                    .send(message)
+                    .await
+                    .map(|id| Delivery::File(dir.join(format!("{id}.eml"))))
+                    .map_err(|e| SendError::from_file(&e)),
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        let _entered = span.enter();
+        match &result {
+            Ok(_) => tracing::debug!("email accepted"),
+            Err(e) => {
+                span.record("error.kind", e.kind());
+                if let Some(code) = e.code() {
+                    span.record("smtp.code", code);
+                }
+                tracing::debug!(error = %e, transient = e.is_transient(), "email not sent");
+            }
+        }
+        result
+    }
+}
+
+/// Why an SMTP URL sends in clear text, unless the server is on this machine (a local test server).
+fn plaintext_warning(url: &str) -> Option<&'static str> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        host_port.split(':').next().unwrap_or_default()
+    };
+    let local = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let tls = rest
+        .split_once('?')
+        .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("tls=")));
+    match (scheme, tls) {
+        ("smtp", None) if !local => Some("has no TLS"),
+        ("smtp", Some("opportunistic")) if !local => {
+            Some("uses opportunistic TLS, open to downgrade")
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Rendered, compose};
+    use events::Locale;
+    use std::path::Path;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("mailer-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn message(to: &str) -> Message {
+        let rendered = Rendered {
+            subject: "Welcome to jetfn, Ada".to_owned(),
+            html: "<p>Hi Ada</p>".to_owned(),
+            text: "Hi Ada".to_owned(),
+        };
+        let from: Mailbox = "jetfn <no-reply@jetfn.local>".parse().expect("from");
+        compose(
+            &from,
+            &to.parse().expect("to"),
+            None,
+            &rendered,
+            Locale::En,
+            "k",
+        )
+        .expect("compose")
+    }
+
+    fn smtp_config(url: String, timeout_secs: u64) -> MailerConfig {
+        MailerConfig {
+            smtp_url: Some(crate::Secret::new(url)),
+            smtp_timeout_secs: timeout_secs,
+            smtp_pool_max: 1,
+            ..MailerConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn file_transport_writes_an_eml_with_the_subject() {
+        let dir = temp_dir("file");
+        let mailer = Mailer::new(MailerConfig {
+            mail_dir: dir.clone(),
+            ..MailerConfig::default()
+        })
+        .expect("mailer");
+        assert!(dir.is_dir(), "MAIL_DIR is created");
+        let delivery = mailer.send(message("ada@example.com")).await.expect("sent");
+        let Delivery::File(path) = delivery else {
+            panic!("expected a file delivery, got {delivery:?}")
+        };
+        assert_eq!(path.parent(), Some(dir.as_path()));
+        assert_eq!(path.extension().and_then(|e| e.to_str()), Some("eml"));
+        let eml = std::fs::read_to_string(&path).expect("eml readable");
+        assert!(eml.contains("Subject: Welcome to jetfn, Ada"), "{eml}");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[tokio::test]
+    async fn file_transport_io_error_is_transient() {
+        let dir = temp_dir("file-gone");
+        let mailer = Mailer::new(MailerConfig {
+            mail_dir: dir.clone(),
+            ..MailerConfig::default()
+        })
+        .expect("mailer");
+        std::fs::remove_dir_all(&dir).expect("remove");
+        let err = mailer
+            .send(message("ada@example.com"))
+            .await
+            .expect_err("dir is gone");
+        assert!(matches!(err, SendError::File { .. }), "{err:?}");
+        assert!(err.is_transient());
+    }
+
+    #[test]
+    fn mail_dir_that_cannot_be_created_is_a_config_error() {
+        let file = temp_dir("not-a-dir");
+        std::fs::write(&file, b"x").expect("write");
+        let err = Mailer::new(MailerConfig {
+            mail_dir: file.join("sub"),
+            ..MailerConfig::default()
+        })
+        .expect_err("parent is a file");
+        assert!(matches!(err, ConfigError::MailDir { .. }), "{err}");
+        std::fs::remove_file(&file).expect("cleanup");
+    }
+
+    #[test]
+    fn smtp_needs_a_runtime() {
+        let err = Mailer::new(smtp_config("smtp://127.0.0.1:2525".to_owned(), 5))
+            .expect_err("no runtime");
+        assert!(matches!(err, ConfigError::NoRuntime), "{err}");
+    }
+
+    #[tokio::test]
+    async fn bad_smtp_url_does_not_echo_the_password() {
+        let err =
+            Mailer::new(smtp_config("ftp://u:hunter2@host".to_owned(), 5)).expect_err("bad scheme");
+        assert!(matches!(err, ConfigError::SmtpUrl { .. }), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn warns_about_plaintext_only_off_this_machine() {
+        assert!(plaintext_warning("smtp://mail.example.com:25").is_some());
+        assert!(plaintext_warning("smtp://u:p@mail.example.com:587?tls=opportunistic").is_some());
+        assert!(plaintext_warning("smtp://u:p@mail.example.com:587?tls=required").is_none());
+        assert!(plaintext_warning("smtps://u:p@mail.example.com").is_none());
+        assert!(plaintext_warning("smtp://127.0.0.1:2525").is_none());
+        assert!(plaintext_warning("smtp://localhost").is_none());
+        assert!(plaintext_warning("smtp://[::1]:2525").is_none());
+    }
+
+    /// How the fake server answers.
+    #[derive(Clone, Copy)]
+    enum Script {
+        /// Accept everything.
+        Accept,
+        /// Refuse RCPT with this reply (which echoes the address, as real servers do).
+        RejectRcpt(&'static str),
+        /// Accept the envelope, refuse the message after DATA.
+        RejectData(&'static str),
+        /// Accept the TCP connection and never say anything.
+        Silent,
+        /// On the first connection only, never answer the end of DATA.
+        StallFirstData,
+        /// Accept everything but do not offer SMTPUTF8.
+        AsciiOnly,
+    }
+
+    /// A one-connection-at-a-time SMTP server on 127.0.0.1 that follows `script`; returns its port.
+    async fn fake_smtp(script: Script) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            for n in 0.. {
+                let Ok((socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let script = match script {
+                    Script::StallFirstData if n > 0 => Script::Accept,
+                    other => other,
+                };
+                tokio::spawn(serve(socket, script));
+            }
+        });
+        port
+    }
+
+    async fn serve(socket: tokio::net::TcpStream, script: Script) {
+        if matches!(script, Script::Silent) {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            return;
+        }
+        let (read, mut write) = socket.into_split();
+        let mut lines = BufReader::new(read).lines();
+        let _ = write.write_all(b"220 fake ESMTP\r\n").await;
+        let mut in_data = false;
+        while let Ok(Some(line)) = lines.next_line().await {
+            let reply: String = if in_data {
+                if line != "." {
+                    continue;
+                }
+                in_data = false;
+                if matches!(script, Script::StallFirstData) {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+                match script {
+                    Script::RejectData(reply) => reply.to_owned(),
+                    _ => "250 2.0.0 queued".to_owned(),
+                }
+            } else {
+                let upper = line.to_ascii_uppercase();
+                if upper.starts_with("EHLO") && matches!(script, Script::AsciiOnly) {
+                    "250-fake\r\n250 8BITMIME".to_owned()
+                } else if upper.starts_with("EHLO") {
+                    "250-fake\r\n250-8BITMIME\r\n250-AUTH PLAIN LOGIN\r\n250 SMTPUTF8".to_owned()
+                } else if upper.starts_with("RCPT") {
+                    match script {
+                        Script::RejectRcpt(reply) => {
+                            reply.replace("{rcpt}", line.get(8..).unwrap_or_default())
+                        }
+                        _ => "250 2.1.5 ok".to_owned(),
+                    }
+                } else if upper.starts_with("AUTH") {
+                    "235 2.7.0 authenticated".to_owned()
+                } else if upper.starts_with("DATA") {
+                    in_data = true;
+                    "354 go ahead".to_owned()
+                } else if upper.starts_with("QUIT") {
+                    let _ = write.write_all(b"221 bye\r\n").await;
+                    return;
+                } else {
+                    "250 ok".to_owned()
+                }
+            };
+            if write
+                .write_all(format!("{reply}\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    async fn send_to(script: Script) -> Result<Delivery, SendError> {
+        let port = fake_smtp(script).await;
+        let mailer =
+            Mailer::new(smtp_config(format!("smtp://127.0.0.1:{port}"), 5)).expect("mailer");
+        mailer.send(message("ada@example.com")).await
+    }
+
+    #[tokio::test]
+    async fn smtp_accepts() {
+        assert_eq!(send_to(Script::Accept).await.expect("sent"), Delivery::Smtp);
+    }
+
+    #[tokio::test]
+    async fn smtp_4xx_is_transient_with_its_code() {
+        let err = send_to(Script::RejectData("451 4.3.0 try again later"))
+            .await
+            .expect_err("451");
+        assert_eq!(err.code(), Some(451));
+        assert!(err.is_transient());
+        assert_eq!(err.to_string(), "SMTP server replied 451 4.3.0");
+    }
+
+    #[tokio::test]
+    async fn smtp_5xx_is_permanent_and_hides_the_echoed_address() {
+        let err = send_to(Script::RejectRcpt(
+            "550 5.1.1 {rcpt}: Recipient address rejected",
+        ))
+        .await
+        .expect_err("550");
+        assert_eq!(err.code(), Some(550));
+        assert!(err.is_permanent());
+        let shown = format!("{err} {err:?}");
+        assert!(!shown.contains("ada@"), "{shown}");
+        assert_eq!(err.to_string(), "SMTP server replied 550 5.1.1");
+    }
+
+    #[tokio::test]
+    async fn unicode_address_without_smtputf8_is_permanent() {
+        let port = fake_smtp(Script::AsciiOnly).await;
+        let mailer =
+            Mailer::new(smtp_config(format!("smtp://127.0.0.1:{port}"), 5)).expect("mailer");
+        let err = mailer
+            .send(message("ngọc@example.com"))
+            .await
+            .expect_err("needs SMTPUTF8");
+        assert!(matches!(err, SendError::Invalid { .. }), "{err:?}");
+        assert!(err.is_permanent());
+    }
+
+    /// Collects every span field and event (with its target) into one string.
+    #[derive(Clone, Default)]
+    struct Capture(
+        Arc<std::sync::Mutex<String>>,
+        Arc<std::sync::atomic::AtomicU64>,
+    );
+
+    struct Collect<'a>(&'a mut String);
+
+    impl tracing::field::Visit for Collect<'_> {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+            self.0.push_str(&format!(" {}={value:?}", field.name()));
+        }
+    }
+
+    impl Capture {
+        fn text(&self) -> String {
+            self.0.lock().expect("lock").clone()
+        }
+
+        fn push(&self, prefix: &str, record: impl FnOnce(&mut Collect<'_>)) {
+            let mut text = self.0.lock().expect("lock");
+            text.push('\n');
+            text.push_str(prefix);
+            record(&mut Collect(&mut text));
+        }
+    }
+
+    impl tracing::Subscriber for Capture {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            self.push(span.metadata().name(), |c| span.record(c));
+            tracing::span::Id::from_u64(
+                self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+            )
+        }
+        fn record(&self, _: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+            self.push("record", |c| values.record(c));
+        }
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            self.push(event.metadata().target(), |c| event.record(c));
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    #[tokio::test]
+    async fn the_span_masks_recipients_and_records_the_reply_code() {
+        let capture = Capture::default();
+        let _guard = tracing::subscriber::set_default(capture.clone());
+        let port = fake_smtp(Script::RejectRcpt(
+            "550 5.1.1 {rcpt}: Recipient address rejected",
+        ))
+        .await;
+        let url = format!("smtp://jetfn:hunter2@127.0.0.1:{port}");
+        let mailer = Mailer::new(smtp_config(url, 5)).expect("mailer");
+        let _ = mailer.send(message("ada.lovelace@example.com")).await;
+        let ours: String = capture
+            .text()
+            .lines()
+            .filter(|l| !l.starts_with("lettre"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(ours.contains("smtp send"), "{ours}");
+        assert!(ours.contains("ad***@example.com"), "{ours}");
+        assert!(ours.contains("smtp.code=550"), "{ours}");
+        assert!(ours.contains("error.kind=\"smtp_rejected\""), "{ours}");
+        for secret in ["ada.lovelace@", "hunter2", "Welcome to jetfn", "Hi Ada"] {
+            assert!(!ours.contains(secret), "{secret} leaked: {ours}");
+        }
+    }
+
+    /// lettre's `tracing` feature logs every SMTP line at DEBUG, including `AUTH PLAIN <base64 user+password>`,
+    /// `RCPT TO:<address>` and the message body. The workspace keeps that feature off; this test notices if it
+    /// comes back.
+    #[tokio::test]
+    async fn lettre_logs_neither_credentials_nor_addresses() {
+        let capture = Capture::default();
+        let _guard = tracing::subscriber::set_default(capture.clone());
+        let port = fake_smtp(Script::Accept).await;
+        let url = format!("smtp://jetfn:hunter2@127.0.0.1:{port}");
+        let mailer = Mailer::new(smtp_config(url, 5)).expect("mailer");
+        mailer
+            .send(message("ada.lovelace@example.com"))
+            .await
+            .expect("sent");
+        let all = capture.text();
+        // base64("\0jetfn\0hunter2"), as sent in AUTH PLAIN.
+        for secret in ["AGpldGZuAGh1bnRlcjI=", "ada.lovelace@", "Hi Ada"] {
+            assert!(!all.contains(secret), "{secret} leaked: {all}");
+        }
+    }
+
+    #[tokio::test]
+    async fn connection_refused_is_transient() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("addr").port()
+        };
+        let mailer =
+            Mailer::new(smtp_config(format!("smtp://127.0.0.1:{port}"), 5)).expect("mailer");
+        let err = mailer
+            .send(message("ada@example.com"))
+            .await
+            .expect_err("refused");
+        assert!(matches!(err, SendError::Connection { .. }), "{err:?}");
+        assert!(err.is_transient());
+    }
+
+    #[tokio::test]
+    async fn silent_server_times_out_transiently() {
+        let port = fake_smtp(Script::Silent).await;
+        let mailer =
+            Mailer::new(smtp_config(format!("smtp://127.0.0.1:{port}"), 1)).expect("mailer");
+        let err = tokio::time::timeout(
+            Duration::from_secs(10),
+            mailer.send(message("ada@example.com")),
+        )
+        .await
+        .expect("the mailer's own timeout fires first")
+        .expect_err("timeout");
+        assert!(err.is_transient(), "{err:?}");
+        assert!(matches!(err, SendError::Timeout), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_timeout_retires_the_pool_so_no_send_reads_a_stale_reply() {
+        let port = fake_smtp(Script::StallFirstData).await;
+        let mailer =
+            Mailer::new(smtp_config(format!("smtp://127.0.0.1:{port}"), 1)).expect("mailer");
+        let err = mailer
+            .send(message("ada@example.com"))
+            .await
+            .expect_err("stalls");
+        assert!(matches!(err, SendError::Timeout), "{err:?}");
+        // Let lettre hand the cancelled connection back to its pool; on the old pool the next send would take that
+        // stalled connection and time out again.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            mailer
+                .send(message("ada@example.com"))
+                .await
+                .expect("fresh connection"),
+            Delivery::Smtp
+        );
+    }
+
+    #[tokio::test]
+    async fn tls_handshake_failure_is_transient_and_never_plaintext() {
+        // A plaintext server behind an smtps:// URL: the TLS handshake fails and nothing is sent in clear.
+        let port = fake_smtp(Script::Accept).await;
+        let mailer =
+            Mailer::new(smtp_config(format!("smtps://127.0.0.1:{port}"), 5)).expect("mailer");
+        let err = mailer
+            .send(message("ada@example.com"))
+            .await
+            .expect_err("tls fails");
+        assert!(matches!(err, SendError::Tls { .. }), "{err:?}");
+        assert!(err.is_transient());
+    }
+
+    #[tokio::test]
+    async fn clones_share_the_transport() {
+        let dir = temp_dir("clone");
+        let a = Mailer::new(MailerConfig {
+            mail_dir: dir.clone(),
+            ..MailerConfig::default()
+        })
+        .expect("mailer");
+        let b = a.clone();
+        assert!(Arc::ptr_eq(&a.inner, &b.inner));
+        assert_eq!(b.from().email.to_string(), "no-reply@jetfn.local");
+        std::fs::remove_dir_all(Path::new(&dir)).expect("cleanup");
+    }
+}

@@ -1,0 +1,213 @@
+//! A workspace binary run as a child process, the way an operator would run it.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::nats::pump;
+use crate::{lock, poll_async, poll_blocking, tail, workspace_root};
+
+/// Sends `signal` to `pid`; errors (e.g. the process already exited) are ignored.
+pub(crate) fn signal(pid: u32, signal: Signal) {
+    if let Ok(raw) = i32::try_from(pid) {
+        let _ = kill(Pid::from_raw(raw), signal);
+    }
+}
+
+/// A running function binary (`target/debug/<bin>`) with stdout and stderr captured.
+///
+/// Output is kept in a shared buffer ([`FunctionProcess::output`]) and echoed to the test's stderr
+/// with a `[bin]` prefix. SIGKILLed on drop if still running. All methods take `&self`.
+pub struct FunctionProcess {
+    bin: String,
+    pid: u32,
+    child: Mutex<Child>,
+    output: Arc<Mutex<String>>,
+}
+
+impl FunctionProcess {
+    /// Spawns `<target dir>/debug/<bin>` with the test's environment plus `envs`.
+    ///
+    /// Panics if the binary has not been built (`cargo build --workspace`).
+    pub fn spawn(bin: &str, envs: &[(&str, String)]) -> Self {
+        Self::spawn_with_args(bin, &[], envs)
+    }
+
+    /// Like [`FunctionProcess::spawn`], with command-line arguments.
+    pub fn spawn_with_args(bin: &str, args: &[&str], envs: &[(&str, String)]) -> Self {
+        let path = binary_path(bin);
+        let mut command = Command::new(&path);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", path.display()));
+        let output = Arc::new(Mutex::new(String::new()));
+        let prefix = format!("[{bin}]");
+        pump(child.stdout.take(), &prefix, Arc::clone(&output));
+        pump(child.stderr.take(), &prefix, Arc::clone(&output));
+        Self {
+            bin: bin.to_owned(),
+            pid: child.id(),
+            child: Mutex::new(child),
+            output,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// stdout and stderr so far, interleaved line by line in arrival order.
+    pub fn output(&self) -> String {
+        lock(&self.output).clone()
+    }
+
+    /// Waits until the output contains `needle`; panics with the output tail on timeout (or if the
+    /// process exits first without having printed it).
+    pub async fn wait_for_output(&self, needle: &str, timeout: Duration) -> String {
+        let found = poll_async(timeout, || self.output_check(needle)).await;
+        self.output_result(needle, timeout, found)
+    }
+
+    /// Blocking twin of [`FunctionProcess::wait_for_output`].
+    pub fn wait_for_output_blocking(&self, needle: &str, timeout: Duration) -> String {
+        let found = poll_blocking(timeout, || self.output_check(needle));
+        self.output_result(needle, timeout, found)
+    }
+
+    /// Sends SIGTERM (graceful shutdown request).
+    pub fn sigterm(&self) {
+        self.signal(Signal::SIGTERM);
+    }
+
+    /// Sends SIGKILL (crash).
+    pub fn sigkill(&self) {
+        self.signal(Signal::SIGKILL);
+    }
+
+    /// Sends any signal (e.g. SIGSTOP/SIGCONT to pause) unless the process has been reaped.
+    pub fn signal(&self, sig: Signal) {
+        let mut child = lock(&self.child);
+        if matches!(child.try_wait(), Ok(None)) {
+            signal(self.pid, sig);
+        }
+    }
+
+    /// The exit status if the process has exited.
+    pub fn try_exit_status(&self) -> Option<ExitStatus> {
+        lock(&self.child).try_wait().ok().flatten()
+    }
+
+    /// Waits for the process to exit; panics with the output tail on timeout.
+    pub async fn wait_exit(&self, timeout: Duration) -> ExitStatus {
+        let status = poll_async(timeout, || self.try_exit_status()).await;
+        self.exit_result(timeout, status)
+    }
+
+    /// Blocking twin of [`FunctionProcess::wait_exit`].
+    pub fn wait_exit_blocking(&self, timeout: Duration) -> ExitStatus {
+        let status = poll_blocking(timeout, || self.try_exit_status());
+        self.exit_result(timeout, status)
+    }
+
+    fn output_check(&self, needle: &str) -> Option<Option<String>> {
+        let output = self.output();
+        if output.contains(needle) {
+            return Some(Some(output));
+        }
+        // Exited: give the pump threads a moment to drain the pipes, then decide.
+        self.try_exit_status()?;
+        std::thread::sleep(Duration::from_millis(100));
+        let output = self.output();
+        Some(output.contains(needle).then_some(output))
+    }
+
+    fn output_result(
+        &self,
+        needle: &str,
+        timeout: Duration,
+        found: Option<Option<String>>,
+    ) -> String {
+        match found {
+            Some(Some(output)) => output,
+            Some(None) => panic!(
+                "{} exited ({:?}) without printing {needle:?}; output tail:\n{}",
+                self.bin,
+                self.try_exit_status(),
+                tail(&self.output(), 60)
+            ),
+            None => panic!(
+                "{} did not print {needle:?} within {timeout:?}; output tail:\n{}",
+                self.bin,
+                tail(&self.output(), 60)
+            ),
+        }
+    }
+
+    fn exit_result(&self, timeout: Duration, status: Option<ExitStatus>) -> ExitStatus {
+        status.unwrap_or_else(|| {
+            panic!(
+                "{} (pid {}) still running after {timeout:?}; output tail:\n{}",
+                self.bin,
+                self.pid,
+                tail(&self.output(), 60)
+            )
+        })
+    }
+}
+
+impl Drop for FunctionProcess {
+    fn drop(&mut self) {
+        let child = self
+            .child
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if matches!(child.try_wait(), Ok(None)) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `<target dir>/debug/<bin>`: the directory above the test executable's `deps/` first, then
+/// `$CARGO_TARGET_DIR/debug`, then `<workspace>/target/debug`.
+pub fn binary_path(bin: &str) -> PathBuf {
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        // target/debug/deps/it-<hash> -> target/debug
+        if let Some(profile_dir) = exe.parent().and_then(|deps| deps.parent()) {
+            candidates.push(profile_dir.join(bin));
+        }
+    }
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        let target = PathBuf::from(target);
+        let target = if target.is_relative() {
+            workspace_root().join(target)
+        } else {
+            target
+        };
+        candidates.push(target.join("debug").join(bin));
+    }
+    candidates.push(workspace_root().join("target/debug").join(bin));
+    candidates
+        .iter()
+        .find(|path| path.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "binary {bin} not built: run `cargo build --workspace` first (looked in {candidates:?})"
+            )
+        })
+}
