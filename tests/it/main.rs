@@ -1,3 +1,7 @@
 //! Integration tests: one test binary, one module per area.
 
+mod dlq;
 mod harness_selftest;
+mod support;
+mod tracing_otlp;
+mod welcome;

@@ -4,6 +4,7 @@
 use anyhow::Context as _;
 use async_nats::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
+use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -136,9 +137,36 @@ fn otlp_configured() -> bool {
 }
 
 /// Writes the current span's context into NATS headers as `traceparent`/`tracestate`.
+///
+/// Without an exporter the span has no valid context; a fresh random `traceparent` is written then, so the
+/// attempts of one event still share a trace id that logs and downstream services can correlate.
 pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
     let context = span.context();
-    TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
+    if context.span().span_context().is_valid() {
+        TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
+    } else {
+        headers.insert("traceparent", random_traceparent().as_str());
+    }
+}
+
+fn random_traceparent() -> String {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 24];
+    // The system RNG failing leaves zeros; the all-zero ids are invalid, so fall back to the clock's bits.
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        bytes[..16].copy_from_slice(&nanos.to_le_bytes());
+        bytes[16..].copy_from_slice(&nanos.to_be_bytes()[..8]);
+    }
+    let hex = |part: &[u8]| {
+        part.iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect::<String>()
+    };
+    format!("00-{}-{}-01", hex(&bytes[..16]), hex(&bytes[16..]))
 }
 
 /// Makes `span` a child of the trace context carried in `headers`, if any.

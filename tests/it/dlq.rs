@@ -1,0 +1,205 @@
+//! The dead-letter path for messages no handler answered, and replay from the DLQ.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::PullConsumer;
+use futures::StreamExt as _;
+use integration_tests::FunctionProcess;
+use runtime::dlq::DeathKind;
+
+use crate::support::{System, WAIT, user};
+
+/// A consumer that gives up fast: three deliveries, 200 ms apart.
+async fn fast_exhaustion() -> System {
+    System::start_with(|definitions| {
+        let welcome = definitions.consumer_mut("EVENTS", "welcome").unwrap();
+        welcome.max_deliver = 3;
+        welcome.backoff = vec![Duration::from_millis(200); 2];
+        welcome.ack_wait = Duration::from_millis(200);
+    })
+    .await
+}
+
+/// Pulls every delivery of the welcome consumer and never answers, like a function that hangs or crashes.
+fn silent_function(system: &System) -> tokio::task::JoinHandle<usize> {
+    let js = system.js.clone();
+    tokio::spawn(async move {
+        let consumer: PullConsumer = js
+            .get_consumer_from_stream("welcome", "EVENTS")
+            .await
+            .unwrap();
+        let mut messages = consumer.messages().await.unwrap();
+        let mut deliveries = 0;
+        while let Ok(Some(Ok(_ignored))) =
+            tokio::time::timeout(Duration::from_secs(3), messages.next()).await
+        {
+            deliveries += 1;
+        }
+        deliveries
+    })
+}
+
+async fn wait_advisories(system: &System, count: u64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut stream = system.js.get_stream("ADVISORIES").await.unwrap();
+        if stream.info().await.unwrap().state.messages >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no MAX_DELIVERIES advisory was captured"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_unanswered_message_reaches_the_dlq_through_the_router() {
+    let system = fast_exhaustion().await;
+    let _router = system.spawn("dlq-router", &[]).await;
+    let silent = silent_function(&system);
+    let published = system
+        .publisher
+        .publish(user("hang@example.com", "Hang"))
+        .await
+        .unwrap();
+
+    let records = system.wait_dlq(1).await;
+    let letter = &records[0].1;
+    assert_eq!(letter.kind, DeathKind::NoAnswer);
+    assert_eq!(letter.writer, "router");
+    assert_eq!(letter.sequence, published.sequence);
+    assert_eq!(letter.attempts, 3);
+    assert_eq!(letter.subject, "events.users.registered");
+    assert!(letter.headers.get("traceparent").is_some());
+    let original = system
+        .js
+        .get_stream("EVENTS")
+        .await
+        .unwrap()
+        .get_raw_message(published.sequence)
+        .await
+        .unwrap();
+    assert_eq!(
+        letter.payload, original.payload,
+        "the record holds the original payload"
+    );
+    assert_eq!(
+        silent.await.unwrap(),
+        3,
+        "delivered max_deliver times, never more"
+    );
+}
+
+#[tokio::test]
+async fn advisories_wait_in_their_stream_while_the_router_is_down() {
+    let system = fast_exhaustion().await;
+    let silent = silent_function(&system);
+    let published = system
+        .publisher
+        .publish(user("later@example.com", "Later"))
+        .await
+        .unwrap();
+    wait_advisories(&system, 1).await;
+    assert!(system.dlq().await.is_empty(), "nobody has routed it yet");
+    silent.await.unwrap();
+
+    let router = system.spawn("dlq-router", &[]).await;
+    let records = system.wait_dlq(1).await;
+    assert_eq!(records[0].1.sequence, published.sequence);
+    assert_eq!(records[0].1.kind, DeathKind::NoAnswer);
+
+    // A second router run (a restart, a redelivered advisory) does not write it twice.
+    router.sigterm();
+    assert_eq!(router.wait_exit(WAIT).await.code(), Some(0));
+    // Re-reading every advisory from the start, as after a lost consumer.
+    let definitions =
+        runtime::infra::Definitions::load(&integration_tests::workspace_root().join("infra/nats"))
+            .unwrap();
+    let config = definitions
+        .consumer("ADVISORIES", "dlq-router")
+        .unwrap()
+        .clone();
+    let stream = system.js.get_stream("ADVISORIES").await.unwrap();
+    stream.delete_consumer("dlq-router").await.unwrap();
+    stream.create_consumer(config).await.unwrap();
+    let again = system.spawn("dlq-router", &[]).await;
+    again
+        .wait_for_output("already in the dead-letter stream", WAIT)
+        .await;
+    assert_eq!(system.dlq().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_replayed_dead_event_is_processed_by_the_function() {
+    let system = System::start().await;
+    let _welcome = system.welcome().await;
+    system
+        .smtp
+        .reject_recipients(550, "5.1.1 mailbox unavailable");
+    system
+        .publisher
+        .publish(user("replay@example.com", "Replay"))
+        .await
+        .unwrap();
+    let records = system.wait_dlq(1).await;
+    let dlq_seq = records[0].0;
+    system.smtp.clear_faults();
+
+    let env = system.env();
+    let list = FunctionProcess::spawn_with_args("jetfn", &["dlq", "list"], &env);
+    assert_eq!(list.wait_exit(WAIT).await.code(), Some(0));
+    assert!(
+        list.output().contains("permanent") && list.output().contains("welcome"),
+        "{}",
+        list.output()
+    );
+    let show =
+        FunctionProcess::spawn_with_args("jetfn", &["dlq", "show", &dlq_seq.to_string()], &env);
+    assert_eq!(show.wait_exit(WAIT).await.code(), Some(0));
+    assert!(
+        show.output().contains("re***@example.com"),
+        "{}",
+        show.output()
+    );
+    assert!(
+        !show.output().contains("replay@example.com"),
+        "show masks addresses: {}",
+        show.output()
+    );
+
+    let replay =
+        FunctionProcess::spawn_with_args("jetfn", &["dlq", "replay", &dlq_seq.to_string()], &env);
+    assert_eq!(
+        replay.wait_exit(WAIT).await.code(),
+        Some(0),
+        "{}",
+        replay.output()
+    );
+    let mails = system.smtp.wait_for_messages(1, WAIT).await;
+    assert_eq!(mails[0].rcpt_to, vec!["replay@example.com".to_owned()]);
+    system.wait_settled("welcome").await;
+    assert!(
+        system.dlq().await.is_empty(),
+        "a replayed record leaves the DLQ"
+    );
+}
+
+#[tokio::test]
+async fn purge_removes_dead_events() {
+    let system = System::start().await;
+    let _welcome = system.welcome().await;
+    system
+        .publish_raw("events.users.registered", b"not json")
+        .await;
+    system
+        .publish_raw("events.users.registered", b"not json either")
+        .await;
+    system.wait_dlq(2).await;
+    let purge =
+        FunctionProcess::spawn_with_args("jetfn", &["dlq", "purge", "--all"], &system.env());
+    assert_eq!(purge.wait_exit(WAIT).await.code(), Some(0));
+    assert!(purge.output().contains("purged 2"), "{}", purge.output());
+    assert!(system.dlq().await.is_empty());
+}

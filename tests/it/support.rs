@@ -1,0 +1,177 @@
+//! A whole jetfn system per test: a private nats-server with the real `infra/nats` definitions applied (timings
+//! shortened so retries take milliseconds), a controllable SMTP server, and helpers to run the real binaries.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use integration_tests::{FunctionProcess, NatsServer, SmtpServer, workspace_root};
+use runtime::dlq::DeadLetter;
+use runtime::infra::Definitions;
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The welcome consumer's backoff in tests: attempt 2 comes 400 ms after attempt 1, attempt 3 800 ms after 2.
+pub const TEST_BACKOFF: [Duration; 3] = [
+    Duration::from_millis(400),
+    Duration::from_millis(800),
+    Duration::from_millis(800),
+];
+pub const TEST_MAX_DELIVER: i64 = 4;
+
+pub struct System {
+    pub nats: NatsServer,
+    pub smtp: SmtpServer,
+    pub js: jetstream::Context,
+    pub publisher: runtime::Publisher,
+}
+
+impl System {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with the repository's definitions, changed by `adjust` before they are applied.
+    pub async fn start_with(adjust: impl FnOnce(&mut Definitions)) -> Self {
+        let nats = NatsServer::start();
+        let smtp = SmtpServer::start();
+        let client = async_nats::connect(nats.url())
+            .await
+            .expect("connect to the test nats-server");
+        let js = jetstream::new(client.clone());
+        let mut definitions =
+            Definitions::load(&workspace_root().join("infra/nats")).expect("infra/nats loads");
+        let welcome = definitions
+            .consumer_mut("EVENTS", "welcome")
+            .expect("infra defines the welcome consumer");
+        welcome.backoff = TEST_BACKOFF.to_vec();
+        welcome.ack_wait = TEST_BACKOFF[0];
+        welcome.max_deliver = TEST_MAX_DELIVER;
+        adjust(&mut definitions);
+        definitions
+            .apply(&js)
+            .await
+            .expect("infra/nats applies to nats-server 2.15");
+        let publisher = runtime::Publisher::new(client.clone(), "/integration-tests");
+        Self {
+            nats,
+            smtp,
+            js,
+            publisher,
+        }
+    }
+
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("NATS_URL", self.nats.url()),
+            ("SMTP_URL", self.smtp.url()),
+            ("SMTP_TIMEOUT_SECS", "10".to_owned()),
+            ("RUST_LOG", "debug,async_nats=info".to_owned()),
+            ("JOB_DRAIN_TIMEOUT_SECS", "15".to_owned()),
+            ("JOB_LEDGER_LEASE_SECS", "2".to_owned()),
+            ("ROUTER_HEALTH_ADDR", String::new()),
+        ]
+        .into_iter()
+        .filter(|(_, value)| !value.is_empty())
+        .collect()
+    }
+
+    pub async fn spawn(&self, bin: &str, extra: &[(&'static str, String)]) -> FunctionProcess {
+        let mut env = self.env();
+        env.extend(extra.iter().cloned());
+        let process = FunctionProcess::spawn(bin, &env);
+        process.wait_for_output("serving", WAIT).await;
+        process
+    }
+
+    pub async fn welcome(&self) -> FunctionProcess {
+        self.spawn("welcome", &[]).await
+    }
+
+    pub async fn consumer_info(&self, stream: &str, name: &str) -> consumer::Info {
+        let stream = self.js.get_stream(stream).await.expect("stream exists");
+        let mut consumer: consumer::PullConsumer =
+            stream.get_consumer(name).await.expect("consumer exists");
+        consumer.info().await.expect("consumer info").clone()
+    }
+
+    /// Waits until the consumer has nothing waiting, nothing in flight and nothing due for redelivery. Its
+    /// `delivered.consumer_sequence` then counts every delivery made, redeliveries included.
+    pub async fn wait_settled(&self, name: &str) -> consumer::Info {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let info = self.consumer_info("EVENTS", name).await;
+            // A NAK with a delay leaves the message neither pending nor in flight; the ack floor shows it.
+            let answered = info.ack_floor.consumer_sequence == info.delivered.consumer_sequence;
+            if info.num_pending == 0 && info.num_ack_pending == 0 && answered {
+                return info;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "consumer {name} did not settle: {info:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every record in the DLQ stream, with its DLQ sequence.
+    pub async fn dlq(&self) -> Vec<(u64, DeadLetter)> {
+        let mut stream = self.js.get_stream("DLQ").await.expect("DLQ stream");
+        let state = stream.info().await.expect("DLQ info").state.clone();
+        let mut records = Vec::new();
+        if state.messages == 0 {
+            return records;
+        }
+        for seq in state.first_sequence..=state.last_sequence {
+            if let Ok(message) = stream.get_raw_message(seq).await {
+                let letter = DeadLetter::from_stored(Some(&message.headers), message.payload)
+                    .expect("a DLQ record");
+                records.push((seq, letter));
+            }
+        }
+        records
+    }
+
+    pub async fn wait_dlq(&self, count: usize) -> Vec<(u64, DeadLetter)> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let records = self.dlq().await;
+            if records.len() >= count {
+                return records;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {count} DLQ records, have {}",
+                records.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Publishes raw bytes on a subject, bypassing the validating publisher (as a careless client would).
+    pub async fn publish_raw(&self, subject: &str, bytes: &[u8]) -> u64 {
+        self.js
+            .publish(subject.to_owned(), bytes.to_vec().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stream ack")
+            .sequence
+    }
+}
+
+pub fn user(email: &str, name: &str) -> events::UserRegistered {
+    events::UserRegistered {
+        user_id: "u-42".to_owned(),
+        email: email.to_owned(),
+        name: name.to_owned(),
+        locale: events::Locale::En,
+    }
+}
+
+/// No log line of a function may hold a full email address.
+pub fn assert_no_address(output: &str, address: &str) {
+    assert!(
+        !output.contains(address),
+        "the address {address} appears in clear in the logs:\n{output}"
+    );
+}

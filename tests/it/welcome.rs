@@ -1,0 +1,421 @@
+//! The welcome function end to end: real nats-server, real SMTP server, the real binary.
+
+use std::time::Duration;
+
+use events::{CloudEvent, Locale};
+use runtime::dlq::DeathKind;
+
+use crate::support::{System, TEST_BACKOFF, WAIT, assert_no_address, user};
+
+#[tokio::test]
+async fn a_registered_user_gets_one_welcome_email_with_escaped_html() {
+    let system = System::start().await;
+    let welcome = system.welcome().await;
+    let published = system
+        .publisher
+        .publish(user(
+            "ada.lovelace@example.com",
+            "<script>alert(1)</script> Ada",
+        ))
+        .await
+        .expect("a valid event publishes");
+    assert_eq!(
+        (published.stream.as_str(), published.duplicate),
+        ("EVENTS", false)
+    );
+
+    let mails = system.smtp.wait_for_messages(1, WAIT).await;
+    let mail = &mails[0];
+    assert_eq!(mail.rcpt_to, vec!["ada.lovelace@example.com".to_owned()]);
+    assert_eq!(mail.header_count("Subject"), 1);
+    assert!(
+        mail.header("Subject").unwrap().contains("Welcome"),
+        "{:?}",
+        mail.header("Subject")
+    );
+    let html = mail.html_part().expect("an HTML part");
+    let text = mail.text_part().expect("a text part");
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;"), "{html}");
+    assert!(
+        !html.contains("<script>"),
+        "user data reached the HTML unescaped: {html}"
+    );
+    assert!(
+        text.contains("<script>alert(1)</script> Ada"),
+        "the text part keeps the literal name: {text}"
+    );
+
+    let info = system.wait_settled("welcome").await;
+    assert_eq!(
+        info.delivered.consumer_sequence, 1,
+        "one delivery, no retry"
+    );
+    assert!(system.dlq().await.is_empty());
+    assert_no_address(&welcome.output(), "ada.lovelace@example.com");
+}
+
+#[tokio::test]
+async fn vietnamese_locale_is_used_when_asked() {
+    let system = System::start().await;
+    let _welcome = system.welcome().await;
+    let mut data = user("lan@example.com", "Lan");
+    data.locale = Locale::Vi;
+    system.publisher.publish(data).await.unwrap();
+    let mail = &system.smtp.wait_for_messages(1, WAIT).await[0];
+    assert!(
+        mail.raw_header("Content-Language")
+            .unwrap_or_default()
+            .contains("vi")
+    );
+    assert!(mail.text_part().unwrap().contains("Lan"));
+    assert_ne!(
+        mail.header("Subject"),
+        Some("Welcome to jetfn, Lan".to_owned()),
+        "the subject is not English"
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_event_is_dead_lettered_at_once_with_the_field_named() {
+    let system = System::start().await;
+    let welcome = system.welcome().await;
+    // A client that skips validation: the email is not an address, and `name` is missing.
+    let event =
+        br#"{"specversion":"1.0","id":"bad-1","source":"/elsewhere","type":"users.registered",
+        "data":{"user_id":"u1","email":"secret-but-not-an-address"}}"#;
+    let sequence = system.publish_raw("events.users.registered", event).await;
+    let not_json = system
+        .publish_raw("events.users.registered", b"{ this is not json")
+        .await;
+    let wrong_type = system
+        .publish_raw(
+            "events.users.registered",
+            br#"{"specversion":"1.0","id":"x","source":"/s","type":"orders.unknown","data":{}}"#,
+        )
+        .await;
+
+    let records = system.wait_dlq(3).await;
+    let by_seq = |seq: u64| {
+        &records
+            .iter()
+            .find(|(_, letter)| letter.sequence == seq)
+            .expect("a record per event")
+            .1
+    };
+    let letter = by_seq(sequence);
+    assert_eq!(letter.kind, DeathKind::Invalid);
+    assert_eq!(letter.attempts, 1, "an invalid event is never retried");
+    assert!(
+        letter.reason.contains("/data/email") && letter.reason.contains("/data"),
+        "{}",
+        letter.reason
+    );
+    assert!(letter.reason.contains("name"), "{}", letter.reason);
+    assert!(
+        !letter.reason.contains("secret-but-not-an-address"),
+        "the reason quotes the value: {}",
+        letter.reason
+    );
+    assert_eq!(
+        letter.payload.as_ref(),
+        event,
+        "the DLQ keeps the original payload"
+    );
+    assert_eq!(
+        (
+            letter.subject.as_str(),
+            letter.stream.as_str(),
+            letter.consumer.as_str()
+        ),
+        ("events.users.registered", "EVENTS", "welcome")
+    );
+    assert!(by_seq(not_json).reason.contains("not JSON"));
+    assert!(by_seq(wrong_type).reason.contains("/type"));
+
+    let info = system.wait_settled("welcome").await;
+    assert_eq!(
+        info.delivered.consumer_sequence, 3,
+        "three events, three deliveries: nothing was retried"
+    );
+    assert!(system.smtp.attempts().is_empty(), "no email was attempted");
+    assert_no_address(&welcome.output(), "secret-but-not-an-address");
+}
+
+#[tokio::test]
+async fn the_stream_refuses_events_over_256_kib() {
+    let system = System::start().await;
+    let big = vec![b'x'; 300 * 1024];
+    let refused = system
+        .js
+        .publish("events.users.registered", big.into())
+        .await
+        .unwrap()
+        .await;
+    assert!(
+        refused.is_err(),
+        "max_msg_size holds the 256 KiB line at the stream"
+    );
+}
+
+#[tokio::test]
+async fn two_4xx_replies_then_success_send_exactly_one_email_on_the_backoff_schedule() {
+    let system = System::start().await;
+    let _welcome = system.welcome().await;
+    system
+        .smtp
+        .fail_next_data(vec![(451, "4.3.0 try later"), (452, "4.2.2 mailbox busy")]);
+    system
+        .publisher
+        .publish(user("grace@example.com", "Grace"))
+        .await
+        .unwrap();
+
+    let mails = system.smtp.wait_for_messages(1, WAIT).await;
+    assert_eq!(mails.len(), 1);
+    let attempts = system.smtp.attempts();
+    let codes: Vec<u16> = attempts.iter().map(|attempt| attempt.code).collect();
+    assert_eq!(codes, vec![451, 452, 250]);
+    for (i, pair) in attempts.windows(2).enumerate() {
+        let gap = pair[1].at - pair[0].at;
+        let expected = TEST_BACKOFF[i];
+        assert!(
+            gap >= expected - Duration::from_millis(50),
+            "attempt {} came {gap:?} after the previous; backoff says {expected:?}",
+            i + 2
+        );
+        assert!(
+            gap < expected + Duration::from_millis(1500),
+            "attempt {} came {gap:?} late; backoff says {expected:?}",
+            i + 2
+        );
+    }
+    let info = system.wait_settled("welcome").await;
+    assert_eq!(
+        info.delivered.consumer_sequence, 3,
+        "three deliveries of one event"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(system.smtp.messages().len(), 1, "exactly one email");
+    assert!(system.dlq().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_5xx_reply_is_dead_lettered_at_the_first_attempt() {
+    let system = System::start().await;
+    let _welcome = system.welcome().await;
+    system.smtp.reject_recipients(550, "5.1.1 no such user");
+    let published = system
+        .publisher
+        .publish(user("nobody@example.com", "Nobody"))
+        .await
+        .unwrap();
+
+    let records = system.wait_dlq(1).await;
+    let letter = &records[0].1;
+    assert_eq!(letter.kind, DeathKind::Permanent);
+    assert_eq!(letter.attempts, 1);
+    assert_eq!(letter.sequence, published.sequence);
+    assert!(letter.reason.contains("550"), "{}", letter.reason);
+    assert!(
+        !letter.reason.contains("nobody@example.com"),
+        "{}",
+        letter.reason
+    );
+    assert!(
+        letter.headers.get("traceparent").is_some(),
+        "the record keeps the trace context"
+    );
+    system.wait_settled("welcome").await;
+    assert_eq!(system.smtp.attempts().len(), 1, "never retried");
+}
+
+#[tokio::test]
+async fn transient_failures_on_every_attempt_end_in_the_dlq_with_the_history() {
+    let system = System::start().await;
+    let _welcome = system.welcome().await;
+    system.smtp.fail_next_data(vec![(421, "4.7.0 busy"); 10]);
+    system
+        .publisher
+        .publish(user("tries@example.com", "Tries"))
+        .await
+        .unwrap();
+    let records = system.wait_dlq(1).await;
+    let letter = &records[0].1;
+    assert_eq!(letter.kind, DeathKind::Exhausted);
+    assert_eq!(letter.attempts, 4);
+    assert!(
+        letter.first_failure < letter.last_failure,
+        "{:?} {:?}",
+        letter.first_failure,
+        letter.last_failure
+    );
+    assert!(letter.reason.contains("421"), "{}", letter.reason);
+    assert_eq!(system.smtp.attempts().len(), 4);
+    assert!(system.smtp.messages().is_empty());
+}
+
+#[tokio::test]
+async fn the_same_event_published_twice_sends_one_email() {
+    let system = System::start().await;
+    let _welcome = system.welcome().await;
+    let event = CloudEvent::new("/signup", user("twice@example.com", "Twice"));
+    let first = system.publisher.publish_event(&event).await.unwrap();
+    let second = system.publisher.publish_event(&event).await.unwrap();
+    assert!(
+        second.duplicate && second.sequence == first.sequence,
+        "the duplicate window absorbs it"
+    );
+    // A re-publish after the window: a new message id, the same event id. The ledger absorbs this one.
+    let bytes = serde_json::to_vec(&event).unwrap();
+    system.publish_raw("events.users.registered", &bytes).await;
+
+    system.smtp.wait_for_messages(1, WAIT).await;
+    system.wait_settled("welcome").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(system.smtp.messages().len(), 1, "one email for one event");
+}
+
+#[tokio::test]
+async fn sigkill_after_the_send_and_before_the_ack_still_sends_one_email() {
+    let system = System::start().await;
+    let doomed = system
+        .spawn(
+            "welcome",
+            &[("JOB_TEST_DELAY_BEFORE_ACK_MS", "60000".to_owned())],
+        )
+        .await;
+    system
+        .publisher
+        .publish(user("crash@example.com", "Crash"))
+        .await
+        .unwrap();
+    system.smtp.wait_for_messages(1, WAIT).await;
+    doomed.sigkill();
+    doomed.wait_exit(WAIT).await;
+
+    let survivor = system.welcome().await;
+    let info = system.wait_settled("welcome").await;
+    assert!(
+        info.delivered.consumer_sequence >= 2,
+        "the message was redelivered: {info:?}"
+    );
+    survivor.wait_for_output("already sent", WAIT).await;
+    assert_eq!(
+        system.smtp.messages().len(),
+        1,
+        "the ledger kept the redelivery from sending again"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_during_a_slow_send_finishes_it_acks_it_and_exits_zero() {
+    let system = System::start().await;
+    let welcome = system.welcome().await;
+    system.smtp.delay_data_reply(Duration::from_secs(2));
+    system
+        .publisher
+        .publish(user("slow@example.com", "Slow"))
+        .await
+        .unwrap();
+    // Wait until the handler is inside the send.
+    let deadline = std::time::Instant::now() + WAIT;
+    while system
+        .consumer_info("EVENTS", "welcome")
+        .await
+        .num_ack_pending
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the event was never delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    welcome.sigterm();
+    let status = welcome.wait_exit(WAIT).await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "drained and exited cleanly:\n{}",
+        welcome.output()
+    );
+    assert_eq!(system.smtp.messages().len(), 1);
+    let info = system.consumer_info("EVENTS", "welcome").await;
+    assert_eq!(
+        (info.num_pending, info.num_ack_pending),
+        (0, 0),
+        "acked before exit: {info:?}"
+    );
+    assert_eq!(
+        (
+            info.delivered.consumer_sequence,
+            info.ack_floor.consumer_sequence
+        ),
+        (1, 1),
+        "acked, not redelivered: {info:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_retried_and_the_process_keeps_serving() {
+    // The welcome handler does not panic on any input, so this drives the runtime with one that does.
+    let system = System::start().await;
+    let runtime = runtime::Runtime::new(
+        "welcome",
+        &runtime::config::NatsConfig::local(system.nats.url()),
+        job_config(),
+    )
+    .await
+    .unwrap();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = calls.clone();
+    let stop = tokio_util_like_stop();
+    let serving = tokio::spawn(runtime.serve(
+        move |job: runtime::Job<events::UserRegistered>| {
+            let counted = counted.clone();
+            async move {
+                let call = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                assert!(call > 0 || job.attempt > 1, "first attempt panics");
+                Ok(())
+            }
+        },
+        stop.1,
+    ));
+    system
+        .publisher
+        .publish(user("panic@example.com", "Panic"))
+        .await
+        .unwrap();
+    system
+        .publisher
+        .publish(user("calm@example.com", "Calm"))
+        .await
+        .unwrap();
+    let info = system.wait_settled("welcome").await;
+    assert_eq!(
+        info.delivered.consumer_sequence, 3,
+        "two events, one retried once: {info:?}"
+    );
+    assert!(
+        calls.load(std::sync::atomic::Ordering::SeqCst) >= 3,
+        "the panicking event was retried and the other served"
+    );
+    assert!(system.dlq().await.is_empty());
+    let _ = stop.0.send(());
+    serving.await.unwrap().unwrap();
+}
+
+fn job_config() -> runtime::config::JobConfig {
+    serde_json::from_value(serde_json::json!({})).expect("JobConfig has defaults for every field")
+}
+
+fn tokio_util_like_stop() -> (
+    tokio::sync::oneshot::Sender<()>,
+    impl std::future::Future<Output = ()>,
+) {
+    let (sender, receiver) = tokio::sync::oneshot::channel::<()>();
+    (sender, async move {
+        let _ = receiver.await;
+    })
+}
