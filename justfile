@@ -1,0 +1,37 @@
+# Thin shortcuts; each recipe is one command. `just` is optional: every line works pasted into a shell.
+
+# Run the whole system locally (nats-server, infra, functions); emails land in .jetfn/mail.
+dev:
+    bash infra/dev.sh
+
+# Every check and test, as CI runs them.
+test:
+    bash tests/run.sh
+
+# Integration tests whose name contains FILTER.
+test-it filter="":
+    bash tests/run.sh {{filter}}
+
+fmt:
+    cargo fmt --all
+
+lint:
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Provision streams, consumers and KV buckets on the server at $NATS_URL.
+apply:
+    cargo run -q -p jetfn -- infra apply
+
+# Publish an event, e.g. `just publish users.registered '{"user_id":"u1","email":"ada@example.com","name":"Ada"}'`.
+publish type data:
+    cargo run -q -p jetfn -- publish {{type}} --data '{{data}}'
+
+dlq:
+    cargo run -q -p jetfn -- dlq list
+
+status:
+    cargo run -q -p jetfn -- status
+
+# Regenerate the JSON Schemas and CATALOG.md from the Rust types.
+schemas:
+    cargo run -q -p events --example write_schemas
