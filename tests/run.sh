@@ -26,5 +26,7 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "==> building the binaries the integration tests run"
 cargo build --workspace --bins
-echo "==> cargo test (unit and integration)"
-cargo test --workspace
+echo "==> unit tests and doc tests"
+cargo test --workspace --exclude integration-tests
+echo "==> integration tests (real nats-server, SMTP server, OTLP receiver, function binaries)"
+cargo test -p integration-tests --test it

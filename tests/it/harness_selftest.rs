@@ -531,9 +531,20 @@ async fn harness_function_process_output_and_signals() {
 }
 
 #[test]
-#[should_panic(expected = "binary no-such-function not built: run `cargo build --workspace` first")]
 fn harness_function_process_missing_binary_panics_with_hint() {
-    let _ = FunctionProcess::spawn("no-such-function", &[]);
+    let Err(panic) = std::panic::catch_unwind(|| FunctionProcess::spawn("no-such-function", &[]))
+    else {
+        panic!("spawning a binary that was never built must fail loudly");
+    };
+    let message = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|text| (*text).to_owned()))
+        .unwrap_or_default();
+    assert!(
+        message.contains("binary no-such-function not built: run `cargo build --workspace` first"),
+        "{message}"
+    );
 }
 
 #[test]
