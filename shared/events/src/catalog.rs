@@ -2,7 +2,10 @@
 
 use serde_json::{Value, json};
 
-use crate::{Event, Invalid, UserRegistered};
+use crate::{
+    ContactSubmitted, EmailVerificationRequested, Event, Invalid, OrderPlaced, OrderShipped,
+    OrderStatusChanged, PasswordResetRequested, UserRegistered,
+};
 
 /// Every event subject starts with this token, so one stream (`EVENTS`, subjects `events.>`) holds them all.
 pub const SUBJECT_PREFIX: &str = "events";
@@ -24,27 +27,83 @@ pub struct EventKind {
     pub derived_schema: fn() -> Value,
     /// A valid `data` for documentation and smoke tests.
     pub example_data: fn() -> Value,
-    /// Runs the payload type's own rules on a `data` that passed the schema.
-    pub check_data: fn(&Value) -> Result<(), Invalid>,
+    /// Runs the payload type's own rules on a `data` that passed the schema (with `true`: the publish-time ones too).
+    pub check_data: fn(&Value, bool) -> Result<(), Invalid>,
+    /// Whether the Rust type's `TYPE` is `ty`; a test checks the catalog rows against their types.
+    pub type_matches: fn(&str) -> bool,
+}
+
+macro_rules! kind {
+    ($payload:ty, $ty:literal, [$($consumer:literal),*], $description:literal) => {
+        EventKind {
+            ty: $ty,
+            subject: concat!("events.", $ty),
+            description: $description,
+            consumers: &[$($consumer),*],
+            schema_file: include_str!(concat!("../schemas/", $ty, ".json")),
+            derived_schema: schema_for::<$payload>,
+            example_data: || serde_json::to_value(<$payload>::example()).expect("example serializes"),
+            check_data: check_data::<$payload>,
+            type_matches: |ty| ty == <$payload as Event>::TYPE,
+        }
+    };
 }
 
 /// All event types, in documentation order.
-pub static CATALOG: &[EventKind] = &[EventKind {
-    ty: UserRegistered::TYPE,
-    subject: "events.users.registered",
-    description: "A user created an account; the welcome email goes out.",
-    consumers: &["welcome"],
-    schema_file: include_str!("../schemas/users.registered.json"),
-    derived_schema: schema_for::<UserRegistered>,
-    example_data: || serde_json::to_value(UserRegistered::example()).expect("example serializes"),
-    check_data: check_data::<UserRegistered>,
-}];
+pub static CATALOG: &[EventKind] = &[
+    kind!(
+        UserRegistered,
+        "users.registered",
+        ["welcome"],
+        "A user created an account; the welcome email goes out."
+    ),
+    kind!(
+        PasswordResetRequested,
+        "users.password_reset_requested",
+        ["password-reset"],
+        "A user asked to reset their password; an email with a reset link (base URL + token) goes out."
+    ),
+    kind!(
+        EmailVerificationRequested,
+        "users.email_verification_requested",
+        ["email-verification"],
+        "A user must confirm their address; an email with a 6-digit code goes out, unless it expired before it was consumed."
+    ),
+    kind!(
+        OrderPlaced,
+        "orders.placed",
+        ["order-confirmation"],
+        "A customer placed an order; the customer's confirmation and a notification to the shop's staff go out."
+    ),
+    kind!(
+        OrderShipped,
+        "orders.shipped",
+        ["shipping-notification"],
+        "An order shipped; the customer gets the carrier and tracking link."
+    ),
+    kind!(
+        OrderStatusChanged,
+        "orders.status_changed",
+        ["order-status"],
+        "An order's status changed; the customer is told, in wording for the new status."
+    ),
+    kind!(
+        ContactSubmitted,
+        "contact.submitted",
+        ["contact"],
+        "The contact form was submitted; support is notified (sender in Reply-To) and the sender optionally acknowledged."
+    ),
+];
 
-/// Deserializes `data` as `T` and runs `T::validate`.
-fn check_data<T: Event>(data: &Value) -> Result<(), Invalid> {
+/// Deserializes `data` as `T` and runs `T::validate`, plus `T::validate_publish` when publishing.
+fn check_data<T: Event>(data: &Value, publishing: bool) -> Result<(), Invalid> {
     let typed: T = serde::Deserialize::deserialize(data)
         .map_err(|err| Invalid::new("/data", crate::validate::describe_json_error(&err)))?;
-    typed.validate()
+    typed.validate()?;
+    if publishing {
+        typed.validate_publish()?;
+    }
+    Ok(())
 }
 
 /// Looks a type up in the catalog.
@@ -213,6 +272,19 @@ mod tests {
     fn subjects_follow_the_scheme() {
         for kind in CATALOG {
             assert_eq!(kind.subject, subject_for(kind.ty));
+            assert!(
+                (kind.type_matches)(kind.ty),
+                "catalog row {} names another type's TYPE",
+                kind.ty
+            );
+        }
+    }
+
+    #[test]
+    fn every_example_is_valid() {
+        for kind in CATALOG {
+            (kind.check_data)(&(kind.example_data)(), false)
+                .unwrap_or_else(|err| panic!("{}: {err}", kind.ty));
         }
     }
 }

@@ -5,15 +5,25 @@
 //! producer in another service can depend on it alone.
 #![warn(missing_docs)]
 
+mod accounts;
 mod catalog;
+mod commerce;
+mod contact;
 mod envelope;
 mod payloads;
 pub mod pii;
+mod rules;
 mod validate;
 
+pub use accounts::{EmailVerificationRequested, PasswordResetRequested};
 pub use catalog::{
     CATALOG, EventKind, SUBJECT_PREFIX, catalog_markdown, kind_by_type, schema_for, subject_for,
 };
+pub use commerce::{
+    Address, Currency, Customer, Item, MAX_AMOUNT, OrderPlaced, OrderShipped, OrderStatus,
+    OrderStatusChanged,
+};
+pub use contact::ContactSubmitted;
 pub use envelope::{CloudEvent, DATACONTENTTYPE_JSON, SPECVERSION};
 pub use payloads::{Locale, UserRegistered};
 pub use validate::{FieldError, Invalid, MAX_EVENT_BYTES, Validator};
@@ -33,6 +43,15 @@ pub trait Event:
     /// # Errors
     /// Returns the offending fields, each with its reason.
     fn validate(&self) -> Result<(), Invalid> {
+        Ok(())
+    }
+
+    /// Rules that hold when the event is published but may stop holding while it waits (an expiry in the
+    /// future). Only publishers check them; a function decides itself what a late event means.
+    ///
+    /// # Errors
+    /// Returns the offending fields, each with its reason.
+    fn validate_publish(&self) -> Result<(), Invalid> {
         Ok(())
     }
 }

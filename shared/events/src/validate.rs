@@ -115,27 +115,7 @@ impl Validator {
     /// # Errors
     /// Names every field that fails and why: size, JSON syntax, envelope, unknown type, schema.
     pub fn check(&self, bytes: &[u8]) -> Result<CloudEvent, Invalid> {
-        if bytes.len() > MAX_EVENT_BYTES {
-            return Err(Invalid::new(
-                "",
-                format!(
-                    "event is {} bytes, over the {MAX_EVENT_BYTES} byte limit",
-                    bytes.len()
-                ),
-            ));
-        }
-        let value: Value = serde_json::from_slice(bytes).map_err(|err| {
-            Invalid::new(
-                "",
-                format!(
-                    "not JSON: {} at line {} column {}",
-                    describe_json_error(&err),
-                    err.line(),
-                    err.column()
-                ),
-            )
-        })?;
-        self.check_value(value)
+        self.check_value_for(parse(bytes)?, false)
     }
 
     /// Checks an already parsed value as a CloudEvent of any catalog type.
@@ -143,6 +123,19 @@ impl Validator {
     /// # Errors
     /// As [`Validator::check`].
     pub fn check_value(&self, value: Value) -> Result<CloudEvent, Invalid> {
+        self.check_value_for(value, false)
+    }
+
+    /// Checks an event about to be published: as [`Validator::check`], plus the rules that only hold at publish
+    /// time ([`crate::Event::validate_publish`], such as an expiry in the future).
+    ///
+    /// # Errors
+    /// As [`Validator::check`].
+    pub fn check_for_publish(&self, bytes: &[u8]) -> Result<CloudEvent, Invalid> {
+        self.check_value_for(parse(bytes)?, true)
+    }
+
+    fn check_value_for(&self, value: Value, publishing: bool) -> Result<CloudEvent, Invalid> {
         let Some(object) = value.as_object() else {
             return Err(Invalid::new("", "a CloudEvent must be a JSON object"));
         };
@@ -163,7 +156,7 @@ impl Validator {
         }
         invalid.into_result()?;
         if let Some(data) = value.get("data") {
-            (kind.check_data)(data)?;
+            (kind.check_data)(data, publishing)?;
         }
         serde_json::from_value(value)
             .map_err(|err| Invalid::new("", format!("envelope: {}", describe_json_error(&err))))
@@ -205,6 +198,30 @@ impl Validator {
             extensions: event.extensions,
         })
     }
+}
+
+/// Size first, so an oversized event is refused before any parsing work.
+fn parse(bytes: &[u8]) -> Result<Value, Invalid> {
+    if bytes.len() > MAX_EVENT_BYTES {
+        return Err(Invalid::new(
+            "",
+            format!(
+                "event is {} bytes, over the {MAX_EVENT_BYTES} byte limit",
+                bytes.len()
+            ),
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|err| {
+        Invalid::new(
+            "",
+            format!(
+                "not JSON: {} at line {} column {}",
+                describe_json_error(&err),
+                err.line(),
+                err.column()
+            ),
+        )
+    })
 }
 
 impl Default for Validator {

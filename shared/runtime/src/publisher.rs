@@ -93,7 +93,7 @@ impl Publisher {
     /// # Errors
     /// As [`Publisher::publish`].
     pub async fn publish_json(&self, bytes: &[u8]) -> Result<Published, PublishError> {
-        let event = self.validator.check(bytes)?;
+        let event = self.validator.check_for_publish(bytes)?;
         let subject = events::subject_for(&event.ty);
         let span = tracing::info_span!(
             "send",

@@ -1,0 +1,48 @@
+//! Rules several payload types share, in the words their errors use.
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::Invalid;
+
+/// An address SMTP headers can carry as is: the schema's `format: email` allows more than that.
+pub(crate) fn bare_address(invalid: &mut Invalid, field: &str, value: &str) {
+    if value.contains(['\r', '\n', '\0', ' ', '<', '>', ',', ';', '"']) {
+        invalid.push(
+            field,
+            "must be a bare address without spaces, quotes, brackets or separators",
+        );
+    }
+}
+
+/// An RFC 3339 timestamp.
+pub(crate) fn timestamp(invalid: &mut Invalid, field: &str, value: &str) -> Option<OffsetDateTime> {
+    match OffsetDateTime::parse(value, &Rfc3339) {
+        Ok(at) => Some(at),
+        Err(_) => {
+            invalid.push(
+                field,
+                "must be an RFC 3339 timestamp such as 2026-11-25T10:00:00Z",
+            );
+            None
+        }
+    }
+}
+
+/// A timestamp that must still lie ahead when the event is published.
+pub(crate) fn in_future(invalid: &mut Invalid, field: &str, value: &str) {
+    if let Some(at) = timestamp(invalid, field, value)
+        && at <= OffsetDateTime::now_utc()
+    {
+        invalid.push(field, "must be in the future when the event is published");
+    }
+}
+
+/// A timestamp that cannot lie ahead (more than a few minutes of clock skew).
+pub(crate) fn not_in_future(invalid: &mut Invalid, field: &str, value: &str) {
+    if let Some(at) = timestamp(invalid, field, value)
+        && at > OffsetDateTime::now_utc() + time::Duration::minutes(5)
+    {
+        invalid.push(field, "cannot be in the future");
+    }
+}
