@@ -17,10 +17,13 @@ pub const TEST_BACKOFF: [Duration; 3] = [
     Duration::from_millis(800),
 ];
 pub const TEST_MAX_DELIVER: i64 = 4;
+pub const STAFF: &str = "staff@shop.test";
+pub const SUPPORT: &str = "support@shop.test";
 
 pub struct System {
     pub nats: NatsServer,
     pub smtp: SmtpServer,
+    pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub publisher: runtime::Publisher,
 }
@@ -40,12 +43,17 @@ impl System {
         let js = jetstream::new(client.clone());
         let mut definitions =
             Definitions::load(&workspace_root().join("infra/nats")).expect("infra/nats loads");
-        let welcome = definitions
-            .consumer_mut("EVENTS", "welcome")
-            .expect("infra defines the welcome consumer");
-        welcome.backoff = TEST_BACKOFF.to_vec();
-        welcome.ack_wait = TEST_BACKOFF[0];
-        welcome.max_deliver = TEST_MAX_DELIVER;
+        assert!(
+            definitions.consumer("EVENTS", "welcome").is_some(),
+            "infra defines the welcome consumer"
+        );
+        for (stream, consumer) in &mut definitions.consumers {
+            if stream == "EVENTS" {
+                consumer.backoff = TEST_BACKOFF.to_vec();
+                consumer.ack_wait = TEST_BACKOFF[0];
+                consumer.max_deliver = TEST_MAX_DELIVER;
+            }
+        }
         adjust(&mut definitions);
         definitions
             .apply(&js)
@@ -55,6 +63,7 @@ impl System {
         Self {
             nats,
             smtp,
+            client,
             js,
             publisher,
         }
@@ -69,6 +78,10 @@ impl System {
             ("JOB_DRAIN_TIMEOUT_SECS", "15".to_owned()),
             ("JOB_LEDGER_LEASE_SECS", "2".to_owned()),
             ("ROUTER_HEALTH_ADDR", String::new()),
+            ("MAIL_FROM", "Shop <no-reply@shop.test>".to_owned()),
+            ("ORDER_ADMIN_TO", STAFF.to_owned()),
+            ("PASSWORD_RESET_URL", "https://shop.test/reset".to_owned()),
+            ("CONTACT_SUPPORT_TO", SUPPORT.to_owned()),
         ]
         .into_iter()
         .filter(|(_, value)| !value.is_empty())
@@ -83,6 +96,11 @@ impl System {
         process
     }
 
+    /// Publishes through the typed SDK the old EmailService callers use.
+    pub fn emails(&self) -> sdk::EmailEvents {
+        sdk::EmailEvents::new(self.client.clone(), "/integration-tests")
+    }
+
     pub async fn welcome(&self) -> FunctionProcess {
         self.spawn("welcome", &[]).await
     }
@@ -92,6 +110,12 @@ impl System {
         let mut consumer: consumer::PullConsumer =
             stream.get_consumer(name).await.expect("consumer exists");
         consumer.info().await.expect("consumer info").clone()
+    }
+
+    /// Publishes raw JSON bytes as a careless client would, skipping the publisher's checks.
+    pub async fn publish_json(&self, subject: &str, value: &serde_json::Value) -> u64 {
+        self.publish_raw(subject, &serde_json::to_vec(value).unwrap())
+            .await
     }
 
     /// Waits until the consumer has nothing waiting, nothing in flight and nothing due for redelivery. Its

@@ -233,7 +233,7 @@ async fn a_5xx_reply_is_dead_lettered_at_the_first_attempt() {
 async fn transient_failures_on_every_attempt_end_in_the_dlq_with_the_history() {
     let system = System::start().await;
     let _welcome = system.welcome().await;
-    system.smtp.fail_next_data(vec![(421, "4.7.0 busy"); 10]);
+    system.smtp.fail_next_data(vec![(451, "4.7.0 busy"); 10]);
     system
         .publisher
         .publish(user("tries@example.com", "Tries"))
@@ -249,7 +249,7 @@ async fn transient_failures_on_every_attempt_end_in_the_dlq_with_the_history() {
         letter.first_failure,
         letter.last_failure
     );
-    assert!(letter.reason.contains("421"), "{}", letter.reason);
+    assert!(letter.reason.contains("451"), "{}", letter.reason);
     assert_eq!(system.smtp.attempts().len(), 4);
     assert!(system.smtp.messages().is_empty());
 }

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use nats::{NatsServer, nats_server_bin};
-pub use otlp::{OtlpReceiver, ReceivedSpan};
+pub use otlp::{OtlpReceiver, ReceivedMetric, ReceivedSpan};
 pub use process::{FunctionProcess, binary_path};
 pub use smtp::{Attempt, AttemptStage, ReceivedMail, SmtpServer};
 

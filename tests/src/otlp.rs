@@ -21,6 +21,75 @@ use tokio::net::TcpListener;
 use crate::bg::BgRuntime;
 use crate::{lock, poll_async, poll_blocking};
 
+/// One data point of a metric as received: counters and histograms (its count) as a number.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReceivedMetric {
+    /// `service.name` of the resource.
+    pub service_name: String,
+    /// The instrument's name.
+    pub name: String,
+    /// The point's value: a sum's value, a gauge's value, a histogram's count.
+    pub value: f64,
+    /// The point's attributes, stringified.
+    pub attributes: BTreeMap<String, String>,
+}
+
+fn flatten_metrics(
+    export: opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
+) -> Vec<ReceivedMetric> {
+    use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point::Value};
+    let number = |value: Option<Value>| match value {
+        Some(Value::AsDouble(value)) => value,
+        #[allow(clippy::cast_precision_loss)]
+        Some(Value::AsInt(value)) => value as f64,
+        None => 0.0,
+    };
+    let mut out = Vec::new();
+    for resource in export.resource_metrics {
+        let service_name = resource
+            .resource
+            .as_ref()
+            .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+            .map(|kv| kv.value.as_ref().map(stringify).unwrap_or_default())
+            .unwrap_or_default();
+        for scope in resource.scope_metrics {
+            for metric in scope.metrics {
+                let mut push = |value: f64, attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue]| {
+                    out.push(ReceivedMetric {
+                        service_name: service_name.clone(),
+                        name: metric.name.clone(),
+                        value,
+                        attributes: attributes
+                            .iter()
+                            .map(|kv| (kv.key.clone(), kv.value.as_ref().map(stringify).unwrap_or_default()))
+                            .collect(),
+                    });
+                };
+                match &metric.data {
+                    Some(Data::Sum(sum)) => {
+                        for point in &sum.data_points {
+                            push(number(point.value), &point.attributes);
+                        }
+                    }
+                    Some(Data::Gauge(gauge)) => {
+                        for point in &gauge.data_points {
+                            push(number(point.value), &point.attributes);
+                        }
+                    }
+                    Some(Data::Histogram(histogram)) => {
+                        for point in &histogram.data_points {
+                            #[allow(clippy::cast_precision_loss)]
+                            push(point.count as f64, &point.attributes);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    out
+}
+
 /// One span as received, with ids as lowercase hex.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReceivedSpan {
@@ -50,6 +119,7 @@ pub struct ReceivedSpan {
 #[derive(Default)]
 struct Shared {
     spans: Mutex<Vec<ReceivedSpan>>,
+    metrics: Mutex<Vec<ReceivedMetric>>,
     /// `METHOD path content-type -> status` of every request, for debugging and counting.
     requests: Mutex<Vec<String>>,
 }
@@ -96,6 +166,11 @@ impl OtlpReceiver {
     /// All spans received so far, in arrival order.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         lock(&self.shared.spans).clone()
+    }
+
+    /// Every metric data point received so far (each export repeats cumulative sums).
+    pub fn metrics(&self) -> Vec<ReceivedMetric> {
+        lock(&self.shared.metrics).clone()
     }
 
     /// Every request as `"POST /v1/traces application/x-protobuf -> 200"`.
@@ -228,6 +303,17 @@ async fn handle(request: Request<Incoming>, shared: &Shared) -> Response<Full<By
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("content-type {content_type:?} not supported (use application/x-protobuf)"),
         ),
+        (Method::POST, "/v1/metrics", Ok(body))
+            if content_type.starts_with("application/x-protobuf") =>
+        {
+            match opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest::decode(body) {
+                Ok(export) => {
+                    lock(&shared.metrics).extend(flatten_metrics(export));
+                    (StatusCode::OK, String::new())
+                }
+                Err(e) => (StatusCode::BAD_REQUEST, format!("protobuf: {e}")),
+            }
+        }
         (Method::POST, "/v1/metrics" | "/v1/logs", _) => (StatusCode::OK, String::new()),
         (Method::POST, _, _) => (StatusCode::NOT_FOUND, "unknown path".to_owned()),
         _ => (StatusCode::METHOD_NOT_ALLOWED, "use POST".to_owned()),

@@ -57,6 +57,8 @@ pub struct Attempt {
 #[derive(Default)]
 struct Faults {
     data_replies: VecDeque<(u16, String)>,
+    /// Replies for messages to one recipient only; checked before `data_replies`.
+    targeted: Vec<(String, VecDeque<(u16, String)>)>,
     rcpt_reject: Option<(u16, String)>,
     data_delay: Option<Duration>,
 }
@@ -112,6 +114,22 @@ impl SmtpServer {
     /// The port.
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// Like [`SmtpServer::fail_next_data`], for messages to `recipient` only: the next N of them get these
+    /// replies, while mail to others goes through.
+    pub fn fail_next_data_to<S: Into<String>>(
+        &self,
+        recipient: &str,
+        replies: impl IntoIterator<Item = (u16, S)>,
+    ) {
+        let replies = replies
+            .into_iter()
+            .map(|(code, text)| (code, text.into()))
+            .collect();
+        lock(&self.shared.faults)
+            .targeted
+            .push((recipient.to_owned(), replies));
     }
 
     /// The next `replies.len()` DATA completions get these replies (e.g. `(451, "4.3.0 try again")`)
@@ -405,7 +423,18 @@ async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 if let Some(delay) = delay {
                     tokio::time::sleep(delay).await;
                 }
-                let scripted = lock(&shared.faults).data_replies.pop_front();
+                let scripted = {
+                    let mut faults = lock(&shared.faults);
+                    let targeted = faults
+                        .targeted
+                        .iter_mut()
+                        .find(|(to, replies)| {
+                            !replies.is_empty()
+                                && rcpts.iter().any(|rcpt| rcpt.eq_ignore_ascii_case(to))
+                        })
+                        .and_then(|(_, replies)| replies.pop_front());
+                    targeted.or_else(|| faults.data_replies.pop_front())
+                };
                 let (code, text) = scripted.unwrap_or((250, "2.0.0 OK: queued".to_owned()));
                 let at = Instant::now();
                 if code == 250 {

@@ -1,23 +1,24 @@
 //! `welcome`: turns `users.registered` into the welcome email.
 //!
 //! Binds the durable consumer `welcome` (infra/nats/consumers/EVENTS/welcome.json). Everything else (decoding,
-//! validation, retries, dead-lettering, tracing, shutdown) is the runtime's; this file is the handler.
+//! validation, retries, dead-lettering, the circuit breaker, tracing, shutdown) is the runtime's.
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use events::UserRegistered;
-use events::pii::Masked;
 use lettre::message::Mailbox;
-use mailer::{Mailer, SendError, Templates, compose};
-use runtime::{Effect, Job, JobError, Runtime};
+use mailer::{Mailer, Rendered, Templates, compose};
+use runtime::{Job, JobError, Runtime};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let telemetry = runtime::telemetry::init("welcome")?;
     let mailer = Mailer::from_env().context("reading SMTP_* and MAIL_* configuration")?;
     let templates = Arc::new(Templates::new());
-    let runtime = Runtime::from_env("welcome").await?;
+    let runtime = Runtime::from_env("welcome")
+        .await?
+        .with_probe(mailer::probe(&mailer));
     runtime
         .serve(
             move |job| send_welcome(job, mailer.clone(), templates.clone()),
@@ -28,26 +29,19 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends the welcome email once per (event, recipient): the send is a ledger effect, so a redelivery, a
-/// re-publish of the same event id, or a second replica finds it done and skips it.
-#[tracing::instrument(skip_all, fields(user_id = %job.event.data.user_id, to = %Masked(&job.event.data.email)))]
+/// Sends the welcome email once per (event, recipient).
+#[tracing::instrument(skip_all, fields(user_id = %job.event.data.user_id))]
 async fn send_welcome(
     job: Job<UserRegistered>,
     mailer: Mailer,
     templates: Arc<Templates>,
 ) -> Result<(), JobError> {
     let user = &job.event.data;
-    let rendered = templates
-        .render(
-            "welcome",
-            user.locale,
-            mailer::context! { name => user.name.as_str() },
-        )
-        .map_err(JobError::permanent)?;
-    let address = user.email.parse().map_err(|_| {
-        JobError::permanent(anyhow::anyhow!("/data/email is not a deliverable address"))
-    })?;
-    let to = Mailbox::new(Some(user.name.clone()), address);
+    let rendered = render(&templates, user).map_err(JobError::permanent)?;
+    let to = Mailbox::new(
+        Some(user.name.clone()),
+        user.email.parse().map_err(JobError::permanent)?,
+    );
     let effect = format!("welcome-email:{}", user.email.to_ascii_lowercase());
     let message = compose(
         mailer.from(),
@@ -57,24 +51,35 @@ async fn send_welcome(
         user.locale,
         &job.effect_key(&effect),
     )
-    .map_err(classify)?;
-    match job
-        .once(&effect, || async {
-            mailer.send(message).await.map_err(classify)
-        })
-        .await?
-    {
-        Effect::Done(_) => tracing::info!("welcome email sent"),
-        Effect::AlreadyDone => tracing::info!("welcome email already sent for this event; skipped"),
-    }
-    Ok(())
+    .map_err(mailer::job_error)?;
+    mailer::send_once(&job, &mailer, &effect, message).await
 }
 
-/// 4xx replies, refused connections and time-outs may pass; 5xx replies will not.
-fn classify(err: SendError) -> JobError {
-    if err.is_permanent() {
-        JobError::permanent(err)
-    } else {
-        JobError::transient(err)
+fn render(templates: &Templates, user: &UserRegistered) -> Result<Rendered, mailer::RenderError> {
+    templates.render(
+        "welcome",
+        user.locale,
+        mailer::context! { name => user.name.as_str() },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_in_every_locale() {
+        let templates = Templates::new();
+        for locale in [events::Locale::En, events::Locale::Vi] {
+            let mut user = UserRegistered::example();
+            user.locale = locale;
+            let rendered = render(&templates, &user).unwrap();
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots");
+            mailer::snapshot::assert_snapshot(
+                &dir,
+                &format!("welcome.{}", locale.as_str()),
+                &rendered,
+            );
+        }
     }
 }

@@ -14,7 +14,24 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
 /// The functions `jetfn dev` runs, with the health port each gets on the loopback.
-const FUNCTIONS: &[(&str, u16)] = &[("welcome", 8081), ("dlq-router", 8090)];
+const FUNCTIONS: &[(&str, u16)] = &[
+    ("welcome", 8081),
+    ("order-confirmation", 8082),
+    ("shipping-notification", 8083),
+    ("order-status", 8084),
+    ("password-reset", 8085),
+    ("email-verification", 8086),
+    ("contact", 8087),
+    ("dlq-router", 8090),
+];
+
+/// Local defaults for the functions' own settings; a variable already set in the environment wins.
+const LOCAL_DEFAULTS: &[(&str, &str)] = &[
+    ("ORDER_ADMIN_TO", "orders@jetfn.local"),
+    ("ORDER_URL", "http://localhost:3000/orders/"),
+    ("PASSWORD_RESET_URL", "http://localhost:3000/reset-password"),
+    ("CONTACT_SUPPORT_TO", "support@jetfn.local"),
+];
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct DevArgs {
@@ -81,6 +98,11 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         );
         let mut command = Command::new(&bin);
         command.env("NATS_URL", &url).env("MAIL_DIR", &mail);
+        for (name, value) in LOCAL_DEFAULTS {
+            if std::env::var_os(name).is_none() {
+                command.env(name, value);
+            }
+        }
         let health = format!("127.0.0.1:{health_port}");
         command
             .env("JOB_HEALTH_ADDR", &health)

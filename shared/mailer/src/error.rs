@@ -74,6 +74,18 @@ impl SendError {
         !self.is_permanent()
     }
 
+    /// Whether the server itself is out of reach (refused, timed out, TLS failed, `421` service not available),
+    /// rather than this one email failing. The runtime's circuit breaker counts these.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::Connection { .. }
+                | Self::Timeout
+                | Self::Tls { .. }
+                | Self::Rejected { code: 421, .. }
+        )
+    }
+
     /// The message will never go through as it is: dead-letter it and stop redelivery.
     pub fn is_permanent(&self) -> bool {
         match self {

@@ -30,16 +30,21 @@
 mod compose;
 mod config;
 mod error;
+pub mod format;
+mod jobs;
+pub mod snapshot;
 mod templates;
 mod transport;
 
 pub use compose::compose;
 pub use config::{ConfigError, MailerConfig, Secret};
 pub use error::SendError;
+pub use jobs::{job_error, probe, send_once};
 pub use templates::{RenderError, Rendered, Templates};
 pub use transport::{Delivery, Mailer};
 
 /// Re-exported so function crates can build addresses and messages without their own `lettre` dependency.
 pub use lettre::{Address, Message, message::Mailbox};
 /// Re-exported so callers build template contexts with the same minijinja version the templates use.
+pub use minijinja::value::Serde;
 pub use minijinja::{Value, context};

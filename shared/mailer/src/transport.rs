@@ -69,6 +69,18 @@ impl Smtp {
         }
     }
 
+    async fn probe(&self) -> Result<(), SendError> {
+        let (_, transport) = self.current();
+        match tokio::time::timeout(self.timeout, transport.test_connection()).await {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err(SendError::Connection {
+                detail: "the server did not answer NOOP".to_owned(),
+            }),
+            Ok(Err(e)) => Err(SendError::from_smtp(&e)),
+            Err(_elapsed) => Err(SendError::Timeout),
+        }
+    }
+
     async fn send(&self, message: Message) -> Result<Delivery, SendError> {
         let (generation, transport) = self.current();
         match tokio::time::timeout(self.timeout, transport.send(message)).await {
@@ -80,6 +92,17 @@ impl Smtp {
             }
         }
     }
+}
+
+fn emails_sent() -> &'static opentelemetry::metrics::Counter<u64> {
+    static COUNTER: std::sync::OnceLock<opentelemetry::metrics::Counter<u64>> =
+        std::sync::OnceLock::new();
+    COUNTER.get_or_init(|| {
+        opentelemetry::global::meter("jetfn")
+            .u64_counter("jetfn.emails.sent")
+            .with_description("emails accepted by the SMTP server or written to MAIL_DIR")
+            .build()
+    })
 }
 
 impl Transport {
@@ -174,6 +197,22 @@ impl Mailer {
     /// # Errors
     /// A [`SendError`]; ask it [`is_transient`](SendError::is_transient) to decide between retry and dead-letter.
     pub async fn send(&self, message: Message) -> Result<Delivery, SendError> {
+        self.send_inner(message).await
+    }
+
+    /// Checks that the SMTP server answers (connect, EHLO, NOOP, QUIT) within `SMTP_TIMEOUT_SECS`; the file
+    /// transport always answers. The runtime's circuit breaker calls it while an outage lasts.
+    ///
+    /// # Errors
+    /// The server cannot be reached or does not answer.
+    pub async fn probe(&self) -> Result<(), SendError> {
+        match &self.inner.transport {
+            Transport::Smtp(smtp) => smtp.probe().await,
+            Transport::File { .. } => Ok(()),
+        }
+    }
+
+    async fn send_inner(&self, message: Message) -> Result<Delivery, SendError> {
         let recipients = message.envelope().to();
         let masked = recipients
             .iter()
@@ -202,7 +241,16 @@ impl Mailer {
         .await;
         let _entered = span.enter();
         match &result {
-            Ok(_) => tracing::debug!("email accepted"),
+            Ok(_) => {
+                emails_sent().add(
+                    1,
+                    &[opentelemetry::KeyValue::new(
+                        "jetfn.mail.transport",
+                        self.inner.transport.kind(),
+                    )],
+                );
+                tracing::debug!("email accepted");
+            }
             Err(e) => {
                 span.record("error.kind", e.kind());
                 if let Some(code) = e.code() {

@@ -112,6 +112,15 @@ pub struct JobConfig {
     pub drain_timeout_secs: u64,
     /// `JOB_HEALTH_ADDR`: where to serve `/livez` and `/readyz`, for example `0.0.0.0:8080`; unset, no endpoint.
     pub health_addr: Option<String>,
+    /// `JOB_BREAKER_THRESHOLD`: downed-dependency failures in a row that open the circuit breaker; 0 disables it.
+    #[serde(default = "default_breaker_threshold")]
+    pub breaker_threshold: u32,
+    /// `JOB_BREAKER_PROBE_SECS`: the first wait before probing an open circuit; it doubles after each failed probe.
+    #[serde(default = "default_breaker_probe")]
+    pub breaker_probe_secs: u64,
+    /// `JOB_BREAKER_PROBE_MAX_SECS`: the longest wait between probes.
+    #[serde(default = "default_breaker_probe_max")]
+    pub breaker_probe_max_secs: u64,
     /// `JOB_TEST_DELAY_BEFORE_ACK_MS`: fault injection for the crash tests: wait this long after the handler
     /// succeeded and before acking. Never set it in production.
     #[serde(default)]
@@ -150,6 +159,15 @@ fn default_lease() -> u64 {
 }
 fn default_handler_timeout() -> u64 {
     300
+}
+fn default_breaker_threshold() -> u32 {
+    3
+}
+fn default_breaker_probe() -> u64 {
+    5
+}
+fn default_breaker_probe_max() -> u64 {
+    60
 }
 fn default_drain() -> u64 {
     20

@@ -6,6 +6,7 @@ use std::time::Duration;
 /// Why a handler failed, and whether another attempt could succeed.
 pub struct JobError {
     permanent: bool,
+    unavailable: bool,
     retry_after: Option<Duration>,
     source: anyhow::Error,
 }
@@ -16,6 +17,7 @@ impl JobError {
     pub fn transient(err: impl Into<anyhow::Error>) -> Self {
         Self {
             permanent: false,
+            unavailable: false,
             retry_after: None,
             source: err.into(),
         }
@@ -25,6 +27,7 @@ impl JobError {
     pub fn permanent(err: impl Into<anyhow::Error>) -> Self {
         Self {
             permanent: true,
+            unavailable: false,
             retry_after: None,
             source: err.into(),
         }
@@ -34,9 +37,27 @@ impl JobError {
     pub fn retry_after(err: impl Into<anyhow::Error>, delay: Duration) -> Self {
         Self {
             permanent: false,
+            unavailable: false,
             retry_after: Some(delay),
             source: err.into(),
         }
+    }
+
+    /// Transient because a dependency is down (connection refused, time-out, "service not available"), not
+    /// because of this event. Enough of these in a row open the runtime's circuit breaker: it stops taking
+    /// messages and probes the dependency, so an outage does not burn every message's retries.
+    pub fn unavailable(err: impl Into<anyhow::Error>) -> Self {
+        Self {
+            permanent: false,
+            unavailable: true,
+            retry_after: None,
+            source: err.into(),
+        }
+    }
+
+    /// Whether this is an [`JobError::unavailable`] error.
+    pub fn is_unavailable(&self) -> bool {
+        self.unavailable
     }
 
     /// Whether the runtime dead-letters without retrying.
@@ -73,6 +94,7 @@ impl fmt::Debug for JobError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JobError")
             .field("permanent", &self.permanent)
+            .field("unavailable", &self.unavailable)
             .field("retry_after", &self.retry_after)
             .field("source", &format_args!("{:#}", self.source))
             .finish()

@@ -7,6 +7,7 @@
 //! ack, NAK or TERM themselves.
 #![warn(missing_docs)]
 
+mod breaker;
 pub mod config;
 mod connect;
 pub mod dlq;
@@ -14,14 +15,18 @@ mod error;
 pub mod health;
 pub mod infra;
 mod ledger;
+mod metrics;
 mod publisher;
+mod ratelimit;
 mod shutdown;
 pub mod telemetry;
 mod worker;
 
+pub use breaker::Probe;
 pub use connect::connect;
 pub use error::JobError;
 pub use ledger::{Effect, Ledger};
 pub use publisher::{PublishError, Published, Publisher};
+pub use ratelimit::RateLimiter;
 pub use shutdown::shutdown_signal;
 pub use worker::{Job, Runtime};

@@ -6,6 +6,7 @@ use async_nats::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
 use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -18,6 +19,7 @@ use tracing_subscriber::{EnvFilter, Layer as _};
 #[derive(Debug)]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    meters: Option<SdkMeterProvider>,
 }
 
 impl Telemetry {
@@ -33,6 +35,11 @@ impl Telemetry {
         {
             tracing::warn!(error = %err, "flushing spans failed");
         }
+        if let Some(meters) = &self.meters
+            && let Err(err) = meters.force_flush()
+        {
+            tracing::warn!(error = %err, "flushing metrics failed");
+        }
     }
 }
 
@@ -42,6 +49,11 @@ impl Drop for Telemetry {
             && let Err(err) = provider.shutdown()
         {
             tracing::warn!(error = %err, "shutting the span exporter down failed");
+        }
+        if let Some(meters) = self.meters.take()
+            && let Err(err) = meters.shutdown()
+        {
+            tracing::warn!(error = %err, "shutting the metric exporter down failed");
         }
     }
 }
@@ -95,23 +107,34 @@ fn install(service_name: &str, default_filter: &str, stderr: bool) -> anyhow::Re
             .boxed(),
     };
 
-    let provider = if otlp_configured() {
+    let (provider, meters) = if otlp_configured() {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .build()
             .context("building the OTLP span exporter from OTEL_EXPORTER_OTLP_*")?;
-        let mut resource = opentelemetry_sdk::Resource::builder();
-        if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
-            resource = resource.with_service_name(service_name.to_owned());
-        }
-        Some(
-            SdkTracerProvider::builder()
-                .with_batch_exporter(exporter)
-                .with_resource(resource.build())
-                .build(),
-        )
+        let resource = || {
+            let mut resource = opentelemetry_sdk::Resource::builder();
+            if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+                resource = resource.with_service_name(service_name.to_owned());
+            }
+            resource.build()
+        };
+        let tracer = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource())
+            .build();
+        let metric_exporter = opentelemetry_otlp::MetricExporter::builder()
+            .with_http()
+            .build()
+            .context("building the OTLP metric exporter from OTEL_EXPORTER_OTLP_*")?;
+        let meters = SdkMeterProvider::builder()
+            .with_periodic_exporter(metric_exporter)
+            .with_resource(resource())
+            .build();
+        opentelemetry::global::set_meter_provider(meters.clone());
+        (Some(tracer), Some(meters))
     } else {
-        None
+        (None, None)
     };
     let otel_layer = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
@@ -126,7 +149,7 @@ fn install(service_name: &str, default_filter: &str, stderr: bool) -> anyhow::Re
     if provider.is_some() {
         tracing::info!(service = service_name, "exporting spans over OTLP");
     }
-    Ok(Telemetry { provider })
+    Ok(Telemetry { provider, meters })
 }
 
 fn otlp_configured() -> bool {

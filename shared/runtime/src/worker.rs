@@ -16,10 +16,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
+use crate::breaker::{Breaker, Probe};
 use crate::config::{JobConfig, NatsConfig};
 use crate::dlq::{DeadLetter, DeathKind, Failures, strip_control_headers};
 use crate::health::Health;
 use crate::ledger::{Effect, Ledger};
+use crate::metrics::Metrics;
 
 use crate::{JobError, telemetry};
 
@@ -36,9 +38,20 @@ pub struct Job<T> {
     pub stream_sequence: u64,
     ledger: Ledger,
     shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 impl<T> Job<T> {
+    /// Acks the event without its effect, on purpose (an expired code, a cancelled order): logged with the
+    /// reason and counted as dropped. Return its result from the handler.
+    #[allow(clippy::unnecessary_wraps)]
+    pub fn skip(&self, reason: &'static str) -> Result<(), JobError> {
+        tracing::warn!(reason, "event dropped without its effect");
+        tracing::Span::current().record("jetfn.outcome", "dropped");
+        self.metrics.dropped(reason);
+        Ok(())
+    }
+
     /// Runs `effect` at most once for this event across redeliveries, re-publishes and replicas. `name` tells
     /// the effects of one event apart (for example `customer-email` and `admin-email`).
     ///
@@ -77,6 +90,7 @@ pub struct Runtime {
     job: JobConfig,
     validator: Arc<Validator>,
     health: Health,
+    probe: Option<Probe>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -141,6 +155,8 @@ struct Shared<H, T> {
     failures: Failures,
     handler: H,
     shutdown: CancellationToken,
+    breaker: Arc<Breaker>,
+    metrics: Arc<Metrics>,
     _event: PhantomData<fn() -> T>,
 }
 
@@ -172,7 +188,20 @@ impl Runtime {
             job,
             validator: Arc::new(Validator::new()),
             health,
+            probe: None,
         })
+    }
+
+    /// Gives the circuit breaker a way to tell that a downed dependency answers again (an SMTP `NOOP`, an HTTP
+    /// health check). Without one, the breaker lets a trial message through after the probe interval.
+    #[must_use]
+    pub fn with_probe<F, Fut>(mut self, probe: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), anyhow::Error>> + Send + 'static,
+    {
+        self.probe = Some(Arc::new(move || Box::pin(probe())));
+        self
     }
 
     /// The NATS connection, for handlers that publish.
@@ -232,6 +261,13 @@ impl Runtime {
             failures,
             handler,
             shutdown: stopper.clone(),
+            breaker: Breaker::new(
+                self.job.breaker_threshold,
+                self.probe.clone(),
+                Duration::from_secs(self.job.breaker_probe_secs.max(1)),
+                Duration::from_secs(self.job.breaker_probe_max_secs.max(1)),
+            ),
+            metrics: Arc::new(Metrics::new(&self.name, T::TYPE)),
             _event: PhantomData,
         });
         let tracker = TaskTracker::new();
@@ -380,6 +416,22 @@ impl Runtime {
     }
 }
 
+/// Waits for the breaker to close, keeping the message with in-progress acks. False when shutdown came first.
+async fn hold_while_open<H, T>(shared: &Arc<Shared<H, T>>, message: &jetstream::Message) -> bool {
+    let mut progress = tokio::time::interval(shared.policy.progress_period());
+    loop {
+        tokio::select! {
+            () = shared.breaker.closed() => return true,
+            () = shared.shutdown.cancelled() => return false,
+            _ = progress.tick() => {
+                if let Err(err) = message.ack_with(AckKind::Progress).await {
+                    tracing::warn!(error = %err, "in-progress ack failed while holding");
+                }
+            }
+        }
+    }
+}
+
 fn message_id_of(message: &jetstream::Message) -> &str {
     message
         .headers
@@ -436,8 +488,29 @@ where
         span.record("messaging.message.id", message_id.as_str());
     }
     async move {
-        let outcome = run_attempt(shared, &message, attempt, sequence).await;
-        settle(shared, &message, attempt, sequence, outcome).await;
+        let started = std::time::Instant::now();
+        let outcome = loop {
+            if shared.breaker.is_open() && !hold_while_open(shared, &message).await {
+                break Outcome::Retry(JobError::transient(anyhow::anyhow!("shutting down while the circuit was open")));
+            }
+            let outcome = run_attempt(shared, &message, attempt, sequence).await;
+            match &outcome {
+                // Once the breaker is open, keep this delivery and retry it when the dependency is back: its
+                // delivery count does not grow during the outage.
+                Outcome::Retry(err)
+                    if err.is_unavailable()
+                        && shared.breaker.record_unavailable(&shared.name)
+                        && !shared.shutdown.is_cancelled() =>
+                {
+                    tracing::warn!(error = %err, "dependency unavailable; holding the message until the circuit closes");
+                    continue;
+                }
+                Outcome::Ack | Outcome::Dead(DeathKind::Permanent, _) => shared.breaker.record_success(),
+                _ => {}
+            }
+            break outcome;
+        };
+        settle(shared, &message, attempt, sequence, outcome, started).await;
     }
     .instrument(span)
     .await;
@@ -470,6 +543,7 @@ where
         stream_sequence: sequence,
         ledger: shared.ledger.clone(),
         shutdown: shared.shutdown.clone(),
+        metrics: shared.metrics.clone(),
     };
     // The handler runs in its own task so a panic is caught as a JoinError and the process keeps serving.
     let mut handle = tokio::spawn((shared.handler)(job).instrument(tracing::Span::current()));
@@ -512,7 +586,9 @@ async fn settle<T, H>(
     attempt: u32,
     sequence: u64,
     outcome: Outcome,
+    started: std::time::Instant,
 ) {
+    let seconds = started.elapsed().as_secs_f64();
     let span = tracing::Span::current();
     let policy = &shared.policy;
     let outcome = match outcome {
@@ -530,6 +606,7 @@ async fn settle<T, H>(
             }
             span.record("jetfn.outcome", "ack");
             double_ack(message).await;
+            shared.metrics.processed(seconds);
             if attempt > 1 {
                 shared
                     .failures
@@ -543,6 +620,7 @@ async fn settle<T, H>(
                 .requested_delay()
                 .unwrap_or_else(|| policy.delay_after(attempt));
             span.record("jetfn.outcome", "retry");
+            shared.metrics.retried(seconds);
             span.record("error.type", "transient");
             span.record("otel.status_code", "ERROR");
             shared
@@ -557,6 +635,7 @@ async fn settle<T, H>(
         }
         Outcome::Dead(kind, reason) => {
             span.record("jetfn.outcome", "dead-letter");
+            shared.metrics.dead_lettered(seconds, kind.as_str());
             span.record("error.type", kind.as_str());
             span.record("otel.status_code", "ERROR");
             dead_letter(shared, message, attempt, sequence, kind, reason).await;

@@ -1,0 +1,103 @@
+//! `email-verification`: turns `users.email_verification_requested` into an email with the 6-digit code. A
+//! request already expired when consumed is not emailed: the code would not work.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use events::EmailVerificationRequested;
+use lettre::message::Mailbox;
+use mailer::{Mailer, Rendered, Templates, compose};
+use runtime::{Job, JobError, Runtime};
+use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let telemetry = runtime::telemetry::init("email-verification")?;
+    let mailer = Mailer::from_env().context("reading SMTP_* and MAIL_* configuration")?;
+    let templates = Arc::new(Templates::new());
+    let runtime = Runtime::from_env("email-verification")
+        .await?
+        .with_probe(mailer::probe(&mailer));
+    runtime
+        .serve(
+            move |job| send_code(job, mailer.clone(), templates.clone()),
+            runtime::shutdown_signal(),
+        )
+        .await?;
+    telemetry.flush();
+    Ok(())
+}
+
+/// Sends the code once per (event, recipient), unless it expired while the event waited.
+#[tracing::instrument(skip_all, fields(user_id = %job.event.data.user_id))]
+async fn send_code(
+    job: Job<EmailVerificationRequested>,
+    mailer: Mailer,
+    templates: Arc<Templates>,
+) -> Result<(), JobError> {
+    let request = &job.event.data;
+    let expires =
+        OffsetDateTime::parse(&request.expires_at, &Rfc3339).map_err(JobError::permanent)?;
+    let left = expires - OffsetDateTime::now_utc();
+    if !left.is_positive() {
+        return job.skip("expired");
+    }
+    let rendered =
+        render(&templates, request, left.whole_minutes().max(1)).map_err(JobError::permanent)?;
+    let to = Mailbox::new(
+        request.name.clone(),
+        request.email.parse().map_err(JobError::permanent)?,
+    );
+    let effect = format!("verification-email:{}", request.email.to_ascii_lowercase());
+    let message = compose(
+        mailer.from(),
+        &to,
+        None,
+        &rendered,
+        request.locale,
+        &job.effect_key(&effect),
+    )
+    .map_err(mailer::job_error)?;
+    mailer::send_once(&job, &mailer, &effect, message).await
+}
+
+fn render(
+    templates: &Templates,
+    request: &EmailVerificationRequested,
+    minutes_left: i64,
+) -> Result<Rendered, mailer::RenderError> {
+    let context =
+        json!({ "name": request.name, "code": request.code, "expires_in_minutes": minutes_left });
+    templates.render(
+        "email_verification",
+        request.locale,
+        mailer::Value::from(mailer::Serde(&context)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_in_every_locale() {
+        let templates = Templates::new();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots");
+        for locale in [events::Locale::En, events::Locale::Vi] {
+            let mut request = EmailVerificationRequested::example();
+            request.locale = locale;
+            if locale == events::Locale::En {
+                request.name = Some("Ada".to_owned());
+            }
+            let rendered = render(&templates, &request, 15).unwrap();
+            assert!(rendered.text.contains("493027"));
+            mailer::snapshot::assert_snapshot(
+                &dir,
+                &format!("email_verification.{}", locale.as_str()),
+                &rendered,
+            );
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! `password-reset`: turns `users.password_reset_requested` into an email with a reset link built from
+//! `PASSWORD_RESET_URL` and the token. The token reaches the email body and nothing else: not a log line, a span,
+//! an error or the dead-letter view (which masks it). A request already expired when consumed is dropped.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use events::PasswordResetRequested;
+use lettre::message::Mailbox;
+use mailer::{Mailer, Rendered, Templates, compose};
+use runtime::{Job, JobError, Runtime};
+use serde::Deserialize;
+use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Settings of this function.
+#[derive(Debug, Deserialize)]
+struct Config {
+    /// `PASSWORD_RESET_URL`: the reset page; the link is `<url>?token=<token>` (or `&token=` when it has a query).
+    password_reset_url: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let telemetry = runtime::telemetry::init("password-reset")?;
+    let config: Config =
+        envy::from_env().context("PASSWORD_RESET_URL must be set to the reset page's URL")?;
+    anyhow::ensure!(
+        config.password_reset_url.starts_with("https://")
+            || config.password_reset_url.starts_with("http://localhost")
+            || config.password_reset_url.starts_with("http://127.0.0.1"),
+        "PASSWORD_RESET_URL must be an https URL (http only for localhost)"
+    );
+    let base = Arc::new(config.password_reset_url);
+    let mailer = Mailer::from_env().context("reading SMTP_* and MAIL_* configuration")?;
+    let templates = Arc::new(Templates::new());
+    let runtime = Runtime::from_env("password-reset")
+        .await?
+        .with_probe(mailer::probe(&mailer));
+    runtime
+        .serve(
+            move |job| send_reset_link(job, mailer.clone(), templates.clone(), base.clone()),
+            runtime::shutdown_signal(),
+        )
+        .await?;
+    telemetry.flush();
+    Ok(())
+}
+
+/// Sends the reset link once per (event, recipient), unless the token expired while the event waited.
+#[tracing::instrument(skip_all, fields(user_id = %job.event.data.user_id))]
+async fn send_reset_link(
+    job: Job<PasswordResetRequested>,
+    mailer: Mailer,
+    templates: Arc<Templates>,
+    base: Arc<String>,
+) -> Result<(), JobError> {
+    let request = &job.event.data;
+    let Some(minutes_left) = minutes_left(&request.expires_at) else {
+        return job.skip("expired");
+    };
+    let rendered = render(&templates, request, &base, minutes_left).map_err(JobError::permanent)?;
+    let to = Mailbox::new(
+        request.name.clone(),
+        request.email.parse().map_err(JobError::permanent)?,
+    );
+    let effect = format!("reset-email:{}", request.email.to_ascii_lowercase());
+    let message = compose(
+        mailer.from(),
+        &to,
+        None,
+        &rendered,
+        request.locale,
+        &job.effect_key(&effect),
+    )
+    .map_err(mailer::job_error)?;
+    mailer::send_once(&job, &mailer, &effect, message).await
+}
+
+/// Whole minutes until `expires_at` (at least 1), or `None` once it has passed.
+fn minutes_left(expires_at: &str) -> Option<i64> {
+    let expires = OffsetDateTime::parse(expires_at, &Rfc3339).ok()?;
+    let left = expires - OffsetDateTime::now_utc();
+    left.is_positive().then(|| left.whole_minutes().max(1))
+}
+
+fn reset_url(base: &str, token: &str) -> String {
+    let separator = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{separator}token={token}")
+}
+
+fn render(
+    templates: &Templates,
+    request: &PasswordResetRequested,
+    base: &str,
+    minutes_left: i64,
+) -> Result<Rendered, mailer::RenderError> {
+    let context = json!({
+        "name": request.name,
+        "reset_url": reset_url(base, &request.token),
+        "expires_in_minutes": minutes_left,
+        "expires_at": mailer::format::datetime(&request.expires_at, request.locale),
+    });
+    templates.render(
+        "password_reset",
+        request.locale,
+        mailer::Value::from(mailer::Serde(&context)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_in_every_locale() {
+        let templates = Templates::new();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots");
+        for locale in [events::Locale::En, events::Locale::Vi] {
+            let mut request = PasswordResetRequested::example();
+            request.locale = locale;
+            if locale == events::Locale::Vi {
+                request.name = None;
+            }
+            let rendered = render(
+                &templates,
+                &request,
+                "https://shop.example.com/reset-password",
+                60,
+            )
+            .unwrap();
+            assert!(
+                rendered
+                    .html
+                    .contains("reset-password?token=q3Jm9xV7bT2wY5nK8pL1sD4fG6hR0zXc")
+            );
+            mailer::snapshot::assert_snapshot(
+                &dir,
+                &format!("password_reset.{}", locale.as_str()),
+                &rendered,
+            );
+        }
+    }
+
+    #[test]
+    fn links_and_expiry() {
+        assert_eq!(
+            reset_url("https://x.test/reset?lang=vi", "abc"),
+            "https://x.test/reset?lang=vi&token=abc"
+        );
+        assert_eq!(minutes_left("2000-01-01T00:00:00Z"), None);
+        assert!(minutes_left("2999-01-01T00:00:00Z").is_some());
+    }
+}

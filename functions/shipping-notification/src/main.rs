@@ -1,0 +1,102 @@
+//! `shipping-notification`: turns `orders.shipped` into an email with the carrier, the tracking number and link,
+//! and the estimated delivery date.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use events::OrderShipped;
+use lettre::message::Mailbox;
+use mailer::{Mailer, Rendered, Templates, compose};
+use runtime::{Job, JobError, Runtime};
+use serde_json::json;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let telemetry = runtime::telemetry::init("shipping-notification")?;
+    let mailer = Mailer::from_env().context("reading SMTP_* and MAIL_* configuration")?;
+    let templates = Arc::new(Templates::new());
+    let runtime = Runtime::from_env("shipping-notification")
+        .await?
+        .with_probe(mailer::probe(&mailer));
+    runtime
+        .serve(
+            move |job| notify_shipped(job, mailer.clone(), templates.clone()),
+            runtime::shutdown_signal(),
+        )
+        .await?;
+    telemetry.flush();
+    Ok(())
+}
+
+/// Sends the shipping notification once per (event, recipient).
+#[tracing::instrument(skip_all, fields(order_id = %job.event.data.order_id))]
+async fn notify_shipped(
+    job: Job<OrderShipped>,
+    mailer: Mailer,
+    templates: Arc<Templates>,
+) -> Result<(), JobError> {
+    let shipment = &job.event.data;
+    let rendered = render(&templates, shipment).map_err(JobError::permanent)?;
+    let to = Mailbox::new(
+        Some(shipment.customer.name.clone()),
+        shipment
+            .customer
+            .email
+            .parse()
+            .map_err(JobError::permanent)?,
+    );
+    let effect = format!(
+        "shipping-email:{}",
+        shipment.customer.email.to_ascii_lowercase()
+    );
+    let message = compose(
+        mailer.from(),
+        &to,
+        None,
+        &rendered,
+        shipment.locale,
+        &job.effect_key(&effect),
+    )
+    .map_err(mailer::job_error)?;
+    mailer::send_once(&job, &mailer, &effect, message).await
+}
+
+fn render(templates: &Templates, shipment: &OrderShipped) -> Result<Rendered, mailer::RenderError> {
+    let context = json!({
+        "name": shipment.customer.name,
+        "order_number": shipment.order_number,
+        "carrier": shipment.carrier,
+        "tracking_number": shipment.tracking_number,
+        "tracking_url": shipment.tracking_url,
+        "estimated_delivery": shipment.estimated_delivery.as_deref().map(|date| mailer::format::date(date, shipment.locale)),
+    });
+    templates.render(
+        "shipping_notification",
+        shipment.locale,
+        mailer::Value::from(mailer::Serde(&context)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_in_every_locale() {
+        let templates = Templates::new();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots");
+        for locale in [events::Locale::En, events::Locale::Vi] {
+            let mut shipment = OrderShipped::example();
+            shipment.locale = locale;
+            if locale == events::Locale::Vi {
+                shipment.estimated_delivery = None;
+            }
+            let rendered = render(&templates, &shipment).unwrap();
+            mailer::snapshot::assert_snapshot(
+                &dir,
+                &format!("shipping_notification.{}", locale.as_str()),
+                &rendered,
+            );
+        }
+    }
+}

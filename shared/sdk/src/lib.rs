@@ -1,0 +1,208 @@
+//! The typed publisher backend services use to send email through jetfn: one method per email, the interface the
+//! old `EmailService` offered, each validating before it publishes.
+//!
+//! Each method derives the event id from what makes the email unique (the order, the user, the tracking number),
+//! so calling it twice for the same thing (a retried HTTP request, a double click) is absorbed: by the stream's
+//! duplicate window within minutes, and by the functions' idempotency ledger after that. Only the contact form,
+//! which has no natural key, gets a fresh id per call.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = async_nats::connect("nats://127.0.0.1:4222").await?;
+//! let emails = sdk::EmailEvents::new(client, "/shop-api");
+//! let published = emails.send_order_confirmation(events::OrderPlaced::example()).await?;
+//! println!("{} #{}", published.stream, published.sequence);
+//! # Ok(())
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+use events::{
+    CloudEvent, ContactSubmitted, EmailVerificationRequested, Event, OrderPlaced, OrderShipped,
+    OrderStatusChanged, PasswordResetRequested, UserRegistered,
+};
+pub use runtime::{PublishError, Published};
+
+/// Publishes email events. Cheap to clone; build one per process.
+#[derive(Debug, Clone)]
+pub struct EmailEvents {
+    publisher: runtime::Publisher,
+    source: String,
+}
+
+impl EmailEvents {
+    /// A publisher whose events name `source` (a URI reference such as `/shop-api`).
+    pub fn new(client: async_nats::Client, source: impl Into<String>) -> Self {
+        let source = source.into();
+        Self {
+            publisher: runtime::Publisher::new(client, source.clone()),
+            source,
+        }
+    }
+
+    /// The customer's order confirmation, and the staff notification (`orders.placed`).
+    ///
+    /// # Errors
+    /// [`PublishError::Invalid`] names the field (nothing is sent); [`PublishError::Nats`] when the stream did not
+    /// confirm (call again: the id is the same).
+    pub async fn send_order_confirmation(
+        &self,
+        order: OrderPlaced,
+    ) -> Result<Published, PublishError> {
+        let id = format!("order-confirmation:{}", order.order_id);
+        self.publish(id, order).await
+    }
+
+    /// The staff notification of an order alone, without the customer's confirmation.
+    ///
+    /// # Errors
+    /// As [`EmailEvents::send_order_confirmation`].
+    pub async fn send_admin_order_notification(
+        &self,
+        mut order: OrderPlaced,
+    ) -> Result<Published, PublishError> {
+        order.notify_customer = false;
+        order.notify_admins = true;
+        let id = format!("order-admin-notification:{}", order.order_id);
+        self.publish(id, order).await
+    }
+
+    /// The shipping notification with the tracking link (`orders.shipped`).
+    ///
+    /// # Errors
+    /// As [`EmailEvents::send_order_confirmation`].
+    pub async fn send_shipping_notification(
+        &self,
+        shipment: OrderShipped,
+    ) -> Result<Published, PublishError> {
+        let id = format!(
+            "order-shipped:{}:{}",
+            shipment.order_id, shipment.tracking_number
+        );
+        self.publish(id, shipment).await
+    }
+
+    /// The order status update (`orders.status_changed`).
+    ///
+    /// # Errors
+    /// As [`EmailEvents::send_order_confirmation`].
+    pub async fn send_order_status_update(
+        &self,
+        change: OrderStatusChanged,
+    ) -> Result<Published, PublishError> {
+        let id = format!(
+            "order-status:{}:{}:{}",
+            change.order_id,
+            change.new_status.as_str(),
+            change.changed_at
+        );
+        self.publish(id, change).await
+    }
+
+    /// The welcome email (`users.registered`).
+    ///
+    /// # Errors
+    /// As [`EmailEvents::send_order_confirmation`].
+    pub async fn send_welcome_email(
+        &self,
+        user: UserRegistered,
+    ) -> Result<Published, PublishError> {
+        let id = format!("welcome:{}", user.user_id);
+        self.publish(id, user).await
+    }
+
+    /// The password reset link (`users.password_reset_requested`). The id holds a hash of the token, never the
+    /// token: ids are logged.
+    ///
+    /// # Errors
+    /// As [`EmailEvents::send_order_confirmation`]; an expiry already past is invalid.
+    pub async fn send_password_reset(
+        &self,
+        request: PasswordResetRequested,
+    ) -> Result<Published, PublishError> {
+        let id = format!(
+            "password-reset:{}:{}",
+            request.user_id,
+            digest(&request.token)
+        );
+        self.publish(id, request).await
+    }
+
+    /// The email verification code (`users.email_verification_requested`).
+    ///
+    /// # Errors
+    /// As [`EmailEvents::send_password_reset`].
+    pub async fn send_email_verification(
+        &self,
+        request: EmailVerificationRequested,
+    ) -> Result<Published, PublishError> {
+        let id = format!(
+            "email-verification:{}:{}",
+            request.user_id,
+            digest(&format!("{}:{}", request.code, request.expires_at))
+        );
+        self.publish(id, request).await
+    }
+
+    /// The contact form: support is notified, the sender optionally acknowledged (`contact.submitted`).
+    ///
+    /// # Errors
+    /// As [`EmailEvents::send_order_confirmation`].
+    pub async fn send_contact_form(
+        &self,
+        form: ContactSubmitted,
+    ) -> Result<Published, PublishError> {
+        self.publisher.publish(form).await
+    }
+
+    async fn publish<T: Event>(&self, id: String, data: T) -> Result<Published, PublishError> {
+        let mut event = CloudEvent::new(self.source.clone(), data);
+        event.id = event_id(&id);
+        self.publisher.publish_event(&event).await
+    }
+}
+
+/// Event ids allow `[A-Za-z0-9._:-]`, up to 256 characters; anything else becomes `_`, and a long id is cut and
+/// suffixed with a digest of the whole, so two long ids stay apart.
+fn event_id(natural: &str) -> String {
+    let cleaned: String = natural
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if cleaned.len() <= 256 {
+        cleaned
+    } else {
+        format!("{}:{}", &cleaned[..200], digest(natural))
+    }
+}
+
+fn digest(text: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    digest.as_ref()[..12]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_valid_and_stable() {
+        assert_eq!(
+            event_id("order-status:o1:shipped:2026-11-25T10:00:00+07:00"),
+            "order-status:o1:shipped:2026-11-25T10:00:00_07:00"
+        );
+        let long = "x".repeat(400);
+        assert!(event_id(&long).len() <= 256);
+        assert_eq!(event_id(&long), event_id(&long));
+        assert_ne!(digest("a"), digest("b"));
+    }
+}
