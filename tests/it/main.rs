@@ -3,6 +3,7 @@
 mod dlq;
 mod emails;
 mod harness_selftest;
+mod local_system;
 mod support;
 mod tracing_otlp;
 mod welcome;

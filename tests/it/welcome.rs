@@ -419,3 +419,46 @@ fn tokio_util_like_stop() -> (
         let _ = receiver.await;
     })
 }
+
+async fn http_status(addr: &str, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("the health endpoint accepts connections");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn health_probes_say_alive_and_ready_only_when_bound() {
+    let system = System::start().await;
+    let addr = format!("127.0.0.1:{}", integration_tests::free_port());
+    let _welcome = system
+        .spawn("welcome", &[("JOB_HEALTH_ADDR", addr.clone())])
+        .await;
+    assert_eq!(http_status(&addr, "/livez").await, 200);
+    assert_eq!(http_status(&addr, "/readyz").await, 200);
+
+    // A function whose consumer does not exist is alive but not ready, and keeps trying to bind.
+    let unbound = format!("127.0.0.1:{}", integration_tests::free_port());
+    let mut env = system.env();
+    env.extend([
+        ("JOB_HEALTH_ADDR", unbound.clone()),
+        ("JOB_CONSUMER", "nobody".to_owned()),
+    ]);
+    let waiting = integration_tests::FunctionProcess::spawn("welcome", &env);
+    waiting.wait_for_output("cannot bind yet", WAIT).await;
+    assert_eq!(http_status(&unbound, "/livez").await, 200);
+    assert_eq!(http_status(&unbound, "/readyz").await, 503);
+}

@@ -44,6 +44,12 @@ pub(crate) struct DevArgs {
     /// The definitions folder.
     #[arg(long, env = "JETFN_INFRA_DIR", default_value = "infra/nats")]
     infra: PathBuf,
+    /// The monitoring port of the local nats-server (`/varz`, `/jsz`).
+    #[arg(long, default_value_t = 8222)]
+    monitor_port: u16,
+    /// Serve no health endpoints (each function has its own fixed port otherwise).
+    #[arg(long)]
+    no_health: bool,
     /// Run only these functions (default: all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -69,6 +75,8 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         .arg("127.0.0.1")
         .arg("-p")
         .arg(args.port.to_string())
+        .arg("-m")
+        .arg(args.monitor_port.to_string())
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
@@ -103,10 +111,12 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
                 command.env(name, value);
             }
         }
-        let health = format!("127.0.0.1:{health_port}");
-        command
-            .env("JOB_HEALTH_ADDR", &health)
-            .env("ROUTER_HEALTH_ADDR", &health);
+        if !args.no_health {
+            let health = format!("127.0.0.1:{health_port}");
+            command
+                .env("JOB_HEALTH_ADDR", &health)
+                .env("ROUTER_HEALTH_ADDR", &health);
+        }
         // Own process group: a terminal's Ctrl-C reaches jetfn only, which then stops the functions in order.
         command.process_group(0).kill_on_drop(true);
         let child = command
@@ -123,7 +133,11 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         log_path.display()
     );
     for (name, port) in FUNCTIONS {
-        println!("  {name:<12} health http://127.0.0.1:{port}/readyz");
+        if args.no_health {
+            println!("  {name}");
+        } else {
+            println!("  {name:<22} health http://127.0.0.1:{port}/readyz");
+        }
     }
     if std::env::var_os("SMTP_URL").is_some() {
         println!("  emails       sent through SMTP_URL");
