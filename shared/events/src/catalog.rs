@@ -2,7 +2,10 @@
 
 use serde_json::{Value, json};
 
-use crate::{Event, Invalid, UserRegistered};
+use crate::{
+    CleanupCompleted, CleanupRequested, Event, Invalid, MessageCreated, MessageDeleted,
+    MessageUpdated, UserRegistered,
+};
 
 /// Every event subject starts with this token, so one stream (`EVENTS`, subjects `events.>`) holds them all.
 pub const SUBJECT_PREFIX: &str = "events";
@@ -29,16 +32,80 @@ pub struct EventKind {
 }
 
 /// All event types, in documentation order.
-pub static CATALOG: &[EventKind] = &[EventKind {
-    ty: UserRegistered::TYPE,
-    subject: "events.users.registered",
-    description: "A user created an account; the welcome email goes out.",
-    consumers: &["welcome"],
-    schema_file: include_str!("../schemas/users.registered.json"),
-    derived_schema: schema_for::<UserRegistered>,
-    example_data: || serde_json::to_value(UserRegistered::example()).expect("example serializes"),
-    check_data: check_data::<UserRegistered>,
-}];
+pub static CATALOG: &[EventKind] = &[
+    EventKind {
+        ty: UserRegistered::TYPE,
+        subject: "events.users.registered",
+        description: "A user created an account; the welcome email goes out.",
+        consumers: &["welcome"],
+        schema_file: include_str!("../schemas/users.registered.json"),
+        derived_schema: schema_for::<UserRegistered>,
+        example_data: || {
+            serde_json::to_value(UserRegistered::example()).expect("example serializes")
+        },
+        check_data: check_data::<UserRegistered>,
+    },
+    EventKind {
+        ty: MessageCreated::TYPE,
+        subject: "events.messages.created",
+        description: "A message was written in a conversation; it becomes searchable.",
+        consumers: &["indexing"],
+        schema_file: include_str!("../schemas/messages.created.json"),
+        derived_schema: schema_for::<MessageCreated>,
+        example_data: || {
+            serde_json::to_value(MessageCreated::example()).expect("example serializes")
+        },
+        check_data: check_data::<MessageCreated>,
+    },
+    EventKind {
+        ty: MessageUpdated::TYPE,
+        subject: "events.messages.updated",
+        description: "A message was edited; the index keeps the newest edit (`updated_at`) and ignores older ones.",
+        consumers: &["indexing"],
+        schema_file: include_str!("../schemas/messages.updated.json"),
+        derived_schema: schema_for::<MessageUpdated>,
+        example_data: || {
+            serde_json::to_value(MessageUpdated::example()).expect("example serializes")
+        },
+        check_data: check_data::<MessageUpdated>,
+    },
+    EventKind {
+        ty: MessageDeleted::TYPE,
+        subject: "events.messages.deleted",
+        description: "A message was deleted; it leaves the index for good (a late create or edit never brings it back).",
+        consumers: &["indexing"],
+        schema_file: include_str!("../schemas/messages.deleted.json"),
+        derived_schema: schema_for::<MessageDeleted>,
+        example_data: || {
+            serde_json::to_value(MessageDeleted::example()).expect("example serializes")
+        },
+        check_data: check_data::<MessageDeleted>,
+    },
+    EventKind {
+        ty: CleanupRequested::TYPE,
+        subject: "events.cleanup.requested",
+        description: "Time for retention work, usually fired by a schedule NATS holds; absent fields mean the configured retention.",
+        consumers: &["cleanup"],
+        schema_file: include_str!("../schemas/cleanup.requested.json"),
+        derived_schema: schema_for::<CleanupRequested>,
+        example_data: || {
+            serde_json::to_value(CleanupRequested::example()).expect("example serializes")
+        },
+        check_data: check_data::<CleanupRequested>,
+    },
+    EventKind {
+        ty: CleanupCompleted::TYPE,
+        subject: "events.cleanup.completed",
+        description: "A cleanup run finished; how many index entries, dead letters and journal records it removed.",
+        consumers: &[],
+        schema_file: include_str!("../schemas/cleanup.completed.json"),
+        derived_schema: schema_for::<CleanupCompleted>,
+        example_data: || {
+            serde_json::to_value(CleanupCompleted::example()).expect("example serializes")
+        },
+        check_data: check_data::<CleanupCompleted>,
+    },
+];
 
 /// Deserializes `data` as `T` and runs `T::validate`.
 fn check_data<T: Event>(data: &Value) -> Result<(), Invalid> {
@@ -119,7 +186,11 @@ pub fn catalog_markdown() -> String {
             "| `{}` | `{}` | {} | [`schemas/{}.json`](schemas/{}.json) |\n",
             kind.ty,
             kind.subject,
-            kind.consumers.join(", "),
+            if kind.consumers.is_empty() {
+                "–".to_owned()
+            } else {
+                kind.consumers.join(", ")
+            },
             kind.ty,
             kind.ty
         ));

@@ -7,6 +7,7 @@
 
 mod catalog;
 mod envelope;
+mod messaging;
 mod payloads;
 pub mod pii;
 mod validate;
@@ -15,6 +16,9 @@ pub use catalog::{
     CATALOG, EventKind, SUBJECT_PREFIX, catalog_markdown, kind_by_type, schema_for, subject_for,
 };
 pub use envelope::{CloudEvent, DATACONTENTTYPE_JSON, SPECVERSION};
+pub use messaging::{
+    CleanupCompleted, CleanupRequested, MessageCreated, MessageDeleted, MessageUpdated,
+};
 pub use payloads::{Locale, UserRegistered};
 pub use validate::{FieldError, Invalid, MAX_EVENT_BYTES, Validator};
 

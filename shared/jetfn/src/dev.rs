@@ -2,7 +2,8 @@
 //!
 //! It starts a nats-server (JetStream, file storage, `sync_interval: always`, data under `.jetfn/`), applies
 //! `infra/nats`, and runs every function binary next to this one. Without `SMTP_URL`, emails are written as
-//! `.eml` files under `.jetfn/mail`. Ctrl-C (or SIGTERM) stops the functions first, so they drain, then the server.
+//! `.eml` files under `.jetfn/mail`; the search index lives in `.jetfn/index`. The default schedules in
+//! `infra/nats/schedules` are applied with the definitions (as `jetfn infra apply` does). Ctrl-C (or SIGTERM) stops the functions first, so they drain, then the server.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -14,7 +15,12 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
 /// The functions `jetfn dev` runs, with the health port each gets on the loopback.
-const FUNCTIONS: &[(&str, u16)] = &[("welcome", 8081), ("dlq-router", 8090)];
+const FUNCTIONS: &[(&str, u16)] = &[
+    ("welcome", 8081),
+    ("indexing", 8082),
+    ("cleanup", 8083),
+    ("dlq-router", 8090),
+];
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct DevArgs {
@@ -36,6 +42,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let home = absolute(&args.home)?;
     let data = home.join("data");
     let mail = home.join("mail");
+    let index = home.join("index");
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     std::fs::create_dir_all(&mail).with_context(|| format!("creating {}", mail.display()))?;
     let server_bin = find_nats_server()?;
@@ -60,9 +67,9 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let url = format!("nats://127.0.0.1:{}", args.port);
     let client = wait_for_server(&url, &mut server, &log_path).await?;
     let definitions = runtime::infra::Definitions::load(&args.infra)?;
-    definitions
-        .apply(&async_nats::jetstream::new(client.clone()))
-        .await?;
+    let js = async_nats::jetstream::new(client.clone());
+    definitions.apply(&js).await?;
+    crate::schedule::apply_dir(&js, &args.infra.join("schedules")).await?;
 
     let bin_dir = std::env::current_exe()?
         .parent()
@@ -80,7 +87,10 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
             bin.display()
         );
         let mut command = Command::new(&bin);
-        command.env("NATS_URL", &url).env("MAIL_DIR", &mail);
+        command
+            .env("NATS_URL", &url)
+            .env("MAIL_DIR", &mail)
+            .env("INDEX_DIR", &index);
         let health = format!("127.0.0.1:{health_port}");
         command
             .env("JOB_HEALTH_ADDR", &health)
