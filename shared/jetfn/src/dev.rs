@@ -121,6 +121,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!(
         "try:  target/debug/jetfn publish users.registered --data '{{\"user_id\":\"u1\",\"email\":\"ada@example.com\",\"name\":\"Ada\"}}'"
     );
+    println!("      target/debug/jetfn search \"some words\"    target/debug/jetfn schedule list");
     println!("Ctrl-C stops everything.");
     println!();
 
