@@ -1,9 +1,12 @@
 //! Integration tests: one test binary, one module per area.
 
+mod cleanup;
 mod dlq;
 mod emails;
 mod harness_selftest;
+mod indexing;
 mod local_system;
+mod schedules;
 mod support;
 mod tracing_otlp;
 mod welcome;

@@ -199,3 +199,194 @@ pub fn assert_no_address(output: &str, address: &str) {
         "the address {address} appears in clear in the logs:\n{output}"
     );
 }
+
+/// A fresh empty directory for one test's index (removed when the value drops).
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(kind: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir =
+            std::env::temp_dir().join(format!("jetfn-it-{kind}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create a temp dir");
+        Self(dir)
+    }
+
+    pub fn path(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The indexing consumers, one per message event type.
+pub const INDEXING: [&str; 3] = ["indexing-created", "indexing-updated", "indexing-deleted"];
+
+impl System {
+    /// Runs the indexing function on `dir`; returns once all three consumers are bound and the service is up.
+    pub async fn indexing(
+        &self,
+        dir: &TempDir,
+        extra: &[(&'static str, String)],
+    ) -> FunctionProcess {
+        let mut env = vec![
+            ("INDEX_DIR", dir.path()),
+            ("INDEX_COMMIT_INTERVAL_MS", "100".to_owned()),
+        ];
+        env.extend(extra.iter().cloned());
+        let process = self.spawn("indexing", &env).await;
+        process
+            .wait_for_output("search service started", WAIT)
+            .await;
+        let deadline = Instant::now() + WAIT;
+        while process.output().matches("consumer bound; serving").count() < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "indexing did not bind its three consumers"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        process
+    }
+
+    /// Waits until every indexing consumer has answered everything delivered to it.
+    pub async fn indexing_settled(&self) {
+        for consumer in INDEXING {
+            self.wait_settled(consumer).await;
+        }
+    }
+
+    /// Publishes and waits until the indexing function answered it: the order of a test's events is the order the
+    /// index sees them.
+    pub async fn publish_indexed<T: events::Event>(&self, data: T) -> runtime::Published {
+        let published = self.publisher.publish(data).await.expect("publish");
+        self.indexing_settled().await;
+        published
+    }
+
+    /// Asks the search service.
+    pub async fn search(&self, request: serde_json::Value) -> serde_json::Value {
+        let reply = self
+            .js
+            .client()
+            .request(
+                "jetfn.index.search",
+                serde_json::to_vec(&request).unwrap().into(),
+            )
+            .await
+            .expect("the search service answers");
+        assert!(
+            reply
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Service-Error-Code"))
+                .is_none(),
+            "search error: {:?}",
+            reply.headers
+        );
+        serde_json::from_slice(&reply.payload).expect("a JSON answer")
+    }
+
+    /// The message ids a search finds, best first.
+    pub async fn found(&self, q: &str) -> Vec<String> {
+        let answer = self
+            .search(serde_json::json!({ "q": q, "limit": 100 }))
+            .await;
+        answer["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|hit| hit["message_id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Runs the jetfn CLI against this system and returns its output; it must exit 0.
+    pub async fn jetfn(&self, args: &[&str]) -> String {
+        let process = FunctionProcess::spawn_with_args("jetfn", args, &self.env());
+        let status = process.wait_exit(WAIT).await;
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "jetfn {args:?} failed:\n{}",
+            process.output()
+        );
+        process.output()
+    }
+
+    /// Messages stored on `subject` in EVENTS.
+    pub async fn count_on(&self, subject: &str) -> usize {
+        use futures::TryStreamExt as _;
+        let stream = self.js.get_stream("EVENTS").await.unwrap();
+        let subjects: Vec<(String, usize)> = stream
+            .info_with_subjects(subject)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        subjects.iter().map(|(_, count)| count).sum()
+    }
+
+    /// Waits until `subject` holds at least `count` messages in EVENTS.
+    pub async fn wait_on(&self, subject: &str, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.count_on(subject).await >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{subject} did not reach {count} messages"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub fn message(
+    id: &str,
+    conversation: &str,
+    body: &str,
+    created_at: time::OffsetDateTime,
+) -> events::MessageCreated {
+    events::MessageCreated {
+        message_id: id.to_owned(),
+        conversation_id: conversation.to_owned(),
+        sender_id: "u-1".to_owned(),
+        body: body.to_owned(),
+        created_at,
+    }
+}
+
+pub fn edit(
+    created: &events::MessageCreated,
+    body: &str,
+    updated_at: time::OffsetDateTime,
+) -> events::MessageUpdated {
+    events::MessageUpdated {
+        message_id: created.message_id.clone(),
+        conversation_id: created.conversation_id.clone(),
+        sender_id: created.sender_id.clone(),
+        body: body.to_owned(),
+        created_at: created.created_at,
+        updated_at,
+    }
+}
+
+pub fn deletion(
+    created: &events::MessageCreated,
+    deleted_at: time::OffsetDateTime,
+) -> events::MessageDeleted {
+    events::MessageDeleted {
+        message_id: created.message_id.clone(),
+        conversation_id: created.conversation_id.clone(),
+        deleted_at,
+    }
+}

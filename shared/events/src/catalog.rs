@@ -3,7 +3,8 @@
 use serde_json::{Value, json};
 
 use crate::{
-    ContactSubmitted, EmailVerificationRequested, Event, Invalid, OrderPlaced, OrderShipped,
+    CleanupCompleted, CleanupRequested, ContactSubmitted, EmailVerificationRequested, Event,
+    Invalid, MessageCreated, MessageDeleted, MessageUpdated, OrderPlaced, OrderShipped,
     OrderStatusChanged, PasswordResetRequested, UserRegistered,
 };
 
@@ -93,6 +94,36 @@ pub static CATALOG: &[EventKind] = &[
         ["contact"],
         "The contact form was submitted; support is notified (sender in Reply-To) and the sender optionally acknowledged."
     ),
+    kind!(
+        MessageCreated,
+        "messages.created",
+        ["indexing"],
+        "A message was written in a conversation; it becomes searchable."
+    ),
+    kind!(
+        MessageUpdated,
+        "messages.updated",
+        ["indexing"],
+        "A message was edited; the index keeps the newest edit (`updated_at`) and ignores older ones."
+    ),
+    kind!(
+        MessageDeleted,
+        "messages.deleted",
+        ["indexing"],
+        "A message was deleted; it leaves the index for good (a late create or edit never brings it back)."
+    ),
+    kind!(
+        CleanupRequested,
+        "cleanup.requested",
+        ["cleanup"],
+        "Time for retention work, usually fired by a schedule NATS holds; absent fields mean the configured retention."
+    ),
+    kind!(
+        CleanupCompleted,
+        "cleanup.completed",
+        [],
+        "A cleanup run finished; how many index entries, dead letters and journal records it removed."
+    ),
 ];
 
 /// Deserializes `data` as `T` and runs `T::validate`, plus `T::validate_publish` when publishing.
@@ -178,7 +209,11 @@ pub fn catalog_markdown() -> String {
             "| `{}` | `{}` | {} | [`schemas/{}.json`](schemas/{}.json) |\n",
             kind.ty,
             kind.subject,
-            kind.consumers.join(", "),
+            if kind.consumers.is_empty() {
+                "–".to_owned()
+            } else {
+                kind.consumers.join(", ")
+            },
             kind.ty,
             kind.ty
         ));

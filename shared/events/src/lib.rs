@@ -10,6 +10,7 @@ mod catalog;
 mod commerce;
 mod contact;
 mod envelope;
+mod messaging;
 mod payloads;
 pub mod pii;
 mod rules;
@@ -25,6 +26,9 @@ pub use commerce::{
 };
 pub use contact::ContactSubmitted;
 pub use envelope::{CloudEvent, DATACONTENTTYPE_JSON, SPECVERSION};
+pub use messaging::{
+    CleanupCompleted, CleanupRequested, MessageCreated, MessageDeleted, MessageUpdated,
+};
 pub use payloads::{Locale, UserRegistered};
 pub use validate::{FieldError, Invalid, MAX_EVENT_BYTES, Validator};
 

@@ -2,7 +2,8 @@
 //!
 //! It starts a nats-server (JetStream, file storage, `sync_interval: always`, data under `.jetfn/`), applies
 //! `infra/nats`, and runs every function binary next to this one. Without `SMTP_URL`, emails are written as
-//! `.eml` files under `.jetfn/mail`. Ctrl-C (or SIGTERM) stops the functions first, so they drain, then the server.
+//! `.eml` files under `.jetfn/mail`; the search index lives in `.jetfn/index`. The default schedules in
+//! `infra/nats/schedules` are applied with the definitions (as `jetfn infra apply` does). Ctrl-C (or SIGTERM) stops the functions first, so they drain, then the server.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -22,6 +23,8 @@ const FUNCTIONS: &[(&str, u16)] = &[
     ("password-reset", 8085),
     ("email-verification", 8086),
     ("contact", 8087),
+    ("indexing", 8088),
+    ("cleanup", 8089),
     ("dlq-router", 8090),
 ];
 
@@ -59,6 +62,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let home = absolute(&args.home)?;
     let data = home.join("data");
     let mail = home.join("mail");
+    let index = home.join("index");
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     std::fs::create_dir_all(&mail).with_context(|| format!("creating {}", mail.display()))?;
     let server_bin = find_nats_server()?;
@@ -85,9 +89,9 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let url = format!("nats://127.0.0.1:{}", args.port);
     let client = wait_for_server(&url, &mut server, &log_path).await?;
     let definitions = runtime::infra::Definitions::load(&args.infra)?;
-    definitions
-        .apply(&async_nats::jetstream::new(client.clone()))
-        .await?;
+    let js = async_nats::jetstream::new(client.clone());
+    definitions.apply(&js).await?;
+    crate::schedule::apply_dir(&js, &args.infra.join("schedules")).await?;
 
     let bin_dir = std::env::current_exe()?
         .parent()
@@ -105,7 +109,10 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
             bin.display()
         );
         let mut command = Command::new(&bin);
-        command.env("NATS_URL", &url).env("MAIL_DIR", &mail);
+        command
+            .env("NATS_URL", &url)
+            .env("MAIL_DIR", &mail)
+            .env("INDEX_DIR", &index);
         for (name, value) in LOCAL_DEFAULTS {
             if std::env::var_os(name).is_none() {
                 command.env(name, value);
@@ -147,6 +154,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!(
         "try:  target/debug/jetfn publish users.registered --data '{{\"user_id\":\"u1\",\"email\":\"ada@example.com\",\"name\":\"Ada\"}}'"
     );
+    println!("      target/debug/jetfn search \"some words\"    target/debug/jetfn schedule list");
     println!("Ctrl-C stops everything.");
     println!();
 

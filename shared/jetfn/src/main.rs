@@ -1,11 +1,14 @@
 //! `jetfn`: the operator's and developer's command line.
 //!
 //! `jetfn dev` runs the whole local system; `jetfn publish` validates and publishes an event; `jetfn dlq`
-//! inspects, replays and purges dead events; `jetfn infra apply` provisions streams, consumers and buckets;
-//! `jetfn status` shows queue depth per function.
+//! inspects, replays and purges dead events; `jetfn infra apply` provisions streams, consumers, buckets and the
+//! default schedules; `jetfn status` shows queue depth per function; `jetfn search` queries the message index;
+//! `jetfn schedule` publishes events later or on a recurring schedule NATS holds.
 
 mod dev;
 mod dlq;
+mod schedule;
+mod search;
 mod status;
 
 use std::io::Read as _;
@@ -55,13 +58,20 @@ enum Command {
     },
     /// Queue depth, in-flight and redelivered counts per function.
     Status,
+    /// Search the message index (through the indexing function's NATS service).
+    Search(search::SearchArgs),
+    /// Publish an event later, or on a recurring @every or cron schedule that NATS holds; list and cancel.
+    Schedule {
+        #[command(subcommand)]
+        command: schedule::ScheduleCommand,
+    },
     /// The event catalog: types, subjects, consumers.
     Catalog,
 }
 
 #[derive(Debug, Subcommand)]
 enum InfraCommand {
-    /// Apply every definition (create or update).
+    /// Apply every definition (create or update), then the schedules in <dir>/schedules.
     Apply {
         /// The definitions folder.
         #[arg(long, env = "JETFN_INFRA_DIR", default_value = "infra/nats")]
@@ -150,11 +160,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let client = connect(&nats()).await?;
             let definitions = runtime::infra::Definitions::load(&dir)?;
-            definitions
-                .apply(&async_nats::jetstream::new(client))
-                .await?;
+            let js = async_nats::jetstream::new(client.clone());
+            definitions.apply(&js).await?;
+            let schedules = schedule::apply_dir(&js, &dir.join("schedules")).await?;
+            client.flush().await.ok();
             println!(
-                "applied {} streams, {} KV buckets, {} consumers from {}",
+                "applied {} streams, {} KV buckets, {} consumers from {}; {schedules} schedules written",
                 definitions.streams.len(),
                 definitions.buckets.len(),
                 definitions.consumers.len(),
@@ -165,6 +176,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Publish(args) => publish(&nats(), args).await,
         Command::Dlq { command } => dlq::run(connect(&nats()).await?, command).await,
         Command::Status => status::run(connect(&nats()).await?).await,
+        Command::Search(args) => search::run(connect(&nats()).await?, args).await,
+        Command::Schedule { command } => schedule::run(connect(&nats()).await?, command).await,
     }
 }
 
@@ -232,7 +245,7 @@ async fn publish(config: &runtime::config::NatsConfig, args: PublishArgs) -> any
     Ok(())
 }
 
-fn read_arg(arg: &str) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn read_arg(arg: &str) -> anyhow::Result<Vec<u8>> {
     if arg == "-" {
         let mut buffer = Vec::new();
         std::io::stdin()

@@ -440,6 +440,18 @@ fn message_id_of(message: &jetstream::Message) -> &str {
         .map_or("", async_nats::HeaderValue::as_str)
 }
 
+/// A message a recurring NATS message schedule generated: the server sets `Nats-Scheduler` (the schedule's
+/// subject) and `Nats-Schedule-Next` (the next firing, or `purge` after a one-off `@at`).
+fn is_recurring_firing(message: &jetstream::Message) -> bool {
+    let Some(headers) = message.headers.as_ref() else {
+        return false;
+    };
+    headers.get("Nats-Scheduler").is_some()
+        && headers
+            .get("Nats-Schedule-Next")
+            .is_some_and(|next| next.as_str() != "purge")
+}
+
 enum Outcome {
     Ack,
     Retry(JobError),
@@ -527,12 +539,17 @@ where
     H: Fn(Job<T>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), JobError>> + Send + 'static,
 {
-    let event = match shared.validator.decode::<T>(&message.payload) {
+    let mut event = match shared.validator.decode::<T>(&message.payload) {
         Ok(event) => event,
         Err(invalid) => {
             return Outcome::Dead(DeathKind::Invalid, format!("invalid event: {invalid}"));
         }
     };
+    if is_recurring_firing(message) {
+        // Every firing of a recurring schedule carries the same stored event; each is its own occurrence, so its
+        // id (and with it every ledger key) gets the firing's stream sequence, stable across redeliveries.
+        event.id = format!("{}:{sequence}", event.id);
+    }
     if event.id.as_str() != message_id_of(message) {
         tracing::Span::current().record("messaging.message.id", event.id.as_str());
     }

@@ -1,0 +1,327 @@
+//! `indexing`: keeps a full-text index of a messaging platform's messages and serves searches over NATS.
+//!
+//! It binds three durable consumers, one per event type (`indexing-created`, `indexing-updated`,
+//! `indexing-deleted` in infra/nats/consumers/EVENTS/), and hands every change to one batching committer that owns
+//! the tantivy writer. A handler returns only after the commit that made its change durable, so what the runtime
+//! acks is searchable after a crash. The same process serves the NATS service `jetfn-index` (group `jetfn.index`):
+//! `search` (ranked hits) and `purge` (retention, asked by the cleanup function). The index is owned by this one
+//! process: run one replica per index directory.
+
+mod committer;
+mod index;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::service::{self, ServiceExt as _};
+use events::{MessageCreated, MessageDeleted, MessageUpdated};
+use futures::StreamExt as _;
+use runtime::config::{JobConfig, NatsConfig};
+use runtime::{Job, JobError, Runtime};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::committer::{Committer, Handle, Policy};
+use crate::index::{Change, Decision, MessageDoc, SearchError, SearchRequest, Searcher, Version};
+
+/// `INDEX_*` settings.
+#[derive(Debug, Deserialize)]
+struct IndexConfig {
+    /// `INDEX_DIR`: the tantivy directory.
+    #[serde(default = "default_dir")]
+    dir: PathBuf,
+    /// `INDEX_COMMIT_MAX_DOCS`: commit once this many documents are pending.
+    #[serde(default = "default_max_docs")]
+    commit_max_docs: usize,
+    /// `INDEX_COMMIT_INTERVAL_MS`: commit this long after the first pending change at the latest.
+    #[serde(default = "default_interval")]
+    commit_interval_ms: u64,
+    /// `INDEX_WRITER_MEMORY_MB`: the writer's indexing buffer.
+    #[serde(default = "default_memory")]
+    writer_memory_mb: usize,
+    /// `INDEX_TEST_DELAY_BEFORE_COMMIT_MS`: fault injection for the crash test; never set it in production.
+    #[serde(default)]
+    test_delay_before_commit_ms: u64,
+}
+
+fn default_dir() -> PathBuf {
+    PathBuf::from(".jetfn/index")
+}
+fn default_max_docs() -> usize {
+    1000
+}
+fn default_interval() -> u64 {
+    500
+}
+fn default_memory() -> usize {
+    50
+}
+
+/// The NATS service: name, group and endpoints.
+const SERVICE: &str = "jetfn-index";
+const GROUP: &str = "jetfn.index";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let telemetry = runtime::telemetry::init("indexing")?;
+    let config: IndexConfig = envy::prefixed("INDEX_")
+        .from_env()
+        .context("reading INDEX_* configuration")?;
+    let nats = NatsConfig::from_env().context("reading NATS_* configuration")?;
+    let job = JobConfig::from_env().context("reading JOB_* configuration")?;
+    let (writer, searcher) = index::open(&config.dir, config.writer_memory_mb * 1024 * 1024)?;
+    tracing::info!(dir = %config.dir.display(), entries = searcher.entries(), purged_before = %index::rfc3339(writer.purged_before_ms()), "index open");
+    let committer = Committer::start(
+        writer,
+        Policy {
+            max_docs: config.commit_max_docs.max(1),
+            interval: Duration::from_millis(config.commit_interval_ms.max(1)),
+            test_delay_before_commit: Duration::from_millis(config.test_delay_before_commit_ms),
+        },
+    );
+
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            runtime::shutdown_signal().await;
+            stop.cancel();
+        }
+    });
+
+    // One runtime per consumer; only the first serves the health endpoint.
+    let base = job
+        .consumer
+        .clone()
+        .unwrap_or_else(|| "indexing".to_owned());
+    let runtime_for = |kind: &str, health: bool| {
+        let mut job = job.clone();
+        job.consumer = Some(format!("{base}-{kind}"));
+        if !health {
+            job.health_addr = None;
+        }
+        Runtime::new("indexing", &nats, job)
+    };
+    let created = runtime_for("created", true).await?;
+    let updated = runtime_for("updated", false).await?;
+    let deleted = runtime_for("deleted", false).await?;
+
+    let service = serve_queries(
+        created.client().clone(),
+        searcher,
+        committer.handle(),
+        stop.clone(),
+    )
+    .await?;
+
+    let (c, u, d) = (committer.handle(), committer.handle(), committer.handle());
+    let results = tokio::join!(
+        created.serve(
+            move |job| on_created(job, c.clone()),
+            stop.clone().cancelled_owned()
+        ),
+        updated.serve(
+            move |job| on_updated(job, u.clone()),
+            stop.clone().cancelled_owned()
+        ),
+        deleted.serve(
+            move |job| on_deleted(job, d.clone()),
+            stop.clone().cancelled_owned()
+        ),
+    );
+    stop.cancel();
+    if let Err(err) = service.await {
+        tracing::warn!(error = %err, "the search service task failed");
+    }
+    tokio::task::spawn_blocking(move || committer.close()).await?;
+    telemetry.flush();
+    results.0?;
+    results.1?;
+    results.2?;
+    Ok(())
+}
+
+fn ms(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+#[tracing::instrument(skip_all, fields(message_id = %job.event.data.message_id))]
+async fn on_created(job: Job<MessageCreated>, committer: Handle) -> Result<(), JobError> {
+    let data = job.event.data;
+    let change = Change::Upsert {
+        version: Version {
+            ms: ms(data.created_at),
+            rank: 0,
+            seq: job.stream_sequence,
+        },
+        doc: MessageDoc {
+            message_id: data.message_id,
+            conversation_id: data.conversation_id,
+            sender_id: data.sender_id,
+            body: data.body,
+            created_at_ms: ms(data.created_at),
+        },
+        create: true,
+    };
+    submit(&committer, change).await
+}
+
+#[tracing::instrument(skip_all, fields(message_id = %job.event.data.message_id))]
+async fn on_updated(job: Job<MessageUpdated>, committer: Handle) -> Result<(), JobError> {
+    let data = job.event.data;
+    let change = Change::Upsert {
+        version: Version {
+            ms: ms(data.updated_at),
+            rank: 1,
+            seq: job.stream_sequence,
+        },
+        doc: MessageDoc {
+            message_id: data.message_id,
+            conversation_id: data.conversation_id,
+            sender_id: data.sender_id,
+            body: data.body,
+            created_at_ms: ms(data.created_at),
+        },
+        create: false,
+    };
+    submit(&committer, change).await
+}
+
+#[tracing::instrument(skip_all, fields(message_id = %job.event.data.message_id))]
+async fn on_deleted(job: Job<MessageDeleted>, committer: Handle) -> Result<(), JobError> {
+    let data = job.event.data;
+    let change = Change::Delete {
+        message_id: data.message_id,
+        conversation_id: data.conversation_id,
+        deleted_at_ms: ms(data.deleted_at),
+    };
+    submit(&committer, change).await
+}
+
+/// Hands the change to the committer and waits for the commit: an error is transient (the message comes back).
+async fn submit(committer: &Handle, change: Change) -> Result<(), JobError> {
+    match committer
+        .apply(change)
+        .await
+        .map_err(|err| JobError::transient(anyhow::anyhow!(err)))?
+    {
+        Decision::Write => tracing::info!("indexed"),
+        Decision::Skip(reason) => tracing::info!(reason, "nothing to index"),
+    }
+    Ok(())
+}
+
+/// `purge` request: remove entries of messages written before `before`.
+#[derive(Debug, Deserialize)]
+struct PurgeRequest {
+    #[serde(with = "time::serde::rfc3339")]
+    before: OffsetDateTime,
+}
+
+/// `purge` response.
+#[derive(Debug, Serialize)]
+struct PurgeResponse {
+    removed: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    before: OffsetDateTime,
+}
+
+/// Starts the service and answers until `stop`; search runs on the blocking pool (it is CPU work).
+async fn serve_queries(
+    client: async_nats::Client,
+    searcher: Searcher,
+    committer: Handle,
+    stop: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let service = client
+        .service_builder()
+        .description("jetfn full-text index of messages: search, and purge for retention")
+        .start(SERVICE, env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|err| anyhow::anyhow!("starting the {SERVICE} service: {err}"))?;
+    let group = service.group(GROUP);
+    let mut search = group
+        .endpoint("search")
+        .await
+        .map_err(|err| anyhow::anyhow!("adding the search endpoint: {err}"))?;
+    let mut purge = group
+        .endpoint("purge")
+        .await
+        .map_err(|err| anyhow::anyhow!("adding the purge endpoint: {err}"))?;
+    tracing::info!(service = SERVICE, group = GROUP, "search service started");
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                Some(request) = search.next() => {
+                    let searcher = searcher.clone();
+                    tokio::spawn(async move {
+                        let answer = answer_search(searcher, &request.message.payload).await;
+                        if let Err(err) = request.respond(answer).await {
+                            tracing::warn!(error = %err, "answering a search failed");
+                        }
+                    });
+                }
+                Some(request) = purge.next() => {
+                    let committer = committer.clone();
+                    tokio::spawn(async move {
+                        let answer = answer_purge(&committer, &request.message.payload).await;
+                        if let Err(err) = request.respond(answer).await {
+                            tracing::warn!(error = %err, "answering a purge failed");
+                        }
+                    });
+                }
+                else => break,
+            }
+        }
+        if let Err(err) = service.stop().await {
+            tracing::warn!(error = %err, "stopping the search service failed");
+        }
+    }))
+}
+
+fn service_error(code: usize, status: impl Into<String>) -> service::error::Error {
+    service::error::Error {
+        code,
+        status: status.into(),
+    }
+}
+
+async fn answer_search(
+    searcher: Searcher,
+    payload: &[u8],
+) -> Result<bytes::Bytes, service::error::Error> {
+    let request: SearchRequest = serde_json::from_slice(payload)
+        .map_err(|err| service_error(400, format!("bad request: {err}")))?;
+    let response = tokio::task::spawn_blocking(move || searcher.search(&request))
+        .await
+        .map_err(|err| service_error(500, format!("search failed: {err}")))?
+        .map_err(|err| match err {
+            SearchError::BadRequest(reason) => service_error(400, reason),
+            SearchError::Internal(reason) => service_error(500, reason),
+        })?;
+    serde_json::to_vec(&response)
+        .map(bytes::Bytes::from)
+        .map_err(|err| service_error(500, err.to_string()))
+}
+
+async fn answer_purge(
+    committer: &Handle,
+    payload: &[u8],
+) -> Result<bytes::Bytes, service::error::Error> {
+    let request: PurgeRequest = serde_json::from_slice(payload)
+        .map_err(|err| service_error(400, format!("bad request: {err}")))?;
+    let removed = committer
+        .purge(ms(request.before))
+        .await
+        .map_err(|err| service_error(500, err))?;
+    tracing::info!(removed, before = %index::rfc3339(ms(request.before)), "index purged");
+    serde_json::to_vec(&PurgeResponse {
+        removed,
+        before: request.before,
+    })
+    .map(bytes::Bytes::from)
+    .map_err(|err| service_error(500, err.to_string()))
+}
