@@ -125,6 +125,10 @@ async fn run(job: Job<CleanupRequested>, context: std::sync::Arc<Context>) -> Re
         match result {
             Ok(count) => {
                 span.record(field, count);
+                removed_counter().add(
+                    *count,
+                    &[opentelemetry::KeyValue::new("jetfn.cleanup.target", name)],
+                );
             }
             Err(err) => {
                 tracing::warn!(step = name, error = %format!("{err:#}"), "cleanup step failed");
@@ -319,4 +323,16 @@ async fn purge_orphan_journal(js: &jetstream::Context, bucket: &str) -> anyhow::
         }
     }
     Ok(removed)
+}
+
+/// `jetfn.cleanup.removed`, by target (`index`, `dlq`, `journal`): what retention removed, for dashboards and alerts.
+fn removed_counter() -> &'static opentelemetry::metrics::Counter<u64> {
+    static COUNTER: std::sync::OnceLock<opentelemetry::metrics::Counter<u64>> =
+        std::sync::OnceLock::new();
+    COUNTER.get_or_init(|| {
+        opentelemetry::global::meter("jetfn")
+            .u64_counter("jetfn.cleanup.removed")
+            .with_description("entries removed by retention cleanup")
+            .build()
+    })
 }
