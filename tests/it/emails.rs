@@ -568,3 +568,147 @@ async fn functions_export_metrics_over_otlp() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// One event of each email function, built fresh so each call has its own natural id, with the number of emails
+/// it sends.
+fn sample(function: &str, n: u32) -> (serde_json::Value, &'static str, usize) {
+    let email = format!("matrix{n}@example.com");
+    match function {
+        "order-confirmation" => (
+            serde_json::to_value(order(&format!("m-{n}"), &email)).unwrap(),
+            "orders.placed",
+            2,
+        ),
+        "shipping-notification" => {
+            let mut shipment = OrderShipped::example();
+            shipment.customer.email = email;
+            shipment.tracking_number = format!("T{n}");
+            (serde_json::to_value(shipment).unwrap(), "orders.shipped", 1)
+        }
+        "order-status" => {
+            let mut change = OrderStatusChanged::example();
+            change.customer.email = email;
+            change.order_id = format!("m-{n}");
+            (
+                serde_json::to_value(change).unwrap(),
+                "orders.status_changed",
+                1,
+            )
+        }
+        "password-reset" => {
+            let mut request = PasswordResetRequested::example();
+            request.email = email;
+            request.user_id = format!("u-{n}");
+            request.expires_at = in_minutes(30);
+            (
+                serde_json::to_value(request).unwrap(),
+                "users.password_reset_requested",
+                1,
+            )
+        }
+        "email-verification" => {
+            let mut request = EmailVerificationRequested::example();
+            request.email = email;
+            request.user_id = format!("u-{n}");
+            request.expires_at = in_minutes(30);
+            (
+                serde_json::to_value(request).unwrap(),
+                "users.email_verification_requested",
+                1,
+            )
+        }
+        "contact" => (
+            serde_json::to_value(contact(&email)).unwrap(),
+            "contact.submitted",
+            2,
+        ),
+        other => panic!("no sample for {other}"),
+    }
+}
+
+fn envelope(ty: &str, id: &str, data: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "specversion": "1.0", "id": id, "source": "/matrix", "type": ty, "datacontenttype": "application/json", "data": data
+    }))
+    .unwrap()
+}
+
+/// Every email function, the same three properties: a 4xx then success sends each email once, a re-publish of
+/// the same event (inside and after the duplicate window) sends nothing more, and a 5xx dead-letters at once.
+#[tokio::test]
+async fn every_email_function_retries_dedupes_and_dead_letters() {
+    for function in [
+        "order-confirmation",
+        "shipping-notification",
+        "order-status",
+        "password-reset",
+        "email-verification",
+        "contact",
+    ] {
+        let system = System::start().await;
+        let _process = system.spawn(function, &[]).await;
+
+        let (data, ty, emails) = sample(function, 1);
+        let subject = format!("events.{ty}");
+        system.smtp.fail_next_data(vec![(451, "4.3.0 later")]);
+        let first = system
+            .publisher
+            .publish_json(&envelope(ty, "evt-1", data.clone()))
+            .await
+            .unwrap();
+        let again = system
+            .publisher
+            .publish_json(&envelope(ty, "evt-1", data.clone()))
+            .await
+            .unwrap();
+        assert!(
+            again.duplicate && again.sequence == first.sequence,
+            "{function}: the stream absorbs a re-publish"
+        );
+        system.smtp.wait_for_messages(emails, WAIT).await;
+        system.wait_settled(function).await;
+        // After the duplicate window: a new message id, the same event id. The ledger absorbs it.
+        system
+            .publish_raw(&subject, &envelope(ty, "evt-1", data))
+            .await;
+        system.wait_settled(function).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            system.smtp.messages().len(),
+            emails,
+            "{function}: each email exactly once"
+        );
+        assert!(
+            system
+                .smtp
+                .attempts()
+                .iter()
+                .any(|attempt| attempt.code == 451),
+            "{function}: the 4xx was seen"
+        );
+        assert!(
+            system.dlq().await.is_empty(),
+            "{function}: nothing dead-lettered"
+        );
+
+        system.smtp.reject_recipients(550, "5.1.1 no such user");
+        let (data, ty, _) = sample(function, 2);
+        let published = system
+            .publisher
+            .publish_json(&envelope(ty, "evt-2", data))
+            .await
+            .unwrap();
+        let records = system.wait_dlq(1).await;
+        let letter = &records[0].1;
+        assert_eq!(
+            (letter.kind, letter.attempts, letter.sequence),
+            (DeathKind::Permanent, 1, published.sequence),
+            "{function}"
+        );
+        assert!(
+            letter.reason.contains("550"),
+            "{function}: {}",
+            letter.reason
+        );
+    }
+}
