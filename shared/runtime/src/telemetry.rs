@@ -79,8 +79,18 @@ pub fn init_cli(service_name: &str) -> anyhow::Result<Telemetry> {
 
 fn install(service_name: &str, default_filter: &str, stderr: bool) -> anyhow::Result<Telemetry> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let filter =
-        || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // async-nats logs whole protocol messages at debug in rare paths; payloads hold personal data, so it stays at
+    // info unless RUST_LOG names it explicitly.
+    let quiet_client = !std::env::var("RUST_LOG").is_ok_and(|value| value.contains("async_nats"));
+    let filter = || {
+        let filter =
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+        if quiet_client {
+            filter.add_directive("async_nats=info".parse().expect("a valid directive"))
+        } else {
+            filter
+        }
+    };
     let json = std::env::var("LOG_FORMAT").is_ok_and(|format| format.eq_ignore_ascii_case("json"));
     let fmt_layer = match (json, stderr) {
         (true, false) => tracing_subscriber::fmt::layer()
