@@ -203,3 +203,34 @@ async fn purge_removes_dead_events() {
     assert!(purge.output().contains("purged 2"), "{}", purge.output());
     assert!(system.dlq().await.is_empty());
 }
+
+/// `jetfn dev` and every deploy apply the definitions to a server that already has them: that must succeed.
+#[tokio::test]
+async fn infra_definitions_apply_again_to_a_provisioned_server() {
+    let system = System::start().await;
+    let definitions =
+        runtime::infra::Definitions::load(&integration_tests::workspace_root().join("infra/nats"))
+            .unwrap();
+    definitions
+        .apply(&system.js)
+        .await
+        .expect("a second apply of infra/nats succeeds");
+    let apply = FunctionProcess::spawn_with_args(
+        "jetfn",
+        &[
+            "infra",
+            "apply",
+            "--dir",
+            &integration_tests::workspace_root()
+                .join("infra/nats")
+                .to_string_lossy(),
+        ],
+        &system.env(),
+    );
+    assert_eq!(
+        apply.wait_exit(WAIT).await.code(),
+        Some(0),
+        "{}",
+        apply.output()
+    );
+}
