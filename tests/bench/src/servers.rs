@@ -1,0 +1,318 @@
+//! The servers the bench runs against: its own nats-server and redis-server child processes, on 127.0.0.1 only,
+//! free ports, stores in a temp dir; stopped (and the dir removed) when dropped, so an interrupted bench leaves
+//! nothing listening.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// How often JetStream fsyncs its file store: `always` (before each ack, jetfn's setting) or an interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub enum Sync {
+    /// `sync_interval: 1s`: acked writes may be lost in a power failure of the last second.
+    OneSecond,
+    /// `sync_interval: always`: fsync before every ack.
+    Always,
+}
+
+impl Sync {
+    /// The value in nats-server's configuration.
+    pub fn config_value(self) -> &'static str {
+        match self {
+            Self::OneSecond => "1s",
+            Self::Always => "always",
+        }
+    }
+
+    /// How the report names this durability.
+    pub fn label(self) -> String {
+        format!("nats sync_interval: {}", self.config_value())
+    }
+
+    /// The Redis setting that loses the same window on a power failure: the like-for-like BullMQ row.
+    pub fn redis_equivalent(self) -> RedisDurability {
+        match self {
+            Self::OneSecond => RedisDurability::EverySec,
+            Self::Always => RedisDurability::Always,
+        }
+    }
+}
+
+impl std::str::FromStr for Sync {
+    type Err = anyhow::Error;
+    fn from_str(text: &str) -> anyhow::Result<Self> {
+        match text {
+            "1s" => Ok(Self::OneSecond),
+            "always" => Ok(Self::Always),
+            other => bail!("unknown sync interval {other:?}: use 1s or always"),
+        }
+    }
+}
+
+/// A temp dir removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A fresh dir under the system temp dir.
+    pub fn new(label: &str) -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(format!(
+            "jetfn-bench-{label}-{}-{}",
+            std::process::id(),
+            uuid::Uuid::now_v7().simple()
+        ));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self(path))
+    }
+
+    /// The dir.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process stopped with SIGTERM (then SIGKILL) on drop.
+#[derive(Debug)]
+pub struct ChildGuard {
+    child: Option<Child>,
+    name: &'static str,
+}
+
+impl ChildGuard {
+    /// Takes ownership of `child`.
+    pub fn new(child: Child, name: &'static str) -> Self {
+        Self {
+            child: Some(child),
+            name,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// SIGTERM, wait up to 10 s, then SIGKILL.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!(
+            "{} did not stop within 10 s of SIGTERM; killing it",
+            self.name
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts `command`, forwards its output lines to a channel and waits until one contains `ready`; returns the
+/// guard and every line seen so far.
+fn spawn_until(
+    mut command: Command,
+    name: &'static str,
+    ready: &'static str,
+) -> anyhow::Result<(ChildGuard, Vec<String>)> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    let (tx, rx) = mpsc::channel::<String>();
+    for pipe in [
+        child
+            .stdout
+            .take()
+            .map(|out| Box::new(out) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|err| Box::new(err) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            // Keep draining after the receiver is gone, so the child never blocks on a full pipe.
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    let guard = ChildGuard::new(child, name);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let done = line.contains(ready);
+                seen.push(line);
+                if done {
+                    return Ok((guard, seen));
+                }
+            }
+            Err(_) => bail!(
+                "{name} did not become ready within 30 s; output:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+}
+
+/// A nats-server child process with JetStream on a file store.
+#[derive(Debug)]
+pub struct NatsServer {
+    guard: ChildGuard,
+    port: u16,
+    /// The durability it runs with.
+    pub sync: Sync,
+}
+
+impl NatsServer {
+    /// Starts `bin` with `sync` on `store` (reused across restarts, so a stream filled fast under `1s` can be
+    /// consumed under `always`).
+    pub fn start(bin: &Path, dir: &Path, sync: Sync) -> anyhow::Result<Self> {
+        let store = dir.join("store");
+        std::fs::create_dir_all(&store)?;
+        let config = dir.join(format!("nats-{}.conf", sync.config_value()));
+        // infra/nats/server.conf's settings, less the fixed ports: loopback only, a free port, no monitoring.
+        std::fs::write(
+            &config,
+            format!(
+                "listen: \"127.0.0.1:-1\"\nserver_name: jetfn_bench\nmax_payload: 1MB\n\
+                 jetstream {{\n  store_dir: {store:?}\n  sync_interval: {sync}\n  max_file_store: 16GB\n  \
+                 max_memory_store: 256MB\n}}\n",
+                store = store.display().to_string(),
+                sync = sync.config_value()
+            ),
+        )?;
+        let mut command = Command::new(bin);
+        command.arg("-c").arg(&config);
+        let (guard, lines) = spawn_until(command, "nats-server", "Server is ready")?;
+        const PREFIX: &str = "Listening for client connections on 127.0.0.1:";
+        let port = lines
+            .iter()
+            .find_map(|line| {
+                let rest = &line[line.find(PREFIX)? + PREFIX.len()..];
+                rest.trim().parse().ok()
+            })
+            .context("nats-server did not log its port")?;
+        Ok(Self { guard, port, sync })
+    }
+
+    /// The process id, for reading its CPU time.
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Graceful stop, so the store is clean for the next start.
+    pub fn stop(mut self) {
+        self.guard.stop();
+    }
+}
+
+/// Redis persistence, from the most durable to none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum RedisDurability {
+    /// `appendonly yes`, `appendfsync always`: fsync before replying (once per event-loop pass).
+    Always,
+    /// `appendonly yes`, `appendfsync everysec`.
+    EverySec,
+    /// No AOF and no RDB snapshots: everything since start is lost on a crash.
+    None,
+}
+
+impl RedisDurability {
+    /// How the report names it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Always => "redis appendfsync always",
+            Self::EverySec => "redis appendfsync everysec",
+            Self::None => "redis no AOF, no RDB",
+        }
+    }
+
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Self::Always => &["--appendonly", "yes", "--appendfsync", "always"],
+            Self::EverySec => &["--appendonly", "yes", "--appendfsync", "everysec"],
+            Self::None => &["--appendonly", "no"],
+        }
+    }
+}
+
+/// A redis-server child process.
+#[derive(Debug)]
+pub struct RedisServer {
+    _guard: ChildGuard,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts redis-server with `durability` on a free port and a fresh dir.
+    pub fn start(durability: RedisDurability) -> anyhow::Result<Self> {
+        let dir = TempDir::new("redis")?;
+        let port = free_port()?;
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--save", "", "--protected-mode", "yes", "--daemonize", "no"])
+            .args(durability.args());
+        let (guard, _) = spawn_until(command, "redis-server", "Ready to accept connections")?;
+        Ok(Self {
+            _guard: guard,
+            port,
+            _dir: dir,
+        })
+    }
+}
+
+/// A port free now on 127.0.0.1 (for servers that cannot pick their own and report it).
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}

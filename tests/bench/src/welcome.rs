@@ -1,0 +1,193 @@
+//! The real email function, `target/release/welcome`, as a child process the way it is deployed (its own
+//! connection, logs at `info` to stdout, pooled SMTP), sending into the local sink: emails per second, cold start
+//! and memory.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::{self};
+use runtime::Publisher;
+
+use crate::consume::{create_ledger, short_id};
+use crate::publish::{self, Via};
+use crate::servers::ChildGuard;
+use crate::smtp::SmtpSink;
+use crate::workload;
+
+/// What the welcome rows need.
+#[derive(Debug)]
+pub struct Setup<'a> {
+    /// The function binary.
+    pub bin: &'a Path,
+    /// The server.
+    pub url: String,
+    /// A client for publishing and provisioning.
+    pub client: async_nats::Client,
+    /// `infra/nats/consumers/EVENTS/welcome.json`, unchanged but for its name and start.
+    pub template: pull::Config,
+    /// The SMTP sink.
+    pub sink: &'a SmtpSink,
+}
+
+/// Memory of a process from `/proc/<pid>/status`, in KiB.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Memory {
+    /// Resident now.
+    pub rss_kib: u64,
+    /// The peak resident size so far.
+    pub peak_kib: u64,
+}
+
+/// Reads `VmRSS` and `VmHWM`.
+pub fn memory(pid: u32) -> anyhow::Result<Memory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(Memory {
+        rss_kib: field("VmRSS:"),
+        peak_kib: field("VmHWM:"),
+    })
+}
+
+impl Setup<'_> {
+    async fn consumer(&self, deliver: DeliverPolicy) -> anyhow::Result<String> {
+        let name = format!("bench-welcome-{}", short_id());
+        let mut config = self.template.clone();
+        config.durable_name = Some(name.clone());
+        config.deliver_policy = deliver;
+        jetstream::new(self.client.clone())
+            .get_stream("EVENTS")
+            .await?
+            .create_consumer(config)
+            .await?;
+        Ok(name)
+    }
+
+    async fn delete(&self, consumer: &str) -> anyhow::Result<()> {
+        jetstream::new(self.client.clone())
+            .get_stream("EVENTS")
+            .await?
+            .delete_consumer(consumer)
+            .await?;
+        Ok(())
+    }
+
+    fn spawn(&self, consumer: &str, ledger: &str) -> anyhow::Result<ChildGuard> {
+        let child = Command::new(self.bin)
+            .env("NATS_URL", &self.url)
+            .env("SMTP_URL", self.sink.url())
+            .env("JOB_CONSUMER", consumer)
+            .env("JOB_LEDGER_BUCKET", ledger)
+            .env("RUST_LOG", "info")
+            .env_remove("JOB_HEALTH_ADDR")
+            .env_remove("LOG_FORMAT")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        Ok(ChildGuard::new(child, "welcome"))
+    }
+
+    async fn wait_for_mail(&self, count: usize, timeout: Duration) -> anyhow::Result<Vec<Instant>> {
+        let deadline = Instant::now() + timeout;
+        while self.sink.count() < count {
+            if Instant::now() > deadline {
+                bail!(
+                    "the welcome function sent {} of {count} emails within {timeout:?}",
+                    self.sink.count()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(self.sink.received())
+    }
+
+    /// Process start to the first email accepted by the sink, with one event waiting in the consumer. It includes
+    /// exec, connecting to NATS, binding, the first pull, validation, rendering, and the first SMTP connection.
+    pub async fn cold_start(&self) -> anyhow::Result<Duration> {
+        let start = jetstream::new(self.client.clone())
+            .get_stream("EVENTS")
+            .await?
+            .info()
+            .await?
+            .state
+            .last_sequence
+            + 1;
+        Publisher::new(self.client.clone(), "/signup-api")
+            .publish_event(&workload::event(start))
+            .await?;
+        let consumer = self
+            .consumer(DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            })
+            .await?;
+        self.sink.clear();
+        let spawned = Instant::now();
+        let mut child = self.spawn(&consumer, "jetfn-ledger")?;
+        let received = self.wait_for_mail(1, Duration::from_secs(30)).await;
+        child.stop();
+        self.delete(&consumer).await?;
+        Ok(received?[0].duration_since(spawned))
+    }
+
+    /// Resident memory of a function that is bound and idle, two seconds after it started.
+    pub async fn idle_memory(&self) -> anyhow::Result<Memory> {
+        let consumer = self.consumer(DeliverPolicy::New).await?;
+        let mut child = self.spawn(&consumer, "jetfn-ledger")?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let memory = memory(child.pid());
+        child.stop();
+        self.delete(&consumer).await?;
+        memory
+    }
+
+    /// Emails per second over `count` events waiting in the consumer, from the first accepted email to the last,
+    /// and the process's peak memory by then. A fresh ledger bucket, so every event is a real send.
+    pub async fn emails(&self, count: u64) -> anyhow::Result<(f64, Memory)> {
+        let js = jetstream::new(self.client.clone());
+        let start = js
+            .get_stream("EVENTS")
+            .await?
+            .info()
+            .await?
+            .state
+            .last_sequence
+            + 1;
+        publish::pipelined(&self.client, Via::Publisher, count).await?;
+        let ledger = format!("bench-ledger-{}", short_id());
+        create_ledger(&js, &ledger).await?;
+        let consumer = self
+            .consumer(DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            })
+            .await?;
+        self.sink.clear();
+        let mut child = self.spawn(&consumer, &ledger)?;
+        let received = self
+            .wait_for_mail(usize::try_from(count)?, Duration::from_secs(300))
+            .await;
+        let memory = memory(child.pid());
+        child.stop();
+        self.delete(&consumer).await?;
+        js.delete_key_value(&ledger).await?;
+        let received = received?;
+        let (Some(first), Some(last)) = (received.first(), received.last()) else {
+            bail!("no email received");
+        };
+        #[allow(clippy::cast_precision_loss)]
+        let rate = (received.len() - 1) as f64 / last.duration_since(*first).as_secs_f64();
+        Ok((rate, memory?))
+    }
+}
