@@ -1,6 +1,8 @@
 //! Logs to stdout through `tracing`, and spans to an OTLP backend when the standard `OTEL_EXPORTER_OTLP_*`
 //! variables say where one is. Trace context crosses NATS in W3C `traceparent`/`tracestate` headers.
 
+use std::io::IsTerminal as _;
+
 use anyhow::Context as _;
 use async_nats::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
@@ -92,6 +94,12 @@ fn install(service_name: &str, default_filter: &str, stderr: bool) -> anyhow::Re
         }
     };
     let json = std::env::var("LOG_FORMAT").is_ok_and(|format| format.eq_ignore_ascii_case("json"));
+    // Colours only for a person at a terminal: escape codes in container logs and pipes are noise, and cost CPU.
+    let ansi = if stderr {
+        std::io::stderr().is_terminal()
+    } else {
+        std::io::stdout().is_terminal()
+    };
     let fmt_layer = match (json, stderr) {
         (true, false) => tracing_subscriber::fmt::layer()
             .json()
@@ -105,11 +113,13 @@ fn install(service_name: &str, default_filter: &str, stderr: bool) -> anyhow::Re
             .with_filter(filter())
             .boxed(),
         (false, false) => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
             .compact()
             .with_target(false)
             .with_filter(filter())
             .boxed(),
         (false, true) => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
             .compact()
             .with_target(false)
             .with_writer(std::io::stderr)
@@ -159,7 +169,15 @@ fn install(service_name: &str, default_filter: &str, stderr: bool) -> anyhow::Re
     if provider.is_some() {
         tracing::info!(service = service_name, "exporting spans over OTLP");
     }
+    EXPORTING.store(provider.is_some(), std::sync::atomic::Ordering::Relaxed);
     Ok(Telemetry { provider, meters })
+}
+
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether spans leave the process; the runtime records the full OpenTelemetry attributes only then.
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn otlp_configured() -> bool {
