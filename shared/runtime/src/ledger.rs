@@ -30,9 +30,14 @@ pub enum Effect<T> {
     AlreadyDone,
 }
 
-/// The ledger of one function.
+/// The ledger of one function. Cloned into every job, so it shares one inner value: a `kv::Store` clone copies
+/// the bucket's whole stream info.
 #[derive(Clone)]
 pub struct Ledger {
+    inner: std::sync::Arc<Inner>,
+}
+
+struct Inner {
     store: kv::Store,
     function: String,
     owner: String,
@@ -42,8 +47,8 @@ pub struct Ledger {
 impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ledger")
-            .field("function", &self.function)
-            .field("lease", &self.lease)
+            .field("function", &self.inner.function)
+            .field("lease", &self.inner.lease)
             .finish()
     }
 }
@@ -58,10 +63,12 @@ impl Ledger {
     /// A ledger for `function` on an existing bucket.
     pub fn new(store: kv::Store, function: &str, lease: Duration) -> Self {
         Self {
-            store,
-            function: function.to_owned(),
-            owner: uuid::Uuid::now_v7().simple().to_string(),
-            lease,
+            inner: std::sync::Arc::new(Inner {
+                store,
+                function: function.to_owned(),
+                owner: uuid::Uuid::now_v7().simple().to_string(),
+                lease,
+            }),
         }
     }
 
@@ -76,7 +83,7 @@ impl Ledger {
             .iter()
             .map(|byte| format!("{byte:02x}"))
             .collect();
-        format!("{}.{hex}", sanitize_token(&self.function))
+        format!("{}.{hex}", sanitize_token(&self.inner.function))
     }
 
     /// Runs `effect` unless it already ran for this key.
@@ -106,7 +113,12 @@ impl Ledger {
             }
             Err(err) => {
                 // Release the claim so the retry does not wait out the lease; if this fails the lease expires.
-                if let Err(release) = self.store.delete_expect_revision(key, Some(revision)).await {
+                if let Err(release) = self
+                    .inner
+                    .store
+                    .delete_expect_revision(key, Some(revision))
+                    .await
+                {
                     tracing::warn!(error = %release, "releasing an idempotency claim failed; it expires with its lease");
                 }
                 Err(err)
@@ -116,7 +128,7 @@ impl Ledger {
 
     async fn claim(&self, key: &str) -> Result<Claim, JobError> {
         for _ in 0..5 {
-            match self.store.create(key, self.pending_value()).await {
+            match self.inner.store.create(key, self.pending_value()).await {
                 Ok(revision) => return Ok(Claim::Claimed(revision)),
                 Err(err) if err.kind() == CreateErrorKind::AlreadyExists => {}
                 Err(err) => {
@@ -124,6 +136,7 @@ impl Ledger {
                 }
             }
             let Some(entry) = self
+                .inner
                 .store
                 .entry(key)
                 .await
@@ -138,14 +151,15 @@ impl Ledger {
                 Value::Done => return Ok(Claim::Done),
                 Value::Pending(at_ms) => {
                     let age = Duration::from_millis(now_ms().saturating_sub(at_ms));
-                    if age < self.lease {
-                        return Ok(Claim::Busy(self.lease - age));
+                    if age < self.inner.lease {
+                        return Ok(Claim::Busy(self.inner.lease - age));
                     }
                     tracing::warn!(
                         age_secs = age.as_secs(),
                         "taking over a stale idempotency claim: the effect may have run once already"
                     );
                     match self
+                        .inner
                         .store
                         .update(key, self.pending_value(), entry.revision)
                         .await
@@ -171,7 +185,7 @@ impl Ledger {
         let mut delay = Duration::from_millis(50);
         let mut last_error = None;
         for _ in 0..6 {
-            match self.store.update(key, value.clone(), revision).await {
+            match self.inner.store.update(key, value.clone(), revision).await {
                 Ok(_) => return Ok(()),
                 Err(err) => {
                     last_error = Some(err.to_string());
@@ -188,7 +202,7 @@ impl Ledger {
     }
 
     fn pending_value(&self) -> Bytes {
-        Bytes::from(format!("pending {} {}", self.owner, now_ms()))
+        Bytes::from(format!("pending {} {}", self.inner.owner, now_ms()))
     }
 }
 

@@ -42,11 +42,13 @@ impl Metrics {
                 .with_unit("s")
                 .with_description("duration of one attempt, decode to settle")
                 .build(),
+            // Reference-counted values: the attributes are cloned for every message, and an owned string would be
+            // an allocation each time.
             attributes: [
-                KeyValue::new("jetfn.function", function.to_owned()),
+                KeyValue::new("jetfn.function", shared(function.to_owned())),
                 KeyValue::new(
                     "messaging.destination.name",
-                    events::subject_for(event_type),
+                    shared(events::subject_for(event_type)),
                 ),
             ],
         }
@@ -94,4 +96,10 @@ impl Metrics {
             ],
         );
     }
+}
+
+fn shared(text: String) -> opentelemetry::Value {
+    opentelemetry::Value::String(opentelemetry::StringValue::from(
+        std::sync::Arc::<str>::from(text),
+    ))
 }
