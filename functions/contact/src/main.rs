@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use events::ContactSubmitted;
 use lettre::message::Mailbox;
-use mailer::{Mailer, Rendered, Templates, compose};
+use mailer::{Mailer, Rendered, Templates};
 use runtime::{Effect, Job, JobError, RateLimiter, Runtime};
 use serde::Deserialize;
 use serde_json::json;
@@ -132,31 +132,35 @@ async fn forward_contact(
             "support-email:{}",
             support.email.to_string().to_ascii_lowercase()
         );
-        let message = compose(
-            mailer.from(),
-            support,
-            Some(&reply_to),
-            &notification,
-            form.locale,
-            &job.effect_key(&effect),
+        mailer::send_once(
+            &job,
+            mailer,
+            &effect,
+            mailer::Email {
+                to: support,
+                reply_to: Some(&reply_to),
+                rendered: &notification,
+                locale: form.locale,
+            },
         )
-        .map_err(mailer::job_error)?;
-        mailer::send_once(&job, mailer, &effect, message).await?;
+        .await?;
     }
     if form.send_acknowledgement {
         let acknowledgement =
             render_acknowledgement(&context.templates, form).map_err(JobError::permanent)?;
         let effect = format!("ack-email:{sender}");
-        let message = compose(
-            mailer.from(),
-            &reply_to,
-            None,
-            &acknowledgement,
-            form.locale,
-            &job.effect_key(&effect),
+        mailer::send_once(
+            &job,
+            mailer,
+            &effect,
+            mailer::Email {
+                to: &reply_to,
+                reply_to: None,
+                rendered: &acknowledgement,
+                locale: form.locale,
+            },
         )
-        .map_err(mailer::job_error)?;
-        mailer::send_once(&job, mailer, &effect, message).await?;
+        .await?;
     }
     Ok(())
 }

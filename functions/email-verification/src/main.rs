@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use events::EmailVerificationRequested;
 use lettre::message::Mailbox;
-use mailer::{Mailer, Rendered, Templates, compose};
+use mailer::{Mailer, Rendered, Templates};
 use runtime::{Job, JobError, Runtime};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -51,16 +51,18 @@ async fn send_code(
         request.email.parse().map_err(JobError::permanent)?,
     );
     let effect = format!("verification-email:{}", request.email.to_ascii_lowercase());
-    let message = compose(
-        mailer.from(),
-        &to,
-        None,
-        &rendered,
-        request.locale,
-        &job.effect_key(&effect),
+    mailer::send_once(
+        &job,
+        &mailer,
+        &effect,
+        mailer::Email {
+            to: &to,
+            reply_to: None,
+            rendered: &rendered,
+            locale: request.locale,
+        },
     )
-    .map_err(mailer::job_error)?;
-    mailer::send_once(&job, &mailer, &effect, message).await
+    .await
 }
 
 fn render(

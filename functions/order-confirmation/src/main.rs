@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use events::{Locale, OrderPlaced};
 use lettre::message::Mailbox;
 use mailer::format::{datetime, money};
-use mailer::{Mailer, Rendered, Templates, compose};
+use mailer::{Mailer, Rendered, Templates};
 use runtime::{Job, JobError, Runtime};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -96,16 +96,18 @@ async fn confirm_order(job: Job<OrderPlaced>, context: Arc<Context>) -> Result<(
             "customer-email:{}",
             order.customer.email.to_ascii_lowercase()
         );
-        let message = compose(
-            mailer.from(),
-            &to,
-            None,
-            &rendered,
-            order.locale,
-            &job.effect_key(&effect),
+        mailer::send_once(
+            &job,
+            mailer,
+            &effect,
+            mailer::Email {
+                to: &to,
+                reply_to: None,
+                rendered: &rendered,
+                locale: order.locale,
+            },
         )
-        .map_err(mailer::job_error)?;
-        mailer::send_once(&job, mailer, &effect, message).await?;
+        .await?;
     }
     if order.notify_admins && !context.admins.is_empty() {
         let locale = context.config.order_admin_locale;
@@ -121,16 +123,18 @@ async fn confirm_order(job: Job<OrderPlaced>, context: Arc<Context>) -> Result<(
                 "admin-email:{}",
                 admin.email.to_string().to_ascii_lowercase()
             );
-            let message = compose(
-                mailer.from(),
-                admin,
-                None,
-                &rendered,
-                locale,
-                &job.effect_key(&effect),
+            mailer::send_once(
+                &job,
+                mailer,
+                &effect,
+                mailer::Email {
+                    to: admin,
+                    reply_to: None,
+                    rendered: &rendered,
+                    locale,
+                },
             )
-            .map_err(mailer::job_error)?;
-            mailer::send_once(&job, mailer, &effect, message).await?;
+            .await?;
         }
     }
     Ok(())

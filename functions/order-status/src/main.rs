@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use events::OrderStatusChanged;
 use lettre::message::Mailbox;
-use mailer::{Mailer, Rendered, Templates, compose};
+use mailer::{Mailer, Rendered, Templates};
 use runtime::{Job, JobError, Runtime};
 use serde::Deserialize;
 use serde_json::json;
@@ -55,16 +55,18 @@ async fn notify_status(
         "status-email:{}",
         change.customer.email.to_ascii_lowercase()
     );
-    let message = compose(
-        mailer.from(),
-        &to,
-        None,
-        &rendered,
-        change.locale,
-        &job.effect_key(&effect),
+    mailer::send_once(
+        &job,
+        &mailer,
+        &effect,
+        mailer::Email {
+            to: &to,
+            reply_to: None,
+            rendered: &rendered,
+            locale: change.locale,
+        },
     )
-    .map_err(mailer::job_error)?;
-    mailer::send_once(&job, &mailer, &effect, message).await
+    .await
 }
 
 fn render(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use events::PasswordResetRequested;
 use lettre::message::Mailbox;
-use mailer::{Mailer, Rendered, Templates, compose};
+use mailer::{Mailer, Rendered, Templates};
 use runtime::{Job, JobError, Runtime};
 use serde::Deserialize;
 use serde_json::json;
@@ -66,16 +66,18 @@ async fn send_reset_link(
         request.email.parse().map_err(JobError::permanent)?,
     );
     let effect = format!("reset-email:{}", request.email.to_ascii_lowercase());
-    let message = compose(
-        mailer.from(),
-        &to,
-        None,
-        &rendered,
-        request.locale,
-        &job.effect_key(&effect),
+    mailer::send_once(
+        &job,
+        &mailer,
+        &effect,
+        mailer::Email {
+            to: &to,
+            reply_to: None,
+            rendered: &rendered,
+            locale: request.locale,
+        },
     )
-    .map_err(mailer::job_error)?;
-    mailer::send_once(&job, &mailer, &effect, message).await
+    .await
 }
 
 /// Whole minutes until `expires_at` (at least 1), or `None` once it has passed.

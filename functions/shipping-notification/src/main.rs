@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use events::OrderShipped;
 use lettre::message::Mailbox;
-use mailer::{Mailer, Rendered, Templates, compose};
+use mailer::{Mailer, Rendered, Templates};
 use runtime::{Job, JobError, Runtime};
 use serde_json::json;
 
@@ -49,16 +49,18 @@ async fn notify_shipped(
         "shipping-email:{}",
         shipment.customer.email.to_ascii_lowercase()
     );
-    let message = compose(
-        mailer.from(),
-        &to,
-        None,
-        &rendered,
-        shipment.locale,
-        &job.effect_key(&effect),
+    mailer::send_once(
+        &job,
+        &mailer,
+        &effect,
+        mailer::Email {
+            to: &to,
+            reply_to: None,
+            rendered: &rendered,
+            locale: shipment.locale,
+        },
     )
-    .map_err(mailer::job_error)?;
-    mailer::send_once(&job, &mailer, &effect, message).await
+    .await
 }
 
 fn render(templates: &Templates, shipment: &OrderShipped) -> Result<Rendered, mailer::RenderError> {

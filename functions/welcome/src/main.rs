@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use events::UserRegistered;
 use lettre::message::Mailbox;
-use mailer::{Mailer, Rendered, Templates, compose};
+use mailer::{Mailer, Rendered, Templates};
 use runtime::{Job, JobError, Runtime};
 
 #[tokio::main]
@@ -43,16 +43,18 @@ async fn send_welcome(
         user.email.parse().map_err(JobError::permanent)?,
     );
     let effect = format!("welcome-email:{}", user.email.to_ascii_lowercase());
-    let message = compose(
-        mailer.from(),
-        &to,
-        None,
-        &rendered,
-        user.locale,
-        &job.effect_key(&effect),
+    mailer::send_once(
+        &job,
+        &mailer,
+        &effect,
+        mailer::Email {
+            to: &to,
+            reply_to: None,
+            rendered: &rendered,
+            locale: user.locale,
+        },
     )
-    .map_err(mailer::job_error)?;
-    mailer::send_once(&job, &mailer, &effect, message).await
+    .await
 }
 
 fn render(templates: &Templates, user: &UserRegistered) -> Result<Rendered, mailer::RenderError> {

@@ -1,11 +1,12 @@
 //! Glue between the mailer and the runtime: how a send failure maps to a retry decision, and sending an email
 //! exactly once per event through the idempotency ledger.
 
+use events::Locale;
 use events::pii::Masked;
-use lettre::Message;
+use lettre::message::Mailbox;
 use runtime::{Effect, Job, JobError};
 
-use crate::{Mailer, SendError};
+use crate::{Mailer, Rendered, SendError, compose};
 
 /// A downed server ([`SendError::is_unavailable`]) feeds the circuit breaker, a 5xx reply dead-letters at once,
 /// anything else is retried on the consumer's backoff.
@@ -19,24 +20,42 @@ pub fn job_error(err: SendError) -> JobError {
     }
 }
 
-/// Sends `message` once for this event and `effect` (name the effect after the email and its recipient, such as
+/// One email to send: who gets it, where replies go, what it says.
+#[derive(Debug, Clone, Copy)]
+pub struct Email<'a> {
+    /// The recipient.
+    pub to: &'a Mailbox,
+    /// Where replies go (the contact form's sender), if not to the From address.
+    pub reply_to: Option<&'a Mailbox>,
+    /// Subject, HTML and text.
+    pub rendered: &'a Rendered,
+    /// Its language, for `Content-Language`.
+    pub locale: Locale,
+}
+
+/// Composes `email` (From is `MAIL_FROM`; the `Message-ID` derives from the effect's idempotency key) and sends it
+/// once for this event and `effect` (name the effect after the email and its recipient, such as
 /// `customer-email:ada@example.com`): a redelivery, a re-publish of the event or another replica finds it done and
 /// skips it.
 ///
 /// # Errors
-/// The send's error mapped by [`job_error`], or a transient ledger error.
+/// A composition or send error mapped by [`job_error`], or a transient ledger error.
 pub async fn send_once<T>(
     job: &Job<T>,
     mailer: &Mailer,
     effect: &str,
-    message: Message,
+    email: Email<'_>,
 ) -> Result<(), JobError> {
-    let recipient = message
-        .envelope()
-        .to()
-        .first()
-        .map(ToString::to_string)
-        .unwrap_or_default();
+    let message = compose(
+        mailer.from(),
+        email.to,
+        email.reply_to,
+        email.rendered,
+        email.locale,
+        &job.effect_key(effect),
+    )
+    .map_err(job_error)?;
+    let recipient = email.to.email.to_string();
     let kind = effect.split(':').next().unwrap_or(effect);
     match job
         .once(effect, || async {
