@@ -9,8 +9,6 @@ use lettre::message::Mailbox;
 use mailer::{Mailer, Rendered, Templates};
 use runtime::{Job, JobError, Runtime};
 use serde_json::json;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -38,14 +36,10 @@ async fn send_code(
     templates: Arc<Templates>,
 ) -> Result<(), JobError> {
     let request = &job.event.data;
-    let expires =
-        OffsetDateTime::parse(&request.expires_at, &Rfc3339).map_err(JobError::permanent)?;
-    let left = expires - OffsetDateTime::now_utc();
-    if !left.is_positive() {
+    let Some(minutes_left) = mailer::format::minutes_left(&request.expires_at) else {
         return job.skip("expired");
-    }
-    let rendered =
-        render(&templates, request, left.whole_minutes().max(1)).map_err(JobError::permanent)?;
+    };
+    let rendered = render(&templates, request, minutes_left).map_err(JobError::permanent)?;
     let to = Mailbox::new(
         request.name.clone(),
         request.email.parse().map_err(JobError::permanent)?,

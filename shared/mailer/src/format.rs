@@ -95,6 +95,15 @@ pub fn date(yyyy_mm_dd: &str, locale: Locale) -> String {
     }
 }
 
+/// Whole minutes until an RFC 3339 `expires_at` (at least 1), or `None` once it has passed: an expired link or
+/// code is not worth an email. A timestamp that does not parse counts as passed (the event was validated, so that
+/// does not happen).
+pub fn minutes_left(expires_at: &str) -> Option<i64> {
+    let expires = OffsetDateTime::parse(expires_at, &Rfc3339).ok()?;
+    let left = expires - OffsetDateTime::now_utc();
+    left.is_positive().then(|| left.whole_minutes().max(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +117,13 @@ mod tests {
         assert_eq!(money(1200, Currency::EUR, Locale::Vi), "12,00 €");
         assert_eq!(money(999, Currency::SGD, Locale::En), "9.99 SGD");
         assert_eq!(money(100_000, Currency::JPY, Locale::En), "¥100,000");
+    }
+
+    #[test]
+    fn minutes_left_until_an_expiry() {
+        assert_eq!(minutes_left("2000-01-01T00:00:00Z"), None);
+        assert_eq!(minutes_left("not a time"), None);
+        assert!(minutes_left("2999-01-01T00:00:00Z").is_some_and(|minutes| minutes > 1));
     }
 
     #[test]
