@@ -159,7 +159,8 @@ impl Validator {
                 format!("this function takes {} events only", T::TYPE),
             ));
         }
-        let event = CloudEvent::<T>::deserialize(&value)
+        // By value: strings move out of the parsed tree instead of being copied.
+        let event = CloudEvent::<T>::deserialize(value)
             .map_err(|err| Invalid::new("/data", describe_json_error(&err)))?;
         event.data.validate()?;
         Ok(event)
