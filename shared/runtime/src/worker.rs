@@ -475,30 +475,20 @@ where
         }
     };
     let policy = &shared.policy;
-    let subject = message.subject.to_string();
-    let message_id = message_id_of(&message).to_owned();
-    // The full set of OpenTelemetry attributes only when spans are exported: formatting sixteen fields per message
-    // for a log line nobody reads was a measurable share of the runtime's CPU.
-    let span = if !telemetry::exporting() {
-        tracing::info_span!(
+    let subject = message.subject.as_str();
+    let message_id = message_id_of(&message);
+    // The full set of OpenTelemetry attributes only when spans are exported. The log layer formats every span
+    // field into text when it is created or recorded, so the logged span carries only what a log line needs, all
+    // set at creation: recording fields afterwards was a measurable share of the runtime's CPU per event.
+    let span = if telemetry::exporting() {
+        let span = tracing::info_span!(
             "process",
-            subject = %subject,
-            seq = sequence,
-            attempt,
-            "messaging.message.id" = tracing::field::Empty,
-            "jetfn.outcome" = tracing::field::Empty,
-            "error.type" = tracing::field::Empty,
-            "otel.status_code" = tracing::field::Empty,
-        )
-    } else {
-        tracing::info_span!(
-            "process",
-            "otel.name" = %format!("process {subject}"),
+            "otel.name" = %format_args!("process {subject}"),
             "otel.kind" = "consumer",
             "otel.status_code" = tracing::field::Empty,
             "messaging.system" = "nats",
             "messaging.operation.type" = "process",
-            "messaging.destination.name" = %subject,
+            "messaging.destination.name" = subject,
             "messaging.consumer.group.name" = %policy.consumer,
             "messaging.message.id" = tracing::field::Empty,
             "messaging.message.body.size" = message.payload.len(),
@@ -508,19 +498,33 @@ where
             "jetfn.attempt" = attempt,
             "jetfn.outcome" = tracing::field::Empty,
             "error.type" = tracing::field::Empty,
+        );
+        telemetry::set_parent_from(&span, message.headers.as_ref());
+        if !message_id.is_empty() {
+            span.record("messaging.message.id", message_id);
+        }
+        span
+    } else {
+        tracing::info_span!(
+            "process",
+            subject,
+            seq = sequence,
+            attempt,
+            "messaging.message.id" = message_id,
+            "jetfn.outcome" = tracing::field::Empty,
+            "error.type" = tracing::field::Empty,
+            "otel.status_code" = tracing::field::Empty,
         )
     };
-    telemetry::set_parent_from(&span, message.headers.as_ref());
-    if !message_id.is_empty() {
-        span.record("messaging.message.id", message_id.as_str());
-    }
     async move {
         let started = std::time::Instant::now();
         let outcome = loop {
-            if shared.breaker.is_open() && !hold_while_open(shared, &message).await {
+            if shared.breaker.is_open() && !Box::pin(hold_while_open(shared, &message)).await {
                 break Outcome::Retry(JobError::transient(anyhow::anyhow!("shutting down while the circuit was open")));
             }
-            let outcome = run_attempt(shared, &message, attempt, sequence).await;
+            // Boxed, like `settle` below: a task's size is its largest state, and the handler's future and the
+            // settle paths' publish futures inline would make every message's task several KiB to copy.
+            let outcome = Box::pin(run_attempt(shared, &message, attempt, sequence)).await;
             match &outcome {
                 // Once the breaker is open, keep this delivery and retry it when the dependency is back: its
                 // delivery count does not grow during the outage.
@@ -537,7 +541,7 @@ where
             }
             break outcome;
         };
-        settle(shared, &message, attempt, sequence, outcome, started).await;
+        Box::pin(settle(shared, &message, attempt, sequence, outcome, started)).await;
     }
     .instrument(span)
     .await;
@@ -577,7 +581,6 @@ where
         shutdown: shared.shutdown.clone(),
         metrics: shared.metrics.clone(),
     };
-    // The handler runs in its own task so a panic is caught as a JoinError and the process keeps serving.
     // A panic is caught here and the process keeps serving; polling in place avoids a task spawn per message.
     let mut handle =
         std::pin::pin!(std::panic::AssertUnwindSafe((shared.handler)(job)).catch_unwind());
@@ -632,8 +635,10 @@ async fn settle<T, H>(
                 tokio::time::sleep(Duration::from_millis(shared.job.test_delay_before_ack_ms))
                     .await;
             }
-            span.record("jetfn.outcome", "ack");
-            double_ack(message).await;
+            if telemetry::exporting() {
+                span.record("jetfn.outcome", "ack");
+            }
+            double_ack(shared, message).await;
             shared.metrics.processed(seconds);
             if attempt > 1 {
                 shared
@@ -666,7 +671,10 @@ async fn settle<T, H>(
             shared.metrics.dead_lettered(seconds, kind.as_str());
             span.record("error.type", kind.as_str());
             span.record("otel.status_code", "ERROR");
-            dead_letter(shared, message, attempt, sequence, kind, reason).await;
+            Box::pin(dead_letter(
+                shared, message, attempt, sequence, kind, reason,
+            ))
+            .await;
         }
     }
 }
@@ -732,42 +740,50 @@ async fn dead_letter<T, H>(
 }
 
 /// Acks as a request, so a lost ack is noticed and retried (JetStream's "exactly once" ack).
-async fn double_ack(message: &jetstream::Message) {
-    for attempt in 1..=3u64 {
-        match message.double_ack().await {
-            Ok(()) => return,
-            Err(err) => {
-                tracing::warn!(error = %err, attempt, "ack not confirmed; retrying");
-                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-            }
-        }
+async fn double_ack<T, H>(shared: &Arc<Shared<H, T>>, message: &jetstream::Message) {
+    if !confirmed(shared, message, bytes::Bytes::from_static(b"+ACK"), "ack").await {
+        tracing::error!(
+            "ack never confirmed; the message will be redelivered and the ledger will absorb it"
+        );
     }
-    tracing::error!(
-        "ack never confirmed; the message will be redelivered and the ledger will absorb it"
-    );
 }
 
 /// async-nats' `AckKind::Term` sends a bare `+TERM`; the server (2.10.4+) records a reason when one follows.
 async fn term<T, H>(shared: &Arc<Shared<H, T>>, message: &jetstream::Message, reason: &str) {
-    let Some(reply) = message.reply.clone() else {
-        return;
-    };
     let body = bytes::Bytes::from(format!("+TERM {reason}"));
-    for _ in 0..3 {
-        match tokio::time::timeout(
-            Duration::from_secs(5),
-            shared.client.request(reply.clone(), body.clone()),
-        )
-        .await
-        {
-            Ok(Ok(_)) => return,
-            Ok(Err(err)) => tracing::warn!(error = %err, "term not confirmed; retrying"),
-            Err(_) => tracing::warn!("term timed out; retrying"),
+    if !confirmed(shared, message, body, "term").await {
+        tracing::error!(
+            "term never confirmed; a redelivery will find the dead-letter record already written"
+        );
+    }
+}
+
+/// Sends an ack-protocol body to the message's reply subject as a request and waits for the server's reply,
+/// three tries. A request goes through the connection's one shared reply subscription; async-nats'
+/// `Message::double_ack` subscribes and unsubscribes a fresh inbox for every ack instead, which cost more client
+/// and server CPU per message than the whole rest of the runtime's settle path (see tests/bench/ANALYSIS.md).
+async fn confirmed<T, H>(
+    shared: &Arc<Shared<H, T>>,
+    message: &jetstream::Message,
+    body: bytes::Bytes,
+    what: &'static str,
+) -> bool {
+    let Some(reply) = message.reply.clone() else {
+        return false;
+    };
+    for attempt in 1..=3u64 {
+        let request = async_nats::Request::new()
+            .payload(body.clone())
+            .timeout(Some(Duration::from_secs(5)));
+        match shared.client.send_request(reply.clone(), request).await {
+            Ok(_) => return true,
+            Err(err) => {
+                tracing::warn!(error = %err, attempt, "{what} not confirmed; retrying");
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
         }
     }
-    tracing::error!(
-        "term never confirmed; a redelivery will find the dead-letter record already written"
-    );
+    false
 }
 
 #[cfg(test)]
