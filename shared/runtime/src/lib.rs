@@ -30,3 +30,9 @@ pub use publisher::{PublishError, Published, Publisher};
 pub use ratelimit::RateLimiter;
 pub use shutdown::shutdown_signal;
 pub use worker::{Job, Runtime};
+
+/// Every binary that links the runtime (the functions, the CLI, the bench) allocates with mimalloc: the
+/// consume path allocates for each event (its parsed tree, headers, span fields), and glibc's malloc and free
+/// were a fifth of the runtime's CPU per event in the profile of tests/bench/ANALYSIS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
