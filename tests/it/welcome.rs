@@ -462,3 +462,62 @@ async fn health_probes_say_alive_and_ready_only_when_bound() {
     assert_eq!(http_status(&unbound, "/livez").await, 200);
     assert_eq!(http_status(&unbound, "/readyz").await, 503);
 }
+
+#[tokio::test]
+async fn plain_acks_settle_every_event_and_a_redelivery_still_sends_once() {
+    let system = System::start().await;
+    let welcome = system
+        .spawn("welcome", &[("JOB_ACK", "plain".to_owned())])
+        .await;
+    for n in 0..5 {
+        system
+            .publisher
+            .publish(user(&format!("plain{n}@example.com"), "Plain"))
+            .await
+            .unwrap();
+    }
+    system.smtp.wait_for_messages(5, WAIT).await;
+    let info = system.wait_settled("welcome").await;
+    assert_eq!(info.delivered.consumer_sequence, 5, "one delivery each");
+    drop(welcome);
+
+    // What a lost plain ack leads to: the event comes again, and the ledger keeps it from sending twice.
+    let crashed = system
+        .spawn(
+            "welcome",
+            &[
+                ("JOB_ACK", "plain".to_owned()),
+                ("JOB_TEST_DELAY_BEFORE_ACK_MS", "60000".to_owned()),
+            ],
+        )
+        .await;
+    system
+        .publisher
+        .publish(user("lost-ack@example.com", "Lost"))
+        .await
+        .unwrap();
+    system.smtp.wait_for_messages(6, WAIT).await;
+    crashed.sigkill();
+    crashed.wait_exit(WAIT).await;
+    let survivor = system
+        .spawn("welcome", &[("JOB_ACK", "plain".to_owned())])
+        .await;
+    survivor.wait_for_output("already sent", WAIT).await;
+    system.wait_settled("welcome").await;
+    assert_eq!(system.smtp.messages().len(), 6);
+}
+
+#[tokio::test]
+async fn an_unknown_ack_mode_stops_the_function_naming_the_variable() {
+    let system = System::start().await;
+    let mut env = system.env();
+    env.push(("JOB_ACK", "sometimes".to_owned()));
+    let welcome = integration_tests::FunctionProcess::spawn("welcome", &env);
+    let status = welcome.wait_exit(WAIT).await;
+    assert!(!status.success());
+    let output = welcome.output();
+    assert!(
+        output.contains("ACK") && output.contains("sometimes"),
+        "{output}"
+    );
+}

@@ -121,10 +121,43 @@ pub struct JobConfig {
     /// `JOB_BREAKER_PROBE_MAX_SECS`: the longest wait between probes.
     #[serde(default = "default_breaker_probe_max")]
     pub breaker_probe_max_secs: u64,
+    /// `JOB_ACK`: how a success is acked; see [`AckMode`].
+    #[serde(default)]
+    pub ack: AckMode,
     /// `JOB_TEST_DELAY_BEFORE_ACK_MS`: fault injection for the crash tests: wait this long after the handler
     /// succeeded and before acking. Never set it in production.
     #[serde(default)]
     pub test_delay_before_ack_ms: u64,
+}
+
+/// How the runtime acks an event its handler finished. Neither mode can lose an event: an ack that never reaches
+/// the server only means the event is delivered again after `ack_wait`, and the handler's `job.once` ledger
+/// absorbs the repeat. The modes differ in how often that repeat happens and what it costs per event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AckMode {
+    /// `confirmed` (the default): the ack is a request the server answers, retried until it does, and the
+    /// handler's concurrency slot is held until then. A connection that drops right after a send costs no
+    /// redelivery. Every shipped function runs this way.
+    #[default]
+    Confirmed,
+    /// `plain`: a fire-and-forget `+ACK`, as most NATS clients do. It saves the server's reply and a round trip
+    /// per event; for handlers whose repeat is harmless (idempotent writes, effects behind `job.once`) when
+    /// throughput matters more than the rare redelivery after a dropped connection.
+    Plain,
+}
+
+/// By hand, so the error names the variable: envy reports a bad enum value without it.
+impl<'de> Deserialize<'de> for AckMode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = String::deserialize(deserializer)?;
+        match value.as_str() {
+            "confirmed" => Ok(Self::Confirmed),
+            "plain" => Ok(Self::Plain),
+            other => Err(serde::de::Error::custom(format!(
+                "JOB_ACK must be `confirmed` or `plain`, not `{other}`"
+            ))),
+        }
+    }
 }
 
 impl JobConfig {

@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::breaker::{Breaker, Probe};
-use crate::config::{JobConfig, NatsConfig};
+use crate::config::{AckMode, JobConfig, NatsConfig};
 use crate::dlq::{DeadLetter, DeathKind, Failures, strip_control_headers};
 use crate::health::Health;
 use crate::ledger::{Effect, Ledger};
@@ -584,22 +584,28 @@ where
     // A panic is caught here and the process keeps serving; polling in place avoids a task spawn per message.
     let mut handle =
         std::pin::pin!(std::panic::AssertUnwindSafe((shared.handler)(job)).catch_unwind());
-    let period = shared.policy.progress_period();
-    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    let deadline = tokio::time::sleep(Duration::from_secs(shared.job.handler_timeout_secs));
-    tokio::pin!(deadline);
-    let joined = loop {
-        tokio::select! {
-            joined = &mut handle => break joined,
-            _ = progress.tick() => {
-                if let Err(err) = message.ack_with(AckKind::Progress).await {
-                    tracing::warn!(error = %err, "in-progress ack failed");
+    // A handler that finishes at its first poll (one with nothing to wait for, or one that skips) needs neither
+    // the progress timer nor the deadline, whose registering and cancelling take the timer driver per event.
+    let joined = if let std::task::Poll::Ready(joined) = futures::poll!(&mut handle) {
+        joined
+    } else {
+        let period = shared.policy.progress_period();
+        let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let deadline = tokio::time::sleep(Duration::from_secs(shared.job.handler_timeout_secs));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                joined = &mut handle => break joined,
+                _ = progress.tick() => {
+                    if let Err(err) = message.ack_with(AckKind::Progress).await {
+                        tracing::warn!(error = %err, "in-progress ack failed");
+                    }
                 }
-            }
-            () = &mut deadline => {
-                return Outcome::Retry(JobError::transient(anyhow::anyhow!(
-                    "handler still running after {} s (JOB_HANDLER_TIMEOUT_SECS)", shared.job.handler_timeout_secs
-                )));
+                () = &mut deadline => {
+                    return Outcome::Retry(JobError::transient(anyhow::anyhow!(
+                        "handler still running after {} s (JOB_HANDLER_TIMEOUT_SECS)", shared.job.handler_timeout_secs
+                    )));
+                }
             }
         }
     };
@@ -638,7 +644,14 @@ async fn settle<T, H>(
             if telemetry::exporting() {
                 span.record("jetfn.outcome", "ack");
             }
-            double_ack(shared, message).await;
+            match shared.job.ack {
+                AckMode::Confirmed => double_ack(shared, message).await,
+                AckMode::Plain => {
+                    if let Err(err) = message.ack().await {
+                        tracing::warn!(error = %err, "ack not sent; the event will be redelivered and the ledger will absorb it");
+                    }
+                }
+            }
             shared.metrics.processed(seconds);
             if attempt > 1 {
                 shared
