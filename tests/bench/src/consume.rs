@@ -28,10 +28,16 @@ pub const IN_FLIGHT: i64 = 256;
 pub enum Kind {
     /// A raw pull consumer that acks each message with a plain `+ACK` publish (no confirmation).
     RawAck,
-    /// A raw pull consumer that double-acks each message (ack as a request the server confirms), 256 in flight.
+    /// A raw pull consumer that double-acks each message with async-nats' `Message::double_ack` (which
+    /// subscribes a fresh inbox per ack), 256 in flight.
     RawDoubleAck,
-    /// The jetfn runtime with a handler that does nothing.
+    /// A raw pull consumer that confirms each ack the way the runtime does: a request on the connection's shared
+    /// reply subscription, 256 in flight.
+    RawRequestAck,
+    /// The jetfn runtime with a handler that does nothing, confirmed acks (the default).
     RuntimeNoop,
+    /// The jetfn runtime with a handler that does nothing and `JOB_ACK=plain`.
+    RuntimeNoopPlain,
     /// The jetfn runtime the way the email functions run it: one `job.once` ledger effect per event (a KV create
     /// and a KV update), then the double ack.
     RuntimeLedger,
@@ -43,7 +49,9 @@ impl Kind {
         match self {
             Self::RawAck => "raw-ack",
             Self::RawDoubleAck => "raw-double-ack",
+            Self::RawRequestAck => "raw-request-ack",
             Self::RuntimeNoop => "runtime-noop",
+            Self::RuntimeNoopPlain => "runtime-noop-plain",
             Self::RuntimeLedger => "runtime-ledger",
         }
     }
@@ -120,7 +128,7 @@ pub async fn run(setup: &Setup, kind: Kind) -> anyhow::Result<Rate> {
     let cpu_before = (cpu_secs("self"), cpu_secs(&setup.server_pid.to_string()));
 
     let result = match kind {
-        Kind::RawAck | Kind::RawDoubleAck => {
+        Kind::RawAck | Kind::RawDoubleAck | Kind::RawRequestAck => {
             let client = async_nats::connect(&setup.url).await?;
             let consumer: PullConsumer = jetstream::new(client.clone())
                 .get_stream("EVENTS")
@@ -128,15 +136,20 @@ pub async fn run(setup: &Setup, kind: Kind) -> anyhow::Result<Rate> {
                 .get_consumer(&name)
                 .await
                 .map_err(|err| anyhow::anyhow!("binding {name}: {err}"))?;
-            let task = tokio::spawn(raw_consume(consumer, kind == Kind::RawDoubleAck));
+            let task = tokio::spawn(raw_consume(client.clone(), consumer, kind));
             let rate = measure(&stream, &name, setup.window, setup.cap).await;
             task.abort();
             let _ = task.await;
             client.flush().await?;
             rate
         }
-        Kind::RuntimeNoop => {
-            let runtime = runtime_for(setup, &name, "jetfn-ledger").await?;
+        Kind::RuntimeNoop | Kind::RuntimeNoopPlain => {
+            let ack = if kind == Kind::RuntimeNoop {
+                "confirmed"
+            } else {
+                "plain"
+            };
+            let runtime = runtime_for(setup, &name, "jetfn-ledger", ack).await?;
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(runtime.serve(
                 |_job: Job<UserRegistered>| async { Ok::<(), JobError>(()) },
@@ -154,7 +167,7 @@ pub async fn run(setup: &Setup, kind: Kind) -> anyhow::Result<Rate> {
             // skip every effect.
             let bucket = format!("bench-ledger-{}", short_id());
             create_ledger(&setup.js, &bucket).await?;
-            let runtime = runtime_for(setup, &name, &bucket).await?;
+            let runtime = runtime_for(setup, &name, &bucket, "confirmed").await?;
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(runtime.serve(
                 |job: Job<UserRegistered>| async move {
@@ -227,8 +240,14 @@ pub async fn create_ledger(js: &jetstream::Context, bucket: &str) -> anyhow::Res
 }
 
 /// A runtime bound to `consumer`, configured as a function's would be from `JOB_*` (defaults otherwise).
-pub async fn runtime_for(setup: &Setup, consumer: &str, ledger: &str) -> anyhow::Result<Runtime> {
+pub async fn runtime_for(
+    setup: &Setup,
+    consumer: &str,
+    ledger: &str,
+    ack: &str,
+) -> anyhow::Result<Runtime> {
     let job: JobConfig = serde_json::from_value(json!({
+        "ack": ack,
         "stream": "EVENTS",
         "consumer": consumer,
         "ledger_bucket": ledger,
@@ -238,14 +257,18 @@ pub async fn runtime_for(setup: &Setup, consumer: &str, ledger: &str) -> anyhow:
     Runtime::new("bench", &NatsConfig::local(setup.url.clone()), job).await
 }
 
-async fn raw_consume(consumer: PullConsumer, double: bool) -> anyhow::Result<()> {
+async fn raw_consume(
+    client: async_nats::Client,
+    consumer: PullConsumer,
+    kind: Kind,
+) -> anyhow::Result<()> {
     let batch = usize::try_from(IN_FLIGHT)?;
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(batch)
         .messages()
         .await?;
-    if !double {
+    if kind == Kind::RawAck {
         while let Some(message) = messages.next().await {
             message
                 .map_err(|err| anyhow::anyhow!("{err}"))?
@@ -262,8 +285,15 @@ async fn raw_consume(consumer: PullConsumer, double: bool) -> anyhow::Result<()>
             return Ok(());
         };
         let message = message.map_err(|err| anyhow::anyhow!("{err}"))?;
+        let client = client.clone();
         tokio::spawn(async move {
-            let _ = message.double_ack().await;
+            if kind == Kind::RawDoubleAck {
+                let _ = message.double_ack().await;
+            } else if let Some(reply) = message.reply.clone() {
+                let _ = client
+                    .request(reply, bytes::Bytes::from_static(b"+ACK"))
+                    .await;
+            }
             drop(permit);
         });
     }

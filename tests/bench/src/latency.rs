@@ -54,7 +54,7 @@ pub async fn run(
     let (stop, stopped) = oneshot::channel::<()>();
     let consumer_task = match pipeline {
         Pipeline::Jetfn => {
-            let runtime = consume::runtime_for(setup, &name, "jetfn-ledger").await?;
+            let runtime = consume::runtime_for(setup, &name, "jetfn-ledger", "confirmed").await?;
             let (samples, handled) = (samples.clone(), handled.clone());
             tokio::spawn(async move {
                 runtime

@@ -63,7 +63,8 @@ struct Args {
     /// Runs per throughput row; the table shows the median (default 3; 1 with --quick).
     #[arg(long)]
     runs: Option<usize>,
-    /// nats-server `sync_interval` settings to measure, in this order.
+    /// nats-server `sync_interval` settings to measure, in this order: 1s, always, and 2m as a diagnostic (no
+    /// periodic fsync during a row).
     #[arg(long, value_delimiter = ',', default_value = "1s,always")]
     sync: Vec<Sync>,
     /// Where to write the figures as JSON (default: tests/bench/results.json for a full run,
@@ -77,7 +78,8 @@ struct Args {
     /// `off` measures without logging.
     #[arg(long, default_value = "info")]
     log: String,
-    /// Only these consume rows (raw-ack, raw-double-ack, runtime-noop, runtime-ledger), for profiling one.
+    /// Only these consume rows (raw-ack, raw-double-ack, raw-request-ack, runtime-noop-plain, runtime-noop,
+    /// runtime-ledger), for profiling one.
     #[arg(long, value_delimiter = ',')]
     consume: Vec<String>,
     /// The nats-server binary (default: .tools/venv/bin/nats-server).
@@ -150,7 +152,7 @@ impl Plan {
     /// Index into the per-durability counts.
     fn at(counts: [u64; 2], sync: Sync) -> u64 {
         match sync {
-            Sync::OneSecond => counts[0],
+            Sync::OneSecond | Sync::TwoMinutes => counts[0],
             Sync::Always => counts[1],
         }
     }
@@ -481,12 +483,23 @@ impl<'a> Phase<'a> {
                 ),
             ),
             (
+                Kind::RawRequestAck,
+                format!(
+                    "raw pull consumer, acks confirmed by request on the shared inbox, {} in flight",
+                    consume::IN_FLIGHT
+                ),
+            ),
+            (
+                Kind::RuntimeNoopPlain,
+                "jetfn runtime, no-op handler, JOB_ACK=plain".to_owned(),
+            ),
+            (
                 Kind::RuntimeNoop,
-                "jetfn runtime, no-op handler (double acks)".to_owned(),
+                "jetfn runtime, no-op handler, confirmed acks (default)".to_owned(),
             ),
             (
                 Kind::RuntimeLedger,
-                "jetfn runtime, ledger effect + double acks (email config)".to_owned(),
+                "jetfn runtime, ledger effect + confirmed acks (email config)".to_owned(),
             ),
         ];
         let kinds: Vec<_> = kinds
@@ -518,28 +531,32 @@ impl<'a> Phase<'a> {
             }
         }
         let durability = self.sync().label();
-        Ok(kinds
-            .into_iter()
-            .zip(runs)
-            .zip(cpu)
-            .map(|(((kind, label), runs), cpu)| {
-                let mut row = Row::rate(
-                    self.id(&format!("consume/{}", kind.slug())),
-                    "Consume",
-                    label,
-                    &durability,
-                    "events/s",
-                    runs,
-                );
-                let client: Vec<f64> = cpu.iter().map(|(client, _)| client * 1e6).collect();
-                let server: Vec<f64> = cpu.iter().map(|(_, server)| server * 1e6).collect();
-                let (client, server) = (stats::median(&client), stats::median(&server));
-                row.cpu_us_per_event = Some((client, server));
-                row.note =
-                    format!("CPU per event: consumer {client:.1} µs, nats-server {server:.1} µs");
-                row
-            })
-            .collect())
+        let mut rows = decode_rows(self, self.plan.runs)?;
+        rows.extend(
+            kinds
+                .into_iter()
+                .zip(runs)
+                .zip(cpu)
+                .map(|(((kind, label), runs), cpu)| {
+                    let mut row = Row::rate(
+                        self.id(&format!("consume/{}", kind.slug())),
+                        "Consume",
+                        label,
+                        &durability,
+                        "events/s",
+                        runs,
+                    );
+                    let client: Vec<f64> = cpu.iter().map(|(client, _)| client * 1e6).collect();
+                    let server: Vec<f64> = cpu.iter().map(|(_, server)| server * 1e6).collect();
+                    let (client, server) = (stats::median(&client), stats::median(&server));
+                    row.cpu_us_per_event = Some((client, server));
+                    row.note = format!(
+                        "CPU per event: consumer {client:.1} µs, nats-server {server:.1} µs"
+                    );
+                    row
+                }),
+        );
+        Ok(rows)
     }
 
     /// Makes sure the stream holds `count` events from sequence 1, publishing the rest pipelined.
@@ -755,4 +772,49 @@ fn bullmq_rows(results: &bullmq::Results, durability: RedisDurability) -> Vec<Ro
         ));
     }
     rows
+}
+
+/// What checking one event costs on one thread, beside a bare typed decode of the same bytes: the share of the
+/// runtime's CPU per event that the consume-side JSON Schema check (a fixed choice) takes.
+fn decode_rows(phase: &Phase<'_>, runs: usize) -> anyhow::Result<Vec<Row>> {
+    const COUNT: u32 = 20_000;
+    let bytes = serde_json::to_vec(&workload::event(1))?;
+    let validator = events::Validator::new();
+    let time = |f: &dyn Fn() -> bool| -> anyhow::Result<f64> {
+        let started = std::time::Instant::now();
+        for _ in 0..COUNT {
+            if !std::hint::black_box(f()) {
+                bail!("the bench event did not decode");
+            }
+        }
+        Ok(started.elapsed().as_secs_f64() * 1e6 / f64::from(COUNT))
+    };
+    let mut checked = Vec::new();
+    let mut bare = Vec::new();
+    for _ in 0..runs {
+        checked.push(time(&|| {
+            validator.decode::<events::UserRegistered>(&bytes).is_ok()
+        })?);
+        bare.push(time(&|| {
+            serde_json::from_slice::<events::CloudEvent<events::UserRegistered>>(&bytes).is_ok()
+        })?);
+    }
+    Ok(vec![
+        Row::rate(
+            phase.id("decode/validator"),
+            "Consume",
+            "one event on one thread: Validator::decode (parse, JSON Schema, typed decode, rules)",
+            "-",
+            "µs",
+            checked,
+        ),
+        Row::rate(
+            phase.id("decode/bare"),
+            "Consume",
+            "one event on one thread: serde_json typed decode only (no schema, no rules)",
+            "-",
+            "µs",
+            bare,
+        ),
+    ])
 }
