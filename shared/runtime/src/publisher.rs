@@ -95,16 +95,22 @@ impl Publisher {
     pub async fn publish_json(&self, bytes: &[u8]) -> Result<Published, PublishError> {
         let event = self.validator.check_for_publish(bytes)?;
         let subject = events::subject_for(&event.ty);
-        let span = tracing::info_span!(
-            "send",
-            "otel.name" = %format!("send {subject}"),
-            "otel.kind" = "producer",
-            "messaging.system" = "nats",
-            "messaging.operation.type" = "send",
-            "messaging.destination.name" = %subject,
-            "messaging.message.id" = %event.id,
-            "messaging.message.body.size" = bytes.len(),
-        );
+        // As in the consume loop: the full OpenTelemetry attributes only when spans are exported; the log layer
+        // formats every field of a span into text, per event.
+        let span = if telemetry::exporting() {
+            tracing::info_span!(
+                "send",
+                "otel.name" = %format_args!("send {subject}"),
+                "otel.kind" = "producer",
+                "messaging.system" = "nats",
+                "messaging.operation.type" = "send",
+                "messaging.destination.name" = %subject,
+                "messaging.message.id" = %event.id,
+                "messaging.message.body.size" = bytes.len(),
+            )
+        } else {
+            tracing::info_span!("send", subject = %subject, "messaging.message.id" = %event.id)
+        };
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, event.id.as_str());
         headers.insert(
