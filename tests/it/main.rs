@@ -6,6 +6,7 @@ mod emails;
 mod harness_selftest;
 mod indexing;
 mod local_system;
+mod permissions;
 mod schedules;
 mod support;
 mod tracing_otlp;

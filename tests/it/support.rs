@@ -35,9 +35,23 @@ impl System {
 
     /// Starts with the repository's definitions, changed by `adjust` before they are applied.
     pub async fn start_with(adjust: impl FnOnce(&mut Definitions)) -> Self {
-        let nats = NatsServer::start();
+        Self::start_on(
+            NatsServer::start(),
+            async_nats::ConnectOptions::new(),
+            adjust,
+        )
+        .await
+    }
+
+    /// Starts on a given server (one with an `authorization` block, say), connecting as `admin` to provision it.
+    pub async fn start_on(
+        nats: NatsServer,
+        admin: async_nats::ConnectOptions,
+        adjust: impl FnOnce(&mut Definitions),
+    ) -> Self {
         let smtp = SmtpServer::start();
-        let client = async_nats::connect(nats.url())
+        let client = admin
+            .connect(nats.url())
             .await
             .expect("connect to the test nats-server");
         let js = jetstream::new(client.clone());

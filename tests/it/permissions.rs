@@ -1,0 +1,167 @@
+//! The least-privilege users of `infra/deploy/nats-permissions.conf`, loaded into a real nats-server: the welcome
+//! function does all of its work (bind, pull, ledger, confirmed acks, failure journal, dead letter + TERM) as its
+//! own user and nothing else, and a publisher can only publish its own events.
+
+use std::time::Duration;
+
+use async_nats::ConnectOptions;
+use integration_tests::{NatsServer, workspace_root};
+
+use crate::support::{System, WAIT, user};
+
+const PASSWORDS: [(&str, &str); 4] = [
+    ("$WELCOME_PASSWORD", "welcome-secret"),
+    ("$ROUTER_PASSWORD", "router-secret"),
+    ("$SIGNUP_PASSWORD", "signup-secret"),
+    ("$ADMIN_PASSWORD", "admin-secret"),
+];
+
+/// The shipped permissions file with test passwords in place of the variables the deployment sets.
+fn secured_server() -> NatsServer {
+    let mut config =
+        std::fs::read_to_string(workspace_root().join("infra/deploy/nats-permissions.conf"))
+            .expect("infra/deploy/nats-permissions.conf is readable");
+    for (variable, password) in PASSWORDS {
+        assert!(
+            config.contains(variable),
+            "the permissions file uses {variable}"
+        );
+        config = config.replace(variable, &format!("\"{password}\""));
+    }
+    NatsServer::start_with(&config)
+}
+
+async fn secured_system() -> System {
+    System::start_on(
+        secured_server(),
+        ConnectOptions::with_user_and_password("admin".into(), "admin-secret".into()),
+        |_| {},
+    )
+    .await
+}
+
+fn as_welcome() -> Vec<(&'static str, String)> {
+    vec![
+        ("NATS_USER", "welcome".to_owned()),
+        ("NATS_PASSWORD", "welcome-secret".to_owned()),
+        ("NATS_INBOX_PREFIX", "_INBOX_welcome".to_owned()),
+    ]
+}
+
+async fn signup_publisher(system: &System) -> runtime::Publisher {
+    let client =
+        ConnectOptions::with_user_and_password("signup-api".into(), "signup-secret".into())
+            .custom_inbox_prefix("_INBOX_signup")
+            .connect(system.nats.url())
+            .await
+            .expect("signup-api connects");
+    runtime::Publisher::new(client, "/signup-api")
+}
+
+#[tokio::test]
+async fn the_welcome_user_sends_retries_and_dead_letters_with_its_own_rights_only() {
+    let system = secured_system().await;
+    let welcome = system.spawn("welcome", &as_welcome()).await;
+    let publisher = signup_publisher(&system).await;
+
+    // The happy path: pull, ledger claim and done, confirmed ack.
+    publisher
+        .publish(user("granted@example.com", "Granted"))
+        .await
+        .expect("signup-api publishes its events");
+    system.smtp.wait_for_messages(1, WAIT).await;
+    system.wait_settled("welcome").await;
+
+    // A 4xx then success: the failure journal and the delayed NAK. A 5xx: the dead-letter record and TERM.
+    system.smtp.fail_next_data(vec![(451, "4.3.0 try later")]);
+    publisher
+        .publish(user("retried@example.com", "Retried"))
+        .await
+        .unwrap();
+    system.smtp.wait_for_messages(2, WAIT).await;
+    system.wait_settled("welcome").await;
+    system.smtp.reject_recipients(550, "5.1.1 no such user");
+    publisher
+        .publish(user("refused@example.com", "Refused"))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while system.dlq().await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no dead-letter record"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    system.wait_settled("welcome").await;
+    let output = welcome.output();
+    assert!(
+        !output.contains("Permissions Violation") && !output.contains("permissions violation"),
+        "the welcome user needed a right it does not have:\n{output}"
+    );
+    assert!(
+        !system.nats.log().contains(" Violation"),
+        "the server refused something: {}",
+        system.nats.log()
+    );
+}
+
+#[tokio::test]
+async fn users_are_refused_what_is_not_theirs() {
+    let system = secured_system().await;
+    let welcome = ConnectOptions::with_user_and_password("welcome".into(), "welcome-secret".into())
+        .custom_inbox_prefix("_INBOX_welcome")
+        .connect(system.nats.url())
+        .await
+        .expect("welcome connects");
+    let mut js = async_nats::jetstream::new(welcome.clone());
+    js.set_timeout(Duration::from_secs(1));
+    assert!(
+        js.get_stream("EVENTS").await.is_err(),
+        "welcome may not read the EVENTS stream's info"
+    );
+    assert!(
+        js.get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+            "order-confirmation",
+            "EVENTS"
+        )
+        .await
+        .is_err(),
+        "welcome may not bind another function's consumer"
+    );
+    assert!(
+        welcome.subscribe("_INBOX.>").await.is_ok() && {
+            // A refused subscription is reported asynchronously; the server logs it.
+            welcome.flush().await.ok();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            system.nats.log().contains("Subscription Violation")
+        },
+        "welcome may not read the shared inbox"
+    );
+
+    let signup =
+        ConnectOptions::with_user_and_password("signup-api".into(), "signup-secret".into())
+            .custom_inbox_prefix("_INBOX_signup")
+            .connect(system.nats.url())
+            .await
+            .expect("signup-api connects");
+    let mut signup_js = async_nats::jetstream::new(signup);
+    signup_js.set_timeout(Duration::from_secs(1));
+    let refused = signup_js
+        .publish("events.orders.placed", "{}".into())
+        .await
+        .expect("the publish is sent")
+        .await;
+    assert!(
+        refused.is_err(),
+        "signup-api may not publish order events: {refused:?}"
+    );
+    assert_eq!(
+        system
+            .consumer_info("EVENTS", "order-confirmation")
+            .await
+            .num_pending,
+        0,
+        "nothing reached the stream"
+    );
+}
