@@ -165,3 +165,55 @@ async fn users_are_refused_what_is_not_theirs() {
         "nothing reached the stream"
     );
 }
+
+#[tokio::test]
+async fn the_router_dead_letters_an_unanswered_event_with_its_own_rights_only() {
+    let system = System::start_on(
+        secured_server(),
+        ConnectOptions::with_user_and_password("admin".into(), "admin-secret".into()),
+        |definitions| {
+            let welcome = definitions.consumer_mut("EVENTS", "welcome").unwrap();
+            welcome.max_deliver = 2;
+            welcome.backoff = vec![Duration::from_millis(200)];
+            welcome.ack_wait = Duration::from_millis(200);
+        },
+    )
+    .await;
+    let _router = system
+        .spawn(
+            "dlq-router",
+            &[
+                ("NATS_USER", "dlq-router".to_owned()),
+                ("NATS_PASSWORD", "router-secret".to_owned()),
+                ("NATS_INBOX_PREFIX", "_INBOX_dlq".to_owned()),
+            ],
+        )
+        .await;
+    // Nobody answers: the admin pulls the deliveries and drops them.
+    let consumer: async_nats::jetstream::consumer::PullConsumer = system
+        .js
+        .get_consumer_from_stream("welcome", "EVENTS")
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let silent = tokio::spawn(async move {
+        use futures::StreamExt as _;
+        while let Ok(Some(_ignored)) =
+            tokio::time::timeout(Duration::from_secs(2), messages.next()).await
+        {}
+    });
+    let published = system
+        .publisher
+        .publish(user("hang@example.com", "Hang"))
+        .await
+        .unwrap();
+    let records = system.wait_dlq(1).await;
+    assert_eq!(records[0].1.sequence, published.sequence);
+    assert_eq!(records[0].1.writer, "router");
+    silent.abort();
+    assert!(
+        !system.nats.log().contains(" Violation"),
+        "the router needed a right it does not have: {}",
+        system.nats.log()
+    );
+}
