@@ -48,14 +48,17 @@ fn as_welcome() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The signup-api publisher's connection: its own user and inbox prefix.
+async fn signup_client(system: &System) -> async_nats::Client {
+    ConnectOptions::with_user_and_password("signup-api".into(), "signup-secret".into())
+        .custom_inbox_prefix("_INBOX_signup")
+        .connect(system.nats.url())
+        .await
+        .expect("signup-api connects")
+}
+
 async fn signup_publisher(system: &System) -> runtime::Publisher {
-    let client =
-        ConnectOptions::with_user_and_password("signup-api".into(), "signup-secret".into())
-            .custom_inbox_prefix("_INBOX_signup")
-            .connect(system.nats.url())
-            .await
-            .expect("signup-api connects");
-    runtime::Publisher::new(client, "/signup-api")
+    runtime::Publisher::new(signup_client(system).await, "/signup-api")
 }
 
 #[tokio::test]
@@ -139,12 +142,7 @@ async fn users_are_refused_what_is_not_theirs() {
         "welcome may not read the shared inbox"
     );
 
-    let signup =
-        ConnectOptions::with_user_and_password("signup-api".into(), "signup-secret".into())
-            .custom_inbox_prefix("_INBOX_signup")
-            .connect(system.nats.url())
-            .await
-            .expect("signup-api connects");
+    let signup = signup_client(&system).await;
     let mut signup_js = async_nats::jetstream::new(signup);
     signup_js.set_timeout(Duration::from_secs(1));
     let refused = signup_js
