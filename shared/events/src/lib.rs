@@ -30,7 +30,7 @@ pub use messaging::{
     CleanupCompleted, CleanupRequested, MessageCreated, MessageDeleted, MessageUpdated,
 };
 pub use payloads::{Locale, UserRegistered};
-pub use validate::{FieldError, Invalid, MAX_EVENT_BYTES, Validator};
+pub use validate::{FieldError, Invalid, MAX_EVENT_BYTES, Validator, check_size};
 
 /// A payload type that travels as the `data` of a CloudEvent.
 ///

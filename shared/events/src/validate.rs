@@ -136,6 +136,28 @@ impl Validator {
         self.check_value_for(parse(bytes)?, true)
     }
 
+    /// Checks a typed event about to be published, given the JSON tree it serializes to: the type's schema, then
+    /// `T`'s own rules, the publish-time ones included. The typed publisher's path: it holds the payload already,
+    /// so nothing is parsed back or decoded again.
+    ///
+    /// # Errors
+    /// As [`Validator::check_for_publish`], plus a `type` that is not `T`'s.
+    pub fn check_typed_for_publish<T: Event>(
+        &self,
+        value: &Value,
+        event: &CloudEvent<T>,
+    ) -> Result<(), Invalid> {
+        let kind = self.check_schema(value)?;
+        if kind.ty != T::TYPE {
+            return Err(Invalid::new(
+                "/type",
+                format!("must be {} for this payload", T::TYPE),
+            ));
+        }
+        event.data.validate()?;
+        event.data.validate_publish()
+    }
+
     fn check_value_for(&self, value: Value, publishing: bool) -> Result<CloudEvent, Invalid> {
         let kind = self.check_schema(&value)?;
         if let Some(data) = value.get("data") {
@@ -222,17 +244,23 @@ impl Validator {
     }
 }
 
-/// Size first, so an oversized event is refused before any parsing work.
-fn parse(bytes: &[u8]) -> Result<Value, Invalid> {
-    if bytes.len() > MAX_EVENT_BYTES {
+/// An event of `len` bytes against [`MAX_EVENT_BYTES`].
+///
+/// # Errors
+/// When it is larger.
+pub fn check_size(len: usize) -> Result<(), Invalid> {
+    if len > MAX_EVENT_BYTES {
         return Err(Invalid::new(
             "",
-            format!(
-                "event is {} bytes, over the {MAX_EVENT_BYTES} byte limit",
-                bytes.len()
-            ),
+            format!("event is {len} bytes, over the {MAX_EVENT_BYTES} byte limit"),
         ));
     }
+    Ok(())
+}
+
+/// Size first, so an oversized event is refused before any parsing work.
+fn parse(bytes: &[u8]) -> Result<Value, Invalid> {
+    check_size(bytes.len())?;
     serde_json::from_slice(bytes).map_err(|err| {
         Invalid::new(
             "",
@@ -388,5 +416,39 @@ mod tests {
         );
         let invalid = validator.decode::<UserRegistered>(&bytes).unwrap_err();
         assert_eq!(invalid.errors[0].field, "/data/name");
+    }
+
+    #[test]
+    fn the_typed_publish_check_agrees_with_the_check_of_the_bytes() {
+        let validator = Validator::new();
+        let mut event = CloudEvent::new(
+            "/tests",
+            UserRegistered {
+                user_id: "u1".into(),
+                email: "ada@example.com".into(),
+                name: "Ada".into(),
+                locale: crate::Locale::En,
+            },
+        );
+        let check = |event: &CloudEvent<UserRegistered>| {
+            let typed = validator
+                .check_typed_for_publish(&serde_json::to_value(event).unwrap(), event)
+                .map_err(|invalid| invalid.to_string());
+            let bytes = validator
+                .check_for_publish(&serde_json::to_vec(event).unwrap())
+                .map(|_| ())
+                .map_err(|invalid| invalid.to_string());
+            assert_eq!(typed, bytes);
+            typed
+        };
+        assert_eq!(check(&event), Ok(()));
+        event.data.name = "Ada\r\nBcc: x@evil.test".into();
+        assert!(check(&event).unwrap_err().contains("/data/name"));
+        event.data.name = "Ada".into();
+        event.data.email = "not an address".into();
+        assert!(check(&event).unwrap_err().contains("/data/email"));
+        event.data.email = "ada@example.com".into();
+        event.ty = "orders.placed".into();
+        assert!(check(&event).is_err());
     }
 }

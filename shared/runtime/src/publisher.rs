@@ -83,9 +83,16 @@ impl Publisher {
         &self,
         event: &CloudEvent<T>,
     ) -> Result<Published, PublishError> {
-        let bytes = serde_json::to_vec(event)
-            .map_err(|err| Invalid::new("", format!("cannot serialize: {err}")))?;
-        self.publish_json(&bytes).await
+        let cannot = |err: serde_json::Error| Invalid::new("", format!("cannot serialize: {err}"));
+        // The schema runs on the JSON tree the event serializes to, and `T`'s rules on the payload held here: the
+        // same checks as `publish_json`, without parsing the bytes back and decoding the payload again.
+        let value = serde_json::to_value(event).map_err(cannot)?;
+        self.validator.check_typed_for_publish(&value, event)?;
+        drop(value);
+        let bytes = serde_json::to_vec(event).map_err(cannot)?;
+        events::check_size(bytes.len())?;
+        self.send(&event.id, &event.ty, bytes::Bytes::from(bytes))
+            .await
     }
 
     /// Publishes a whole CloudEvent given as JSON, the way events from other languages arrive.
@@ -94,7 +101,18 @@ impl Publisher {
     /// As [`Publisher::publish`].
     pub async fn publish_json(&self, bytes: &[u8]) -> Result<Published, PublishError> {
         let event = self.validator.check_for_publish(bytes)?;
-        let subject = events::subject_for(&event.ty);
+        self.send(&event.id, &event.ty, bytes::Bytes::copy_from_slice(bytes))
+            .await
+    }
+
+    /// Sends a checked event: `Nats-Msg-Id`, `traceparent`, and the wait for the stream's ack.
+    async fn send(
+        &self,
+        id: &str,
+        ty: &str,
+        payload: bytes::Bytes,
+    ) -> Result<Published, PublishError> {
+        let subject = events::subject_for(ty);
         // As in the consume loop: the full OpenTelemetry attributes only when spans are exported; the log layer
         // formats every field of a span into text, per event.
         let span = if telemetry::exporting() {
@@ -105,20 +123,19 @@ impl Publisher {
                 "messaging.system" = "nats",
                 "messaging.operation.type" = "send",
                 "messaging.destination.name" = %subject,
-                "messaging.message.id" = %event.id,
-                "messaging.message.body.size" = bytes.len(),
+                "messaging.message.id" = id,
+                "messaging.message.body.size" = payload.len(),
             )
         } else {
-            tracing::info_span!("send", subject = %subject, "messaging.message.id" = %event.id)
+            tracing::info_span!("send", subject = %subject, "messaging.message.id" = id)
         };
         let mut headers = HeaderMap::new();
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, event.id.as_str());
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
         headers.insert(
             "content-type",
             "application/cloudevents+json; charset=utf-8",
         );
         telemetry::inject(&span, &mut headers);
-        let payload = bytes::Bytes::copy_from_slice(bytes);
         async {
             let ack = self
                 .js
@@ -128,7 +145,7 @@ impl Publisher {
                 .await
                 .map_err(|err| PublishError::Nats(err.to_string()))?;
             tracing::debug!(stream = %ack.stream, sequence = ack.sequence, duplicate = ack.duplicate, "published");
-            Ok(Published { id: event.id.clone(), event_type: event.ty.clone(), subject: subject.clone(), stream: ack.stream, sequence: ack.sequence, duplicate: ack.duplicate })
+            Ok(Published { id: id.to_owned(), event_type: ty.to_owned(), subject: subject.clone(), stream: ack.stream, sequence: ack.sequence, duplicate: ack.duplicate })
         }
         .instrument(span)
         .await
