@@ -3,27 +3,19 @@
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use events::EmailVerificationRequested;
 use lettre::message::Mailbox;
 use mailer::{Mailer, Rendered, Templates};
-use runtime::{Job, JobError, Runtime};
+use runtime::{Job, JobError};
 use serde_json::json;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let telemetry = runtime::telemetry::init("email-verification")?;
-    let mailer = Mailer::from_env().context("reading SMTP_* and MAIL_* configuration")?;
-    let templates = Arc::new(Templates::new());
-    let runtime = Runtime::from_env("email-verification")
-        .await?
-        .with_probe(mailer::probe(&mailer));
-    runtime
-        .serve(
-            move |job| send_code(job, mailer.clone(), templates.clone()),
-            runtime::shutdown_signal(),
-        )
-        .await?;
+    mailer::serve("email-verification", |mailer, templates| {
+        move |job| send_code(job, mailer.clone(), templates.clone())
+    })
+    .await?;
     telemetry.flush();
     Ok(())
 }

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use events::OrderStatusChanged;
 use lettre::message::Mailbox;
 use mailer::{Mailer, Rendered, Templates};
-use runtime::{Job, JobError, Runtime};
+use runtime::{Job, JobError};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -21,17 +21,10 @@ struct Config {
 async fn main() -> anyhow::Result<()> {
     let telemetry = runtime::telemetry::init("order-status")?;
     let config: Arc<Config> = Arc::new(envy::from_env().context("reading ORDER_URL")?);
-    let mailer = Mailer::from_env().context("reading SMTP_* and MAIL_* configuration")?;
-    let templates = Arc::new(Templates::new());
-    let runtime = Runtime::from_env("order-status")
-        .await?
-        .with_probe(mailer::probe(&mailer));
-    runtime
-        .serve(
-            move |job| notify_status(job, mailer.clone(), templates.clone(), config.clone()),
-            runtime::shutdown_signal(),
-        )
-        .await?;
+    mailer::serve("order-status", |mailer, templates| {
+        move |job| notify_status(job, mailer.clone(), templates.clone(), config.clone())
+    })
+    .await?;
     telemetry.flush();
     Ok(())
 }

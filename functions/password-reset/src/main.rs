@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use events::PasswordResetRequested;
 use lettre::message::Mailbox;
 use mailer::{Mailer, Rendered, Templates};
-use runtime::{Job, JobError, Runtime};
+use runtime::{Job, JobError};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -31,17 +31,10 @@ async fn main() -> anyhow::Result<()> {
         "PASSWORD_RESET_URL must be an https URL (http only for localhost)"
     );
     let base = Arc::new(config.password_reset_url);
-    let mailer = Mailer::from_env().context("reading SMTP_* and MAIL_* configuration")?;
-    let templates = Arc::new(Templates::new());
-    let runtime = Runtime::from_env("password-reset")
-        .await?
-        .with_probe(mailer::probe(&mailer));
-    runtime
-        .serve(
-            move |job| send_reset_link(job, mailer.clone(), templates.clone(), base.clone()),
-            runtime::shutdown_signal(),
-        )
-        .await?;
+    mailer::serve("password-reset", |mailer, templates| {
+        move |job| send_reset_link(job, mailer.clone(), templates.clone(), base.clone())
+    })
+    .await?;
     telemetry.flush();
     Ok(())
 }

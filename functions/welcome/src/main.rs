@@ -5,26 +5,18 @@
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use events::UserRegistered;
 use lettre::message::Mailbox;
 use mailer::{Mailer, Rendered, Templates};
-use runtime::{Job, JobError, Runtime};
+use runtime::{Job, JobError};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let telemetry = runtime::telemetry::init("welcome")?;
-    let mailer = Mailer::from_env().context("reading SMTP_* and MAIL_* configuration")?;
-    let templates = Arc::new(Templates::new());
-    let runtime = Runtime::from_env("welcome")
-        .await?
-        .with_probe(mailer::probe(&mailer));
-    runtime
-        .serve(
-            move |job| send_welcome(job, mailer.clone(), templates.clone()),
-            runtime::shutdown_signal(),
-        )
-        .await?;
+    mailer::serve("welcome", |mailer, templates| {
+        move |job| send_welcome(job, mailer.clone(), templates.clone())
+    })
+    .await?;
     telemetry.flush();
     Ok(())
 }

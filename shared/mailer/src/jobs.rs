@@ -84,3 +84,27 @@ pub fn probe(
         Box::pin(async move { mailer.probe().await.map_err(anyhow::Error::from) })
     }
 }
+
+/// The rest of an email function's `main` once its own configuration is read: the mailer from `SMTP_*` and
+/// `MAIL_*`, the runtime bound to the function's consumer with the mailer as the circuit breaker's probe, and the
+/// handler `make` builds from the mailer and the templates, served until SIGTERM.
+///
+/// # Errors
+/// A configuration that does not parse, or a start-up failure of [`runtime::Runtime::serve`].
+pub async fn serve<T, H, Fut>(
+    name: &str,
+    make: impl FnOnce(Mailer, std::sync::Arc<crate::Templates>) -> H,
+) -> anyhow::Result<()>
+where
+    T: events::Event,
+    H: Fn(Job<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), JobError>> + Send + 'static,
+{
+    use anyhow::Context as _;
+    let mailer = Mailer::from_env().context("reading SMTP_* and MAIL_* configuration")?;
+    let runtime = runtime::Runtime::from_env(name)
+        .await?
+        .with_probe(probe(&mailer));
+    let handler = make(mailer, std::sync::Arc::new(crate::Templates::new()));
+    runtime.serve(handler, runtime::shutdown_signal()).await
+}

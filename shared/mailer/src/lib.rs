@@ -39,7 +39,7 @@ mod transport;
 pub use compose::compose;
 pub use config::{ConfigError, MailerConfig, Secret};
 pub use error::SendError;
-pub use jobs::{Email, job_error, probe, send_once};
+pub use jobs::{Email, job_error, probe, send_once, serve};
 pub use templates::{RenderError, Rendered, Templates};
 pub use transport::{Delivery, Mailer};
 
