@@ -2,11 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use integration_tests::{
-    AttemptStage, FunctionProcess, NatsServer, OtlpReceiver, SmtpServer, free_port, workspace_root,
-};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use testkit::{
+    AttemptStage, FunctionProcess, NatsServer, OtlpReceiver, SmtpServer, free_port, workspace_root,
+};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
