@@ -61,6 +61,7 @@ pub struct NatsServerBuilder {
     config_file: Option<PathBuf>,
     log_file: Option<PathBuf>,
     own_process_group: bool,
+    quiet: bool,
     ready_timeout: Duration,
     stop_timeout: Duration,
     label: String,
@@ -80,6 +81,7 @@ impl Default for NatsServerBuilder {
             config_file: None,
             log_file: None,
             own_process_group: false,
+            quiet: false,
             ready_timeout: Duration::from_secs(10),
             stop_timeout: Duration::from_secs(10),
             label: "nats-server".to_owned(),
@@ -157,6 +159,13 @@ impl NatsServerBuilder {
     /// stops it last (`jetfn dev` drains the functions first).
     pub fn own_process_group(mut self) -> Self {
         self.own_process_group = true;
+        self
+    }
+
+    /// Keep the log in memory ([`NatsServer::log`]) without echoing it to stderr (the bench's output stays
+    /// its own).
+    pub fn quiet(mut self) -> Self {
+        self.quiet = true;
         self
     }
 
@@ -465,11 +474,17 @@ impl NatsServer {
             let log = Arc::clone(&self.log);
             let file = self.log_file.clone();
             let label = format!("[{label}]");
+            let quiet = self.options.quiet;
             pump_lines(source, move |line| {
                 observe(&state, line);
                 match &file {
                     Some(file) => {
                         let _ = writeln!(lock(file), "{line}");
+                    }
+                    None if quiet => {
+                        let mut log = lock(&log);
+                        log.push_str(line);
+                        log.push('\n');
                     }
                     None => capture(&label, &log, line),
                 }
@@ -532,6 +547,17 @@ impl NatsServer {
                 )))
             }
         }
+    }
+}
+
+impl std::fmt::Debug for NatsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsServer")
+            .field("name", &self.options.server_name)
+            .field("port", &self.port())
+            .field("store", &self.store)
+            .field("pid", &self.pid())
+            .finish_non_exhaustive()
     }
 }
 

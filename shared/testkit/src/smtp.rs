@@ -404,6 +404,16 @@ impl SmtpServer {
     }
 }
 
+impl std::fmt::Debug for SmtpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpServer")
+            .field("addr", &self.addr)
+            .field("sink", &self.shared.sink)
+            .field("up", &self.is_up())
+            .finish_non_exhaustive()
+    }
+}
+
 async fn accept_loop(listener: StdTcpListener, shared: Arc<Shared>, guard: mpsc::Sender<()>) {
     let listener = TcpListener::from_std(listener).expect("register SMTP listener with tokio");
     let mut sessions = JoinSet::new();
