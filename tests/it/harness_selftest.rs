@@ -1,4 +1,6 @@
-//! Self-tests of the harness: every component is real and must behave as documented.
+//! Self-tests of the harness (the test kit, `shared/testkit`) from the integration test binary: every component is
+//! real and must behave as documented. The kit's own tests (the 3-node cluster, scripted SMTP commands) are in
+//! `shared/testkit/tests`.
 
 use std::time::{Duration, Instant};
 

@@ -59,4 +59,5 @@ pub(crate) fn capture(prefix: &str, buffer: &Mutex<String>, text: &str) {
 }
 
 /// A shared, growing text buffer.
+#[cfg(feature = "nats")]
 pub(crate) type Buffer = Arc<Mutex<String>>;

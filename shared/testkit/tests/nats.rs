@@ -89,7 +89,7 @@ async fn wait_all_replicas_current(js: &jetstream::Context, name: &str) -> Strin
     let deadline = Instant::now() + WAIT;
     loop {
         let info = match js.get_stream(name).await {
-            Ok(mut stream) => stream.info().await.ok().map(|info| info.clone()),
+            Ok(mut stream) => stream.info().await.ok().cloned(),
             Err(_) => None,
         };
         let cluster = info.as_ref().and_then(|info| info.cluster.clone());
