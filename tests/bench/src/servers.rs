@@ -1,6 +1,6 @@
-//! The servers the bench runs against: its own nats-server and redis-server child processes, on 127.0.0.1 only,
-//! free ports, stores in a temp dir; stopped (and the dir removed) when dropped, so an interrupted bench leaves
-//! nothing listening.
+//! The servers the bench runs against: its own nats-server (the test kit's manager) and redis-server child
+//! processes, on 127.0.0.1 only, free ports, stores in a temp dir; stopped (and the dir removed) when dropped, so an
+//! interrupted bench leaves nothing listening.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
