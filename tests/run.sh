@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and every test, the way CI does: formatting, clippy, unit tests and the integration tests
-# against a real nats-server 2.15, a real SMTP server and a real OTLP receiver (the last two run inside the test
-# binary; the first is installed here if missing).
+# against a real nats-server 2.15, a real SMTP server and a real OTLP receiver (shared/testkit; the last two run
+# inside the test binary; the first is installed by infra/install-nats-server.sh if missing).
 #
 #   bash tests/run.sh            everything
 #   bash tests/run.sh welcome    only integration tests whose name contains "welcome"
