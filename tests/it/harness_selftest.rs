@@ -1,12 +1,14 @@
-//! Self-tests of the harness: every component is real and must behave as documented.
+//! Self-tests of the harness (the test kit, `shared/testkit`) from the integration test binary: every component is
+//! real and must behave as documented. The kit's own tests (the 3-node cluster, scripted SMTP commands) are in
+//! `shared/testkit/tests`.
 
 use std::time::{Duration, Instant};
 
-use integration_tests::{
-    AttemptStage, FunctionProcess, NatsServer, OtlpReceiver, SmtpServer, free_port, workspace_root,
-};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use testkit::{
+    AttemptStage, FunctionProcess, NatsServer, OtlpReceiver, SmtpServer, free_port, workspace_root,
+};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use integration_tests::{FunctionProcess, Signal, free_port, nats_server_bin};
+use testkit::{FunctionProcess, Signal, free_port, nats_server_bin};
 
 use crate::support::WAIT;
 
@@ -11,7 +11,7 @@ async fn jetfn_dev_runs_everything_writes_emails_to_files_and_stops_on_ctrl_c() 
     let home = std::env::temp_dir().join(format!("jetfn-dev-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&home);
     let (port, monitor) = (free_port(), free_port());
-    let infra = integration_tests::workspace_root().join("infra/nats");
+    let infra = testkit::workspace_root().join("infra/nats");
     let home_arg = home.to_string_lossy().into_owned();
     let infra_arg = infra.to_string_lossy().into_owned();
     let (port_arg, monitor_arg) = (port.to_string(), monitor.to_string());

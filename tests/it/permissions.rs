@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use async_nats::ConnectOptions;
-use integration_tests::{NatsServer, workspace_root};
+use testkit::{NatsServer, workspace_root};
 
 use crate::support::{System, WAIT, user};
 

@@ -147,7 +147,7 @@ async fn a_cancelled_schedule_does_not_fire() {
         ])
         .await;
     // A second schedule of the same name is refused.
-    let again = integration_tests::FunctionProcess::spawn_with_args(
+    let again = testkit::FunctionProcess::spawn_with_args(
         "jetfn",
         &[
             "schedule",
@@ -193,7 +193,7 @@ async fn a_cancelled_schedule_does_not_fire() {
         "a cancelled schedule fired"
     );
     // The cancelled one-off never fired either: every event came from the ticker.
-    let unknown = integration_tests::FunctionProcess::spawn_with_args(
+    let unknown = testkit::FunctionProcess::spawn_with_args(
         "jetfn",
         &["schedule", "cancel", "never"],
         &system.env(),
@@ -207,7 +207,7 @@ async fn a_cancelled_schedule_does_not_fire() {
 #[tokio::test]
 async fn schedules_survive_a_server_restart_and_invalid_events_are_refused() {
     let system = System::start().await;
-    let refused = integration_tests::FunctionProcess::spawn_with_args(
+    let refused = testkit::FunctionProcess::spawn_with_args(
         "jetfn",
         &[
             "schedule",

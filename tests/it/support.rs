@@ -4,9 +4,9 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
-use integration_tests::{FunctionProcess, NatsServer, SmtpServer, workspace_root};
 use runtime::dlq::DeadLetter;
 use runtime::infra::Definitions;
+use testkit::{FunctionProcess, NatsServer, SmtpServer, workspace_root};
 
 pub const WAIT: Duration = Duration::from_secs(20);
 

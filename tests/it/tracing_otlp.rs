@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use integration_tests::{FunctionProcess, OtlpReceiver};
+use testkit::{FunctionProcess, OtlpReceiver};
 
 use crate::support::{System, WAIT};
 

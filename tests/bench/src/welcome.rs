@@ -14,8 +14,8 @@ use runtime::Publisher;
 use crate::consume::{create_ledger, short_id};
 use crate::publish::{self, Via};
 use crate::servers::ChildGuard;
-use crate::smtp::SmtpSink;
 use crate::workload;
+use testkit::SmtpServer;
 
 /// What the welcome rows need.
 #[derive(Debug)]
@@ -29,7 +29,7 @@ pub struct Setup<'a> {
     /// `infra/nats/consumers/EVENTS/welcome.json`, unchanged but for its name and start.
     pub template: pull::Config,
     /// The SMTP sink.
-    pub sink: &'a SmtpSink,
+    pub sink: &'a SmtpServer,
 }
 
 /// Memory of a process from `/proc/<pid>/status`, in KiB.
@@ -111,7 +111,7 @@ impl Setup<'_> {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        Ok(self.sink.received())
+        Ok(self.sink.arrivals())
     }
 
     /// Process start to the first email accepted by the sink, with one event waiting in the consumer. It includes

@@ -5,18 +5,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
-use crate::nats::pump;
+use crate::output::{pump, signal};
 use crate::{lock, poll_async, poll_blocking, tail, workspace_root};
-
-/// Sends `signal` to `pid`; errors (e.g. the process already exited) are ignored.
-pub(crate) fn signal(pid: u32, signal: Signal) {
-    if let Ok(raw) = i32::try_from(pid) {
-        let _ = kill(Pid::from_raw(raw), signal);
-    }
-}
 
 /// A running function binary (`target/debug/<bin>`) with stdout and stderr captured.
 ///

@@ -1,9 +1,11 @@
-//! An in-process SMTP server (RFC 5321 subset, plain TCP) on 127.0.0.1 with scripted faults.
+//! An in-process SMTP server (RFC 5321 subset, plain TCP) on 127.0.0.1 with scripted replies, delays and
+//! outages, or a counting sink for the bench.
 //!
-//! Speaks EHLO/HELO, MAIL, RCPT, DATA (dot-unstuffing), RSET, NOOP, QUIT, VRFY, HELP. No TLS,
-//! AUTH or PIPELINING (none advertised). Each connection is its own task on a private runtime.
+//! Speaks EHLO/HELO, AUTH (PLAIN, LOGIN; any credentials), MAIL, RCPT, DATA (dot-unstuffing), RSET, NOOP,
+//! QUIT, VRFY, HELP. No TLS or PIPELINING (none advertised). Each connection is its own task on a private
+//! runtime.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -18,6 +20,12 @@ use crate::bg::BgRuntime;
 use crate::{lock, poll_async, poll_blocking};
 
 const GO_DOWN_TIMEOUT: Duration = Duration::from_secs(5);
+const EXTENSIONS: &[&str] = &[
+    "8BITMIME",
+    "SMTPUTF8",
+    "ENHANCEDSTATUSCODES",
+    "AUTH PLAIN LOGIN",
+];
 
 /// A message the server accepted (answered 250 to the end of DATA).
 #[derive(Clone, Debug)]
@@ -35,7 +43,7 @@ pub struct ReceivedMail {
 /// Which command an [`Attempt`] answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttemptStage {
-    /// A `RCPT TO` rejected by [`SmtpServer::reject_recipients`].
+    /// A `RCPT TO` refused (by [`SmtpServer::reject_recipients`] or a scripted reply).
     Rcpt,
     /// The end of DATA (`<CRLF>.<CRLF>`), whatever the answer.
     Data,
@@ -54,20 +62,80 @@ pub struct Attempt {
     pub at: Instant,
 }
 
+/// A step of the conversation whose reply can be scripted ([`SmtpServer::script`]) or delayed
+/// ([`SmtpServer::delay_replies`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SmtpCommand {
+    /// The greeting on connect (220). A scripted 4xx/5xx greeting is sent, then the connection is closed.
+    Connect,
+    /// `EHLO`/`HELO`.
+    Ehlo,
+    /// The final answer to `AUTH` (235).
+    Auth,
+    /// `MAIL FROM`.
+    Mail,
+    /// `RCPT TO`. A refusal is recorded as an [`Attempt`]; `{rcpt}` in its text becomes the address, as real
+    /// servers echo it.
+    Rcpt,
+    /// The `DATA` command itself (354).
+    Data,
+    /// The end of the message (`<CRLF>.<CRLF>`): 250 commits it, anything else refuses it.
+    EndOfData,
+}
+
+/// A reply the server sends instead of its normal one: a code, a text (multi-line if it has newlines) and a
+/// delay before it is sent. A 2xx/3xx reply lets the command take effect; 4xx/5xx refuses it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub text: String,
+    pub delay: Duration,
+}
+
+impl Reply {
+    /// `code text`, sent at once.
+    pub fn new(code: u16, text: impl Into<String>) -> Self {
+        Self {
+            code,
+            text: text.into(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// The same reply, sent `delay` after the command (a slow or stalled server).
+    #[must_use]
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+impl<S: Into<String>> From<(u16, S)> for Reply {
+    fn from((code, text): (u16, S)) -> Self {
+        Self::new(code, text)
+    }
+}
+
 #[derive(Default)]
 struct Faults {
-    data_replies: VecDeque<(u16, String)>,
-    /// Replies for messages to one recipient only; checked before `data_replies`.
-    targeted: Vec<(String, VecDeque<(u16, String)>)>,
-    rcpt_reject: Option<(u16, String)>,
-    data_delay: Option<Duration>,
+    /// The next replies per command, consumed one per command.
+    scripted: HashMap<SmtpCommand, VecDeque<Reply>>,
+    /// End-of-DATA replies for messages to one recipient only; checked before `scripted`.
+    targeted: Vec<(String, VecDeque<Reply>)>,
+    rcpt_reject: Option<Reply>,
+    /// Added before every reply to the command.
+    delays: HashMap<SmtpCommand, Duration>,
+    hidden_extensions: Vec<String>,
 }
 
 #[derive(Default)]
 struct Shared {
+    /// A sink keeps only arrival times (no message text, no attempts), for long bench runs.
+    sink: bool,
     faults: Mutex<Faults>,
     messages: Mutex<Vec<ReceivedMail>>,
     attempts: Mutex<Vec<Attempt>>,
+    arrivals: Mutex<Vec<Instant>>,
 }
 
 /// The accept loop of one "up" period. Every task of that period holds a clone of the `mpsc`
@@ -86,14 +154,28 @@ pub struct SmtpServer {
 }
 
 impl SmtpServer {
-    /// Starts the server on a free port.
+    /// Starts the server on a free port; it records every message and attempt.
     pub fn start() -> Self {
+        Self::launch_new(Shared::default())
+    }
+
+    /// Starts a sink on a free port: it accepts every message and records only when each arrived
+    /// ([`SmtpServer::arrivals`], [`SmtpServer::count`]), so it stays small and fast over a bench run.
+    /// Scripted replies and outages work as with [`SmtpServer::start`].
+    pub fn start_sink() -> Self {
+        Self::launch_new(Shared {
+            sink: true,
+            ..Shared::default()
+        })
+    }
+
+    fn launch_new(shared: Shared) -> Self {
         let listener =
             StdTcpListener::bind(("127.0.0.1", 0)).expect("bind SMTP test server on 127.0.0.1:0");
         let addr = listener.local_addr().expect("SMTP listener address");
         let server = Self {
             addr,
-            shared: Arc::default(),
+            shared: Arc::new(shared),
             online: Mutex::new(None),
             runtime: BgRuntime::new("smtp-test-server"),
         };
@@ -116,17 +198,42 @@ impl SmtpServer {
         self.addr.port()
     }
 
+    /// The next `replies.len()` times `command` comes, these replies answer it (in order) instead of the
+    /// normal one; e.g. `script(SmtpCommand::EndOfData, [Reply::new(451, "4.3.0 busy"), Reply::new(250,
+    /// "2.0.0 OK").after(delay)])`.
+    pub fn script<R: Into<Reply>>(
+        &self,
+        command: SmtpCommand,
+        replies: impl IntoIterator<Item = R>,
+    ) {
+        lock(&self.shared.faults)
+            .scripted
+            .entry(command)
+            .or_default()
+            .extend(replies.into_iter().map(Into::into));
+    }
+
+    /// Every reply to `command` is sent `delay` late (on top of a scripted reply's own delay), until
+    /// [`SmtpServer::clear_faults`]. `Connect` with a long delay is a server that accepts and never speaks.
+    pub fn delay_replies(&self, command: SmtpCommand, delay: Duration) {
+        lock(&self.shared.faults).delays.insert(command, delay);
+    }
+
+    /// EHLO no longer offers `extension` (e.g. `"SMTPUTF8"`, `"AUTH"`), until [`SmtpServer::clear_faults`].
+    pub fn hide_extension(&self, extension: &str) {
+        lock(&self.shared.faults)
+            .hidden_extensions
+            .push(extension.to_ascii_uppercase());
+    }
+
     /// Like [`SmtpServer::fail_next_data`], for messages to `recipient` only: the next N of them get these
     /// replies, while mail to others goes through.
-    pub fn fail_next_data_to<S: Into<String>>(
+    pub fn fail_next_data_to<R: Into<Reply>>(
         &self,
         recipient: &str,
-        replies: impl IntoIterator<Item = (u16, S)>,
+        replies: impl IntoIterator<Item = R>,
     ) {
-        let replies = replies
-            .into_iter()
-            .map(|(code, text)| (code, text.into()))
-            .collect();
+        let replies = replies.into_iter().map(Into::into).collect();
         lock(&self.shared.faults)
             .targeted
             .push((recipient.to_owned(), replies));
@@ -134,26 +241,23 @@ impl SmtpServer {
 
     /// The next `replies.len()` DATA completions get these replies (e.g. `(451, "4.3.0 try again")`)
     /// instead of 250. They are recorded as attempts, not as messages.
-    pub fn fail_next_data<S: Into<String>>(&self, replies: impl IntoIterator<Item = (u16, S)>) {
-        let mut faults = lock(&self.shared.faults);
-        for (code, text) in replies {
-            faults.data_replies.push_back((code, text.into()));
-        }
+    pub fn fail_next_data<R: Into<Reply>>(&self, replies: impl IntoIterator<Item = R>) {
+        self.script(SmtpCommand::EndOfData, replies);
     }
 
     /// Every `RCPT TO` gets this reply (e.g. `550, "5.1.1 no such user"`) until [`SmtpServer::clear_faults`].
     pub fn reject_recipients(&self, code: u16, text: impl Into<String>) {
-        lock(&self.shared.faults).rcpt_reject = Some((code, text.into()));
+        lock(&self.shared.faults).rcpt_reject = Some(Reply::new(code, text));
     }
 
     /// Hold the reply to every DATA completion for `delay` (a slow send). The message is committed
     /// (recorded) only when the reply is sent, so a client that dies during the delay still gets
     /// its message delivered, as with a real server (RFC 1047).
     pub fn delay_data_reply(&self, delay: Duration) {
-        lock(&self.shared.faults).data_delay = Some(delay);
+        self.delay_replies(SmtpCommand::EndOfData, delay);
     }
 
-    /// Removes scripted DATA replies, the RCPT rejection and the DATA delay.
+    /// Removes every scripted reply, the RCPT rejection, the delays and the hidden extensions.
     pub fn clear_faults(&self) {
         *lock(&self.shared.faults) = Faults::default();
     }
@@ -196,14 +300,31 @@ impl SmtpServer {
         lock(&self.online).is_some()
     }
 
-    /// Delivered messages, in order.
+    /// Delivered messages, in order (none for a sink).
     pub fn messages(&self) -> Vec<ReceivedMail> {
         lock(&self.shared.messages).clone()
     }
 
-    /// Every DATA completion and rejected RCPT, in order.
+    /// Every DATA completion and rejected RCPT, in order (none for a sink).
     pub fn attempts(&self) -> Vec<Attempt> {
         lock(&self.shared.attempts).clone()
+    }
+
+    /// When each delivered message was committed, in order.
+    pub fn arrivals(&self) -> Vec<Instant> {
+        lock(&self.shared.arrivals).clone()
+    }
+
+    /// How many messages were delivered.
+    pub fn count(&self) -> usize {
+        lock(&self.shared.arrivals).len()
+    }
+
+    /// Forgets every message, attempt and arrival (between bench rows).
+    pub fn clear(&self) {
+        lock(&self.shared.messages).clear();
+        lock(&self.shared.attempts).clear();
+        lock(&self.shared.arrivals).clear();
     }
 
     /// Waits until at least `n` messages were delivered; panics with what it has on timeout.
@@ -283,12 +404,23 @@ impl SmtpServer {
     }
 }
 
+impl std::fmt::Debug for SmtpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpServer")
+            .field("addr", &self.addr)
+            .field("sink", &self.shared.sink)
+            .field("up", &self.is_up())
+            .finish_non_exhaustive()
+    }
+}
+
 async fn accept_loop(listener: StdTcpListener, shared: Arc<Shared>, guard: mpsc::Sender<()>) {
     let listener = TcpListener::from_std(listener).expect("register SMTP listener with tokio");
     let mut sessions = JoinSet::new();
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
                 let shared = Arc::clone(&shared);
                 let guard = guard.clone();
                 sessions.spawn(async move {
@@ -317,6 +449,37 @@ async fn reply(stream: &mut TcpStream, code: u16, text: &str) -> std::io::Result
     stream.flush().await
 }
 
+/// The reply `command` gets now: the next scripted one, else `normal`, after the command's delays.
+async fn decide(shared: &Shared, command: SmtpCommand, normal: Reply) -> Reply {
+    let (reply, delay) = {
+        let mut faults = lock(&shared.faults);
+        let scripted = faults
+            .scripted
+            .get_mut(&command)
+            .and_then(VecDeque::pop_front);
+        let delay = faults.delays.get(&command).copied().unwrap_or_default();
+        (scripted.unwrap_or(normal), delay)
+    };
+    let wait = delay + reply.delay;
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    reply
+}
+
+/// [`decide`], then send it; returns the code.
+async fn answer(
+    stream: &mut TcpStream,
+    shared: &Shared,
+    command: SmtpCommand,
+    code: u16,
+    text: &str,
+) -> std::io::Result<u16> {
+    let chosen = decide(shared, command, Reply::new(code, text)).await;
+    reply(stream, chosen.code, &chosen.text).await?;
+    Ok(chosen.code)
+}
+
 /// Reads one line without its line ending; `None` at EOF.
 async fn read_line(reader: &mut BufReader<TcpStream>) -> std::io::Result<Option<String>> {
     let mut line = Vec::new();
@@ -341,71 +504,146 @@ fn parse_path(arg: &str, keyword: &str) -> Option<String> {
     Some(rest[..end].to_owned())
 }
 
+fn ehlo_text(shared: &Shared, arg: &str) -> String {
+    let hidden = lock(&shared.faults).hidden_extensions.clone();
+    let mut text = format!("127.0.0.1 Hello {arg}");
+    for extension in EXTENSIONS {
+        if !hidden.iter().any(|h| extension.starts_with(h.as_str())) {
+            text.push('\n');
+            text.push_str(extension);
+        }
+    }
+    text
+}
+
 async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let mut conn = BufReader::new(stream);
-    reply(conn.get_mut(), 220, "127.0.0.1 ESMTP jetfn test server").await?;
+    let greeting = answer(
+        conn.get_mut(),
+        shared,
+        SmtpCommand::Connect,
+        220,
+        "127.0.0.1 ESMTP jetfn test server",
+    )
+    .await?;
+    if greeting >= 400 {
+        return conn.get_mut().shutdown().await;
+    }
     let mut greeted = false;
     let mut mail_from: Option<String> = None;
     let mut rcpt_to: Vec<String> = Vec::new();
     while let Some(line) = read_line(&mut conn).await? {
         let (verb, arg) = match line.split_once(' ') {
-            Some((verb, arg)) => (verb.to_ascii_uppercase(), arg.trim()),
-            None => (line.trim().to_ascii_uppercase(), ""),
+            Some((verb, arg)) => (verb.to_ascii_uppercase(), arg.trim().to_owned()),
+            None => (line.trim().to_ascii_uppercase(), String::new()),
         };
-        let out = conn.get_mut();
+        let arg = arg.as_str();
         match verb.as_str() {
             "EHLO" | "HELO" if arg.is_empty() => {
-                reply(out, 501, "5.5.4 Syntax: EHLO hostname").await?
+                reply(conn.get_mut(), 501, "5.5.4 Syntax: EHLO hostname").await?
             }
-            "EHLO" => {
-                greeted = true;
-                mail_from = None;
-                rcpt_to.clear();
-                let text =
-                    format!("127.0.0.1 Hello {arg}\n8BITMIME\nSMTPUTF8\nENHANCEDSTATUSCODES");
-                reply(out, 250, &text).await?;
+            "EHLO" | "HELO" => {
+                let text = if verb == "EHLO" {
+                    ehlo_text(shared, arg)
+                } else {
+                    "127.0.0.1".to_owned()
+                };
+                let code = answer(conn.get_mut(), shared, SmtpCommand::Ehlo, 250, &text).await?;
+                if code < 400 {
+                    greeted = true;
+                    mail_from = None;
+                    rcpt_to.clear();
+                }
             }
-            "HELO" => {
-                greeted = true;
-                mail_from = None;
-                rcpt_to.clear();
-                reply(out, 250, "127.0.0.1").await?;
+            "AUTH" if !greeted => reply(conn.get_mut(), 503, "5.5.1 Send EHLO first").await?,
+            "AUTH" => {
+                let mut words = arg.split_whitespace();
+                let mechanism = words.next().unwrap_or_default().to_ascii_uppercase();
+                let initial = words.next();
+                let prompts: &[&str] = match (mechanism.as_str(), initial.is_some()) {
+                    ("PLAIN", true) => &[],
+                    ("PLAIN", false) => &[""],
+                    // base64 "Username:" and "Password:".
+                    ("LOGIN", false) => &["VXNlcm5hbWU6", "UGFzc3dvcmQ6"],
+                    ("LOGIN", true) => &["UGFzc3dvcmQ6"],
+                    _ => {
+                        reply(
+                            conn.get_mut(),
+                            504,
+                            "5.5.4 Unrecognized authentication type",
+                        )
+                        .await?;
+                        continue;
+                    }
+                };
+                let mut cancelled = false;
+                for prompt in prompts {
+                    reply(conn.get_mut(), 334, prompt).await?;
+                    let Some(response) = read_line(&mut conn).await? else {
+                        return Ok(());
+                    };
+                    cancelled |= response.trim() == "*";
+                }
+                if cancelled {
+                    reply(conn.get_mut(), 501, "5.7.0 Authentication cancelled").await?;
+                } else {
+                    let text = "2.7.0 Authentication successful";
+                    answer(conn.get_mut(), shared, SmtpCommand::Auth, 235, text).await?;
+                }
             }
-            "MAIL" if !greeted => reply(out, 503, "5.5.1 Send EHLO/HELO first").await?,
-            "MAIL" if mail_from.is_some() => reply(out, 503, "5.5.1 Nested MAIL command").await?,
+            "MAIL" if !greeted => reply(conn.get_mut(), 503, "5.5.1 Send EHLO/HELO first").await?,
+            "MAIL" if mail_from.is_some() => {
+                reply(conn.get_mut(), 503, "5.5.1 Nested MAIL command").await?
+            }
             "MAIL" => match parse_path(arg, "FROM:") {
                 Some(path) => {
-                    mail_from = Some(path);
-                    reply(out, 250, "2.1.0 OK").await?;
+                    let code =
+                        answer(conn.get_mut(), shared, SmtpCommand::Mail, 250, "2.1.0 OK").await?;
+                    if code < 400 {
+                        mail_from = Some(path);
+                    }
                 }
-                None => reply(out, 501, "5.5.4 Syntax: MAIL FROM:<address>").await?,
+                None => reply(conn.get_mut(), 501, "5.5.4 Syntax: MAIL FROM:<address>").await?,
             },
-            "RCPT" if mail_from.is_none() => reply(out, 503, "5.5.1 Need MAIL first").await?,
+            "RCPT" if mail_from.is_none() => {
+                reply(conn.get_mut(), 503, "5.5.1 Need MAIL first").await?
+            }
             "RCPT" => match parse_path(arg, "TO:") {
                 Some(path) if !path.is_empty() => {
                     let reject = lock(&shared.faults).rcpt_reject.clone();
-                    if let Some((code, text)) = reject {
-                        lock(&shared.attempts).push(Attempt {
-                            stage: AttemptStage::Rcpt,
-                            code,
-                            text: text.clone(),
-                            mail_from: mail_from.clone().unwrap_or_default(),
-                            rcpt_to: vec![path],
-                            at: Instant::now(),
-                        });
-                        reply(out, code, &text).await?;
+                    let normal = reject.unwrap_or_else(|| Reply::new(250, "2.1.5 OK"));
+                    let chosen = decide(shared, SmtpCommand::Rcpt, normal).await;
+                    let text = chosen.text.replace("{rcpt}", &path);
+                    if chosen.code >= 400 {
+                        if !shared.sink {
+                            lock(&shared.attempts).push(Attempt {
+                                stage: AttemptStage::Rcpt,
+                                code: chosen.code,
+                                text: text.clone(),
+                                mail_from: mail_from.clone().unwrap_or_default(),
+                                rcpt_to: vec![path],
+                                at: Instant::now(),
+                            });
+                        }
                     } else {
                         rcpt_to.push(path);
-                        reply(out, 250, "2.1.5 OK").await?;
                     }
+                    reply(conn.get_mut(), chosen.code, &text).await?;
                 }
-                _ => reply(out, 501, "5.5.4 Syntax: RCPT TO:<address>").await?,
+                _ => reply(conn.get_mut(), 501, "5.5.4 Syntax: RCPT TO:<address>").await?,
             },
-            "DATA" if mail_from.is_none() => reply(out, 503, "5.5.1 Need MAIL first").await?,
-            "DATA" if rcpt_to.is_empty() => reply(out, 554, "5.5.1 No valid recipients").await?,
-            "DATA" if !arg.is_empty() => reply(out, 501, "5.5.4 Syntax: DATA").await?,
+            "DATA" if mail_from.is_none() => {
+                reply(conn.get_mut(), 503, "5.5.1 Need MAIL first").await?
+            }
+            "DATA" if rcpt_to.is_empty() => {
+                reply(conn.get_mut(), 554, "5.5.1 No valid recipients").await?
+            }
+            "DATA" if !arg.is_empty() => reply(conn.get_mut(), 501, "5.5.4 Syntax: DATA").await?,
             "DATA" => {
-                reply(out, 354, "End data with <CR><LF>.<CR><LF>").await?;
+                let text = "End data with <CR><LF>.<CR><LF>";
+                if answer(conn.get_mut(), shared, SmtpCommand::Data, 354, text).await? != 354 {
+                    continue;
+                }
                 let mut data = String::new();
                 loop {
                     let Some(line) = read_line(&mut conn).await? else {
@@ -414,71 +652,82 @@ async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                     if line == "." {
                         break;
                     }
-                    data.push_str(line.strip_prefix('.').unwrap_or(&line));
-                    data.push_str("\r\n");
+                    if !shared.sink {
+                        data.push_str(line.strip_prefix('.').unwrap_or(&line));
+                        data.push_str("\r\n");
+                    }
                 }
                 let from = mail_from.take().unwrap_or_default();
                 let rcpts = std::mem::take(&mut rcpt_to);
-                let delay = lock(&shared.faults).data_delay;
-                if let Some(delay) = delay {
-                    tokio::time::sleep(delay).await;
-                }
-                let scripted = {
+                let targeted = {
                     let mut faults = lock(&shared.faults);
-                    let targeted = faults
+                    faults
                         .targeted
                         .iter_mut()
                         .find(|(to, replies)| {
                             !replies.is_empty()
                                 && rcpts.iter().any(|rcpt| rcpt.eq_ignore_ascii_case(to))
                         })
-                        .and_then(|(_, replies)| replies.pop_front());
-                    targeted.or_else(|| faults.data_replies.pop_front())
+                        .and_then(|(_, replies)| replies.pop_front())
                 };
-                let (code, text) = scripted.unwrap_or((250, "2.0.0 OK: queued".to_owned()));
+                let normal = Reply::new(250, "2.0.0 OK: queued");
+                let Reply { code, text, .. } = match targeted {
+                    Some(targeted) => {
+                        let delay = lock(&shared.faults)
+                            .delays
+                            .get(&SmtpCommand::EndOfData)
+                            .copied()
+                            .unwrap_or_default();
+                        tokio::time::sleep(delay + targeted.delay).await;
+                        targeted
+                    }
+                    None => decide(shared, SmtpCommand::EndOfData, normal).await,
+                };
                 let at = Instant::now();
                 if code == 250 {
-                    lock(&shared.messages).push(ReceivedMail {
-                        mail_from: from.clone(),
-                        rcpt_to: rcpts.clone(),
-                        data,
-                        received_at: at,
+                    lock(&shared.arrivals).push(at);
+                }
+                if !shared.sink {
+                    if code == 250 {
+                        lock(&shared.messages).push(ReceivedMail {
+                            mail_from: from.clone(),
+                            rcpt_to: rcpts.clone(),
+                            data,
+                            received_at: at,
+                        });
+                    }
+                    lock(&shared.attempts).push(Attempt {
+                        stage: AttemptStage::Data,
+                        code,
+                        text: text.clone(),
+                        mail_from: from,
+                        rcpt_to: rcpts,
+                        at,
                     });
                 }
-                lock(&shared.attempts).push(Attempt {
-                    stage: AttemptStage::Data,
-                    code,
-                    text: text.clone(),
-                    mail_from: from,
-                    rcpt_to: rcpts,
-                    at,
-                });
                 reply(conn.get_mut(), code, &text).await?;
             }
             "RSET" => {
                 mail_from = None;
                 rcpt_to.clear();
-                reply(out, 250, "2.0.0 OK").await?;
+                reply(conn.get_mut(), 250, "2.0.0 OK").await?;
             }
-            "NOOP" => reply(out, 250, "2.0.0 OK").await?,
-            "VRFY" => reply(out, 252, "2.5.2 Cannot VRFY user").await?,
+            "NOOP" => reply(conn.get_mut(), 250, "2.0.0 OK").await?,
+            "VRFY" => reply(conn.get_mut(), 252, "2.5.2 Cannot VRFY user").await?,
             "HELP" => {
-                reply(
-                    out,
-                    214,
-                    "2.0.0 EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY",
-                )
-                .await?
+                let text = "2.0.0 EHLO HELO AUTH MAIL RCPT DATA RSET NOOP QUIT VRFY";
+                reply(conn.get_mut(), 214, text).await?
             }
             "QUIT" => {
+                let out = conn.get_mut();
                 reply(out, 221, "2.0.0 Bye").await?;
                 out.shutdown().await?;
                 return Ok(());
             }
-            "STARTTLS" | "AUTH" | "EXPN" | "TURN" | "ETRN" | "BDAT" => {
-                reply(out, 502, "5.5.1 Command not implemented").await?
+            "STARTTLS" | "EXPN" | "TURN" | "ETRN" | "BDAT" => {
+                reply(conn.get_mut(), 502, "5.5.1 Command not implemented").await?
             }
-            _ => reply(out, 500, "5.5.2 Command unrecognized").await?,
+            _ => reply(conn.get_mut(), 500, "5.5.2 Command unrecognized").await?,
         }
     }
     Ok(())
