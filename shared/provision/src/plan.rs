@@ -240,14 +240,17 @@ impl Definitions {
     pub async fn apply(&self, js: &jetstream::Context) -> anyhow::Result<Plan> {
         let plan = self.plan(js).await?;
         self.apply_plan(js, &plan, |change| {
-            tracing::info!(kind = %change.kind, name = %change.name, action = ?change.action, "applied");
+            if change.action != Action::Unchanged {
+                tracing::info!(kind = %change.kind, name = %change.name, "applied");
+            }
         })
         .await?;
         Ok(plan)
     }
 
-    /// Applies a plan made by [`plan`](Self::plan) from these definitions, calling `applied` after each object the
-    /// server took. Unchanged objects are left alone: rewriting an `@every` schedule would restart its interval.
+    /// Applies a plan made by [`plan`](Self::plan) from these definitions, calling `applied` for each object in
+    /// plan order once it is handled. Unchanged objects are left alone: rewriting an `@every` schedule would
+    /// restart its interval.
     ///
     /// # Errors
     /// A change the server cannot make, named (checked before anything is applied), or the first object the server
@@ -269,7 +272,11 @@ impl Definitions {
         }
         for change in &plan.changes {
             let update = match change.action {
-                Action::Unchanged | Action::Impossible(_) => continue,
+                Action::Unchanged => {
+                    applied(change);
+                    continue;
+                }
+                Action::Impossible(_) => continue,
                 Action::Create => false,
                 Action::Update(_) => true,
             };
@@ -419,9 +426,11 @@ fn is_zero(value: &Value) -> bool {
     }
 }
 
-/// Drops zero values, server defaults and the server's own `_nats.*` metadata.
+/// Drops zero values, server defaults, the server's own `_nats.*` metadata and a consumer `name` that repeats its
+/// `durable_name` (the server fills it in).
 fn normalise(kind: Kind, value: &Value) -> Map<String, Value> {
     let mut out = Map::new();
+    let durable = value.get("durable_name").filter(|_| kind == Kind::Consumer);
     for (key, value) in value.as_object().into_iter().flatten() {
         let mut value = value.clone();
         if key == "metadata"
@@ -429,7 +438,10 @@ fn normalise(kind: Kind, value: &Value) -> Map<String, Value> {
         {
             map.retain(|k, _| !k.starts_with("_nats."));
         }
-        if is_zero(&value) || server_default(kind, key).as_ref() == Some(&value) {
+        if is_zero(&value)
+            || server_default(kind, key).as_ref() == Some(&value)
+            || (key == "name" && durable == Some(&value))
+        {
             continue;
         }
         out.insert(key.clone(), value);
@@ -630,7 +642,7 @@ mod tests {
     #[test]
     fn defaults_the_server_fills_in_are_not_changes() {
         let file = json!({"durable_name": "w", "ack_policy": "explicit", "deliver_policy": "all", "max_deliver": 6});
-        let server = json!({"durable_name": "w", "ack_policy": "explicit", "deliver_policy": "all", "max_deliver": 6,
+        let server = json!({"durable_name": "w", "name": "w", "ack_policy": "explicit", "deliver_policy": "all", "max_deliver": 6,
             "max_waiting": 512, "max_ack_pending": 1000, "ack_wait": 30_000_000_000_u64, "num_replicas": 0,
             "metadata": {"_nats.ver": "2.15.1", "_nats.level": "1"}});
         assert_eq!(compare(Kind::Consumer, &file, &server), Action::Unchanged);
