@@ -565,10 +565,13 @@ fn nanos(ns: u64) -> String {
     if ns == 0 {
         return "0s".to_owned();
     }
-    UNITS.iter().find(|(unit, _)| ns % unit == 0).map_or_else(
-        || format!("{ns}ns"),
-        |(unit, name)| format!("{}{name}", ns / unit),
-    )
+    UNITS
+        .iter()
+        .find(|(unit, _)| ns.is_multiple_of(*unit))
+        .map_or_else(
+            || format!("{ns}ns"),
+            |(unit, name)| format!("{}{name}", ns / unit),
+        )
 }
 
 fn compare_schedule(spec: &schedule::Spec, current: &jetstream::message::StreamMessage) -> Action {
