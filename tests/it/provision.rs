@@ -56,10 +56,17 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// Runs `jetfn infra <command> --dir <dir>` and returns its exit code and output.
 async fn infra(nats: &NatsServer, command: &str, dir: &Path) -> (Option<i32>, String) {
+    infra_with(nats, &[command], dir).await
+}
+
+async fn infra_with(nats: &NatsServer, args: &[&str], dir: &Path) -> (Option<i32>, String) {
     let dir = dir.to_string_lossy().into_owned();
+    let mut all = vec!["infra"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--dir", &dir]);
     let process = FunctionProcess::spawn_with_args(
         "jetfn",
-        &["infra", command, "--dir", &dir],
+        &all,
         &[("NATS_URL", nats.url()), ("RUST_LOG", "warn".to_owned())],
     );
     let status = process.wait_exit(WAIT).await;
@@ -127,6 +134,20 @@ async fn plan_lists_creates_apply_makes_them_and_an_edit_plans_and_applies_as_ol
             .lines()
             .any(|l| l.starts_with("0 to create, 0 to update,") && l.ends_with(" 0 impossible")),
         "an applied folder plans as unchanged:\n{again}"
+    );
+
+    // The replica count per environment, without editing a file: every stream, bucket and consumer.
+    let (code, replicated) = infra_with(&nats, &["plan", "--replicas", "3"], copy.path()).await;
+    assert_eq!(code, Some(0), "{replicated}");
+    for object in ["EVENTS", "jetfn-ledger", "EVENTS/welcome"] {
+        assert!(
+            line(&replicated, object).ends_with("update"),
+            "{replicated}"
+        );
+    }
+    assert!(
+        replicated.contains("    num_replicas: 1 -> 3"),
+        "{replicated}"
     );
 
     copy.edit(

@@ -512,11 +512,17 @@ fn refusal(
         (Kind::Stream, "persist_mode") => Some("the persist mode cannot change"),
         (Kind::Stream, "mirror") => new.is_some().then_some("a mirror cannot change"),
         (Kind::Bucket, "per_key_ttl") => turned_off.then_some("per-key TTLs cannot be turned off"),
-        (
-            Kind::Consumer,
-            "deliver_policy" | "opt_start_seq" | "opt_start_time" | "ack_policy" | "replay_policy"
-            | "max_waiting" | "mem_storage" | "deliver_subject" | "idle_heartbeat" | "flow_control",
-        ) => Some("the server does not update this consumer field"),
+        (Kind::Consumer, "deliver_policy") => Some("a consumer's deliver policy cannot change"),
+        (Kind::Consumer, "opt_start_seq" | "opt_start_time") => {
+            Some("a consumer's start position cannot change")
+        }
+        (Kind::Consumer, "ack_policy") => Some("a consumer's ack policy cannot change"),
+        (Kind::Consumer, "replay_policy") => Some("a consumer's replay policy cannot change"),
+        (Kind::Consumer, "max_waiting") => Some("a consumer's max_waiting cannot change"),
+        (Kind::Consumer, "mem_storage") => Some("a consumer's storage type cannot change"),
+        (Kind::Consumer, "deliver_subject" | "idle_heartbeat" | "flow_control") => {
+            Some("a consumer cannot change between pull and push, or its push settings")
+        }
         _ => None,
     }
 }
