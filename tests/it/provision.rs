@@ -70,6 +70,16 @@ async fn infra_with(nats: &NatsServer, args: &[&str], dir: &Path) -> (Option<i32
         &[("NATS_URL", nats.url()), ("RUST_LOG", "warn".to_owned())],
     );
     let status = process.wait_exit(WAIT).await;
+    // The output pumps may still be draining the pipes when the exit is seen: wait for the last line.
+    let last = if status.success() {
+        " impossible"
+    } else {
+        "error:"
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while !process.output().contains(last) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     (status.code(), process.output())
 }
 
