@@ -71,10 +71,10 @@ async fn infra_with(nats: &NatsServer, args: &[&str], dir: &Path) -> (Option<i32
     );
     let status = process.wait_exit(WAIT).await;
     // The output pumps may still be draining the pipes when the exit is seen: wait for the last line.
-    let last = if status.success() {
-        " impossible"
-    } else {
-        "error:"
+    let last = match (status.success(), args.first()) {
+        (false, _) => "error:",
+        (true, Some(&"plan")) => " impossible",
+        (true, _) => "applied ",
     };
     let deadline = std::time::Instant::now() + WAIT;
     while !process.output().contains(last) && std::time::Instant::now() < deadline {

@@ -202,7 +202,11 @@ async fn infra(config: &runtime::config::NatsConfig, command: InfraCommand) -> a
                 .apply_plan(&js, &plan, |change| println!("{change}"))
                 .await?;
             client.flush().await.ok();
-            println!("applied from {}: {}", args.dir.display(), plan.summary());
+            let [created, updated, unchanged, _] = plan.counts();
+            println!(
+                "applied {}: {created} created, {updated} updated, {unchanged} unchanged",
+                args.dir.display()
+            );
         }
     }
     Ok(())

@@ -103,20 +103,25 @@ impl Plan {
             .all(|change| change.action == Action::Unchanged)
     }
 
+    /// How many objects are to be created, updated, left unchanged, and refused, in that order.
+    pub fn counts(&self) -> [usize; 4] {
+        let mut counts = [0; 4];
+        for change in &self.changes {
+            counts[match change.action {
+                Action::Create => 0,
+                Action::Update(_) => 1,
+                Action::Unchanged => 2,
+                Action::Impossible(_) => 3,
+            }] += 1;
+        }
+        counts
+    }
+
     /// `2 to create, 1 to update, 20 unchanged, 1 impossible`.
     pub fn summary(&self) -> String {
-        let count = |wanted: fn(&Action) -> bool| {
-            self.changes
-                .iter()
-                .filter(|change| wanted(&change.action))
-                .count()
-        };
+        let [create, update, unchanged, impossible] = self.counts();
         format!(
-            "{} to create, {} to update, {} unchanged, {} impossible",
-            count(|a| matches!(a, Action::Create)),
-            count(|a| matches!(a, Action::Update(_))),
-            count(|a| matches!(a, Action::Unchanged)),
-            count(|a| matches!(a, Action::Impossible(_))),
+            "{create} to create, {update} to update, {unchanged} unchanged, {impossible} impossible"
         )
     }
 }
