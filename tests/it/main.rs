@@ -7,6 +7,7 @@ mod harness_selftest;
 mod indexing;
 mod local_system;
 mod permissions;
+mod provision;
 mod schedules;
 mod support;
 mod tracing_otlp;

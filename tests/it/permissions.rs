@@ -1,13 +1,14 @@
-//! The least-privilege users of `infra/deploy/nats-permissions.conf`, loaded into a real nats-server: the welcome
-//! function does all of its work (bind, pull, ledger, confirmed acks, failure journal, dead letter + TERM) as its
-//! own user and nothing else, and a publisher can only publish its own events.
+//! The least-privilege users of `infra/deploy/nats-permissions.conf`, loaded into a real nats-server: welcome,
+//! order-confirmation, contact, indexing, cleanup and the router each do all of their work (bind, pull, ledger,
+//! confirmed acks, failure journal, dead letter + TERM, and their own extras: the rate-limit bucket, the search
+//! service, retention) as their own user and nothing else, and a publisher can only publish its own events.
 
 use std::time::Duration;
 
 use async_nats::ConnectOptions;
 use testkit::{NatsServer, workspace_root};
 
-use crate::support::{System, WAIT, user};
+use crate::support::{STAFF, System, TempDir, WAIT, message, user};
 
 const PASSWORDS: [(&str, &str); 4] = [
     ("$WELCOME_PASSWORD", "welcome-secret"),
@@ -28,7 +29,28 @@ fn secured_server() -> NatsServer {
         );
         config = config.replace(variable, &format!("\"{password}\""));
     }
+    // Every other function's user: `password: $ORDER_CONFIRMATION_PASSWORD` -> "order-confirmation-secret".
+    const MARK: &str = "password: $";
+    while let Some(found) = config.find(MARK) {
+        let start = found + MARK.len() - 1;
+        let end = config[start + 1..]
+            .find(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+            .map_or(config.len(), |offset| start + 1 + offset);
+        let variable = config[start..end].to_owned();
+        let function = variable
+            .strip_prefix('$')
+            .and_then(|v| v.strip_suffix("_PASSWORD"))
+            .unwrap_or_else(|| panic!("an unexpected variable {variable} in the permissions file"))
+            .to_ascii_lowercase()
+            .replace('_', "-");
+        config.replace_range(start..end, &format!("\"{}\"", secret(&function)));
+    }
     NatsServer::start_with(&config)
+}
+
+/// The test password of a function's user.
+fn secret(function: &str) -> String {
+    format!("{function}-secret")
 }
 
 async fn secured_system() -> System {
@@ -38,6 +60,28 @@ async fn secured_system() -> System {
         |_| {},
     )
     .await
+}
+
+/// A function's own identity, as its Deployment sets it: its user and its inbox prefix.
+fn as_function(function: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("NATS_USER", function.to_owned()),
+        ("NATS_PASSWORD", secret(function)),
+        ("NATS_INBOX_PREFIX", format!("_INBOX_{function}")),
+    ]
+}
+
+/// Neither the function nor the server saw a permissions violation.
+fn assert_no_violation(system: &System, output: &str, who: &str) {
+    assert!(
+        !output.contains("Permissions Violation") && !output.contains("permissions violation"),
+        "{who} needed a right it does not have:\n{output}"
+    );
+    assert!(
+        !system.nats.log().contains(" Violation"),
+        "the server refused {who} something: {}",
+        system.nats.log()
+    );
 }
 
 fn as_welcome() -> Vec<(&'static str, String)> {
@@ -214,4 +258,89 @@ async fn the_router_dead_letters_an_unanswered_event_with_its_own_rights_only() 
         "the router needed a right it does not have: {}",
         system.nats.log()
     );
+}
+
+#[tokio::test]
+async fn order_confirmation_sends_to_the_customer_and_the_staff_with_its_own_rights_only() {
+    let system = secured_system().await;
+    let function = system
+        .spawn("order-confirmation", &as_function("order-confirmation"))
+        .await;
+    let mut order = events::OrderPlaced::example();
+    order.order_id = "o-perm".to_owned();
+    order.customer.email = "buyer@example.com".to_owned();
+    system.publisher.publish(order).await.unwrap();
+    let messages = system.smtp.wait_for_messages(2, WAIT).await;
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.rcpt_to.iter().any(|r| r == STAFF)),
+        "the staff notification went out"
+    );
+    system.wait_settled("order-confirmation").await;
+    assert_no_violation(&system, &function.output(), "order-confirmation");
+}
+
+/// Indexing binds its three consumers and serves search and purge; cleanup asks it to purge, purges the DLQ and the
+/// failure journal, and publishes cleanup.completed: each as its own user.
+#[tokio::test]
+async fn indexing_and_cleanup_index_search_and_purge_with_their_own_rights_only() {
+    let system = secured_system().await;
+    let dir = TempDir::new("index-permissions");
+    let indexing = system.indexing(&dir, &as_function("indexing")).await;
+    let old = time::OffsetDateTime::now_utc() - time::Duration::days(10);
+    system
+        .publish_indexed(message("m-old", "c-1", "permissions tango", old))
+        .await;
+    assert_eq!(system.found("tango").await, ["m-old"], "the search answers");
+
+    system
+        .publish_raw("dlq.EVENTS.test.1", b"old dead letter")
+        .await;
+    let journal = system.js.get_key_value("jetfn-failures").await.unwrap();
+    journal.put("EVENTS.welcome.0", "{}".into()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cleanup = system.spawn("cleanup", &as_function("cleanup")).await;
+    system
+        .publisher
+        .publish(events::CleanupRequested {
+            index_retention_secs: Some(24 * 3600),
+            dlq_retention_secs: Some(1),
+        })
+        .await
+        .unwrap();
+    system.wait_on("events.cleanup.completed", 1, WAIT).await;
+    system.wait_settled("cleanup").await;
+    assert!(
+        system.found("tango").await.is_empty(),
+        "the index was purged"
+    );
+    assert!(
+        journal.get("EVENTS.welcome.0").await.unwrap().is_none(),
+        "the orphan journal record was purged"
+    );
+    assert_no_violation(&system, &indexing.output(), "indexing");
+    assert_no_violation(&system, &cleanup.output(), "cleanup");
+}
+
+/// Contact also counts submissions in the rate-limit bucket.
+#[tokio::test]
+async fn contact_notifies_support_and_counts_the_sender_with_its_own_rights_only() {
+    let system = secured_system().await;
+    let function = system.spawn("contact", &as_function("contact")).await;
+    let mut form = events::ContactSubmitted::example();
+    form.email = "visitor@example.com".to_owned();
+    form.submitted_at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    system.publisher.publish(form).await.unwrap();
+    system.smtp.wait_for_messages(2, WAIT).await;
+    system.wait_settled("contact").await;
+    let counters = system.js.get_key_value("jetfn-ratelimit").await.unwrap();
+    let mut keys = counters.keys().await.unwrap();
+    assert!(
+        futures::StreamExt::next(&mut keys).await.is_some(),
+        "the sender was counted"
+    );
+    assert_no_violation(&system, &function.output(), "contact");
 }

@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
+use provision::Definitions;
 use runtime::dlq::DeadLetter;
-use runtime::infra::Definitions;
 use testkit::{FunctionProcess, NatsServer, SmtpServer, workspace_root};
 
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -68,6 +68,8 @@ impl System {
                 consumer.max_deliver = TEST_MAX_DELIVER;
             }
         }
+        // The default schedules stay out: a test writes the schedules it needs.
+        definitions.schedules.clear();
         adjust(&mut definitions);
         definitions
             .apply(&js)

@@ -3,7 +3,8 @@
 //! It starts a nats-server (JetStream, file storage, `sync_interval: always`, data under `.jetfn/`), applies
 //! `infra/nats`, and runs every function binary next to this one. Without `SMTP_URL`, emails are written as
 //! `.eml` files under `.jetfn/mail`; the search index lives in `.jetfn/index`. The default schedules in
-//! `infra/nats/schedules` are applied with the definitions (as `jetfn infra apply` does). Ctrl-C (or SIGTERM) stops the functions first, so they drain, then the server.
+//! `infra/nats/schedules` are applied with the definitions (as `jetfn infra apply` does). The functions it runs are
+//! those the consumer files name. Ctrl-C (or SIGTERM) stops the functions first, so they drain, then the server.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,19 +14,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
-/// The functions `jetfn dev` runs, with the health port each gets on the loopback.
-const FUNCTIONS: &[(&str, u16)] = &[
-    ("welcome", 8081),
-    ("order-confirmation", 8082),
-    ("shipping-notification", 8083),
-    ("order-status", 8084),
-    ("password-reset", 8085),
-    ("email-verification", 8086),
-    ("contact", 8087),
-    ("indexing", 8088),
-    ("cleanup", 8089),
-    ("dlq-router", 8090),
-];
+/// The first health port on the loopback; each function gets the next one, in [`functions`] order.
+const FIRST_HEALTH_PORT: u16 = 8081;
 
 /// Local defaults for the functions' own settings; a variable already set in the environment wins.
 const LOCAL_DEFAULTS: &[(&str, &str)] = &[
@@ -83,17 +73,17 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         .connect(&url)
         .await
         .with_context(|| format!("connecting to nats-server at {url}"))?;
-    let definitions = runtime::infra::Definitions::load(&args.infra)?;
+    let definitions = provision::Definitions::load(&args.infra)?;
     let js = async_nats::jetstream::new(client.clone());
     definitions.apply(&js).await?;
-    crate::schedule::apply_dir(&js, &args.infra.join("schedules")).await?;
+    let functions = functions(&definitions);
 
     let bin_dir = std::env::current_exe()?
         .parent()
         .map(Path::to_path_buf)
         .context("locating the jetfn binary")?;
     let mut children = Vec::new();
-    for (name, health_port) in FUNCTIONS {
+    for (name, health_port) in &functions {
         if !args.only.is_empty() && !args.only.iter().any(|only| only == name) {
             continue;
         }
@@ -124,7 +114,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         let child = command
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        children.push((*name, child));
+        children.push((name.clone(), child));
     }
 
     println!();
@@ -134,7 +124,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         data.display(),
         log_path.display()
     );
-    for (name, port) in FUNCTIONS {
+    for (name, port) in &functions {
         if args.no_health {
             println!("  {name}");
         } else {
@@ -159,7 +149,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     if let Some((name, status)) = stopped_by {
         tracing::error!(
-            function = name,
+            function = %name,
             ?status,
             "a function exited; stopping the system"
         );
@@ -186,13 +176,30 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_any(
-    children: &mut [(&'static str, Child)],
-) -> (&'static str, Option<std::process::ExitStatus>) {
+/// The functions to run, from the one registry: the consumer files' `jetfn.function` metadata (a function serving
+/// several consumers runs once). Ordered as the event catalog lists them, then the rest (the dead-letter router),
+/// with consecutive health ports.
+fn functions(definitions: &provision::Definitions) -> Vec<(String, u16)> {
+    let mut names: Vec<String> = definitions
+        .functions()
+        .into_iter()
+        .map(|function| function.name)
+        .collect();
+    let rank = |name: &str| {
+        events::CATALOG
+            .iter()
+            .position(|kind| kind.consumers.contains(&name))
+            .unwrap_or(usize::MAX)
+    };
+    names.sort_by_key(|name| rank(name));
+    names.into_iter().zip(FIRST_HEALTH_PORT..).collect()
+}
+
+async fn wait_any(children: &mut [(String, Child)]) -> (String, Option<std::process::ExitStatus>) {
     loop {
         for (name, child) in children.iter_mut() {
             if let Ok(Some(status)) = child.try_wait() {
-                return (name, Some(status));
+                return (name.clone(), Some(status));
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -204,5 +211,35 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
         Ok(path.to_path_buf())
     } else {
         Ok(std::env::current_dir()?.join(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_function_is_found_once_from_the_consumer_files() {
+        let infra = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../infra/nats");
+        let functions = functions(&provision::Definitions::load(&infra).unwrap());
+        let names: Vec<&str> = functions.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names.first(), Some(&"welcome"));
+        assert_eq!(
+            names.last(),
+            Some(&"dlq-router"),
+            "not in the catalog: last"
+        );
+        assert_eq!(
+            names.iter().filter(|name| **name == "indexing").count(),
+            1,
+            "indexing serves three consumers from one process"
+        );
+        for kind in events::CATALOG {
+            for consumer in kind.consumers {
+                assert!(names.contains(consumer), "{consumer} is not run");
+            }
+        }
+        let ports: Vec<u16> = functions.iter().map(|(_, port)| *port).collect();
+        assert_eq!(ports, (8081..).take(ports.len()).collect::<Vec<_>>());
     }
 }

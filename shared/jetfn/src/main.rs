@@ -1,8 +1,8 @@
 //! `jetfn`: the operator's and developer's command line.
 //!
 //! `jetfn dev` runs the whole local system; `jetfn publish` validates and publishes an event; `jetfn dlq`
-//! inspects, replays and purges dead events; `jetfn infra apply` provisions streams, consumers, buckets and the
-//! default schedules; `jetfn status` shows queue depth per function; `jetfn search` queries the message index;
+//! inspects, replays and purges dead events; `jetfn infra plan|apply` shows and provisions streams, consumers,
+//! buckets and the default schedules; `jetfn status` shows queue depth per function; `jetfn search` queries the message index;
 //! `jetfn schedule` publishes events later or on a recurring schedule NATS holds.
 
 mod dev;
@@ -44,7 +44,8 @@ enum Command {
     /// Run the local system: a nats-server with JetStream, the streams and consumers from infra/, every
     /// function and the dead-letter router. Ctrl-C stops it all.
     Dev(dev::DevArgs),
-    /// Create or update the streams, KV buckets and consumers defined under infra/nats.
+    /// Show (plan) or make (apply) the changes that bring the server to the streams, KV buckets, consumers and
+    /// schedules defined under infra/nats.
     Infra {
         #[command(subcommand)]
         command: InfraCommand,
@@ -71,12 +72,23 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum InfraCommand {
-    /// Apply every definition (create or update), then the schedules in <dir>/schedules.
-    Apply {
-        /// The definitions folder.
-        #[arg(long, env = "JETFN_INFRA_DIR", default_value = "infra/nats")]
-        dir: PathBuf,
-    },
+    /// Print what apply would do, per object (create, update with each changed field, unchanged, or a change the
+    /// server cannot make), and change nothing.
+    Plan(InfraArgs),
+    /// Apply every definition (streams, KV buckets, consumers, then schedules), printing the plan as it goes;
+    /// refuses, applying nothing, when the server cannot make a change.
+    Apply(InfraArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct InfraArgs {
+    /// The definitions folder.
+    #[arg(long, env = "JETFN_INFRA_DIR", default_value = "infra/nats")]
+    dir: PathBuf,
+    /// Replica count for every stream, consumer and KV bucket (e.g. 3 on a three-node cluster), instead of the
+    /// files' own.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=5))]
+    replicas: Option<u16>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -155,30 +167,49 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             catalog();
             Ok(())
         }
-        Command::Infra {
-            command: InfraCommand::Apply { dir },
-        } => {
-            let client = connect(&nats()).await?;
-            let definitions = runtime::infra::Definitions::load(&dir)?;
-            let js = async_nats::jetstream::new(client.clone());
-            definitions.apply(&js).await?;
-            let schedules = schedule::apply_dir(&js, &dir.join("schedules")).await?;
-            client.flush().await.ok();
-            println!(
-                "applied {} streams, {} KV buckets, {} consumers from {}; {schedules} schedules written",
-                definitions.streams.len(),
-                definitions.buckets.len(),
-                definitions.consumers.len(),
-                dir.display()
-            );
-            Ok(())
-        }
+        Command::Infra { command } => infra(&nats(), command).await,
         Command::Publish(args) => publish(&nats(), args).await,
         Command::Dlq { command } => dlq::run(connect(&nats()).await?, command).await,
         Command::Status => status::run(connect(&nats()).await?).await,
         Command::Search(args) => search::run(connect(&nats()).await?, args).await,
         Command::Schedule { command } => schedule::run(connect(&nats()).await?, command).await,
     }
+}
+
+async fn infra(config: &runtime::config::NatsConfig, command: InfraCommand) -> anyhow::Result<()> {
+    let (InfraCommand::Plan(args) | InfraCommand::Apply(args)) = &command;
+    let mut definitions = provision::Definitions::load(&args.dir)?;
+    if let Some(replicas) = args.replicas {
+        definitions.set_replicas(usize::from(replicas));
+    }
+    let client = connect(config).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let plan = definitions.plan(&js).await?;
+    match command {
+        InfraCommand::Plan(_) => {
+            println!("{plan}");
+            if !plan.impossible().is_empty() {
+                println!(
+                    "apply would refuse: the server cannot make the changes marked CANNOT UPDATE"
+                );
+            }
+        }
+        InfraCommand::Apply(_) => {
+            if !plan.impossible().is_empty() {
+                println!("{plan}");
+            }
+            definitions
+                .apply_plan(&js, &plan, |change| println!("{change}"))
+                .await?;
+            client.flush().await.ok();
+            let [created, updated, unchanged, _] = plan.counts();
+            println!(
+                "applied {}: {created} created, {updated} updated, {unchanged} unchanged",
+                args.dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// One-shot commands fail fast instead of retrying forever like a function does.

@@ -13,7 +13,6 @@ mod connect;
 pub mod dlq;
 mod error;
 pub mod health;
-pub mod infra;
 mod ledger;
 mod metrics;
 mod publisher;

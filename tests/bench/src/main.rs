@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use async_nats::jetstream;
 use clap::{Parser, ValueEnum};
-use runtime::infra::Definitions;
+use provision::Definitions;
 
 use crate::consume::{Kind, Window};
 use crate::latency::Pipeline;
@@ -367,7 +367,9 @@ impl<'a> Phase<'a> {
     ) -> anyhow::Result<Self> {
         let client = async_nats::connect(server.url()).await?;
         let js = jetstream::new(client.clone());
-        let definitions = Definitions::load(&root.join("infra/nats"))?;
+        let mut definitions = Definitions::load(&root.join("infra/nats"))?;
+        // Only what the measured path needs: no default schedule firing mid-run.
+        definitions.schedules.clear();
         if apply {
             definitions.apply(&js).await?;
         }
