@@ -99,7 +99,7 @@ impl Ledger {
         let function = match &self.backend {
             Backend::Kv(inner) => inner.function.as_str(),
             #[cfg(feature = "testing")]
-            Backend::Memory(memory) => memory.function(),
+            Backend::Memory(_) => crate::testing::FUNCTION,
         };
         key(function, event_id, effect)
     }

@@ -94,7 +94,7 @@ impl Outcome {
     }
 
     /// The dead-letter kind of a terminal outcome; `None` for an ack or a retry.
-    pub(crate) fn death(&self) -> Option<DeathKind> {
+    pub fn death(&self) -> Option<DeathKind> {
         match self {
             Self::Success | Self::Retry { .. } | Self::Unavailable { .. } => None,
             Self::Permanent { .. } => Some(DeathKind::Permanent),
@@ -145,73 +145,78 @@ impl Settler {
         started: std::time::Instant,
     ) {
         let seconds = started.elapsed().as_secs_f64();
-        let span = tracing::Span::current();
-        let policy = &self.policy;
-        let outcome = outcome.at_attempt(attempt, policy.is_last(attempt));
-        match outcome {
-            Outcome::Success => {
-                #[cfg(feature = "fault-injection")]
-                if !self.delay_before_ack.is_zero() {
-                    tokio::time::sleep(self.delay_before_ack).await;
-                }
-                if telemetry::exporting() {
-                    span.record("jetfn.outcome", "ack");
-                }
-                match self.ack {
-                    AckMode::Confirmed => self.double_ack(message).await,
-                    AckMode::Plain => {
-                        if let Err(err) = message.ack().await {
-                            tracing::warn!(error = %err, "ack not sent; the event will be redelivered and the ledger will absorb it");
-                        }
-                    }
-                }
-                self.metrics.processed(seconds);
-                if attempt > 1
-                    && let Some(failures) = &self.failures
-                {
-                    failures
-                        .clear(&policy.stream, &policy.consumer, sequence)
-                        .await;
-                }
-                tracing::debug!(attempt, "processed");
-            }
+        let outcome = outcome.at_attempt(attempt, self.policy.is_last(attempt));
+        let (kind, reason) = match outcome {
+            Outcome::Success => return self.ack(message, attempt, sequence, seconds).await,
             Outcome::Retry { after, reason } => {
-                self.retry(message, attempt, sequence, after, &reason, seconds)
+                return self
+                    .retry(message, attempt, sequence, after, &reason, seconds)
                     .await;
             }
             Outcome::Unavailable { reason } => {
-                self.retry(message, attempt, sequence, None, &reason, seconds)
+                return self
+                    .retry(message, attempt, sequence, None, &reason, seconds)
                     .await;
             }
-            dead => {
-                let kind = dead.death().unwrap_or(DeathKind::Permanent);
-                let reason = match dead {
-                    Outcome::Permanent { reason }
-                    | Outcome::Invalid { reason }
-                    | Outcome::LastAttemptFailed { reason }
-                    | Outcome::NeverAnswered { reason } => reason,
-                    Outcome::Success | Outcome::Retry { .. } | Outcome::Unavailable { .. } => {
-                        String::new()
-                    }
-                };
-                span.record("error.type", kind.as_str());
-                span.record("otel.status_code", "ERROR");
-                match &self.dead_letters {
-                    DeadLetters::Record { prefix } => {
-                        span.record("jetfn.outcome", "dead-letter");
-                        self.metrics.dead_lettered(seconds, kind.as_str());
-                        Box::pin(
-                            self.dead_letter(message, attempt, sequence, kind, reason, prefix),
-                        )
-                        .await;
-                    }
-                    DeadLetters::TermOnly => {
-                        span.record("jetfn.outcome", "term");
-                        self.metrics.dropped(kind.as_str());
-                        tracing::error!(kind = kind.as_str(), attempt, reason = %reason, "terminated");
-                        self.term(message, kind.as_str()).await;
-                    }
+            Outcome::Permanent { reason } => (DeathKind::Permanent, reason),
+            Outcome::Invalid { reason } => (DeathKind::Invalid, reason),
+            Outcome::LastAttemptFailed { reason } => (DeathKind::Exhausted, reason),
+            Outcome::NeverAnswered { reason } => (DeathKind::NoAnswer, reason),
+        };
+        self.dead(message, attempt, sequence, kind, reason, seconds)
+            .await;
+    }
+
+    async fn ack(&self, message: &jetstream::Message, attempt: u32, sequence: u64, seconds: f64) {
+        #[cfg(feature = "fault-injection")]
+        if !self.delay_before_ack.is_zero() {
+            tokio::time::sleep(self.delay_before_ack).await;
+        }
+        if telemetry::exporting() {
+            tracing::Span::current().record("jetfn.outcome", "ack");
+        }
+        match self.ack {
+            AckMode::Confirmed => self.double_ack(message).await,
+            AckMode::Plain => {
+                if let Err(err) = message.ack().await {
+                    tracing::warn!(error = %err, "ack not sent; the event will be redelivered and the ledger will absorb it");
                 }
+            }
+        }
+        self.metrics.processed(seconds);
+        if attempt > 1
+            && let Some(failures) = &self.failures
+        {
+            failures
+                .clear(&self.policy.stream, &self.policy.consumer, sequence)
+                .await;
+        }
+        tracing::debug!(attempt, "processed");
+    }
+
+    async fn dead(
+        &self,
+        message: &jetstream::Message,
+        attempt: u32,
+        sequence: u64,
+        kind: DeathKind,
+        reason: String,
+        seconds: f64,
+    ) {
+        let span = tracing::Span::current();
+        span.record("error.type", kind.as_str());
+        span.record("otel.status_code", "ERROR");
+        match &self.dead_letters {
+            DeadLetters::Record { prefix } => {
+                span.record("jetfn.outcome", "dead-letter");
+                self.metrics.dead_lettered(seconds, kind.as_str());
+                Box::pin(self.dead_letter(message, attempt, sequence, kind, reason, prefix)).await;
+            }
+            DeadLetters::TermOnly => {
+                span.record("jetfn.outcome", "term");
+                self.metrics.dropped(kind.as_str());
+                tracing::error!(kind = kind.as_str(), attempt, reason = %reason, "terminated");
+                self.term(message, kind.as_str()).await;
             }
         }
     }

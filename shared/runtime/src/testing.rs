@@ -177,7 +177,7 @@ impl std::fmt::Debug for MemoryLedger {
 }
 
 /// The function name in a test ledger's keys.
-const FUNCTION: &str = "test";
+pub(crate) const FUNCTION: &str = "test";
 
 impl MemoryLedger {
     /// An empty ledger.
@@ -212,11 +212,6 @@ impl MemoryLedger {
     /// The reason a job of `event_id` was skipped with, if it was.
     pub fn skipped(&self, event_id: &str) -> Option<&'static str> {
         self.lock().skips.get(event_id).copied()
-    }
-
-    pub(crate) fn function(&self) -> &'static str {
-        let _ = self;
-        FUNCTION
     }
 
     pub(crate) fn note_skip(&self, event_id: &str, reason: &'static str) {
