@@ -234,3 +234,42 @@ async fn infra_definitions_apply_again_to_a_provisioned_server() {
         apply.output()
     );
 }
+
+#[tokio::test]
+async fn the_router_terms_what_is_not_an_advisory_without_a_record() {
+    let system = System::start().await;
+    let router = system.spawn("dlq-router", &[]).await;
+    system
+        .js
+        .publish(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.EVENTS.welcome",
+            "not an advisory".into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    router
+        .wait_for_output("not a MAX_DELIVERIES advisory", WAIT)
+        .await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let info = system.consumer_info("ADVISORIES", "dlq-router").await;
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            assert_eq!(
+                info.delivered.consumer_sequence, 1,
+                "delivered once: {info:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the router never settled it: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        system.dlq().await.is_empty(),
+        "an advisory is never dead-lettered"
+    );
+}

@@ -420,7 +420,7 @@ fn tokio_util_like_stop() -> (
     })
 }
 
-async fn http_status(addr: &str, path: &str) -> u16 {
+pub(crate) async fn http_status(addr: &str, path: &str) -> u16 {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
