@@ -24,8 +24,10 @@ const KUBERNETES: &str = "infra/deploy/kubernetes.yaml";
 const INFRA: &str = "infra/nats";
 const CONSUMERS: &str = "infra/nats/consumers/EVENTS";
 
-/// rustfmt's line width: a catalog row longer than this is written one consumer per line.
+/// rustfmt's line width and its `array_width` (60% of it): a consumer list wider than either is written one
+/// consumer per line, as `cargo fmt` would.
 const MAX_WIDTH: usize = 100;
+const ARRAY_WIDTH: usize = 60;
 
 /// The longest name accepted: it also makes the secret `jetfn-<name>-creds` and the inbox `_INBOX_<name>`.
 const MAX_NAME: usize = 40;
@@ -534,13 +536,14 @@ fn add_consumer(source: &str, ty: &str, name: &str) -> Result<RowEdit, String> {
         .collect();
     let one_line = format!("[{}]", quoted.join(", "));
     let column = list_start - line_start;
-    let replacement = if column + one_line.len() + 1 <= MAX_WIDTH {
+    let replacement = if one_line.len() <= ARRAY_WIDTH && column + one_line.len() < MAX_WIDTH {
         one_line
     } else {
-        let mut vertical = String::from("[\n");
-        for consumer in &quoted {
-            let _ = writeln!(vertical, "{indent}    {consumer},");
-        }
+        let items: Vec<String> = quoted
+            .iter()
+            .map(|consumer| format!("{indent}    {consumer}"))
+            .collect();
+        let mut vertical = format!("[\n{}\n", items.join(",\n"));
         vertical.push_str(&indent);
         vertical.push(']');
         vertical
@@ -722,7 +725,7 @@ mod tests {
         assert!(
             edit.source.contains(
                 "        [\n            \"indexing\",\n            \"search-analytics-long-name\",\n            \
-                 \"another-rather-long-consumer\",\n            \"message-audit-trail\",\n        ],\n"
+                 \"another-rather-long-consumer\",\n            \"message-audit-trail\"\n        ],\n"
             ),
             "{}",
             edit.source
