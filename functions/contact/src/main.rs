@@ -14,6 +14,10 @@ use runtime::{Effect, Job, JobError, RateLimiter, Runtime};
 use serde::Deserialize;
 use serde_json::json;
 
+/// The emails this function sends, from `templates/<locale>/`.
+const EMAILS: &[mailer::EmailTemplate] =
+    mailer::templates!["contact_notification", "contact_acknowledgement"];
+
 /// Settings of this function.
 #[derive(Debug, Deserialize)]
 struct Config {
@@ -65,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     anyhow::ensure!(!support.is_empty(), "CONTACT_SUPPORT_TO is empty");
+    let templates = Templates::new(EMAILS).context("parsing the email templates")?;
     let mailer = Mailer::from_env().context("reading SMTP_* and MAIL_* configuration")?;
     let runtime = Runtime::from_env("contact")
         .await?
@@ -84,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let context = Arc::new(Context {
         mailer,
-        templates: Templates::new(),
+        templates,
         support,
         limiter,
         limit,
@@ -198,10 +203,16 @@ fn render_acknowledgement(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mailer::context;
+    use mailer::snapshot::{INJECTED, assert_well_formed};
+
+    fn templates() -> Templates {
+        Templates::new(EMAILS).expect("the templates parse")
+    }
 
     #[test]
     fn snapshots_in_every_locale() {
-        let templates = Templates::new();
+        let templates = templates();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots");
         for locale in [events::Locale::En, events::Locale::Vi] {
             let mut form = ContactSubmitted::example();
@@ -224,6 +235,33 @@ mod tests {
                 &format!("contact_acknowledgement.{}", locale.as_str()),
                 &acknowledgement,
             );
+        }
+    }
+
+    #[test]
+    fn every_email_is_well_formed_in_every_locale() {
+        let templates = templates();
+        let samples = [
+            (
+                "contact_notification",
+                context! {
+                    sender_name => INJECTED, sender_email => "ada@example.com", subject => "Bulk order",
+                    message => format!("Hello,\n{INJECTED}\n\nRegards"), submitted_at => "25 Nov 2026, 10:05 UTC",
+                },
+            ),
+            (
+                "contact_acknowledgement",
+                context! { name => INJECTED, subject => "Bulk order" },
+            ),
+        ];
+        for locale in [events::Locale::En, events::Locale::Vi] {
+            for (name, ctx) in samples.clone() {
+                let at = format!("{name} in {}", locale.as_str());
+                let r = templates
+                    .render(name, locale, ctx)
+                    .unwrap_or_else(|e| panic!("{at}: {e:#}"));
+                assert_well_formed(&at, &r, locale, true);
+            }
         }
     }
 }

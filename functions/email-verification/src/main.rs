@@ -9,10 +9,13 @@ use mailer::{Mailer, Rendered, Templates};
 use runtime::{Job, JobError};
 use serde_json::json;
 
+/// The emails this function sends, from `templates/<locale>/`.
+const EMAILS: &[mailer::EmailTemplate] = mailer::templates!["email_verification"];
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let telemetry = runtime::telemetry::init("email-verification")?;
-    mailer::serve("email-verification", |mailer, templates| {
+    mailer::serve("email-verification", EMAILS, |mailer, templates| {
         move |job| send_code(job, mailer.clone(), templates.clone())
     })
     .await?;
@@ -68,10 +71,16 @@ fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mailer::context;
+    use mailer::snapshot::{INJECTED, assert_well_formed};
+
+    fn templates() -> Templates {
+        Templates::new(EMAILS).expect("the templates parse")
+    }
 
     #[test]
     fn snapshots_in_every_locale() {
-        let templates = Templates::new();
+        let templates = templates();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots");
         for locale in [events::Locale::En, events::Locale::Vi] {
             let mut request = EmailVerificationRequested::example();
@@ -86,6 +95,34 @@ mod tests {
                 &format!("email_verification.{}", locale.as_str()),
                 &rendered,
             );
+        }
+    }
+
+    #[test]
+    fn well_formed_in_every_locale() {
+        let templates = templates();
+        let none: Option<&str> = None;
+        let samples = [
+            (
+                context! { name => INJECTED, code => "042917", expires_in_minutes => 10 },
+                true,
+            ),
+            (
+                context! { name => none, code => "042917", expires_in_minutes => 10 },
+                false,
+            ),
+        ];
+        for locale in [events::Locale::En, events::Locale::Vi] {
+            for (ctx, injected) in samples.clone() {
+                let at = format!(
+                    "email_verification in {} (named: {injected})",
+                    locale.as_str()
+                );
+                let r = templates
+                    .render("email_verification", locale, ctx)
+                    .unwrap_or_else(|e| panic!("{at}: {e:#}"));
+                assert_well_formed(&at, &r, locale, injected);
+            }
         }
     }
 }

@@ -10,6 +10,9 @@ use runtime::{Job, JobError};
 use serde::Deserialize;
 use serde_json::json;
 
+/// The emails this function sends, from `templates/<locale>/`.
+const EMAILS: &[mailer::EmailTemplate] = mailer::templates!["order_status"];
+
 /// Settings of this function.
 #[derive(Debug, Deserialize)]
 struct Config {
@@ -21,7 +24,7 @@ struct Config {
 async fn main() -> anyhow::Result<()> {
     let telemetry = runtime::telemetry::init("order-status")?;
     let config: Arc<Config> = Arc::new(envy::from_env().context("reading ORDER_URL")?);
-    mailer::serve("order-status", |mailer, templates| {
+    mailer::serve("order-status", EMAILS, |mailer, templates| {
         move |job| notify_status(job, mailer.clone(), templates.clone(), config.clone())
     })
     .await?;
@@ -85,11 +88,17 @@ fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mailer::context;
+    use mailer::snapshot::{INJECTED, assert_well_formed};
+
+    fn templates() -> Templates {
+        Templates::new(EMAILS).expect("the templates parse")
+    }
     use events::OrderStatus;
 
     #[test]
     fn snapshots_in_every_locale_and_wording_for_every_status() {
-        let templates = Templates::new();
+        let templates = templates();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots");
         let statuses = [
             OrderStatus::Pending,
@@ -131,6 +140,97 @@ mod tests {
                 texts.len(),
                 statuses.len(),
                 "every status has its own wording in {locale:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn well_formed_in_every_locale() {
+        let templates = templates();
+        for locale in [events::Locale::En, events::Locale::Vi] {
+            for full in [true, false] {
+                let ctx = context! {
+                    name => INJECTED, order_number => "A-1001", previous_status => "shipped",
+                    new_status => "delivered", note => full.then_some("Left at the door.\nThank you!"),
+                    order_url => full.then_some("https://shop.example/orders/A-1001"),
+                };
+                let at = format!("order_status in {} (full: {full})", locale.as_str());
+                let r = templates
+                    .render("order_status", locale, ctx)
+                    .unwrap_or_else(|e| panic!("{at}: {e:#}"));
+                assert_well_formed(&at, &r, locale, true);
+            }
+        }
+    }
+
+    #[test]
+    fn every_order_status_has_a_label_and_a_sentence() {
+        let templates = templates();
+        let statuses = [
+            "pending",
+            "confirmed",
+            "processing",
+            "on_hold",
+            "shipped",
+            "delivered",
+            "cancelled",
+            "refunded",
+        ];
+        for locale in [events::Locale::En, events::Locale::Vi] {
+            let mut sentences = std::collections::BTreeSet::new();
+            for (i, &status) in statuses.iter().enumerate() {
+                let previous = statuses[(i + 1) % statuses.len()];
+                let ctx = context! {
+                    name => "Ada", order_number => "A-1001", previous_status => previous, new_status => status,
+                    note => None::<&str>, order_url => None::<&str>,
+                };
+                let r = templates
+                    .render("order_status", locale, ctx)
+                    .expect("renders");
+                let at = format!("{status} in {}", locale.as_str());
+                // The wire names never reach the reader, only the labels.
+                assert!(!r.subject.contains(status), "{at}: {}", r.subject);
+                for body in [&r.subject, &r.html, &r.text] {
+                    assert!(!body.contains('_'), "{at}\n{body}");
+                }
+                assert!(
+                    r.subject.starts_with(&format!(
+                        "{} A-1001: ",
+                        if locale == events::Locale::En {
+                            "Order"
+                        } else {
+                            "Đơn hàng"
+                        }
+                    )),
+                    "{at}: {}",
+                    r.subject
+                );
+                let transition = r
+                    .text
+                    .lines()
+                    .find(|line| line.contains(" → "))
+                    .expect("previous → new");
+                assert!(
+                    transition.ends_with(&format!("{}.", r.subject.rsplit(": ").next().unwrap())),
+                    "{at}: {transition}"
+                );
+                // The sentence is the line after the transition and the blank line.
+                let sentence = r
+                    .text
+                    .lines()
+                    .skip_while(|line| !line.contains(" → "))
+                    .nth(2)
+                    .expect("a sentence");
+                assert!(
+                    sentence.len() > 10 && !sentence.starts_with("--"),
+                    "{at}: {sentence:?}"
+                );
+                sentences.insert(sentence.to_owned());
+            }
+            assert_eq!(
+                sentences.len(),
+                statuses.len(),
+                "one distinct sentence per status"
             );
         }
     }

@@ -12,6 +12,9 @@ use runtime::{Job, JobError};
 use serde::Deserialize;
 use serde_json::json;
 
+/// The emails this function sends, from `templates/<locale>/`.
+const EMAILS: &[mailer::EmailTemplate] = mailer::templates!["password_reset"];
+
 /// Settings of this function.
 #[derive(Debug, Deserialize)]
 struct Config {
@@ -31,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
         "PASSWORD_RESET_URL must be an https URL (http only for localhost)"
     );
     let base = Arc::new(config.password_reset_url);
-    mailer::serve("password-reset", |mailer, templates| {
+    mailer::serve("password-reset", EMAILS, |mailer, templates| {
         move |job| send_reset_link(job, mailer.clone(), templates.clone(), base.clone())
     })
     .await?;
@@ -98,10 +101,16 @@ fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mailer::context;
+    use mailer::snapshot::{INJECTED, assert_well_formed};
+
+    fn templates() -> Templates {
+        Templates::new(EMAILS).expect("the templates parse")
+    }
 
     #[test]
     fn snapshots_in_every_locale() {
-        let templates = Templates::new();
+        let templates = templates();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots");
         for locale in [events::Locale::En, events::Locale::Vi] {
             let mut request = PasswordResetRequested::example();
@@ -135,5 +144,59 @@ mod tests {
             reset_url("https://x.test/reset?lang=vi", "abc"),
             "https://x.test/reset?lang=vi&token=abc"
         );
+    }
+
+    #[test]
+    fn well_formed_in_every_locale() {
+        let templates = templates();
+        let none: Option<&str> = None;
+        let samples = [
+            (
+                context! {
+                    name => INJECTED, reset_url => "https://shop.example/reset?token=abc&x=1",
+                    expires_in_minutes => 30, expires_at => "25 Nov 2026, 10:35 UTC",
+                },
+                true,
+            ),
+            (
+                context! {
+                    name => none, reset_url => "https://shop.example/reset?token=abc&x=1",
+                    expires_in_minutes => 1, expires_at => "25 Nov 2026, 10:06 UTC",
+                },
+                false,
+            ),
+        ];
+        for locale in [events::Locale::En, events::Locale::Vi] {
+            for (ctx, injected) in samples.clone() {
+                let at = format!("password_reset in {} (named: {injected})", locale.as_str());
+                let r = templates
+                    .render("password_reset", locale, ctx)
+                    .unwrap_or_else(|e| panic!("{at}: {e:#}"));
+                assert_well_formed(&at, &r, locale, injected);
+            }
+        }
+    }
+
+    #[test]
+    fn the_greeting_and_the_expiry_fit_the_request() {
+        let templates = templates();
+        let reset = |name: Option<&str>| {
+            templates
+                .render(
+                    "password_reset",
+                    events::Locale::En,
+                    context! { name, reset_url => "https://x.example/r", expires_in_minutes => 1, expires_at => "10:06" },
+                )
+                .expect("renders")
+        };
+        assert!(
+            reset(None)
+                .text
+                .starts_with("jetfn\n\nHello,\n\nWe received"),
+            "{}",
+            reset(None).text
+        );
+        assert!(reset(None).text.contains("expires in 1 minute, at 10:06"));
+        assert!(reset(Some("Ada")).html.contains("Hi Ada,"));
     }
 }

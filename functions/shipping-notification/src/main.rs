@@ -9,10 +9,13 @@ use mailer::{Mailer, Rendered, Templates};
 use runtime::{Job, JobError};
 use serde_json::json;
 
+/// The emails this function sends, from `templates/<locale>/`.
+const EMAILS: &[mailer::EmailTemplate] = mailer::templates!["shipping_notification"];
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let telemetry = runtime::telemetry::init("shipping-notification")?;
-    mailer::serve("shipping-notification", |mailer, templates| {
+    mailer::serve("shipping-notification", EMAILS, |mailer, templates| {
         move |job| notify_shipped(job, mailer.clone(), templates.clone())
     })
     .await?;
@@ -74,10 +77,16 @@ fn render(templates: &Templates, shipment: &OrderShipped) -> Result<Rendered, ma
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mailer::context;
+    use mailer::snapshot::{INJECTED, assert_well_formed};
+
+    fn templates() -> Templates {
+        Templates::new(EMAILS).expect("the templates parse")
+    }
 
     #[test]
     fn snapshots_in_every_locale() {
-        let templates = Templates::new();
+        let templates = templates();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots");
         for locale in [events::Locale::En, events::Locale::Vi] {
             let mut shipment = OrderShipped::example();
@@ -91,6 +100,29 @@ mod tests {
                 &format!("shipping_notification.{}", locale.as_str()),
                 &rendered,
             );
+        }
+    }
+
+    #[test]
+    fn well_formed_in_every_locale() {
+        let templates = templates();
+        for locale in [events::Locale::En, events::Locale::Vi] {
+            for full in [true, false] {
+                let ctx = context! {
+                    name => INJECTED, order_number => "A-1001", carrier => "UPS",
+                    tracking_number => "1Z999AA10123456784",
+                    tracking_url => "https://track.example/?n=1Z999AA10123456784&lang=en",
+                    estimated_delivery => full.then_some("28 Nov 2026"),
+                };
+                let at = format!(
+                    "shipping_notification in {} (full: {full})",
+                    locale.as_str()
+                );
+                let r = templates
+                    .render("shipping_notification", locale, ctx)
+                    .unwrap_or_else(|e| panic!("{at}: {e:#}"));
+                assert_well_formed(&at, &r, locale, true);
+            }
         }
     }
 }

@@ -10,10 +10,13 @@ use lettre::message::Mailbox;
 use mailer::{Mailer, Rendered, Templates};
 use runtime::{Job, JobError};
 
+/// The emails this function sends, from `templates/<locale>/`.
+const EMAILS: &[mailer::EmailTemplate] = mailer::templates!["welcome"];
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let telemetry = runtime::telemetry::init("welcome")?;
-    mailer::serve("welcome", |mailer, templates| {
+    mailer::serve("welcome", EMAILS, |mailer, templates| {
         move |job| send_welcome(job, mailer.clone(), templates.clone())
     })
     .await?;
@@ -60,10 +63,16 @@ fn render(templates: &Templates, user: &UserRegistered) -> Result<Rendered, mail
 #[cfg(test)]
 mod tests {
     use super::*;
+    use events::Locale;
+    use mailer::snapshot::{INJECTED, assert_well_formed};
+
+    fn templates() -> Templates {
+        Templates::new(EMAILS).expect("the templates parse")
+    }
 
     #[test]
     fn snapshots_in_every_locale() {
-        let templates = Templates::new();
+        let templates = templates();
         for locale in [events::Locale::En, events::Locale::Vi] {
             let mut user = UserRegistered::example();
             user.locale = locale;
@@ -74,6 +83,48 @@ mod tests {
                 &format!("welcome.{}", locale.as_str()),
                 &rendered,
             );
+        }
+    }
+
+    fn welcome(locale: Locale, name: &str) -> Rendered {
+        let user = UserRegistered {
+            name: name.to_owned(),
+            locale,
+            ..UserRegistered::example()
+        };
+        render(&templates(), &user).expect("renders")
+    }
+
+    #[test]
+    fn welcome_in_english() {
+        let r = welcome(Locale::En, "Ada");
+        assert_eq!(r.subject, "Welcome to jetfn, Ada");
+        for body in [&r.html, &r.text] {
+            assert!(body.contains("Hi Ada"), "{body}");
+            assert!(body.contains("Your account is ready"), "{body}");
+            assert!(body.contains("You received this email because"), "{body}");
+        }
+        assert!(r.html.contains(r#"<html lang="en">"#));
+        assert!(!r.text.contains('<'), "{}", r.text);
+    }
+
+    #[test]
+    fn welcome_in_vietnamese() {
+        let r = welcome(Locale::Vi, "Ngọc Anh");
+        assert_eq!(r.subject, "Chào mừng Ngọc Anh đến với jetfn");
+        for body in [&r.html, &r.text] {
+            assert!(body.contains("Xin chào Ngọc Anh"), "{body}");
+            assert!(body.contains("Tài khoản của bạn đã sẵn sàng"), "{body}");
+            assert!(body.contains("Bạn nhận được email này vì"), "{body}");
+        }
+        assert!(r.html.contains(r#"<html lang="vi">"#));
+    }
+
+    #[test]
+    fn well_formed_in_every_locale() {
+        for locale in [Locale::En, Locale::Vi] {
+            let r = welcome(locale, INJECTED);
+            assert_well_formed(&format!("welcome in {}", locale.as_str()), &r, locale, true);
         }
     }
 }
