@@ -35,6 +35,8 @@ mod error;
 pub mod format;
 mod jobs;
 pub mod snapshot;
+#[cfg(any(test, feature = "testing"))]
+mod stub;
 mod templates;
 mod transport;
 
@@ -42,6 +44,8 @@ pub use compose::compose;
 pub use config::{ConfigError, MailerConfig, Secret};
 pub use error::SendError;
 pub use jobs::{Email, job_error, probe, send_once, serve};
+#[cfg(any(test, feature = "testing"))]
+pub use stub::{Reply, Sent, Stub};
 pub use templates::{EmailTemplate, RenderError, Rendered, TemplateError, Templates};
 pub use transport::{Delivery, Mailer};
 
