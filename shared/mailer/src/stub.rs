@@ -73,8 +73,14 @@ impl Sent {
 
 impl fmt::Debug for Sent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Masked like everything else this crate prints, so a failing assertion shows no address.
+        let to: Vec<String> = self
+            .to()
+            .iter()
+            .map(|to| events::pii::mask_email(to))
+            .collect();
         f.debug_struct("Sent")
-            .field("to", &self.to())
+            .field("to", &to)
             .field("message_id", &self.header("Message-ID"))
             .finish_non_exhaustive()
     }
@@ -239,7 +245,12 @@ mod tests {
             sent[0].raw()
         );
         assert_eq!(smtp.attempts(), 1);
-        assert!(!format!("{:?}", sent[0]).contains("Welcome"));
+        let debug = format!("{:?}", sent[0]);
+        assert!(
+            !debug.contains("Welcome") && !debug.contains("ada@"),
+            "{debug}"
+        );
+        assert!(debug.contains("ad***@example.com"), "{debug}");
     }
 
     #[tokio::test]
