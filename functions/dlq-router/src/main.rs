@@ -4,22 +4,25 @@
 //! redelivers until `max_deliver`, then emits a MAX_DELIVERIES advisory and leaves the message in its stream. The
 //! `ADVISORIES` stream captures those advisories (so none is lost while this router is down); the router reads
 //! them with a durable consumer, fetches each original by sequence, writes it to the DLQ stream idempotently, and
-//! only then removes it from a work-queue stream and acks the advisory.
+//! only then removes it from a work-queue stream. It runs on the runtime's raw layer: the runtime binds the
+//! consumer and acks the advisory once it is routed, NAKs it for another try when routing failed, and TERMs what
+//! is not an advisory at all.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, stream};
-use futures::StreamExt as _;
+use async_nats::jetstream::{self, stream};
 use runtime::dlq::{DeadLetter, DeathKind, Failures, strip_control_headers};
-use runtime::health::Health;
+use runtime::{Outcome, RawConsumer, RawJob};
 use serde::Deserialize;
 use time::OffsetDateTime;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::OnceCell;
 use tracing::Instrument as _;
 
-/// `ROUTER_*` settings; connection settings are the runtime's `NATS_*`.
+/// `ROUTER_*` settings; connection settings are the runtime's `NATS_*`, and `JOB_*` apply as to any function
+/// (the drain timeout, for one).
 #[derive(Debug, Deserialize)]
 struct RouterConfig {
     /// `ROUTER_STREAM`: the stream capturing the advisories.
@@ -68,12 +71,17 @@ struct MaxDeliveries {
     timestamp: Option<String>,
 }
 
+/// A routing failure is retried after this long.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+
 struct Router {
     js: jetstream::Context,
     config: RouterConfig,
-    dlq: stream::Stream,
-    failures: Failures,
-    streams: HashMap<String, stream::Stream>,
+    /// Looked up at the first advisory, and again after a failure: routing waits for `jetfn infra apply` as the
+    /// bind used to.
+    dlq: OnceCell<stream::Stream>,
+    failures: OnceCell<Failures>,
+    streams: Mutex<HashMap<String, stream::Stream>>,
 }
 
 #[tokio::main]
@@ -83,108 +91,41 @@ async fn main() -> anyhow::Result<()> {
         .from_env()
         .context("reading ROUTER_* configuration")?;
     let nats = runtime::config::NatsConfig::from_env().context("reading NATS_* configuration")?;
-    let client = runtime::connect(&nats, "dlq-router").await?;
-    let js = jetstream::new(client.clone());
-    let health = Health::default();
-    health.watch_client(client.clone());
-    let stop = CancellationToken::new();
-    if let Some(addr) = &config.health_addr {
-        health.clone().serve(addr, stop.clone()).await?;
+    let mut job = runtime::config::JobConfig::from_env().context("reading JOB_* configuration")?;
+    job.failures_bucket.clone_from(&config.failures_bucket);
+    if config.health_addr.is_some() {
+        job.health_addr.clone_from(&config.health_addr);
     }
-
-    let shutdown = runtime::shutdown_signal();
-    tokio::pin!(shutdown);
-    let bound = tokio::select! {
-        () = &mut shutdown => None,
-        bound = bind(&js, &config) => Some(bound),
-    };
-    if let Some((consumer, dlq, failures)) = bound {
-        health.set_bound(true);
-        tracing::info!(stream = %config.stream, consumer = %config.consumer, "dlq-router bound; serving");
-        let mut router = Router {
-            js,
-            config,
-            dlq,
-            failures,
-            streams: HashMap::new(),
-        };
-        router.run(&consumer, &mut shutdown).await;
-    }
-    health.set_bound(false);
-    stop.cancel();
-    client.flush().await.ok();
+    let runtime = runtime::Runtime::new("dlq-router", &nats, job).await?;
+    // Advisories are not events anyone could replay: one that is not an advisory is TERMed, not dead-lettered.
+    let consumer = RawConsumer::new(&config.stream, &config.consumer).without_dead_letters();
+    let router = Arc::new(Router {
+        js: runtime.jetstream().clone(),
+        config,
+        dlq: OnceCell::new(),
+        failures: OnceCell::new(),
+        streams: Mutex::new(HashMap::new()),
+    });
+    runtime
+        .consume_raw(consumer, move |job| {
+            let router = router.clone();
+            async move { router.handle(&job).await }
+        })
+        .run(runtime::shutdown_signal())
+        .await?;
     telemetry.flush();
-    tracing::info!("stopped");
     Ok(())
 }
 
-async fn bind(
-    js: &jetstream::Context,
-    config: &RouterConfig,
-) -> (PullConsumer, stream::Stream, Failures) {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        let attempt = async {
-            let consumer: PullConsumer = js
-                .get_consumer_from_stream(&config.consumer, &config.stream)
-                .await?;
-            let dlq = js.get_stream(&config.dlq_stream).await?;
-            let failures = js.get_key_value(&config.failures_bucket).await?;
-            anyhow::Ok((consumer, dlq, Failures::new(failures)))
-        };
-        match attempt.await {
-            Ok(bound) => return bound,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot bind yet (run `jetfn infra apply`?); retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
 impl Router {
-    async fn run(
-        &mut self,
-        consumer: &PullConsumer,
-        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-    ) {
-        loop {
-            let mut messages = match consumer
-                .stream()
-                .max_messages_per_batch(16)
-                .messages()
-                .await
-            {
-                Ok(messages) => messages,
-                Err(err) => {
-                    tracing::warn!(error = %err, "starting the pull failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            loop {
-                // Advisories are handled one at a time, to completion: a shutdown never cuts one in half.
-                let next = tokio::select! {
-                    () = shutdown.as_mut() => return,
-                    next = messages.next() => next,
-                };
-                match next {
-                    Some(Ok(message)) => self.handle(&message).await,
-                    Some(Err(err)) => tracing::warn!(error = %err, "pull error; continuing"),
-                    None => break,
-                }
-            }
-        }
-    }
-
-    async fn handle(&mut self, message: &jetstream::Message) {
-        let advisory: MaxDeliveries = match serde_json::from_slice(&message.payload) {
+    async fn handle(&self, job: &RawJob) -> Outcome {
+        let advisory: MaxDeliveries = match serde_json::from_slice(&job.payload) {
             Ok(advisory) => advisory,
             Err(err) => {
-                tracing::error!(error = %err, subject = %message.subject, "not a MAX_DELIVERIES advisory; dropping it");
-                let _ = message.ack_with(AckKind::Term).await;
-                return;
+                tracing::error!(error = %err, subject = %job.subject, "not a MAX_DELIVERIES advisory; dropping it");
+                return Outcome::Invalid {
+                    reason: format!("not a MAX_DELIVERIES advisory: {err}"),
+                };
             }
         };
         let span = tracing::info_span!(
@@ -197,21 +138,18 @@ impl Router {
             "messaging.consumer.group.name" = %advisory.consumer,
         );
         match self.route(&advisory).instrument(span).await {
-            Ok(()) => {
-                if let Err(err) = message.double_ack().await {
-                    tracing::warn!(error = %err, "advisory ack not confirmed; a redelivery is absorbed by the DLQ check");
-                }
-            }
+            Ok(()) => Outcome::Success,
             Err(err) => {
                 tracing::error!(error = %format!("{err:#}"), stream = %advisory.stream, sequence = advisory.stream_seq, "routing failed; will retry");
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
-                    .await;
+                Outcome::Retry {
+                    after: Some(RETRY_AFTER),
+                    reason: format!("{err:#}"),
+                }
             }
         }
     }
 
-    async fn route(&mut self, advisory: &MaxDeliveries) -> anyhow::Result<()> {
+    async fn route(&self, advisory: &MaxDeliveries) -> anyhow::Result<()> {
         let subject = DeadLetter::subject_for(
             &self.config.dlq_prefix,
             &advisory.stream,
@@ -219,12 +157,31 @@ impl Router {
             advisory.stream_seq,
         );
         let source = self.source_stream(&advisory.stream).await?;
-        let recorded = self.dlq.direct_get_last_for_subject(&subject).await.is_ok();
+        let dlq = self
+            .dlq
+            .get_or_try_init(|| async {
+                self.js
+                    .get_stream(&self.config.dlq_stream)
+                    .await
+                    .with_context(|| format!("stream {}", self.config.dlq_stream))
+            })
+            .await?;
+        let failures = self
+            .failures
+            .get_or_try_init(|| async {
+                let store = self
+                    .js
+                    .get_key_value(&self.config.failures_bucket)
+                    .await
+                    .with_context(|| format!("KV bucket {}", self.config.failures_bucket))?;
+                anyhow::Ok(Failures::new(store))
+            })
+            .await?;
+        let recorded = dlq.direct_get_last_for_subject(&subject).await.is_ok();
         if recorded {
             tracing::info!(stream = %advisory.stream, sequence = advisory.stream_seq, "already in the dead-letter stream");
         } else {
-            let journal = self
-                .failures
+            let journal = failures
                 .get(&advisory.stream, &advisory.consumer, advisory.stream_seq)
                 .await;
             let now = OffsetDateTime::now_utc();
@@ -306,14 +263,14 @@ impl Router {
                 }
             }
         }
-        self.failures
+        failures
             .clear(&advisory.stream, &advisory.consumer, advisory.stream_seq)
             .await;
         Ok(())
     }
 
-    async fn source_stream(&mut self, name: &str) -> anyhow::Result<stream::Stream> {
-        if let Some(stream) = self.streams.get(name) {
+    async fn source_stream(&self, name: &str) -> anyhow::Result<stream::Stream> {
+        if let Some(stream) = self.streams().get(name) {
             return Ok(stream.clone());
         }
         let stream = self
@@ -321,8 +278,12 @@ impl Router {
             .get_stream(name)
             .await
             .with_context(|| format!("stream {name}"))?;
-        self.streams.insert(name.to_owned(), stream.clone());
+        self.streams().insert(name.to_owned(), stream.clone());
         Ok(stream)
+    }
+
+    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<String, stream::Stream>> {
+        self.streams.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

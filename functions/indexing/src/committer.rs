@@ -18,7 +18,8 @@ pub struct Policy {
     /// Commit this long after the first pending change at the latest. Keep it well inside the consumer's
     /// `ack_wait` (the runtime also sends progress acks while a handler waits).
     pub interval: Duration,
-    /// Fault injection for the crash test only: sleep this long before each commit.
+    /// Fault injection for the crash test only (feature `fault-injection`): sleep this long before each commit.
+    #[cfg(feature = "fault-injection")]
     pub test_delay_before_commit: Duration,
 }
 
@@ -171,6 +172,9 @@ fn run(mut writer: Writer, inbox: &mpsc::Receiver<Request>, policy: Policy) {
 }
 
 fn commit(writer: &mut Writer, waiters: &mut Vec<Waiter>, writes: usize, policy: Policy) {
+    #[cfg(not(feature = "fault-injection"))]
+    let _ = policy;
+    #[cfg(feature = "fault-injection")]
     if !policy.test_delay_before_commit.is_zero() {
         tracing::warn!(
             writes,

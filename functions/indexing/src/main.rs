@@ -17,7 +17,6 @@ use anyhow::Context as _;
 use async_nats::service::{self, ServiceExt as _};
 use events::{MessageCreated, MessageDeleted, MessageUpdated};
 use futures::StreamExt as _;
-use runtime::config::{JobConfig, NatsConfig};
 use runtime::{Job, JobError, Runtime};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -41,7 +40,9 @@ struct IndexConfig {
     /// `INDEX_WRITER_MEMORY_MB`: the writer's indexing buffer.
     #[serde(default = "default_memory")]
     writer_memory_mb: usize,
-    /// `INDEX_TEST_DELAY_BEFORE_COMMIT_MS`: fault injection for the crash test; never set it in production.
+    /// `INDEX_TEST_DELAY_BEFORE_COMMIT_MS`: fault injection for the crash test, in a build with the
+    /// `fault-injection` feature only.
+    #[cfg(feature = "fault-injection")]
     #[serde(default)]
     test_delay_before_commit_ms: u64,
 }
@@ -69,8 +70,14 @@ async fn main() -> anyhow::Result<()> {
     let config: IndexConfig = envy::prefixed("INDEX_")
         .from_env()
         .context("reading INDEX_* configuration")?;
-    let nats = NatsConfig::from_env().context("reading NATS_* configuration")?;
-    let job = JobConfig::from_env().context("reading JOB_* configuration")?;
+    // A production build refuses the hook rather than ignoring it, so a crash test run against it fails loudly.
+    #[cfg(not(feature = "fault-injection"))]
+    anyhow::ensure!(
+        std::env::var_os("INDEX_TEST_DELAY_BEFORE_COMMIT_MS").is_none(),
+        "INDEX_TEST_DELAY_BEFORE_COMMIT_MS is a fault-injection hook for the tests, and this binary was built \
+         without the `fault-injection` feature (build with `--features indexing/fault-injection`); unset it"
+    );
+    let runtime = Runtime::from_env("indexing").await?;
     let (writer, searcher) = index::open(&config.dir, config.writer_memory_mb * 1024 * 1024)?;
     tracing::info!(dir = %config.dir.display(), entries = searcher.entries(), purged_before = %index::rfc3339(writer.purged_before_ms()), "index open");
     let committer = Committer::start(
@@ -78,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
         Policy {
             max_docs: config.commit_max_docs.max(1),
             interval: Duration::from_millis(config.commit_interval_ms.max(1)),
+            #[cfg(feature = "fault-injection")]
             test_delay_before_commit: Duration::from_millis(config.test_delay_before_commit_ms),
         },
     );
@@ -91,25 +99,11 @@ async fn main() -> anyhow::Result<()> {
         }
     });
 
-    // One runtime per consumer; only the first serves the health endpoint.
-    let base = job
-        .consumer
-        .clone()
-        .unwrap_or_else(|| "indexing".to_owned());
-    let runtime_for = |kind: &str, health: bool| {
-        let mut job = job.clone();
-        job.consumer = Some(format!("{base}-{kind}"));
-        if !health {
-            job.health_addr = None;
-        }
-        Runtime::new("indexing", &nats, job)
-    };
-    let created = runtime_for("created", true).await?;
-    let updated = runtime_for("updated", false).await?;
-    let deleted = runtime_for("deleted", false).await?;
-
+    // One connection and one health endpoint for the three consumers: `<JOB_CONSUMER or indexing>-created`,
+    // `-updated` and `-deleted`.
+    let base = runtime.default_consumer().to_owned();
     let service = serve_queries(
-        created.client().clone(),
+        runtime.client().clone(),
         searcher,
         committer.handle(),
         stop.clone(),
@@ -117,30 +111,25 @@ async fn main() -> anyhow::Result<()> {
     .await?;
 
     let (c, u, d) = (committer.handle(), committer.handle(), committer.handle());
-    let results = tokio::join!(
-        created.serve(
-            move |job| on_created(job, c.clone()),
-            stop.clone().cancelled_owned()
-        ),
-        updated.serve(
-            move |job| on_updated(job, u.clone()),
-            stop.clone().cancelled_owned()
-        ),
-        deleted.serve(
-            move |job| on_deleted(job, d.clone()),
-            stop.clone().cancelled_owned()
-        ),
-    );
+    let served = runtime
+        .consume(format!("{base}-created"), move |job| {
+            on_created(job, c.clone())
+        })
+        .consume(format!("{base}-updated"), move |job| {
+            on_updated(job, u.clone())
+        })
+        .consume(format!("{base}-deleted"), move |job| {
+            on_deleted(job, d.clone())
+        })
+        .run(stop.clone().cancelled_owned())
+        .await;
     stop.cancel();
     if let Err(err) = service.await {
         tracing::warn!(error = %err, "the search service task failed");
     }
     tokio::task::spawn_blocking(move || committer.close()).await?;
     telemetry.flush();
-    results.0?;
-    results.1?;
-    results.2?;
-    Ok(())
+    served
 }
 
 fn ms(at: OffsetDateTime) -> i64 {

@@ -124,10 +124,6 @@ pub struct JobConfig {
     /// `JOB_ACK`: how a success is acked; see [`AckMode`].
     #[serde(default)]
     pub ack: AckMode,
-    /// `JOB_TEST_DELAY_BEFORE_ACK_MS`: fault injection for the crash tests: wait this long after the handler
-    /// succeeded and before acking. Never set it in production.
-    #[serde(default)]
-    pub test_delay_before_ack_ms: u64,
 }
 
 /// How the runtime acks an event its handler finished. Neither mode can lose an event: an ack that never reaches

@@ -1,5 +1,5 @@
 //! Container probes: `/livez` answers while the process serves; `/readyz` only while it is connected to NATS
-//! and bound to its consumer. A deliberately tiny HTTP/1.1 responder: probes send one GET and read one status.
+//! and every consumer it serves is bound. A deliberately tiny HTTP/1.1 responder: probes send one GET and read one status.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,14 +12,34 @@ use tokio_util::sync::CancellationToken;
 /// Shared readiness flags.
 #[derive(Debug, Clone, Default)]
 pub struct Health {
-    bound: Arc<AtomicBool>,
+    consumers: Arc<std::sync::Mutex<Vec<Bound>>>,
     client: Arc<std::sync::OnceLock<async_nats::Client>>,
 }
 
-impl Health {
+/// Whether one consumer is bound; readiness needs every registered one.
+#[derive(Debug, Clone, Default)]
+pub struct Bound(Arc<AtomicBool>);
+
+impl Bound {
     /// Marks the consumer bound (or not).
-    pub fn set_bound(&self, bound: bool) {
-        self.bound.store(bound, Ordering::Relaxed);
+    pub fn set(&self, bound: bool) {
+        self.0.store(bound, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Health {
+    /// Registers a consumer, not bound yet: the process is not ready until it is.
+    pub fn consumer(&self) -> Bound {
+        let bound = Bound::default();
+        self.consumers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(bound.clone());
+        bound
     }
 
     /// Lets readiness follow the connection state.
@@ -27,12 +47,16 @@ impl Health {
         let _ = self.client.set(client);
     }
 
-    /// Connected and bound.
+    /// Connected, and every registered consumer bound (at least one).
     pub fn ready(&self) -> bool {
         let connected = self.client.get().is_some_and(|client| {
             client.connection_state() == async_nats::connection::State::Connected
         });
-        connected && self.bound.load(Ordering::Relaxed)
+        let consumers = self
+            .consumers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        connected && !consumers.is_empty() && consumers.iter().all(Bound::get)
     }
 
     /// Serves the probes on `addr` until `stop` is cancelled.

@@ -31,10 +31,19 @@ pub enum Effect<T> {
 }
 
 /// The ledger of one function. Cloned into every job, so it shares one inner value: a `kv::Store` clone copies
-/// the bucket's whole stream info.
+/// the bucket's whole stream info. With the `testing` feature it may instead be a
+/// [`MemoryLedger`](crate::testing::MemoryLedger), for handler tests without NATS; without it the enum has one
+/// variant and the match costs nothing.
 #[derive(Clone)]
 pub struct Ledger {
-    inner: std::sync::Arc<Inner>,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Kv(std::sync::Arc<Inner>),
+    #[cfg(feature = "testing")]
+    Memory(crate::testing::MemoryLedger),
 }
 
 struct Inner {
@@ -46,10 +55,15 @@ struct Inner {
 
 impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ledger")
-            .field("function", &self.inner.function)
-            .field("lease", &self.inner.lease)
-            .finish()
+        match &self.backend {
+            Backend::Kv(inner) => f
+                .debug_struct("Ledger")
+                .field("function", &inner.function)
+                .field("lease", &inner.lease)
+                .finish(),
+            #[cfg(feature = "testing")]
+            Backend::Memory(memory) => f.debug_tuple("Ledger").field(memory).finish(),
+        }
     }
 }
 
@@ -63,27 +77,31 @@ impl Ledger {
     /// A ledger for `function` on an existing bucket.
     pub fn new(store: kv::Store, function: &str, lease: Duration) -> Self {
         Self {
-            inner: std::sync::Arc::new(Inner {
+            backend: Backend::Kv(std::sync::Arc::new(Inner {
                 store,
                 function: function.to_owned(),
                 owner: uuid::Uuid::now_v7().simple().to_string(),
                 lease,
-            }),
+            })),
+        }
+    }
+
+    #[cfg(feature = "testing")]
+    pub(crate) fn memory(memory: crate::testing::MemoryLedger) -> Self {
+        Self {
+            backend: Backend::Memory(memory),
         }
     }
 
     /// The KV key of an effect. The parts are hashed: event ids may hold characters keys cannot, and effect names
     /// often hold a recipient's address, which must not sit in clear in a bucket anyone can list.
     pub fn key(&self, event_id: &str, effect: &str) -> String {
-        let digest = ring::digest::digest(
-            &ring::digest::SHA256,
-            format!("{event_id}\0{effect}").as_bytes(),
-        );
-        let hex: String = digest.as_ref()[..16]
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect();
-        format!("{}.{hex}", sanitize_token(&self.inner.function))
+        let function = match &self.backend {
+            Backend::Kv(inner) => inner.function.as_str(),
+            #[cfg(feature = "testing")]
+            Backend::Memory(memory) => memory.function(),
+        };
+        key(function, event_id, effect)
     }
 
     /// Runs `effect` unless it already ran for this key.
@@ -92,6 +110,53 @@ impl Ledger {
     /// The effect's own error (after releasing the claim), a transient error while another replica holds a fresh
     /// claim, or a KV error (transient).
     pub async fn once<T, F, Fut>(&self, key: &str, effect: F) -> Result<Effect<T>, JobError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, JobError>>,
+    {
+        match &self.backend {
+            Backend::Kv(inner) => inner.once(key, effect).await,
+            #[cfg(feature = "testing")]
+            Backend::Memory(memory) => memory.once(key, effect).await,
+        }
+    }
+
+    /// Notes that a job was acked without its effect on purpose; only a test ledger keeps it.
+    #[cfg_attr(not(feature = "testing"), allow(clippy::unused_self))]
+    pub(crate) fn note_skip(&self, _event_id: &str, _reason: &'static str) {
+        #[cfg(feature = "testing")]
+        if let Backend::Memory(memory) = &self.backend {
+            memory.note_skip(_event_id, _reason);
+        }
+    }
+}
+
+impl Ledger {
+    /// The skip a test ledger recorded for `event_id`.
+    #[cfg(feature = "testing")]
+    pub(crate) fn memory_skip(&self, event_id: &str) -> Option<&'static str> {
+        match &self.backend {
+            Backend::Memory(memory) => memory.skipped(event_id),
+            Backend::Kv(_) => None,
+        }
+    }
+}
+
+/// `<function>.<first 16 bytes of sha256(event id, effect), hex>`.
+pub(crate) fn key(function: &str, event_id: &str, effect: &str) -> String {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{event_id}\0{effect}").as_bytes(),
+    );
+    let hex: String = digest.as_ref()[..16]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    format!("{}.{hex}", sanitize_token(function))
+}
+
+impl Inner {
+    async fn once<T, F, Fut>(&self, key: &str, effect: F) -> Result<Effect<T>, JobError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, JobError>>,
@@ -113,12 +178,7 @@ impl Ledger {
             }
             Err(err) => {
                 // Release the claim so the retry does not wait out the lease; if this fails the lease expires.
-                if let Err(release) = self
-                    .inner
-                    .store
-                    .delete_expect_revision(key, Some(revision))
-                    .await
-                {
+                if let Err(release) = self.store.delete_expect_revision(key, Some(revision)).await {
                     tracing::warn!(error = %release, "releasing an idempotency claim failed; it expires with its lease");
                 }
                 Err(err)
@@ -128,7 +188,7 @@ impl Ledger {
 
     async fn claim(&self, key: &str) -> Result<Claim, JobError> {
         for _ in 0..5 {
-            match self.inner.store.create(key, self.pending_value()).await {
+            match self.store.create(key, self.pending_value()).await {
                 Ok(revision) => return Ok(Claim::Claimed(revision)),
                 Err(err) if err.kind() == CreateErrorKind::AlreadyExists => {}
                 Err(err) => {
@@ -136,7 +196,6 @@ impl Ledger {
                 }
             }
             let Some(entry) = self
-                .inner
                 .store
                 .entry(key)
                 .await
@@ -151,15 +210,14 @@ impl Ledger {
                 Value::Done => return Ok(Claim::Done),
                 Value::Pending(at_ms) => {
                     let age = Duration::from_millis(now_ms().saturating_sub(at_ms));
-                    if age < self.inner.lease {
-                        return Ok(Claim::Busy(self.inner.lease - age));
+                    if age < self.lease {
+                        return Ok(Claim::Busy(self.lease - age));
                     }
                     tracing::warn!(
                         age_secs = age.as_secs(),
                         "taking over a stale idempotency claim: the effect may have run once already"
                     );
                     match self
-                        .inner
                         .store
                         .update(key, self.pending_value(), entry.revision)
                         .await
@@ -185,7 +243,7 @@ impl Ledger {
         let mut delay = Duration::from_millis(50);
         let mut last_error = None;
         for _ in 0..6 {
-            match self.inner.store.update(key, value.clone(), revision).await {
+            match self.store.update(key, value.clone(), revision).await {
                 Ok(_) => return Ok(()),
                 Err(err) => {
                     last_error = Some(err.to_string());
@@ -202,7 +260,7 @@ impl Ledger {
     }
 
     fn pending_value(&self) -> Bytes {
-        Bytes::from(format!("pending {} {}", self.inner.owner, now_ms()))
+        Bytes::from(format!("pending {} {}", self.owner, now_ms()))
     }
 }
 

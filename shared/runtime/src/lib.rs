@@ -1,35 +1,48 @@
 //! The jetfn function runtime: everything a function binary needs besides its handler.
 //!
 //! A function calls [`telemetry::init`], builds a [`Runtime`], and [`Runtime::serve`]s one handler:
-//! `async fn(Job<T>) -> Result<(), JobError>`. The runtime binds the durable consumer defined in `infra/`,
-//! validates each event, runs the handler under the consumer's `max_ack_pending`, and maps its outcome to an
-//! ack, a delayed NAK from the consumer's backoff list, or a dead-letter record followed by TERM. Handlers never
-//! ack, NAK or TERM themselves.
+//! `async fn(Job<T>) -> Result<(), JobError>`; a process with several consumers adds each with
+//! [`Runtime::consume`] (or [`Runtime::consume_raw`]) and [`Runtime::run`]s them on one connection. The runtime
+//! binds the durable consumers defined in `infra/`, validates each event, runs the handler under the consumer's
+//! `max_ack_pending`, and maps its outcome to an ack, a delayed NAK from the consumer's backoff list, or a
+//! dead-letter record followed by TERM. Handlers never ack, NAK or TERM themselves: only `settle` does.
 #![warn(missing_docs)]
 
 mod breaker;
 pub mod config;
 mod connect;
+mod consume;
 pub mod dlq;
 mod error;
+mod fault;
 pub mod health;
 pub mod infra;
+mod job;
 mod ledger;
 mod metrics;
+mod policy;
 mod publisher;
 mod ratelimit;
+mod raw;
+mod runtime;
+mod settle;
 mod shutdown;
 pub mod telemetry;
-mod worker;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod typed;
 
 pub use breaker::Probe;
 pub use connect::connect;
-pub use error::JobError;
+pub use error::{Disposition, JobError};
+pub use job::Job;
 pub use ledger::{Effect, Ledger};
 pub use publisher::{PublishError, Published, Publisher};
 pub use ratelimit::RateLimiter;
+pub use raw::{RawConsumer, RawJob};
+pub use runtime::Runtime;
+pub use settle::Outcome;
 pub use shutdown::shutdown_signal;
-pub use worker::{Job, Runtime};
 
 /// Every binary that links the runtime (the functions, the CLI, the bench) allocates with mimalloc: the
 /// consume path allocates for each event (its parsed tree, headers, span fields), and glibc's malloc and free

@@ -16,7 +16,8 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn new(function: &str, event_type: &str) -> Self {
+    /// `destination` is the subject (pattern) the consumer reads, such as `events.users.registered`.
+    pub(crate) fn new(function: &str, destination: String) -> Self {
         let meter = opentelemetry::global::meter("jetfn");
         Self {
             processed: meter
@@ -46,10 +47,7 @@ impl Metrics {
             // an allocation each time.
             attributes: [
                 KeyValue::new("jetfn.function", shared(function.to_owned())),
-                KeyValue::new(
-                    "messaging.destination.name",
-                    shared(events::subject_for(event_type)),
-                ),
+                KeyValue::new("messaging.destination.name", shared(destination)),
             ],
         }
     }

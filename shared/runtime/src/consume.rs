@@ -1,0 +1,212 @@
+//! The pull loop and bind: wait for a consumer to exist, pull its messages under its `max_ack_pending`, run one
+//! task per message, and drain on shutdown. What a message's task does is the layer's ([`Process`]): the typed
+//! layer for CloudEvents handlers, the raw layer for the rest.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use futures::{FutureExt as _, StreamExt as _};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::health::Bound;
+use crate::policy::Policy;
+use crate::settle;
+
+/// One message's work, from receipt to settle. Implemented once per layer and called through a type parameter,
+/// so the per-message path has no dynamic dispatch.
+pub(crate) trait Process: Send + Sync + 'static {
+    fn process(&self, message: jetstream::Message) -> impl Future<Output = ()> + Send;
+}
+
+/// Waits until `bind` succeeds, retrying with a growing delay: the consumer or a bucket may not exist yet.
+pub(crate) async fn bind_with_backoff<B, F, Fut>(stream: &str, consumer: &str, bind: F) -> B
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = anyhow::Result<B>>,
+{
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match bind().await {
+            Ok(bound) => return bound,
+            Err(err) => {
+                tracing::warn!(
+                    error = %format!("{err:#}"), stream, consumer,
+                    "cannot bind yet (run `jetfn infra apply`?); retrying"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Looks the durable consumer up on its stream.
+pub(crate) async fn get_consumer(
+    js: &jetstream::Context,
+    stream: &str,
+    consumer: &str,
+) -> anyhow::Result<PullConsumer> {
+    js.get_consumer_from_stream(consumer, stream)
+        .await
+        .map_err(|err| anyhow::anyhow!("consumer {consumer} on stream {stream}: {err}"))
+}
+
+/// Serves a bound consumer until `stop` is cancelled, then drains: stops pulling, lets in-flight messages finish
+/// within `drain_timeout` and settle. What is unfinished at the deadline is redelivered later.
+pub(crate) async fn pull<P: Process>(
+    consumer: PullConsumer,
+    policy: &Policy,
+    processor: Arc<P>,
+    stop: &CancellationToken,
+    bound: &Bound,
+    drain_timeout: Duration,
+) {
+    bound.set(true);
+    tracing::info!(
+        stream = %policy.stream, consumer = %policy.consumer, max_deliver = ?policy.max_deliver,
+        backoff = ?policy.backoff, max_ack_pending = policy.max_ack_pending, "consumer bound; serving"
+    );
+    let tracker = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(policy.max_ack_pending));
+    let batch = policy.max_ack_pending.clamp(1, 256);
+    let stopped = stop.cancelled();
+    let mut stopped = std::pin::pin!(stopped);
+
+    'pull: loop {
+        let mut messages = match consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+        {
+            Ok(messages) => messages,
+            Err(err) => {
+                tracing::warn!(error = %err, "starting the pull failed; retrying");
+                tokio::select! {
+                    () = &mut stopped => break 'pull,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue 'pull,
+                }
+            }
+        };
+        loop {
+            let permit = tokio::select! {
+                () = &mut stopped => break 'pull,
+                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            };
+            let next = tokio::select! {
+                () = &mut stopped => break 'pull,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => {
+                    let processor = processor.clone();
+                    tracker.spawn(async move {
+                        processor.process(message).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(err)) => {
+                    tracing::warn!(error = %err, "pull error; continuing");
+                    if matches!(
+                        err.kind(),
+                        jetstream::consumer::pull::MessagesErrorKind::ConsumerDeleted
+                    ) {
+                        bound.set(false);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue 'pull;
+                    }
+                }
+                None => continue 'pull,
+            }
+        }
+    }
+
+    // Draining: nothing new is pulled; messages buffered but not started are redelivered after ack_wait.
+    bound.set(false);
+    tracker.close();
+    let in_flight = tracker.len();
+    tracing::info!(
+        consumer = %policy.consumer,
+        in_flight,
+        timeout_secs = drain_timeout.as_secs(),
+        "draining in-flight handlers"
+    );
+    if tokio::time::timeout(drain_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            consumer = %policy.consumer,
+            still_running = tracker.len(),
+            "drain timeout reached; unfinished messages will be redelivered"
+        );
+    }
+}
+
+/// How a supervised handler ended.
+pub(crate) enum Supervised<T> {
+    Returned(T),
+    Panicked,
+    TimedOut,
+}
+
+/// Runs a handler's future in place, keeping its message alive with progress acks and abandoning it after
+/// `timeout`. A panic is caught here and the process keeps serving; polling in place avoids a task spawn per
+/// message.
+pub(crate) async fn supervise<F: Future>(
+    handler: F,
+    message: &jetstream::Message,
+    policy: &Policy,
+    timeout: Duration,
+) -> Supervised<F::Output> {
+    let mut handle = std::pin::pin!(std::panic::AssertUnwindSafe(handler).catch_unwind());
+    // A handler that finishes at its first poll (one with nothing to wait for, or one that skips) needs neither
+    // the progress timer nor the deadline, whose registering and cancelling take the timer driver per event.
+    let joined = if let std::task::Poll::Ready(joined) = futures::poll!(&mut handle) {
+        joined
+    } else {
+        let period = policy.progress_period();
+        let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                joined = &mut handle => break joined,
+                _ = progress.tick() => settle::progress(message).await,
+                () = &mut deadline => return Supervised::TimedOut,
+            }
+        }
+    };
+    match joined {
+        Ok(output) => Supervised::Returned(output),
+        Err(_panic) => Supervised::Panicked,
+    }
+}
+
+pub(crate) fn message_id_of(message: &jetstream::Message) -> &str {
+    message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(async_nats::header::NATS_MESSAGE_ID))
+        .map_or("", async_nats::HeaderValue::as_str)
+}
+
+/// The delivery count and stream sequence of a JetStream message; `None` (logged) for one without metadata.
+pub(crate) fn delivery(message: &jetstream::Message) -> Option<(u32, u64)> {
+    match message.info() {
+        Ok(info) => Some((
+            u32::try_from(info.delivered).unwrap_or(u32::MAX),
+            info.stream_sequence,
+        )),
+        Err(err) => {
+            tracing::error!(error = %err, "message without JetStream metadata; ignoring it");
+            None
+        }
+    }
+}

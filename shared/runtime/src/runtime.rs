@@ -1,0 +1,400 @@
+//! The process core: one NATS connection, the health endpoints, shutdown with drain. Any number of consumers are
+//! bound on it, each with its own handler and event type (typed) or its own raw handler; each one's pull loop,
+//! retry policy and circuit breaker are its own.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use events::{Event, Validator};
+use tokio_util::sync::CancellationToken;
+
+use crate::breaker::{Breaker, Probe};
+use crate::config::{JobConfig, NatsConfig};
+use crate::consume::{self, bind_with_backoff};
+use crate::dlq::Failures;
+use crate::fault::Faults;
+use crate::health::{Bound, Health};
+use crate::ledger::Ledger;
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::raw::{Raw, RawConsumer, RawJob};
+use crate::settle::{DeadLetters, Outcome, Settler};
+use crate::typed::Typed;
+use crate::{Job, JobError};
+
+/// A connected function process, serving one or more consumers.
+pub struct Runtime {
+    core: Core,
+    health: Health,
+    consumers: Vec<Box<dyn Consumer>>,
+}
+
+/// What every consumer of the process shares.
+struct Core {
+    name: String,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    job: JobConfig,
+    validator: Arc<Validator>,
+    probe: Option<Probe>,
+    #[cfg(feature = "fault-injection")]
+    faults: Faults,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("name", &self.core.name)
+            .field("job", &self.core.job)
+            .field("consumers", &self.consumers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A consumer registered on the runtime, bound and served when it runs. Called once per consumer at start-up,
+/// so the dynamic dispatch is not on the per-message path.
+trait Consumer: Send {
+    fn serve(
+        self: Box<Self>,
+        core: Arc<Core>,
+        stop: CancellationToken,
+        bound: Bound,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+impl Runtime {
+    /// Connects with `NATS_*` and reads `JOB_*`; `name` is the function's name and, by default, its consumer's.
+    ///
+    /// # Errors
+    /// A configuration variable that does not parse, or a connection option that cannot be used.
+    pub async fn from_env(name: &str) -> anyhow::Result<Self> {
+        let nats = NatsConfig::from_env().context("reading NATS_* configuration")?;
+        let job = JobConfig::from_env().context("reading JOB_* configuration")?;
+        Self::new(name, &nats, job).await
+    }
+
+    /// Connects with explicit configuration.
+    ///
+    /// # Errors
+    /// As [`Runtime::from_env`], or a fault-injection variable this build does not accept.
+    pub async fn new(name: &str, nats: &NatsConfig, job: JobConfig) -> anyhow::Result<Self> {
+        let faults = Faults::from_env()?;
+        #[cfg(not(feature = "fault-injection"))]
+        let Faults {} = faults;
+        tracing::info!(function = name, ?job, nats_url = %nats.url, "starting");
+        let client = crate::connect(nats, name).await?;
+        let js = jetstream::new(client.clone());
+        let health = Health::default();
+        health.watch_client(client.clone());
+        Ok(Self {
+            core: Core {
+                name: name.to_owned(),
+                client,
+                js,
+                job,
+                validator: Arc::new(Validator::new()),
+                probe: None,
+                #[cfg(feature = "fault-injection")]
+                faults,
+            },
+            health,
+            consumers: Vec::new(),
+        })
+    }
+
+    /// Gives the circuit breaker a way to tell that a downed dependency answers again (an SMTP `NOOP`, an HTTP
+    /// health check). Without one, the breaker lets a trial message through after the probe interval.
+    #[must_use]
+    pub fn with_probe<F, Fut>(mut self, probe: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), anyhow::Error>> + Send + 'static,
+    {
+        self.core.probe = Some(Arc::new(move || Box::pin(probe())));
+        self
+    }
+
+    /// The NATS connection, for handlers that publish.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.core.client
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.core.js
+    }
+
+    /// The consumer a one-consumer function binds: `JOB_CONSUMER`, or the function's name.
+    pub fn default_consumer(&self) -> &str {
+        self.core.job.consumer.as_deref().unwrap_or(&self.core.name)
+    }
+
+    /// Adds a CloudEvents consumer: the durable `consumer` on `JOB_STREAM`, whose events `handler` handles.
+    #[must_use]
+    pub fn consume<T, H, Fut>(mut self, consumer: impl Into<String>, handler: H) -> Self
+    where
+        T: Event,
+        H: Fn(Job<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), JobError>> + Send + 'static,
+    {
+        self.consumers.push(Box::new(TypedConsumer {
+            consumer: consumer.into(),
+            handler,
+            _event: PhantomData::<fn() -> T>,
+        }));
+        self
+    }
+
+    /// Adds a raw consumer: `handler` gets each message as it is and says what became of it.
+    #[must_use]
+    pub fn consume_raw<H, Fut>(mut self, consumer: RawConsumer, handler: H) -> Self
+    where
+        H: Fn(RawJob) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Outcome> + Send + 'static,
+    {
+        self.consumers
+            .push(Box::new(RawConsumerWith { consumer, handler }));
+        self
+    }
+
+    /// Serves the function's one consumer ([`Runtime::default_consumer`]) with `handler` until `shutdown`
+    /// resolves: [`Runtime::consume`] then [`Runtime::run`].
+    ///
+    /// # Errors
+    /// As [`Runtime::run`].
+    pub async fn serve<T, H, Fut>(
+        self,
+        handler: H,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()>
+    where
+        T: Event,
+        H: Fn(Job<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), JobError>> + Send + 'static,
+    {
+        let consumer = self.default_consumer().to_owned();
+        self.consume(consumer, handler).run(shutdown).await
+    }
+
+    /// Serves every added consumer until `shutdown` resolves, then drains: stops pulling, lets in-flight
+    /// handlers finish within `JOB_DRAIN_TIMEOUT_SECS` and settles them. What is unfinished at the deadline is
+    /// redelivered later.
+    ///
+    /// # Errors
+    /// Only start-up failures (no consumer was added, the health address cannot be bound); once messages flow,
+    /// errors are handled per message and never end the loop.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Self {
+            core,
+            health,
+            consumers,
+        } = self;
+        anyhow::ensure!(
+            !consumers.is_empty(),
+            "the runtime of {} has no consumer to serve",
+            core.name
+        );
+        // Registered before the endpoint starts, so it is not ready until every one is bound.
+        let bound: Vec<Bound> = consumers.iter().map(|_| health.consumer()).collect();
+        let stop = CancellationToken::new();
+        if let Some(addr) = &core.job.health_addr {
+            health.clone().serve(addr, stop.clone()).await?;
+        }
+        let core = Arc::new(core);
+        let mut serving = std::pin::pin!(futures::future::join_all(
+            consumers
+                .into_iter()
+                .zip(bound)
+                .map(|(consumer, bound)| consumer.serve(core.clone(), stop.clone(), bound)),
+        ));
+        tokio::select! {
+            () = shutdown => stop.cancel(),
+            _ = &mut serving => {}
+        }
+        serving.await;
+        if let Err(err) = core.client.flush().await {
+            tracing::warn!(error = %err, "flushing the NATS connection failed");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+impl Core {
+    fn breaker(&self) -> Arc<Breaker> {
+        Breaker::new(
+            self.job.breaker_threshold,
+            self.probe.clone(),
+            Duration::from_secs(self.job.breaker_probe_secs.max(1)),
+            Duration::from_secs(self.job.breaker_probe_max_secs.max(1)),
+        )
+    }
+
+    fn settler(
+        &self,
+        policy: Policy,
+        failures: Option<Failures>,
+        dead_letters: DeadLetters,
+        metrics: Arc<Metrics>,
+    ) -> Settler {
+        Settler {
+            function: self.name.clone(),
+            client: self.client.clone(),
+            js: self.js.clone(),
+            policy,
+            ack: self.job.ack,
+            failures,
+            dead_letters,
+            metrics,
+            #[cfg(feature = "fault-injection")]
+            delay_before_ack: self.faults.delay_before_ack,
+        }
+    }
+
+    async fn bucket(&self, bucket: &str) -> anyhow::Result<async_nats::jetstream::kv::Store> {
+        self.js
+            .get_key_value(bucket)
+            .await
+            .with_context(|| format!("KV bucket {bucket}"))
+    }
+}
+
+struct TypedConsumer<T, H> {
+    consumer: String,
+    handler: H,
+    _event: PhantomData<fn() -> T>,
+}
+
+impl<T, H, Fut> Consumer for TypedConsumer<T, H>
+where
+    T: Event,
+    H: Fn(Job<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), JobError>> + Send + 'static,
+{
+    fn serve(
+        self: Box<Self>,
+        core: Arc<Core>,
+        stop: CancellationToken,
+        bound: Bound,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let Self {
+                consumer, handler, ..
+            } = *self;
+            let stream = core.job.stream.as_str();
+            // The consumer, then the ledger and journal buckets: all must exist before a message is taken.
+            let bind = || async {
+                let pull = consume::get_consumer(&core.js, stream, &consumer).await?;
+                let ledger = core.bucket(&core.job.ledger_bucket).await?;
+                let failures = core.bucket(&core.job.failures_bucket).await?;
+                anyhow::Ok((pull, ledger, failures))
+            };
+            let bound_parts = tokio::select! {
+                () = stop.cancelled() => None,
+                parts = bind_with_backoff(stream, &consumer, bind) => Some(parts),
+            };
+            let Some((pull, ledger, failures)) = bound_parts else {
+                tracing::info!(consumer = %consumer, "stopped before the consumer was bound");
+                return;
+            };
+            let policy = Policy::of(stream, &consumer, &pull);
+            let metrics = Arc::new(Metrics::new(&core.name, events::subject_for(T::TYPE)));
+            let typed = Arc::new(Typed {
+                settler: core.settler(
+                    policy.clone(),
+                    Some(Failures::new(failures)),
+                    DeadLetters::Record {
+                        prefix: core.job.dlq_prefix.clone(),
+                    },
+                    metrics.clone(),
+                ),
+                validator: core.validator.clone(),
+                ledger: Ledger::new(
+                    ledger,
+                    &core.name,
+                    Duration::from_secs(core.job.ledger_lease_secs),
+                ),
+                handler,
+                shutdown: stop.clone(),
+                breaker: core.breaker(),
+                metrics,
+                handler_timeout: Duration::from_secs(core.job.handler_timeout_secs),
+                _event: PhantomData::<fn() -> T>,
+            });
+            consume::pull(
+                pull,
+                &policy,
+                typed,
+                &stop,
+                &bound,
+                core.job.drain_timeout(),
+            )
+            .await;
+        })
+    }
+}
+
+struct RawConsumerWith<H> {
+    consumer: RawConsumer,
+    handler: H,
+}
+
+impl<H, Fut> Consumer for RawConsumerWith<H>
+where
+    H: Fn(RawJob) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    fn serve(
+        self: Box<Self>,
+        core: Arc<Core>,
+        stop: CancellationToken,
+        bound: Bound,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let Self { consumer, handler } = *self;
+            let RawConsumer {
+                stream,
+                consumer,
+                dead_letters,
+            } = consumer;
+            let bind = || async {
+                let pull = consume::get_consumer(&core.js, &stream, &consumer).await?;
+                let failures = if dead_letters {
+                    Some(Failures::new(core.bucket(&core.job.failures_bucket).await?))
+                } else {
+                    None
+                };
+                anyhow::Ok((pull, failures))
+            };
+            let bound_parts = tokio::select! {
+                () = stop.cancelled() => None,
+                parts = bind_with_backoff(&stream, &consumer, bind) => Some(parts),
+            };
+            let Some((pull, failures)) = bound_parts else {
+                tracing::info!(consumer = %consumer, "stopped before the consumer was bound");
+                return;
+            };
+            let policy = Policy::of(&stream, &consumer, &pull);
+            let dead_letters = if dead_letters {
+                DeadLetters::Record {
+                    prefix: core.job.dlq_prefix.clone(),
+                }
+            } else {
+                DeadLetters::TermOnly
+            };
+            let metrics = Arc::new(Metrics::new(&core.name, stream.clone()));
+            let raw = Arc::new(Raw {
+                settler: core.settler(policy.clone(), failures, dead_letters, metrics),
+                handler,
+                shutdown: stop.clone(),
+                handler_timeout: Duration::from_secs(core.job.handler_timeout_secs),
+            });
+            consume::pull(pull, &policy, raw, &stop, &bound, core.job.drain_timeout()).await;
+        })
+    }
+}
