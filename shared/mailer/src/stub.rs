@@ -60,9 +60,58 @@ impl Sent {
         self.message.headers().get_raw(name).map(str::to_owned)
     }
 
-    /// The whole message as it would go over the wire.
+    /// The whole message as it would go over the wire; the bodies are transfer-encoded, see [`Sent::text`].
     pub fn raw(&self) -> String {
         String::from_utf8_lossy(&self.message.formatted()).into_owned()
+    }
+
+    /// The text/plain part, decoded.
+    ///
+    /// # Panics
+    /// When the message has no such part; [`compose`](crate::compose) always writes one.
+    pub fn text(&self) -> String {
+        self.part("text/plain")
+    }
+
+    /// The text/html part, decoded.
+    ///
+    /// # Panics
+    /// As [`Sent::text`].
+    pub fn html(&self) -> String {
+        self.part("text/html")
+    }
+
+    /// Finds the part of `content_type` in the formatted message and undoes its transfer encoding.
+    fn part(&self, content_type: &str) -> String {
+        let raw = self.raw();
+        let found = raw
+            .split_once(&format!("\r\nContent-Type: {content_type}"))
+            .and_then(|(_, part)| part.split_once("\r\n\r\n"))
+            .map(|(headers, rest)| (headers, rest.split("\r\n--").next().unwrap_or(rest)));
+        let Some((headers, body)) = found else {
+            panic!("the message has no {content_type} part")
+        };
+        let encoding = headers
+            .split("\r\n")
+            .find_map(|line| line.strip_prefix("Content-Transfer-Encoding: "))
+            .unwrap_or("7bit");
+        let bytes = match encoding {
+            "quoted-printable" => {
+                quoted_printable::decode(body, quoted_printable::ParseMode::Strict)
+                    .expect("lettre wrote valid quoted-printable")
+            }
+            "base64" => {
+                use base64::Engine as _;
+                let compact: String = body.split_whitespace().collect();
+                base64::engine::general_purpose::STANDARD
+                    .decode(compact)
+                    .expect("lettre wrote valid base64")
+            }
+            _ => body.as_bytes().to_vec(),
+        };
+        String::from_utf8(bytes)
+            .expect("the parts are UTF-8")
+            .replace("\r\n", "\n")
     }
 
     /// The message itself.
@@ -244,6 +293,8 @@ mod tests {
             "{}",
             sent[0].raw()
         );
+        assert_eq!(sent[0].text(), "Hi Ada");
+        assert_eq!(sent[0].html(), "<p>Hi Ada</p>");
         assert_eq!(smtp.attempts(), 1);
         let debug = format!("{:?}", sent[0]);
         assert!(
@@ -251,6 +302,37 @@ mod tests {
             "{debug}"
         );
         assert!(debug.contains("ad***@example.com"), "{debug}");
+    }
+
+    #[tokio::test]
+    async fn bodies_read_back_whatever_their_transfer_encoding() {
+        let (mailer, smtp) = Mailer::stub();
+        let long = format!("https://shop.example/reset?token={}", "x".repeat(80));
+        let vietnamese = "Xin chào Ngọc Anh, tài khoản của bạn đã sẵn sàng.\n".repeat(4);
+        for text in [long.as_str(), vietnamese.as_str()] {
+            let rendered = Rendered {
+                subject: "s".to_owned(),
+                html: format!("<p>{text}</p>"),
+                text: text.to_owned(),
+            };
+            let to = "ada@example.com".parse().expect("to");
+            let message =
+                compose(mailer.from(), &to, None, &rendered, Locale::Vi, "k").expect("compose");
+            mailer.send(message).await.expect("accepted");
+        }
+        let sent = smtp.sent();
+        assert!(
+            !sent[0].raw().contains(&long),
+            "the long line is encoded on the wire"
+        );
+        assert_eq!(sent[0].text(), long);
+        assert!(
+            sent[1].raw().contains("Content-Transfer-Encoding: base64"),
+            "{}",
+            sent[1].raw()
+        );
+        assert_eq!(sent[1].text(), vietnamese);
+        assert_eq!(sent[1].html(), format!("<p>{vietnamese}</p>"));
     }
 
     #[tokio::test]
