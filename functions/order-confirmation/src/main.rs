@@ -355,3 +355,170 @@ mod tests {
         }
     }
 }
+
+/// The handler in process: a test job on an in-memory ledger, the mailer on a stub SMTP server.
+#[cfg(test)]
+mod handler_tests {
+    use super::*;
+    use events::CloudEvent;
+    use mailer::{Reply, Stub};
+    use runtime::dlq::DeathKind;
+    use runtime::testing::{MemoryLedger, Settled, job, run};
+
+    struct Harness {
+        context: Arc<Context>,
+        smtp: Stub,
+        ledger: MemoryLedger,
+    }
+
+    impl Harness {
+        /// The function with `admins` as `ORDER_ADMIN_TO`.
+        fn new(admins: &[&str]) -> Self {
+            let (mailer, smtp) = Mailer::stub();
+            let context = Arc::new(Context {
+                mailer,
+                templates: Templates::new(EMAILS).expect("the templates parse"),
+                admins: admins
+                    .iter()
+                    .map(|admin| admin.parse().expect("an address"))
+                    .collect(),
+                config: Config {
+                    order_admin_to: admins.join(","),
+                    order_admin_locale: Locale::Vi,
+                    order_url: Some("https://shop.example.com/orders/".to_owned()),
+                    order_admin_url: None,
+                },
+            });
+            Self {
+                context,
+                smtp,
+                ledger: MemoryLedger::new(),
+            }
+        }
+
+        /// Delivers `event` (attempt `attempt` of 5) to the handler as `main` wires it.
+        async fn deliver(&self, event: &CloudEvent<OrderPlaced>, attempt: u32) -> Settled {
+            let job = job(event.clone())
+                .attempt(attempt)
+                .max_deliver(5)
+                .ledger(&self.ledger)
+                .build();
+            run(job, |job| confirm_order(job, self.context.clone())).await
+        }
+
+        fn recipients(&self) -> Vec<String> {
+            self.smtp.sent().iter().flat_map(mailer::Sent::to).collect()
+        }
+    }
+
+    fn event() -> CloudEvent<OrderPlaced> {
+        CloudEvent::new("test", OrderPlaced::example())
+    }
+
+    #[tokio::test]
+    async fn sends_the_confirmation_and_one_notification_per_staff_address() {
+        let h = Harness::new(&["ops@shop.example", "Boss <boss@shop.example>"]);
+        assert_eq!(h.deliver(&event(), 1).await, Settled::Acked);
+        assert_eq!(
+            h.recipients(),
+            ["ada@example.com", "ops@shop.example", "boss@shop.example"]
+        );
+        let sent = h.smtp.sent();
+        assert_eq!(
+            sent[0].header("Content-Language").as_deref(),
+            Some("en"),
+            "the customer's locale"
+        );
+        for admin in &sent[1..] {
+            assert_eq!(
+                admin.header("Content-Language").as_deref(),
+                Some("vi"),
+                "ORDER_ADMIN_LOCALE"
+            );
+            assert_ne!(admin.header("Subject"), sent[0].header("Subject"));
+        }
+        assert_ne!(
+            sent[1].header("Message-ID"),
+            sent[2].header("Message-ID"),
+            "each email is its own effect"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_event_chooses_who_is_told() {
+        let admins = ["ops@shop.example"];
+        let mut order = OrderPlaced::example();
+        order.notify_customer = false;
+        let h = Harness::new(&admins);
+        assert_eq!(
+            h.deliver(&CloudEvent::new("test", order), 1).await,
+            Settled::Acked
+        );
+        assert_eq!(h.recipients(), ["ops@shop.example"]);
+
+        let mut order = OrderPlaced::example();
+        order.notify_admins = false;
+        let h = Harness::new(&admins);
+        assert_eq!(
+            h.deliver(&CloudEvent::new("test", order), 1).await,
+            Settled::Acked
+        );
+        assert_eq!(h.recipients(), ["ada@example.com"]);
+
+        let h = Harness::new(&[]);
+        assert_eq!(h.deliver(&event(), 1).await, Settled::Acked);
+        assert_eq!(
+            h.recipients(),
+            ["ada@example.com"],
+            "no ORDER_ADMIN_TO: no staff email"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_redelivery_of_a_sent_event_sends_nothing() {
+        let h = Harness::new(&["ops@shop.example"]);
+        let event = event();
+        assert_eq!(h.deliver(&event, 1).await, Settled::Acked);
+        assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
+        assert_eq!((h.smtp.sent().len(), h.smtp.attempts()), (2, 2));
+    }
+
+    #[tokio::test]
+    async fn a_4xx_on_a_staff_email_is_retried_without_resending_the_customer_email() {
+        let h = Harness::new(&["ops@shop.example", "boss@shop.example"]);
+        h.smtp.reply(Reply::Accept).reply(Reply::Reject(451));
+        let event = event();
+        assert_eq!(h.deliver(&event, 1).await, Settled::Retry(None));
+        assert_eq!(h.recipients(), ["ada@example.com"]);
+        assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
+        assert_eq!(
+            h.recipients(),
+            ["ada@example.com", "ops@shop.example", "boss@shop.example"]
+        );
+        assert_eq!(h.smtp.attempts(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_5xx_reply_is_dead_lettered_at_once() {
+        let h = Harness::new(&["ops@shop.example"]);
+        h.smtp.reply(Reply::Reject(550));
+        assert_eq!(
+            h.deliver(&event(), 1).await,
+            Settled::Dead(DeathKind::Permanent)
+        );
+        assert!(h.smtp.sent().is_empty());
+        assert_eq!(
+            h.smtp.attempts(),
+            1,
+            "nothing more is tried for a dead event"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_downed_smtp_server_is_unavailable() {
+        let h = Harness::new(&["ops@shop.example"]);
+        h.smtp.always(Reply::Down);
+        assert_eq!(h.deliver(&event(), 1).await, Settled::Unavailable);
+        assert!(h.smtp.sent().is_empty());
+    }
+}
