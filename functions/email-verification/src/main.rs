@@ -9,6 +9,10 @@ use mailer::{Mailer, Rendered, Templates};
 use runtime::{Job, JobError};
 use serde_json::json;
 
+/// mimalloc: glibc's malloc and free were a fifth of the runtime's CPU per event (tests/bench/ANALYSIS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let telemetry = runtime::telemetry::init("email-verification")?;

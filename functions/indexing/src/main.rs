@@ -63,6 +63,10 @@ fn default_memory() -> usize {
 const SERVICE: &str = "jetfn-index";
 const GROUP: &str = "jetfn.index";
 
+/// mimalloc: glibc's malloc and free were a fifth of the runtime's CPU per event (tests/bench/ANALYSIS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let telemetry = runtime::telemetry::init("indexing")?;

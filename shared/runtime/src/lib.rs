@@ -16,7 +16,6 @@ pub mod health;
 pub mod infra;
 mod ledger;
 mod metrics;
-mod publisher;
 mod ratelimit;
 mod shutdown;
 pub mod telemetry;
@@ -26,13 +25,8 @@ pub use breaker::Probe;
 pub use connect::connect;
 pub use error::JobError;
 pub use ledger::{Effect, Ledger};
-pub use publisher::{PublishError, Published, Publisher};
+/// Functions that emit events publish as producers do; re-exported so a handler needs one import.
+pub use publish::{PublishError, Published, Publisher};
 pub use ratelimit::RateLimiter;
 pub use shutdown::shutdown_signal;
 pub use worker::{Job, Runtime};
-
-/// Every binary that links the runtime (the functions, the CLI, the bench) allocates with mimalloc: the
-/// consume path allocates for each event (its parsed tree, headers, span fields), and glibc's malloc and free
-/// were a fifth of the runtime's CPU per event in the profile of tests/bench/ANALYSIS.md.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
