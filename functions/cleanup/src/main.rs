@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, stream};
+use events::services::{self, index, index::PurgeRequest, index::PurgeResponse};
 use events::{CleanupCompleted, CleanupRequested, CloudEvent};
 use futures::{StreamExt as _, TryStreamExt as _};
 use runtime::{Effect, Job, JobError, Publisher, Runtime};
@@ -55,7 +56,7 @@ fn default_failures() -> String {
     "jetfn-failures".to_owned()
 }
 fn default_purge_subject() -> String {
-    "jetfn.index.purge".to_owned()
+    index::PURGE_SUBJECT.to_owned()
 }
 fn default_timeout() -> u64 {
     30
@@ -191,32 +192,25 @@ fn secs(seconds: u64) -> time::Duration {
 
 /// Asks the indexing function (the index's only owner) to purge; its answer is how many entries it removed.
 async fn purge_index(context: &Context, before: OffsetDateTime) -> anyhow::Result<u64> {
-    #[derive(Deserialize)]
-    struct Purged {
-        removed: u64,
-    }
-    let body = serde_json::json!({ "before": before.format(&Rfc3339)? });
+    let body = serde_json::to_vec(&PurgeRequest { before })?;
     let reply = tokio::time::timeout(
         Duration::from_secs(context.config.request_timeout_secs),
-        context.client.request(
-            context.config.index_purge_subject.clone(),
-            serde_json::to_vec(&body)?.into(),
-        ),
+        context
+            .client
+            .request(context.config.index_purge_subject.clone(), body.into()),
     )
     .await
     .context("the index purge timed out")?
     .context("asking the indexing service to purge (is `indexing` running?)")?;
-    if let Some(headers) = &reply.headers
-        && let Some(code) = headers.get("Nats-Service-Error-Code")
-    {
-        let status = headers
-            .get("Nats-Service-Error")
-            .map(|v| v.as_str().to_owned())
-            .unwrap_or_default();
-        anyhow::bail!("the indexing service answered {}: {status}", code.as_str());
-    }
-    let purged: Purged =
-        serde_json::from_slice(&reply.payload).context("the indexing service's purge answer")?;
+    let header = |name: &str| {
+        reply
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(name))
+            .map(async_nats::HeaderValue::as_str)
+    };
+    let purged: PurgeResponse = services::decode_reply(header, &reply.payload)
+        .context("the indexing service's purge answer")?;
     Ok(purged.removed)
 }
 
