@@ -3,6 +3,7 @@
 mod cleanup;
 mod dlq;
 mod emails;
+mod function_cli;
 mod harness_selftest;
 mod indexing;
 mod local_system;

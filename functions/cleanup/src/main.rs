@@ -43,6 +43,44 @@ struct CleanupConfig {
     request_timeout_secs: u64,
 }
 
+/// The variables of [`CleanupConfig`].
+const CONFIG: runtime::config::Table = runtime::config::Table {
+    title: "Retention",
+    prefix: "CLEANUP_",
+    vars: &[
+        runtime::config::Var::with_default(
+            "CLEANUP_INDEX_RETENTION_SECS",
+            "7776000",
+            "index entries of messages older than this are removed (90 days)",
+        ),
+        runtime::config::Var::with_default(
+            "CLEANUP_DLQ_RETENTION_SECS",
+            "2592000",
+            "dead-letter records older than this are removed (30 days)",
+        ),
+        runtime::config::Var::with_default("CLEANUP_DLQ_STREAM", "DLQ", "the dead-letter stream"),
+        runtime::config::Var::with_default(
+            "CLEANUP_FAILURES_BUCKET",
+            "jetfn-failures",
+            "the runtime's failure journal",
+        ),
+        runtime::config::Var::with_default(
+            "CLEANUP_INDEX_PURGE_SUBJECT",
+            index::PURGE_SUBJECT,
+            "the indexing service's purge endpoint",
+        ),
+        runtime::config::Var::with_default(
+            "CLEANUP_REQUEST_TIMEOUT_SECS",
+            "30",
+            "how long the index purge may take",
+        ),
+    ],
+};
+
+impl runtime::config::Settings for CleanupConfig {
+    const TABLE: &'static runtime::config::Table = &CONFIG;
+}
+
 fn default_index_retention() -> u64 {
     90 * 24 * 3600
 }
@@ -75,10 +113,17 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    runtime::config::answer_args(
+        &runtime::binary!(),
+        &[
+            &CONFIG,
+            &runtime::config::NATS,
+            &runtime::config::JOB,
+            &runtime::config::TELEMETRY,
+        ],
+    );
     let telemetry = runtime::telemetry::init("cleanup")?;
-    let config: CleanupConfig = envy::prefixed("CLEANUP_")
-        .from_env()
-        .context("reading CLEANUP_* configuration")?;
+    let config: CleanupConfig = runtime::config::from_env()?;
     let runtime = Runtime::from_env("cleanup").await?;
     let client = runtime.client().clone();
     let context = std::sync::Arc::new(Context {
@@ -333,4 +378,12 @@ fn removed_counter() -> &'static opentelemetry::metrics::Counter<u64> {
             .with_description("entries removed by retention cleanup")
             .build()
     })
+}
+
+#[cfg(test)]
+mod settings {
+    #[test]
+    fn the_table_lists_every_setting() {
+        runtime::config::check_table::<super::CleanupConfig>(&[]);
+    }
 }

@@ -15,6 +15,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    runtime::config::answer_args(&runtime::binary!(), &mailer::SETTINGS);
     let telemetry = runtime::telemetry::init("email-verification")?;
     mailer::serve("email-verification", |mailer, templates| {
         move |job| send_code(job, mailer.clone(), templates.clone())

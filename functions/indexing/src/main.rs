@@ -46,6 +46,39 @@ struct IndexConfig {
     test_delay_before_commit_ms: u64,
 }
 
+/// The variables of [`IndexConfig`].
+const CONFIG: runtime::config::Table = runtime::config::Table {
+    title: "Index",
+    prefix: "INDEX_",
+    vars: &[
+        runtime::config::Var::with_default("INDEX_DIR", ".jetfn/index", "the tantivy directory"),
+        runtime::config::Var::with_default(
+            "INDEX_COMMIT_MAX_DOCS",
+            "1000",
+            "commit once this many documents are pending",
+        ),
+        runtime::config::Var::with_default(
+            "INDEX_COMMIT_INTERVAL_MS",
+            "500",
+            "commit this long after the first pending change at the latest",
+        ),
+        runtime::config::Var::with_default(
+            "INDEX_WRITER_MEMORY_MB",
+            "50",
+            "the writer's indexing buffer",
+        ),
+        runtime::config::Var::with_default(
+            "INDEX_TEST_DELAY_BEFORE_COMMIT_MS",
+            "0",
+            "fault injection for the crash test; never set it in production",
+        ),
+    ],
+};
+
+impl runtime::config::Settings for IndexConfig {
+    const TABLE: &'static runtime::config::Table = &CONFIG;
+}
+
 fn default_dir() -> PathBuf {
     PathBuf::from(".jetfn/index")
 }
@@ -65,10 +98,17 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    runtime::config::answer_args(
+        &runtime::binary!(),
+        &[
+            &CONFIG,
+            &runtime::config::NATS,
+            &runtime::config::JOB,
+            &runtime::config::TELEMETRY,
+        ],
+    );
     let telemetry = runtime::telemetry::init("indexing")?;
-    let config: IndexConfig = envy::prefixed("INDEX_")
-        .from_env()
-        .context("reading INDEX_* configuration")?;
+    let config: IndexConfig = runtime::config::from_env()?;
     let nats = NatsConfig::from_env().context("reading NATS_* configuration")?;
     let job = JobConfig::from_env().context("reading JOB_* configuration")?;
     let (writer, searcher) = index::open(&config.dir, config.writer_memory_mb * 1024 * 1024)?;
@@ -211,4 +251,12 @@ async fn submit(committer: &Handle, change: Change) -> Result<(), JobError> {
         Decision::Skip(reason) => tracing::info!(reason, "nothing to index"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod settings {
+    #[test]
+    fn the_table_lists_every_setting() {
+        runtime::config::check_table::<super::IndexConfig>(&[]);
+    }
 }

@@ -15,6 +15,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    runtime::config::answer_args(&runtime::binary!(), &mailer::SETTINGS);
     let telemetry = runtime::telemetry::init("shipping-notification")?;
     mailer::serve("shipping-notification", |mailer, templates| {
         move |job| notify_shipped(job, mailer.clone(), templates.clone())

@@ -16,6 +16,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    runtime::config::answer_args(&runtime::binary!(), &mailer::SETTINGS);
     let telemetry = runtime::telemetry::init("welcome")?;
     mailer::serve("welcome", |mailer, templates| {
         move |job| send_welcome(job, mailer.clone(), templates.clone())
