@@ -24,7 +24,7 @@ const CONFIG: runtime::config::Table = runtime::config::Table {
     prefix: "",
     vars: &[runtime::config::Var::required(
         "PASSWORD_RESET_URL",
-        "the reset page's https URL; the link is `<url>?token=<token>` (`&token=` when it has a query)",
+        "the reset page's https URL; the link is `<url>?token=<token>`, or `&token=` when it has a query",
     )],
 };
 
