@@ -4,6 +4,7 @@ mod cleanup;
 mod consumers;
 mod dlq;
 mod emails;
+mod function_cli;
 mod harness_selftest;
 mod indexing;
 mod local_system;

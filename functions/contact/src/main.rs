@@ -34,6 +34,37 @@ struct Config {
     contact_rate_bucket: String,
 }
 
+/// The variables of [`Config`].
+const CONFIG: runtime::config::Table = runtime::config::Table {
+    title: "Contact form",
+    prefix: "",
+    vars: &[
+        runtime::config::Var::required(
+            "CONTACT_SUPPORT_TO",
+            "the support inbox (one or more comma-separated addresses)",
+        ),
+        runtime::config::Var::with_default(
+            "CONTACT_RATE_LIMIT",
+            "3",
+            "forms accepted per sender address per window",
+        ),
+        runtime::config::Var::with_default(
+            "CONTACT_RATE_WINDOW_SECS",
+            "600",
+            "the rate limit's window",
+        ),
+        runtime::config::Var::with_default(
+            "CONTACT_RATE_BUCKET",
+            "jetfn-ratelimit",
+            "the KV bucket counting forms per sender",
+        ),
+    ],
+};
+
+impl runtime::config::Settings for Config {
+    const TABLE: &'static runtime::config::Table = &CONFIG;
+}
+
 fn default_limit() -> u64 {
     3
 }
@@ -65,11 +96,24 @@ struct Context<L = RateLimiter> {
     limit: String,
 }
 
+/// mimalloc: glibc's malloc and free were a fifth of the runtime's CPU per event (tests/bench/ANALYSIS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    runtime::config::answer_args(
+        &runtime::binary!(),
+        &[
+            &CONFIG,
+            &runtime::config::NATS,
+            &runtime::config::JOB,
+            &mailer::MAILER,
+            &runtime::config::TELEMETRY,
+        ],
+    );
     let telemetry = runtime::telemetry::init("contact")?;
-    let config: Config =
-        envy::from_env().context("CONTACT_SUPPORT_TO must name the support inbox")?;
+    let config: Config = runtime::config::from_env()?;
     let support = config
         .contact_support_to
         .split(',')
@@ -490,5 +534,16 @@ mod handler_tests {
         h.smtp.always(Reply::Down);
         assert_eq!(h.deliver(&event(), 1).await, Settled::Unavailable);
         assert!(h.smtp.sent().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod settings {
+    #[test]
+    fn the_table_lists_every_setting() {
+        runtime::config::check_table::<super::Config>(&[(
+            "CONTACT_SUPPORT_TO",
+            "support@example.com",
+        )]);
     }
 }

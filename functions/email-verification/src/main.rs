@@ -12,8 +12,13 @@ use serde_json::json;
 /// The emails this function sends, from `templates/<locale>/`.
 const EMAILS: &[mailer::EmailTemplate] = mailer::templates!["email_verification"];
 
+/// mimalloc: glibc's malloc and free were a fifth of the runtime's CPU per event (tests/bench/ANALYSIS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    runtime::config::answer_args(&runtime::binary!(), &mailer::SETTINGS);
     let telemetry = runtime::telemetry::init("email-verification")?;
     mailer::serve("email-verification", EMAILS, |mailer, templates| {
         move |job| send_code(job, mailer.clone(), templates.clone())

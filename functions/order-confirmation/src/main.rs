@@ -32,6 +32,36 @@ struct Config {
     order_admin_url: Option<String>,
 }
 
+/// The variables of [`Config`].
+const CONFIG: runtime::config::Table = runtime::config::Table {
+    title: "Orders",
+    prefix: "",
+    vars: &[
+        runtime::config::Var::with_default(
+            "ORDER_ADMIN_TO",
+            "",
+            "comma-separated staff addresses notified of each order; empty: none",
+        ),
+        runtime::config::Var::with_default(
+            "ORDER_ADMIN_LOCALE",
+            "en",
+            "the language of staff notifications (`en` or `vi`)",
+        ),
+        runtime::config::Var::optional(
+            "ORDER_URL",
+            "the customer's order page, the order id appended; unset: no link",
+        ),
+        runtime::config::Var::optional(
+            "ORDER_ADMIN_URL",
+            "the staff's order page, the order id appended; unset: no link",
+        ),
+    ],
+};
+
+impl runtime::config::Settings for Config {
+    const TABLE: &'static runtime::config::Table = &CONFIG;
+}
+
 struct Context {
     mailer: Mailer,
     templates: Templates,
@@ -39,10 +69,24 @@ struct Context {
     config: Config,
 }
 
+/// mimalloc: glibc's malloc and free were a fifth of the runtime's CPU per event (tests/bench/ANALYSIS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    runtime::config::answer_args(
+        &runtime::binary!(),
+        &[
+            &CONFIG,
+            &runtime::config::NATS,
+            &runtime::config::JOB,
+            &mailer::MAILER,
+            &runtime::config::TELEMETRY,
+        ],
+    );
     let telemetry = runtime::telemetry::init("order-confirmation")?;
-    let config: Config = envy::from_env().context("reading ORDER_* configuration")?;
+    let config: Config = runtime::config::from_env()?;
     let admins = config
         .order_admin_to
         .split(',')
@@ -520,5 +564,26 @@ mod handler_tests {
         h.smtp.always(Reply::Down);
         assert_eq!(h.deliver(&event(), 1).await, Settled::Unavailable);
         assert!(h.smtp.sent().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod settings {
+    #[test]
+    fn the_table_lists_every_setting() {
+        runtime::config::check_table::<super::Config>(&[]);
+    }
+
+    #[test]
+    fn a_bad_locale_is_named_by_its_variable() {
+        let err = runtime::config::from_vars::<super::Config>([(
+            "ORDER_ADMIN_LOCALE".to_owned(),
+            "fr".to_owned(),
+        )])
+        .expect_err("not a locale");
+        assert_eq!(
+            err.to_string(),
+            r#"ORDER_ADMIN_LOCALE: expected `en` or `vi`, got "fr""#
+        );
     }
 }

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use events::OrderStatusChanged;
 use lettre::message::Mailbox;
 use mailer::{Mailer, Rendered, Templates};
@@ -20,10 +19,38 @@ struct Config {
     order_url: Option<String>,
 }
 
+/// The variables of [`Config`].
+const CONFIG: runtime::config::Table = runtime::config::Table {
+    title: "Order status",
+    prefix: "",
+    vars: &[runtime::config::Var::optional(
+        "ORDER_URL",
+        "the customer's order page, the order id appended; unset: no link",
+    )],
+};
+
+impl runtime::config::Settings for Config {
+    const TABLE: &'static runtime::config::Table = &CONFIG;
+}
+
+/// mimalloc: glibc's malloc and free were a fifth of the runtime's CPU per event (tests/bench/ANALYSIS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    runtime::config::answer_args(
+        &runtime::binary!(),
+        &[
+            &CONFIG,
+            &runtime::config::NATS,
+            &runtime::config::JOB,
+            &mailer::MAILER,
+            &runtime::config::TELEMETRY,
+        ],
+    );
     let telemetry = runtime::telemetry::init("order-status")?;
-    let config: Arc<Config> = Arc::new(envy::from_env().context("reading ORDER_URL")?);
+    let config: Arc<Config> = Arc::new(runtime::config::from_env()?);
     mailer::serve("order-status", EMAILS, |mailer, templates| {
         move |job| notify_status(job, mailer.clone(), templates.clone(), config.clone())
     })
@@ -388,5 +415,13 @@ mod handler_tests {
             "421: service not available"
         );
         assert!(h.smtp.sent().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod settings {
+    #[test]
+    fn the_table_lists_every_setting() {
+        runtime::config::check_table::<super::Config>(&[]);
     }
 }

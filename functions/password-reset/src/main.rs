@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use events::PasswordResetRequested;
 use lettre::message::Mailbox;
 use mailer::{Mailer, Rendered, Templates};
@@ -22,11 +21,38 @@ struct Config {
     password_reset_url: String,
 }
 
+/// The variables of [`Config`].
+const CONFIG: runtime::config::Table = runtime::config::Table {
+    title: "Password reset",
+    prefix: "",
+    vars: &[runtime::config::Var::required(
+        "PASSWORD_RESET_URL",
+        "the reset page's https URL; the link is `<url>?token=<token>`, or `&token=` when it has a query",
+    )],
+};
+
+impl runtime::config::Settings for Config {
+    const TABLE: &'static runtime::config::Table = &CONFIG;
+}
+
+/// mimalloc: glibc's malloc and free were a fifth of the runtime's CPU per event (tests/bench/ANALYSIS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    runtime::config::answer_args(
+        &runtime::binary!(),
+        &[
+            &CONFIG,
+            &runtime::config::NATS,
+            &runtime::config::JOB,
+            &mailer::MAILER,
+            &runtime::config::TELEMETRY,
+        ],
+    );
     let telemetry = runtime::telemetry::init("password-reset")?;
-    let config: Config =
-        envy::from_env().context("PASSWORD_RESET_URL must be set to the reset page's URL")?;
+    let config: Config = runtime::config::from_env()?;
     anyhow::ensure!(
         config.password_reset_url.starts_with("https://")
             || config.password_reset_url.starts_with("http://localhost")
@@ -351,5 +377,26 @@ mod handler_tests {
         h.smtp.always(Reply::Down);
         assert_eq!(h.deliver(&event(30), 1).await, Settled::Unavailable);
         assert!(h.smtp.sent().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod settings {
+    #[test]
+    fn the_table_lists_every_setting() {
+        runtime::config::check_table::<super::Config>(&[(
+            "PASSWORD_RESET_URL",
+            "https://example.com/reset",
+        )]);
+    }
+
+    #[test]
+    fn a_missing_url_is_named_with_its_meaning() {
+        let err = runtime::config::from_vars::<super::Config>([]).expect_err("required");
+        assert!(
+            err.to_string()
+                .starts_with("PASSWORD_RESET_URL: must be set (the reset page"),
+            "{err}"
+        );
     }
 }

@@ -13,8 +13,13 @@ use runtime::{Job, JobError};
 /// The emails this function sends, from `templates/<locale>/`.
 const EMAILS: &[mailer::EmailTemplate] = mailer::templates!["welcome"];
 
+/// mimalloc: glibc's malloc and free were a fifth of the runtime's CPU per event (tests/bench/ANALYSIS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    runtime::config::answer_args(&runtime::binary!(), &mailer::SETTINGS);
     let telemetry = runtime::telemetry::init("welcome")?;
     mailer::serve("welcome", EMAILS, |mailer, templates| {
         move |job| send_welcome(job, mailer.clone(), templates.clone())

@@ -41,7 +41,7 @@ mod templates;
 mod transport;
 
 pub use compose::compose;
-pub use config::{ConfigError, MailerConfig, Secret};
+pub use config::{ConfigError, MAILER, MailerConfig, SETTINGS, Secret};
 pub use error::SendError;
 pub use jobs::{Email, job_error, probe, send_once, serve};
 #[cfg(any(test, feature = "testing"))]
