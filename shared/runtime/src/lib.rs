@@ -19,6 +19,7 @@ pub mod health;
 mod job;
 mod ledger;
 mod metrics;
+pub mod nats_url;
 mod policy;
 mod ratelimit;
 mod raw;
