@@ -115,8 +115,7 @@ async fn advisories_wait_in_their_stream_while_the_router_is_down() {
     assert_eq!(router.wait_exit(WAIT).await.code(), Some(0));
     // Re-reading every advisory from the start, as after a lost consumer.
     let definitions =
-        provision::Definitions::load(&testkit::workspace_root().join("infra/nats"))
-            .unwrap();
+        provision::Definitions::load(&testkit::workspace_root().join("infra/nats")).unwrap();
     let config = definitions
         .consumer("ADVISORIES", "dlq-router")
         .unwrap()
@@ -209,8 +208,7 @@ async fn purge_removes_dead_events() {
 async fn infra_definitions_apply_again_to_a_provisioned_server() {
     let system = System::start().await;
     let definitions =
-        provision::Definitions::load(&testkit::workspace_root().join("infra/nats"))
-            .unwrap();
+        provision::Definitions::load(&testkit::workspace_root().join("infra/nats")).unwrap();
     definitions
         .apply(&system.js)
         .await

@@ -1,9 +1,11 @@
 //! Integration tests: one test binary, one module per area.
 
 mod cleanup;
+mod cluster;
 mod consumers;
 mod dlq;
 mod emails;
+mod function_cli;
 mod harness_selftest;
 mod indexing;
 mod local_system;

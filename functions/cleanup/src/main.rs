@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, stream};
+use events::services::{self, index, index::PurgeRequest, index::PurgeResponse};
 use events::{CleanupCompleted, CleanupRequested, CloudEvent};
 use futures::{StreamExt as _, TryStreamExt as _};
 use runtime::{Effect, Job, JobError, Publisher, Runtime};
@@ -42,6 +43,44 @@ struct CleanupConfig {
     request_timeout_secs: u64,
 }
 
+/// The variables of [`CleanupConfig`].
+const CONFIG: runtime::config::Table = runtime::config::Table {
+    title: "Retention",
+    prefix: "CLEANUP_",
+    vars: &[
+        runtime::config::Var::with_default(
+            "CLEANUP_INDEX_RETENTION_SECS",
+            "7776000",
+            "index entries of messages older than this are removed (90 days)",
+        ),
+        runtime::config::Var::with_default(
+            "CLEANUP_DLQ_RETENTION_SECS",
+            "2592000",
+            "dead-letter records older than this are removed (30 days)",
+        ),
+        runtime::config::Var::with_default("CLEANUP_DLQ_STREAM", "DLQ", "the dead-letter stream"),
+        runtime::config::Var::with_default(
+            "CLEANUP_FAILURES_BUCKET",
+            "jetfn-failures",
+            "the runtime's failure journal",
+        ),
+        runtime::config::Var::with_default(
+            "CLEANUP_INDEX_PURGE_SUBJECT",
+            index::PURGE_SUBJECT,
+            "the indexing service's purge endpoint",
+        ),
+        runtime::config::Var::with_default(
+            "CLEANUP_REQUEST_TIMEOUT_SECS",
+            "30",
+            "how long the index purge may take",
+        ),
+    ],
+};
+
+impl runtime::config::Settings for CleanupConfig {
+    const TABLE: &'static runtime::config::Table = &CONFIG;
+}
+
 fn default_index_retention() -> u64 {
     90 * 24 * 3600
 }
@@ -55,7 +94,7 @@ fn default_failures() -> String {
     "jetfn-failures".to_owned()
 }
 fn default_purge_subject() -> String {
-    "jetfn.index.purge".to_owned()
+    index::PURGE_SUBJECT.to_owned()
 }
 fn default_timeout() -> u64 {
     30
@@ -68,12 +107,23 @@ struct Context {
     publisher: Publisher,
 }
 
+/// mimalloc: glibc's malloc and free were a fifth of the runtime's CPU per event (tests/bench/ANALYSIS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    runtime::config::answer_args(
+        &runtime::binary!(),
+        &[
+            &CONFIG,
+            &runtime::config::NATS,
+            &runtime::config::JOB,
+            &runtime::config::TELEMETRY,
+        ],
+    );
     let telemetry = runtime::telemetry::init("cleanup")?;
-    let config: CleanupConfig = envy::prefixed("CLEANUP_")
-        .from_env()
-        .context("reading CLEANUP_* configuration")?;
+    let config: CleanupConfig = runtime::config::from_env()?;
     let runtime = Runtime::from_env("cleanup").await?;
     let client = runtime.client().clone();
     let context = std::sync::Arc::new(Context {
@@ -187,32 +237,25 @@ fn secs(seconds: u64) -> time::Duration {
 
 /// Asks the indexing function (the index's only owner) to purge; its answer is how many entries it removed.
 async fn purge_index(context: &Context, before: OffsetDateTime) -> anyhow::Result<u64> {
-    #[derive(Deserialize)]
-    struct Purged {
-        removed: u64,
-    }
-    let body = serde_json::json!({ "before": before.format(&Rfc3339)? });
+    let body = serde_json::to_vec(&PurgeRequest { before })?;
     let reply = tokio::time::timeout(
         Duration::from_secs(context.config.request_timeout_secs),
-        context.client.request(
-            context.config.index_purge_subject.clone(),
-            serde_json::to_vec(&body)?.into(),
-        ),
+        context
+            .client
+            .request(context.config.index_purge_subject.clone(), body.into()),
     )
     .await
     .context("the index purge timed out")?
     .context("asking the indexing service to purge (is `indexing` running?)")?;
-    if let Some(headers) = &reply.headers
-        && let Some(code) = headers.get("Nats-Service-Error-Code")
-    {
-        let status = headers
-            .get("Nats-Service-Error")
-            .map(|v| v.as_str().to_owned())
-            .unwrap_or_default();
-        anyhow::bail!("the indexing service answered {}: {status}", code.as_str());
-    }
-    let purged: Purged =
-        serde_json::from_slice(&reply.payload).context("the indexing service's purge answer")?;
+    let header = |name: &str| {
+        reply
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(name))
+            .map(async_nats::HeaderValue::as_str)
+    };
+    let purged: PurgeResponse = services::decode_reply(header, &reply.payload)
+        .context("the indexing service's purge answer")?;
     Ok(purged.removed)
 }
 
@@ -335,4 +378,12 @@ fn removed_counter() -> &'static opentelemetry::metrics::Counter<u64> {
             .with_description("entries removed by retention cleanup")
             .build()
     })
+}
+
+#[cfg(test)]
+mod settings {
+    #[test]
+    fn the_table_lists_every_setting() {
+        runtime::config::check_table::<super::CleanupConfig>(&[]);
+    }
 }

@@ -14,6 +14,10 @@ use runtime::{Effect, Job, JobError, RateLimiter, Runtime};
 use serde::Deserialize;
 use serde_json::json;
 
+/// The emails this function sends, from `templates/<locale>/`.
+const EMAILS: &[mailer::EmailTemplate] =
+    mailer::templates!["contact_notification", "contact_acknowledgement"];
+
 /// Settings of this function.
 #[derive(Debug, Deserialize)]
 struct Config {
@@ -30,6 +34,37 @@ struct Config {
     contact_rate_bucket: String,
 }
 
+/// The variables of [`Config`].
+const CONFIG: runtime::config::Table = runtime::config::Table {
+    title: "Contact form",
+    prefix: "",
+    vars: &[
+        runtime::config::Var::required(
+            "CONTACT_SUPPORT_TO",
+            "the support inbox (one or more comma-separated addresses)",
+        ),
+        runtime::config::Var::with_default(
+            "CONTACT_RATE_LIMIT",
+            "3",
+            "forms accepted per sender address per window",
+        ),
+        runtime::config::Var::with_default(
+            "CONTACT_RATE_WINDOW_SECS",
+            "600",
+            "the rate limit's window",
+        ),
+        runtime::config::Var::with_default(
+            "CONTACT_RATE_BUCKET",
+            "jetfn-ratelimit",
+            "the KV bucket counting forms per sender",
+        ),
+    ],
+};
+
+impl runtime::config::Settings for Config {
+    const TABLE: &'static runtime::config::Table = &CONFIG;
+}
+
 fn default_limit() -> u64 {
     3
 }
@@ -40,19 +75,45 @@ fn default_bucket() -> String {
     "jetfn-ratelimit".to_owned()
 }
 
-struct Context {
+/// Where the sender's rate is counted: NATS KV in production, so every replica counts together; a counter in the
+/// handler tests.
+trait Slots: Send + Sync + 'static {
+    /// Takes one of `sender`'s slots in the current window; false when they are used up.
+    fn take(&self, sender: &str) -> impl Future<Output = Result<bool, JobError>> + Send;
+}
+
+impl Slots for RateLimiter {
+    fn take(&self, sender: &str) -> impl Future<Output = Result<bool, JobError>> + Send {
+        RateLimiter::take(self, sender)
+    }
+}
+
+struct Context<L = RateLimiter> {
     mailer: Mailer,
     templates: Templates,
     support: Vec<Mailbox>,
-    limiter: RateLimiter,
+    limiter: L,
     limit: String,
 }
 
+/// mimalloc: glibc's malloc and free were a fifth of the runtime's CPU per event (tests/bench/ANALYSIS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    runtime::config::answer_args(
+        &runtime::binary!(),
+        &[
+            &CONFIG,
+            &runtime::config::NATS,
+            &runtime::config::JOB,
+            &mailer::MAILER,
+            &runtime::config::TELEMETRY,
+        ],
+    );
     let telemetry = runtime::telemetry::init("contact")?;
-    let config: Config =
-        envy::from_env().context("CONTACT_SUPPORT_TO must name the support inbox")?;
+    let config: Config = runtime::config::from_env()?;
     let support = config
         .contact_support_to
         .split(',')
@@ -65,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     anyhow::ensure!(!support.is_empty(), "CONTACT_SUPPORT_TO is empty");
+    let templates = Templates::new(EMAILS).context("parsing the email templates")?;
     let mailer = Mailer::from_env().context("reading SMTP_* and MAIL_* configuration")?;
     let runtime = Runtime::from_env("contact")
         .await?
@@ -84,7 +146,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let context = Arc::new(Context {
         mailer,
-        templates: Templates::new(),
+        templates,
         support,
         limiter,
         limit,
@@ -103,9 +165,9 @@ async fn main() -> anyhow::Result<()> {
 /// notification and the acknowledgement, each at most once. A sender over the limit is dead-lettered, visible and
 /// replayable, never mailed.
 #[tracing::instrument(skip_all)]
-async fn forward_contact(
+async fn forward_contact<L: Slots>(
     job: Job<ContactSubmitted>,
-    context: Arc<Context>,
+    context: Arc<Context<L>>,
 ) -> Result<(), JobError> {
     let form = &job.event.data;
     let sender = form.email.to_ascii_lowercase();
@@ -198,10 +260,16 @@ fn render_acknowledgement(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mailer::context;
+    use mailer::snapshot::{INJECTED, assert_well_formed};
+
+    fn templates() -> Templates {
+        Templates::new(EMAILS).expect("the templates parse")
+    }
 
     #[test]
     fn snapshots_in_every_locale() {
-        let templates = Templates::new();
+        let templates = templates();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots");
         for locale in [events::Locale::En, events::Locale::Vi] {
             let mut form = ContactSubmitted::example();
@@ -225,5 +293,257 @@ mod tests {
                 &acknowledgement,
             );
         }
+    }
+
+    #[test]
+    fn every_email_is_well_formed_in_every_locale() {
+        let templates = templates();
+        let samples = [
+            (
+                "contact_notification",
+                context! {
+                    sender_name => INJECTED, sender_email => "ada@example.com", subject => "Bulk order",
+                    message => format!("Hello,\n{INJECTED}\n\nRegards"), submitted_at => "25 Nov 2026, 10:05 UTC",
+                },
+            ),
+            (
+                "contact_acknowledgement",
+                context! { name => INJECTED, subject => "Bulk order" },
+            ),
+        ];
+        for locale in [events::Locale::En, events::Locale::Vi] {
+            for (name, ctx) in samples.clone() {
+                let at = format!("{name} in {}", locale.as_str());
+                let r = templates
+                    .render(name, locale, ctx)
+                    .unwrap_or_else(|e| panic!("{at}: {e:#}"));
+                assert_well_formed(&at, &r, locale, true);
+            }
+        }
+    }
+}
+
+/// The handler in process: a test job on an in-memory ledger, the mailer on a stub SMTP server, and the rate
+/// limit counted in memory with the KV limiter's rule (at most `limit` forms per sender in the window).
+#[cfg(test)]
+mod handler_tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use events::CloudEvent;
+    use mailer::{Reply, Stub};
+    use runtime::dlq::DeathKind;
+    use runtime::testing::{MemoryLedger, Settled, job, run};
+
+    /// One window that never ends.
+    struct Counter {
+        limit: u64,
+        taken: Mutex<HashMap<String, u64>>,
+    }
+
+    impl Slots for Counter {
+        async fn take(&self, sender: &str) -> Result<bool, JobError> {
+            let mut taken = self.taken.lock().expect("not poisoned");
+            let count = taken.entry(sender.to_owned()).or_default();
+            *count += 1;
+            Ok(*count <= self.limit)
+        }
+    }
+
+    struct Harness {
+        context: Arc<Context<Counter>>,
+        smtp: Stub,
+        ledger: MemoryLedger,
+    }
+
+    impl Harness {
+        /// The function with two support addresses and `limit` forms per sender.
+        fn new(limit: u64) -> Self {
+            let (mailer, smtp) = Mailer::stub();
+            let context = Arc::new(Context {
+                mailer,
+                templates: Templates::new(EMAILS).expect("the templates parse"),
+                support: ["support@shop.example", "Sales <sales@shop.example>"]
+                    .map(|to| to.parse().expect("an address"))
+                    .to_vec(),
+                limiter: Counter {
+                    limit,
+                    taken: Mutex::default(),
+                },
+                limit: format!("{limit} per 600 s"),
+            });
+            Self {
+                context,
+                smtp,
+                ledger: MemoryLedger::new(),
+            }
+        }
+
+        /// Runs the handler as `main` wires it on `event` (attempt `attempt` of 5).
+        async fn handle(
+            &self,
+            event: &CloudEvent<ContactSubmitted>,
+            attempt: u32,
+        ) -> Result<(), JobError> {
+            let job = job(event.clone())
+                .attempt(attempt)
+                .max_deliver(5)
+                .ledger(&self.ledger)
+                .build();
+            forward_contact(job, self.context.clone()).await
+        }
+
+        /// What the runtime does with the handler's result.
+        async fn deliver(&self, event: &CloudEvent<ContactSubmitted>, attempt: u32) -> Settled {
+            let job = job(event.clone())
+                .attempt(attempt)
+                .max_deliver(5)
+                .ledger(&self.ledger)
+                .build();
+            run(job, |job| forward_contact(job, self.context.clone())).await
+        }
+
+        fn recipients(&self) -> Vec<String> {
+            self.smtp.sent().iter().flat_map(mailer::Sent::to).collect()
+        }
+    }
+
+    fn event() -> CloudEvent<ContactSubmitted> {
+        CloudEvent::new("test", ContactSubmitted::example())
+    }
+
+    #[tokio::test]
+    async fn notifies_support_with_the_sender_as_reply_to_and_acknowledges() {
+        let h = Harness::new(3);
+        assert_eq!(h.deliver(&event(), 1).await, Settled::Acked);
+        assert_eq!(
+            h.recipients(),
+            [
+                "support@shop.example",
+                "sales@shop.example",
+                "grace@example.com"
+            ]
+        );
+        let sent = h.smtp.sent();
+        for notification in &sent[..2] {
+            assert_eq!(
+                notification.header("Reply-To").as_deref(),
+                Some("Grace Hopper <grace@example.com>")
+            );
+        }
+        for email in &sent {
+            assert_eq!(
+                email.header("From").as_deref(),
+                Some("jetfn <no-reply@jetfn.local>"),
+                "the sender is never the From"
+            );
+        }
+        assert_eq!(sent[2].header("Reply-To"), None);
+    }
+
+    #[tokio::test]
+    async fn no_acknowledgement_unless_asked() {
+        let h = Harness::new(3);
+        let mut form = ContactSubmitted::example();
+        form.send_acknowledgement = false;
+        assert_eq!(
+            h.deliver(&CloudEvent::new("test", form), 1).await,
+            Settled::Acked
+        );
+        assert_eq!(
+            h.recipients(),
+            ["support@shop.example", "sales@shop.example"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sender_over_the_limit_is_dead_lettered_and_never_mailed() {
+        let h = Harness::new(1);
+        assert_eq!(h.deliver(&event(), 1).await, Settled::Acked);
+        h.smtp.clear();
+        // More forms from the same sender, whatever the case of the address.
+        let over = || {
+            let mut form = ContactSubmitted::example();
+            form.email = "Grace@Example.com".to_owned();
+            CloudEvent::new("test", form)
+        };
+        let err = h.handle(&over(), 1).await.expect_err("over the limit");
+        assert!(err.is_permanent(), "{err:?}");
+        assert!(err.to_string().starts_with("rate_limited"), "{err}");
+        assert!(
+            !err.to_string().contains("race@"),
+            "no address in the reason: {err}"
+        );
+        assert_eq!(
+            h.deliver(&over(), 1).await,
+            Settled::Dead(DeathKind::Permanent)
+        );
+        assert_eq!(h.smtp.attempts(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_redelivery_of_a_sent_event_sends_nothing_and_takes_no_second_slot() {
+        let h = Harness::new(1);
+        let event = event();
+        assert_eq!(h.deliver(&event, 1).await, Settled::Acked);
+        assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
+        assert_eq!((h.smtp.sent().len(), h.smtp.attempts()), (3, 3));
+    }
+
+    #[tokio::test]
+    async fn a_4xx_on_the_acknowledgement_is_retried_without_resending_the_notifications() {
+        let h = Harness::new(1);
+        h.smtp
+            .reply(Reply::Accept)
+            .reply(Reply::Accept)
+            .reply(Reply::Reject(451));
+        let event = event();
+        assert_eq!(h.deliver(&event, 1).await, Settled::Retry(None));
+        assert_eq!(
+            h.recipients(),
+            ["support@shop.example", "sales@shop.example"]
+        );
+        // The retry is within the limit of 1: the slot was taken once, for the event.
+        assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
+        assert_eq!(
+            h.recipients(),
+            [
+                "support@shop.example",
+                "sales@shop.example",
+                "grace@example.com"
+            ]
+        );
+        assert_eq!(h.smtp.attempts(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_5xx_reply_is_dead_lettered_at_once() {
+        let h = Harness::new(3);
+        h.smtp.reply(Reply::Reject(550));
+        assert_eq!(
+            h.deliver(&event(), 1).await,
+            Settled::Dead(DeathKind::Permanent)
+        );
+        assert!(h.smtp.sent().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_downed_smtp_server_is_unavailable() {
+        let h = Harness::new(3);
+        h.smtp.always(Reply::Down);
+        assert_eq!(h.deliver(&event(), 1).await, Settled::Unavailable);
+        assert!(h.smtp.sent().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod settings {
+    #[test]
+    fn the_table_lists_every_setting() {
+        runtime::config::check_table::<super::Config>(&[(
+            "CONTACT_SUPPORT_TO",
+            "support@example.com",
+        )]);
     }
 }

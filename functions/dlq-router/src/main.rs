@@ -44,6 +44,43 @@ struct RouterConfig {
     health_addr: Option<String>,
 }
 
+/// The variables of [`RouterConfig`].
+const CONFIG: runtime::config::Table = runtime::config::Table {
+    title: "Dead-letter routing",
+    prefix: "ROUTER_",
+    vars: &[
+        runtime::config::Var::with_default(
+            "ROUTER_STREAM",
+            "ADVISORIES",
+            "the stream capturing the max-deliveries advisories",
+        ),
+        runtime::config::Var::with_default(
+            "ROUTER_CONSUMER",
+            "dlq-router",
+            "the router's durable consumer on it",
+        ),
+        runtime::config::Var::with_default("ROUTER_DLQ_STREAM", "DLQ", "the dead-letter stream"),
+        runtime::config::Var::with_default(
+            "ROUTER_DLQ_PREFIX",
+            "dlq",
+            "its subject prefix (the functions' JOB_DLQ_PREFIX)",
+        ),
+        runtime::config::Var::with_default(
+            "ROUTER_FAILURES_BUCKET",
+            "jetfn-failures",
+            "the runtime's failure journal",
+        ),
+        runtime::config::Var::optional(
+            "ROUTER_HEALTH_ADDR",
+            "where to serve /livez and /readyz; unset: no endpoint",
+        ),
+    ],
+};
+
+impl runtime::config::Settings for RouterConfig {
+    const TABLE: &'static runtime::config::Table = &CONFIG;
+}
+
 fn default_stream() -> String {
     "ADVISORIES".to_owned()
 }
@@ -84,12 +121,18 @@ struct Router {
     streams: Mutex<HashMap<String, stream::Stream>>,
 }
 
+/// mimalloc: glibc's malloc and free were a fifth of the runtime's CPU per event (tests/bench/ANALYSIS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    runtime::config::answer_args(
+        &runtime::binary!(),
+        &[&CONFIG, &runtime::config::NATS, &runtime::config::TELEMETRY],
+    );
     let telemetry = runtime::telemetry::init("dlq-router")?;
-    let config: RouterConfig = envy::prefixed("ROUTER_")
-        .from_env()
-        .context("reading ROUTER_* configuration")?;
+    let config: RouterConfig = runtime::config::from_env()?;
     let nats = runtime::config::NatsConfig::from_env().context("reading NATS_* configuration")?;
     let mut job = runtime::config::JobConfig::from_env().context("reading JOB_* configuration")?;
     job.failures_bucket.clone_from(&config.failures_bucket);
@@ -289,4 +332,12 @@ impl Router {
 
 fn bytes_empty() -> bytes::Bytes {
     bytes::Bytes::new()
+}
+
+#[cfg(test)]
+mod settings {
+    #[test]
+    fn the_table_lists_every_setting() {
+        runtime::config::check_table::<super::RouterConfig>(&[]);
+    }
 }

@@ -9,10 +9,18 @@ use mailer::{Mailer, Rendered, Templates};
 use runtime::{Job, JobError};
 use serde_json::json;
 
+/// The emails this function sends, from `templates/<locale>/`.
+const EMAILS: &[mailer::EmailTemplate] = mailer::templates!["email_verification"];
+
+/// mimalloc: glibc's malloc and free were a fifth of the runtime's CPU per event (tests/bench/ANALYSIS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    runtime::config::answer_args(&runtime::binary!(), &mailer::SETTINGS);
     let telemetry = runtime::telemetry::init("email-verification")?;
-    mailer::serve("email-verification", |mailer, templates| {
+    mailer::serve("email-verification", EMAILS, |mailer, templates| {
         move |job| send_code(job, mailer.clone(), templates.clone())
     })
     .await?;
@@ -68,10 +76,16 @@ fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mailer::context;
+    use mailer::snapshot::{INJECTED, assert_well_formed};
+
+    fn templates() -> Templates {
+        Templates::new(EMAILS).expect("the templates parse")
+    }
 
     #[test]
     fn snapshots_in_every_locale() {
-        let templates = Templates::new();
+        let templates = templates();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots");
         for locale in [events::Locale::En, events::Locale::Vi] {
             let mut request = EmailVerificationRequested::example();
@@ -87,5 +101,149 @@ mod tests {
                 &rendered,
             );
         }
+    }
+
+    #[test]
+    fn well_formed_in_every_locale() {
+        let templates = templates();
+        let none: Option<&str> = None;
+        let samples = [
+            (
+                context! { name => INJECTED, code => "042917", expires_in_minutes => 10 },
+                true,
+            ),
+            (
+                context! { name => none, code => "042917", expires_in_minutes => 10 },
+                false,
+            ),
+        ];
+        for locale in [events::Locale::En, events::Locale::Vi] {
+            for (ctx, injected) in samples.clone() {
+                let at = format!(
+                    "email_verification in {} (named: {injected})",
+                    locale.as_str()
+                );
+                let r = templates
+                    .render("email_verification", locale, ctx)
+                    .unwrap_or_else(|e| panic!("{at}: {e:#}"));
+                assert_well_formed(&at, &r, locale, injected);
+            }
+        }
+    }
+}
+
+/// The handler in process: a test job on an in-memory ledger, the mailer on a stub SMTP server.
+#[cfg(test)]
+mod handler_tests {
+    use super::*;
+    use events::CloudEvent;
+    use mailer::{Reply, Stub};
+    use runtime::dlq::DeathKind;
+    use runtime::testing::{MemoryLedger, Settled, job, run};
+    use time::format_description::well_known::Rfc3339;
+
+    struct Harness {
+        mailer: Mailer,
+        smtp: Stub,
+        templates: Arc<Templates>,
+        ledger: MemoryLedger,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            let (mailer, smtp) = Mailer::stub();
+            let templates = Arc::new(Templates::new(EMAILS).expect("the templates parse"));
+            Self {
+                mailer,
+                smtp,
+                templates,
+                ledger: MemoryLedger::new(),
+            }
+        }
+
+        /// Delivers `event` (attempt `attempt` of 5) to the handler as `main` wires it.
+        async fn deliver(
+            &self,
+            event: &CloudEvent<EmailVerificationRequested>,
+            attempt: u32,
+        ) -> Settled {
+            let job = job(event.clone())
+                .attempt(attempt)
+                .max_deliver(5)
+                .ledger(&self.ledger)
+                .build();
+            run(job, |job| {
+                send_code(job, self.mailer.clone(), self.templates.clone())
+            })
+            .await
+        }
+    }
+
+    /// An English request whose code expires `minutes` from now (in the past when negative).
+    fn event(minutes: i64) -> CloudEvent<EmailVerificationRequested> {
+        let mut request = EmailVerificationRequested::example();
+        request.locale = events::Locale::En;
+        request.expires_at = (time::OffsetDateTime::now_utc() + time::Duration::minutes(minutes))
+            .format(&Rfc3339)
+            .expect("formats");
+        CloudEvent::new("test", request)
+    }
+
+    #[tokio::test]
+    async fn sends_one_code_to_the_user() {
+        let h = Harness::new();
+        assert_eq!(h.deliver(&event(15), 1).await, Settled::Acked);
+        let sent = h.smtp.sent();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].to(), ["ada@example.com"]);
+        assert!(
+            sent[0].text().contains("493027"),
+            "the code is in the email"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_expired_request_is_skipped_and_sends_nothing() {
+        let h = Harness::new();
+        assert_eq!(h.deliver(&event(-1), 1).await, Settled::Skipped("expired"));
+        assert_eq!(h.smtp.attempts(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_redelivery_of_a_sent_event_sends_nothing() {
+        let h = Harness::new();
+        let event = event(15);
+        assert_eq!(h.deliver(&event, 1).await, Settled::Acked);
+        assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
+        assert_eq!((h.smtp.sent().len(), h.smtp.attempts()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_4xx_reply_is_retried_and_the_retry_sends_once() {
+        let h = Harness::new();
+        h.smtp.reply(Reply::Reject(450));
+        let event = event(15);
+        assert_eq!(h.deliver(&event, 1).await, Settled::Retry(None));
+        assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
+        assert_eq!((h.smtp.sent().len(), h.smtp.attempts()), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn a_5xx_reply_is_dead_lettered_at_once() {
+        let h = Harness::new();
+        h.smtp.reply(Reply::Reject(550));
+        assert_eq!(
+            h.deliver(&event(15), 1).await,
+            Settled::Dead(DeathKind::Permanent)
+        );
+        assert!(h.smtp.sent().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_downed_smtp_server_is_unavailable() {
+        let h = Harness::new();
+        h.smtp.always(Reply::Timeout);
+        assert_eq!(h.deliver(&event(15), 1).await, Settled::Unavailable);
+        assert!(h.smtp.sent().is_empty());
     }
 }

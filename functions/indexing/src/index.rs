@@ -8,6 +8,7 @@ use std::ops::Bound;
 use std::path::Path;
 
 use anyhow::Context as _;
+use events::services::index::{DEFAULT_LIMIT, Hit, MAX_LIMIT, SearchRequest, SearchResponse};
 use serde::{Deserialize, Serialize};
 use tantivy::collector::{Count, TopDocs};
 use tantivy::directory::MmapDirectory;
@@ -179,52 +180,6 @@ pub struct Searcher {
     fields: Fields,
 }
 
-/// A search request, as the `search` endpoint takes it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct SearchRequest {
-    /// Query text (tantivy query syntax: words, "phrases", +required, -excluded). Empty: everything.
-    #[serde(default)]
-    pub q: String,
-    /// Only this conversation's messages.
-    #[serde(default)]
-    pub conversation_id: Option<String>,
-    /// Hits per page (1 to 100, default 10).
-    #[serde(default)]
-    pub limit: Option<usize>,
-    /// Hits to skip.
-    #[serde(default)]
-    pub offset: usize,
-}
-
-/// One hit, best first.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Hit {
-    /// The message id.
-    pub message_id: String,
-    /// Its conversation.
-    pub conversation_id: String,
-    /// Its author.
-    pub sender_id: String,
-    /// Its text.
-    pub body: String,
-    /// When it was written (RFC 3339).
-    pub created_at: String,
-    /// BM25 relevance.
-    pub score: f32,
-}
-
-/// A page of hits and how many match in all.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SearchResponse {
-    /// Matching messages in all.
-    pub total: usize,
-    /// This page.
-    pub hits: Vec<Hit>,
-}
-
-/// The most hits one request may ask for.
-pub const MAX_LIMIT: usize = 100;
-
 /// Why a search failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
@@ -242,7 +197,7 @@ impl Searcher {
     /// # Errors
     /// A bad request, or an index read failure.
     pub fn search(&self, request: &SearchRequest) -> Result<SearchResponse, SearchError> {
-        let limit = request.limit.unwrap_or(10);
+        let limit = request.limit.unwrap_or(DEFAULT_LIMIT);
         if !(1..=MAX_LIMIT).contains(&limit) {
             return Err(SearchError::BadRequest(format!(
                 "limit must be between 1 and {MAX_LIMIT}"

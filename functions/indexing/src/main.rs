@@ -9,21 +9,20 @@
 
 mod committer;
 mod index;
+mod service;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use async_nats::service::{self, ServiceExt as _};
 use events::{MessageCreated, MessageDeleted, MessageUpdated};
-use futures::StreamExt as _;
 use runtime::{Job, JobError, Runtime};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::committer::{Committer, Handle, Policy};
-use crate::index::{Change, Decision, MessageDoc, SearchError, SearchRequest, Searcher, Version};
+use crate::index::{Change, Decision, MessageDoc, Version};
+use crate::service::serve_queries;
 
 /// `INDEX_*` settings.
 #[derive(Debug, Deserialize)]
@@ -47,6 +46,34 @@ struct IndexConfig {
     test_delay_before_commit_ms: u64,
 }
 
+/// The variables of [`IndexConfig`].
+const CONFIG: runtime::config::Table = runtime::config::Table {
+    title: "Index",
+    prefix: "INDEX_",
+    vars: &[
+        runtime::config::Var::with_default("INDEX_DIR", ".jetfn/index", "the tantivy directory"),
+        runtime::config::Var::with_default(
+            "INDEX_COMMIT_MAX_DOCS",
+            "1000",
+            "commit once this many documents are pending",
+        ),
+        runtime::config::Var::with_default(
+            "INDEX_COMMIT_INTERVAL_MS",
+            "500",
+            "commit this long after the first pending change at the latest",
+        ),
+        runtime::config::Var::with_default(
+            "INDEX_WRITER_MEMORY_MB",
+            "50",
+            "the writer's indexing buffer",
+        ),
+    ],
+};
+
+impl runtime::config::Settings for IndexConfig {
+    const TABLE: &'static runtime::config::Table = &CONFIG;
+}
+
 fn default_dir() -> PathBuf {
     PathBuf::from(".jetfn/index")
 }
@@ -60,16 +87,23 @@ fn default_memory() -> usize {
     50
 }
 
-/// The NATS service: name, group and endpoints.
-const SERVICE: &str = "jetfn-index";
-const GROUP: &str = "jetfn.index";
+/// mimalloc: glibc's malloc and free were a fifth of the runtime's CPU per event (tests/bench/ANALYSIS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    runtime::config::answer_args(
+        &runtime::binary!(),
+        &[
+            &CONFIG,
+            &runtime::config::NATS,
+            &runtime::config::JOB,
+            &runtime::config::TELEMETRY,
+        ],
+    );
     let telemetry = runtime::telemetry::init("indexing")?;
-    let config: IndexConfig = envy::prefixed("INDEX_")
-        .from_env()
-        .context("reading INDEX_* configuration")?;
+    let config: IndexConfig = runtime::config::from_env()?;
     // A production build refuses the hook rather than ignoring it, so a crash test run against it fails loudly.
     #[cfg(not(feature = "fault-injection"))]
     anyhow::ensure!(
@@ -202,115 +236,10 @@ async fn submit(committer: &Handle, change: Change) -> Result<(), JobError> {
     Ok(())
 }
 
-/// `purge` request: remove entries of messages written before `before`.
-#[derive(Debug, Deserialize)]
-struct PurgeRequest {
-    #[serde(with = "time::serde::rfc3339")]
-    before: OffsetDateTime,
-}
-
-/// `purge` response.
-#[derive(Debug, Serialize)]
-struct PurgeResponse {
-    removed: u64,
-    #[serde(with = "time::serde::rfc3339")]
-    before: OffsetDateTime,
-}
-
-/// Starts the service and answers until `stop`; search runs on the blocking pool (it is CPU work).
-async fn serve_queries(
-    client: async_nats::Client,
-    searcher: Searcher,
-    committer: Handle,
-    stop: CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let service = client
-        .service_builder()
-        .description("jetfn full-text index of messages: search, and purge for retention")
-        .start(SERVICE, env!("CARGO_PKG_VERSION"))
-        .await
-        .map_err(|err| anyhow::anyhow!("starting the {SERVICE} service: {err}"))?;
-    let group = service.group(GROUP);
-    let mut search = group
-        .endpoint("search")
-        .await
-        .map_err(|err| anyhow::anyhow!("adding the search endpoint: {err}"))?;
-    let mut purge = group
-        .endpoint("purge")
-        .await
-        .map_err(|err| anyhow::anyhow!("adding the purge endpoint: {err}"))?;
-    tracing::info!(service = SERVICE, group = GROUP, "search service started");
-    Ok(tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => break,
-                Some(request) = search.next() => {
-                    let searcher = searcher.clone();
-                    tokio::spawn(async move {
-                        let answer = answer_search(searcher, &request.message.payload).await;
-                        if let Err(err) = request.respond(answer).await {
-                            tracing::warn!(error = %err, "answering a search failed");
-                        }
-                    });
-                }
-                Some(request) = purge.next() => {
-                    let committer = committer.clone();
-                    tokio::spawn(async move {
-                        let answer = answer_purge(&committer, &request.message.payload).await;
-                        if let Err(err) = request.respond(answer).await {
-                            tracing::warn!(error = %err, "answering a purge failed");
-                        }
-                    });
-                }
-                else => break,
-            }
-        }
-        if let Err(err) = service.stop().await {
-            tracing::warn!(error = %err, "stopping the search service failed");
-        }
-    }))
-}
-
-fn service_error(code: usize, status: impl Into<String>) -> service::error::Error {
-    service::error::Error {
-        code,
-        status: status.into(),
+#[cfg(test)]
+mod settings {
+    #[test]
+    fn the_table_lists_every_setting() {
+        runtime::config::check_table::<super::IndexConfig>(&[]);
     }
-}
-
-async fn answer_search(
-    searcher: Searcher,
-    payload: &[u8],
-) -> Result<bytes::Bytes, service::error::Error> {
-    let request: SearchRequest = serde_json::from_slice(payload)
-        .map_err(|err| service_error(400, format!("bad request: {err}")))?;
-    let response = tokio::task::spawn_blocking(move || searcher.search(&request))
-        .await
-        .map_err(|err| service_error(500, format!("search failed: {err}")))?
-        .map_err(|err| match err {
-            SearchError::BadRequest(reason) => service_error(400, reason),
-            SearchError::Internal(reason) => service_error(500, reason),
-        })?;
-    serde_json::to_vec(&response)
-        .map(bytes::Bytes::from)
-        .map_err(|err| service_error(500, err.to_string()))
-}
-
-async fn answer_purge(
-    committer: &Handle,
-    payload: &[u8],
-) -> Result<bytes::Bytes, service::error::Error> {
-    let request: PurgeRequest = serde_json::from_slice(payload)
-        .map_err(|err| service_error(400, format!("bad request: {err}")))?;
-    let removed = committer
-        .purge(ms(request.before))
-        .await
-        .map_err(|err| service_error(500, err))?;
-    tracing::info!(removed, before = %index::rfc3339(ms(request.before)), "index purged");
-    serde_json::to_vec(&PurgeResponse {
-        removed,
-        before: request.before,
-    })
-    .map(bytes::Bytes::from)
-    .map_err(|err| service_error(500, err.to_string()))
 }

@@ -13,6 +13,10 @@ use runtime::{Job, JobError, Runtime};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+/// The emails this function sends, from `templates/<locale>/`.
+const EMAILS: &[mailer::EmailTemplate] =
+    mailer::templates!["order_confirmation", "order_admin_notification"];
+
 /// Settings of this function (besides the runtime's `NATS_*`/`JOB_*` and the mailer's `SMTP_*`/`MAIL_*`).
 #[derive(Debug, Deserialize)]
 struct Config {
@@ -28,6 +32,36 @@ struct Config {
     order_admin_url: Option<String>,
 }
 
+/// The variables of [`Config`].
+const CONFIG: runtime::config::Table = runtime::config::Table {
+    title: "Orders",
+    prefix: "",
+    vars: &[
+        runtime::config::Var::with_default(
+            "ORDER_ADMIN_TO",
+            "",
+            "comma-separated staff addresses notified of each order; empty: none",
+        ),
+        runtime::config::Var::with_default(
+            "ORDER_ADMIN_LOCALE",
+            "en",
+            "the language of staff notifications (`en` or `vi`)",
+        ),
+        runtime::config::Var::optional(
+            "ORDER_URL",
+            "the customer's order page, the order id appended; unset: no link",
+        ),
+        runtime::config::Var::optional(
+            "ORDER_ADMIN_URL",
+            "the staff's order page, the order id appended; unset: no link",
+        ),
+    ],
+};
+
+impl runtime::config::Settings for Config {
+    const TABLE: &'static runtime::config::Table = &CONFIG;
+}
+
 struct Context {
     mailer: Mailer,
     templates: Templates,
@@ -35,10 +69,24 @@ struct Context {
     config: Config,
 }
 
+/// mimalloc: glibc's malloc and free were a fifth of the runtime's CPU per event (tests/bench/ANALYSIS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    runtime::config::answer_args(
+        &runtime::binary!(),
+        &[
+            &CONFIG,
+            &runtime::config::NATS,
+            &runtime::config::JOB,
+            &mailer::MAILER,
+            &runtime::config::TELEMETRY,
+        ],
+    );
     let telemetry = runtime::telemetry::init("order-confirmation")?;
-    let config: Config = envy::from_env().context("reading ORDER_* configuration")?;
+    let config: Config = runtime::config::from_env()?;
     let admins = config
         .order_admin_to
         .split(',')
@@ -56,10 +104,11 @@ async fn main() -> anyhow::Result<()> {
     if admins.is_empty() {
         tracing::warn!("ORDER_ADMIN_TO is empty: staff will not be notified of orders");
     }
+    let templates = Templates::new(EMAILS).context("parsing the email templates")?;
     let mailer = Mailer::from_env().context("reading SMTP_* and MAIL_* configuration")?;
     let context = Arc::new(Context {
         mailer: mailer.clone(),
-        templates: Templates::new(),
+        templates,
         admins,
         config,
     });
@@ -222,10 +271,16 @@ fn render_admin(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mailer::context;
+    use mailer::snapshot::{INJECTED, assert_well_formed};
+
+    fn templates() -> Templates {
+        Templates::new(EMAILS).expect("the templates parse")
+    }
 
     #[test]
     fn snapshots_in_every_locale() {
-        let templates = Templates::new();
+        let templates = templates();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots");
         for locale in [Locale::En, Locale::Vi] {
             let mut order = OrderPlaced::example();
@@ -250,5 +305,285 @@ mod tests {
                 &admin,
             );
         }
+    }
+
+    fn items() -> mailer::Value {
+        mailer::Value::from(vec![
+            context! { name => "Notebook", quantity => 2, unit_price => "$12.00", line_total => "$24.00" },
+            context! { name => "Pen <i>blue</i>", quantity => 1, unit_price => "$3.50", line_total => "$3.50" },
+        ])
+    }
+
+    fn sample_address(full: bool) -> mailer::Value {
+        context! {
+            name => INJECTED,
+            line1 => "1 Main Street",
+            line2 => full.then_some("Apartment 4"),
+            city => "Springfield",
+            region => full.then_some("IL"),
+            postal_code => "62701",
+            country => "US",
+        }
+    }
+
+    /// The customer's email with a full context (`true`) or every optional field none (`false`).
+    fn customer_sample(full: bool) -> mailer::Value {
+        context! {
+            name => INJECTED, order_number => "A-1001", items => items(),
+            subtotal => "$27.50", shipping => "$5.00", tax => "$3.44",
+            discount => full.then_some("$2.00"), total => "$33.94", currency => "USD",
+            address => sample_address(full), order_url => full.then_some("https://shop.example/orders/A-1001"),
+        }
+    }
+
+    fn admin_sample(full: bool) -> mailer::Value {
+        context! {
+            order_number => "A-1001", customer_name => INJECTED, customer_email => "ada@example.com",
+            items => items(), item_count => 3, total => "$33.94", currency => "USD",
+            address => sample_address(full), placed_at => "25 Nov 2026, 10:05 UTC",
+            admin_url => full.then_some("https://admin.example/orders/A-1001"),
+        }
+    }
+
+    #[test]
+    fn every_email_is_well_formed_in_every_locale() {
+        let templates = templates();
+        for locale in [Locale::En, Locale::Vi] {
+            for full in [true, false] {
+                for (name, ctx) in [
+                    ("order_confirmation", customer_sample(full)),
+                    ("order_admin_notification", admin_sample(full)),
+                ] {
+                    let at = format!("{name} in {} (full: {full})", locale.as_str());
+                    let r = templates
+                        .render(name, locale, ctx)
+                        .unwrap_or_else(|e| panic!("{at}: {e:#}"));
+                    assert_well_formed(&at, &r, locale, true);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn optional_fields_show_only_when_present() {
+        let templates = templates();
+        let full = templates
+            .render("order_confirmation", Locale::En, customer_sample(true))
+            .expect("renders");
+        let minimal = templates
+            .render("order_confirmation", Locale::En, customer_sample(false))
+            .expect("renders");
+        for body in [&full.html, &full.text] {
+            assert!(
+                body.contains("Discount") && body.contains("-$2.00"),
+                "{body}"
+            );
+            assert!(
+                body.contains("Apartment 4") && body.contains("Springfield, IL 62701"),
+                "{body}"
+            );
+        }
+        assert!(
+            full.text
+                .contains("View your order: https://shop.example/orders/A-1001"),
+            "{}",
+            full.text
+        );
+        for body in [&minimal.html, &minimal.text] {
+            assert!(
+                !body.contains("Discount") && !body.contains("Apartment"),
+                "{body}"
+            );
+            assert!(body.contains("Springfield 62701"), "{body}");
+            assert!(!body.contains("View your order"), "{body}");
+        }
+    }
+}
+
+/// The handler in process: a test job on an in-memory ledger, the mailer on a stub SMTP server.
+#[cfg(test)]
+mod handler_tests {
+    use super::*;
+    use events::CloudEvent;
+    use mailer::{Reply, Stub};
+    use runtime::dlq::DeathKind;
+    use runtime::testing::{MemoryLedger, Settled, job, run};
+
+    struct Harness {
+        context: Arc<Context>,
+        smtp: Stub,
+        ledger: MemoryLedger,
+    }
+
+    impl Harness {
+        /// The function with `admins` as `ORDER_ADMIN_TO`.
+        fn new(admins: &[&str]) -> Self {
+            let (mailer, smtp) = Mailer::stub();
+            let context = Arc::new(Context {
+                mailer,
+                templates: Templates::new(EMAILS).expect("the templates parse"),
+                admins: admins
+                    .iter()
+                    .map(|admin| admin.parse().expect("an address"))
+                    .collect(),
+                config: Config {
+                    order_admin_to: admins.join(","),
+                    order_admin_locale: Locale::Vi,
+                    order_url: Some("https://shop.example.com/orders/".to_owned()),
+                    order_admin_url: None,
+                },
+            });
+            Self {
+                context,
+                smtp,
+                ledger: MemoryLedger::new(),
+            }
+        }
+
+        /// Delivers `event` (attempt `attempt` of 5) to the handler as `main` wires it.
+        async fn deliver(&self, event: &CloudEvent<OrderPlaced>, attempt: u32) -> Settled {
+            let job = job(event.clone())
+                .attempt(attempt)
+                .max_deliver(5)
+                .ledger(&self.ledger)
+                .build();
+            run(job, |job| confirm_order(job, self.context.clone())).await
+        }
+
+        fn recipients(&self) -> Vec<String> {
+            self.smtp.sent().iter().flat_map(mailer::Sent::to).collect()
+        }
+    }
+
+    fn event() -> CloudEvent<OrderPlaced> {
+        CloudEvent::new("test", OrderPlaced::example())
+    }
+
+    #[tokio::test]
+    async fn sends_the_confirmation_and_one_notification_per_staff_address() {
+        let h = Harness::new(&["ops@shop.example", "Boss <boss@shop.example>"]);
+        assert_eq!(h.deliver(&event(), 1).await, Settled::Acked);
+        assert_eq!(
+            h.recipients(),
+            ["ada@example.com", "ops@shop.example", "boss@shop.example"]
+        );
+        let sent = h.smtp.sent();
+        assert_eq!(
+            sent[0].header("Content-Language").as_deref(),
+            Some("en"),
+            "the customer's locale"
+        );
+        for admin in &sent[1..] {
+            assert_eq!(
+                admin.header("Content-Language").as_deref(),
+                Some("vi"),
+                "ORDER_ADMIN_LOCALE"
+            );
+            assert_ne!(admin.header("Subject"), sent[0].header("Subject"));
+        }
+        assert_ne!(
+            sent[1].header("Message-ID"),
+            sent[2].header("Message-ID"),
+            "each email is its own effect"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_event_chooses_who_is_told() {
+        let admins = ["ops@shop.example"];
+        let mut order = OrderPlaced::example();
+        order.notify_customer = false;
+        let h = Harness::new(&admins);
+        assert_eq!(
+            h.deliver(&CloudEvent::new("test", order), 1).await,
+            Settled::Acked
+        );
+        assert_eq!(h.recipients(), ["ops@shop.example"]);
+
+        let mut order = OrderPlaced::example();
+        order.notify_admins = false;
+        let h = Harness::new(&admins);
+        assert_eq!(
+            h.deliver(&CloudEvent::new("test", order), 1).await,
+            Settled::Acked
+        );
+        assert_eq!(h.recipients(), ["ada@example.com"]);
+
+        let h = Harness::new(&[]);
+        assert_eq!(h.deliver(&event(), 1).await, Settled::Acked);
+        assert_eq!(
+            h.recipients(),
+            ["ada@example.com"],
+            "no ORDER_ADMIN_TO: no staff email"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_redelivery_of_a_sent_event_sends_nothing() {
+        let h = Harness::new(&["ops@shop.example"]);
+        let event = event();
+        assert_eq!(h.deliver(&event, 1).await, Settled::Acked);
+        assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
+        assert_eq!((h.smtp.sent().len(), h.smtp.attempts()), (2, 2));
+    }
+
+    #[tokio::test]
+    async fn a_4xx_on_a_staff_email_is_retried_without_resending_the_customer_email() {
+        let h = Harness::new(&["ops@shop.example", "boss@shop.example"]);
+        h.smtp.reply(Reply::Accept).reply(Reply::Reject(451));
+        let event = event();
+        assert_eq!(h.deliver(&event, 1).await, Settled::Retry(None));
+        assert_eq!(h.recipients(), ["ada@example.com"]);
+        assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
+        assert_eq!(
+            h.recipients(),
+            ["ada@example.com", "ops@shop.example", "boss@shop.example"]
+        );
+        assert_eq!(h.smtp.attempts(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_5xx_reply_is_dead_lettered_at_once() {
+        let h = Harness::new(&["ops@shop.example"]);
+        h.smtp.reply(Reply::Reject(550));
+        assert_eq!(
+            h.deliver(&event(), 1).await,
+            Settled::Dead(DeathKind::Permanent)
+        );
+        assert!(h.smtp.sent().is_empty());
+        assert_eq!(
+            h.smtp.attempts(),
+            1,
+            "nothing more is tried for a dead event"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_downed_smtp_server_is_unavailable() {
+        let h = Harness::new(&["ops@shop.example"]);
+        h.smtp.always(Reply::Down);
+        assert_eq!(h.deliver(&event(), 1).await, Settled::Unavailable);
+        assert!(h.smtp.sent().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod settings {
+    #[test]
+    fn the_table_lists_every_setting() {
+        runtime::config::check_table::<super::Config>(&[]);
+    }
+
+    #[test]
+    fn a_bad_locale_is_named_by_its_variable() {
+        let err = runtime::config::from_vars::<super::Config>([(
+            "ORDER_ADMIN_LOCALE".to_owned(),
+            "fr".to_owned(),
+        )])
+        .expect_err("not a locale");
+        assert_eq!(
+            err.to_string(),
+            r#"ORDER_ADMIN_LOCALE: expected `en` or `vi`, got "fr""#
+        );
     }
 }

@@ -2,13 +2,15 @@
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use events::OrderStatusChanged;
 use lettre::message::Mailbox;
 use mailer::{Mailer, Rendered, Templates};
 use runtime::{Job, JobError};
 use serde::Deserialize;
 use serde_json::json;
+
+/// The emails this function sends, from `templates/<locale>/`.
+const EMAILS: &[mailer::EmailTemplate] = mailer::templates!["order_status"];
 
 /// Settings of this function.
 #[derive(Debug, Deserialize)]
@@ -17,11 +19,39 @@ struct Config {
     order_url: Option<String>,
 }
 
+/// The variables of [`Config`].
+const CONFIG: runtime::config::Table = runtime::config::Table {
+    title: "Order status",
+    prefix: "",
+    vars: &[runtime::config::Var::optional(
+        "ORDER_URL",
+        "the customer's order page, the order id appended; unset: no link",
+    )],
+};
+
+impl runtime::config::Settings for Config {
+    const TABLE: &'static runtime::config::Table = &CONFIG;
+}
+
+/// mimalloc: glibc's malloc and free were a fifth of the runtime's CPU per event (tests/bench/ANALYSIS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    runtime::config::answer_args(
+        &runtime::binary!(),
+        &[
+            &CONFIG,
+            &runtime::config::NATS,
+            &runtime::config::JOB,
+            &mailer::MAILER,
+            &runtime::config::TELEMETRY,
+        ],
+    );
     let telemetry = runtime::telemetry::init("order-status")?;
-    let config: Arc<Config> = Arc::new(envy::from_env().context("reading ORDER_URL")?);
-    mailer::serve("order-status", |mailer, templates| {
+    let config: Arc<Config> = Arc::new(runtime::config::from_env()?);
+    mailer::serve("order-status", EMAILS, |mailer, templates| {
         move |job| notify_status(job, mailer.clone(), templates.clone(), config.clone())
     })
     .await?;
@@ -85,11 +115,17 @@ fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mailer::context;
+    use mailer::snapshot::{INJECTED, assert_well_formed};
+
+    fn templates() -> Templates {
+        Templates::new(EMAILS).expect("the templates parse")
+    }
     use events::OrderStatus;
 
     #[test]
     fn snapshots_in_every_locale_and_wording_for_every_status() {
-        let templates = Templates::new();
+        let templates = templates();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots");
         let statuses = [
             OrderStatus::Pending,
@@ -133,5 +169,259 @@ mod tests {
                 "every status has its own wording in {locale:?}"
             );
         }
+    }
+
+    #[test]
+    fn well_formed_in_every_locale() {
+        let templates = templates();
+        for locale in [events::Locale::En, events::Locale::Vi] {
+            for full in [true, false] {
+                let ctx = context! {
+                    name => INJECTED, order_number => "A-1001", previous_status => "shipped",
+                    new_status => "delivered", note => full.then_some("Left at the door.\nThank you!"),
+                    order_url => full.then_some("https://shop.example/orders/A-1001"),
+                };
+                let at = format!("order_status in {} (full: {full})", locale.as_str());
+                let r = templates
+                    .render("order_status", locale, ctx)
+                    .unwrap_or_else(|e| panic!("{at}: {e:#}"));
+                assert_well_formed(&at, &r, locale, true);
+            }
+        }
+    }
+
+    #[test]
+    fn every_order_status_has_a_label_and_a_sentence() {
+        let templates = templates();
+        let statuses = [
+            "pending",
+            "confirmed",
+            "processing",
+            "on_hold",
+            "shipped",
+            "delivered",
+            "cancelled",
+            "refunded",
+        ];
+        for locale in [events::Locale::En, events::Locale::Vi] {
+            let mut sentences = std::collections::BTreeSet::new();
+            for (i, &status) in statuses.iter().enumerate() {
+                let previous = statuses[(i + 1) % statuses.len()];
+                let ctx = context! {
+                    name => "Ada", order_number => "A-1001", previous_status => previous, new_status => status,
+                    note => None::<&str>, order_url => None::<&str>,
+                };
+                let r = templates
+                    .render("order_status", locale, ctx)
+                    .expect("renders");
+                let at = format!("{status} in {}", locale.as_str());
+                // The wire names never reach the reader, only the labels.
+                assert!(!r.subject.contains(status), "{at}: {}", r.subject);
+                for body in [&r.subject, &r.html, &r.text] {
+                    assert!(!body.contains('_'), "{at}\n{body}");
+                }
+                assert!(
+                    r.subject.starts_with(&format!(
+                        "{} A-1001: ",
+                        if locale == events::Locale::En {
+                            "Order"
+                        } else {
+                            "Đơn hàng"
+                        }
+                    )),
+                    "{at}: {}",
+                    r.subject
+                );
+                let transition = r
+                    .text
+                    .lines()
+                    .find(|line| line.contains(" → "))
+                    .expect("previous → new");
+                assert!(
+                    transition.ends_with(&format!("{}.", r.subject.rsplit(": ").next().unwrap())),
+                    "{at}: {transition}"
+                );
+                // The sentence is the line after the transition and the blank line.
+                let sentence = r
+                    .text
+                    .lines()
+                    .skip_while(|line| !line.contains(" → "))
+                    .nth(2)
+                    .expect("a sentence");
+                assert!(
+                    sentence.len() > 10 && !sentence.starts_with("--"),
+                    "{at}: {sentence:?}"
+                );
+                sentences.insert(sentence.to_owned());
+            }
+            assert_eq!(
+                sentences.len(),
+                statuses.len(),
+                "one distinct sentence per status"
+            );
+        }
+    }
+}
+
+/// The handler in process: a test job on an in-memory ledger, the mailer on a stub SMTP server.
+#[cfg(test)]
+mod handler_tests {
+    use super::*;
+    use events::{CloudEvent, OrderStatus};
+    use mailer::{Reply, Stub};
+    use runtime::dlq::DeathKind;
+    use runtime::testing::{MemoryLedger, Settled, job, run};
+
+    struct Harness {
+        mailer: Mailer,
+        smtp: Stub,
+        templates: Arc<Templates>,
+        config: Arc<Config>,
+        ledger: MemoryLedger,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            let (mailer, smtp) = Mailer::stub();
+            let templates = Arc::new(Templates::new(EMAILS).expect("the templates parse"));
+            let config = Arc::new(Config {
+                order_url: Some("https://shop.example.com/orders/".to_owned()),
+            });
+            Self {
+                mailer,
+                smtp,
+                templates,
+                config,
+                ledger: MemoryLedger::new(),
+            }
+        }
+
+        /// Delivers `event` (attempt `attempt` of 5) to the handler as `main` wires it.
+        async fn deliver(&self, event: &CloudEvent<OrderStatusChanged>, attempt: u32) -> Settled {
+            let job = job(event.clone())
+                .attempt(attempt)
+                .max_deliver(5)
+                .ledger(&self.ledger)
+                .build();
+            run(job, |job| {
+                notify_status(
+                    job,
+                    self.mailer.clone(),
+                    self.templates.clone(),
+                    self.config.clone(),
+                )
+            })
+            .await
+        }
+    }
+
+    fn event() -> CloudEvent<OrderStatusChanged> {
+        CloudEvent::new("test", OrderStatusChanged::example())
+    }
+
+    #[tokio::test]
+    async fn sends_one_email_to_the_customer() {
+        let h = Harness::new();
+        assert_eq!(h.deliver(&event(), 1).await, Settled::Acked);
+        let sent = h.smtp.sent();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].to(), ["ada@example.com"]);
+        assert!(
+            sent[0]
+                .text()
+                .contains("https://shop.example.com/orders/ord_8f14e45f"),
+            "the order link is built from ORDER_URL"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_redelivery_of_a_sent_event_sends_nothing() {
+        let h = Harness::new();
+        let event = event();
+        assert_eq!(h.deliver(&event, 1).await, Settled::Acked);
+        assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
+        assert_eq!((h.smtp.sent().len(), h.smtp.attempts()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn every_status_change_is_its_own_email() {
+        let h = Harness::new();
+        let statuses = [
+            OrderStatus::Pending,
+            OrderStatus::Confirmed,
+            OrderStatus::Processing,
+            OrderStatus::OnHold,
+            OrderStatus::Shipped,
+            OrderStatus::Delivered,
+            OrderStatus::Cancelled,
+            OrderStatus::Refunded,
+        ];
+        let mut previous = OrderStatus::Pending;
+        for status in statuses {
+            let mut change = OrderStatusChanged::example();
+            (change.previous_status, change.new_status) = (previous, status);
+            previous = status;
+            let event = CloudEvent::new("test", change);
+            assert_eq!(h.deliver(&event, 1).await, Settled::Acked, "{status:?}");
+        }
+        let sent = h.smtp.sent();
+        assert_eq!(sent.len(), statuses.len());
+        let subjects: std::collections::BTreeSet<_> =
+            sent.iter().map(|sent| sent.header("Subject")).collect();
+        assert_eq!(subjects.len(), statuses.len(), "one subject per status");
+    }
+
+    #[tokio::test]
+    async fn a_4xx_reply_is_retried_and_the_retry_sends_once() {
+        let h = Harness::new();
+        h.smtp.reply(Reply::Reject(452));
+        let event = event();
+        assert_eq!(h.deliver(&event, 1).await, Settled::Retry(None));
+        assert!(h.smtp.sent().is_empty());
+        assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
+        assert_eq!((h.smtp.sent().len(), h.smtp.attempts()), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn a_4xx_reply_on_the_last_attempt_is_dead_lettered_as_exhausted() {
+        let h = Harness::new();
+        h.smtp.always(Reply::Reject(451));
+        assert_eq!(
+            h.deliver(&event(), 5).await,
+            Settled::Dead(DeathKind::Exhausted)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_5xx_reply_is_dead_lettered_at_once() {
+        let h = Harness::new();
+        h.smtp.reply(Reply::Reject(554));
+        assert_eq!(
+            h.deliver(&event(), 1).await,
+            Settled::Dead(DeathKind::Permanent)
+        );
+        assert!(h.smtp.sent().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_downed_smtp_server_is_unavailable() {
+        let h = Harness::new();
+        h.smtp.always(Reply::Down);
+        assert_eq!(h.deliver(&event(), 1).await, Settled::Unavailable);
+        h.smtp.always(Reply::Reject(421));
+        assert_eq!(
+            h.deliver(&event(), 1).await,
+            Settled::Unavailable,
+            "421: service not available"
+        );
+        assert!(h.smtp.sent().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod settings {
+    #[test]
+    fn the_table_lists_every_setting() {
+        runtime::config::check_table::<super::Config>(&[]);
     }
 }

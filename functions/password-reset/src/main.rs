@@ -4,13 +4,15 @@
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use events::PasswordResetRequested;
 use lettre::message::Mailbox;
 use mailer::{Mailer, Rendered, Templates};
 use runtime::{Job, JobError};
 use serde::Deserialize;
 use serde_json::json;
+
+/// The emails this function sends, from `templates/<locale>/`.
+const EMAILS: &[mailer::EmailTemplate] = mailer::templates!["password_reset"];
 
 /// Settings of this function.
 #[derive(Debug, Deserialize)]
@@ -19,11 +21,38 @@ struct Config {
     password_reset_url: String,
 }
 
+/// The variables of [`Config`].
+const CONFIG: runtime::config::Table = runtime::config::Table {
+    title: "Password reset",
+    prefix: "",
+    vars: &[runtime::config::Var::required(
+        "PASSWORD_RESET_URL",
+        "the reset page's https URL; the link is `<url>?token=<token>`, or `&token=` when it has a query",
+    )],
+};
+
+impl runtime::config::Settings for Config {
+    const TABLE: &'static runtime::config::Table = &CONFIG;
+}
+
+/// mimalloc: glibc's malloc and free were a fifth of the runtime's CPU per event (tests/bench/ANALYSIS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    runtime::config::answer_args(
+        &runtime::binary!(),
+        &[
+            &CONFIG,
+            &runtime::config::NATS,
+            &runtime::config::JOB,
+            &mailer::MAILER,
+            &runtime::config::TELEMETRY,
+        ],
+    );
     let telemetry = runtime::telemetry::init("password-reset")?;
-    let config: Config =
-        envy::from_env().context("PASSWORD_RESET_URL must be set to the reset page's URL")?;
+    let config: Config = runtime::config::from_env()?;
     anyhow::ensure!(
         config.password_reset_url.starts_with("https://")
             || config.password_reset_url.starts_with("http://localhost")
@@ -31,7 +60,7 @@ async fn main() -> anyhow::Result<()> {
         "PASSWORD_RESET_URL must be an https URL (http only for localhost)"
     );
     let base = Arc::new(config.password_reset_url);
-    mailer::serve("password-reset", |mailer, templates| {
+    mailer::serve("password-reset", EMAILS, |mailer, templates| {
         move |job| send_reset_link(job, mailer.clone(), templates.clone(), base.clone())
     })
     .await?;
@@ -98,10 +127,16 @@ fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mailer::context;
+    use mailer::snapshot::{INJECTED, assert_well_formed};
+
+    fn templates() -> Templates {
+        Templates::new(EMAILS).expect("the templates parse")
+    }
 
     #[test]
     fn snapshots_in_every_locale() {
-        let templates = Templates::new();
+        let templates = templates();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots");
         for locale in [events::Locale::En, events::Locale::Vi] {
             let mut request = PasswordResetRequested::example();
@@ -134,6 +169,234 @@ mod tests {
         assert_eq!(
             reset_url("https://x.test/reset?lang=vi", "abc"),
             "https://x.test/reset?lang=vi&token=abc"
+        );
+    }
+
+    #[test]
+    fn well_formed_in_every_locale() {
+        let templates = templates();
+        let none: Option<&str> = None;
+        let samples = [
+            (
+                context! {
+                    name => INJECTED, reset_url => "https://shop.example/reset?token=abc&x=1",
+                    expires_in_minutes => 30, expires_at => "25 Nov 2026, 10:35 UTC",
+                },
+                true,
+            ),
+            (
+                context! {
+                    name => none, reset_url => "https://shop.example/reset?token=abc&x=1",
+                    expires_in_minutes => 1, expires_at => "25 Nov 2026, 10:06 UTC",
+                },
+                false,
+            ),
+        ];
+        for locale in [events::Locale::En, events::Locale::Vi] {
+            for (ctx, injected) in samples.clone() {
+                let at = format!("password_reset in {} (named: {injected})", locale.as_str());
+                let r = templates
+                    .render("password_reset", locale, ctx)
+                    .unwrap_or_else(|e| panic!("{at}: {e:#}"));
+                assert_well_formed(&at, &r, locale, injected);
+            }
+        }
+    }
+
+    #[test]
+    fn the_greeting_and_the_expiry_fit_the_request() {
+        let templates = templates();
+        let reset = |name: Option<&str>| {
+            templates
+                .render(
+                    "password_reset",
+                    events::Locale::En,
+                    context! { name, reset_url => "https://x.example/r", expires_in_minutes => 1, expires_at => "10:06" },
+                )
+                .expect("renders")
+        };
+        assert!(
+            reset(None)
+                .text
+                .starts_with("jetfn\n\nHello,\n\nWe received"),
+            "{}",
+            reset(None).text
+        );
+        assert!(reset(None).text.contains("expires in 1 minute, at 10:06"));
+        assert!(reset(Some("Ada")).html.contains("Hi Ada,"));
+    }
+}
+
+/// The handler in process: a test job on an in-memory ledger, the mailer on a stub SMTP server.
+#[cfg(test)]
+mod handler_tests {
+    use super::*;
+    use events::CloudEvent;
+    use mailer::{Reply, Stub};
+    use runtime::dlq::DeathKind;
+    use runtime::testing::{MemoryLedger, Settled, job, run};
+    use time::format_description::well_known::Rfc3339;
+
+    const TOKEN: &str = "q3Jm9xV7bT2wY5nK8pL1sD4fG6hR0zXc";
+
+    struct Harness {
+        mailer: Mailer,
+        smtp: Stub,
+        templates: Arc<Templates>,
+        base: Arc<String>,
+        ledger: MemoryLedger,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            let (mailer, smtp) = Mailer::stub();
+            let templates = Arc::new(Templates::new(EMAILS).expect("the templates parse"));
+            let base = Arc::new("https://shop.example.com/reset-password".to_owned());
+            Self {
+                mailer,
+                smtp,
+                templates,
+                base,
+                ledger: MemoryLedger::new(),
+            }
+        }
+
+        /// Runs the handler as `main` wires it on `event` (attempt `attempt` of 5).
+        async fn handle(
+            &self,
+            event: &CloudEvent<PasswordResetRequested>,
+            attempt: u32,
+        ) -> Result<(), JobError> {
+            let job = job(event.clone())
+                .attempt(attempt)
+                .max_deliver(5)
+                .ledger(&self.ledger)
+                .build();
+            send_reset_link(
+                job,
+                self.mailer.clone(),
+                self.templates.clone(),
+                self.base.clone(),
+            )
+            .await
+        }
+
+        /// What the runtime does with the handler's result.
+        async fn deliver(
+            &self,
+            event: &CloudEvent<PasswordResetRequested>,
+            attempt: u32,
+        ) -> Settled {
+            let job = job(event.clone())
+                .attempt(attempt)
+                .max_deliver(5)
+                .ledger(&self.ledger)
+                .build();
+            run(job, |job| {
+                send_reset_link(
+                    job,
+                    self.mailer.clone(),
+                    self.templates.clone(),
+                    self.base.clone(),
+                )
+            })
+            .await
+        }
+    }
+
+    /// A request whose link expires `minutes` from now (in the past when negative).
+    fn event(minutes: i64) -> CloudEvent<PasswordResetRequested> {
+        let mut request = PasswordResetRequested::example();
+        request.expires_at = (time::OffsetDateTime::now_utc() + time::Duration::minutes(minutes))
+            .format(&Rfc3339)
+            .expect("formats");
+        CloudEvent::new("test", request)
+    }
+
+    #[tokio::test]
+    async fn sends_one_link_to_the_user() {
+        let h = Harness::new();
+        assert_eq!(h.deliver(&event(30), 1).await, Settled::Acked);
+        let sent = h.smtp.sent();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].to(), ["ada@example.com"]);
+        let link = format!("https://shop.example.com/reset-password?token={TOKEN}");
+        assert!(sent[0].text().contains(&link), "{}", sent[0].text());
+        assert!(
+            sent[0].html().contains(&format!("?token={TOKEN}\"")),
+            "{}",
+            sent[0].html()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_expired_request_is_skipped_and_sends_nothing() {
+        let h = Harness::new();
+        assert_eq!(h.deliver(&event(-1), 1).await, Settled::Skipped("expired"));
+        assert_eq!(h.smtp.attempts(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_redelivery_of_a_sent_event_sends_nothing() {
+        let h = Harness::new();
+        let event = event(30);
+        assert_eq!(h.deliver(&event, 1).await, Settled::Acked);
+        assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
+        assert_eq!((h.smtp.sent().len(), h.smtp.attempts()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_4xx_reply_is_retried_and_the_retry_sends_once() {
+        let h = Harness::new();
+        h.smtp.reply(Reply::Reject(451));
+        let event = event(30);
+        assert_eq!(h.deliver(&event, 1).await, Settled::Retry(None));
+        assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
+        assert_eq!((h.smtp.sent().len(), h.smtp.attempts()), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn a_5xx_reply_is_dead_lettered_at_once_and_its_error_holds_no_token() {
+        let h = Harness::new();
+        h.smtp.reply(Reply::Reject(550));
+        let event = event(30);
+        let err = h.handle(&event, 1).await.expect_err("550");
+        assert!(err.is_permanent(), "{err:?}");
+        assert!(!format!("{err} {err:?}").contains(TOKEN), "{err:?}");
+        h.smtp.reply(Reply::Reject(550));
+        assert_eq!(
+            h.deliver(&event, 2).await,
+            Settled::Dead(DeathKind::Permanent)
+        );
+        assert!(h.smtp.sent().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_downed_smtp_server_is_unavailable() {
+        let h = Harness::new();
+        h.smtp.always(Reply::Down);
+        assert_eq!(h.deliver(&event(30), 1).await, Settled::Unavailable);
+        assert!(h.smtp.sent().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod settings {
+    #[test]
+    fn the_table_lists_every_setting() {
+        runtime::config::check_table::<super::Config>(&[(
+            "PASSWORD_RESET_URL",
+            "https://example.com/reset",
+        )]);
+    }
+
+    #[test]
+    fn a_missing_url_is_named_with_its_meaning() {
+        let err = runtime::config::from_vars::<super::Config>([]).expect_err("required");
+        assert!(
+            err.to_string()
+                .starts_with("PASSWORD_RESET_URL: must be set (the reset page"),
+            "{err}"
         );
     }
 }

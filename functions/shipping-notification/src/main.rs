@@ -9,10 +9,18 @@ use mailer::{Mailer, Rendered, Templates};
 use runtime::{Job, JobError};
 use serde_json::json;
 
+/// The emails this function sends, from `templates/<locale>/`.
+const EMAILS: &[mailer::EmailTemplate] = mailer::templates!["shipping_notification"];
+
+/// mimalloc: glibc's malloc and free were a fifth of the runtime's CPU per event (tests/bench/ANALYSIS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    runtime::config::answer_args(&runtime::binary!(), &mailer::SETTINGS);
     let telemetry = runtime::telemetry::init("shipping-notification")?;
-    mailer::serve("shipping-notification", |mailer, templates| {
+    mailer::serve("shipping-notification", EMAILS, |mailer, templates| {
         move |job| notify_shipped(job, mailer.clone(), templates.clone())
     })
     .await?;
@@ -74,10 +82,16 @@ fn render(templates: &Templates, shipment: &OrderShipped) -> Result<Rendered, ma
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mailer::context;
+    use mailer::snapshot::{INJECTED, assert_well_formed};
+
+    fn templates() -> Templates {
+        Templates::new(EMAILS).expect("the templates parse")
+    }
 
     #[test]
     fn snapshots_in_every_locale() {
-        let templates = Templates::new();
+        let templates = templates();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots");
         for locale in [events::Locale::En, events::Locale::Vi] {
             let mut shipment = OrderShipped::example();
@@ -92,5 +106,127 @@ mod tests {
                 &rendered,
             );
         }
+    }
+
+    #[test]
+    fn well_formed_in_every_locale() {
+        let templates = templates();
+        for locale in [events::Locale::En, events::Locale::Vi] {
+            for full in [true, false] {
+                let ctx = context! {
+                    name => INJECTED, order_number => "A-1001", carrier => "UPS",
+                    tracking_number => "1Z999AA10123456784",
+                    tracking_url => "https://track.example/?n=1Z999AA10123456784&lang=en",
+                    estimated_delivery => full.then_some("28 Nov 2026"),
+                };
+                let at = format!(
+                    "shipping_notification in {} (full: {full})",
+                    locale.as_str()
+                );
+                let r = templates
+                    .render("shipping_notification", locale, ctx)
+                    .unwrap_or_else(|e| panic!("{at}: {e:#}"));
+                assert_well_formed(&at, &r, locale, true);
+            }
+        }
+    }
+}
+
+/// The handler in process: a test job on an in-memory ledger, the mailer on a stub SMTP server.
+#[cfg(test)]
+mod handler_tests {
+    use super::*;
+    use events::CloudEvent;
+    use mailer::{Reply, Stub};
+    use runtime::dlq::DeathKind;
+    use runtime::testing::{MemoryLedger, Settled, job, run};
+
+    struct Harness {
+        mailer: Mailer,
+        smtp: Stub,
+        templates: Arc<Templates>,
+        ledger: MemoryLedger,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            let (mailer, smtp) = Mailer::stub();
+            let templates = Arc::new(Templates::new(EMAILS).expect("the templates parse"));
+            Self {
+                mailer,
+                smtp,
+                templates,
+                ledger: MemoryLedger::new(),
+            }
+        }
+
+        /// Delivers `event` (attempt `attempt` of 5) to the handler as `main` wires it.
+        async fn deliver(&self, event: &CloudEvent<OrderShipped>, attempt: u32) -> Settled {
+            let job = job(event.clone())
+                .attempt(attempt)
+                .max_deliver(5)
+                .ledger(&self.ledger)
+                .build();
+            run(job, |job| {
+                notify_shipped(job, self.mailer.clone(), self.templates.clone())
+            })
+            .await
+        }
+    }
+
+    fn event() -> CloudEvent<OrderShipped> {
+        CloudEvent::new("test", OrderShipped::example())
+    }
+
+    #[tokio::test]
+    async fn sends_one_email_to_the_customer() {
+        let h = Harness::new();
+        assert_eq!(h.deliver(&event(), 1).await, Settled::Acked);
+        let sent = h.smtp.sent();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].to(), ["ada@example.com"]);
+        assert!(
+            sent[0].text().contains("JD014600003828"),
+            "the tracking number is in the email"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_redelivery_of_a_sent_event_sends_nothing() {
+        let h = Harness::new();
+        let event = event();
+        assert_eq!(h.deliver(&event, 1).await, Settled::Acked);
+        assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
+        assert_eq!((h.smtp.sent().len(), h.smtp.attempts()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_4xx_reply_is_retried_and_the_retry_sends_once() {
+        let h = Harness::new();
+        h.smtp.reply(Reply::Reject(451));
+        let event = event();
+        assert_eq!(h.deliver(&event, 1).await, Settled::Retry(None));
+        assert!(h.smtp.sent().is_empty());
+        assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
+        assert_eq!((h.smtp.sent().len(), h.smtp.attempts()), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn a_5xx_reply_is_dead_lettered_at_once() {
+        let h = Harness::new();
+        h.smtp.reply(Reply::Reject(550));
+        assert_eq!(
+            h.deliver(&event(), 1).await,
+            Settled::Dead(DeathKind::Permanent)
+        );
+        assert!(h.smtp.sent().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_downed_smtp_server_is_unavailable() {
+        let h = Harness::new();
+        h.smtp.always(Reply::Down);
+        assert_eq!(h.deliver(&event(), 1).await, Settled::Unavailable);
+        assert!(h.smtp.sent().is_empty());
     }
 }

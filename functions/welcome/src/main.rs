@@ -10,10 +10,18 @@ use lettre::message::Mailbox;
 use mailer::{Mailer, Rendered, Templates};
 use runtime::{Job, JobError};
 
+/// The emails this function sends, from `templates/<locale>/`.
+const EMAILS: &[mailer::EmailTemplate] = mailer::templates!["welcome"];
+
+/// mimalloc: glibc's malloc and free were a fifth of the runtime's CPU per event (tests/bench/ANALYSIS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    runtime::config::answer_args(&runtime::binary!(), &mailer::SETTINGS);
     let telemetry = runtime::telemetry::init("welcome")?;
-    mailer::serve("welcome", |mailer, templates| {
+    mailer::serve("welcome", EMAILS, |mailer, templates| {
         move |job| send_welcome(job, mailer.clone(), templates.clone())
     })
     .await?;
@@ -60,110 +68,16 @@ fn render(templates: &Templates, user: &UserRegistered) -> Result<Rendered, mail
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runtime::dlq::DeathKind;
-    use runtime::testing::{self, MemoryLedger, Settled};
+    use events::Locale;
+    use mailer::snapshot::{INJECTED, assert_well_formed};
 
-    /// A mailer writing `.eml` files to a fresh directory, and that directory.
-    fn mailer(name: &str) -> (Mailer, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!("welcome-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mailer = Mailer::new(mailer::MailerConfig {
-            mail_dir: dir.clone(),
-            ..mailer::MailerConfig::default()
-        })
-        .unwrap();
-        (mailer, dir)
-    }
-
-    fn emails(dir: &std::path::Path) -> usize {
-        std::fs::read_dir(dir).map_or(0, |entries| entries.count())
-    }
-
-    fn event() -> events::CloudEvent<UserRegistered> {
-        events::CloudEvent::new("/test", UserRegistered::example())
-    }
-
-    fn effect(event: &events::CloudEvent<UserRegistered>) -> String {
-        format!("welcome-email:{}", event.data.email.to_ascii_lowercase())
-    }
-
-    async fn welcome(job: Job<UserRegistered>, mailer: &Mailer) -> Settled {
-        let templates = Arc::new(Templates::new());
-        testing::run(job, |job| send_welcome(job, mailer.clone(), templates)).await
-    }
-
-    #[tokio::test]
-    async fn a_registered_user_is_welcomed_once_across_redeliveries() {
-        let (mailer, dir) = mailer("once");
-        let ledger = MemoryLedger::new();
-        let event = event();
-        let first = testing::job(event.clone()).ledger(&ledger).build();
-        assert_eq!(welcome(first, &mailer).await, Settled::Acked);
-        assert_eq!(emails(&dir), 1);
-        assert!(ledger.is_done(&event.id, &effect(&event)));
-        let redelivered = testing::job(event).attempt(2).ledger(&ledger).build();
-        assert_eq!(welcome(redelivered, &mailer).await, Settled::Acked);
-        assert_eq!(emails(&dir), 1, "the redelivery found the email sent");
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[tokio::test]
-    async fn nothing_is_sent_when_the_ledger_says_done() {
-        let (mailer, dir) = mailer("done");
-        let ledger = MemoryLedger::new();
-        let event = event();
-        ledger.mark_done(&event.id, &effect(&event));
-        let job = testing::job(event).ledger(&ledger).build();
-        assert_eq!(welcome(job, &mailer).await, Settled::Acked);
-        assert_eq!(emails(&dir), 0);
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[tokio::test]
-    async fn an_unusable_address_is_dead_lettered_at_the_first_attempt() {
-        let (mailer, dir) = mailer("address");
-        let mut event = event();
-        event.data.email = "not an address".to_owned();
-        let job = testing::job(event).max_deliver(5).build();
-        assert_eq!(
-            welcome(job, &mailer).await,
-            Settled::Dead(DeathKind::Permanent)
-        );
-        assert_eq!(emails(&dir), 0);
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_failed_send_is_retried_and_dead_lettered_after_the_last_attempt() {
-        // The mail directory vanishes under the file transport: a transient failure, like an SMTP 4xx.
-        let (mailer, dir) = mailer("failing");
-        std::fs::remove_dir_all(&dir).unwrap();
-        let ledger = MemoryLedger::new();
-        let event = event();
-        let early = testing::job(event.clone())
-            .attempt(2)
-            .max_deliver(5)
-            .ledger(&ledger)
-            .build();
-        assert_eq!(welcome(early, &mailer).await, Settled::Retry(None));
-        assert!(
-            !ledger.is_done(&event.id, &effect(&event)),
-            "a failed send is not recorded as done"
-        );
-        let last = testing::job(event)
-            .attempt(5)
-            .max_deliver(5)
-            .ledger(&ledger)
-            .build();
-        assert_eq!(
-            welcome(last, &mailer).await,
-            Settled::Dead(DeathKind::Exhausted)
-        );
+    fn templates() -> Templates {
+        Templates::new(EMAILS).expect("the templates parse")
     }
 
     #[test]
     fn snapshots_in_every_locale() {
-        let templates = Templates::new();
+        let templates = templates();
         for locale in [events::Locale::En, events::Locale::Vi] {
             let mut user = UserRegistered::example();
             user.locale = locale;
@@ -175,5 +89,173 @@ mod tests {
                 &rendered,
             );
         }
+    }
+
+    fn welcome(locale: Locale, name: &str) -> Rendered {
+        let user = UserRegistered {
+            name: name.to_owned(),
+            locale,
+            ..UserRegistered::example()
+        };
+        render(&templates(), &user).expect("renders")
+    }
+
+    #[test]
+    fn welcome_in_english() {
+        let r = welcome(Locale::En, "Ada");
+        assert_eq!(r.subject, "Welcome to jetfn, Ada");
+        for body in [&r.html, &r.text] {
+            assert!(body.contains("Hi Ada"), "{body}");
+            assert!(body.contains("Your account is ready"), "{body}");
+            assert!(body.contains("You received this email because"), "{body}");
+        }
+        assert!(r.html.contains(r#"<html lang="en">"#));
+        assert!(!r.text.contains('<'), "{}", r.text);
+    }
+
+    #[test]
+    fn welcome_in_vietnamese() {
+        let r = welcome(Locale::Vi, "Ngọc Anh");
+        assert_eq!(r.subject, "Chào mừng Ngọc Anh đến với jetfn");
+        for body in [&r.html, &r.text] {
+            assert!(body.contains("Xin chào Ngọc Anh"), "{body}");
+            assert!(body.contains("Tài khoản của bạn đã sẵn sàng"), "{body}");
+            assert!(body.contains("Bạn nhận được email này vì"), "{body}");
+        }
+        assert!(r.html.contains(r#"<html lang="vi">"#));
+    }
+
+    #[test]
+    fn well_formed_in_every_locale() {
+        for locale in [Locale::En, Locale::Vi] {
+            let r = welcome(locale, INJECTED);
+            assert_well_formed(&format!("welcome in {}", locale.as_str()), &r, locale, true);
+        }
+    }
+}
+
+/// The handler's decisions, in process: a test job on an in-memory ledger, the mailer on a scripted stub.
+#[cfg(test)]
+mod handler_tests {
+    use super::*;
+    use events::CloudEvent;
+    use mailer::{Reply, Stub};
+    use runtime::dlq::DeathKind;
+    use runtime::testing::{MemoryLedger, Settled, job, run};
+
+    struct Harness {
+        mailer: Mailer,
+        smtp: Stub,
+        templates: Arc<Templates>,
+        ledger: MemoryLedger,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            let (mailer, smtp) = Mailer::stub();
+            Self {
+                mailer,
+                smtp,
+                templates: Arc::new(Templates::new(EMAILS).expect("the templates parse")),
+                ledger: MemoryLedger::new(),
+            }
+        }
+
+        /// Delivers `event` (attempt `attempt` of 5) to the handler as `main` wires it.
+        async fn deliver(&self, event: &CloudEvent<UserRegistered>, attempt: u32) -> Settled {
+            let job = job(event.clone())
+                .attempt(attempt)
+                .max_deliver(5)
+                .ledger(&self.ledger)
+                .build();
+            run(job, |job| {
+                send_welcome(job, self.mailer.clone(), self.templates.clone())
+            })
+            .await
+        }
+    }
+
+    fn event() -> CloudEvent<UserRegistered> {
+        CloudEvent::new("/test", UserRegistered::example())
+    }
+
+    fn effect(event: &CloudEvent<UserRegistered>) -> String {
+        format!("welcome-email:{}", event.data.email.to_ascii_lowercase())
+    }
+
+    #[tokio::test]
+    async fn a_registered_user_is_welcomed_once_across_redeliveries() {
+        let h = Harness::new();
+        let event = event();
+        assert_eq!(h.deliver(&event, 1).await, Settled::Acked);
+        assert!(h.ledger.is_done(&event.id, &effect(&event)));
+        assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
+        let sent = h.smtp.sent();
+        assert_eq!((sent.len(), h.smtp.attempts()), (1, 1), "{sent:?}");
+        assert_eq!(sent[0].to(), [event.data.email.as_str()]);
+    }
+
+    #[tokio::test]
+    async fn nothing_is_sent_when_the_ledger_says_done() {
+        let h = Harness::new();
+        let event = event();
+        h.ledger.mark_done(&event.id, &effect(&event));
+        assert_eq!(h.deliver(&event, 1).await, Settled::Acked);
+        assert_eq!(h.smtp.attempts(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_unusable_address_is_dead_lettered_at_the_first_attempt() {
+        let h = Harness::new();
+        let mut event = event();
+        event.data.email = "not an address".to_owned();
+        assert_eq!(
+            h.deliver(&event, 1).await,
+            Settled::Dead(DeathKind::Permanent)
+        );
+        assert_eq!(h.smtp.attempts(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_4xx_reply_is_retried_and_the_retry_sends_once() {
+        let h = Harness::new();
+        h.smtp.reply(Reply::Reject(451));
+        let event = event();
+        assert_eq!(h.deliver(&event, 1).await, Settled::Retry(None));
+        assert!(
+            !h.ledger.is_done(&event.id, &effect(&event)),
+            "a refused send is not recorded as done"
+        );
+        assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
+        assert_eq!((h.smtp.sent().len(), h.smtp.attempts()), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn a_4xx_reply_on_the_last_attempt_is_dead_lettered_as_exhausted() {
+        let h = Harness::new();
+        h.smtp.always(Reply::Reject(451));
+        assert_eq!(
+            h.deliver(&event(), 5).await,
+            Settled::Dead(DeathKind::Exhausted)
+        );
+        assert!(h.smtp.sent().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_5xx_reply_is_dead_lettered_at_once() {
+        let h = Harness::new();
+        h.smtp.reply(Reply::Reject(550));
+        assert_eq!(
+            h.deliver(&event(), 1).await,
+            Settled::Dead(DeathKind::Permanent)
+        );
+        assert!(h.smtp.sent().is_empty());
+    }
+
+    #[tokio::test]
+    async fn smtp_down_is_reported_as_unavailable() {
+        let h = Harness::new();
+        h.smtp.reply(Reply::Down);
+        assert_eq!(h.deliver(&event(), 1).await, Settled::Unavailable);
     }
 }

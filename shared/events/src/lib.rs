@@ -14,6 +14,7 @@ mod messaging;
 mod payloads;
 pub mod pii;
 mod rules;
+pub mod services;
 mod validate;
 
 pub use accounts::{EmailVerificationRequested, PasswordResetRequested};

@@ -25,11 +25,13 @@ use clap::{Parser, Subcommand};
     about = "Background functions on NATS JetStream"
 )]
 struct Cli {
-    /// NATS server URL.
+    /// NATS server URL, or several comma-separated (the nodes of a cluster).
+    // The value may hold a password: `--help` does not show what the environment sets.
     #[arg(
         long,
         env = "NATS_URL",
         default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true,
         global = true
     )]
     nats_url: String,
@@ -113,6 +115,10 @@ struct PublishArgs {
     #[arg(long)]
     id: Option<String>,
 }
+
+/// mimalloc: glibc's malloc and free were a fifth of the runtime's CPU per event (tests/bench/ANALYSIS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -219,6 +225,7 @@ async fn infra(config: &runtime::config::NatsConfig, command: InfraCommand) -> a
 
 /// One-shot commands fail fast instead of retrying forever like a function does.
 async fn connect(config: &runtime::config::NatsConfig) -> anyhow::Result<async_nats::Client> {
+    let servers = runtime::nats_url::parse(&config.url)?;
     let mut options = async_nats::ConnectOptions::new()
         .name("jetfn-cli")
         .connection_timeout(std::time::Duration::from_secs(5));
@@ -228,10 +235,12 @@ async fn connect(config: &runtime::config::NatsConfig) -> anyhow::Result<async_n
             .await
             .with_context(|| format!("reading {}", path.display()))?;
     }
-    options
-        .connect(config.url.as_str())
-        .await
-        .with_context(|| format!("connecting to NATS at {}", config.url))
+    options.connect(servers).await.with_context(|| {
+        format!(
+            "connecting to NATS at {}",
+            runtime::nats_url::mask(&config.url)
+        )
+    })
 }
 
 async fn publish(config: &runtime::config::NatsConfig, args: PublishArgs) -> anyhow::Result<()> {
@@ -308,5 +317,30 @@ fn catalog() {
             kind.consumers.join(","),
             kind.description
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_bad_nats_url_is_refused_by_position_with_its_password_masked() {
+        let config =
+            runtime::config::NatsConfig::local("nats://127.0.0.1:4222, nats://ada:s3cret@n2:port");
+        let err = render_error(&connect(&config).await.expect_err("refused"));
+        assert!(err.contains("NATS_URL: entry 2 of 2"), "{err}");
+        assert!(err.contains("nats://ada:***@n2:port"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_comma_separated_nats_url_reaches_the_node_that_answers() {
+        let server = testkit::NatsServer::start();
+        // Nothing listens on the first address: the CLI tries the next instead of failing.
+        let down = format!("nats://127.0.0.1:{}", testkit::free_port());
+        let config = runtime::config::NatsConfig::local(format!("{down}, {}", server.url()));
+        let client = connect(&config).await.expect("connects to the live node");
+        assert_eq!(client.server_info().port, server.port());
     }
 }

@@ -3,10 +3,8 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use serde::Deserialize;
-
-/// The search endpoint of the `jetfn-index` service.
-const SUBJECT: &str = "jetfn.index.search";
+use events::services::index::{SEARCH_SUBJECT, SearchRequest, SearchResponse};
+use events::services::{self, ReplyError};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct SearchArgs {
@@ -26,51 +24,40 @@ pub(crate) struct SearchArgs {
     json: bool,
 }
 
-#[derive(Debug, Deserialize)]
-struct Response {
-    total: usize,
-    hits: Vec<Hit>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Hit {
-    message_id: String,
-    conversation_id: String,
-    sender_id: String,
-    body: String,
-    created_at: String,
-    score: f32,
-}
-
 pub(crate) async fn run(client: async_nats::Client, args: SearchArgs) -> anyhow::Result<()> {
-    let request = serde_json::json!({
-        "q": args.query,
-        "conversation_id": args.conversation,
-        "limit": args.limit,
-        "offset": args.offset,
-    });
+    let request = SearchRequest {
+        q: args.query,
+        conversation_id: args.conversation,
+        limit: Some(args.limit),
+        offset: args.offset,
+    };
     let reply = tokio::time::timeout(
         Duration::from_secs(10),
-        client.request(SUBJECT, serde_json::to_vec(&request)?.into()),
+        client.request(SEARCH_SUBJECT, serde_json::to_vec(&request)?.into()),
     )
     .await
     .context("the search service did not answer within 10 s")?
     .context("asking the search service (is the indexing function running?)")?;
-    if let Some(headers) = &reply.headers
-        && let Some(code) = headers.get("Nats-Service-Error-Code")
-    {
-        let status = headers
-            .get("Nats-Service-Error")
-            .map(|value| value.as_str().to_owned())
-            .unwrap_or_default();
-        anyhow::bail!("search refused ({}): {status}", code.as_str());
-    }
+    let header = |name: &str| {
+        reply
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(name))
+            .map(async_nats::HeaderValue::as_str)
+    };
+    let response: SearchResponse = match services::decode_reply(header, &reply.payload) {
+        Ok(response) => response,
+        Err(ReplyError::Refused(refusal)) => {
+            anyhow::bail!("search refused ({}): {}", refusal.code, refusal.status)
+        }
+        Err(err @ ReplyError::Malformed(_)) => {
+            return Err(anyhow::Error::new(err).context("the search service's answer"));
+        }
+    };
     if args.json {
         println!("{}", String::from_utf8_lossy(&reply.payload));
         return Ok(());
     }
-    let response: Response =
-        serde_json::from_slice(&reply.payload).context("the search service's answer")?;
     let last = args.offset + response.hits.len();
     println!(
         "{} matching message{}{}",

@@ -1,35 +1,13 @@
 //! Mailer settings, read once from the environment.
 
-use std::fmt;
 use std::path::PathBuf;
 
 use lettre::message::Mailbox;
 use serde::{Deserialize, Deserializer};
 
-/// A string that must never reach a log line: `Debug` prints `***` and there is no `Display`.
-///
-/// Used for `SMTP_URL`, which carries the SMTP password.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The clear value, for the one place that needs it (building the transport).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
+/// `SMTP_URL` carries the SMTP password: the runtime's secret type, which prints `***`.
+pub use runtime::config::Secret;
+use runtime::config::{Settings, Table, Var};
 
 /// Where and how email goes, from environment variables (no prefix).
 ///
@@ -76,13 +54,16 @@ impl MailerConfig {
     /// # Errors
     /// A value that does not parse; the message names the variable and never shows `SMTP_URL`.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_vars(std::env::vars())
+        let config: Self = runtime::config::from_env()?;
+        config.check()?;
+        Ok(config)
     }
 
+    #[cfg(test)]
     pub(crate) fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let config: Self = envy::from_iter(vars).map_err(|e| ConfigError::Env(e.to_string()))?;
+        let config: Self = runtime::config::from_vars(vars)?;
         config.check()?;
         Ok(config)
     }
@@ -108,11 +89,11 @@ impl MailerConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// envy could not read a variable (its message names the variable).
-    #[error("mailer environment: {0}")]
-    Env(String),
+    /// A variable is missing or does not parse (the error names it).
+    #[error(transparent)]
+    Env(#[from] runtime::config::ConfigError),
     /// A variable parsed but its value is out of range.
-    #[error("{var} {reason}")]
+    #[error("{var}: {reason}")]
     Invalid {
         /// The environment variable.
         var: &'static str,
@@ -139,6 +120,53 @@ pub enum ConfigError {
     NoRuntime,
 }
 
+/// The variables of [`MailerConfig`].
+pub const MAILER: Table = Table {
+    title: "Email",
+    prefix: "",
+    vars: &[
+        Var::optional(
+            "SMTP_URL",
+            "the SMTP server, e.g. `smtps://user:pass@host` or `smtp://user:pass@host:587?tls=required`; \
+             unset or empty: write .eml files to MAIL_DIR",
+        )
+        .secret(),
+        Var::with_default(
+            "SMTP_TIMEOUT_SECS",
+            "30",
+            "limit for one whole send; a timeout is transient",
+        ),
+        Var::with_default(
+            "SMTP_POOL_MAX",
+            "8",
+            "most SMTP connections kept open to the server",
+        ),
+        Var::with_default(
+            "MAIL_DIR",
+            ".jetfn/mail",
+            "where .eml files go when SMTP_URL is unset; created if missing",
+        ),
+        Var::with_default(
+            "MAIL_FROM",
+            "jetfn <no-reply@jetfn.local>",
+            "the From of every email",
+        ),
+    ],
+};
+
+impl Settings for MailerConfig {
+    const TABLE: &'static Table = &MAILER;
+}
+
+/// Every variable an email function served by [`serve`](crate::serve) reads, for its `--help`: the connection,
+/// consuming, email, and logs and traces.
+pub const SETTINGS: [&Table; 4] = [
+    &runtime::config::NATS,
+    &runtime::config::JOB,
+    &MAILER,
+    &runtime::config::TELEMETRY,
+];
+
 fn default_timeout_secs() -> u64 {
     30
 }
@@ -161,17 +189,17 @@ fn default_mail_from() -> Mailbox {
 
 fn non_empty_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
     let value = Option::<String>::deserialize(d)?;
-    Ok(value.filter(|v| !v.trim().is_empty()).map(Secret))
+    Ok(value.filter(|v| !v.trim().is_empty()).map(Secret::new))
 }
 
 fn mailbox<'de, D: Deserializer<'de>>(d: D) -> Result<Mailbox, D::Error> {
     let value = String::deserialize(d)?;
     if value.contains(['\r', '\n', '\0']) {
-        return Err(serde::de::Error::custom("MAIL_FROM contains CR, LF or NUL"));
+        return Err(serde::de::Error::custom("contains CR, LF or NUL"));
     }
     value.parse().map_err(|e| {
         serde::de::Error::custom(format_args!(
-            "MAIL_FROM is not a mailbox like `Name <user@example.com>`: {e}"
+            "expected a mailbox like `Name <user@example.com>` ({e})"
         ))
     })
 }
@@ -239,6 +267,26 @@ mod tests {
         let err =
             MailerConfig::from_vars(vars(&[("MAIL_FROM", "not a mailbox")])).expect_err("invalid");
         assert!(err.to_string().contains("MAIL_FROM"), "{err}");
+    }
+
+    #[test]
+    fn the_table_lists_every_field_with_its_real_default() {
+        runtime::config::check_table::<MailerConfig>(&[]);
+    }
+
+    #[test]
+    fn errors_name_the_variable_and_never_show_the_smtp_url() {
+        let err = MailerConfig::from_vars(vars(&[("SMTP_POOL_MAX", "many")])).expect_err("invalid");
+        assert_eq!(
+            err.to_string(),
+            r#"SMTP_POOL_MAX: expected a whole number, got "many""#
+        );
+        let err = MailerConfig::from_vars(vars(&[("MAIL_FROM", "not a mailbox")]))
+            .expect_err("invalid")
+            .to_string();
+        assert!(err.starts_with("MAIL_FROM: expected a mailbox"), "{err}");
+        assert!(err.ends_with(r#", got "not a mailbox""#), "{err}");
+        assert_eq!(Secret::new("smtps://u:hunter2@h").to_string(), "***");
     }
 
     #[test]

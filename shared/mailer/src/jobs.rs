@@ -85,14 +85,17 @@ pub fn probe(
     }
 }
 
-/// The rest of an email function's `main` once its own configuration is read: the mailer from `SMTP_*` and
-/// `MAIL_*`, the runtime bound to the function's consumer with the mailer as the circuit breaker's probe, and the
-/// handler `make` builds from the mailer and the templates, served until SIGTERM.
+/// The rest of an email function's `main` once its own configuration is read: the function's `emails` (from
+/// [`templates!`](crate::templates)) parsed with the shared layouts, the mailer from `SMTP_*` and `MAIL_*`, the
+/// runtime bound to the function's consumer with the mailer as the circuit breaker's probe, and the handler `make`
+/// builds from the mailer and the templates, served until SIGTERM.
 ///
 /// # Errors
-/// A configuration that does not parse, or a start-up failure of [`runtime::Runtime::serve`].
+/// A template that does not parse, a configuration that does not parse, or a start-up failure of
+/// [`runtime::Runtime::serve`].
 pub async fn serve<T, H, Fut>(
     name: &str,
+    emails: &[crate::EmailTemplate],
     make: impl FnOnce(Mailer, std::sync::Arc<crate::Templates>) -> H,
 ) -> anyhow::Result<()>
 where
@@ -101,10 +104,11 @@ where
     Fut: Future<Output = Result<(), JobError>> + Send + 'static,
 {
     use anyhow::Context as _;
+    let templates = crate::Templates::new(emails).context("parsing the email templates")?;
     let mailer = Mailer::from_env().context("reading SMTP_* and MAIL_* configuration")?;
     let runtime = runtime::Runtime::from_env(name)
         .await?
         .with_probe(probe(&mailer));
-    let handler = make(mailer, std::sync::Arc::new(crate::Templates::new()));
+    let handler = make(mailer, std::sync::Arc::new(templates));
     runtime.serve(handler, runtime::shutdown_signal()).await
 }

@@ -1,13 +1,15 @@
 //! Email rendering, composition and delivery for jetfn functions.
 //!
-//! A function builds one [`Templates`] and one [`Mailer`] at start-up, then per event:
+//! A function builds one [`Templates`] (the shared layouts and its own emails) and one [`Mailer`] at start-up,
+//! then per event:
 //!
 //! ```no_run
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn run(emails: &[mailer::EmailTemplate]) -> Result<(), Box<dyn std::error::Error>> {
 //! use mailer::{Mailer, Templates, compose};
 //!
 //! let mailer = Mailer::from_env()?;
-//! let templates = Templates::new();
+//! // `emails` is the function's own `mailer::templates!["welcome"]`, from its `templates/<locale>/` folder.
+//! let templates = Templates::new(emails)?;
 //!
 //! let locale = events::Locale::Vi;
 //! let rendered = templates.render("welcome", locale, mailer::context! { name => "Ada" })?;
@@ -33,14 +35,18 @@ mod error;
 pub mod format;
 mod jobs;
 pub mod snapshot;
+#[cfg(any(test, feature = "testing"))]
+mod stub;
 mod templates;
 mod transport;
 
 pub use compose::compose;
-pub use config::{ConfigError, MailerConfig, Secret};
+pub use config::{ConfigError, MAILER, MailerConfig, SETTINGS, Secret};
 pub use error::SendError;
 pub use jobs::{Email, job_error, probe, send_once, serve};
-pub use templates::{RenderError, Rendered, Templates};
+#[cfg(any(test, feature = "testing"))]
+pub use stub::{Reply, Sent, Stub};
+pub use templates::{EmailTemplate, RenderError, Rendered, TemplateError, Templates};
 pub use transport::{Delivery, Mailer};
 
 /// Re-exported so function crates can build addresses and messages without their own `lettre` dependency.

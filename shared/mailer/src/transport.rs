@@ -41,6 +41,9 @@ enum Transport {
         transport: AsyncFileTransport<Tokio1Executor>,
         dir: PathBuf,
     },
+    /// Tests only; see [`Mailer::stub`].
+    #[cfg(any(test, feature = "testing"))]
+    Stub(crate::stub::Stub),
 }
 
 /// The SMTP pool, replaced as a whole when a send times out.
@@ -110,6 +113,8 @@ impl Transport {
         match self {
             Self::Smtp(_) => "smtp",
             Self::File { .. } => "file",
+            #[cfg(any(test, feature = "testing"))]
+            Self::Stub(_) => "stub",
         }
     }
 }
@@ -176,6 +181,20 @@ impl Mailer {
         })
     }
 
+    /// A mailer for in-process tests: it sends nothing, records what it accepts and answers as the returned
+    /// [`Stub`](crate::Stub) is scripted to (accepting by default). `From` is `MAIL_FROM`'s default.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn stub() -> (Self, crate::Stub) {
+        let stub = crate::Stub::default();
+        let mailer = Self {
+            inner: Arc::new(Inner {
+                transport: Transport::Stub(stub.clone()),
+                from: MailerConfig::default().mail_from,
+            }),
+        };
+        (mailer, stub)
+    }
+
     /// [`MailerConfig::from_env`] then [`Mailer::new`].
     ///
     /// # Errors
@@ -209,6 +228,8 @@ impl Mailer {
         match &self.inner.transport {
             Transport::Smtp(smtp) => smtp.probe().await,
             Transport::File { .. } => Ok(()),
+            #[cfg(any(test, feature = "testing"))]
+            Transport::Stub(stub) => stub.probe(),
         }
     }
 
@@ -235,6 +256,8 @@ impl Mailer {
                     .await
                     .map(|id| Delivery::File(dir.join(format!("{id}.eml"))))
                     .map_err(|e| SendError::from_file(&e)),
+                #[cfg(any(test, feature = "testing"))]
+                Transport::Stub(stub) => stub.send(message).map(|()| Delivery::Smtp),
             }
         }
         .instrument(span.clone())

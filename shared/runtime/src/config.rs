@@ -1,4 +1,9 @@
-//! Configuration from environment variables, one flat struct per concern (envy cannot flatten).
+//! Configuration from environment variables, one flat struct per concern (envy's model: no flattening), each
+//! with its [`Table`] of variables next to it: the one list that `--help` prints and that names a variable in a
+//! configuration error.
+
+mod env;
+mod help;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -6,12 +11,21 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// A value that must never reach a log line: `Debug` and `Display` print `***`.
-#[derive(Clone, Default, Deserialize)]
+pub use env::{ConfigError, Default, Settings, Table, Var, check_table, from_env, from_vars};
+pub use help::{Binary, Request, answer_args, help, parse_args, version};
+
+/// A value that must never reach a log line or an error: `Debug` and `Display` print `***`. The one type for
+/// every secret setting (NATS password and token, the SMTP URL with its password).
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
     /// The clear value, for the one place that needs it.
     pub fn expose(&self) -> &str {
         &self.0
@@ -22,6 +36,88 @@ impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("***")
     }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// What `runtime::telemetry::init` reads (the OpenTelemetry SDK reads the other standard `OTEL_*` variables).
+pub const TELEMETRY: Table = Table {
+    title: "Logs and traces",
+    prefix: "",
+    vars: &[
+        Var::with_default(
+            "RUST_LOG",
+            "info",
+            "log filter (tracing-subscriber EnvFilter syntax, e.g. `info,runtime=debug`)",
+        ),
+        Var::optional(
+            "LOG_FORMAT",
+            "`json` for one JSON object per line (containers); unset: compact text",
+        ),
+        Var::optional(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTLP/HTTP collector; when set (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT), spans and metrics are exported",
+        ),
+        Var::optional(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTLP/HTTP endpoint for spans alone",
+        ),
+        Var::optional(
+            "OTEL_SERVICE_NAME",
+            "the service name on exported spans; unset: the function's name",
+        ),
+        Var::with_default(
+            "OTEL_SDK_DISABLED",
+            "false",
+            "`true` turns exporting off even when an endpoint is set",
+        ),
+    ],
+};
+
+/// The variables of [`NatsConfig`].
+pub const NATS: Table = Table {
+    title: "NATS connection",
+    prefix: "NATS_",
+    vars: &[
+        Var::with_default(
+            "NATS_URL",
+            "nats://127.0.0.1:4222",
+            "one or more comma-separated server URLs",
+        ),
+        Var::optional(
+            "NATS_CREDS_FILE",
+            "a .creds file (user JWT and nkey seed) for decentralized auth",
+        ),
+        Var::optional("NATS_USER", "user for user/password auth (development)"),
+        Var::optional("NATS_PASSWORD", "password for user/password auth").secret(),
+        Var::optional("NATS_TOKEN", "token auth").secret(),
+        Var::with_default(
+            "NATS_TLS_REQUIRED",
+            "false",
+            "refuse a plaintext connection",
+        ),
+        Var::optional(
+            "NATS_TLS_CA_FILE",
+            "the CA that signed the server's certificate",
+        ),
+        Var::optional(
+            "NATS_TLS_CERT_FILE",
+            "client certificate, for mutual TLS (with NATS_TLS_KEY_FILE)",
+        ),
+        Var::optional("NATS_TLS_KEY_FILE", "the client certificate's key"),
+        Var::optional(
+            "NATS_INBOX_PREFIX",
+            "a per-function inbox prefix, so permissions need not grant `_INBOX.>`",
+        ),
+    ],
+};
+
+impl Settings for NatsConfig {
+    const TABLE: &'static Table = &NATS;
 }
 
 /// How to reach NATS (`NATS_*`).
@@ -56,8 +152,8 @@ impl NatsConfig {
     ///
     /// # Errors
     /// Names the variable that does not parse.
-    pub fn from_env() -> Result<Self, envy::Error> {
-        envy::prefixed("NATS_").from_env()
+    pub fn from_env() -> Result<Self, ConfigError> {
+        from_env()
     }
 
     /// The local default: one server on the loopback, no auth.
@@ -142,16 +238,14 @@ pub enum AckMode {
     Plain,
 }
 
-/// By hand, so the error names the variable: envy reports a bad enum value without it.
+/// By hand, for the wording of the error (its variable and value are added by [`from_env`]).
 impl<'de> Deserialize<'de> for AckMode {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let value = String::deserialize(deserializer)?;
         match value.as_str() {
             "confirmed" => Ok(Self::Confirmed),
             "plain" => Ok(Self::Plain),
-            other => Err(serde::de::Error::custom(format!(
-                "JOB_ACK must be `confirmed` or `plain`, not `{other}`"
-            ))),
+            _ => Err(serde::de::Error::custom("expected `confirmed` or `plain`")),
         }
     }
 }
@@ -161,14 +255,85 @@ impl JobConfig {
     ///
     /// # Errors
     /// Names the variable that does not parse.
-    pub fn from_env() -> Result<Self, envy::Error> {
-        envy::prefixed("JOB_").from_env()
+    pub fn from_env() -> Result<Self, ConfigError> {
+        from_env()
     }
 
     /// The drain timeout as a duration.
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_secs)
     }
+}
+
+/// The variables of [`JobConfig`].
+pub const JOB: Table = Table {
+    title: "Consuming",
+    prefix: "JOB_",
+    vars: &[
+        Var::with_default("JOB_STREAM", "EVENTS", "the stream the consumer belongs to"),
+        Var::optional(
+            "JOB_CONSUMER",
+            "the durable consumer to bind; unset: the function's name",
+        ),
+        Var::with_default(
+            "JOB_DLQ_PREFIX",
+            "dlq",
+            "dead events go to `<prefix>.<stream>.<consumer>.<sequence>`",
+        ),
+        Var::with_default(
+            "JOB_LEDGER_BUCKET",
+            "jetfn-ledger",
+            "the KV bucket of the idempotency ledger",
+        ),
+        Var::with_default(
+            "JOB_FAILURES_BUCKET",
+            "jetfn-failures",
+            "the KV bucket journaling failed attempts for the dead-letter record",
+        ),
+        Var::with_default(
+            "JOB_LEDGER_LEASE_SECS",
+            "120",
+            "how long a claimed side effect is presumed running before another attempt may take it over",
+        ),
+        Var::with_default(
+            "JOB_HANDLER_TIMEOUT_SECS",
+            "300",
+            "a handler running longer is abandoned; the attempt counts as a transient failure",
+        ),
+        Var::with_default(
+            "JOB_DRAIN_TIMEOUT_SECS",
+            "20",
+            "on SIGTERM, how long in-flight handlers may run before the process exits anyway",
+        ),
+        Var::optional(
+            "JOB_HEALTH_ADDR",
+            "where to serve /livez and /readyz, e.g. `0.0.0.0:8080`; unset: no endpoint",
+        ),
+        Var::with_default(
+            "JOB_BREAKER_THRESHOLD",
+            "3",
+            "downed-dependency failures in a row that open the circuit breaker; 0 disables it",
+        ),
+        Var::with_default(
+            "JOB_BREAKER_PROBE_SECS",
+            "5",
+            "the first wait before probing an open circuit; doubles after each failed probe",
+        ),
+        Var::with_default(
+            "JOB_BREAKER_PROBE_MAX_SECS",
+            "60",
+            "the longest wait between probes",
+        ),
+        Var::with_default(
+            "JOB_ACK",
+            "confirmed",
+            "`confirmed` (the server answers each ack) or `plain` (fire-and-forget)",
+        ),
+    ],
+};
+
+impl Settings for JobConfig {
+    const TABLE: &'static Table = &JOB;
 }
 
 fn default_stream() -> String {
@@ -200,4 +365,62 @@ fn default_breaker_probe_max() -> u64 {
 }
 fn default_drain() -> u64 {
     20
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(pairs: &[(&str, &str)]) -> Result<JobConfig, String> {
+        from_vars::<JobConfig>(
+            pairs
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned())),
+        )
+        .map_err(|err| err.to_string())
+    }
+
+    #[test]
+    fn the_tables_list_every_field_with_its_real_default() {
+        check_table::<NatsConfig>(&[]);
+        check_table::<JobConfig>(&[]);
+    }
+
+    #[test]
+    fn a_bad_job_setting_is_named_by_its_variable() {
+        assert_eq!(
+            job(&[("JOB_BREAKER_THRESHOLD", "x")]).unwrap_err(),
+            r#"JOB_BREAKER_THRESHOLD: expected a whole number, got "x""#
+        );
+        assert_eq!(
+            job(&[("JOB_ACK", "maybe")]).unwrap_err(),
+            r#"JOB_ACK: expected `confirmed` or `plain`, got "maybe""#
+        );
+        assert_eq!(
+            job(&[("JOB_ACK", "plain")]).expect("valid").ack,
+            AckMode::Plain
+        );
+    }
+
+    #[test]
+    fn a_nats_secret_is_never_shown() {
+        let config = from_vars::<NatsConfig>([
+            ("NATS_PASSWORD".to_owned(), "hunter2".to_owned()),
+            ("NATS_TLS_REQUIRED".to_owned(), "yes".to_owned()),
+        ]);
+        let err = config
+            .expect_err("NATS_TLS_REQUIRED is not a bool")
+            .to_string();
+        assert_eq!(
+            err,
+            r#"NATS_TLS_REQUIRED: expected `true` or `false`, got "yes""#
+        );
+        let config = from_vars::<NatsConfig>([("NATS_PASSWORD".to_owned(), "hunter2".to_owned())])
+            .expect("valid");
+        assert_eq!(format!("{:?}", config.password), "Some(***)");
+        assert_eq!(
+            config.password.as_ref().map(ToString::to_string).as_deref(),
+            Some("***")
+        );
+    }
 }

@@ -13,8 +13,9 @@ use crate::config::NatsConfig;
 /// every state change is logged.
 ///
 /// # Errors
-/// A credentials or TLS file that cannot be read, or a URL that does not parse.
+/// A credentials or TLS file that cannot be read, or a `NATS_URL` entry that does not parse.
 pub async fn connect(config: &NatsConfig, name: &str) -> anyhow::Result<async_nats::Client> {
+    let servers = crate::nats_url::parse(&config.url)?;
     let mut options = ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
@@ -46,11 +47,12 @@ pub async fn connect(config: &NatsConfig, name: &str) -> anyhow::Result<async_na
     if let Some(prefix) = &config.inbox_prefix {
         options = options.custom_inbox_prefix(prefix.clone());
     }
-    tracing::info!(url = %config.url, name, "connecting to NATS");
+    let url = crate::nats_url::mask(&config.url);
+    tracing::info!(url = %url, name, "connecting to NATS");
     options
-        .connect(config.url.as_str())
+        .connect(servers)
         .await
-        .with_context(|| format!("connecting to NATS at {}", config.url))
+        .with_context(|| format!("connecting to NATS at {url}"))
 }
 
 /// 0 ms, then doubling from 100 ms up to 5 s: fast after a blip, gentle during an outage.

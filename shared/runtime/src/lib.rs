@@ -19,8 +19,8 @@ pub mod health;
 mod job;
 mod ledger;
 mod metrics;
+pub mod nats_url;
 mod policy;
-mod publisher;
 mod ratelimit;
 mod raw;
 mod runtime;
@@ -36,15 +36,10 @@ pub use connect::connect;
 pub use error::{Disposition, JobError};
 pub use job::Job;
 pub use ledger::{Effect, Ledger};
-pub use publisher::{PublishError, Published, Publisher};
+/// Functions that emit events publish as producers do; re-exported so a handler needs one import.
+pub use publish::{PublishError, Published, Publisher};
 pub use ratelimit::RateLimiter;
 pub use raw::{RawConsumer, RawJob};
 pub use runtime::Runtime;
 pub use settle::Outcome;
 pub use shutdown::shutdown_signal;
-
-/// Every binary that links the runtime (the functions, the CLI, the bench) allocates with mimalloc: the
-/// consume path allocates for each event (its parsed tree, headers, span fields), and glibc's malloc and free
-/// were a fifth of the runtime's CPU per event in the profile of tests/bench/ANALYSIS.md.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

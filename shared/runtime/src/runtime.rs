@@ -86,7 +86,8 @@ impl Runtime {
         let faults = Faults::from_env()?;
         #[cfg(not(feature = "fault-injection"))]
         let Faults {} = faults;
-        tracing::info!(function = name, ?job, nats_url = %nats.url, "starting");
+        let nats_url = crate::nats_url::mask(&nats.url);
+        tracing::info!(function = name, ?job, %nats_url, "starting");
         let client = crate::connect(nats, name).await?;
         let js = jetstream::new(client.clone());
         let health = Health::default();

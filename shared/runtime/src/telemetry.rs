@@ -5,8 +5,7 @@ use std::io::IsTerminal as _;
 
 use anyhow::Context as _;
 use async_nats::HeaderMap;
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
-use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -170,6 +169,7 @@ fn install(service_name: &str, default_filter: &str, stderr: bool) -> anyhow::Re
         tracing::info!(service = service_name, "exporting spans over OTLP");
     }
     EXPORTING.store(provider.is_some(), std::sync::atomic::Ordering::Relaxed);
+    publish::set_exporting(provider.is_some());
     Ok(Telemetry { provider, meters })
 }
 
@@ -187,54 +187,12 @@ fn otlp_configured() -> bool {
     !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 }
 
-/// Writes the current span's context into NATS headers as `traceparent`/`tracestate`.
-///
-/// Without an exporter the span has no valid context; a fresh random `traceparent` is written then, so the
-/// attempts of one event still share a trace id that logs and downstream services can correlate.
-pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
-    let context = span.context();
-    if context.span().span_context().is_valid() {
-        TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
-    } else {
-        headers.insert("traceparent", random_traceparent().as_str());
-    }
-}
-
-fn random_traceparent() -> String {
-    use ring::rand::SecureRandom as _;
-    let mut bytes = [0u8; 24];
-    // The system RNG failing leaves zeros; the all-zero ids are invalid, so fall back to the clock's bits.
-    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        bytes[..16].copy_from_slice(&nanos.to_le_bytes());
-        bytes[16..].copy_from_slice(&nanos.to_be_bytes()[..8]);
-    }
-    let hex = |part: &[u8]| {
-        part.iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect::<String>()
-    };
-    format!("00-{}-{}-01", hex(&bytes[..16]), hex(&bytes[16..]))
-}
-
 /// Makes `span` a child of the trace context carried in `headers`, if any.
 pub fn set_parent_from(span: &tracing::Span, headers: Option<&HeaderMap>) {
     let Some(headers) = headers else { return };
     let context = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
     // An error means the span is disabled or already started; there is nothing to parent then.
     let _ = span.set_parent(context);
-}
-
-/// NATS header names are case-sensitive (ADR-4); W3C names are lowercase, so write them lowercase.
-struct HeaderInjector<'a>(&'a mut HeaderMap);
-
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key, value.as_str());
-    }
 }
 
 struct HeaderExtractor<'a>(&'a HeaderMap);

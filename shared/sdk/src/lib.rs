@@ -21,12 +21,12 @@ use events::{
     CloudEvent, ContactSubmitted, EmailVerificationRequested, Event, OrderPlaced, OrderShipped,
     OrderStatusChanged, PasswordResetRequested, UserRegistered,
 };
-pub use runtime::{PublishError, Published};
+pub use publish::{PublishError, Published};
 
 /// Publishes email events. Cheap to clone; build one per process.
 #[derive(Debug, Clone)]
 pub struct EmailEvents {
-    publisher: runtime::Publisher,
+    publisher: publish::Publisher,
     source: String,
 }
 
@@ -35,7 +35,7 @@ impl EmailEvents {
     pub fn new(client: async_nats::Client, source: impl Into<String>) -> Self {
         let source = source.into();
         Self {
-            publisher: runtime::Publisher::new(client, source.clone()),
+            publisher: publish::Publisher::new(client, source.clone()),
             source,
         }
     }

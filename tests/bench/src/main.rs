@@ -157,6 +157,10 @@ impl Plan {
     }
 }
 
+/// The bench measures what the functions run: mimalloc, the allocator each function binary chooses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
