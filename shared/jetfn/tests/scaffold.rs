@@ -174,6 +174,17 @@ fn a_scaffolded_function_builds_passes_its_test_and_the_registry_check() {
     ] {
         assert!(tests.contains(test), "missing {test:?} in:\n{tests}");
     }
+    // The binary's wiring: it links (its own allocator) and answers --help with the runtime's variables.
+    let help = run(
+        &work,
+        &cargo,
+        &["run", "--offline", "-q", "-p", "demo-fn", "--", "--help"],
+        &target,
+    );
+    assert!(
+        help.contains("demo-fn") && help.contains("NATS_URL"),
+        "{help}"
+    );
     // What the command wrote or edited is formatted as `cargo fmt` would (the rest of the copy is CI's business).
     run(
         &work,
