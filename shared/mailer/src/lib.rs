@@ -38,6 +38,8 @@ pub mod snapshot;
 #[cfg(any(test, feature = "testing"))]
 mod stub;
 mod templates;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod transport;
 
 pub use compose::compose;
