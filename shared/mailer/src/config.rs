@@ -167,6 +167,12 @@ pub const SETTINGS: [&Table; 4] = [
     &runtime::config::TELEMETRY,
 ];
 
+/// [`SETTINGS`] after the function's own table, for the `--help` of an email function with settings of its own.
+pub const fn settings_with(own: &'static Table) -> [&'static Table; 5] {
+    let [nats, job, mailer, telemetry] = SETTINGS;
+    [own, nats, job, mailer, telemetry]
+}
+
 fn default_timeout_secs() -> u64 {
     30
 }

@@ -2,7 +2,7 @@
 //! mailer and an in-memory ledger as `main` wires it, and the [`Contract`] every email function keeps whatever it
 //! sends, run as separate tests by [`email_contract!`](crate::email_contract).
 //!
-//! ```ignore
+//! ```text
 //! use mailer::testing::{Harness, Settled};
 //!
 //! fn harness() -> Harness<UserRegistered> {
@@ -149,7 +149,10 @@ where
     /// # Panics
     /// When `emails` is 0: an event that sends nothing cannot show a send decision.
     pub fn new(harness: F, event: CloudEvent<T>, emails: usize) -> Self {
-        assert!(emails > 0, "the contract's event must send at least one email");
+        assert!(
+            emails > 0,
+            "the contract's event must send at least one email"
+        );
         Self {
             harness,
             event,
@@ -251,7 +254,7 @@ where
 /// One `#[tokio::test]` per case of the [`Contract`](crate::testing::Contract), in a module `email_contract`, so
 /// each case passes or fails under its own name. Invoke it in a function's handler test module:
 ///
-/// ```ignore
+/// ```text
 /// mailer::email_contract! {
 ///     harness: || harness(&["ops@shop.example"]), // anything `Fn() -> Harness<E>`
 ///     event: event(),                             // a `CloudEvent<E>` that sends `emails` emails
@@ -335,7 +338,8 @@ mod tests {
         h.ledger.mark_done(&event.id, "greeting");
         assert_eq!(h.handle(&event, 1).await.ok(), Some(()));
         assert_eq!(h.smtp.attempts(), 0, "the ledger said done");
-        assert_eq!(h.job(&event, 5).is_last_attempt(), true);
+        assert!(h.job(&event, MAX_DELIVER).is_last_attempt());
+        assert!(!h.job(&event, MAX_DELIVER - 1).is_last_attempt());
     }
 
     /// The contract catches a handler that sends without the ledger.
