@@ -105,17 +105,7 @@ async fn main() -> anyhow::Result<()> {
     runtime::config::answer_args(&runtime::binary!(), &mailer::settings_with(&CONFIG));
     let telemetry = runtime::telemetry::init("contact")?;
     let config: Config = runtime::config::from_env()?;
-    let support = config
-        .contact_support_to
-        .split(',')
-        .map(str::trim)
-        .filter(|address| !address.is_empty())
-        .map(|address| {
-            address
-                .parse::<Mailbox>()
-                .context("CONTACT_SUPPORT_TO holds an invalid address")
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let support = mailer::mailboxes("CONTACT_SUPPORT_TO", &config.contact_support_to)?;
     anyhow::ensure!(!support.is_empty(), "CONTACT_SUPPORT_TO is empty");
     let templates = Templates::new(EMAILS).context("parsing the email templates")?;
     let mailer = Mailer::from_env().context("reading SMTP_* and MAIL_* configuration")?;

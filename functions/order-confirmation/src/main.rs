@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use events::{Locale, OrderPlaced};
 use lettre::message::Mailbox;
 use mailer::format::{datetime, money};
@@ -78,20 +77,7 @@ async fn main() -> anyhow::Result<()> {
     runtime::config::answer_args(&runtime::binary!(), &mailer::settings_with(&CONFIG));
     let telemetry = runtime::telemetry::init("order-confirmation")?;
     let config: Config = runtime::config::from_env()?;
-    let admins = config
-        .order_admin_to
-        .split(',')
-        .map(str::trim)
-        .filter(|address| !address.is_empty())
-        .map(|address| {
-            address.parse::<Mailbox>().with_context(|| {
-                format!(
-                    "ORDER_ADMIN_TO holds an invalid address: {}",
-                    events::pii::mask_email(address)
-                )
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let admins = mailer::mailboxes("ORDER_ADMIN_TO", &config.order_admin_to)?;
     if admins.is_empty() {
         tracing::warn!("ORDER_ADMIN_TO is empty: staff will not be notified of orders");
     }

@@ -43,7 +43,7 @@ pub mod testing;
 mod transport;
 
 pub use compose::compose;
-pub use config::{ConfigError, MAILER, MailerConfig, SETTINGS, Secret, settings_with};
+pub use config::{ConfigError, MAILER, MailerConfig, SETTINGS, Secret, mailboxes, settings_with};
 pub use error::SendError;
 pub use jobs::{Email, job_error, probe, send_once, serve};
 #[cfg(any(test, feature = "testing"))]
