@@ -114,20 +114,23 @@ mod tests {
     }
     use events::OrderStatus;
 
+    /// Every status, in a plausible order; each has its own wording.
+    pub(super) const EVERY_STATUS: [OrderStatus; 8] = [
+        OrderStatus::Pending,
+        OrderStatus::Confirmed,
+        OrderStatus::Processing,
+        OrderStatus::OnHold,
+        OrderStatus::Shipped,
+        OrderStatus::Delivered,
+        OrderStatus::Cancelled,
+        OrderStatus::Refunded,
+    ];
+
     #[test]
     fn snapshots_in_every_locale_and_wording_for_every_status() {
         let templates = templates();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots");
-        let statuses = [
-            OrderStatus::Pending,
-            OrderStatus::Confirmed,
-            OrderStatus::Processing,
-            OrderStatus::OnHold,
-            OrderStatus::Shipped,
-            OrderStatus::Delivered,
-            OrderStatus::Cancelled,
-            OrderStatus::Refunded,
-        ];
+        let statuses = EVERY_STATUS;
         for locale in [events::Locale::En, events::Locale::Vi] {
             let mut change = OrderStatusChanged::example();
             change.locale = locale;
@@ -257,6 +260,7 @@ mod tests {
 /// The handler in process: a test job on an in-memory ledger, the mailer on a stub SMTP server.
 #[cfg(test)]
 mod handler_tests {
+    use super::tests::EVERY_STATUS;
     use super::*;
     use events::{CloudEvent, OrderStatus};
     use mailer::testing::{Harness, Settled};
@@ -297,16 +301,7 @@ mod handler_tests {
     #[tokio::test]
     async fn every_status_change_is_its_own_email() {
         let h = harness();
-        let statuses = [
-            OrderStatus::Pending,
-            OrderStatus::Confirmed,
-            OrderStatus::Processing,
-            OrderStatus::OnHold,
-            OrderStatus::Shipped,
-            OrderStatus::Delivered,
-            OrderStatus::Cancelled,
-            OrderStatus::Refunded,
-        ];
+        let statuses = EVERY_STATUS;
         let mut previous = OrderStatus::Pending;
         for status in statuses {
             let mut change = OrderStatusChanged::example();
