@@ -90,7 +90,7 @@ impl Slots for RateLimiter {
 
 struct Context<L = RateLimiter> {
     mailer: Mailer,
-    templates: Templates,
+    templates: Arc<Templates>,
     support: Vec<Mailbox>,
     limiter: L,
     limit: String,
@@ -102,29 +102,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    runtime::config::answer_args(
-        &runtime::binary!(),
-        &[
-            &CONFIG,
-            &runtime::config::NATS,
-            &runtime::config::JOB,
-            &mailer::MAILER,
-            &runtime::config::TELEMETRY,
-        ],
-    );
+    runtime::config::answer_args(&runtime::binary!(), &mailer::settings_with(&CONFIG));
     let telemetry = runtime::telemetry::init("contact")?;
     let config: Config = runtime::config::from_env()?;
-    let support = config
-        .contact_support_to
-        .split(',')
-        .map(str::trim)
-        .filter(|address| !address.is_empty())
-        .map(|address| {
-            address
-                .parse::<Mailbox>()
-                .context("CONTACT_SUPPORT_TO holds an invalid address")
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let support = mailer::mailboxes("CONTACT_SUPPORT_TO", &config.contact_support_to)?;
     anyhow::ensure!(!support.is_empty(), "CONTACT_SUPPORT_TO is empty");
     let templates = Templates::new(EMAILS).context("parsing the email templates")?;
     let mailer = Mailer::from_env().context("reading SMTP_* and MAIL_* configuration")?;
@@ -146,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let context = Arc::new(Context {
         mailer,
-        templates,
+        templates: Arc::new(templates),
         support,
         limiter,
         limit,
@@ -332,9 +313,7 @@ mod handler_tests {
     use std::sync::Mutex;
 
     use events::CloudEvent;
-    use mailer::{Reply, Stub};
-    use runtime::dlq::DeathKind;
-    use runtime::testing::{MemoryLedger, Settled, job, run};
+    use mailer::testing::{DeathKind, Harness, Reply, Settled};
 
     /// One window that never ends.
     struct Counter {
@@ -351,19 +330,12 @@ mod handler_tests {
         }
     }
 
-    struct Harness {
-        context: Arc<Context<Counter>>,
-        smtp: Stub,
-        ledger: MemoryLedger,
-    }
-
-    impl Harness {
-        /// The function with two support addresses and `limit` forms per sender.
-        fn new(limit: u64) -> Self {
-            let (mailer, smtp) = Mailer::stub();
+    /// The handler as `main` wires it, with two support addresses and `limit` forms per sender.
+    fn harness(limit: u64) -> Harness<ContactSubmitted> {
+        Harness::new(EMAILS, |mailer, templates| {
             let context = Arc::new(Context {
                 mailer,
-                templates: Templates::new(EMAILS).expect("the templates parse"),
+                templates,
                 support: ["support@shop.example", "Sales <sales@shop.example>"]
                     .map(|to| to.parse().expect("an address"))
                     .to_vec(),
@@ -373,52 +345,28 @@ mod handler_tests {
                 },
                 limit: format!("{limit} per 600 s"),
             });
-            Self {
-                context,
-                smtp,
-                ledger: MemoryLedger::new(),
-            }
-        }
-
-        /// Runs the handler as `main` wires it on `event` (attempt `attempt` of 5).
-        async fn handle(
-            &self,
-            event: &CloudEvent<ContactSubmitted>,
-            attempt: u32,
-        ) -> Result<(), JobError> {
-            let job = job(event.clone())
-                .attempt(attempt)
-                .max_deliver(5)
-                .ledger(&self.ledger)
-                .build();
-            forward_contact(job, self.context.clone()).await
-        }
-
-        /// What the runtime does with the handler's result.
-        async fn deliver(&self, event: &CloudEvent<ContactSubmitted>, attempt: u32) -> Settled {
-            let job = job(event.clone())
-                .attempt(attempt)
-                .max_deliver(5)
-                .ledger(&self.ledger)
-                .build();
-            run(job, |job| forward_contact(job, self.context.clone())).await
-        }
-
-        fn recipients(&self) -> Vec<String> {
-            self.smtp.sent().iter().flat_map(mailer::Sent::to).collect()
-        }
+            move |job| forward_contact(job, context.clone())
+        })
     }
 
     fn event() -> CloudEvent<ContactSubmitted> {
         CloudEvent::new("test", ContactSubmitted::example())
     }
 
+    // Two support notifications and the acknowledgement. A limit of 1: a redelivery or a retry that took a second
+    // slot would be dead-lettered as rate limited.
+    mailer::email_contract! {
+        harness: || harness(1),
+        event: event(),
+        emails: 3,
+    }
+
     #[tokio::test]
     async fn notifies_support_with_the_sender_as_reply_to_and_acknowledges() {
-        let h = Harness::new(3);
+        let h = harness(3);
         assert_eq!(h.deliver(&event(), 1).await, Settled::Acked);
         assert_eq!(
-            h.recipients(),
+            h.smtp.recipients(),
             [
                 "support@shop.example",
                 "sales@shop.example",
@@ -444,7 +392,7 @@ mod handler_tests {
 
     #[tokio::test]
     async fn no_acknowledgement_unless_asked() {
-        let h = Harness::new(3);
+        let h = harness(3);
         let mut form = ContactSubmitted::example();
         form.send_acknowledgement = false;
         assert_eq!(
@@ -452,14 +400,14 @@ mod handler_tests {
             Settled::Acked
         );
         assert_eq!(
-            h.recipients(),
+            h.smtp.recipients(),
             ["support@shop.example", "sales@shop.example"]
         );
     }
 
     #[tokio::test]
     async fn a_sender_over_the_limit_is_dead_lettered_and_never_mailed() {
-        let h = Harness::new(1);
+        let h = harness(1);
         assert_eq!(h.deliver(&event(), 1).await, Settled::Acked);
         h.smtp.clear();
         // More forms from the same sender, whatever the case of the address.
@@ -483,17 +431,8 @@ mod handler_tests {
     }
 
     #[tokio::test]
-    async fn a_redelivery_of_a_sent_event_sends_nothing_and_takes_no_second_slot() {
-        let h = Harness::new(1);
-        let event = event();
-        assert_eq!(h.deliver(&event, 1).await, Settled::Acked);
-        assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
-        assert_eq!((h.smtp.sent().len(), h.smtp.attempts()), (3, 3));
-    }
-
-    #[tokio::test]
     async fn a_4xx_on_the_acknowledgement_is_retried_without_resending_the_notifications() {
-        let h = Harness::new(1);
+        let h = harness(1);
         h.smtp
             .reply(Reply::Accept)
             .reply(Reply::Accept)
@@ -501,13 +440,13 @@ mod handler_tests {
         let event = event();
         assert_eq!(h.deliver(&event, 1).await, Settled::Retry(None));
         assert_eq!(
-            h.recipients(),
+            h.smtp.recipients(),
             ["support@shop.example", "sales@shop.example"]
         );
         // The retry is within the limit of 1: the slot was taken once, for the event.
         assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
         assert_eq!(
-            h.recipients(),
+            h.smtp.recipients(),
             [
                 "support@shop.example",
                 "sales@shop.example",
@@ -515,25 +454,6 @@ mod handler_tests {
             ]
         );
         assert_eq!(h.smtp.attempts(), 4);
-    }
-
-    #[tokio::test]
-    async fn a_5xx_reply_is_dead_lettered_at_once() {
-        let h = Harness::new(3);
-        h.smtp.reply(Reply::Reject(550));
-        assert_eq!(
-            h.deliver(&event(), 1).await,
-            Settled::Dead(DeathKind::Permanent)
-        );
-        assert!(h.smtp.sent().is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_downed_smtp_server_is_unavailable() {
-        let h = Harness::new(3);
-        h.smtp.always(Reply::Down);
-        assert_eq!(h.deliver(&event(), 1).await, Settled::Unavailable);
-        assert!(h.smtp.sent().is_empty());
     }
 }
 

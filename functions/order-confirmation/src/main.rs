@@ -4,12 +4,11 @@
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use events::{Locale, OrderPlaced};
 use lettre::message::Mailbox;
 use mailer::format::{datetime, money};
 use mailer::{Mailer, Rendered, Templates};
-use runtime::{Job, JobError, Runtime};
+use runtime::{Job, JobError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -64,7 +63,7 @@ impl runtime::config::Settings for Config {
 
 struct Context {
     mailer: Mailer,
-    templates: Templates,
+    templates: Arc<Templates>,
     admins: Vec<Mailbox>,
     config: Config,
 }
@@ -75,52 +74,23 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    runtime::config::answer_args(
-        &runtime::binary!(),
-        &[
-            &CONFIG,
-            &runtime::config::NATS,
-            &runtime::config::JOB,
-            &mailer::MAILER,
-            &runtime::config::TELEMETRY,
-        ],
-    );
+    runtime::config::answer_args(&runtime::binary!(), &mailer::settings_with(&CONFIG));
     let telemetry = runtime::telemetry::init("order-confirmation")?;
     let config: Config = runtime::config::from_env()?;
-    let admins = config
-        .order_admin_to
-        .split(',')
-        .map(str::trim)
-        .filter(|address| !address.is_empty())
-        .map(|address| {
-            address.parse::<Mailbox>().with_context(|| {
-                format!(
-                    "ORDER_ADMIN_TO holds an invalid address: {}",
-                    events::pii::mask_email(address)
-                )
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let admins = mailer::mailboxes("ORDER_ADMIN_TO", &config.order_admin_to)?;
     if admins.is_empty() {
         tracing::warn!("ORDER_ADMIN_TO is empty: staff will not be notified of orders");
     }
-    let templates = Templates::new(EMAILS).context("parsing the email templates")?;
-    let mailer = Mailer::from_env().context("reading SMTP_* and MAIL_* configuration")?;
-    let context = Arc::new(Context {
-        mailer: mailer.clone(),
-        templates,
-        admins,
-        config,
-    });
-    let runtime = Runtime::from_env("order-confirmation")
-        .await?
-        .with_probe(mailer::probe(&mailer));
-    runtime
-        .serve(
-            move |job| confirm_order(job, context.clone()),
-            runtime::shutdown_signal(),
-        )
-        .await?;
+    mailer::serve("order-confirmation", EMAILS, |mailer, templates| {
+        let context = Arc::new(Context {
+            mailer,
+            templates,
+            admins,
+            config,
+        });
+        move |job| confirm_order(job, context.clone())
+    })
+    .await?;
     telemetry.flush();
     Ok(())
 }
@@ -405,66 +375,48 @@ mod tests {
 mod handler_tests {
     use super::*;
     use events::CloudEvent;
-    use mailer::{Reply, Stub};
-    use runtime::dlq::DeathKind;
-    use runtime::testing::{MemoryLedger, Settled, job, run};
+    use mailer::testing::{Harness, Reply, Settled};
 
-    struct Harness {
-        context: Arc<Context>,
-        smtp: Stub,
-        ledger: MemoryLedger,
-    }
-
-    impl Harness {
-        /// The function with `admins` as `ORDER_ADMIN_TO`.
-        fn new(admins: &[&str]) -> Self {
-            let (mailer, smtp) = Mailer::stub();
+    /// The handler as `main` wires it, with `admins` as `ORDER_ADMIN_TO`.
+    fn harness(admins: &[&str]) -> Harness<OrderPlaced> {
+        let admin_to = admins.join(",");
+        let admins: Vec<Mailbox> = admins
+            .iter()
+            .map(|admin| admin.parse().expect("an address"))
+            .collect();
+        Harness::new(EMAILS, |mailer, templates| {
             let context = Arc::new(Context {
                 mailer,
-                templates: Templates::new(EMAILS).expect("the templates parse"),
-                admins: admins
-                    .iter()
-                    .map(|admin| admin.parse().expect("an address"))
-                    .collect(),
+                templates,
+                admins,
                 config: Config {
-                    order_admin_to: admins.join(","),
+                    order_admin_to: admin_to,
                     order_admin_locale: Locale::Vi,
                     order_url: Some("https://shop.example.com/orders/".to_owned()),
                     order_admin_url: None,
                 },
             });
-            Self {
-                context,
-                smtp,
-                ledger: MemoryLedger::new(),
-            }
-        }
-
-        /// Delivers `event` (attempt `attempt` of 5) to the handler as `main` wires it.
-        async fn deliver(&self, event: &CloudEvent<OrderPlaced>, attempt: u32) -> Settled {
-            let job = job(event.clone())
-                .attempt(attempt)
-                .max_deliver(5)
-                .ledger(&self.ledger)
-                .build();
-            run(job, |job| confirm_order(job, self.context.clone())).await
-        }
-
-        fn recipients(&self) -> Vec<String> {
-            self.smtp.sent().iter().flat_map(mailer::Sent::to).collect()
-        }
+            move |job| confirm_order(job, context.clone())
+        })
     }
 
     fn event() -> CloudEvent<OrderPlaced> {
         CloudEvent::new("test", OrderPlaced::example())
     }
 
+    // The customer's confirmation and one staff notification.
+    mailer::email_contract! {
+        harness: || harness(&["ops@shop.example"]),
+        event: event(),
+        emails: 2,
+    }
+
     #[tokio::test]
     async fn sends_the_confirmation_and_one_notification_per_staff_address() {
-        let h = Harness::new(&["ops@shop.example", "Boss <boss@shop.example>"]);
+        let h = harness(&["ops@shop.example", "Boss <boss@shop.example>"]);
         assert_eq!(h.deliver(&event(), 1).await, Settled::Acked);
         assert_eq!(
-            h.recipients(),
+            h.smtp.recipients(),
             ["ada@example.com", "ops@shop.example", "boss@shop.example"]
         );
         let sent = h.smtp.sent();
@@ -493,77 +445,44 @@ mod handler_tests {
         let admins = ["ops@shop.example"];
         let mut order = OrderPlaced::example();
         order.notify_customer = false;
-        let h = Harness::new(&admins);
+        let h = harness(&admins);
         assert_eq!(
             h.deliver(&CloudEvent::new("test", order), 1).await,
             Settled::Acked
         );
-        assert_eq!(h.recipients(), ["ops@shop.example"]);
+        assert_eq!(h.smtp.recipients(), ["ops@shop.example"]);
 
         let mut order = OrderPlaced::example();
         order.notify_admins = false;
-        let h = Harness::new(&admins);
+        let h = harness(&admins);
         assert_eq!(
             h.deliver(&CloudEvent::new("test", order), 1).await,
             Settled::Acked
         );
-        assert_eq!(h.recipients(), ["ada@example.com"]);
+        assert_eq!(h.smtp.recipients(), ["ada@example.com"]);
 
-        let h = Harness::new(&[]);
+        let h = harness(&[]);
         assert_eq!(h.deliver(&event(), 1).await, Settled::Acked);
         assert_eq!(
-            h.recipients(),
+            h.smtp.recipients(),
             ["ada@example.com"],
             "no ORDER_ADMIN_TO: no staff email"
         );
     }
 
     #[tokio::test]
-    async fn a_redelivery_of_a_sent_event_sends_nothing() {
-        let h = Harness::new(&["ops@shop.example"]);
-        let event = event();
-        assert_eq!(h.deliver(&event, 1).await, Settled::Acked);
-        assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
-        assert_eq!((h.smtp.sent().len(), h.smtp.attempts()), (2, 2));
-    }
-
-    #[tokio::test]
     async fn a_4xx_on_a_staff_email_is_retried_without_resending_the_customer_email() {
-        let h = Harness::new(&["ops@shop.example", "boss@shop.example"]);
+        let h = harness(&["ops@shop.example", "boss@shop.example"]);
         h.smtp.reply(Reply::Accept).reply(Reply::Reject(451));
         let event = event();
         assert_eq!(h.deliver(&event, 1).await, Settled::Retry(None));
-        assert_eq!(h.recipients(), ["ada@example.com"]);
+        assert_eq!(h.smtp.recipients(), ["ada@example.com"]);
         assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
         assert_eq!(
-            h.recipients(),
+            h.smtp.recipients(),
             ["ada@example.com", "ops@shop.example", "boss@shop.example"]
         );
         assert_eq!(h.smtp.attempts(), 4);
-    }
-
-    #[tokio::test]
-    async fn a_5xx_reply_is_dead_lettered_at_once() {
-        let h = Harness::new(&["ops@shop.example"]);
-        h.smtp.reply(Reply::Reject(550));
-        assert_eq!(
-            h.deliver(&event(), 1).await,
-            Settled::Dead(DeathKind::Permanent)
-        );
-        assert!(h.smtp.sent().is_empty());
-        assert_eq!(
-            h.smtp.attempts(),
-            1,
-            "nothing more is tried for a dead event"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_downed_smtp_server_is_unavailable() {
-        let h = Harness::new(&["ops@shop.example"]);
-        h.smtp.always(Reply::Down);
-        assert_eq!(h.deliver(&event(), 1).await, Settled::Unavailable);
-        assert!(h.smtp.sent().is_empty());
     }
 }
 

@@ -39,16 +39,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    runtime::config::answer_args(
-        &runtime::binary!(),
-        &[
-            &CONFIG,
-            &runtime::config::NATS,
-            &runtime::config::JOB,
-            &mailer::MAILER,
-            &runtime::config::TELEMETRY,
-        ],
-    );
+    runtime::config::answer_args(&runtime::binary!(), &mailer::settings_with(&CONFIG));
     let telemetry = runtime::telemetry::init("order-status")?;
     let config: Arc<Config> = Arc::new(runtime::config::from_env()?);
     mailer::serve("order-status", EMAILS, |mailer, templates| {
@@ -123,20 +114,23 @@ mod tests {
     }
     use events::OrderStatus;
 
+    /// Every status, in a plausible order; each has its own wording.
+    pub(super) const EVERY_STATUS: [OrderStatus; 8] = [
+        OrderStatus::Pending,
+        OrderStatus::Confirmed,
+        OrderStatus::Processing,
+        OrderStatus::OnHold,
+        OrderStatus::Shipped,
+        OrderStatus::Delivered,
+        OrderStatus::Cancelled,
+        OrderStatus::Refunded,
+    ];
+
     #[test]
     fn snapshots_in_every_locale_and_wording_for_every_status() {
         let templates = templates();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots");
-        let statuses = [
-            OrderStatus::Pending,
-            OrderStatus::Confirmed,
-            OrderStatus::Processing,
-            OrderStatus::OnHold,
-            OrderStatus::Shipped,
-            OrderStatus::Delivered,
-            OrderStatus::Cancelled,
-            OrderStatus::Refunded,
-        ];
+        let statuses = EVERY_STATUS;
         for locale in [events::Locale::En, events::Locale::Vi] {
             let mut change = OrderStatusChanged::example();
             change.locale = locale;
@@ -266,68 +260,38 @@ mod tests {
 /// The handler in process: a test job on an in-memory ledger, the mailer on a stub SMTP server.
 #[cfg(test)]
 mod handler_tests {
+    use super::tests::EVERY_STATUS;
     use super::*;
     use events::{CloudEvent, OrderStatus};
-    use mailer::{Reply, Stub};
-    use runtime::dlq::DeathKind;
-    use runtime::testing::{MemoryLedger, Settled, job, run};
+    use mailer::testing::{Harness, Settled};
 
-    struct Harness {
-        mailer: Mailer,
-        smtp: Stub,
-        templates: Arc<Templates>,
-        config: Arc<Config>,
-        ledger: MemoryLedger,
-    }
-
-    impl Harness {
-        fn new() -> Self {
-            let (mailer, smtp) = Mailer::stub();
-            let templates = Arc::new(Templates::new(EMAILS).expect("the templates parse"));
-            let config = Arc::new(Config {
-                order_url: Some("https://shop.example.com/orders/".to_owned()),
-            });
-            Self {
-                mailer,
-                smtp,
-                templates,
-                config,
-                ledger: MemoryLedger::new(),
-            }
-        }
-
-        /// Delivers `event` (attempt `attempt` of 5) to the handler as `main` wires it.
-        async fn deliver(&self, event: &CloudEvent<OrderStatusChanged>, attempt: u32) -> Settled {
-            let job = job(event.clone())
-                .attempt(attempt)
-                .max_deliver(5)
-                .ledger(&self.ledger)
-                .build();
-            run(job, |job| {
-                notify_status(
-                    job,
-                    self.mailer.clone(),
-                    self.templates.clone(),
-                    self.config.clone(),
-                )
-            })
-            .await
-        }
+    /// The handler as `main` wires it, with `ORDER_URL` set.
+    fn harness() -> Harness<OrderStatusChanged> {
+        let config = Arc::new(Config {
+            order_url: Some("https://shop.example.com/orders/".to_owned()),
+        });
+        Harness::new(EMAILS, |mailer, templates| {
+            move |job| notify_status(job, mailer.clone(), templates.clone(), config.clone())
+        })
     }
 
     fn event() -> CloudEvent<OrderStatusChanged> {
         CloudEvent::new("test", OrderStatusChanged::example())
     }
 
+    mailer::email_contract! {
+        harness: harness,
+        event: event(),
+        emails: 1,
+    }
+
     #[tokio::test]
-    async fn sends_one_email_to_the_customer() {
-        let h = Harness::new();
+    async fn the_customer_gets_the_order_link() {
+        let h = harness();
         assert_eq!(h.deliver(&event(), 1).await, Settled::Acked);
-        let sent = h.smtp.sent();
-        assert_eq!(sent.len(), 1, "{sent:?}");
-        assert_eq!(sent[0].to(), ["ada@example.com"]);
+        assert_eq!(h.smtp.recipients(), ["ada@example.com"]);
         assert!(
-            sent[0]
+            h.smtp.sent()[0]
                 .text()
                 .contains("https://shop.example.com/orders/ord_8f14e45f"),
             "the order link is built from ORDER_URL"
@@ -335,27 +299,9 @@ mod handler_tests {
     }
 
     #[tokio::test]
-    async fn a_redelivery_of_a_sent_event_sends_nothing() {
-        let h = Harness::new();
-        let event = event();
-        assert_eq!(h.deliver(&event, 1).await, Settled::Acked);
-        assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
-        assert_eq!((h.smtp.sent().len(), h.smtp.attempts()), (1, 1));
-    }
-
-    #[tokio::test]
     async fn every_status_change_is_its_own_email() {
-        let h = Harness::new();
-        let statuses = [
-            OrderStatus::Pending,
-            OrderStatus::Confirmed,
-            OrderStatus::Processing,
-            OrderStatus::OnHold,
-            OrderStatus::Shipped,
-            OrderStatus::Delivered,
-            OrderStatus::Cancelled,
-            OrderStatus::Refunded,
-        ];
+        let h = harness();
+        let statuses = EVERY_STATUS;
         let mut previous = OrderStatus::Pending;
         for status in statuses {
             let mut change = OrderStatusChanged::example();
@@ -369,52 +315,6 @@ mod handler_tests {
         let subjects: std::collections::BTreeSet<_> =
             sent.iter().map(|sent| sent.header("Subject")).collect();
         assert_eq!(subjects.len(), statuses.len(), "one subject per status");
-    }
-
-    #[tokio::test]
-    async fn a_4xx_reply_is_retried_and_the_retry_sends_once() {
-        let h = Harness::new();
-        h.smtp.reply(Reply::Reject(452));
-        let event = event();
-        assert_eq!(h.deliver(&event, 1).await, Settled::Retry(None));
-        assert!(h.smtp.sent().is_empty());
-        assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
-        assert_eq!((h.smtp.sent().len(), h.smtp.attempts()), (1, 2));
-    }
-
-    #[tokio::test]
-    async fn a_4xx_reply_on_the_last_attempt_is_dead_lettered_as_exhausted() {
-        let h = Harness::new();
-        h.smtp.always(Reply::Reject(451));
-        assert_eq!(
-            h.deliver(&event(), 5).await,
-            Settled::Dead(DeathKind::Exhausted)
-        );
-    }
-
-    #[tokio::test]
-    async fn a_5xx_reply_is_dead_lettered_at_once() {
-        let h = Harness::new();
-        h.smtp.reply(Reply::Reject(554));
-        assert_eq!(
-            h.deliver(&event(), 1).await,
-            Settled::Dead(DeathKind::Permanent)
-        );
-        assert!(h.smtp.sent().is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_downed_smtp_server_is_unavailable() {
-        let h = Harness::new();
-        h.smtp.always(Reply::Down);
-        assert_eq!(h.deliver(&event(), 1).await, Settled::Unavailable);
-        h.smtp.always(Reply::Reject(421));
-        assert_eq!(
-            h.deliver(&event(), 1).await,
-            Settled::Unavailable,
-            "421: service not available"
-        );
-        assert!(h.smtp.sent().is_empty());
     }
 }
 

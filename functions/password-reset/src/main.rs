@@ -41,16 +41,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    runtime::config::answer_args(
-        &runtime::binary!(),
-        &[
-            &CONFIG,
-            &runtime::config::NATS,
-            &runtime::config::JOB,
-            &mailer::MAILER,
-            &runtime::config::TELEMETRY,
-        ],
-    );
+    runtime::config::answer_args(&runtime::binary!(), &mailer::settings_with(&CONFIG));
     let telemetry = runtime::telemetry::init("password-reset")?;
     let config: Config = runtime::config::from_env()?;
     anyhow::ensure!(
@@ -232,76 +223,17 @@ mod tests {
 mod handler_tests {
     use super::*;
     use events::CloudEvent;
-    use mailer::{Reply, Stub};
-    use runtime::dlq::DeathKind;
-    use runtime::testing::{MemoryLedger, Settled, job, run};
+    use mailer::testing::{Harness, Reply, Settled};
     use time::format_description::well_known::Rfc3339;
 
     const TOKEN: &str = "q3Jm9xV7bT2wY5nK8pL1sD4fG6hR0zXc";
 
-    struct Harness {
-        mailer: Mailer,
-        smtp: Stub,
-        templates: Arc<Templates>,
-        base: Arc<String>,
-        ledger: MemoryLedger,
-    }
-
-    impl Harness {
-        fn new() -> Self {
-            let (mailer, smtp) = Mailer::stub();
-            let templates = Arc::new(Templates::new(EMAILS).expect("the templates parse"));
-            let base = Arc::new("https://shop.example.com/reset-password".to_owned());
-            Self {
-                mailer,
-                smtp,
-                templates,
-                base,
-                ledger: MemoryLedger::new(),
-            }
-        }
-
-        /// Runs the handler as `main` wires it on `event` (attempt `attempt` of 5).
-        async fn handle(
-            &self,
-            event: &CloudEvent<PasswordResetRequested>,
-            attempt: u32,
-        ) -> Result<(), JobError> {
-            let job = job(event.clone())
-                .attempt(attempt)
-                .max_deliver(5)
-                .ledger(&self.ledger)
-                .build();
-            send_reset_link(
-                job,
-                self.mailer.clone(),
-                self.templates.clone(),
-                self.base.clone(),
-            )
-            .await
-        }
-
-        /// What the runtime does with the handler's result.
-        async fn deliver(
-            &self,
-            event: &CloudEvent<PasswordResetRequested>,
-            attempt: u32,
-        ) -> Settled {
-            let job = job(event.clone())
-                .attempt(attempt)
-                .max_deliver(5)
-                .ledger(&self.ledger)
-                .build();
-            run(job, |job| {
-                send_reset_link(
-                    job,
-                    self.mailer.clone(),
-                    self.templates.clone(),
-                    self.base.clone(),
-                )
-            })
-            .await
-        }
+    /// The handler as `main` wires it, with `PASSWORD_RESET_URL` set.
+    fn harness() -> Harness<PasswordResetRequested> {
+        let base = Arc::new("https://shop.example.com/reset-password".to_owned());
+        Harness::new(EMAILS, |mailer, templates| {
+            move |job| send_reset_link(job, mailer.clone(), templates.clone(), base.clone())
+        })
     }
 
     /// A request whose link expires `minutes` from now (in the past when negative).
@@ -313,70 +245,41 @@ mod handler_tests {
         CloudEvent::new("test", request)
     }
 
+    mailer::email_contract! {
+        harness: harness,
+        event: event(30),
+        emails: 1,
+    }
+
     #[tokio::test]
-    async fn sends_one_link_to_the_user() {
-        let h = Harness::new();
+    async fn the_user_gets_the_link() {
+        let h = harness();
         assert_eq!(h.deliver(&event(30), 1).await, Settled::Acked);
-        let sent = h.smtp.sent();
-        assert_eq!(sent.len(), 1, "{sent:?}");
-        assert_eq!(sent[0].to(), ["ada@example.com"]);
+        assert_eq!(h.smtp.recipients(), ["ada@example.com"]);
+        let sent = &h.smtp.sent()[0];
         let link = format!("https://shop.example.com/reset-password?token={TOKEN}");
-        assert!(sent[0].text().contains(&link), "{}", sent[0].text());
+        assert!(sent.text().contains(&link), "{}", sent.text());
         assert!(
-            sent[0].html().contains(&format!("?token={TOKEN}\"")),
+            sent.html().contains(&format!("?token={TOKEN}\"")),
             "{}",
-            sent[0].html()
+            sent.html()
         );
     }
 
     #[tokio::test]
     async fn an_expired_request_is_skipped_and_sends_nothing() {
-        let h = Harness::new();
+        let h = harness();
         assert_eq!(h.deliver(&event(-1), 1).await, Settled::Skipped("expired"));
         assert_eq!(h.smtp.attempts(), 0);
     }
 
     #[tokio::test]
-    async fn a_redelivery_of_a_sent_event_sends_nothing() {
-        let h = Harness::new();
-        let event = event(30);
-        assert_eq!(h.deliver(&event, 1).await, Settled::Acked);
-        assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
-        assert_eq!((h.smtp.sent().len(), h.smtp.attempts()), (1, 1));
-    }
-
-    #[tokio::test]
-    async fn a_4xx_reply_is_retried_and_the_retry_sends_once() {
-        let h = Harness::new();
-        h.smtp.reply(Reply::Reject(451));
-        let event = event(30);
-        assert_eq!(h.deliver(&event, 1).await, Settled::Retry(None));
-        assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
-        assert_eq!((h.smtp.sent().len(), h.smtp.attempts()), (1, 2));
-    }
-
-    #[tokio::test]
-    async fn a_5xx_reply_is_dead_lettered_at_once_and_its_error_holds_no_token() {
-        let h = Harness::new();
+    async fn a_5xx_error_is_permanent_and_holds_no_token() {
+        let h = harness();
         h.smtp.reply(Reply::Reject(550));
-        let event = event(30);
-        let err = h.handle(&event, 1).await.expect_err("550");
+        let err = h.handle(&event(30), 1).await.expect_err("550");
         assert!(err.is_permanent(), "{err:?}");
         assert!(!format!("{err} {err:?}").contains(TOKEN), "{err:?}");
-        h.smtp.reply(Reply::Reject(550));
-        assert_eq!(
-            h.deliver(&event, 2).await,
-            Settled::Dead(DeathKind::Permanent)
-        );
-        assert!(h.smtp.sent().is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_downed_smtp_server_is_unavailable() {
-        let h = Harness::new();
-        h.smtp.always(Reply::Down);
-        assert_eq!(h.deliver(&event(30), 1).await, Settled::Unavailable);
-        assert!(h.smtp.sent().is_empty());
     }
 }
 

@@ -137,96 +137,33 @@ mod tests {
 mod handler_tests {
     use super::*;
     use events::CloudEvent;
-    use mailer::{Reply, Stub};
-    use runtime::dlq::DeathKind;
-    use runtime::testing::{MemoryLedger, Settled, job, run};
+    use mailer::testing::{Harness, Settled};
 
-    struct Harness {
-        mailer: Mailer,
-        smtp: Stub,
-        templates: Arc<Templates>,
-        ledger: MemoryLedger,
-    }
-
-    impl Harness {
-        fn new() -> Self {
-            let (mailer, smtp) = Mailer::stub();
-            let templates = Arc::new(Templates::new(EMAILS).expect("the templates parse"));
-            Self {
-                mailer,
-                smtp,
-                templates,
-                ledger: MemoryLedger::new(),
-            }
-        }
-
-        /// Delivers `event` (attempt `attempt` of 5) to the handler as `main` wires it.
-        async fn deliver(&self, event: &CloudEvent<OrderShipped>, attempt: u32) -> Settled {
-            let job = job(event.clone())
-                .attempt(attempt)
-                .max_deliver(5)
-                .ledger(&self.ledger)
-                .build();
-            run(job, |job| {
-                notify_shipped(job, self.mailer.clone(), self.templates.clone())
-            })
-            .await
-        }
+    /// The handler as `main` wires it.
+    fn harness() -> Harness<OrderShipped> {
+        Harness::new(EMAILS, |mailer, templates| {
+            move |job| notify_shipped(job, mailer.clone(), templates.clone())
+        })
     }
 
     fn event() -> CloudEvent<OrderShipped> {
         CloudEvent::new("test", OrderShipped::example())
     }
 
+    mailer::email_contract! {
+        harness: harness,
+        event: event(),
+        emails: 1,
+    }
+
     #[tokio::test]
-    async fn sends_one_email_to_the_customer() {
-        let h = Harness::new();
+    async fn the_customer_gets_the_tracking_number() {
+        let h = harness();
         assert_eq!(h.deliver(&event(), 1).await, Settled::Acked);
-        let sent = h.smtp.sent();
-        assert_eq!(sent.len(), 1, "{sent:?}");
-        assert_eq!(sent[0].to(), ["ada@example.com"]);
+        assert_eq!(h.smtp.recipients(), ["ada@example.com"]);
         assert!(
-            sent[0].text().contains("JD014600003828"),
+            h.smtp.sent()[0].text().contains("JD014600003828"),
             "the tracking number is in the email"
         );
-    }
-
-    #[tokio::test]
-    async fn a_redelivery_of_a_sent_event_sends_nothing() {
-        let h = Harness::new();
-        let event = event();
-        assert_eq!(h.deliver(&event, 1).await, Settled::Acked);
-        assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
-        assert_eq!((h.smtp.sent().len(), h.smtp.attempts()), (1, 1));
-    }
-
-    #[tokio::test]
-    async fn a_4xx_reply_is_retried_and_the_retry_sends_once() {
-        let h = Harness::new();
-        h.smtp.reply(Reply::Reject(451));
-        let event = event();
-        assert_eq!(h.deliver(&event, 1).await, Settled::Retry(None));
-        assert!(h.smtp.sent().is_empty());
-        assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
-        assert_eq!((h.smtp.sent().len(), h.smtp.attempts()), (1, 2));
-    }
-
-    #[tokio::test]
-    async fn a_5xx_reply_is_dead_lettered_at_once() {
-        let h = Harness::new();
-        h.smtp.reply(Reply::Reject(550));
-        assert_eq!(
-            h.deliver(&event(), 1).await,
-            Settled::Dead(DeathKind::Permanent)
-        );
-        assert!(h.smtp.sent().is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_downed_smtp_server_is_unavailable() {
-        let h = Harness::new();
-        h.smtp.always(Reply::Down);
-        assert_eq!(h.deliver(&event(), 1).await, Settled::Unavailable);
-        assert!(h.smtp.sent().is_empty());
     }
 }

@@ -139,40 +139,13 @@ mod tests {
 mod handler_tests {
     use super::*;
     use events::CloudEvent;
-    use mailer::{Reply, Stub};
-    use runtime::dlq::DeathKind;
-    use runtime::testing::{MemoryLedger, Settled, job, run};
+    use mailer::testing::{DeathKind, Harness, Reply, Settled};
 
-    struct Harness {
-        mailer: Mailer,
-        smtp: Stub,
-        templates: Arc<Templates>,
-        ledger: MemoryLedger,
-    }
-
-    impl Harness {
-        fn new() -> Self {
-            let (mailer, smtp) = Mailer::stub();
-            Self {
-                mailer,
-                smtp,
-                templates: Arc::new(Templates::new(EMAILS).expect("the templates parse")),
-                ledger: MemoryLedger::new(),
-            }
-        }
-
-        /// Delivers `event` (attempt `attempt` of 5) to the handler as `main` wires it.
-        async fn deliver(&self, event: &CloudEvent<UserRegistered>, attempt: u32) -> Settled {
-            let job = job(event.clone())
-                .attempt(attempt)
-                .max_deliver(5)
-                .ledger(&self.ledger)
-                .build();
-            run(job, |job| {
-                send_welcome(job, self.mailer.clone(), self.templates.clone())
-            })
-            .await
-        }
+    /// The handler as `main` wires it.
+    fn harness() -> Harness<UserRegistered> {
+        Harness::new(EMAILS, |mailer, templates| {
+            move |job| send_welcome(job, mailer.clone(), templates.clone())
+        })
     }
 
     fn event() -> CloudEvent<UserRegistered> {
@@ -183,21 +156,33 @@ mod handler_tests {
         format!("welcome-email:{}", event.data.email.to_ascii_lowercase())
     }
 
+    mailer::email_contract! {
+        harness: harness,
+        event: event(),
+        emails: 1,
+    }
+
     #[tokio::test]
-    async fn a_registered_user_is_welcomed_once_across_redeliveries() {
-        let h = Harness::new();
+    async fn the_user_is_welcomed_and_the_effect_is_named_after_the_address() {
+        let h = harness();
         let event = event();
         assert_eq!(h.deliver(&event, 1).await, Settled::Acked);
         assert!(h.ledger.is_done(&event.id, &effect(&event)));
-        assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
-        let sent = h.smtp.sent();
-        assert_eq!((sent.len(), h.smtp.attempts()), (1, 1), "{sent:?}");
-        assert_eq!(sent[0].to(), [event.data.email.as_str()]);
+        assert_eq!(h.smtp.recipients(), [event.data.email.as_str()]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_send_is_not_recorded_as_done() {
+        let h = harness();
+        h.smtp.reply(Reply::Reject(451));
+        let event = event();
+        assert_eq!(h.deliver(&event, 1).await, Settled::Retry(None));
+        assert!(!h.ledger.is_done(&event.id, &effect(&event)));
     }
 
     #[tokio::test]
     async fn nothing_is_sent_when_the_ledger_says_done() {
-        let h = Harness::new();
+        let h = harness();
         let event = event();
         h.ledger.mark_done(&event.id, &effect(&event));
         assert_eq!(h.deliver(&event, 1).await, Settled::Acked);
@@ -206,7 +191,7 @@ mod handler_tests {
 
     #[tokio::test]
     async fn an_unusable_address_is_dead_lettered_at_the_first_attempt() {
-        let h = Harness::new();
+        let h = harness();
         let mut event = event();
         event.data.email = "not an address".to_owned();
         assert_eq!(
@@ -214,48 +199,5 @@ mod handler_tests {
             Settled::Dead(DeathKind::Permanent)
         );
         assert_eq!(h.smtp.attempts(), 0);
-    }
-
-    #[tokio::test]
-    async fn a_4xx_reply_is_retried_and_the_retry_sends_once() {
-        let h = Harness::new();
-        h.smtp.reply(Reply::Reject(451));
-        let event = event();
-        assert_eq!(h.deliver(&event, 1).await, Settled::Retry(None));
-        assert!(
-            !h.ledger.is_done(&event.id, &effect(&event)),
-            "a refused send is not recorded as done"
-        );
-        assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
-        assert_eq!((h.smtp.sent().len(), h.smtp.attempts()), (1, 2));
-    }
-
-    #[tokio::test]
-    async fn a_4xx_reply_on_the_last_attempt_is_dead_lettered_as_exhausted() {
-        let h = Harness::new();
-        h.smtp.always(Reply::Reject(451));
-        assert_eq!(
-            h.deliver(&event(), 5).await,
-            Settled::Dead(DeathKind::Exhausted)
-        );
-        assert!(h.smtp.sent().is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_5xx_reply_is_dead_lettered_at_once() {
-        let h = Harness::new();
-        h.smtp.reply(Reply::Reject(550));
-        assert_eq!(
-            h.deliver(&event(), 1).await,
-            Settled::Dead(DeathKind::Permanent)
-        );
-        assert!(h.smtp.sent().is_empty());
-    }
-
-    #[tokio::test]
-    async fn smtp_down_is_reported_as_unavailable() {
-        let h = Harness::new();
-        h.smtp.reply(Reply::Down);
-        assert_eq!(h.deliver(&event(), 1).await, Settled::Unavailable);
     }
 }

@@ -167,6 +167,33 @@ pub const SETTINGS: [&Table; 4] = [
     &runtime::config::TELEMETRY,
 ];
 
+/// The addresses of a comma-separated setting such as `ORDER_ADMIN_TO`; blanks around and between entries are
+/// ignored, so an empty value is an empty list.
+///
+/// # Errors
+/// An entry that is not an address, named by `variable` and masked (the value is personal data).
+pub fn mailboxes(variable: &str, list: &str) -> anyhow::Result<Vec<Mailbox>> {
+    use anyhow::Context as _;
+    list.split(',')
+        .map(str::trim)
+        .filter(|address| !address.is_empty())
+        .map(|address| {
+            address.parse::<Mailbox>().with_context(|| {
+                format!(
+                    "{variable} holds an invalid address: {}",
+                    events::pii::mask_email(address)
+                )
+            })
+        })
+        .collect()
+}
+
+/// [`SETTINGS`] after the function's own table, for the `--help` of an email function with settings of its own.
+pub const fn settings_with(own: &'static Table) -> [&'static Table; 5] {
+    let [nats, job, mailer, telemetry] = SETTINGS;
+    [own, nats, job, mailer, telemetry]
+}
+
 fn default_timeout_secs() -> u64 {
     30
 }
@@ -296,5 +323,28 @@ mod tests {
         let err =
             MailerConfig::from_vars(vars(&[("SMTP_TIMEOUT_SECS", "soon")])).expect_err("invalid");
         assert!(err.to_string().contains("SMTP_TIMEOUT_SECS"), "{err}");
+    }
+
+    #[test]
+    fn mailboxes_skip_blanks_and_name_the_variable_of_a_bad_entry() {
+        let list = super::mailboxes(
+            "ORDER_ADMIN_TO",
+            " ops@shop.example, ,Boss <boss@shop.example>,",
+        )
+        .expect("two addresses");
+        let emails: Vec<String> = list.iter().map(|to| to.email.to_string()).collect();
+        assert_eq!(emails, ["ops@shop.example", "boss@shop.example"]);
+        assert!(
+            super::mailboxes("ORDER_ADMIN_TO", " , ")
+                .expect("empty")
+                .is_empty()
+        );
+        let err = super::mailboxes("CONTACT_SUPPORT_TO", "ops@shop.example,support at shop")
+            .expect_err("not an address");
+        assert_eq!(
+            err.to_string(),
+            "CONTACT_SUPPORT_TO holds an invalid address: ***",
+            "a value that is no address is masked whole"
+        );
     }
 }

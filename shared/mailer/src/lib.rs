@@ -38,10 +38,12 @@ pub mod snapshot;
 #[cfg(any(test, feature = "testing"))]
 mod stub;
 mod templates;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod transport;
 
 pub use compose::compose;
-pub use config::{ConfigError, MAILER, MailerConfig, SETTINGS, Secret};
+pub use config::{ConfigError, MAILER, MailerConfig, SETTINGS, Secret, mailboxes, settings_with};
 pub use error::SendError;
 pub use jobs::{Email, job_error, probe, send_once, serve};
 #[cfg(any(test, feature = "testing"))]

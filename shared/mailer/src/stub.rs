@@ -185,6 +185,11 @@ impl Stub {
         self.lock().sent.clone()
     }
 
+    /// The envelope recipients of every accepted message, in the order sent.
+    pub fn recipients(&self) -> Vec<String> {
+        self.lock().sent.iter().flat_map(Sent::to).collect()
+    }
+
     /// How many sends were tried, accepted or not.
     pub fn attempts(&self) -> usize {
         self.lock().attempts
@@ -279,6 +284,7 @@ mod tests {
         let sent = smtp.sent();
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].to(), ["ada@example.com"]);
+        assert_eq!(smtp.recipients(), ["ada@example.com"]);
         assert_eq!(
             sent[0].header("Subject").as_deref(),
             Some("Welcome to jetfn, Ada")

@@ -120,8 +120,8 @@ impl Settings for NatsConfig {
     const TABLE: &'static Table = &NATS;
 }
 
-/// How to reach NATS (`NATS_*`).
-#[derive(Debug, Clone, Deserialize)]
+/// How to reach NATS (`NATS_*`). Its `Debug` masks the password a URL may carry.
+#[derive(Clone, Deserialize)]
 pub struct NatsConfig {
     /// `NATS_URL`: one or more comma-separated server URLs.
     #[serde(default = "default_url")]
@@ -170,6 +170,37 @@ impl NatsConfig {
             tls_key_file: None,
             inbox_prefix: None,
         }
+    }
+}
+
+/// By hand, for `url`: `nats://user:pass@host` is allowed, so it is shown through [`crate::nats_url::mask`].
+impl fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured, so that a new field cannot be left out of the output unnoticed.
+        let Self {
+            url,
+            creds_file,
+            user,
+            password,
+            token,
+            tls_required,
+            tls_ca_file,
+            tls_cert_file,
+            tls_key_file,
+            inbox_prefix,
+        } = self;
+        f.debug_struct("NatsConfig")
+            .field("url", &crate::nats_url::mask(url))
+            .field("creds_file", creds_file)
+            .field("user", user)
+            .field("password", password)
+            .field("token", token)
+            .field("tls_required", tls_required)
+            .field("tls_ca_file", tls_ca_file)
+            .field("tls_cert_file", tls_cert_file)
+            .field("tls_key_file", tls_key_file)
+            .field("inbox_prefix", inbox_prefix)
+            .finish()
     }
 }
 
@@ -422,5 +453,21 @@ mod tests {
             config.password.as_ref().map(ToString::to_string).as_deref(),
             Some("***")
         );
+    }
+
+    #[test]
+    fn a_password_in_the_nats_url_is_never_shown() {
+        let config = from_vars::<NatsConfig>([(
+            "NATS_URL".to_owned(),
+            "nats://ada:hunter2@n1:4222, nats://n2:4222".to_owned(),
+        )])
+        .expect("valid");
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(
+            debug.starts_with(r#"NatsConfig { url: "nats://ada:***@n1:4222,nats://n2:4222", "#),
+            "{debug}"
+        );
+        assert!(debug.contains("tls_required: false"), "{debug}");
     }
 }

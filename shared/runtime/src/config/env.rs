@@ -1,14 +1,14 @@
 //! Settings read from environment variables into a serde struct, with errors a person can act on: each names the
 //! variable (`JOB_BREAKER_THRESHOLD: expected a whole number, got "x"`), and a secret's value is never shown.
 //!
-//! envy's map of variables, with two differences: every value knows its variable's full name and whether it is
-//! secret (from the struct's [`Table`]), and its errors are ours. The semantics are envy's: a prefix is stripped
-//! and the rest lowercased into the field name, a set variable is `Some` even when empty, a list splits on commas.
+//! envy reads the struct. Its errors are reworded here, because on their own they cannot be shown: a value that
+//! does not parse is quoted whether or not it is secret and named only by the part of the variable after the
+//! prefix, and an enum's or a `deserialize_with`'s error names no variable at all. The variable is found by
+//! reading each one alone (see [`invalid`]), and what was expected from std's and serde's standard wording.
 
 use std::fmt;
 
-use serde::de::value::SeqDeserializer;
-use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor};
+use serde::de::{self, DeserializeOwned, Visitor};
 
 /// One environment variable a binary reads: the help's line, and whether its value may be shown in an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,68 +141,141 @@ pub fn from_vars<T: Settings>(
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<T, ConfigError> {
     let table = T::TABLE;
-    let values = vars.into_iter().filter_map(|(name, value)| {
-        let field = name.strip_prefix(table.prefix)?.to_lowercase();
-        let secret = table.var(&name).is_some_and(|var| var.secret);
-        Some((
-            field,
-            Value {
-                name,
-                value,
-                secret,
-            },
-        ))
-    });
-    T::deserialize(Vars {
-        values,
-        pending: None,
-    })
-    .map_err(|err| err.into_config_error(table))
+    let ours: Vec<(String, String)> = vars
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(table.prefix))
+        .collect();
+    envy::prefixed(table.prefix)
+        .from_iter(ours.iter().cloned())
+        .map_err(|err| match err {
+            envy::Error::MissingValue(field) => {
+                let var = format!("{}{}", table.prefix, field.to_uppercase());
+                let reason = match table.var(&var) {
+                    Some(known) => format!("must be set ({})", known.help),
+                    None => "must be set".to_owned(),
+                };
+                ConfigError { var, reason }
+            }
+            envy::Error::Custom(message) => invalid::<T>(&ours, &message),
+        })
 }
 
-/// The variables as a map of field names to values.
-struct Vars<I> {
-    values: I,
-    pending: Option<Value>,
-}
-
-impl<'de, I: Iterator<Item = (String, Value)>> de::MapAccess<'de> for Vars<I> {
-    type Error = Error;
-
-    fn next_key_seed<K: DeserializeSeed<'de>>(
-        &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, Error> {
-        let Some((field, value)) = self.values.next() else {
-            return Ok(None);
+/// The error of the variable that does not parse. serde reads the variables in order and reports a missing field
+/// only after reading them all, so the first variable that fails when read alone is the one that failed.
+fn invalid<T: Settings>(vars: &[(String, String)], message: &str) -> ConfigError {
+    let table = T::TABLE;
+    let alone = |name: &str, value: &str| match envy::prefixed(table.prefix)
+        .from_iter::<_, T>([(name.to_owned(), value.to_owned())])
+    {
+        Err(envy::Error::Custom(message)) => Some(message),
+        _ => None,
+    };
+    let secrets: Vec<&str> = vars
+        .iter()
+        .filter(|(name, _)| table.var(name).is_some_and(|var| var.secret))
+        .map(|(_, value)| value.as_str())
+        .collect();
+    let Some((name, value, message)) = vars
+        .iter()
+        .find_map(|(name, value)| Some((name, value, alone(name, value)?)))
+    else {
+        // Not one variable's fault (a field given under two spellings): envy's words, without any value.
+        let reason = parse_error(message).map_or(message, |(error, _)| error);
+        return ConfigError {
+            var: format!("{}*", table.prefix),
+            reason: hide(reason, &secrets),
         };
-        self.pending = Some(value);
-        seed.deserialize(IntoDeserializer::<Error>::into_deserializer(field))
-            .map(Some)
-    }
-
-    fn next_value_seed<S: DeserializeSeed<'de>>(&mut self, seed: S) -> Result<S::Value, Error> {
-        let value = self
-            .pending
-            .take()
-            .ok_or_else(|| Error::reason("a value asked for before its variable"))?;
-        // Errors raised after the value was read (a `deserialize_with` that validates it) pass here too.
-        let origin = value.origin();
-        seed.deserialize(value).map_err(|err| origin.attach(err))
+    };
+    let reason = if let Some((error, item)) = parse_error(&message) {
+        // envy's own parse error: std's wording tells which type the field has.
+        if Some(error) == "".parse::<bool>().err().map(|e| e.to_string()).as_deref() {
+            "expected `true` or `false`".to_owned()
+        } else if Some(error) == item.parse::<f64>().err().map(|e| e.to_string()).as_deref() {
+            "expected a number".to_owned()
+        } else if item.parse::<i128>().is_ok() {
+            whole_number(|number| alone(name, number).is_none())
+        } else {
+            "expected a whole number".to_owned()
+        }
+    } else if let Some(expected) = serde_expected(&message) {
+        format!("expected {expected}")
+    } else {
+        message
+    };
+    let reason = if table.var(name).is_some_and(|var| var.secret) {
+        hide(&reason, &secrets)
+    } else {
+        format!("{reason}, got {value:?}")
+    };
+    ConfigError {
+        var: name.clone(),
+        reason,
     }
 }
 
-impl<'de, I: Iterator<Item = (String, Value)>> de::Deserializer<'de> for Vars<I> {
-    type Error = Error;
+/// envy's parse error, `<std's error> while parsing value '<item>' provided by <NAME>`, as the error and the item
+/// (one element of a list, or the whole value).
+fn parse_error(message: &str) -> Option<(&str, &str)> {
+    let (head, _) = message.rsplit_once("' provided by ")?;
+    head.split_once(" while parsing value '")
+}
 
-    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        visitor.visit_map(self)
+/// What serde's standard errors expected, without the value they quote (`invalid type: string "x", expected ...`,
+/// `unknown variant `x`, expected `a` or `b``).
+fn serde_expected(message: &str) -> Option<&str> {
+    let standard = [
+        "invalid type: ",
+        "invalid value: ",
+        "invalid length ",
+        "unknown variant ",
+    ];
+    if !standard.iter().any(|start| message.starts_with(start)) {
+        return None;
     }
+    message
+        .rsplit_once(", expected ")
+        .map(|(_, expected)| expected)
+}
 
-    serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
-        unit_struct newtype_struct seq tuple tuple_struct map struct enum identifier ignored_any
+/// The range of a whole-number field, found by trying each integer type's bounds, widest first.
+fn whole_number(accepts: impl Fn(&str) -> bool) -> String {
+    let maxima: [i128; 8] = [
+        u64::MAX.into(),
+        i64::MAX.into(),
+        u32::MAX.into(),
+        i32::MAX.into(),
+        u16::MAX.into(),
+        i16::MAX.into(),
+        u8::MAX.into(),
+        i8::MAX.into(),
+    ];
+    let minima: [i128; 5] = [
+        i64::MIN.into(),
+        i32::MIN.into(),
+        i16::MIN.into(),
+        i8::MIN.into(),
+        0,
+    ];
+    let accepted = |bounds: &[i128]| {
+        bounds
+            .iter()
+            .copied()
+            .find(|bound| accepts(&bound.to_string()))
+    };
+    match (accepted(&minima), accepted(&maxima)) {
+        (Some(min), Some(max)) => format!("expected a whole number from {min} to {max}"),
+        _ => "expected a whole number".to_owned(),
     }
+}
+
+/// `reason` with every secret value in it replaced by `***`: a custom error may quote the value it refused.
+fn hide(reason: &str, secrets: &[&str]) -> String {
+    secrets
+        .iter()
+        .filter(|secret| !secret.is_empty())
+        .fold(reason.to_owned(), |reason, secret| {
+            reason.replace(secret, "***")
+        })
 }
 
 /// Checks that `T`'s table lists exactly its fields, and that each documented default is what the struct does
@@ -295,232 +368,6 @@ impl<'de> de::Deserializer<'de> for FieldNames {
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
         unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
-    }
-}
-
-/// A deserialization error before it knows its variable; [`Value`] attaches it.
-#[derive(Debug)]
-struct Error {
-    var: Option<String>,
-    missing_field: Option<&'static str>,
-    reason: String,
-    got: Option<String>,
-}
-
-impl Error {
-    fn reason(reason: impl Into<String>) -> Self {
-        Self {
-            var: None,
-            missing_field: None,
-            reason: reason.into(),
-            got: None,
-        }
-    }
-
-    fn into_config_error(self, table: &Table) -> ConfigError {
-        let reason = match self.got {
-            Some(got) => format!("{}, got {got:?}", self.reason),
-            None => self.reason,
-        };
-        match (self.var, self.missing_field) {
-            (Some(var), _) => ConfigError { var, reason },
-            (None, Some(field)) => {
-                let var = format!("{}{}", table.prefix, field.to_uppercase());
-                let reason = match table.var(&var) {
-                    Some(known) => format!("must be set ({})", known.help),
-                    None => "must be set".to_owned(),
-                };
-                ConfigError { var, reason }
-            }
-            (None, None) => ConfigError {
-                var: format!("{}*", table.prefix),
-                reason,
-            },
-        }
-    }
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.reason)
-    }
-}
-
-impl std::error::Error for Error {}
-
-impl de::Error for Error {
-    fn custom<M: fmt::Display>(message: M) -> Self {
-        Self::reason(message.to_string())
-    }
-
-    // serde's own wording quotes the value it got; ours adds it only when the variable is not secret.
-    fn invalid_type(_: de::Unexpected<'_>, expected: &dyn de::Expected) -> Self {
-        Self::reason(format!("expected {expected}"))
-    }
-
-    fn invalid_value(_: de::Unexpected<'_>, expected: &dyn de::Expected) -> Self {
-        Self::reason(format!("expected {expected}"))
-    }
-
-    fn unknown_variant(_: &str, expected: &'static [&'static str]) -> Self {
-        let quoted: Vec<String> = expected.iter().map(|name| format!("`{name}`")).collect();
-        Self::reason(match quoted.as_slice() {
-            [] => "expected nothing".to_owned(),
-            [one] => format!("expected {one}"),
-            [rest @ .., last] => format!("expected {} or {last}", rest.join(", ")),
-        })
-    }
-
-    fn missing_field(field: &'static str) -> Self {
-        Self {
-            missing_field: Some(field),
-            ..Self::reason("must be set")
-        }
-    }
-}
-
-/// One variable's value, as a deserializer that names the variable in its errors.
-struct Value {
-    name: String,
-    value: String,
-    secret: bool,
-}
-
-impl Value {
-    fn origin(&self) -> Value {
-        Value {
-            name: self.name.clone(),
-            value: self.value.clone(),
-            secret: self.secret,
-        }
-    }
-
-    fn attach(&self, mut err: Error) -> Error {
-        if err.var.is_none() {
-            err.var = Some(self.name.clone());
-            if !self.secret && err.missing_field.is_none() {
-                err.got = Some(self.value.clone());
-            }
-        }
-        err
-    }
-
-    fn whole_number<N: std::str::FromStr + fmt::Display>(&self, min: N, max: N) -> Error {
-        let reason = if self.value.parse::<i128>().is_ok() {
-            format!("expected a whole number from {min} to {max}")
-        } else {
-            "expected a whole number".to_owned()
-        };
-        self.attach(Error::reason(reason))
-    }
-}
-
-impl<'de> IntoDeserializer<'de, Error> for Value {
-    type Deserializer = Self;
-
-    fn into_deserializer(self) -> Self {
-        self
-    }
-}
-
-macro_rules! whole_numbers {
-    ($($method:ident $visit:ident $ty:ty),* $(,)?) => {
-        $(
-            fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-                match self.value.parse::<$ty>() {
-                    Ok(number) => visitor.$visit(number).map_err(|err| self.attach(err)),
-                    Err(_) => Err(self.whole_number(<$ty>::MIN, <$ty>::MAX)),
-                }
-            }
-        )*
-    };
-}
-
-impl<'de> de::Deserializer<'de> for Value {
-    type Error = Error;
-
-    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        visitor
-            .visit_str(&self.value)
-            .map_err(|err| self.attach(err))
-    }
-
-    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        match self.value.parse::<bool>() {
-            Ok(flag) => visitor.visit_bool(flag).map_err(|err| self.attach(err)),
-            Err(_) => Err(self.attach(Error::reason("expected `true` or `false`"))),
-        }
-    }
-
-    whole_numbers! {
-        deserialize_u8 visit_u8 u8,
-        deserialize_u16 visit_u16 u16,
-        deserialize_u32 visit_u32 u32,
-        deserialize_u64 visit_u64 u64,
-        deserialize_i8 visit_i8 i8,
-        deserialize_i16 visit_i16 i16,
-        deserialize_i32 visit_i32 i32,
-        deserialize_i64 visit_i64 i64,
-    }
-
-    fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        self.deserialize_f64(visitor)
-    }
-
-    fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        match self.value.parse::<f64>() {
-            Ok(number) => visitor.visit_f64(number).map_err(|err| self.attach(err)),
-            Err(_) => Err(self.attach(Error::reason("expected a number"))),
-        }
-    }
-
-    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        visitor.visit_some(self)
-    }
-
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, Error> {
-        visitor.visit_newtype_struct(self)
-    }
-
-    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        let items: Vec<Value> = if self.value.is_empty() {
-            Vec::new()
-        } else {
-            self.value
-                .split(',')
-                .map(|item| Value {
-                    name: self.name.clone(),
-                    value: item.to_owned(),
-                    secret: self.secret,
-                })
-                .collect()
-        };
-        visitor
-            .visit_seq(SeqDeserializer::new(items.into_iter()))
-            .map_err(|err| self.attach(err))
-    }
-
-    fn deserialize_enum<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        _: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, Error> {
-        let variant: de::value::StrDeserializer<'_, Error> =
-            self.value.as_str().into_deserializer();
-        visitor.visit_enum(variant).map_err(|err| self.attach(err))
-    }
-
-    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        visitor.visit_unit()
-    }
-
-    serde::forward_to_deserialize_any! {
-        i128 u128 char str string bytes byte_buf unit unit_struct tuple tuple_struct map struct identifier
     }
 }
 
@@ -625,6 +472,66 @@ mod tests {
         assert_eq!(err.to_string(), "PIN: expected a whole number");
         let sample = read(&[("S_NAME", "n"), ("S_PASSWORD", "hunter2")]).expect("valid");
         assert!(!format!("{sample:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn every_kind_of_envy_error_is_reworded_without_a_secret() {
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Kinds {
+            offset: Option<i8>,
+            ratio: Option<f64>,
+            ports: Option<Vec<u16>>,
+            #[serde(default, deserialize_with = "refuse")]
+            key: Option<crate::config::Secret>,
+            #[serde(default)]
+            pin: Option<u16>,
+        }
+        fn refuse<'de, D: serde::Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<crate::config::Secret>, D::Error> {
+            let value = String::deserialize(d)?;
+            Err(de::Error::custom(format_args!("`{value}` is too short")))
+        }
+        const KINDS: Table = Table {
+            title: "kinds",
+            prefix: "K_",
+            vars: &[
+                Var::optional("K_OFFSET", "o"),
+                Var::optional("K_RATIO", "r"),
+                Var::optional("K_PORTS", "p"),
+                Var::optional("K_KEY", "k").secret(),
+                Var::optional("K_PIN", "p").secret(),
+            ],
+        };
+        impl Settings for Kinds {
+            const TABLE: &'static Table = &KINDS;
+        }
+        let read = |name: &str, value: &str| {
+            from_vars::<Kinds>([
+                ("K_RATIO".to_owned(), "0.5".to_owned()),
+                (name.to_owned(), value.to_owned()),
+            ])
+            .unwrap_err()
+            .to_string()
+        };
+        assert_eq!(
+            read("K_OFFSET", "-200"),
+            r#"K_OFFSET: expected a whole number from -128 to 127, got "-200""#
+        );
+        assert_eq!(
+            read("K_RATIO", "half"),
+            r#"K_RATIO: expected a number, got "half""#
+        );
+        assert_eq!(
+            read("K_PORTS", "80,99999"),
+            r#"K_PORTS: expected a whole number from 0 to 65535, got "80,99999""#
+        );
+        assert_eq!(read("K_KEY", "hunter2"), "K_KEY: `***` is too short");
+        assert_eq!(
+            read("K_PIN", "99999"),
+            "K_PIN: expected a whole number from 0 to 65535"
+        );
     }
 
     #[test]
