@@ -198,13 +198,19 @@ pub fn schema_for<T: Event>() -> Value {
 /// The catalog as Markdown: one section per event type with its subject, consumers, payload fields and an
 /// example. `shared/events/CATALOG.md` is this text; a test keeps it current.
 pub fn catalog_markdown() -> String {
+    catalog_markdown_of(CATALOG)
+}
+
+/// [`catalog_markdown`] of other rows: `jetfn new` renders the page with the consumer it is adding before the
+/// catalog it was built from has that consumer.
+pub fn catalog_markdown_of(catalog: &[EventKind]) -> String {
     let mut out = String::from(
         "# Event catalog\n\n<!-- Generated from the Rust types: `cargo run -p events --example write_schemas`. -->\n\n\
          Every event is a CloudEvents 1.0 event in JSON structured mode, published on `events.<type>` with\n\
          `Nats-Msg-Id` set to its `id`. The schema files under `shared/events/schemas/` describe the whole event.\n\n\
          | type | subject | consumed by | schema |\n|---|---|---|---|\n",
     );
-    for kind in CATALOG {
+    for kind in catalog {
         out.push_str(&format!(
             "| `{}` | `{}` | {} | [`schemas/{}.json`](schemas/{}.json) |\n",
             kind.ty,
@@ -218,7 +224,7 @@ pub fn catalog_markdown() -> String {
             kind.ty
         ));
     }
-    for kind in CATALOG {
+    for kind in catalog {
         out.push_str(&format!(
             "\n## `{}`\n\n{}\n\n| field | type | required | description |\n|---|---|---|---|\n",
             kind.ty, kind.description

@@ -19,7 +19,8 @@ mod validate;
 
 pub use accounts::{EmailVerificationRequested, PasswordResetRequested};
 pub use catalog::{
-    CATALOG, EventKind, SUBJECT_PREFIX, catalog_markdown, kind_by_type, schema_for, subject_for,
+    CATALOG, EventKind, SUBJECT_PREFIX, catalog_markdown, catalog_markdown_of, kind_by_type,
+    schema_for, subject_for,
 };
 pub use commerce::{
     Address, Currency, Customer, Item, MAX_AMOUNT, OrderPlaced, OrderShipped, OrderStatus,

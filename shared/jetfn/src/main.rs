@@ -3,10 +3,11 @@
 //! `jetfn dev` runs the whole local system; `jetfn publish` validates and publishes an event; `jetfn dlq`
 //! inspects, replays and purges dead events; `jetfn infra plan|apply` shows and provisions streams, consumers,
 //! buckets and the default schedules; `jetfn status` shows queue depth per function; `jetfn search` queries the message index;
-//! `jetfn schedule` publishes events later or on a recurring schedule NATS holds.
+//! `jetfn schedule` publishes events later or on a recurring schedule NATS holds; `jetfn new` scaffolds a function.
 
 mod dev;
 mod dlq;
+mod new;
 mod schedule;
 mod search;
 mod status;
@@ -70,6 +71,9 @@ enum Command {
     },
     /// The event catalog: types, subjects, consumers.
     Catalog,
+    /// Scaffold a function for a catalog event: its crate with a handler and a passing test, its consumer file,
+    /// and its entries in the catalog, the NATS permissions and the Kubernetes manifests.
+    New(new::NewArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,6 +173,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Dev(args) => dev::run(args).await,
+        Command::New(args) => new::run(&args),
         Command::Catalog => {
             catalog();
             Ok(())
