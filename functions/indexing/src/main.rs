@@ -39,11 +39,38 @@ struct IndexConfig {
     /// `INDEX_WRITER_MEMORY_MB`: the writer's indexing buffer.
     #[serde(default = "default_memory")]
     writer_memory_mb: usize,
-    /// `INDEX_TEST_DELAY_BEFORE_COMMIT_MS`: fault injection for the crash test, in a build with the
-    /// `fault-injection` feature only.
+}
+
+/// `INDEX_TEST_DELAY_BEFORE_COMMIT_MS`: fault injection for the crash test. Read apart from [`IndexConfig`], as
+/// the runtime reads its own hooks, so `--help` and the settings table stay the same in every build.
+const DELAY_BEFORE_COMMIT: &str = "INDEX_TEST_DELAY_BEFORE_COMMIT_MS";
+
+/// The commit delay the crash test asks for; a production build refuses the hook rather than ignoring it, so a
+/// crash test run against it fails loudly.
+///
+/// # Errors
+/// A value that is not a whole number of milliseconds; without the `fault-injection` feature, any value.
+fn delay_before_commit() -> anyhow::Result<Duration> {
+    let Some(value) = std::env::var_os(DELAY_BEFORE_COMMIT) else {
+        return Ok(Duration::ZERO);
+    };
     #[cfg(feature = "fault-injection")]
-    #[serde(default)]
-    test_delay_before_commit_ms: u64,
+    {
+        let ms: u64 = value.to_str().and_then(|v| v.parse().ok()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{DELAY_BEFORE_COMMIT}: expected a whole number of milliseconds, got {value:?}"
+            )
+        })?;
+        Ok(Duration::from_millis(ms))
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    {
+        let _ = value;
+        Err(anyhow::anyhow!(
+            "{DELAY_BEFORE_COMMIT} is a fault-injection hook for the tests, and this binary was built without \
+             the `fault-injection` feature (build with `--features indexing/fault-injection`); unset it"
+        ))
+    }
 }
 
 /// The variables of [`IndexConfig`].
@@ -104,13 +131,8 @@ async fn main() -> anyhow::Result<()> {
     );
     let telemetry = runtime::telemetry::init("indexing")?;
     let config: IndexConfig = runtime::config::from_env()?;
-    // A production build refuses the hook rather than ignoring it, so a crash test run against it fails loudly.
-    #[cfg(not(feature = "fault-injection"))]
-    anyhow::ensure!(
-        std::env::var_os("INDEX_TEST_DELAY_BEFORE_COMMIT_MS").is_none(),
-        "INDEX_TEST_DELAY_BEFORE_COMMIT_MS is a fault-injection hook for the tests, and this binary was built \
-         without the `fault-injection` feature (build with `--features indexing/fault-injection`); unset it"
-    );
+    #[cfg_attr(not(feature = "fault-injection"), allow(unused_variables))]
+    let delay_before_commit = delay_before_commit()?;
     let runtime = Runtime::from_env("indexing").await?;
     let (writer, searcher) = index::open(&config.dir, config.writer_memory_mb * 1024 * 1024)?;
     tracing::info!(dir = %config.dir.display(), entries = searcher.entries(), purged_before = %index::rfc3339(writer.purged_before_ms()), "index open");
@@ -120,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
             max_docs: config.commit_max_docs.max(1),
             interval: Duration::from_millis(config.commit_interval_ms.max(1)),
             #[cfg(feature = "fault-injection")]
-            test_delay_before_commit: Duration::from_millis(config.test_delay_before_commit_ms),
+            test_delay_before_commit: delay_before_commit,
         },
     );
 
