@@ -160,8 +160,8 @@ async fn run(job: Job<CleanupRequested>, context: std::sync::Arc<Context>) -> Re
     let index_cutoff = now - secs(index_retention);
     let dlq_cutoff = now - secs(dlq_retention);
 
-    // Every step runs even when another failed; any failure makes the run transient, and the retry redoes all of
-    // it harmlessly (each step is idempotent).
+    // Every step runs even when another failed; a failure makes the run transient, and the retry redoes all of it
+    // harmlessly (each step is idempotent). Only a purge request the index service refuses as bad is permanent.
     let index = purge_index(&context, index_cutoff).await;
     let dlq = purge_dlq(&context.js, &config.dlq_stream, dlq_cutoff).await;
     let journal = purge_orphan_journal(&context.js, &config.failures_bucket).await;
