@@ -160,8 +160,8 @@ async fn run(job: Job<CleanupRequested>, context: std::sync::Arc<Context>) -> Re
     let index_cutoff = now - secs(index_retention);
     let dlq_cutoff = now - secs(dlq_retention);
 
-    // Every step runs even when another failed; any failure makes the run transient, and the retry redoes all of
-    // it harmlessly (each step is idempotent).
+    // Every step runs even when another failed; a failure makes the run transient, and the retry redoes all of it
+    // harmlessly (each step is idempotent). Only a purge request the index service refuses as bad is permanent.
     let index = purge_index(&context, index_cutoff).await;
     let dlq = purge_dlq(&context.js, &config.dlq_stream, dlq_cutoff).await;
     let journal = purge_orphan_journal(&context.js, &config.failures_bucket).await;
@@ -185,6 +185,15 @@ async fn run(job: Job<CleanupRequested>, context: std::sync::Arc<Context>) -> Re
                 failed.push(name);
             }
         }
+    }
+    if let Err(err) = &index
+        && refused_as_bad_request(err)
+    {
+        // The indexing service cannot read this request: the same request will not fare better at the next
+        // attempt, so it goes to the dead-letter stream for an operator (the other steps ran all the same).
+        return Err(JobError::permanent(anyhow::anyhow!(
+            "the indexing service refused the purge request: {err:#}"
+        )));
     }
     if !failed.is_empty() {
         return Err(JobError::transient(anyhow::anyhow!(
@@ -257,6 +266,16 @@ async fn purge_index(context: &Context, before: OffsetDateTime) -> anyhow::Resul
     let purged: PurgeResponse = services::decode_reply(header, &reply.payload)
         .context("the indexing service's purge answer")?;
     Ok(purged.removed)
+}
+
+/// Whether the index service answered 400: the request itself is wrong (a contract mismatch between versions).
+fn refused_as_bad_request(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<services::ReplyError>(),
+            Some(services::ReplyError::Refused(refusal)) if refusal.code == services::BAD_REQUEST
+        )
+    })
 }
 
 /// Purges every dead-letter record stored before `before`. Records are stored in time order, so everything below
@@ -385,5 +404,322 @@ mod settings {
     #[test]
     fn the_table_lists_every_setting() {
         runtime::config::check_table::<super::CleanupConfig>(&[]);
+    }
+}
+
+/// The handler's decisions in process: no function binary, but a real nats-server with the repository's
+/// definitions applied and a real `jetfn.index.purge` endpoint answering with the typed contract (the indexing
+/// service's side, over a list of entry ages). What the retention removes end to end, with the real indexing
+/// process and a schedule, is `tests/it/cleanup.rs`.
+#[cfg(test)]
+mod handler_tests {
+    use std::sync::{Arc, Mutex, PoisonError};
+
+    use async_nats::service::{self, ServiceExt as _};
+    use events::services::index::{GROUP, PURGE_ENDPOINT, SERVICE};
+    use runtime::dlq::DeathKind;
+    use runtime::testing::{MemoryLedger, Settled, job, run};
+    use testkit::NatsServer;
+
+    use super::*;
+
+    const COMPLETED: &str = "events.cleanup.completed";
+    const MAX_DELIVER: u32 = 5;
+    const DAY: u64 = 24 * 3600;
+
+    struct Harness {
+        _nats: NatsServer,
+        client: async_nats::Client,
+        js: jetstream::Context,
+        context: Arc<Context>,
+        ledger: MemoryLedger,
+    }
+
+    impl Harness {
+        async fn start() -> Self {
+            let nats = NatsServer::start();
+            let client = async_nats::connect(nats.url()).await.expect("connect");
+            let js = jetstream::new(client.clone());
+            let mut definitions =
+                provision::Definitions::load(&testkit::workspace_root().join("infra/nats"))
+                    .expect("infra/nats loads");
+            definitions.schedules.clear();
+            definitions.apply(&js).await.expect("infra/nats applies");
+            let context = Arc::new(Context {
+                config: CleanupConfig {
+                    index_retention_secs: default_index_retention(),
+                    dlq_retention_secs: default_dlq_retention(),
+                    dlq_stream: default_dlq_stream(),
+                    failures_bucket: default_failures(),
+                    index_purge_subject: default_purge_subject(),
+                    request_timeout_secs: 5,
+                },
+                client: client.clone(),
+                js: js.clone(),
+                publisher: Publisher::new(client.clone(), "/cleanup"),
+            });
+            Self {
+                _nats: nats,
+                client,
+                js,
+                context,
+                ledger: MemoryLedger::new(),
+            }
+        }
+
+        /// A request as the schedule fires it, stored in EVENTS like a real one.
+        async fn request(&self, index_days: u64, dlq_secs: u64) -> CloudEvent<CleanupRequested> {
+            let event = CloudEvent::new(
+                "/test",
+                CleanupRequested {
+                    index_retention_secs: Some(index_days * DAY),
+                    dlq_retention_secs: Some(dlq_secs),
+                },
+            );
+            Publisher::new(self.client.clone(), "/test")
+                .publish_event(&event)
+                .await
+                .expect("the request is stored");
+            event
+        }
+
+        async fn deliver(&self, event: &CloudEvent<CleanupRequested>, attempt: u32) -> Settled {
+            let job = job(event.clone())
+                .attempt(attempt)
+                .max_deliver(MAX_DELIVER)
+                .ledger(&self.ledger)
+                .build();
+            run(job, |job| super::run(job, self.context.clone())).await
+        }
+
+        async fn dead_letter(&self, seq: u64) {
+            self.js
+                .publish(format!("dlq.EVENTS.test.{seq}"), "dead".into())
+                .await
+                .expect("publish")
+                .await
+                .expect("stored");
+        }
+
+        async fn dlq_messages(&self) -> u64 {
+            let mut dlq = self.js.get_stream("DLQ").await.expect("DLQ");
+            dlq.info().await.expect("DLQ info").state.messages
+        }
+
+        /// Every `cleanup.completed` event's data, in stream order.
+        async fn completions(&self) -> Vec<CleanupCompleted> {
+            let mut stream = self.js.get_stream("EVENTS").await.expect("EVENTS");
+            let last = stream.info().await.expect("info").state.last_sequence;
+            let mut found = Vec::new();
+            for seq in 1..=last {
+                if let Ok(message) = stream.get_raw_message(seq).await
+                    && message.subject.as_str() == COMPLETED
+                {
+                    let event: CloudEvent<CleanupCompleted> =
+                        serde_json::from_slice(&message.payload).expect("a completion");
+                    found.push(event.data);
+                }
+            }
+            found
+        }
+    }
+
+    /// How the indexing service answers a purge.
+    #[derive(Clone, Copy)]
+    enum Answer {
+        /// Removes the entries older than the cut-off and says how many.
+        Purge,
+        /// Refuses with this code.
+        Refuse(u16),
+    }
+
+    /// The other end of the purge contract: a NATS service endpoint over the ages of some index entries.
+    struct IndexService {
+        entries: Arc<Mutex<Vec<OffsetDateTime>>>,
+        answer: Arc<Mutex<Answer>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl IndexService {
+        async fn start(
+            client: &async_nats::Client,
+            entries: Vec<OffsetDateTime>,
+            answer: Answer,
+        ) -> Self {
+            let service = client
+                .service_builder()
+                .start(SERVICE, "0.0.0")
+                .await
+                .expect("the service starts");
+            let mut purge = service
+                .group(GROUP)
+                .endpoint(PURGE_ENDPOINT)
+                .await
+                .expect("the purge endpoint");
+            let entries = Arc::new(Mutex::new(entries));
+            let answer = Arc::new(Mutex::new(answer));
+            let (held, answering) = (entries.clone(), answer.clone());
+            let task = tokio::spawn(async move {
+                let _service = service;
+                while let Some(request) = purge.next().await {
+                    let asked: PurgeRequest =
+                        serde_json::from_slice(&request.message.payload).expect("a purge request");
+                    let answer = *answering.lock().unwrap_or_else(PoisonError::into_inner);
+                    let reply = match answer {
+                        Answer::Refuse(code) => Err(service::error::Error {
+                            code: code.into(),
+                            status: "refused by the test".to_owned(),
+                        }),
+                        Answer::Purge => {
+                            let mut entries = held.lock().unwrap_or_else(PoisonError::into_inner);
+                            let before = entries.len();
+                            entries.retain(|at| *at >= asked.before);
+                            let removed = (before - entries.len()) as u64;
+                            Ok(serde_json::to_vec(&PurgeResponse {
+                                removed,
+                                before: asked.before,
+                            })
+                            .expect("serializes")
+                            .into())
+                        }
+                    };
+                    request.respond(reply).await.expect("the answer is sent");
+                }
+            });
+            // The endpoint's subscription is registered once the server has seen it.
+            client.flush().await.expect("flush");
+            Self {
+                entries,
+                answer,
+                task,
+            }
+        }
+
+        fn answer(&self, answer: Answer) {
+            *self.answer.lock().unwrap_or_else(PoisonError::into_inner) = answer;
+        }
+
+        fn left(&self) -> usize {
+            self.entries
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len()
+        }
+    }
+
+    impl Drop for IndexService {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    fn days_ago(days: i64) -> OffsetDateTime {
+        OffsetDateTime::now_utc() - time::Duration::days(days)
+    }
+
+    #[tokio::test]
+    async fn a_run_removes_what_is_past_its_cut_offs_once_and_completes_once() {
+        let h = Harness::start().await;
+        let index = IndexService::start(
+            &h.client,
+            vec![days_ago(10), days_ago(6), days_ago(1)],
+            Answer::Purge,
+        )
+        .await;
+        for seq in [1, 2] {
+            h.dead_letter(seq).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        h.dead_letter(3).await;
+        // The failure journal: one record whose message has left EVENTS (sequence 0 never exists), one whose has not.
+        let journal = h.js.get_key_value("jetfn-failures").await.expect("journal");
+        journal
+            .put("EVENTS.welcome.0", "{}".into())
+            .await
+            .expect("put");
+        journal
+            .put("EVENTS.welcome.99", "{}".into())
+            .await
+            .expect("put");
+
+        let request = h.request(5, 1).await;
+        assert_eq!(h.deliver(&request, 1).await, Settled::Acked);
+        let done = h.completions().await;
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].request_id, request.id);
+        assert_eq!(
+            (
+                done[0].index_removed,
+                done[0].dlq_removed,
+                done[0].journal_removed
+            ),
+            (2, 2, 1)
+        );
+        assert!(done[0].index_cutoff < days_ago(5) + time::Duration::minutes(1));
+        assert!(done[0].index_cutoff > days_ago(5) - time::Duration::minutes(1));
+        assert_eq!((index.left(), h.dlq_messages().await), (1, 1));
+        assert!(
+            journal
+                .get("EVENTS.welcome.99")
+                .await
+                .expect("get")
+                .is_some()
+        );
+
+        // The same request redelivered: acked, and its completion is not published a second time.
+        assert_eq!(h.deliver(&request, 2).await, Settled::Acked);
+        assert_eq!(h.completions().await.len(), 1);
+        // Another request with the same retention removes nothing more, and completes on its own.
+        let again = h.request(5, 1).await;
+        assert_eq!(h.deliver(&again, 1).await, Settled::Acked);
+        let done = h.completions().await;
+        assert_eq!(done.len(), 2);
+        assert_eq!(done[1].request_id, again.id);
+        assert_eq!(
+            (
+                done[1].index_removed,
+                done[1].dlq_removed,
+                done[1].journal_removed
+            ),
+            (0, 0, 0)
+        );
+        assert_eq!((index.left(), h.dlq_messages().await), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn with_the_index_service_down_the_run_is_retried_and_completes_later() {
+        let h = Harness::start().await;
+        let request = h.request(5, 3600).await;
+        assert_eq!(h.deliver(&request, 1).await, Settled::Retry(None));
+        assert!(
+            h.completions().await.is_empty(),
+            "no completion for a failed run"
+        );
+        assert_eq!(
+            h.deliver(&request, MAX_DELIVER).await,
+            Settled::Dead(DeathKind::Exhausted),
+            "the last attempt is dead-lettered"
+        );
+        // The service is back: the next delivery completes, once.
+        let _index = IndexService::start(&h.client, vec![days_ago(9)], Answer::Purge).await;
+        assert_eq!(h.deliver(&request, 2).await, Settled::Acked);
+        let done = h.completions().await;
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].index_removed, 1);
+    }
+
+    #[tokio::test]
+    async fn a_purge_the_service_refuses_as_bad_is_permanent_and_its_failure_is_retried() {
+        let h = Harness::start().await;
+        let request = h.request(5, 3600).await;
+        let index =
+            IndexService::start(&h.client, vec![], Answer::Refuse(services::BAD_REQUEST)).await;
+        assert_eq!(
+            h.deliver(&request, 1).await,
+            Settled::Dead(DeathKind::Permanent)
+        );
+        index.answer(Answer::Refuse(services::INTERNAL));
+        assert_eq!(h.deliver(&request, 2).await, Settled::Retry(None));
+        assert!(h.completions().await.is_empty());
     }
 }

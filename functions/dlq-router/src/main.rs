@@ -341,3 +341,228 @@ mod settings {
         runtime::config::check_table::<super::RouterConfig>(&[]);
     }
 }
+
+/// The router's decisions in process: no router binary, but a real nats-server with the repository's definitions
+/// applied, and advisories handed to [`Router::handle`] as the raw layer would. How the runtime settles each
+/// outcome (ack, NAK, TERM without a record), and the advisory's way from a real consumer, are
+/// `tests/it/dlq.rs`'s.
+#[cfg(test)]
+mod handler_tests {
+    use async_nats::HeaderMap;
+    use runtime::testing::raw_job;
+    use testkit::NatsServer;
+
+    use super::*;
+
+    const ADVISORY: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.EVENTS.welcome";
+
+    struct Harness {
+        _nats: NatsServer,
+        js: jetstream::Context,
+        definitions: provision::Definitions,
+        router: Router,
+    }
+
+    impl Harness {
+        async fn start() -> Self {
+            let nats = NatsServer::start();
+            let client = async_nats::connect(nats.url()).await.expect("connect");
+            let js = jetstream::new(client);
+            let mut definitions =
+                provision::Definitions::load(&testkit::workspace_root().join("infra/nats"))
+                    .expect("infra/nats loads");
+            definitions.schedules.clear();
+            definitions.apply(&js).await.expect("infra/nats applies");
+            let router = Router {
+                js: js.clone(),
+                config: RouterConfig {
+                    stream: default_stream(),
+                    consumer: default_consumer(),
+                    dlq_stream: default_dlq_stream(),
+                    dlq_prefix: default_dlq_prefix(),
+                    failures_bucket: default_failures(),
+                    health_addr: None,
+                },
+                dlq: OnceCell::new(),
+                failures: OnceCell::new(),
+                streams: Mutex::new(HashMap::new()),
+            };
+            Self {
+                _nats: nats,
+                js,
+                definitions,
+                router,
+            }
+        }
+
+        /// Stores an event in EVENTS, as a publisher would; returns its sequence.
+        async fn stored(&self) -> u64 {
+            let mut headers = HeaderMap::new();
+            headers.insert("traceparent", TRACEPARENT);
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, "evt-1");
+            self.js
+                .publish_with_headers("events.user.registered", headers, PAYLOAD.into())
+                .await
+                .expect("publish")
+                .await
+                .expect("stored")
+                .sequence
+        }
+
+        async fn handle(&self, payload: impl Into<bytes::Bytes>, attempt: u32) -> Outcome {
+            let job = raw_job(ADVISORY, None, payload).attempt(attempt).build();
+            self.router.handle(&job).await
+        }
+
+        async fn dlq(&self) -> Vec<DeadLetter> {
+            let mut dlq = self.js.get_stream("DLQ").await.expect("DLQ");
+            let state = dlq.info().await.expect("DLQ info").state.clone();
+            let mut records = Vec::new();
+            for seq in state.first_sequence..=state.last_sequence {
+                if let Ok(message) = dlq.get_raw_message(seq).await {
+                    records.push(
+                        DeadLetter::from_stored(Some(&message.headers), message.payload)
+                            .expect("a DLQ record"),
+                    );
+                }
+            }
+            records
+        }
+    }
+
+    const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    const PAYLOAD: &[u8] = br#"{"specversion":"1.0","id":"evt-1"}"#;
+
+    fn advisory(seq: u64) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "type": "io.nats.jetstream.advisory.v1.max_deliver",
+            "id": "adv-1",
+            "timestamp": "2026-11-28T08:00:00Z",
+            "stream": "EVENTS",
+            "consumer": "welcome",
+            "stream_seq": seq,
+            "deliveries": 4,
+        }))
+        .expect("serializes")
+    }
+
+    #[tokio::test]
+    async fn an_advisory_is_recorded_once_with_the_original_and_its_history() {
+        let h = Harness::start().await;
+        let seq = h.stored().await;
+        assert_eq!(h.handle(advisory(seq), 1).await, Outcome::Success);
+        let records = h.dlq().await;
+        assert_eq!(records.len(), 1);
+        let letter = &records[0];
+        assert_eq!(letter.subject, "events.user.registered");
+        assert_eq!(
+            (
+                letter.stream.as_str(),
+                letter.consumer.as_str(),
+                letter.sequence
+            ),
+            ("EVENTS", "welcome", seq)
+        );
+        assert_eq!((letter.attempts, letter.kind), (4, DeathKind::NoAnswer));
+        assert_eq!(letter.writer, "router");
+        assert!(
+            letter.reason.contains("without an answer"),
+            "{}",
+            letter.reason
+        );
+        assert_eq!(
+            letter.last_failure,
+            OffsetDateTime::parse(
+                "2026-11-28T08:00:00Z",
+                &time::format_description::well_known::Rfc3339
+            )
+            .expect("a time")
+        );
+        assert_eq!(letter.payload.as_ref(), PAYLOAD);
+        assert_eq!(
+            letter.headers.get("traceparent").map(|v| v.as_str()),
+            Some(TRACEPARENT),
+            "the original headers travel with the record"
+        );
+        // The same advisory again (a redelivery after a lost ack): acked, and no second record.
+        assert_eq!(h.handle(advisory(seq), 2).await, Outcome::Success);
+        assert_eq!(h.dlq().await.len(), 1);
+        // EVENTS keeps its history (limits retention): the original stays for other consumers.
+        let events = h.js.get_stream("EVENTS").await.expect("EVENTS");
+        assert!(events.get_raw_message(seq).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_advisory_whose_original_is_gone_records_the_loss() {
+        let h = Harness::start().await;
+        assert_eq!(h.handle(advisory(999), 1).await, Outcome::Success);
+        // No original, so no original subject: the record is read by its headers, not as a `DeadLetter`.
+        let dlq = h.js.get_stream("DLQ").await.expect("DLQ");
+        let record = dlq
+            .get_last_raw_message_by_subject("dlq.EVENTS.welcome.999")
+            .await
+            .expect("a record for the lost message");
+        let header = |name: &str| {
+            record
+                .headers
+                .get(name)
+                .map(|value| value.as_str().to_owned())
+                .unwrap_or_default()
+        };
+        assert!(record.payload.is_empty());
+        assert_eq!(header(runtime::dlq::header::SEQUENCE), "999");
+        assert_eq!(header(runtime::dlq::header::KIND), "no-answer");
+        assert!(
+            header(runtime::dlq::header::REASON).contains("no longer in stream EVENTS"),
+            "{}",
+            header(runtime::dlq::header::REASON)
+        );
+        // Again: still one record.
+        assert_eq!(h.handle(advisory(999), 2).await, Outcome::Success);
+        let mut dlq = dlq;
+        assert_eq!(dlq.info().await.expect("info").state.messages, 1);
+    }
+
+    #[tokio::test]
+    async fn what_is_not_an_advisory_is_invalid_and_leaves_no_record() {
+        let h = Harness::start().await;
+        for payload in [&b"not json"[..], br#"{"stream":"EVENTS"}"#] {
+            let outcome = h.handle(payload, 1).await;
+            assert!(
+                matches!(&outcome, Outcome::Invalid { reason } if reason.starts_with("not a MAX_DELIVERIES advisory")),
+                "{outcome:?}"
+            );
+        }
+        assert!(h.dlq().await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_routing_failure_is_retried_until_the_infrastructure_is_back() {
+        let h = Harness::start().await;
+        let seq = h.stored().await;
+        h.js.delete_stream("DLQ").await.expect("DLQ deleted");
+        let outcome = h.handle(advisory(seq), 1).await;
+        assert!(
+            matches!(&outcome, Outcome::Retry { after, reason } if *after == Some(RETRY_AFTER) && reason.starts_with("stream DLQ")),
+            "{outcome:?}"
+        );
+        // An advisory about a stream that does not exist is retried too.
+        let mut unknown =
+            serde_json::from_slice::<serde_json::Value>(&advisory(seq)).expect("json");
+        unknown["stream"] = "NOPE".into();
+        let outcome = h
+            .handle(serde_json::to_vec(&unknown).expect("serializes"), 1)
+            .await;
+        assert!(
+            matches!(&outcome, Outcome::Retry { reason, .. } if reason.starts_with("stream NOPE")),
+            "{outcome:?}"
+        );
+        // `jetfn infra apply` again: the next delivery routes.
+        h.definitions
+            .apply(&h.js)
+            .await
+            .expect("infra/nats applies");
+        assert_eq!(h.handle(advisory(seq), 2).await, Outcome::Success);
+        assert_eq!(h.dlq().await.len(), 1);
+    }
+}

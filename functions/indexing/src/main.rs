@@ -39,11 +39,38 @@ struct IndexConfig {
     /// `INDEX_WRITER_MEMORY_MB`: the writer's indexing buffer.
     #[serde(default = "default_memory")]
     writer_memory_mb: usize,
-    /// `INDEX_TEST_DELAY_BEFORE_COMMIT_MS`: fault injection for the crash test, in a build with the
-    /// `fault-injection` feature only.
+}
+
+/// `INDEX_TEST_DELAY_BEFORE_COMMIT_MS`: fault injection for the crash test. Read apart from [`IndexConfig`], as
+/// the runtime reads its own hooks, so `--help` and the settings table stay the same in every build.
+const DELAY_BEFORE_COMMIT: &str = "INDEX_TEST_DELAY_BEFORE_COMMIT_MS";
+
+/// The commit delay the crash test asks for; a production build refuses the hook rather than ignoring it, so a
+/// crash test run against it fails loudly.
+///
+/// # Errors
+/// A value that is not a whole number of milliseconds; without the `fault-injection` feature, any value.
+fn delay_before_commit() -> anyhow::Result<Duration> {
+    let Some(value) = std::env::var_os(DELAY_BEFORE_COMMIT) else {
+        return Ok(Duration::ZERO);
+    };
     #[cfg(feature = "fault-injection")]
-    #[serde(default)]
-    test_delay_before_commit_ms: u64,
+    {
+        let ms: u64 = value.to_str().and_then(|v| v.parse().ok()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{DELAY_BEFORE_COMMIT}: expected a whole number of milliseconds, got {value:?}"
+            )
+        })?;
+        Ok(Duration::from_millis(ms))
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    {
+        let _ = value;
+        Err(anyhow::anyhow!(
+            "{DELAY_BEFORE_COMMIT} is a fault-injection hook for the tests, and this binary was built without \
+             the `fault-injection` feature (build with `--features indexing/fault-injection`); unset it"
+        ))
+    }
 }
 
 /// The variables of [`IndexConfig`].
@@ -104,13 +131,8 @@ async fn main() -> anyhow::Result<()> {
     );
     let telemetry = runtime::telemetry::init("indexing")?;
     let config: IndexConfig = runtime::config::from_env()?;
-    // A production build refuses the hook rather than ignoring it, so a crash test run against it fails loudly.
-    #[cfg(not(feature = "fault-injection"))]
-    anyhow::ensure!(
-        std::env::var_os("INDEX_TEST_DELAY_BEFORE_COMMIT_MS").is_none(),
-        "INDEX_TEST_DELAY_BEFORE_COMMIT_MS is a fault-injection hook for the tests, and this binary was built \
-         without the `fault-injection` feature (build with `--features indexing/fault-injection`); unset it"
-    );
+    #[cfg_attr(not(feature = "fault-injection"), allow(unused_variables))]
+    let delay_before_commit = delay_before_commit()?;
     let runtime = Runtime::from_env("indexing").await?;
     let (writer, searcher) = index::open(&config.dir, config.writer_memory_mb * 1024 * 1024)?;
     tracing::info!(dir = %config.dir.display(), entries = searcher.entries(), purged_before = %index::rfc3339(writer.purged_before_ms()), "index open");
@@ -120,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
             max_docs: config.commit_max_docs.max(1),
             interval: Duration::from_millis(config.commit_interval_ms.max(1)),
             #[cfg(feature = "fault-injection")]
-            test_delay_before_commit: Duration::from_millis(config.test_delay_before_commit_ms),
+            test_delay_before_commit: delay_before_commit,
         },
     );
 
@@ -241,5 +263,256 @@ mod settings {
     #[test]
     fn the_table_lists_every_setting() {
         runtime::config::check_table::<super::IndexConfig>(&[]);
+    }
+}
+
+/// The handlers' decisions in process, on a real tantivy index in a temporary directory behind a real committer:
+/// what the runtime would do with each delivery (`runtime::testing::run`), and what is searchable afterwards.
+/// The rules themselves are `index::decide`'s unit tests; the crash and the service are the integration tests'.
+#[cfg(test)]
+mod handler_tests {
+    use std::path::PathBuf;
+
+    use events::services::index::SearchRequest;
+    use events::{CloudEvent, MessageCreated, MessageDeleted, MessageUpdated};
+    use runtime::dlq::DeathKind;
+    use runtime::testing::{MemoryLedger, Settled, job, run};
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::index::Searcher;
+
+    const MAX_DELIVER: u32 = 5;
+
+    struct Harness {
+        dir: PathBuf,
+        committer: Option<Committer>,
+        /// Taken on drop: the committer stops once every handle is gone.
+        handle: Option<Handle>,
+        searcher: Searcher,
+        ledger: MemoryLedger,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "jetfn-index-handlers-{}-{}",
+                std::process::id(),
+                OffsetDateTime::now_utc().unix_timestamp_nanos()
+            ));
+            let (writer, searcher) = index::open(&dir, 15_000_000).expect("the index opens");
+            let committer = Committer::start(
+                writer,
+                Policy {
+                    max_docs: 1000,
+                    interval: Duration::from_millis(5),
+                    #[cfg(feature = "fault-injection")]
+                    test_delay_before_commit: Duration::ZERO,
+                },
+            );
+            Self {
+                dir,
+                handle: Some(committer.handle()),
+                committer: Some(committer),
+                searcher,
+                ledger: MemoryLedger::new(),
+            }
+        }
+
+        async fn created(
+            &self,
+            event: &CloudEvent<MessageCreated>,
+            seq: u64,
+            attempt: u32,
+        ) -> Settled {
+            let handle = self.handle.clone().expect("running");
+            run(self.job(event, seq, attempt), |job| on_created(job, handle)).await
+        }
+
+        async fn updated(&self, event: &CloudEvent<MessageUpdated>, seq: u64) -> Settled {
+            let handle = self.handle.clone().expect("running");
+            run(self.job(event, seq, 1), |job| on_updated(job, handle)).await
+        }
+
+        async fn deleted(&self, event: &CloudEvent<MessageDeleted>, seq: u64) -> Settled {
+            let handle = self.handle.clone().expect("running");
+            run(self.job(event, seq, 1), |job| on_deleted(job, handle)).await
+        }
+
+        fn job<T: events::Event + Clone>(
+            &self,
+            event: &CloudEvent<T>,
+            seq: u64,
+            attempt: u32,
+        ) -> Job<T> {
+            job(event.clone())
+                .stream_sequence(seq)
+                .attempt(attempt)
+                .max_deliver(MAX_DELIVER)
+                .ledger(&self.ledger)
+                .build()
+        }
+
+        /// The bodies of the live messages matching `q`, on the last committed state.
+        fn found(&self, q: &str) -> Vec<String> {
+            let response = self
+                .searcher
+                .search(&SearchRequest {
+                    q: q.to_owned(),
+                    conversation_id: None,
+                    limit: Some(10),
+                    offset: 0,
+                })
+                .expect("the search runs");
+            assert_eq!(response.total, response.hits.len());
+            response.hits.into_iter().map(|hit| hit.body).collect()
+        }
+    }
+
+    impl Drop for Harness {
+        fn drop(&mut self) {
+            drop(self.handle.take());
+            if let Some(committer) = self.committer.take() {
+                committer.close();
+            }
+            std::fs::remove_dir_all(&self.dir).ok();
+        }
+    }
+
+    fn at(secs: i64) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .expect("0 ns")
+            - time::Duration::hours(1)
+            + time::Duration::seconds(secs)
+    }
+
+    fn created(id: &str, body: &str) -> CloudEvent<MessageCreated> {
+        CloudEvent::new(
+            "/test",
+            MessageCreated {
+                message_id: id.to_owned(),
+                conversation_id: "c-1".to_owned(),
+                sender_id: "u-1".to_owned(),
+                body: body.to_owned(),
+                created_at: at(0),
+            },
+        )
+    }
+
+    fn updated(id: &str, body: &str, secs: i64) -> CloudEvent<MessageUpdated> {
+        CloudEvent::new(
+            "/test",
+            MessageUpdated {
+                message_id: id.to_owned(),
+                conversation_id: "c-1".to_owned(),
+                sender_id: "u-1".to_owned(),
+                body: body.to_owned(),
+                created_at: at(0),
+                updated_at: at(secs),
+            },
+        )
+    }
+
+    fn deleted(id: &str, secs: i64) -> CloudEvent<MessageDeleted> {
+        CloudEvent::new(
+            "/test",
+            MessageDeleted {
+                message_id: id.to_owned(),
+                conversation_id: "c-1".to_owned(),
+                deleted_at: at(secs),
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn a_create_is_acked_once_searchable_and_a_redelivery_adds_nothing() {
+        let h = Harness::new();
+        let event = created("m-1", "harbour lights");
+        assert_eq!(h.created(&event, 1, 1).await, Settled::Acked);
+        // Acked means committed: searchable now, with no wait.
+        assert_eq!(h.found("harbour"), ["harbour lights"]);
+        assert_eq!(h.created(&event, 1, 2).await, Settled::Acked);
+        // The same message published again (another event id, a later sequence) is no second entry either.
+        assert_eq!(
+            h.created(&created("m-1", "harbour lights"), 7, 1).await,
+            Settled::Acked
+        );
+        assert_eq!(h.found("harbour"), ["harbour lights"]);
+        assert_eq!(h.searcher.entries(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_older_update_after_a_newer_one_does_not_win() {
+        let h = Harness::new();
+        assert_eq!(
+            h.created(&created("m-1", "draft anchor"), 1, 1).await,
+            Settled::Acked
+        );
+        assert_eq!(
+            h.updated(&updated("m-1", "final anchor", 20), 2).await,
+            Settled::Acked
+        );
+        assert_eq!(
+            h.updated(&updated("m-1", "stale anchor", 10), 3).await,
+            Settled::Acked
+        );
+        assert_eq!(h.found("anchor"), ["final anchor"]);
+        // An update that arrives before its create is indexed, and the late create replaces nothing.
+        assert_eq!(
+            h.updated(&updated("m-2", "early rope", 5), 4).await,
+            Settled::Acked
+        );
+        assert_eq!(
+            h.created(&created("m-2", "original rope"), 5, 1).await,
+            Settled::Acked
+        );
+        assert_eq!(h.found("rope"), ["early rope"]);
+    }
+
+    #[tokio::test]
+    async fn a_delete_is_final() {
+        let h = Harness::new();
+        let create = created("m-1", "gone buoy");
+        assert_eq!(h.created(&create, 1, 1).await, Settled::Acked);
+        assert_eq!(h.deleted(&deleted("m-1", 30), 2).await, Settled::Acked);
+        assert!(h.found("buoy").is_empty());
+        // A redelivered create, a later update, a second delete: acked, and the message stays gone.
+        assert_eq!(h.created(&create, 1, 2).await, Settled::Acked);
+        assert_eq!(
+            h.updated(&updated("m-1", "back buoy", 60), 3).await,
+            Settled::Acked
+        );
+        assert_eq!(h.deleted(&deleted("m-1", 90), 4).await, Settled::Acked);
+        assert!(h.found("buoy").is_empty());
+        // A delete before anything else leaves a tombstone the create cannot pass.
+        assert_eq!(h.deleted(&deleted("m-2", 30), 5).await, Settled::Acked);
+        assert_eq!(
+            h.created(&created("m-2", "late buoy"), 6, 1).await,
+            Settled::Acked
+        );
+        assert!(h.found("buoy").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_is_retried_and_dead_lettered_at_the_last_attempt() {
+        let h = Harness::new();
+        assert_eq!(
+            h.created(&created("m-1", "kept keel"), 1, 1).await,
+            Settled::Acked
+        );
+        // The directory disappears under the writer: the next commit cannot write its segment.
+        std::fs::remove_dir_all(&h.dir).expect("removing the index directory");
+        let event = created("m-2", "lost keel");
+        assert_eq!(h.created(&event, 2, 1).await, Settled::Retry(None));
+        assert_eq!(
+            h.created(&event, 2, MAX_DELIVER).await,
+            Settled::Dead(DeathKind::Exhausted)
+        );
+        assert_eq!(
+            h.found("keel"),
+            ["kept keel"],
+            "nothing of the failed batch is visible"
+        );
     }
 }

@@ -27,7 +27,7 @@ pub struct RawJob {
     pub attempt: u32,
     /// Its sequence in its stream.
     pub stream_sequence: u64,
-    shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl RawJob {

@@ -6,6 +6,9 @@
 //! let job = runtime::testing::job(event).attempt(2).max_deliver(5).ledger(&ledger).build();
 //! assert_eq!(runtime::testing::run(job, handler).await, Settled::Acked);
 //! ```
+//!
+//! A raw handler returns its [`Outcome`] itself, so its test builds a [`RawJob`] with [`raw_job`] and compares
+//! the outcome.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,7 +22,7 @@ use crate::dlq::DeathKind;
 use crate::ledger::{Effect, Ledger};
 use crate::metrics::Metrics;
 use crate::settle::Outcome;
-use crate::{Job, JobError};
+use crate::{Job, JobError, RawJob};
 
 /// What the runtime would do with a handler's result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +146,70 @@ impl<T: Event> JobBuilder<T> {
             ledger: Ledger::memory(self.ledger.unwrap_or_default()),
             shutdown,
             metrics: Arc::new(Metrics::new("test", events::subject_for(T::TYPE))),
+        }
+    }
+}
+
+/// Starts a test [`RawJob`]: a message on `subject` with `headers` and `payload`, first attempt, stream sequence 1.
+pub fn raw_job(
+    subject: impl Into<String>,
+    headers: Option<async_nats::HeaderMap>,
+    payload: impl Into<bytes::Bytes>,
+) -> RawJobBuilder {
+    RawJobBuilder {
+        subject: subject.into(),
+        headers,
+        payload: payload.into(),
+        attempt: 1,
+        stream_sequence: 1,
+        shutting_down: false,
+    }
+}
+
+/// A [`RawJob`] under construction.
+#[derive(Debug)]
+#[must_use]
+pub struct RawJobBuilder {
+    subject: String,
+    headers: Option<async_nats::HeaderMap>,
+    payload: bytes::Bytes,
+    attempt: u32,
+    stream_sequence: u64,
+    shutting_down: bool,
+}
+
+impl RawJobBuilder {
+    /// The delivery count (1 for the first delivery).
+    pub fn attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt;
+        self
+    }
+
+    /// The message's stream sequence.
+    pub fn stream_sequence(mut self, sequence: u64) -> Self {
+        self.stream_sequence = sequence;
+        self
+    }
+
+    /// The process is draining.
+    pub fn shutting_down(mut self) -> Self {
+        self.shutting_down = true;
+        self
+    }
+
+    /// The job.
+    pub fn build(self) -> RawJob {
+        let shutdown = CancellationToken::new();
+        if self.shutting_down {
+            shutdown.cancel();
+        }
+        RawJob {
+            subject: self.subject.into(),
+            headers: self.headers,
+            payload: self.payload,
+            attempt: self.attempt,
+            stream_sequence: self.stream_sequence,
+            shutdown,
         }
     }
 }
@@ -329,6 +396,33 @@ mod tests {
         assert_eq!(
             disposition(&Err(JobError::unavailable(anyhow::anyhow!("refused")))),
             Settled::Unavailable
+        );
+    }
+
+    #[test]
+    fn a_raw_job_carries_what_it_was_built_with() {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Trace", "t-1");
+        let raw = raw_job("events.x", Some(headers), &b"{}"[..])
+            .attempt(3)
+            .stream_sequence(42)
+            .shutting_down()
+            .build();
+        assert_eq!(raw.subject.as_str(), "events.x");
+        assert_eq!(
+            raw.headers
+                .as_ref()
+                .and_then(|h| h.get("Trace"))
+                .map(|v| v.as_str()),
+            Some("t-1")
+        );
+        assert_eq!(raw.payload.as_ref(), b"{}");
+        assert_eq!((raw.attempt, raw.stream_sequence), (3, 42));
+        assert!(raw.shutting_down());
+        assert!(
+            !raw_job("a", None, bytes::Bytes::new())
+                .build()
+                .shutting_down()
         );
     }
 }
