@@ -21,6 +21,11 @@ use bytes::Bytes;
 
 use crate::JobError;
 
+#[cfg(feature = "testing")]
+mod memory;
+#[cfg(feature = "testing")]
+pub use memory::MemoryLedger;
+
 /// Whether the effect ran now or had already run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect<T> {
@@ -32,7 +37,7 @@ pub enum Effect<T> {
 
 /// The ledger of one function. Cloned into every job, so it shares one inner value: a `kv::Store` clone copies
 /// the bucket's whole stream info. With the `testing` feature it may instead be a
-/// [`MemoryLedger`](crate::testing::MemoryLedger), for handler tests without NATS; without it the enum has one
+/// [`MemoryLedger`], for handler tests without NATS; without it the enum has one
 /// variant and the match costs nothing.
 #[derive(Clone)]
 pub struct Ledger {
@@ -43,7 +48,7 @@ pub struct Ledger {
 enum Backend {
     Kv(std::sync::Arc<Inner>),
     #[cfg(feature = "testing")]
-    Memory(crate::testing::MemoryLedger),
+    Memory(MemoryLedger),
 }
 
 struct Inner {
@@ -87,7 +92,7 @@ impl Ledger {
     }
 
     #[cfg(feature = "testing")]
-    pub(crate) fn memory(memory: crate::testing::MemoryLedger) -> Self {
+    pub(crate) fn memory(memory: MemoryLedger) -> Self {
         Self {
             backend: Backend::Memory(memory),
         }
@@ -99,7 +104,7 @@ impl Ledger {
         let function = match &self.backend {
             Backend::Kv(inner) => inner.function.as_str(),
             #[cfg(feature = "testing")]
-            Backend::Memory(_) => crate::testing::FUNCTION,
+            Backend::Memory(_) => memory::FUNCTION,
         };
         key(function, event_id, effect)
     }

@@ -10,16 +10,16 @@
 //! A raw handler returns its [`Outcome`] itself, so its test builds a [`RawJob`] with [`raw_job`] and compares
 //! the outcome.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use events::{CloudEvent, Event};
 use tokio_util::sync::CancellationToken;
 
 use crate::dlq::DeathKind;
-use crate::ledger::{Effect, Ledger};
+use crate::ledger::Ledger;
+pub use crate::ledger::MemoryLedger;
 use crate::metrics::Metrics;
 use crate::settle::Outcome;
 use crate::{Job, JobError, RawJob};
@@ -211,116 +211,6 @@ impl RawJobBuilder {
             stream_sequence: self.stream_sequence,
             shutdown,
         }
-    }
-}
-
-/// An idempotency ledger in memory, with the KV ledger's rules: an effect that completed is skipped by every
-/// later job of the same event, one that failed may run again, one in progress makes another job retry.
-#[derive(Clone, Default)]
-pub struct MemoryLedger {
-    state: Arc<Mutex<State>>,
-}
-
-#[derive(Default)]
-struct State {
-    effects: HashMap<String, Entry>,
-    skips: HashMap<String, &'static str>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Entry {
-    Pending,
-    Done,
-}
-
-impl std::fmt::Debug for MemoryLedger {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = self.lock();
-        f.debug_struct("MemoryLedger")
-            .field("effects", &state.effects.len())
-            .field("skips", &state.skips.len())
-            .finish()
-    }
-}
-
-/// The function name in a test ledger's keys.
-pub(crate) const FUNCTION: &str = "test";
-
-impl MemoryLedger {
-    /// An empty ledger.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Records effect `effect` of event `event_id` as done, as an earlier attempt would have.
-    pub fn mark_done(&self, event_id: &str, effect: &str) {
-        self.lock()
-            .effects
-            .insert(crate::ledger::key(FUNCTION, event_id, effect), Entry::Done);
-    }
-
-    /// Whether effect `effect` of event `event_id` completed.
-    pub fn is_done(&self, event_id: &str, effect: &str) -> bool {
-        self.lock()
-            .effects
-            .get(&crate::ledger::key(FUNCTION, event_id, effect))
-            == Some(&Entry::Done)
-    }
-
-    /// Effects completed, over all events.
-    pub fn done(&self) -> usize {
-        self.lock()
-            .effects
-            .values()
-            .filter(|entry| **entry == Entry::Done)
-            .count()
-    }
-
-    /// The reason a job of `event_id` was skipped with, if it was.
-    pub fn skipped(&self, event_id: &str) -> Option<&'static str> {
-        self.lock().skips.get(event_id).copied()
-    }
-
-    pub(crate) fn note_skip(&self, event_id: &str, reason: &'static str) {
-        self.lock().skips.insert(event_id.to_owned(), reason);
-    }
-
-    pub(crate) async fn once<R, F, Fut>(&self, key: &str, effect: F) -> Result<Effect<R>, JobError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<R, JobError>>,
-    {
-        {
-            let mut state = self.lock();
-            match state.effects.get(key) {
-                Some(Entry::Done) => return Ok(Effect::AlreadyDone),
-                Some(Entry::Pending) => {
-                    return Err(JobError::retry_after(
-                        anyhow::anyhow!("side effect is being performed by another attempt"),
-                        Duration::from_secs(1),
-                    ));
-                }
-                None => {
-                    state.effects.insert(key.to_owned(), Entry::Pending);
-                }
-            }
-        }
-        let result = effect().await;
-        let mut state = self.lock();
-        match result {
-            Ok(value) => {
-                state.effects.insert(key.to_owned(), Entry::Done);
-                Ok(Effect::Done(value))
-            }
-            Err(err) => {
-                state.effects.remove(key);
-                Err(err)
-            }
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
