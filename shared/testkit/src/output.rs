@@ -16,13 +16,14 @@ pub(crate) fn signal(pid: u32, signal: Signal) {
 }
 
 /// Calls `on_line` with each line of `source` (without its line ending) on a thread of its own, until EOF.
-/// The thread keeps draining after nobody looks, so the child never blocks on a full pipe.
+/// The thread keeps draining after nobody looks, so the child never blocks on a full pipe. The handle tells when
+/// it reached EOF, so a caller that saw the process exit can wait for its last lines.
 pub(crate) fn pump_lines(
     source: Option<impl Read + Send + 'static>,
     mut on_line: impl FnMut(&str) + Send + 'static,
-) {
-    let Some(source) = source else { return };
-    std::thread::spawn(move || {
+) -> Option<std::thread::JoinHandle<()>> {
+    let source = source?;
+    Some(std::thread::spawn(move || {
         let mut reader = BufReader::new(source);
         let mut line = Vec::new();
         loop {
@@ -35,7 +36,7 @@ pub(crate) fn pump_lines(
                 }
             }
         }
-    });
+    }))
 }
 
 /// Reads `source` line by line into `buffer` (and echoes each line to stderr with `prefix`, which
@@ -45,9 +46,9 @@ pub(crate) fn pump(
     source: Option<impl Read + Send + 'static>,
     prefix: &str,
     buffer: Arc<Mutex<String>>,
-) {
+) -> Option<std::thread::JoinHandle<()>> {
     let prefix = prefix.to_owned();
-    pump_lines(source, move |text| capture(&prefix, &buffer, text));
+    pump_lines(source, move |text| capture(&prefix, &buffer, text))
 }
 
 /// Echoes `text` to stderr with `prefix` and appends it to `buffer`.

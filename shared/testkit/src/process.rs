@@ -19,6 +19,8 @@ pub struct FunctionProcess {
     pid: u32,
     child: Mutex<Child>,
     output: Arc<Mutex<String>>,
+    /// The threads reading stdout and stderr; finished once the pipes reached EOF.
+    pumps: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl FunctionProcess {
@@ -46,13 +48,19 @@ impl FunctionProcess {
             .unwrap_or_else(|e| panic!("spawn {}: {e}", path.display()));
         let output = Arc::new(Mutex::new(String::new()));
         let prefix = format!("[{bin}]");
-        pump(child.stdout.take(), &prefix, Arc::clone(&output));
-        pump(child.stderr.take(), &prefix, Arc::clone(&output));
+        let pumps = [
+            pump(child.stdout.take(), &prefix, Arc::clone(&output)),
+            pump(child.stderr.take(), &prefix, Arc::clone(&output)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         Self {
             bin: bin.to_owned(),
             pid: child.id(),
             child: Mutex::new(child),
             output,
+            pumps,
         }
     }
 
@@ -149,6 +157,9 @@ impl FunctionProcess {
     }
 
     fn exit_result(&self, timeout: Duration, status: Option<ExitStatus>) -> ExitStatus {
+        if status.is_some() {
+            self.drain_output();
+        }
         status.unwrap_or_else(|| {
             panic!(
                 "{} (pid {}) still running after {timeout:?}; output tail:\n{}",
@@ -157,6 +168,19 @@ impl FunctionProcess {
                 tail(&self.output(), 60)
             )
         })
+    }
+}
+
+impl FunctionProcess {
+    /// After the exit, waits (two seconds at most: a grandchild may hold a pipe open) until both pipes reached EOF,
+    /// so what the process printed last is in [`FunctionProcess::output`] when `wait_exit` returns.
+    fn drain_output(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while !self.pumps.iter().all(std::thread::JoinHandle::is_finished)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 
