@@ -90,3 +90,34 @@ fn a_bad_setting_is_reported_by_its_variable() {
         "{stderr}"
     );
 }
+
+/// Every function the consumer files name (the registry `jetfn dev` runs), not only the two above: a new function
+/// that forgets `answer_args` fails here.
+#[test]
+fn every_registered_function_answers_help_and_version() {
+    let definitions = provision::Definitions::load(&testkit::workspace_root().join("infra/nats"))
+        .expect("infra/nats loads");
+    let functions = definitions.functions();
+    assert!(functions.len() >= 10, "{} functions", functions.len());
+    for function in functions {
+        let bin = function.name.as_str();
+        let help = run(bin, &["--help"]);
+        assert_eq!(help.status.code(), Some(0), "{bin} --help: {help:?}");
+        assert!(
+            stdout(&help).contains("NATS_URL"),
+            "{bin} --help does not list NATS_URL:\n{}",
+            stdout(&help)
+        );
+        let version = run(bin, &["--version"]);
+        assert_eq!(
+            version.status.code(),
+            Some(0),
+            "{bin} --version: {version:?}"
+        );
+        assert!(
+            stdout(&version).starts_with(&format!("{bin} ")),
+            "{bin} --version: {}",
+            stdout(&version)
+        );
+    }
+}
