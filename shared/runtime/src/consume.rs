@@ -156,6 +156,29 @@ pub(crate) enum Supervised<T> {
     TimedOut,
 }
 
+impl<T> Supervised<T> {
+    /// The outcome to settle: the handler's own (through `returned`), or a transient failure when it panicked or
+    /// outlived `timeout`, so either layer reports both the same way.
+    pub(crate) fn into_outcome(
+        self,
+        timeout: Duration,
+        returned: impl FnOnce(T) -> settle::Outcome,
+    ) -> settle::Outcome {
+        let retry = |reason: String| settle::Outcome::Retry {
+            after: None,
+            reason,
+        };
+        match self {
+            Self::Returned(value) => returned(value),
+            Self::Panicked => retry("handler panicked".to_owned()),
+            Self::TimedOut => retry(format!(
+                "handler still running after {} s (JOB_HANDLER_TIMEOUT_SECS)",
+                timeout.as_secs()
+            )),
+        }
+    }
+}
+
 /// Runs a handler's future in place, keeping its message alive with progress acks and abandoning it after
 /// `timeout`. A panic is caught here and the process keeps serving; polling in place avoids a task spawn per
 /// message.

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::consume::{self, Process, Supervised};
+use crate::consume::{self, Process};
 use crate::settle::{Outcome, Settler};
 
 /// One delivery of a raw message to a handler.
@@ -110,27 +110,14 @@ where
             stream_sequence: sequence,
             shutdown: shared.shutdown.clone(),
         };
-        let outcome = match consume::supervise(
+        let outcome = consume::supervise(
             (shared.handler)(job),
             &message,
             &shared.settler.policy,
             shared.handler_timeout,
         )
         .await
-        {
-            Supervised::Returned(outcome) => outcome,
-            Supervised::Panicked => Outcome::Retry {
-                after: None,
-                reason: "handler panicked".to_owned(),
-            },
-            Supervised::TimedOut => Outcome::Retry {
-                after: None,
-                reason: format!(
-                    "handler still running after {} s (JOB_HANDLER_TIMEOUT_SECS)",
-                    shared.handler_timeout.as_secs()
-                ),
-            },
-        };
+        .into_outcome(shared.handler_timeout, |outcome| outcome);
         Box::pin(
             shared
                 .settler

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::breaker::Breaker;
-use crate::consume::{self, Process, Supervised};
+use crate::consume::{self, Process};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::settle::{Outcome, Settler};
@@ -180,27 +180,14 @@ where
         shutdown: shared.shutdown.clone(),
         metrics: shared.metrics.clone(),
     };
-    match consume::supervise(
+    consume::supervise(
         (shared.handler)(job),
         message,
         &shared.settler.policy,
         shared.handler_timeout,
     )
     .await
-    {
-        Supervised::Returned(result) => Outcome::of(result),
-        Supervised::Panicked => Outcome::Retry {
-            after: None,
-            reason: "handler panicked".to_owned(),
-        },
-        Supervised::TimedOut => Outcome::Retry {
-            after: None,
-            reason: format!(
-                "handler still running after {} s (JOB_HANDLER_TIMEOUT_SECS)",
-                shared.handler_timeout.as_secs()
-            ),
-        },
-    }
+    .into_outcome(shared.handler_timeout, Outcome::of)
 }
 
 /// A message a recurring NATS message schedule generated: the server sets `Nats-Scheduler` (the schedule's
