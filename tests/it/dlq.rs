@@ -271,3 +271,42 @@ async fn the_router_terms_what_is_not_an_advisory_without_a_record() {
         "an advisory is never dead-lettered"
     );
 }
+
+/// Two functions that dead-letter the same event (one stream sequence) each keep a record: the duplicate window
+/// absorbs a second copy for one consumer, never another consumer's record.
+#[tokio::test]
+async fn two_consumers_dead_lettering_one_sequence_keep_a_record_each() {
+    let system = System::start().await;
+    let letter = |consumer: &str| runtime::dlq::DeadLetter {
+        subject: "events.users.registered".to_owned(),
+        stream: "EVENTS".to_owned(),
+        sequence: 7,
+        consumer: consumer.to_owned(),
+        attempts: 1,
+        reason: "invalid event: /data/email".to_owned(),
+        kind: DeathKind::Invalid,
+        first_failure: time::OffsetDateTime::now_utc(),
+        last_failure: time::OffsetDateTime::now_utc(),
+        headers: async_nats::HeaderMap::new(),
+        payload: bytes::Bytes::from_static(b"{}"),
+        writer: "runtime".to_owned(),
+    };
+    let welcome = letter("welcome").publish(&system.js, "dlq").await.unwrap();
+    let audit = letter("audit").publish(&system.js, "dlq").await.unwrap();
+    let again = letter("welcome").publish(&system.js, "dlq").await.unwrap();
+    assert!(
+        !welcome.duplicate && !audit.duplicate,
+        "{welcome:?} {audit:?}"
+    );
+    assert!(
+        again.duplicate,
+        "the same consumer's second copy is absorbed: {again:?}"
+    );
+    let consumers: Vec<String> = system
+        .dlq()
+        .await
+        .into_iter()
+        .map(|(_, letter)| letter.consumer)
+        .collect();
+    assert_eq!(consumers, ["welcome", "audit"]);
+}

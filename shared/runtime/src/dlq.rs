@@ -122,9 +122,11 @@ impl DeadLetter {
         Self::subject_for(prefix, &self.stream, &self.consumer, self.sequence)
     }
 
-    /// The message id that makes every writer's copy of one original the same record.
+    /// The message id that makes every writer's copy of one original the same record: the runtime's and the
+    /// router's copies for one consumer collapse in the duplicate window, while two functions dead-lettering the
+    /// same stream sequence each keep their own record (their consumers differ).
     pub fn message_id(&self) -> String {
-        format!("dlq:{}:{}", self.stream, self.sequence)
+        format!("dlq:{}:{}:{}", self.stream, self.consumer, self.sequence)
     }
 
     /// Publishes the record and waits for the stream's ack: only then may the original be TERMed or deleted.
