@@ -1,5 +1,6 @@
 //! Integration tests: one test binary, one module per area.
 
+mod backoff;
 mod cleanup;
 mod cluster;
 mod consumers;

@@ -44,6 +44,9 @@ impl JobError {
     }
 
     /// Transient, but the handler knows better than the backoff list when to try again (a `Retry-After`).
+    ///
+    /// On a consumer with a backoff list the server cannot redeliver sooner than `backoff[attempt-1] - backoff[0]`
+    /// after a delayed NAK, so a shorter `delay` gets that floor (`Policy::nak_delay`).
     pub fn retry_after(err: impl Into<anyhow::Error>, delay: Duration) -> Self {
         Self::new(Disposition::RetryAfter(delay), err)
     }

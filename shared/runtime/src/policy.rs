@@ -40,10 +40,32 @@ impl Policy {
             let exp = attempt.saturating_sub(1).min(8);
             return (Duration::from_secs(1) * (1 << exp)).min(Duration::from_secs(300));
         }
+        self.step(attempt)
+    }
+
+    /// The delay to put on the NAK of delivery `attempt` so the server redelivers `gap` later.
+    ///
+    /// Without a backoff list the server waits the NAK's delay, so the delay is the gap. With one, nats-server
+    /// (2.15) sets the pending timestamp to `now - ack_wait + delay` (`ack_wait` being `backoff[0]`) and redelivers
+    /// once the current step `backoff[attempt-1]` has passed, so the gap is `delay + step - backoff[0]`; the delay
+    /// that gives `gap` is `gap - step + backoff[0]`. A gap shorter than `step - backoff[0]` cannot be had: a NAK
+    /// without a delay redelivers at once, so the floor is a 1 ms delay, a gap of about `step - backoff[0]`.
+    pub(crate) fn nak_delay(&self, attempt: u32, gap: Duration) -> Duration {
+        let Some(first) = self.backoff.first() else {
+            return gap;
+        };
+        let step = self.step(attempt);
+        (gap + *first)
+            .saturating_sub(step)
+            .max(Duration::from_millis(1))
+    }
+
+    /// The server's redelivery deadline for delivery `attempt`: the backoff list, the last value reused.
+    fn step(&self, attempt: u32) -> Duration {
         let index = usize::try_from(attempt.saturating_sub(1))
             .unwrap_or(usize::MAX)
-            .min(self.backoff.len() - 1);
-        self.backoff[index]
+            .min(self.backoff.len().saturating_sub(1));
+        self.backoff.get(index).copied().unwrap_or(self.ack_wait)
     }
 
     /// Progress acks must land before the server's redelivery deadline; with a backoff list that deadline is
@@ -95,6 +117,33 @@ mod tests {
         assert_eq!(policy.delay_after(3), Duration::from_millis(400));
         assert_eq!(policy.delay_after(9), Duration::from_millis(400));
         assert!(policy.is_last(5) && !policy.is_last(4));
+    }
+
+    #[test]
+    fn nak_delays_cancel_the_step_the_server_adds() {
+        let listed = policy(&[1000, 2000, 3000], Some(4));
+        // The server's gap is delay + step - backoff[0]: a backoff step needs a delay of backoff[0].
+        for attempt in 1..=5 {
+            assert_eq!(
+                listed.nak_delay(attempt, listed.delay_after(attempt)),
+                Duration::from_secs(1)
+            );
+        }
+        // A handler's own 7 s at delivery 3 (step 3 s): 7 - 3 + 1.
+        assert_eq!(
+            listed.nak_delay(3, Duration::from_secs(7)),
+            Duration::from_secs(5)
+        );
+        // Shorter than the floor (step - backoff[0] = 2 s): the smallest positive delay, never a bare NAK.
+        assert_eq!(
+            listed.nak_delay(3, Duration::from_millis(500)),
+            Duration::from_millis(1)
+        );
+        // Without a backoff list the delay is the gap.
+        assert_eq!(
+            policy(&[], None).nak_delay(4, Duration::from_secs(7)),
+            Duration::from_secs(7)
+        );
     }
 
     #[test]

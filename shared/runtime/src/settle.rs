@@ -231,7 +231,8 @@ impl Settler {
         seconds: f64,
     ) {
         let policy = &self.policy;
-        let delay = after.unwrap_or_else(|| policy.delay_after(attempt));
+        let gap = after.unwrap_or_else(|| policy.delay_after(attempt));
+        let delay = policy.nak_delay(attempt, gap);
         let span = tracing::Span::current();
         span.record("jetfn.outcome", "retry");
         self.metrics.retried(seconds);
@@ -242,7 +243,7 @@ impl Settler {
                 .record(&policy.stream, &policy.consumer, sequence, reason)
                 .await;
         }
-        tracing::warn!(attempt, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), error = %reason, "attempt failed; will retry");
+        tracing::warn!(attempt, retry_in_ms = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX), error = %reason, "attempt failed; will retry");
         if let Err(nak) = message.ack_with(AckKind::Nak(Some(delay))).await {
             // Without the NAK the server redelivers after the backoff step anyway.
             tracing::warn!(error = %nak, "nak failed; the server will redeliver after ack_wait");
@@ -308,7 +309,9 @@ impl Settler {
                 // delivery the router's MAX_DELIVERIES path picks it up.
                 tracing::error!(error = %format!("{err:#}"), "dead-letter publish failed; the original is kept for another try");
                 let _ = message
-                    .ack_with(AckKind::Nak(Some(policy.delay_after(attempt))))
+                    .ack_with(AckKind::Nak(Some(
+                        policy.nak_delay(attempt, policy.delay_after(attempt)),
+                    )))
                     .await;
             }
         }

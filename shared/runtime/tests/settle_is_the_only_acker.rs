@@ -24,6 +24,10 @@ const ALLOWED: &[(&str, &str)] = &[
         "the benchmark's raw async-nats baseline, which measures JetStream without the runtime",
     ),
     (
+        "tests/it/backoff.rs",
+        "pins with raw NAKs what the server does with a NAK's delay, which settle's arithmetic relies on",
+    ),
+    (
         "shared/runtime/tests/settle_is_the_only_acker.rs",
         "this test's own patterns",
     ),
