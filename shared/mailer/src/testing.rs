@@ -344,7 +344,6 @@ mod tests {
 
     /// The contract catches a handler that sends without the ledger.
     #[tokio::test]
-    #[should_panic(expected = "left: (2, 2)")]
     async fn a_handler_that_resends_on_redelivery_fails_the_contract() {
         let forgetful = || {
             Harness::new(&[], |mailer, _| {
@@ -357,14 +356,17 @@ mod tests {
                 }
             })
         };
-        Contract::new(forgetful, event(), 1)
-            .a_redelivery_of_a_sent_event_sends_nothing()
-            .await;
+        let failure = contract_failure(async move {
+            Contract::new(forgetful, event(), 1)
+                .a_redelivery_of_a_sent_event_sends_nothing()
+                .await;
+        })
+        .await;
+        assert!(failure.contains("left: (2, 2)"), "{failure}");
     }
 
     /// The contract catches a handler that dead-letters what it should retry.
     #[tokio::test]
-    #[should_panic(expected = "Dead(Permanent)")]
     async fn a_handler_that_gives_up_on_a_4xx_fails_the_contract() {
         let hasty = || {
             Harness::new(&[], |mailer, _| {
@@ -378,8 +380,29 @@ mod tests {
                 }
             })
         };
-        Contract::new(hasty, event(), 1)
-            .a_4xx_reply_is_retried_and_the_retry_sends_once()
-            .await;
+        let failure = contract_failure(async move {
+            Contract::new(hasty, event(), 1)
+                .a_4xx_reply_is_retried_and_the_retry_sends_once()
+                .await;
+        })
+        .await;
+        assert!(failure.contains("Dead(Permanent)"), "{failure}");
+    }
+
+    /// Runs a contract case that must fail on its own task and returns its panic message: a case that passes
+    /// fails this test.
+    async fn contract_failure(case: impl Future<Output = ()> + 'static) -> String {
+        let tasks = tokio::task::LocalSet::new();
+        let case = tasks.spawn_local(case);
+        let panic = tasks
+            .run_until(case)
+            .await
+            .expect_err("the contract accepted a broken handler")
+            .into_panic();
+        panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|text| (*text).to_owned()))
+            .unwrap_or_default()
     }
 }
