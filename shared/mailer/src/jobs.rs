@@ -92,7 +92,7 @@ impl Refused {
     ) -> Result<(), JobError> {
         match sent {
             Err(err) if err.is_permanent() => {
-                let to = events::pii::mask_email(&to.email.to_string());
+                let to = events::pii::mask_email(to.email.as_ref());
                 tracing::warn!(email = what, to = %to, error = %err, "email refused for good; sending the others");
                 self.0.push(format!("{what} to {to}: {err}"));
                 Ok(())
