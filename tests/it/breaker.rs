@@ -64,6 +64,10 @@ async fn a_replica_whose_smtp_route_is_down_leaves_every_event_to_the_healthy_on
         system.dlq().await.is_empty(),
         "nothing is dead-lettered for one replica's route"
     );
+    assert!(
+        sick.output().contains("giving the message back"),
+        "the sick replica took a share and gave it back"
+    );
 
     // The route comes back: the sick replica serves again and nothing is lost or sent twice.
     broken.come_up();
