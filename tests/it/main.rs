@@ -12,6 +12,7 @@ mod indexing;
 mod local_system;
 mod permissions;
 mod provision;
+mod router;
 mod schedules;
 mod support;
 mod tracing_otlp;
