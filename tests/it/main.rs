@@ -14,6 +14,7 @@ mod permissions;
 mod provision;
 mod router;
 mod schedules;
+mod supervision;
 mod support;
 mod tracing_otlp;
 mod welcome;
