@@ -71,3 +71,32 @@ async fn readiness_returns_when_infra_apply_recreates_a_deleted_consumer() {
     let mails = system.smtp.wait_for_messages(1, WAIT).await;
     assert_eq!(mails[0].rcpt_to, vec!["back@example.com".to_owned()]);
 }
+
+/// A panic in the indexing committer thread ends the process (non-zero, so an orchestrator restarts it) instead of
+/// leaving it alive with every change failing: nothing is dead-lettered, and the restarted process indexes the
+/// event.
+#[tokio::test]
+async fn a_panicked_index_committer_ends_the_process_and_nothing_is_dead_lettered() {
+    let system = System::start().await;
+    let dir = crate::support::TempDir::new("index");
+    let indexing = system
+        .indexing(&dir, &[("INDEX_TEST_PANIC_IN_COMMITTER", "1".to_owned())])
+        .await;
+    let created = crate::support::message(
+        "m-panic",
+        "c-1",
+        "a lighthouse after a panic",
+        time::OffsetDateTime::now_utc() - time::Duration::hours(1),
+    );
+    system.publisher.publish(created).await.unwrap();
+    let status = indexing.wait_exit(WAIT).await;
+    assert_eq!(status.code(), Some(70), "{}", indexing.output());
+
+    let _restarted = system.indexing(&dir, &[]).await;
+    system.indexing_settled().await;
+    let answer = system
+        .search(serde_json::json!({ "q": "lighthouse", "limit": 10 }))
+        .await;
+    assert_eq!(answer["total"], 1, "{answer}");
+    assert!(system.dlq().await.is_empty(), "nothing was dead-lettered");
+}
