@@ -21,6 +21,9 @@ pub struct Policy {
     /// Fault injection for the crash test only (feature `fault-injection`): sleep this long before each commit.
     #[cfg(feature = "fault-injection")]
     pub test_delay_before_commit: Duration,
+    /// Called on the committer thread if it panics, before any waiting handler hears of it. The process passes
+    /// [`exit_after_panic`]; in-process tests, which must survive a panic, pass a function that returns.
+    pub on_panic: fn(),
     /// Fault injection for the supervision test only (feature `fault-injection`): panic at the first change.
     #[cfg(feature = "fault-injection")]
     pub test_panic_at_change: bool,
@@ -29,20 +32,25 @@ pub struct Policy {
 /// The exit status of a process whose committer thread panicked (`EX_SOFTWARE`).
 pub const EXIT_COMMITTER_PANICKED: i32 = 70;
 
-/// Ends the process when the committer thread unwinds from a panic. Without it the handlers' changes would fail
-/// one by one (the committer is gone) and every event would be dead-lettered after its retries while `/livez`
-/// still answered 200; exiting instead lets the orchestrator restart the process, and the unacked messages are
-/// redelivered to it. It must drop before the batch's waiters do, so no handler sees the failure and settles.
-struct ExitOnPanic;
+/// Ends the process after a panic of the committer thread. Without it the handlers' changes would fail one by one
+/// (the committer is gone) and every event would be dead-lettered after its retries while `/livez` still answered
+/// 200; exiting instead lets the orchestrator restart the process, and the unacked messages are redelivered to it.
+pub fn exit_after_panic() {
+    tracing::error!(
+        status = EXIT_COMMITTER_PANICKED,
+        "the index committer thread panicked; exiting so the process is restarted and its messages redelivered"
+    );
+    std::process::exit(EXIT_COMMITTER_PANICKED);
+}
 
-impl Drop for ExitOnPanic {
+/// Runs [`Policy::on_panic`] when the committer thread unwinds. It must drop before the batch's waiters do, so no
+/// handler sees the failure and settles its message.
+struct OnPanic(fn());
+
+impl Drop for OnPanic {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            tracing::error!(
-                status = EXIT_COMMITTER_PANICKED,
-                "the index committer thread panicked; exiting so the process is restarted and its messages redelivered"
-            );
-            std::process::exit(EXIT_COMMITTER_PANICKED);
+            (self.0)();
         }
     }
 }
@@ -128,7 +136,7 @@ fn run(mut writer: Writer, inbox: &mpsc::Receiver<Request>, policy: Policy) {
     let mut writes = 0usize;
     let mut batch_started: Option<Instant> = None;
     // Declared after the waiters, so it drops (and exits) before they do.
-    let _exit_on_panic = ExitOnPanic;
+    let _on_panic = OnPanic(policy.on_panic);
     loop {
         let request = match batch_started {
             None => match inbox.recv() {

@@ -167,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
         Policy {
             max_docs: config.commit_max_docs.max(1),
             interval: Duration::from_millis(config.commit_interval_ms.max(1)),
+            on_panic: committer::exit_after_panic,
             #[cfg(feature = "fault-injection")]
             test_delay_before_commit: delay_before_commit,
             #[cfg(feature = "fault-injection")]
@@ -334,6 +335,9 @@ mod handler_tests {
                 Policy {
                     max_docs: 1000,
                     interval: Duration::from_millis(5),
+                    // The failed-commit test takes the committer down (tantivy panics on a second rollback after
+                    // the directory vanished); in process, the test harness must survive it.
+                    on_panic: || {},
                     #[cfg(feature = "fault-injection")]
                     test_delay_before_commit: Duration::ZERO,
                     #[cfg(feature = "fault-injection")]
