@@ -4,12 +4,13 @@
 
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::stream::RetentionPolicy;
 use futures::StreamExt as _;
 use provision::Definitions;
 use runtime::dlq::DeathKind;
-use testkit::FunctionProcess;
+use testkit::{FunctionProcess, NatsCluster, Signal};
 
 use crate::support::{System, WAIT, user};
 
@@ -41,7 +42,10 @@ fn work_queue(definitions: &mut Definitions) {
 
 /// Pulls every delivery of `consumer` and never answers, like a function that hangs or crashes.
 fn silent(system: &System, consumer: &'static str) -> tokio::task::JoinHandle<usize> {
-    let js = system.js.clone();
+    silent_on(system.js.clone(), consumer)
+}
+
+fn silent_on(js: jetstream::Context, consumer: &'static str) -> tokio::task::JoinHandle<usize> {
     tokio::spawn(async move {
         let consumer: PullConsumer = js
             .get_consumer_from_stream(consumer, "EVENTS")
@@ -372,5 +376,181 @@ async fn router_killed_between_record_and_ack_leaves_one_record_and_finishes_on_
     assert!(
         list.contains("1 dead event(s)") && list.contains("events.users.registered"),
         "{list}"
+    );
+}
+
+/// The DLQ's records, read through any client.
+async fn records(js: &jetstream::Context) -> Vec<runtime::dlq::DeadLetter> {
+    let Ok(mut dlq) = js.get_stream("DLQ").await else {
+        return Vec::new();
+    };
+    let Ok(info) = dlq.info().await else {
+        return Vec::new();
+    };
+    let state = info.state.clone();
+    let mut records = Vec::new();
+    if state.messages == 0 {
+        return records;
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        if let Ok(message) = dlq.get_raw_message(seq).await {
+            records.push(
+                runtime::dlq::DeadLetter::from_stored(Some(&message.headers), message.payload)
+                    .expect("a DLQ record"),
+            );
+        }
+    }
+    records
+}
+
+async fn wait_records(
+    js: &jetstream::Context,
+    count: usize,
+    within: Duration,
+) -> Vec<runtime::dlq::DeadLetter> {
+    let deadline = Instant::now() + within;
+    loop {
+        let records = records(js).await;
+        if records.len() >= count {
+            return records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {count} DLQ records, have {records:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A real transient fault: the only node holding EVENTS (R1 on a three-node cluster, everything else R3) is down
+/// when the router fetches an original. The router retries; nothing is written until the node is back, and then
+/// the record holds the original.
+#[tokio::test(flavor = "multi_thread")]
+async fn router_a_fetch_while_the_streams_node_is_down_is_retried_until_it_is_back() {
+    const FAILOVER: Duration = Duration::from_secs(60);
+    let cluster = NatsCluster::start();
+    let admin = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(cluster.urls())
+        .await
+        .expect("connect to the cluster");
+    let js = jetstream::new(admin.clone());
+    let mut definitions =
+        Definitions::load(&testkit::workspace_root().join("infra/nats")).expect("infra/nats loads");
+    definitions.set_replicas(3);
+    definitions.schedules.clear();
+    fast(&mut definitions);
+    for stream in &mut definitions.streams {
+        if stream.name == "EVENTS" {
+            stream.num_replicas = 1;
+        }
+    }
+    for (stream, consumer) in &mut definitions.consumers {
+        if stream == "EVENTS" {
+            consumer.num_replicas = 0;
+        }
+    }
+    definitions.apply(&js).await.expect("infra/nats applies");
+    let leader = js
+        .get_stream("EVENTS")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .cluster
+        .clone()
+        .and_then(|cluster| cluster.leader)
+        .expect("EVENTS has a leader");
+    let down = cluster
+        .nodes()
+        .iter()
+        .position(|node| node.name() == leader)
+        .expect("the leader is a node");
+    let others: Vec<String> = cluster
+        .urls()
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i != down)
+        .map(|(_, url)| url)
+        .collect();
+    let router = FunctionProcess::spawn(
+        "dlq-router",
+        &[
+            ("NATS_URL", others.join(",")),
+            ("RUST_LOG", "debug,async_nats=info".to_owned()),
+        ],
+    );
+    router.wait_for_output("serving", WAIT).await;
+    let publisher = runtime::Publisher::new(admin.clone(), "/integration-tests");
+
+    // One dead event routed while all is well: the router has looked EVENTS up.
+    let silent = silent_on(js.clone(), "welcome");
+    publisher
+        .publish(user("first@example.com", "First"))
+        .await
+        .unwrap();
+    wait_records(&js, 1, WAIT).await;
+    silent.await.unwrap();
+
+    // The next one's advisory waits while the router is paused; then EVENTS' node dies.
+    router.signal(Signal::SIGSTOP);
+    let silent = silent_on(js.clone(), "welcome");
+    let second = publisher
+        .publish(user("second@example.com", "Second"))
+        .await
+        .unwrap();
+    silent.await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    while js
+        .get_stream("ADVISORIES")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the second advisory was never captured"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.node(down).kill();
+    router.signal(Signal::SIGCONT);
+    router
+        .wait_for_output("routing failed; will retry", FAILOVER)
+        .await;
+    assert_eq!(
+        records(&js).await.len(),
+        1,
+        "nothing is written while the original cannot be read"
+    );
+
+    cluster.restart_node(down);
+    let records = wait_records(&js, 2, FAILOVER).await;
+    let letter = records
+        .iter()
+        .find(|letter| letter.sequence == second.sequence)
+        .expect("the second event's record");
+    assert_eq!(letter.payload_lost, None, "{letter:?}");
+    assert_eq!(letter.subject, "events.users.registered");
+    assert!(!letter.payload.is_empty());
+
+    let list =
+        FunctionProcess::spawn_with_args("jetfn", &["dlq", "list"], &[("NATS_URL", cluster.url())]);
+    assert_eq!(
+        list.wait_exit(WAIT).await.code(),
+        Some(0),
+        "{}",
+        list.output()
+    );
+    assert!(
+        list.output().contains("2 dead event(s)") && !list.output().contains("payload lost"),
+        "{}",
+        list.output()
     );
 }
