@@ -4,7 +4,9 @@
 //! redelivers until `max_deliver`, then emits a MAX_DELIVERIES advisory and leaves the message in its stream. The
 //! `ADVISORIES` stream captures those advisories (so none is lost while this router is down); the router reads
 //! them with a durable consumer, fetches each original by sequence, writes it to the DLQ stream idempotently, and
-//! only then removes it from a work-queue stream. It runs on the runtime's raw layer: the runtime binds the
+//! only then removes it from a work-queue stream. An original it cannot read for a moment (a timeout, a stream
+//! without a leader) leaves the advisory for another try; a record without the original is written only when the
+//! server shows it gone (purged, expired, deleted), says why, and never leads to deleting anything. It runs on the runtime's raw layer: the runtime binds the
 //! consumer and acks the advisory once it is routed, NAKs it for another try when routing failed, and TERMs what
 //! is not an advisory at all.
 
