@@ -143,7 +143,18 @@ pub(crate) async fn pull<P: Process>(
                         jetstream::consumer::pull::MessagesErrorKind::ConsumerDeleted
                     ) {
                         bound.set(false);
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        // Not ready until `jetfn infra apply` re-creates it; then ready again, and serving.
+                        loop {
+                            tokio::select! {
+                                () = &mut stopped => break 'pull,
+                                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            }
+                            if consumer.get_info().await.is_ok() {
+                                break;
+                            }
+                        }
+                        tracing::info!(consumer = %policy.consumer, "consumer re-created; serving again");
+                        bound.set(true);
                         continue 'pull;
                     }
                 }

@@ -297,6 +297,7 @@ impl Settler {
             headers: strip_control_headers(message.headers.as_ref()),
             payload: message.payload.clone(),
             writer: "runtime".to_owned(),
+            payload_lost: None,
         };
         let dlq_subject = letter.dlq_subject(prefix);
         let publish_span = tracing::info_span!(
