@@ -8,7 +8,7 @@ use std::ops::Bound;
 use std::path::Path;
 
 use anyhow::Context as _;
-use events::services::index::{DEFAULT_LIMIT, Hit, MAX_LIMIT, SearchRequest, SearchResponse};
+use events::services::index::{Hit, SearchRequest, SearchResponse};
 use serde::{Deserialize, Serialize};
 use tantivy::collector::{Count, TopDocs};
 use tantivy::directory::MmapDirectory;
@@ -104,6 +104,10 @@ pub enum Decision {
     Write,
     /// Nothing to do, and why.
     Skip(&'static str),
+    /// The change must not be applied and must not be lost either: the runtime dead-letters it, and why. An event
+    /// about a message written before the retention watermark is one: it was acked and dropped before, so a
+    /// purge with a cut-off set too late (issue 14, item 7) dropped a backlog for good, with no record.
+    Refuse(&'static str),
 }
 
 /// The rules that make indexing idempotent and safe against reordering; pure, so they are unit-tested alone.
@@ -116,7 +120,9 @@ pub fn decide(stored: Option<&Stored>, change: &Change, purged_before_ms: i64) -
             Decision::Skip("the message was deleted")
         }
         (Change::Upsert { doc, .. }, _) if doc.created_at_ms < purged_before_ms => {
-            Decision::Skip("the message is past retention")
+            Decision::Refuse(
+                "the message was written before the index's retention cut-off (a purge removed that period)",
+            )
         }
         (Change::Upsert { create: true, .. }, Some(Stored::Live { .. })) => {
             Decision::Skip("the index already holds this message")
@@ -197,12 +203,7 @@ impl Searcher {
     /// # Errors
     /// A bad request, or an index read failure.
     pub fn search(&self, request: &SearchRequest) -> Result<SearchResponse, SearchError> {
-        let limit = request.limit.unwrap_or(DEFAULT_LIMIT);
-        if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(SearchError::BadRequest(format!(
-                "limit must be between 1 and {MAX_LIMIT}"
-            )));
-        }
+        let limit = request.page().map_err(SearchError::BadRequest)?;
         let f = self.fields;
         let text: Box<dyn Query> = if request.q.trim().is_empty() {
             Box::new(AllQuery)
@@ -588,9 +589,18 @@ mod tests {
 
     #[test]
     fn nothing_older_than_the_watermark_comes_back() {
+        // Refused, not skipped: the runtime dead-letters it, so a purge set too late loses no event silently.
         assert!(matches!(
             decide(None, &upsert(1_000, 1, true, "x"), 2_000),
-            Decision::Skip(_)
+            Decision::Refuse(_)
+        ));
+        assert!(matches!(
+            decide(
+                Some(&live(1_500, 0, 1)),
+                &upsert(1_800, 2, false, "x"),
+                2_000
+            ),
+            Decision::Refuse(_)
         ));
         assert!(matches!(decide(None, &delete(), 10_000), Decision::Skip(_)));
     }
@@ -675,7 +685,7 @@ mod tests {
             writer
                 .apply(&created("a", 1_000, 1, "old lighthouse"))
                 .unwrap(),
-            Decision::Skip(_)
+            Decision::Refuse(_)
         ));
         drop(writer);
         std::fs::remove_dir_all(&dir).ok();

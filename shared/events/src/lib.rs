@@ -29,7 +29,8 @@ pub use commerce::{
 pub use contact::ContactSubmitted;
 pub use envelope::{CloudEvent, DATACONTENTTYPE_JSON, SPECVERSION};
 pub use messaging::{
-    CleanupCompleted, CleanupRequested, MessageCreated, MessageDeleted, MessageUpdated,
+    CleanupCompleted, CleanupRequested, MAX_RETENTION_SECS, MessageCreated, MessageDeleted,
+    MessageUpdated,
 };
 pub use payloads::{Locale, UserRegistered};
 pub use validate::{FieldError, Invalid, MAX_EVENT_BYTES, Validator, check_size};

@@ -80,15 +80,21 @@ pub struct MessageDeleted {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "CleanupRequested", example = CleanupRequested::example())]
 pub struct CleanupRequested {
-    /// Remove index entries of messages written longer ago than this many seconds.
+    /// Remove index entries of messages written longer ago than this many seconds. The cleanup function refuses a
+    /// value below its operator-set floor (`CLEANUP_MIN_INDEX_RETENTION_SECS`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_RETENTION_SECS))]
     pub index_retention_secs: Option<u64>,
-    /// Remove dead-letter records stored longer ago than this many seconds.
+    /// Remove dead-letter records stored longer ago than this many seconds. The cleanup function refuses a value
+    /// below its operator-set floor (`CLEANUP_MIN_DLQ_RETENTION_SECS`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_RETENTION_SECS))]
     pub dlq_retention_secs: Option<u64>,
 }
+
+/// The longest retention a `cleanup.requested` may ask for: 100 years. A cut-off is `now - retention`, and a
+/// retention without a ceiling overflows the date arithmetic (it panicked once); nothing real needs more.
+pub const MAX_RETENTION_SECS: u64 = 3_153_600_000;
 
 /// A cleanup run finished; what it removed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -202,6 +208,25 @@ impl Event for MessageDeleted {
 
 impl Event for CleanupRequested {
     const TYPE: &'static str = "cleanup.requested";
+
+    /// The schema holds the same bounds; this is the typed decoder's copy of them, so an event that bypassed the
+    /// schema (a test's `job`, another decoder) cannot reach the date arithmetic with a value it would overflow on.
+    fn validate(&self) -> Result<(), Invalid> {
+        let mut invalid = Invalid::default();
+        for (field, value) in [
+            ("/data/index_retention_secs", self.index_retention_secs),
+            ("/data/dlq_retention_secs", self.dlq_retention_secs),
+        ] {
+            match value {
+                Some(0) => invalid.push(field, "must be at least 1"),
+                Some(secs) if secs > MAX_RETENTION_SECS => {
+                    invalid.push(field, format!("must be at most {MAX_RETENTION_SECS}"));
+                }
+                _ => {}
+            }
+        }
+        invalid.into_result()
+    }
 }
 
 impl Event for CleanupCompleted {
