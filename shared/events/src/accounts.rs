@@ -17,7 +17,7 @@ pub struct PasswordResetRequested {
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[^\r\n]*$"))]
     pub user_id: String,
     /// Where the link goes.
-    #[schemars(email, length(min = 3, max = 254))]
+    #[schemars(extend("format" = "idn-email"), length(min = 3, max = 254))]
     pub email: String,
     /// The name to greet, if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -84,7 +84,7 @@ pub struct EmailVerificationRequested {
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[^\r\n]*$"))]
     pub user_id: String,
     /// The address to verify.
-    #[schemars(email, length(min = 3, max = 254))]
+    #[schemars(extend("format" = "idn-email"), length(min = 3, max = 254))]
     pub email: String,
     /// The name to greet, if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -87,7 +87,7 @@ pub struct Customer {
     #[schemars(length(min = 1, max = 200), regex(pattern = r"^[^\r\n\u0000]*$"))]
     pub name: String,
     /// Where customer emails go.
-    #[schemars(email, length(min = 3, max = 254))]
+    #[schemars(extend("format" = "idn-email"), length(min = 3, max = 254))]
     pub email: String,
 }
 

@@ -16,7 +16,7 @@ pub struct ContactSubmitted {
     #[schemars(length(min = 1, max = 100), regex(pattern = r"^[^\r\n\u0000]*$"))]
     pub name: String,
     /// The sender's address: Reply-To of the notification, recipient of the acknowledgement. Rate-limited.
-    #[schemars(email, length(min = 3, max = 254))]
+    #[schemars(extend("format" = "idn-email"), length(min = 3, max = 254))]
     pub email: String,
     /// The subject line; it goes into a header, so no line breaks.
     #[schemars(length(min = 1, max = 200), regex(pattern = r"^[^\r\n\u0000]*$"))]
