@@ -12,6 +12,7 @@ use crate::{Event, Invalid, Locale, rules};
 /// A user asked to reset their password: email them a link that carries the token.
 #[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "PasswordResetRequested", example = PasswordResetRequested::example())]
+#[serde(deny_unknown_fields)]
 pub struct PasswordResetRequested {
     /// The producer's id of the user.
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[^\r\n]*$"))]
@@ -79,6 +80,7 @@ impl Event for PasswordResetRequested {
 /// A user must confirm their address: email them a 6-digit code.
 #[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "EmailVerificationRequested", example = EmailVerificationRequested::example())]
+#[serde(deny_unknown_fields)]
 pub struct EmailVerificationRequested {
     /// The producer's id of the user.
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[^\r\n]*$"))]

@@ -11,6 +11,7 @@ use crate::{Event, Invalid, Locale, rules};
 /// sender optionally gets an acknowledgement.
 #[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "ContactSubmitted", example = ContactSubmitted::example())]
+#[serde(deny_unknown_fields)]
 pub struct ContactSubmitted {
     /// The sender's name; it goes into a header, so no line breaks.
     #[schemars(length(min = 1, max = 100), regex(pattern = r"^[^\r\n\u0000]*$"))]

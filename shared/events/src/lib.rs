@@ -27,7 +27,9 @@ pub use commerce::{
     OrderStatusChanged,
 };
 pub use contact::ContactSubmitted;
-pub use envelope::{CloudEvent, DATACONTENTTYPE_JSON, SPECVERSION};
+pub use envelope::{
+    CloudEvent, DATACONTENTTYPE_JSON, DATACONTENTTYPE_PATTERN, EXTENSION_NAME_PATTERN, SPECVERSION,
+};
 pub use messaging::{
     CleanupCompleted, CleanupRequested, MAX_RETENTION_SECS, MessageCreated, MessageDeleted,
     MessageUpdated,

@@ -14,6 +14,7 @@ use crate::{Event, Invalid};
 /// A new message in a conversation: index it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "MessageCreated", example = MessageCreated::example())]
+#[schemars(extend("additionalProperties" = true))]
 pub struct MessageCreated {
     /// The platform's id of the message; one index entry per id.
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[^\r\n\u0000]*$"))]
@@ -36,6 +37,7 @@ pub struct MessageCreated {
 /// A message was edited: replace its text in the index, unless the index already holds a newer version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "MessageUpdated", example = MessageUpdated::example())]
+#[schemars(extend("additionalProperties" = true))]
 pub struct MessageUpdated {
     /// The platform's id of the message.
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[^\r\n\u0000]*$"))]
@@ -62,6 +64,7 @@ pub struct MessageUpdated {
 /// A message was deleted: remove it from the index for good.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "MessageDeleted", example = MessageDeleted::example())]
+#[schemars(extend("additionalProperties" = true))]
 pub struct MessageDeleted {
     /// The platform's id of the message.
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[^\r\n\u0000]*$"))]
@@ -79,6 +82,7 @@ pub struct MessageDeleted {
 /// one. Absent fields mean the cleanup function's configured retention.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "CleanupRequested", example = CleanupRequested::example())]
+#[serde(deny_unknown_fields)]
 pub struct CleanupRequested {
     /// Remove index entries of messages written longer ago than this many seconds. The cleanup function refuses a
     /// value below its operator-set floor (`CLEANUP_MIN_INDEX_RETENTION_SECS`).
@@ -99,6 +103,7 @@ pub const MAX_RETENTION_SECS: u64 = 3_153_600_000;
 /// A cleanup run finished; what it removed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "CleanupCompleted", example = CleanupCompleted::example())]
+#[schemars(extend("additionalProperties" = true))]
 pub struct CleanupCompleted {
     /// The id of the `cleanup.requested` event this run answered.
     #[schemars(length(min = 1, max = 300))]

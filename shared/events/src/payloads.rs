@@ -32,6 +32,7 @@ impl Locale {
 /// A user has just created an account: send them the welcome email.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "UserRegistered", example = UserRegistered::example())]
+#[serde(deny_unknown_fields)]
 pub struct UserRegistered {
     /// The producer's id of the user; part of the idempotency key.
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[^\r\n]*$"))]
