@@ -227,6 +227,9 @@ async fn list(stream: &stream::Stream) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
