@@ -12,6 +12,11 @@ test:
 test-it filter="":
     bash tests/run.sh {{filter}}
 
+# The fuzz targets (envelope decoder and validator, email composition, schedule parser) for SECS seconds each;
+# CI runs 12. A failure prints the smallest input found: make it a regression test.
+fuzz secs="600":
+    JETFN_FUZZ_CASES=1000000000 JETFN_FUZZ_SECS={{secs}} cargo test -p events -p mailer -p provision -p jetfn fuzz_ -- --nocapture --test-threads 2
+
 fmt:
     cargo fmt --all
 

@@ -27,6 +27,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --workspace --all-targets --features "$BIN_FEATURES" -- -D warnings
 echo "==> unit tests and doc tests"
 cargo test --workspace --exclude integration-tests
+# The fuzz targets (proptest-driven: random inputs, shrinking, stable Rust) run a few hundred inputs each in the
+# step above; here each runs for a bounded time, about a minute in all. `just fuzz` is the long run.
+echo "==> fuzz targets, bounded (envelope decoder and validator, email composition, schedule parser)"
+JETFN_FUZZ_CASES=100000000 JETFN_FUZZ_SECS=12 \
+  cargo test -p events -p mailer -p provision -p jetfn fuzz_ -- --nocapture --test-threads 2
 # Built right before the integration tests, so no other step can replace them with a build without the hooks.
 echo "==> building the binaries the integration tests run"
 cargo build --workspace --bins --features "$BIN_FEATURES"

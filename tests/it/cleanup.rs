@@ -34,6 +34,19 @@ async fn wait_completions(system: &System, count: usize) -> Vec<serde_json::Valu
     completions(system).await
 }
 
+/// The cleanup function's floors, lowered by its operator so a test can ask for a short retention.
+fn short_floors() -> Vec<(&'static str, String)> {
+    vec![
+        ("CLEANUP_MIN_INDEX_RETENTION_SECS", "86400".to_owned()),
+        ("CLEANUP_MIN_DLQ_RETENTION_SECS", "1".to_owned()),
+    ]
+}
+
+/// The indexing function's purge floor, lowered to a day.
+fn short_index_floor() -> Vec<(&'static str, String)> {
+    vec![("INDEX_MIN_RETENTION_SECS", "86400".to_owned())]
+}
+
 async fn dlq_messages(system: &System) -> u64 {
     let mut dlq = system.js.get_stream("DLQ").await.unwrap();
     dlq.info().await.unwrap().state.messages
@@ -43,8 +56,9 @@ async fn dlq_messages(system: &System) -> u64 {
 async fn cleanup_removes_exactly_what_is_past_retention() {
     let system = System::start().await;
     let dir = TempDir::new("index");
-    let _indexing = system.indexing(&dir, &[]).await;
-    let cleanup = system.spawn("cleanup", &[]).await;
+    // The operator allows retentions this short (a day for the index, a second for the DLQ); the defaults do not.
+    let _indexing = system.indexing(&dir, &short_index_floor()).await;
+    let cleanup = system.spawn("cleanup", &short_floors()).await;
 
     // Index: two messages and a tombstone past a 5-day retention, two messages inside it.
     let old_tombstone = message("old-3", "c-1", "retention kilo", ago(10));
@@ -113,11 +127,29 @@ async fn cleanup_removes_exactly_what_is_past_retention() {
     );
     cleanup.wait_for_output("cleanup completed", WAIT).await;
 
-    // A late redelivery of a purged message does not bring it back.
-    system
+    // A late redelivery of a purged message does not bring it back, and is not lost either: it is dead-lettered.
+    let late = system
         .publish_indexed(message("old-1", "c-1", "retention lima", ago(10)))
         .await;
     assert_eq!(system.found("lima").await.len(), 2);
+    assert_eq!(dlq_messages(&system).await, 2);
+    let last = dlq.info().await.unwrap().state.last_sequence;
+    let record = dlq.get_raw_message(last).await.unwrap();
+    let header = |name: &str| record.headers.get(name).map(|v| v.as_str().to_owned());
+    assert_eq!(
+        header("Jetfn-Dlq-Consumer").as_deref(),
+        Some("indexing-created")
+    );
+    assert_eq!(header("Jetfn-Dlq-Kind").as_deref(), Some("permanent"));
+    assert!(
+        header("Jetfn-Dlq-Reason")
+            .unwrap_or_default()
+            .contains("retention cut-off"),
+        "{:?}",
+        record.headers
+    );
+    let original: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
+    assert_eq!(original["id"], late.id.as_str());
 
     // Two runs at once, with the same retention: nothing more is removed, and nothing breaks.
     system.publisher.publish(request.clone()).await.unwrap();
@@ -139,7 +171,7 @@ async fn cleanup_removes_exactly_what_is_past_retention() {
         );
     }
     assert_eq!(system.found("lima").await.len(), 2);
-    assert_eq!(dlq_messages(&system).await, 1);
+    assert_eq!(dlq_messages(&system).await, 2);
     let info = system.wait_settled("cleanup").await;
     assert_eq!(
         info.delivered.consumer_sequence, 3,
@@ -151,8 +183,8 @@ async fn cleanup_removes_exactly_what_is_past_retention() {
 async fn a_recurring_schedule_runs_cleanup_with_no_scheduler_process() {
     let system = System::start().await;
     let dir = TempDir::new("index");
-    let _indexing = system.indexing(&dir, &[]).await;
-    let _cleanup = system.spawn("cleanup", &[]).await;
+    let _indexing = system.indexing(&dir, &short_index_floor()).await;
+    let _cleanup = system.spawn("cleanup", &short_floors()).await;
     system
         .jetfn(&[
             "schedule",

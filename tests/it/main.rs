@@ -9,6 +9,7 @@ mod dlq;
 mod emails;
 mod function_cli;
 mod harness_selftest;
+mod hostile;
 mod indexing;
 mod local_system;
 mod permissions;

@@ -287,7 +287,10 @@ async fn order_confirmation_sends_to_the_customer_and_the_staff_with_its_own_rig
 async fn indexing_and_cleanup_index_search_and_purge_with_their_own_rights_only() {
     let system = secured_system().await;
     let dir = TempDir::new("index-permissions");
-    let indexing = system.indexing(&dir, &as_function("indexing")).await;
+    // The operators of this test allow a day's index retention and a second's DLQ retention (the defaults: 7 days).
+    let mut indexing_env = as_function("indexing");
+    indexing_env.push(("INDEX_MIN_RETENTION_SECS", "86400".to_owned()));
+    let indexing = system.indexing(&dir, &indexing_env).await;
     let old = time::OffsetDateTime::now_utc() - time::Duration::days(10);
     system
         .publish_indexed(message("m-old", "c-1", "permissions tango", old))
@@ -300,7 +303,10 @@ async fn indexing_and_cleanup_index_search_and_purge_with_their_own_rights_only(
     let journal = system.js.get_key_value("jetfn-failures").await.unwrap();
     journal.put("EVENTS.welcome.0", "{}".into()).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let cleanup = system.spawn("cleanup", &as_function("cleanup")).await;
+    let mut cleanup_env = as_function("cleanup");
+    cleanup_env.push(("CLEANUP_MIN_INDEX_RETENTION_SECS", "86400".to_owned()));
+    cleanup_env.push(("CLEANUP_MIN_DLQ_RETENTION_SECS", "1".to_owned()));
+    let cleanup = system.spawn("cleanup", &cleanup_env).await;
     system
         .publisher
         .publish(events::CleanupRequested {

@@ -521,3 +521,32 @@ async fn an_unknown_ack_mode_stops_the_function_naming_the_variable() {
         "{output}"
     );
 }
+
+/// Issue 14, item 11: an internationalised address (RFC 6531) passes validation, reaches the SMTP server with
+/// `SMTPUTF8` on `MAIL FROM`, is delivered, and is masked in the logs like any other.
+#[tokio::test]
+async fn an_internationalised_address_is_mailed_with_smtputf8_and_masked_in_the_logs() {
+    let system = System::start().await;
+    let welcome = system.welcome().await;
+    let address = "ngọc@example.vn";
+    system
+        .publisher
+        .publish(user(address, "Ngọc Anh"))
+        .await
+        .expect("an RFC 6531 address publishes");
+    let mails = system.smtp.wait_for_messages(1, WAIT).await;
+    assert_eq!(mails[0].rcpt_to, vec![address.to_owned()]);
+    assert!(
+        mails[0]
+            .mail_parameters
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case("SMTPUTF8")),
+        "{:?}",
+        mails[0].mail_parameters
+    );
+    system.wait_settled("welcome").await;
+    assert!(system.dlq().await.is_empty());
+    let output = welcome.output();
+    assert_no_address(&output, address);
+    assert!(output.contains("ng***@example.vn"), "{output}");
+}

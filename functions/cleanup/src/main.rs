@@ -29,6 +29,13 @@ struct CleanupConfig {
     /// `CLEANUP_DLQ_RETENTION_SECS`: dead-letter records older than this are removed (default 30 days).
     #[serde(default = "default_dlq_retention")]
     dlq_retention_secs: u64,
+    /// `CLEANUP_MIN_INDEX_RETENTION_SECS`: the shortest index retention a request may ask for (default 7 days).
+    /// The floor is the operator's, set here: any publisher can send `cleanup.requested`.
+    #[serde(default = "default_min_retention")]
+    min_index_retention_secs: u64,
+    /// `CLEANUP_MIN_DLQ_RETENTION_SECS`: the shortest dead-letter retention a request may ask for (default 7 days).
+    #[serde(default = "default_min_retention")]
+    min_dlq_retention_secs: u64,
     /// `CLEANUP_DLQ_STREAM`: the dead-letter stream.
     #[serde(default = "default_dlq_stream")]
     dlq_stream: String,
@@ -57,6 +64,16 @@ const CONFIG: runtime::config::Table = runtime::config::Table {
             "CLEANUP_DLQ_RETENTION_SECS",
             "2592000",
             "dead-letter records older than this are removed (30 days)",
+        ),
+        runtime::config::Var::with_default(
+            "CLEANUP_MIN_INDEX_RETENTION_SECS",
+            "604800",
+            "the shortest index retention a cleanup.requested may ask for; shorter is refused (7 days)",
+        ),
+        runtime::config::Var::with_default(
+            "CLEANUP_MIN_DLQ_RETENTION_SECS",
+            "604800",
+            "the shortest dead-letter retention a cleanup.requested may ask for; shorter is refused (7 days)",
         ),
         runtime::config::Var::with_default("CLEANUP_DLQ_STREAM", "DLQ", "the dead-letter stream"),
         runtime::config::Var::with_default(
@@ -87,6 +104,9 @@ fn default_index_retention() -> u64 {
 fn default_dlq_retention() -> u64 {
     30 * 24 * 3600
 }
+fn default_min_retention() -> u64 {
+    7 * 24 * 3600
+}
 fn default_dlq_stream() -> String {
     "DLQ".to_owned()
 }
@@ -98,6 +118,75 @@ fn default_purge_subject() -> String {
 }
 fn default_timeout() -> u64 {
     30
+}
+
+impl CleanupConfig {
+    /// The configured retentions within their floors and the ceiling, so the defaults a request falls back on
+    /// pass the same rule as the request.
+    ///
+    /// # Errors
+    /// Names the variable that is out of bounds.
+    fn check(&self) -> anyhow::Result<()> {
+        for (name, value, floor) in [
+            (
+                "CLEANUP_INDEX_RETENTION_SECS",
+                self.index_retention_secs,
+                self.min_index_retention_secs,
+            ),
+            (
+                "CLEANUP_DLQ_RETENTION_SECS",
+                self.dlq_retention_secs,
+                self.min_dlq_retention_secs,
+            ),
+        ] {
+            if value < floor.max(1) || value > events::MAX_RETENTION_SECS {
+                anyhow::bail!(
+                    "{name}: must be between its floor {floor} (CLEANUP_MIN_*) and {}",
+                    events::MAX_RETENTION_SECS
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The retentions this request asks for, within the operator's floors.
+    ///
+    /// # Errors
+    /// Names every field below its floor; the schema and `CleanupRequested::validate` already refused a value
+    /// over the ceiling, and it is checked again here because the date arithmetic would overflow on it.
+    fn retentions(&self, request: &CleanupRequested) -> Result<(u64, u64), events::Invalid> {
+        let mut invalid = events::Invalid::default();
+        let mut pick = |field: &str, asked: Option<u64>, configured: u64, floor: u64, var: &str| {
+            let value = asked.unwrap_or(configured);
+            if value < floor {
+                invalid.push(
+                    field,
+                    format!("must be at least {floor} (the floor the operator set in {var})"),
+                );
+            } else if value > events::MAX_RETENTION_SECS {
+                invalid.push(
+                    field,
+                    format!("must be at most {}", events::MAX_RETENTION_SECS),
+                );
+            }
+            value
+        };
+        let index = pick(
+            "/data/index_retention_secs",
+            request.index_retention_secs,
+            self.index_retention_secs,
+            self.min_index_retention_secs,
+            "CLEANUP_MIN_INDEX_RETENTION_SECS",
+        );
+        let dlq = pick(
+            "/data/dlq_retention_secs",
+            request.dlq_retention_secs,
+            self.dlq_retention_secs,
+            self.min_dlq_retention_secs,
+            "CLEANUP_MIN_DLQ_RETENTION_SECS",
+        );
+        invalid.into_result().map(|()| (index, dlq))
+    }
 }
 
 struct Context {
@@ -124,6 +213,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let telemetry = runtime::telemetry::init("cleanup")?;
     let config: CleanupConfig = runtime::config::from_env()?;
+    config.check()?;
     let runtime = Runtime::from_env("cleanup").await?;
     let client = runtime.client().clone();
     let context = std::sync::Arc::new(Context {
@@ -147,16 +237,11 @@ async fn run(job: Job<CleanupRequested>, context: std::sync::Arc<Context>) -> Re
     let started = Instant::now();
     let config = &context.config;
     let now = OffsetDateTime::now_utc();
-    let index_retention = job
-        .event
-        .data
-        .index_retention_secs
-        .unwrap_or(config.index_retention_secs);
-    let dlq_retention = job
-        .event
-        .data
-        .dlq_retention_secs
-        .unwrap_or(config.dlq_retention_secs);
+    // A request below the operator's floor removes nothing: it is dead-lettered whole, naming the field, for an
+    // operator to see (any publisher can send one; a shorter retention is the operator's to configure).
+    let (index_retention, dlq_retention) = config
+        .retentions(&job.event.data)
+        .map_err(|invalid| JobError::permanent(anyhow::anyhow!("refused: {invalid}")))?;
     let index_cutoff = now - secs(index_retention);
     let dlq_cutoff = now - secs(dlq_retention);
 
@@ -240,8 +325,11 @@ async fn run(job: Job<CleanupRequested>, context: std::sync::Arc<Context>) -> Re
     Ok(())
 }
 
+/// Within [`events::MAX_RETENTION_SECS`] (checked before), so `now - secs(..)` cannot overflow.
 fn secs(seconds: u64) -> time::Duration {
-    time::Duration::seconds(i64::try_from(seconds).unwrap_or(i64::MAX / 2))
+    time::Duration::seconds(
+        i64::try_from(seconds.min(events::MAX_RETENTION_SECS)).unwrap_or(i64::MAX),
+    )
 }
 
 /// Asks the indexing function (the index's only owner) to purge; its answer is how many entries it removed.
@@ -437,6 +525,11 @@ mod handler_tests {
 
     impl Harness {
         async fn start() -> Self {
+            // The operator of these tests allows short retentions; the floors have their own test.
+            Self::with_floors(1, 1).await
+        }
+
+        async fn with_floors(min_index: u64, min_dlq: u64) -> Self {
             let nats = NatsServer::start();
             let client = async_nats::connect(nats.url()).await.expect("connect");
             let js = jetstream::new(client.clone());
@@ -449,6 +542,8 @@ mod handler_tests {
                 config: CleanupConfig {
                     index_retention_secs: default_index_retention(),
                     dlq_retention_secs: default_dlq_retention(),
+                    min_index_retention_secs: min_index,
+                    min_dlq_retention_secs: min_dlq,
                     dlq_stream: default_dlq_stream(),
                     failures_bucket: default_failures(),
                     index_purge_subject: default_purge_subject(),
@@ -469,13 +564,15 @@ mod handler_tests {
 
         /// A request as the schedule fires it, stored in EVENTS like a real one.
         async fn request(&self, index_days: u64, dlq_secs: u64) -> CloudEvent<CleanupRequested> {
-            let event = CloudEvent::new(
-                "/test",
-                CleanupRequested {
-                    index_retention_secs: Some(index_days * DAY),
-                    dlq_retention_secs: Some(dlq_secs),
-                },
-            );
+            self.request_of(CleanupRequested {
+                index_retention_secs: Some(index_days * DAY),
+                dlq_retention_secs: Some(dlq_secs),
+            })
+            .await
+        }
+
+        async fn request_of(&self, data: CleanupRequested) -> CloudEvent<CleanupRequested> {
+            let event = CloudEvent::new("/test", data);
             Publisher::new(self.client.clone(), "/test")
                 .publish_event(&event)
                 .await
@@ -721,5 +818,102 @@ mod handler_tests {
         index.answer(Answer::Refuse(services::INTERNAL));
         assert_eq!(h.deliver(&request, 2).await, Settled::Retry(None));
         assert!(h.completions().await.is_empty());
+    }
+
+    /// Issue 14, item 7: one `cleanup.requested` from an ordinary publisher with 1 s retentions emptied the index
+    /// and the DLQ. Below the operator's floor the run removes nothing and is dead-lettered, naming the field.
+    #[tokio::test]
+    async fn a_request_below_the_operators_floor_removes_nothing_and_is_dead_lettered() {
+        let h = Harness::with_floors(7 * DAY, 7 * DAY).await;
+        let index = IndexService::start(
+            &h.client,
+            vec![days_ago(10), days_ago(1), days_ago(0)],
+            Answer::Purge,
+        )
+        .await;
+        h.dead_letter(1).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let wipe = h
+            .request_of(CleanupRequested {
+                index_retention_secs: Some(1),
+                dlq_retention_secs: Some(1),
+            })
+            .await;
+        assert_eq!(
+            h.deliver(&wipe, 1).await,
+            Settled::Dead(DeathKind::Permanent)
+        );
+        assert_eq!((index.left(), h.dlq_messages().await), (3, 1));
+        assert!(h.completions().await.is_empty());
+        // The reason names both fields and the variable that sets the floor.
+        let refused = h
+            .context
+            .config
+            .retentions(&wipe.data)
+            .expect_err("below the floor");
+        let text = refused.to_string();
+        assert!(text.contains("/data/index_retention_secs"), "{text}");
+        assert!(text.contains("/data/dlq_retention_secs"), "{text}");
+        assert!(text.contains("CLEANUP_MIN_INDEX_RETENTION_SECS"), "{text}");
+
+        // At the floor, the run goes ahead.
+        let at_floor = h
+            .request_of(CleanupRequested {
+                index_retention_secs: Some(7 * DAY),
+                dlq_retention_secs: None,
+            })
+            .await;
+        assert_eq!(h.deliver(&at_floor, 1).await, Settled::Acked);
+        assert_eq!(index.left(), 2);
+        assert_eq!(h.completions().await.len(), 1);
+    }
+
+    /// A huge retention panicked in the date arithmetic; it is refused with the field named, before any step.
+    #[test]
+    fn a_retention_over_the_ceiling_is_refused_by_name_not_by_a_panic() {
+        let validator = events::Validator::new();
+        for field in ["index_retention_secs", "dlq_retention_secs"] {
+            for huge in [
+                serde_json::json!(u64::MAX),
+                serde_json::json!(events::MAX_RETENTION_SECS + 1),
+                serde_json::json!(1e30),
+            ] {
+                let event = serde_json::json!({
+                    "specversion": "1.0", "id": "e-1", "source": "/t", "type": "cleanup.requested",
+                    "data": { field: huge }
+                });
+                let invalid = validator
+                    .decode::<CleanupRequested>(&serde_json::to_vec(&event).expect("json"))
+                    .expect_err("over the ceiling");
+                assert_eq!(
+                    invalid.errors[0].field,
+                    format!("/data/{field}"),
+                    "{invalid}"
+                );
+            }
+        }
+        // The typed rule holds the same ceiling for an event that never met the schema.
+        let over = CleanupRequested {
+            index_retention_secs: Some(u64::MAX),
+            dlq_retention_secs: None,
+        };
+        assert!(events::Event::validate(&over).is_err());
+        // And the configuration: the retention a request falls back on is within the floor and the ceiling.
+        let mut config = CleanupConfig {
+            index_retention_secs: u64::MAX,
+            dlq_retention_secs: default_dlq_retention(),
+            min_index_retention_secs: default_min_retention(),
+            min_dlq_retention_secs: default_min_retention(),
+            dlq_stream: default_dlq_stream(),
+            failures_bucket: default_failures(),
+            index_purge_subject: default_purge_subject(),
+            request_timeout_secs: 5,
+        };
+        let err = config.check().expect_err("over the ceiling").to_string();
+        assert!(err.contains("CLEANUP_INDEX_RETENTION_SECS"), "{err}");
+        config.index_retention_secs = 60;
+        assert!(config.check().is_err(), "below the floor");
+        config.index_retention_secs = default_index_retention();
+        assert!(config.check().is_ok());
     }
 }

@@ -39,27 +39,35 @@ struct IndexConfig {
     /// `INDEX_WRITER_MEMORY_MB`: the writer's indexing buffer.
     #[serde(default = "default_memory")]
     writer_memory_mb: usize,
+    /// `INDEX_MIN_RETENTION_SECS`: a purge may remove only entries at least this old (default 7 days). The floor
+    /// is the operator's: anyone allowed to send on `jetfn.index.purge` could otherwise empty the index.
+    #[serde(default = "default_min_retention")]
+    min_retention_secs: u64,
+    /// `INDEX_MAX_CONCURRENT_SEARCHES`: searches run at once; one more is answered "busy" (503) at once.
+    #[serde(default = "default_max_searches")]
+    max_concurrent_searches: usize,
 }
 
 /// `INDEX_TEST_DELAY_BEFORE_COMMIT_MS`: fault injection for the crash test. Read apart from [`IndexConfig`], as
 /// the runtime reads its own hooks, so `--help` and the settings table stay the same in every build.
 const DELAY_BEFORE_COMMIT: &str = "INDEX_TEST_DELAY_BEFORE_COMMIT_MS";
 
-/// The commit delay the crash test asks for; a production build refuses the hook rather than ignoring it, so a
-/// crash test run against it fails loudly.
+/// `INDEX_TEST_SEARCH_DELAY_MS`: fault injection for the busy test: each search holds its slot this long.
+const SEARCH_DELAY: &str = "INDEX_TEST_SEARCH_DELAY_MS";
+
+/// The delay a test hook (`DELAY_BEFORE_COMMIT`, `SEARCH_DELAY`) asks for; a production build refuses the hook
+/// rather than ignoring it, so a fault test run against it fails loudly.
 ///
 /// # Errors
 /// A value that is not a whole number of milliseconds; without the `fault-injection` feature, any value.
-fn delay_before_commit() -> anyhow::Result<Duration> {
-    let Some(value) = std::env::var_os(DELAY_BEFORE_COMMIT) else {
+fn test_delay(name: &str) -> anyhow::Result<Duration> {
+    let Some(value) = std::env::var_os(name) else {
         return Ok(Duration::ZERO);
     };
     #[cfg(feature = "fault-injection")]
     {
         let ms: u64 = value.to_str().and_then(|v| v.parse().ok()).ok_or_else(|| {
-            anyhow::anyhow!(
-                "{DELAY_BEFORE_COMMIT}: expected a whole number of milliseconds, got {value:?}"
-            )
+            anyhow::anyhow!("{name}: expected a whole number of milliseconds, got {value:?}")
         })?;
         Ok(Duration::from_millis(ms))
     }
@@ -67,7 +75,7 @@ fn delay_before_commit() -> anyhow::Result<Duration> {
     {
         let _ = value;
         Err(anyhow::anyhow!(
-            "{DELAY_BEFORE_COMMIT} is a fault-injection hook for the tests, and this binary was built without \
+            "{name} is a fault-injection hook for the tests, and this binary was built without \
              the `fault-injection` feature (build with `--features indexing/fault-injection`); unset it"
         ))
     }
@@ -118,6 +126,16 @@ const CONFIG: runtime::config::Table = runtime::config::Table {
             "50",
             "the writer's indexing buffer",
         ),
+        runtime::config::Var::with_default(
+            "INDEX_MIN_RETENTION_SECS",
+            "604800",
+            "a purge may remove only entries at least this old; a later cut-off is refused (7 days)",
+        ),
+        runtime::config::Var::with_default(
+            "INDEX_MAX_CONCURRENT_SEARCHES",
+            "8",
+            "searches run at once; one more is answered busy (503)",
+        ),
     ],
 };
 
@@ -136,6 +154,12 @@ fn default_interval() -> u64 {
 }
 fn default_memory() -> usize {
     50
+}
+fn default_min_retention() -> u64 {
+    7 * 24 * 3600
+}
+fn default_max_searches() -> usize {
+    8
 }
 
 /// mimalloc: glibc's malloc and free were a fifth of the runtime's CPU per event (tests/bench/ANALYSIS.md).
@@ -156,7 +180,9 @@ async fn main() -> anyhow::Result<()> {
     let telemetry = runtime::telemetry::init("indexing")?;
     let config: IndexConfig = runtime::config::from_env()?;
     #[cfg_attr(not(feature = "fault-injection"), allow(unused_variables))]
-    let delay_before_commit = delay_before_commit()?;
+    let delay_before_commit = test_delay(DELAY_BEFORE_COMMIT)?;
+    #[cfg_attr(not(feature = "fault-injection"), allow(unused_variables))]
+    let search_delay = test_delay(SEARCH_DELAY)?;
     #[cfg_attr(not(feature = "fault-injection"), allow(unused_variables))]
     let panic_in_committer = panic_in_committer()?;
     let runtime = Runtime::from_env("indexing").await?;
@@ -191,6 +217,11 @@ async fn main() -> anyhow::Result<()> {
         runtime.client().clone(),
         searcher,
         committer.handle(),
+        service::Limits {
+            min_retention: Duration::from_secs(config.min_retention_secs),
+            max_searches: config.max_concurrent_searches.max(1),
+            test_search_delay: search_delay,
+        },
         stop.clone(),
     )
     .await?;
@@ -283,6 +314,11 @@ async fn submit(committer: &Handle, change: Change) -> Result<(), JobError> {
     {
         Decision::Write => tracing::info!("indexed"),
         Decision::Skip(reason) => tracing::info!(reason, "nothing to index"),
+        Decision::Refuse(reason) => {
+            return Err(JobError::permanent(anyhow::anyhow!(
+                "not indexed: {reason}"
+            )));
+        }
     }
     Ok(())
 }
@@ -526,6 +562,28 @@ mod handler_tests {
             Settled::Acked
         );
         assert!(h.found("buoy").is_empty());
+    }
+
+    /// Issue 14, item 7: an event about a message written before the retention watermark was acked and dropped,
+    /// so a purge with a late cut-off lost a backlog for good. It is dead-lettered now, and still not indexed.
+    #[tokio::test]
+    async fn an_event_behind_the_retention_watermark_is_dead_lettered_not_dropped() {
+        let h = Harness::new();
+        let handle = h.handle.clone().expect("running");
+        // The watermark: everything written before 30 s after `at(0)`.
+        handle.purge(ms(at(30))).await.expect("the purge commits");
+        let late = created("m-1", "backlog tide");
+        assert_eq!(
+            h.created(&late, 1, 1).await,
+            Settled::Dead(DeathKind::Permanent)
+        );
+        assert_eq!(
+            h.updated(&updated("m-1", "edited tide", 60), 2).await,
+            Settled::Dead(DeathKind::Permanent)
+        );
+        assert!(h.found("tide").is_empty());
+        // A delete behind it loses nothing (the message stays out either way): acked.
+        assert_eq!(h.deleted(&deleted("m-2", 10), 3).await, Settled::Acked);
     }
 
     #[tokio::test]

@@ -12,12 +12,13 @@ use crate::{Event, Invalid, Locale, rules};
 /// A user asked to reset their password: email them a link that carries the token.
 #[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "PasswordResetRequested", example = PasswordResetRequested::example())]
+#[serde(deny_unknown_fields)]
 pub struct PasswordResetRequested {
     /// The producer's id of the user.
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[^\r\n]*$"))]
     pub user_id: String,
     /// Where the link goes.
-    #[schemars(email, length(min = 3, max = 254))]
+    #[schemars(extend("format" = "idn-email"), length(min = 3, max = 254))]
     pub email: String,
     /// The name to greet, if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,12 +80,13 @@ impl Event for PasswordResetRequested {
 /// A user must confirm their address: email them a 6-digit code.
 #[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "EmailVerificationRequested", example = EmailVerificationRequested::example())]
+#[serde(deny_unknown_fields)]
 pub struct EmailVerificationRequested {
     /// The producer's id of the user.
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[^\r\n]*$"))]
     pub user_id: String,
     /// The address to verify.
-    #[schemars(email, length(min = 3, max = 254))]
+    #[schemars(extend("format" = "idn-email"), length(min = 3, max = 254))]
     pub email: String,
     /// The name to greet, if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]

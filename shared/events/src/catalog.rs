@@ -186,11 +186,15 @@ pub fn schema_for<T: Event>() -> Value {
             "source": { "type": "string", "minLength": 1, "maxLength": 512, "format": "uri-reference" },
             "type": { "const": T::TYPE },
             "time": { "type": "string", "format": "date-time" },
-            "datacontenttype": { "const": crate::DATACONTENTTYPE_JSON },
+            "datacontenttype": { "type": "string", "pattern": crate::envelope::DATACONTENTTYPE_PATTERN },
             "subject": { "type": "string", "maxLength": 256 },
             "dataschema": { "type": "string", "format": "uri" },
             "data": { "$ref": format!("#/$defs/{payload_name}") }
         },
+        // Extension attributes are kept and passed on, but their names follow CloudEvents 1.0: lower-case ASCII
+        // letters and digits. Any other name is refused, and the refusal names it.
+        "patternProperties": { crate::envelope::EXTENSION_NAME_PATTERN: true },
+        "additionalProperties": false,
         "$defs": defs
     })
 }
@@ -208,6 +212,13 @@ pub fn catalog_markdown_of(catalog: &[EventKind]) -> String {
         "# Event catalog\n\n<!-- Generated from the Rust types: `cargo run -p events --example write_schemas`. -->\n\n\
          Every event is a CloudEvents 1.0 event in JSON structured mode, published on `events.<type>` with\n\
          `Nats-Msg-Id` set to its `id`. The schema files under `shared/events/schemas/` describe the whole event.\n\n\
+         `datacontenttype` is `application/json`, optionally with `; charset=utf-8`. Extension attributes are kept\n\
+         and passed on; their names are lower-case ASCII letters and digits (CloudEvents 1.0), any other name is\n\
+         refused. Unknown fields in `data` are refused for the events jetfn acts on (a misspelt field would\n\
+         otherwise silently mean its default: add a field to the catalog and deploy the consumers before the\n\
+         producers send it), and accepted for the `messages.*` events (a messaging platform's own shape, with\n\
+         fields the index does not use) and for `cleanup.completed` (an output: its readers must tolerate fields\n\
+         added later). Each section says which.\n\n\
          | type | subject | consumed by | schema |\n|---|---|---|---|\n",
     );
     for kind in catalog {
@@ -225,16 +236,21 @@ pub fn catalog_markdown_of(catalog: &[EventKind]) -> String {
         ));
     }
     for kind in catalog {
-        out.push_str(&format!(
-            "\n## `{}`\n\n{}\n\n| field | type | required | description |\n|---|---|---|---|\n",
-            kind.ty, kind.description
-        ));
         let schema = (kind.derived_schema)();
         let payload = schema["properties"]["data"]["$ref"]
             .as_str()
             .and_then(|r| r.strip_prefix("#/$defs/"))
             .unwrap_or_default();
         let def = &schema["$defs"][payload];
+        let unknown = if def["additionalProperties"] == Value::Bool(false) {
+            "refused"
+        } else {
+            "accepted and ignored"
+        };
+        out.push_str(&format!(
+            "\n## `{}`\n\n{}\n\nUnknown fields in `data`: {unknown}.\n\n| field | type | required | description |\n|---|---|---|---|\n",
+            kind.ty, kind.description
+        ));
         let required: Vec<&str> = def["required"]
             .as_array()
             .map(|a| a.iter().filter_map(Value::as_str).collect())
@@ -318,6 +334,148 @@ mod tests {
                 "catalog row {} names another type's TYPE",
                 kind.ty
             );
+        }
+    }
+
+    /// Issue 14: today unknown fields were accepted everywhere by default. Every payload type (and every object
+    /// inside one) now says it, one way or the other.
+    #[test]
+    fn every_payload_object_says_whether_it_takes_unknown_fields() {
+        fn walk(ty: &str, path: &str, schema: &Value) {
+            if let Some(object) = schema.as_object() {
+                if object.contains_key("properties") {
+                    assert!(
+                        object
+                            .get("additionalProperties")
+                            .is_some_and(Value::is_boolean),
+                        "{ty}: {path} does not say additionalProperties"
+                    );
+                }
+                for (key, value) in object {
+                    walk(ty, &format!("{path}/{key}"), value);
+                }
+            }
+        }
+        for kind in CATALOG {
+            walk(kind.ty, "", &(kind.derived_schema)());
+        }
+    }
+
+    fn event_with(ty: &str, data: Value, extra: &[(&str, Value)]) -> Vec<u8> {
+        let mut event = json!({
+            "specversion": "1.0", "id": "evt-1", "source": "/tests", "type": ty,
+            "datacontenttype": "application/json", "data": data
+        });
+        for (name, value) in extra {
+            event[*name] = value.clone();
+        }
+        serde_json::to_vec(&event).expect("json")
+    }
+
+    #[test]
+    fn a_json_content_type_with_a_utf8_charset_is_accepted_and_others_refused() {
+        let validator = crate::Validator::new();
+        let data = (kind_by_type("users.registered").unwrap().example_data)();
+        for accepted in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/json;charset=UTF-8",
+            "application/json; charset=\"utf-8\"",
+        ] {
+            let bytes = event_with(
+                "users.registered",
+                data.clone(),
+                &[("datacontenttype", json!(accepted))],
+            );
+            validator
+                .check(&bytes)
+                .unwrap_or_else(|err| panic!("{accepted}: {err}"));
+        }
+        for refused in [
+            "text/plain",
+            "application/json; charset=latin1",
+            "application/xml",
+            "application/jsonx",
+        ] {
+            let bytes = event_with(
+                "users.registered",
+                data.clone(),
+                &[("datacontenttype", json!(refused))],
+            );
+            let invalid = validator.check(&bytes).expect_err(refused);
+            assert_eq!(invalid.errors[0].field, "/datacontenttype", "{invalid}");
+        }
+    }
+
+    #[test]
+    fn extension_names_follow_cloudevents_and_a_bad_one_is_named() {
+        let validator = crate::Validator::new();
+        let data = (kind_by_type("users.registered").unwrap().example_data)();
+        let kept = validator
+            .check(&event_with(
+                "users.registered",
+                data.clone(),
+                &[("tenant", json!("acme")), ("traceid2", json!(7))],
+            ))
+            .expect("lower-case letters and digits");
+        assert_eq!(kept.extensions["tenant"], json!("acme"));
+        for bad in ["jetfn_attempt", "correlationId", "x-tenant", "ünïcode"] {
+            let invalid = validator
+                .check(&event_with(
+                    "users.registered",
+                    data.clone(),
+                    &[(bad, json!("v"))],
+                ))
+                .expect_err(bad);
+            assert!(invalid.to_string().contains(bad), "{bad}: {invalid}");
+        }
+    }
+
+    #[test]
+    fn unknown_data_fields_are_refused_or_accepted_as_each_type_says() {
+        let validator = crate::Validator::new();
+        for kind in CATALOG {
+            let mut data = (kind.example_data)();
+            data["surprise_field"] = json!("x");
+            let result = validator.check(&event_with(kind.ty, data, &[]));
+            let schema = (kind.derived_schema)();
+            let payload = schema["properties"]["data"]["$ref"]
+                .as_str()
+                .and_then(|r| r.strip_prefix("#/$defs/"))
+                .unwrap_or_default();
+            let closed = schema["$defs"][payload]["additionalProperties"] == json!(false);
+            match result {
+                Ok(_) => assert!(!closed, "{}: an unknown field was accepted", kind.ty),
+                Err(invalid) => {
+                    assert!(closed, "{}: {invalid}", kind.ty);
+                    assert!(invalid.to_string().contains("surprise_field"), "{invalid}");
+                }
+            }
+        }
+        let refused: Vec<_> = CATALOG
+            .iter()
+            .filter(|kind| {
+                let mut data = (kind.example_data)();
+                data["surprise_field"] = json!("x");
+                validator.check(&event_with(kind.ty, data, &[])).is_err()
+            })
+            .map(|kind| kind.ty)
+            .collect();
+        for open in [
+            "messages.created",
+            "messages.updated",
+            "messages.deleted",
+            "cleanup.completed",
+        ] {
+            assert!(!refused.contains(&open), "{open}");
+        }
+        for closed in [
+            "users.registered",
+            "orders.placed",
+            "contact.submitted",
+            "cleanup.requested",
+        ] {
+            assert!(refused.contains(&closed), "{closed}");
         }
     }
 

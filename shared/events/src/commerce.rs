@@ -82,12 +82,13 @@ pub const MAX_AMOUNT: u64 = 1_000_000_000_000_000;
 
 /// The buyer.
 #[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Customer {
     /// Display name, plain text.
     #[schemars(length(min = 1, max = 200), regex(pattern = r"^[^\r\n\u0000]*$"))]
     pub name: String,
     /// Where customer emails go.
-    #[schemars(email, length(min = 3, max = 254))]
+    #[schemars(extend("format" = "idn-email"), length(min = 3, max = 254))]
     pub email: String,
 }
 
@@ -101,6 +102,7 @@ impl fmt::Debug for Customer {
 
 /// One line of an order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Item {
     /// Stock keeping unit.
     #[schemars(length(min = 1, max = 64), regex(pattern = r"^[^\r\n\u0000]*$"))]
@@ -118,6 +120,7 @@ pub struct Item {
 
 /// A postal address.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Address {
     /// Recipient name.
     #[schemars(length(min = 1, max = 200), regex(pattern = r"^[^\r\n\u0000]*$"))]
@@ -178,6 +181,7 @@ impl OrderStatus {
 /// A customer placed an order: the confirmation goes to them and a notification to the shop's staff.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "OrderPlaced", example = OrderPlaced::example())]
+#[serde(deny_unknown_fields)]
 pub struct OrderPlaced {
     /// The shop's order id; part of every idempotency key.
     #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9._:-]+$"))]
@@ -335,6 +339,7 @@ impl Event for OrderPlaced {
 /// An order left the warehouse: the customer gets the carrier and tracking link.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "OrderShipped", example = OrderShipped::example())]
+#[serde(deny_unknown_fields)]
 pub struct OrderShipped {
     /// The shop's order id.
     #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9._:-]+$"))]
@@ -411,6 +416,7 @@ impl Event for OrderShipped {
 /// An order's status changed: the customer is told, in words that fit the new status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "OrderStatusChanged", example = OrderStatusChanged::example())]
+#[serde(deny_unknown_fields)]
 pub struct OrderStatusChanged {
     /// The shop's order id.
     #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9._:-]+$"))]

@@ -11,12 +11,13 @@ use crate::{Event, Invalid, Locale, rules};
 /// sender optionally gets an acknowledgement.
 #[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "ContactSubmitted", example = ContactSubmitted::example())]
+#[serde(deny_unknown_fields)]
 pub struct ContactSubmitted {
     /// The sender's name; it goes into a header, so no line breaks.
     #[schemars(length(min = 1, max = 100), regex(pattern = r"^[^\r\n\u0000]*$"))]
     pub name: String,
     /// The sender's address: Reply-To of the notification, recipient of the acknowledgement. Rate-limited.
-    #[schemars(email, length(min = 3, max = 254))]
+    #[schemars(extend("format" = "idn-email"), length(min = 3, max = 254))]
     pub email: String,
     /// The subject line; it goes into a header, so no line breaks.
     #[schemars(length(min = 1, max = 200), regex(pattern = r"^[^\r\n\u0000]*$"))]

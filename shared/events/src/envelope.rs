@@ -10,6 +10,14 @@ use time::OffsetDateTime;
 pub const SPECVERSION: &str = "1.0";
 /// Structured mode carries JSON data only.
 pub const DATACONTENTTYPE_JSON: &str = "application/json";
+/// What the schemas accept as `datacontenttype`: JSON, with or without a UTF-8 `charset` parameter (JSON is UTF-8,
+/// RFC 8259, but many HTTP stacks add the parameter; refusing it refused valid events). Written without inline
+/// flags, so every JSON Schema regex dialect reads it the same.
+pub const DATACONTENTTYPE_PATTERN: &str =
+    "^application/json( *; *charset *= *(\"utf-8\"|utf-8|\"UTF-8\"|UTF-8))?$";
+/// The names extension attributes may have (CloudEvents 1.0: lower-case ASCII letters and digits). The schemas
+/// refuse any other name. No jetfn release ever published an extension, so no older name needs to stay readable.
+pub const EXTENSION_NAME_PATTERN: &str = "^[a-z0-9]+$";
 
 /// A CloudEvents 1.0 event in JSON structured mode, generic over its `data`.
 ///

@@ -27,9 +27,12 @@ pub use commerce::{
     OrderStatusChanged,
 };
 pub use contact::ContactSubmitted;
-pub use envelope::{CloudEvent, DATACONTENTTYPE_JSON, SPECVERSION};
+pub use envelope::{
+    CloudEvent, DATACONTENTTYPE_JSON, DATACONTENTTYPE_PATTERN, EXTENSION_NAME_PATTERN, SPECVERSION,
+};
 pub use messaging::{
-    CleanupCompleted, CleanupRequested, MessageCreated, MessageDeleted, MessageUpdated,
+    CleanupCompleted, CleanupRequested, MAX_RETENTION_SECS, MessageCreated, MessageDeleted,
+    MessageUpdated,
 };
 pub use payloads::{Locale, UserRegistered};
 pub use validate::{FieldError, Invalid, MAX_EVENT_BYTES, Validator, check_size};

@@ -14,6 +14,7 @@ use crate::{Event, Invalid};
 /// A new message in a conversation: index it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "MessageCreated", example = MessageCreated::example())]
+#[schemars(extend("additionalProperties" = true))]
 pub struct MessageCreated {
     /// The platform's id of the message; one index entry per id.
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[^\r\n\u0000]*$"))]
@@ -36,6 +37,7 @@ pub struct MessageCreated {
 /// A message was edited: replace its text in the index, unless the index already holds a newer version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "MessageUpdated", example = MessageUpdated::example())]
+#[schemars(extend("additionalProperties" = true))]
 pub struct MessageUpdated {
     /// The platform's id of the message.
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[^\r\n\u0000]*$"))]
@@ -62,6 +64,7 @@ pub struct MessageUpdated {
 /// A message was deleted: remove it from the index for good.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "MessageDeleted", example = MessageDeleted::example())]
+#[schemars(extend("additionalProperties" = true))]
 pub struct MessageDeleted {
     /// The platform's id of the message.
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[^\r\n\u0000]*$"))]
@@ -79,20 +82,28 @@ pub struct MessageDeleted {
 /// one. Absent fields mean the cleanup function's configured retention.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "CleanupRequested", example = CleanupRequested::example())]
+#[serde(deny_unknown_fields)]
 pub struct CleanupRequested {
-    /// Remove index entries of messages written longer ago than this many seconds.
+    /// Remove index entries of messages written longer ago than this many seconds. The cleanup function refuses a
+    /// value below its operator-set floor (`CLEANUP_MIN_INDEX_RETENTION_SECS`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_RETENTION_SECS))]
     pub index_retention_secs: Option<u64>,
-    /// Remove dead-letter records stored longer ago than this many seconds.
+    /// Remove dead-letter records stored longer ago than this many seconds. The cleanup function refuses a value
+    /// below its operator-set floor (`CLEANUP_MIN_DLQ_RETENTION_SECS`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_RETENTION_SECS))]
     pub dlq_retention_secs: Option<u64>,
 }
+
+/// The longest retention a `cleanup.requested` may ask for: 100 years. A cut-off is `now - retention`, and a
+/// retention without a ceiling overflows the date arithmetic (it panicked once); nothing real needs more.
+pub const MAX_RETENTION_SECS: u64 = 3_153_600_000;
 
 /// A cleanup run finished; what it removed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(title = "CleanupCompleted", example = CleanupCompleted::example())]
+#[schemars(extend("additionalProperties" = true))]
 pub struct CleanupCompleted {
     /// The id of the `cleanup.requested` event this run answered.
     #[schemars(length(min = 1, max = 300))]
@@ -202,6 +213,25 @@ impl Event for MessageDeleted {
 
 impl Event for CleanupRequested {
     const TYPE: &'static str = "cleanup.requested";
+
+    /// The schema holds the same bounds; this is the typed decoder's copy of them, so an event that bypassed the
+    /// schema (a test's `job`, another decoder) cannot reach the date arithmetic with a value it would overflow on.
+    fn validate(&self) -> Result<(), Invalid> {
+        let mut invalid = Invalid::default();
+        for (field, value) in [
+            ("/data/index_retention_secs", self.index_retention_secs),
+            ("/data/dlq_retention_secs", self.dlq_retention_secs),
+        ] {
+            match value {
+                Some(0) => invalid.push(field, "must be at least 1"),
+                Some(secs) if secs > MAX_RETENTION_SECS => {
+                    invalid.push(field, format!("must be at most {MAX_RETENTION_SECS}"));
+                }
+                _ => {}
+            }
+        }
+        invalid.into_result()
+    }
 }
 
 impl Event for CleanupCompleted {

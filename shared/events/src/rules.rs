@@ -5,7 +5,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::Invalid;
 
-/// An address SMTP headers can carry as is: the schema's `format: email` allows more than that.
+/// An address SMTP headers can carry as is: the schema's `format: idn-email` (RFC 6531) allows more than that.
 pub(crate) fn bare_address(invalid: &mut Invalid, field: &str, value: &str) {
     if value.contains(['\r', '\n', '\0', ' ', '<', '>', ',', ';', '"']) {
         invalid.push(

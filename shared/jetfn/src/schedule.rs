@@ -138,7 +138,16 @@ pub(crate) async fn run(
 
 fn when_of(args: &AddArgs, now: OffsetDateTime) -> anyhow::Result<When> {
     let once = |at: OffsetDateTime| -> anyhow::Result<When> {
-        let at = at.to_offset(time::UtcOffset::UTC).replace_nanosecond(0)?;
+        // `@at` takes whole seconds; a fraction rounds up, never down, so `--in 3s` never fires early (truncated,
+        // it fired up to a second before the delay was over: issue 14, item 12).
+        let at = at.to_offset(time::UtcOffset::UTC);
+        let at = if at.nanosecond() == 0 {
+            at
+        } else {
+            at.replace_nanosecond(0)?
+                .checked_add(time::Duration::SECOND)
+                .context("the time is past the calendar's end")?
+        };
         Ok(When {
             pattern: format!("@at {}", at.format(&Rfc3339)?),
             time_zone: None,
@@ -150,8 +159,12 @@ fn when_of(args: &AddArgs, now: OffsetDateTime) -> anyhow::Result<When> {
         return once(at);
     }
     if let Some(delay) = &args.in_ {
-        let delay = parse_duration(delay).with_context(|| format!("--in {delay}"))?;
-        return once(now + delay);
+        let parsed = parse_duration(delay).with_context(|| format!("--in {delay}"))?;
+        let at = time::Duration::try_from(parsed)
+            .ok()
+            .and_then(|parsed| now.checked_add(parsed))
+            .with_context(|| format!("--in {delay}: too far in the future"))?;
+        return once(at);
     }
     if let Some(every) = &args.every {
         let every = parse_duration(every).with_context(|| format!("--every {every}"))?;
@@ -214,8 +227,56 @@ async fn list(stream: &stream::Stream) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    fn once(at: Option<&str>, in_: Option<&str>) -> AddArgs {
+        AddArgs {
+            r#type: "cleanup.requested".to_owned(),
+            data: None,
+            at: at.map(str::to_owned),
+            in_: in_.map(str::to_owned),
+            every: None,
+            cron: None,
+            tz: None,
+            name: None,
+            replace: false,
+            source: "/t".to_owned(),
+        }
+    }
+
+    fn fires_at(when: &When) -> OffsetDateTime {
+        let at = when.pattern.strip_prefix("@at ").expect("an @at pattern");
+        OffsetDateTime::parse(at, &Rfc3339).expect("RFC 3339")
+    }
+
+    /// Issue 14, item 12: the time was truncated to the second, so `--in 3s` fired up to a second early.
+    #[test]
+    fn in_and_at_never_fire_early() {
+        let now = time::macros::datetime!(2026-11-28 10:00:00.900 UTC);
+        let when = when_of(&once(None, Some("3s")), now).unwrap();
+        assert!(
+            fires_at(&when) >= now + time::Duration::seconds(3),
+            "{}",
+            when.pattern
+        );
+        assert_eq!(when.pattern, "@at 2026-11-28T10:00:04Z");
+        // On a whole second nothing is added.
+        let whole = time::macros::datetime!(2026-11-28 10:00:00 UTC);
+        assert_eq!(
+            when_of(&once(None, Some("3s")), whole).unwrap().pattern,
+            "@at 2026-11-28T10:00:03Z"
+        );
+        // An --at with a fraction rounds up too, and keeps its instant across offsets.
+        let at = when_of(&once(Some("2026-12-01T09:00:00.250+01:00"), None), now).unwrap();
+        assert_eq!(at.pattern, "@at 2026-12-01T08:00:01Z");
+        // A delay past the calendar is an error, not a panic.
+        let err = when_of(&once(None, Some("9999999999d")), now).unwrap_err();
+        assert!(format!("{err:#}").contains("--in"), "{err:#}");
+    }
 
     #[test]
     fn every_takes_whole_seconds_and_at_least_one() {

@@ -105,6 +105,18 @@ pub fn cron_when(cron: &str, time_zone: Option<String>) -> anyhow::Result<When> 
         "--cron takes 6 fields (second minute hour day-of-month month day-of-week) or one of {}",
         NAMED.join(", ")
     );
+    if let Some(zone) = &time_zone {
+        // It becomes the `Nats-Schedule-Time-Zone` header: a line break in it would end the header block (found by
+        // the fuzz target `fuzz_schedule_files`). IANA names use only these characters.
+        anyhow::ensure!(
+            !zone.is_empty()
+                && zone.len() <= 64
+                && zone
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_+-/".contains(c)),
+            "the time zone must be an IANA name such as Europe/Amsterdam (letters, digits, _ + - /)"
+        );
+    }
     Ok(When {
         pattern: cron.split_whitespace().collect::<Vec<_>>().join(" "),
         time_zone,
@@ -234,6 +246,9 @@ pub(crate) fn from_file(value: serde_json::Value) -> anyhow::Result<Spec> {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -245,6 +260,40 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("1.5h").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    /// Found by the fuzz target `fuzz_schedule_files` (minimal input: `"time_zone": "\n"` with `"cron": "@daily"`):
+    /// the time zone reached the `Nats-Schedule-Time-Zone` header unchecked.
+    #[test]
+    fn a_time_zone_is_an_iana_name_never_a_header_break() {
+        for zone in [
+            "\n",
+            "Europe/X\r\nNats-Expected-Stream: y",
+            "",
+            "Europe Amsterdam",
+            "\0",
+        ] {
+            assert!(
+                cron_when("@daily", Some(zone.to_owned())).is_err(),
+                "{zone:?}"
+            );
+        }
+        for zone in [
+            "Europe/Amsterdam",
+            "UTC",
+            "Etc/GMT+5",
+            "America/Argentina/Buenos_Aires",
+            "Asia/Ho_Chi_Minh",
+        ] {
+            assert!(
+                cron_when("0 30 3 * * *", Some(zone.to_owned())).is_ok(),
+                "{zone}"
+            );
+        }
+        let file = serde_json::json!({
+            "name": "a", "type": "cleanup.requested", "data": {}, "cron": "@daily", "time_zone": "\n"
+        });
+        assert!(from_file(file).is_err());
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub struct ReceivedMail {
     pub mail_from: String,
     /// Forward-paths accepted by `RCPT TO:<...>`, in order.
     pub rcpt_to: Vec<String>,
+    /// The `MAIL FROM` parameters after the path, as sent (`SMTPUTF8`, `BODY=8BITMIME`): what the client asked of
+    /// the server for this message.
+    pub mail_parameters: Vec<String>,
     /// The message as received (after dot-unstuffing), CRLF line endings.
     pub data: String,
     /// When the server committed the message (just before answering 250).
@@ -544,6 +547,13 @@ fn parse_path(arg: &str, keyword: &str) -> Option<String> {
     Some(rest[..end].to_owned())
 }
 
+/// The words after `MAIL FROM:<path>`.
+fn mail_parameters_of(arg: &str) -> Vec<String> {
+    arg.split_once('>')
+        .map(|(_, rest)| rest.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
 fn ehlo_text(shared: &Shared, arg: &str) -> String {
     let hidden = lock(&shared.faults).hidden_extensions.clone();
     let mut text = format!("127.0.0.1 Hello {arg}");
@@ -574,6 +584,7 @@ async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     }
     let mut greeted = false;
     let mut mail_from: Option<String> = None;
+    let mut mail_parameters: Vec<String> = Vec::new();
     let mut rcpt_to: Vec<String> = Vec::new();
     while let Some(line) = read_line(&mut conn).await? {
         let (verb, arg) = match line.split_once(' ') {
@@ -646,6 +657,7 @@ async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                     if code < 400 {
                         mail_from = Some(path);
                         drop(transaction.replace(shared.transactions.enter()));
+                        mail_parameters = mail_parameters_of(arg);
                     }
                 }
                 None => reply(conn.get_mut(), 501, "5.5.4 Syntax: MAIL FROM:<address>").await?,
@@ -736,6 +748,7 @@ async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                     if code == 250 {
                         lock(&shared.messages).push(ReceivedMail {
                             mail_from: from.clone(),
+                            mail_parameters: mail_parameters.clone(),
                             rcpt_to: rcpts.clone(),
                             data,
                             received_at: at,

@@ -21,6 +21,14 @@ pub const PURGE_SUBJECT: &str = "jetfn.index.purge";
 pub const DEFAULT_LIMIT: usize = 10;
 /// The most hits one request may ask for.
 pub const MAX_LIMIT: usize = 100;
+/// The most hits one request may skip. tantivy keeps `offset + limit` hits in memory for a page, so an unbounded
+/// offset let one request abort the process (an allocation of 160 TB) or overflow; deeper pages are a refined
+/// query's job, not a scroll's.
+pub const MAX_OFFSET: usize = 10_000;
+
+/// The error code of a search refused because the service is already running as many searches as it allows
+/// (`INDEX_MAX_CONCURRENT_SEARCHES`): nothing is wrong with the request, ask again shortly.
+pub const BUSY: u16 = 503;
 
 /// A search: answered with a [`SearchResponse`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,9 +42,27 @@ pub struct SearchRequest {
     /// Hits per page (1 to [`MAX_LIMIT`], default [`DEFAULT_LIMIT`]).
     #[serde(default)]
     pub limit: Option<usize>,
-    /// Hits to skip.
+    /// Hits to skip (at most [`MAX_OFFSET`]).
     #[serde(default)]
     pub offset: usize,
+}
+
+impl SearchRequest {
+    /// The page size this request asks for, within the bounds both ends hold: `limit` 1 to [`MAX_LIMIT`] (default
+    /// [`DEFAULT_LIMIT`]), `offset` at most [`MAX_OFFSET`].
+    ///
+    /// # Errors
+    /// Names the field out of bounds and the bound.
+    pub fn page(&self) -> Result<usize, String> {
+        let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(format!("limit must be between 1 and {MAX_LIMIT}"));
+        }
+        if self.offset > MAX_OFFSET {
+            return Err(format!("offset must be at most {MAX_OFFSET}"));
+        }
+        Ok(limit)
+    }
 }
 
 /// One hit, best first.
@@ -92,6 +118,32 @@ mod tests {
 
     fn round_trip<T: Serialize + serde::de::DeserializeOwned>(value: &T) -> T {
         serde_json::from_slice(&serde_json::to_vec(value).expect("serializes")).expect("parses")
+    }
+
+    #[test]
+    fn the_page_is_bounded_on_both_fields() {
+        let page = |limit, offset| {
+            SearchRequest {
+                limit,
+                offset,
+                ..SearchRequest::default()
+            }
+            .page()
+        };
+        assert_eq!(page(None, 0), Ok(DEFAULT_LIMIT));
+        assert_eq!(page(Some(MAX_LIMIT), MAX_OFFSET), Ok(MAX_LIMIT));
+        assert!(page(Some(0), 0).unwrap_err().starts_with("limit"));
+        assert!(
+            page(Some(MAX_LIMIT + 1), 0)
+                .unwrap_err()
+                .starts_with("limit")
+        );
+        assert!(
+            page(None, MAX_OFFSET + 1)
+                .unwrap_err()
+                .starts_with("offset")
+        );
+        assert!(page(None, usize::MAX).unwrap_err().starts_with("offset"));
     }
 
     #[test]

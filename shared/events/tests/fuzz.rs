@@ -1,0 +1,332 @@
+//! Fuzz targets for the envelope decoder and the validator: arbitrary bytes, mutations of valid events of every
+//! catalog type, and structured envelopes with arbitrary JSON in every attribute. Nothing may panic; what the
+//! validator accepts must survive a round trip; a refusal never quotes a value.
+//!
+//! Random and shrinking (proptest), on stable Rust: `cargo test -p events --test fuzz -- --nocapture` runs a few
+//! hundred inputs per target; `tests/run.sh` runs a bounded budget and `just fuzz` a long one (README).
+
+use events::{CATALOG, CloudEvent, Validator};
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+use serde_json::{Value, json};
+
+/// Runs `test` on inputs from `strategy` until `JETFN_FUZZ_CASES` executions (default 300, so a plain `cargo test`
+/// stays quick) or `JETFN_FUZZ_SECS` seconds, whichever comes first; a panic or failure is shrunk by proptest and
+/// reported with the smallest input found. Prints the executions run.
+fn fuzz<S: proptest::strategy::Strategy>(
+    name: &str,
+    strategy: S,
+    test: impl Fn(S::Value) -> Result<(), proptest::test_runner::TestCaseError>,
+) {
+    use std::time::{Duration, Instant};
+    let number = |var: &str| std::env::var(var).ok().and_then(|v| v.parse::<u64>().ok());
+    let cases = number("JETFN_FUZZ_CASES").unwrap_or(300);
+    let deadline = number("JETFN_FUZZ_SECS").map(|secs| Instant::now() + Duration::from_secs(secs));
+    let mut executed = 0u64;
+    while executed < cases && deadline.is_none_or(|deadline| Instant::now() < deadline) {
+        let chunk = (cases - executed).min(500);
+        let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+            cases: u32::try_from(chunk).unwrap_or(500),
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        });
+        if let Err(failure) = runner.run(&strategy, &test) {
+            panic!("fuzz {name}: a crash after {executed} executions: {failure}");
+        }
+        executed += chunk;
+    }
+    println!("fuzz {name}: {executed} executions, 0 crashes");
+}
+
+/// Every way the workspace decodes an event from bytes, on one input. The typed decoders are the functions' hot
+/// path; `check` and `check_for_publish` are the publisher's and the router's.
+fn decode_every_way(validator: &Validator, bytes: &[u8]) -> Result<(), TestCaseError> {
+    let _ = serde_json::from_slice::<CloudEvent>(bytes);
+    let _ = validator.check_for_publish(bytes);
+    macro_rules! typed {
+        ($($ty:ty),+) => {$(
+            if let Ok(event) = validator.decode::<$ty>(bytes) {
+                let again = serde_json::to_vec(&event).expect("a decoded event serializes");
+                let back = validator.decode::<$ty>(&again);
+                prop_assert!(back.is_ok(), "a decoded event does not decode again: {:?}", back.err());
+            }
+        )+};
+    }
+    typed!(
+        events::UserRegistered,
+        events::PasswordResetRequested,
+        events::EmailVerificationRequested,
+        events::OrderPlaced,
+        events::OrderShipped,
+        events::OrderStatusChanged,
+        events::ContactSubmitted,
+        events::MessageCreated,
+        events::MessageUpdated,
+        events::MessageDeleted,
+        events::CleanupRequested,
+        events::CleanupCompleted
+    );
+    if let Ok(event) = validator.check(bytes) {
+        let again = serde_json::to_vec(&event).expect("a checked event serializes");
+        let back = validator.check(&again);
+        prop_assert!(
+            back.is_ok(),
+            "a checked event does not check again: {:?}",
+            back.err()
+        );
+    }
+    Ok(())
+}
+
+fn examples() -> Vec<Vec<u8>> {
+    CATALOG
+        .iter()
+        .map(|kind| {
+            serde_json::to_vec(&json!({
+                "specversion": "1.0", "id": "evt-1", "source": "/fuzz", "type": kind.ty,
+                "time": "2026-11-25T10:00:00Z", "datacontenttype": "application/json",
+                "data": (kind.example_data)()
+            }))
+            .expect("json")
+        })
+        .collect()
+}
+
+#[test]
+fn fuzz_envelope_arbitrary_bytes() {
+    let validator = Validator::new();
+    fuzz(
+        "envelope-bytes",
+        proptest::collection::vec(any::<u8>(), 0..600),
+        |bytes| decode_every_way(&validator, &bytes),
+    );
+}
+
+/// One edit of a valid event's bytes.
+#[derive(Debug, Clone)]
+enum Edit {
+    Flip(usize, u8),
+    Insert(usize, Vec<u8>),
+    Delete(usize, usize),
+    Duplicate(usize, usize),
+}
+
+/// Bytes that change JSON's structure or its meaning when they land inside a valid event.
+fn splice() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        proptest::sample::select(vec![
+            &b"{"[..],
+            b"}",
+            b"[",
+            b"]",
+            b"\"",
+            b",",
+            b":",
+            b"\\",
+            b"\\u0000",
+            b"\\ud800",
+            b"null",
+            b"true",
+            b"-",
+            b"1e999",
+            b"18446744073709551616",
+            b"-0",
+            b".5",
+            b"\r\n",
+            b"\xc3\xa9",
+            b"\xe1\xbb\x8d",
+            b"\xff",
+            b"\xf0\x9f\x92\xa9",
+            b"\"extra\":1,",
+            b"\"data\":{},",
+            b"\"id\":\"x\",",
+            b"Bcc: x@evil.test",
+        ])
+        .prop_map(<[u8]>::to_vec),
+        proptest::collection::vec(any::<u8>(), 1..8),
+    ]
+}
+
+fn edits() -> impl Strategy<Value = Vec<Edit>> {
+    proptest::collection::vec(
+        prop_oneof![
+            (any::<usize>(), any::<u8>()).prop_map(|(at, byte)| Edit::Flip(at, byte)),
+            (any::<usize>(), splice()).prop_map(|(at, bytes)| Edit::Insert(at, bytes)),
+            (any::<usize>(), 1usize..16).prop_map(|(at, len)| Edit::Delete(at, len)),
+            (any::<usize>(), 1usize..64).prop_map(|(at, len)| Edit::Duplicate(at, len)),
+        ],
+        1..6,
+    )
+}
+
+fn apply(mut bytes: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
+    for edit in edits {
+        let len = bytes.len().max(1);
+        match edit {
+            Edit::Flip(at, byte) => {
+                if !bytes.is_empty() {
+                    bytes[at % len] = *byte;
+                }
+            }
+            Edit::Insert(at, insert) => {
+                let at = at % (bytes.len() + 1);
+                bytes.splice(at..at, insert.iter().copied());
+            }
+            Edit::Delete(at, n) => {
+                let at = at % len;
+                let end = (at + n).min(bytes.len());
+                bytes.drain(at.min(end)..end);
+            }
+            Edit::Duplicate(at, n) => {
+                let at = at % len;
+                let end = (at + n).min(bytes.len());
+                let copy = bytes[at.min(end)..end].to_vec();
+                bytes.splice(end..end, copy);
+            }
+        }
+    }
+    bytes
+}
+
+#[test]
+fn fuzz_envelope_mutated_valid_events() {
+    let validator = Validator::new();
+    let examples = examples();
+    fuzz(
+        "envelope-mutations",
+        (0..examples.len(), edits()),
+        |(which, edits)| decode_every_way(&validator, &apply(examples[which].clone(), &edits)),
+    );
+}
+
+/// String values carry this marker, keys (ASCII) never do: a refusal that contains it quoted a value.
+const MARK: &str = "§§";
+
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-z0-9@._-]{0,12}",
+        "\\PC{0,12}",
+        Just("ngọc@example.vn".to_owned()),
+        Just("a\r\nBcc: x@evil.test".to_owned()),
+        Just("2026-11-25T10:00:00Z".to_owned()),
+        Just("application/json; charset=utf-8".to_owned()),
+    ]
+    .prop_map(|s| format!("{MARK}{s}"))
+}
+
+fn number() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        Just(json!(0)),
+        Just(json!(-1)),
+    ]
+}
+
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        number(),
+        text().prop_map(Value::String),
+    ];
+    leaf.prop_recursive(3, 24, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            proptest::collection::btree_map(key(), inner, 0..6)
+                .prop_map(|map| Value::Object(map.into_iter().collect())),
+        ]
+    })
+}
+
+/// Field names: the catalog's own (so a mutation hits a real field) or others.
+fn key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        proptest::sample::select(vec![
+            "email",
+            "name",
+            "user_id",
+            "locale",
+            "order_id",
+            "items",
+            "customer",
+            "total",
+            "currency",
+            "message_id",
+            "conversation_id",
+            "sender_id",
+            "body",
+            "created_at",
+            "updated_at",
+            "deleted_at",
+            "index_retention_secs",
+            "dlq_retention_secs",
+            "token",
+            "expires_at",
+            "subject",
+            "message",
+        ])
+        .prop_map(str::to_owned),
+        "[a-zA-Z_]{1,10}",
+    ]
+}
+
+/// A catalog example with some fields replaced by arbitrary JSON, inside an envelope whose attributes may be
+/// arbitrary too.
+fn structured() -> impl Strategy<Value = Value> {
+    let kinds = CATALOG.len();
+    (
+        0..kinds,
+        proptest::collection::vec((key(), json_value()), 0..4),
+        proptest::collection::vec(
+            (
+                proptest::sample::select(vec![
+                    "specversion",
+                    "id",
+                    "source",
+                    "type",
+                    "time",
+                    "datacontenttype",
+                    "subject",
+                    "dataschema",
+                    "tenant",
+                    "Bad_Ext",
+                    "data",
+                ]),
+                json_value(),
+            ),
+            0..3,
+        ),
+    )
+        .prop_map(|(which, data_edits, envelope_edits)| {
+            let kind = &CATALOG[which];
+            let mut data = (kind.example_data)();
+            for (key, value) in data_edits {
+                data[key] = value;
+            }
+            let mut event = json!({
+                "specversion": "1.0", "id": "evt-1", "source": "/fuzz", "type": kind.ty,
+                "datacontenttype": "application/json", "data": data
+            });
+            for (name, value) in envelope_edits {
+                event[name] = value;
+            }
+            event
+        })
+}
+
+#[test]
+fn fuzz_envelope_structured() {
+    let validator = Validator::new();
+    fuzz("envelope-structured", structured(), |event| {
+        let bytes = serde_json::to_vec(&event).expect("json");
+        decode_every_way(&validator, &bytes)?;
+        if let Err(invalid) = validator.check(&bytes) {
+            let text = invalid.to_string();
+            prop_assert!(!text.contains(MARK), "a refusal quotes a value: {text}");
+        }
+        Ok(())
+    });
+}
