@@ -9,6 +9,7 @@ mod emails;
 mod function_cli;
 mod harness_selftest;
 mod indexing;
+mod ledger;
 mod local_system;
 mod permissions;
 mod provision;
