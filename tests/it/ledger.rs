@@ -179,7 +179,7 @@ async fn a_replica_whose_clock_runs_ahead_does_not_take_over_a_live_claim() {
     let system = system_with_second_consumer().await;
     system.smtp.delay_data_reply(Duration::from_secs(3));
     let lease = ("JOB_LEDGER_LEASE_SECS", "8".to_owned());
-    let _honest = system.spawn("welcome", &[lease.clone()]).await;
+    let _honest = system.spawn("welcome", std::slice::from_ref(&lease)).await;
     system
         .publisher
         .publish(user("skew@example.com", "Skew"))

@@ -405,7 +405,7 @@ impl Inner {
                 Err(err) => err.to_string(),
             };
             failures += 1;
-            if failures == 3 || failures % 20 == 0 {
+            if failures == 3 || failures.is_multiple_of(20) {
                 tracing::error!(error = %error, failures, "side effect done but the ledger has not recorded it yet; still trying");
             }
             tokio::time::sleep(delay).await;
