@@ -11,6 +11,7 @@ mod function_cli;
 mod harness_selftest;
 mod hostile;
 mod indexing;
+mod ledger;
 mod local_system;
 mod permissions;
 mod provision;

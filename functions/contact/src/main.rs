@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use events::ContactSubmitted;
 use lettre::message::Mailbox;
 use mailer::{Mailer, Rendered, Templates};
-use runtime::{Effect, Job, JobError, RateLimiter, Runtime};
+use runtime::{Job, JobError, RateLimiter, Runtime};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -74,6 +74,10 @@ fn default_window() -> u64 {
 fn default_bucket() -> String {
     "jetfn-ratelimit".to_owned()
 }
+
+/// The rate decision kept in the ledger with the form's slot.
+const ALLOWED: &str = "allowed";
+const LIMITED: &str = "limited";
 
 /// Where the sender's rate is counted: NATS KV in production, so every replica counts together; a counter in the
 /// handler tests.
@@ -142,9 +146,10 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Checks the sender's rate (once per event: a redelivery does not count twice), then sends the support
-/// notification and the acknowledgement, each at most once. A sender over the limit is dead-lettered, visible and
-/// replayable, never mailed.
+/// Checks the sender's rate once per event and keeps the decision with it in the ledger: a redelivery or a
+/// replay of a form acts on the first decision (a redelivery does not count twice, and a limited form stays
+/// limited even after its window passed), then sends the support notification and the acknowledgement, each at
+/// most once. A sender over the limit is dead-lettered, visible, never mailed.
 #[tracing::instrument(skip_all)]
 async fn forward_contact<L: Slots>(
     job: Job<ContactSubmitted>,
@@ -152,12 +157,14 @@ async fn forward_contact<L: Slots>(
 ) -> Result<(), JobError> {
     let form = &job.event.data;
     let sender = form.email.to_ascii_lowercase();
-    let slot = job
-        .once("rate-slot", || async {
-            context.limiter.take(&sender).await
+    let decision = job
+        .decide("rate-slot", || async {
+            let allowed = context.limiter.take(&sender).await?;
+            Ok(if allowed { ALLOWED } else { LIMITED }.to_owned())
         })
         .await?;
-    if slot == Effect::Done(false) {
+    // `None`: the slot was taken by a version that did not record its decision; it mailed then, so it did allow.
+    if decision.as_deref() == Some(LIMITED) {
         return Err(JobError::permanent(anyhow::anyhow!(
             "rate_limited: the sender sent more than {} contact forms",
             context.limit
@@ -431,6 +438,41 @@ mod handler_tests {
             Settled::Dead(DeathKind::Permanent)
         );
         assert_eq!(h.smtp.attempts(), 0);
+    }
+
+    /// Issue 14, item 6: the ledger kept that the slot was taken, not that the form was refused, so a redelivery
+    /// (or a replay from the DLQ) found the effect done and mailed the limited form.
+    #[tokio::test]
+    async fn a_limited_form_stays_limited_on_redelivery_and_replay() {
+        let h = harness(1);
+        assert_eq!(h.deliver(&event(), 1).await, Settled::Acked);
+        h.smtp.clear();
+        let mut form = ContactSubmitted::example();
+        form.email = "grace@example.com".to_owned();
+        let limited = CloudEvent::new("test", form);
+        assert_eq!(
+            h.deliver(&limited, 1).await,
+            Settled::Dead(DeathKind::Permanent)
+        );
+        // A redelivery of the same event, and a replay (a new message, attempt 1 again).
+        for attempt in [2, 1] {
+            let err = h
+                .handle(&limited, attempt)
+                .await
+                .expect_err("still limited");
+            assert!(err.to_string().starts_with("rate_limited"), "{err}");
+        }
+        assert_eq!(h.smtp.attempts(), 0, "a limited form is never mailed");
+    }
+
+    /// A slot taken by a version that kept no decision counts as allowed, as it did then.
+    #[tokio::test]
+    async fn a_slot_taken_without_a_recorded_decision_is_allowed() {
+        let h = harness(1);
+        let event = event();
+        h.ledger.mark_done(&event.id, "rate-slot");
+        assert_eq!(h.deliver(&event, 2).await, Settled::Acked);
+        assert_eq!(h.smtp.attempts(), 3);
     }
 
     #[tokio::test]

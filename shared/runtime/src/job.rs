@@ -52,6 +52,22 @@ impl<T> Job<T> {
         self.ledger.once(&key, effect).await
     }
 
+    /// Decides once for this event across redeliveries, re-publishes, replays and replicas, and returns that
+    /// decision every time: `decide` (which may take something, such as a rate-limit slot) runs at most once, and
+    /// what it returned (a short token, for example `allowed` or `limited`) is kept in the ledger with the effect.
+    /// `None` when an earlier attempt completed `name` before decisions were recorded.
+    ///
+    /// # Errors
+    /// `decide`'s error, or a transient ledger error.
+    pub async fn decide<F, Fut>(&self, name: &str, decide: F) -> Result<Option<String>, JobError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<String, JobError>>,
+    {
+        let key = self.ledger.key(&self.event.id, name);
+        self.ledger.decide(&key, decide).await
+    }
+
     /// The idempotency key of an effect, for a downstream system that deduplicates (an email's `Message-ID`).
     pub fn effect_key(&self, name: &str) -> String {
         self.ledger.key(&self.event.id, name)

@@ -35,6 +35,7 @@ pub use breaker::Probe;
 pub use connect::connect;
 pub use error::{Disposition, JobError};
 pub use job::Job;
+pub use ledger::window as ledger_window;
 pub use ledger::{Effect, Ledger};
 /// Functions that emit events publish as producers do; re-exported so a handler needs one import.
 pub use publish::{PublishError, Published, Publisher};

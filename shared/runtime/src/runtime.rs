@@ -86,6 +86,12 @@ impl Runtime {
         let faults = Faults::from_env()?;
         #[cfg(not(feature = "fault-injection"))]
         let Faults {} = faults;
+        // A zero lease would judge every claim abandoned: two replicas would both run the effect.
+        anyhow::ensure!(
+            job.ledger_lease_secs >= 1,
+            "JOB_LEDGER_LEASE_SECS: must be at least 1 second (a claim younger than the lease is left to its \
+             holder), got 0"
+        );
         let nats_url = crate::nats_url::mask(&nats.url);
         tracing::info!(function = name, ?job, %nats_url, "starting");
         let client = crate::connect(nats, name).await?;

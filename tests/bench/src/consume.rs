@@ -230,7 +230,7 @@ pub async fn create_ledger(js: &jetstream::Context, bucket: &str) -> anyhow::Res
     js.create_key_value(kv::Config {
         bucket: bucket.to_owned(),
         history: 1,
-        max_age: Duration::from_secs(604_800),
+        max_age: Duration::from_secs(7_948_800),
         storage: stream::StorageType::File,
         ..Default::default()
     })

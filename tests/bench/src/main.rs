@@ -516,6 +516,8 @@ impl<'a> Phase<'a> {
             .collect();
         let mut runs: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
         let mut cpu: Vec<Vec<(f64, f64)>> = vec![Vec::new(); kinds.len()];
+        // Only the ledger row records `done` writes in this process; its windows are read after the loop.
+        runtime::ledger_window::reset();
         // Rows interleave run by run, so drift (page cache, a neighbour's build) spreads over all of them.
         for run in 0..self.plan.runs {
             for (((kind, _), runs), cpu) in kinds.iter().zip(runs.iter_mut()).zip(cpu.iter_mut()) {
@@ -537,6 +539,9 @@ impl<'a> Phase<'a> {
         }
         let durability = self.sync().label();
         let mut rows = decode_rows(self, self.plan.runs)?;
+        if let Some(row) = self.ledger_window_row(&durability) {
+            rows.push(row);
+        }
         rows.extend(
             kinds
                 .into_iter()
@@ -562,6 +567,37 @@ impl<'a> Phase<'a> {
                 }),
         );
         Ok(rows)
+    }
+
+    /// The duplicate window the ledger row saw: from each effect's end to the server acknowledging its `done`
+    /// (a crash inside it repeats the effect after the lease). `None` when the ledger row did not run.
+    fn ledger_window_row(&self, durability: &str) -> Option<Row> {
+        let window = runtime::ledger_window::snapshot();
+        if window.count == 0 {
+            return None;
+        }
+        let ms = |duration: Duration| duration.as_secs_f64() * 1e3;
+        let mut row = Row::latency(
+            self.id("consume/ledger-window"),
+            "Consume",
+            format!(
+                "duplicate window of the ledger row: effect end to `done` acknowledged, {} in flight",
+                consume::IN_FLIGHT
+            ),
+            durability,
+            Quantiles {
+                p50: ms(window.p50),
+                p99: ms(window.p99),
+                max: ms(window.max),
+                count: usize::try_from(window.count).unwrap_or(usize::MAX),
+            },
+        );
+        row.note = format!(
+            "mean {:.2} ms; quantiles are bucket bounds (within 19%)",
+            ms(window.mean)
+        );
+        eprintln!("  ledger window: {}; {}", row.figure(), row.note);
+        Some(row)
     }
 
     /// Makes sure the stream holds `count` events from sequence 1, publishing the rest pipelined.

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use super::Effect;
+use super::Outcome;
 use crate::JobError;
 
 /// An idempotency ledger in memory, with the KV ledger's rules: an effect that completed is skipped by every
@@ -22,10 +22,10 @@ struct State {
     skips: HashMap<String, &'static str>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Entry {
     Pending,
-    Done,
+    Done(Option<String>),
 }
 
 impl std::fmt::Debug for MemoryLedger {
@@ -51,7 +51,7 @@ impl MemoryLedger {
     pub fn mark_done(&self, event_id: &str, effect: &str) {
         self.lock()
             .effects
-            .insert(super::key(FUNCTION, event_id, effect), Entry::Done);
+            .insert(super::key(FUNCTION, event_id, effect), Entry::Done(None));
     }
 
     /// Whether effect `effect` of event `event_id` completed.
@@ -59,7 +59,16 @@ impl MemoryLedger {
         self.lock()
             .effects
             .get(&super::key(FUNCTION, event_id, effect))
-            == Some(&Entry::Done)
+            .is_some_and(|entry| matches!(entry, Entry::Done(_)))
+    }
+
+    /// Records effect `effect` of event `event_id` as done with `decision`, as an earlier attempt of
+    /// `Job::decide` would have.
+    pub fn mark_decided(&self, event_id: &str, effect: &str, decision: &str) {
+        self.lock().effects.insert(
+            super::key(FUNCTION, event_id, effect),
+            Entry::Done(Some(super::protocol::decision_token(decision))),
+        );
     }
 
     /// Effects completed, over all events.
@@ -67,7 +76,7 @@ impl MemoryLedger {
         self.lock()
             .effects
             .values()
-            .filter(|entry| **entry == Entry::Done)
+            .filter(|entry| matches!(entry, Entry::Done(_)))
             .count()
     }
 
@@ -80,7 +89,12 @@ impl MemoryLedger {
         self.lock().skips.insert(event_id.to_owned(), reason);
     }
 
-    pub(crate) async fn once<R, F, Fut>(&self, key: &str, effect: F) -> Result<Effect<R>, JobError>
+    pub(crate) async fn once<R, F, Fut>(
+        &self,
+        key: &str,
+        effect: F,
+        decision: impl FnOnce(&R) -> Option<String>,
+    ) -> Result<Outcome<R>, JobError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<R, JobError>>,
@@ -88,7 +102,7 @@ impl MemoryLedger {
         {
             let mut state = self.lock();
             match state.effects.get(key) {
-                Some(Entry::Done) => return Ok(Effect::AlreadyDone),
+                Some(Entry::Done(decision)) => return Ok(Outcome::AlreadyDone(decision.clone())),
                 Some(Entry::Pending) => {
                     return Err(JobError::retry_after(
                         anyhow::anyhow!("side effect is being performed by another attempt"),
@@ -104,8 +118,9 @@ impl MemoryLedger {
         let mut state = self.lock();
         match result {
             Ok(value) => {
-                state.effects.insert(key.to_owned(), Entry::Done);
-                Ok(Effect::Done(value))
+                let decision = decision(&value).map(|text| super::protocol::decision_token(&text));
+                state.effects.insert(key.to_owned(), Entry::Done(decision));
+                Ok(Outcome::Done(value))
             }
             Err(err) => {
                 state.effects.remove(key);
