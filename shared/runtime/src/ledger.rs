@@ -176,8 +176,10 @@ impl Inner {
                 ));
             }
         };
+        let _window = crate::fault::effect_window(key);
         match effect().await {
             Ok(value) => {
+                crate::fault::before_done().await;
                 self.mark_done(key, revision).await?;
                 Ok(Effect::Done(value))
             }
