@@ -11,6 +11,7 @@ mod function_cli;
 mod harness_selftest;
 mod indexing;
 mod local_system;
+mod partition;
 mod permissions;
 mod provision;
 mod schedules;

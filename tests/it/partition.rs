@@ -1,0 +1,64 @@
+//! A network partition: the three nodes each in a network namespace of their own (testkit makes them and removes
+//! them on drop, a panic included), and the node leading the EVENTS stream cut off the other two and off every
+//! client. A function connected to the majority keeps consuming through it; after healing, nothing was lost,
+//! nothing sent twice, and the replicas agree.
+
+use std::time::{Duration, Instant};
+
+use testkit::NatsCluster;
+
+use crate::cluster::{ClusterSystem, FAILOVER, Producer, longest_stall_after, wait_replicas_agree};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_function_keeps_consuming_through_the_majority_while_the_stream_leader_is_cut_off() {
+    let cluster = NatsCluster::try_start_in_netns(|builder| builder).unwrap_or_else(|e| {
+        panic!("the partition test needs network namespaces (root and iproute2): {e}")
+    });
+    let system = ClusterSystem::provision(&cluster, &cluster.url()).await;
+    let leader = system.stream_leader("EVENTS").await;
+    let cut = cluster.index_of(&leader).expect("a node of the cluster");
+    let majority: Vec<String> = (0..3)
+        .filter(|&i| i != cut)
+        .map(|i| cluster.node(i).url())
+        .collect();
+    let welcome = system.welcome(&majority.join(",")).await;
+    // Publishing through the majority too: a client of the cut node would wait for its ping timeout.
+    let publisher = ClusterSystem::publisher(&majority).await;
+    let producer = Producer::start(publisher, "p", Duration::from_millis(20));
+    producer.wait_more(20).await;
+
+    let cut_at = Instant::now();
+    cluster.isolate(cut);
+    producer.wait_more(50).await;
+    // Everything acked so far is mailed while the old leader is still cut off.
+    let acked = producer.acked();
+    let deadline = Instant::now() + FAILOVER;
+    while system.smtp.count() < acked {
+        assert!(
+            Instant::now() < deadline,
+            "with {} cut off, {} of {acked} acked events mailed; welcome said:\n{}",
+            cluster.node(cut).name(),
+            system.smtp.count(),
+            crate::cluster::tail(&welcome.output(), 40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let new_leader = system.stream_leader("EVENTS").await;
+    assert_ne!(
+        new_leader, leader,
+        "the majority elected a new stream leader"
+    );
+
+    cluster.heal(cut);
+    cluster
+        .wait_formed(FAILOVER)
+        .unwrap_or_else(|e| panic!("{e}"));
+    producer.wait_more(20).await;
+    let acked = producer.finish().await;
+    system.assert_each_sent_once(&acked, &[&welcome]).await;
+    wait_replicas_agree(&cluster, "EVENTS").await;
+    eprintln!(
+        "stream leader {leader} cut off: emails stalled up to {:?}",
+        longest_stall_after(&system.smtp, cut_at)
+    );
+}
