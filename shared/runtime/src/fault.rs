@@ -1,16 +1,9 @@
 //! Fault-injection hooks for the crash tests. They exist only in a build with the `fault-injection` feature
-//! (`tests/run.sh` builds the binaries the tests spawn that way); a production build refuses the variables instead
-//! of ignoring them, so a test run against the wrong build fails loudly rather than passing for the wrong reason.
+//! (`tests/run.sh` builds the binaries the tests spawn that way); a production build refuses the variable instead
+//! of ignoring it, so a test run against the wrong build fails loudly rather than passing for the wrong reason.
 
 /// `JOB_TEST_DELAY_BEFORE_ACK_MS`: wait this long after the handler succeeded and before acking.
 pub(crate) const DELAY_BEFORE_ACK: &str = "JOB_TEST_DELAY_BEFORE_ACK_MS";
-/// `JOB_TEST_DELAY_BEFORE_DONE_MS`: wait this long after a ledger effect succeeded (the SMTP server said 250)
-/// and before the ledger records it "done": widens the window in which a crash makes the effect run twice.
-pub(crate) const DELAY_BEFORE_DONE: &str = "JOB_TEST_DELAY_BEFORE_DONE_MS";
-/// `JOB_TEST_EFFECT_MARKS`: a file to which every ledger effect appends `start <key>` once its claim is taken
-/// (before the effect runs) and `end <key>` once "done" is recorded or the attempt gave up. A process killed with
-/// a `start` and no `end` for a key was killed inside that key's window: only those keys may be sent twice.
-pub(crate) const EFFECT_MARKS: &str = "JOB_TEST_EFFECT_MARKS";
 
 /// The hooks set in the environment.
 #[derive(Debug, Clone, Default)]
@@ -20,30 +13,65 @@ pub(crate) struct Faults {
 }
 
 impl Faults {
-    /// Reads the hooks; the ledger's are kept process-wide, since the ledger is built apart from the runtime.
+    /// Reads the hooks.
     ///
     /// # Errors
-    /// A value that is not a whole number of milliseconds, a marks file that cannot be opened; without the
-    /// feature, any value at all.
+    /// A value that is not a whole number of milliseconds; without the feature, any value at all.
     pub(crate) fn from_env() -> anyhow::Result<Self> {
+        let Some(value) = std::env::var_os(DELAY_BEFORE_ACK) else {
+            return Ok(Self::default());
+        };
         #[cfg(feature = "fault-injection")]
         {
-            let delay_before_ack = millis(DELAY_BEFORE_ACK)?;
-            ledger::init(millis(DELAY_BEFORE_DONE)?, std::env::var_os(EFFECT_MARKS))?;
-            Ok(Self { delay_before_ack })
+            let ms: u64 = value.to_str().and_then(|v| v.parse().ok()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{DELAY_BEFORE_ACK}: expected a whole number of milliseconds, got {value:?}"
+                )
+            })?;
+            Ok(Self {
+                delay_before_ack: std::time::Duration::from_millis(ms),
+            })
         }
         #[cfg(not(feature = "fault-injection"))]
         {
-            for name in [DELAY_BEFORE_ACK, DELAY_BEFORE_DONE, EFFECT_MARKS] {
-                if std::env::var_os(name).is_some() {
-                    return Err(anyhow::anyhow!(
-                        "{name} is a fault-injection hook for the tests, and this binary was built without the \
-                         `fault-injection` feature (build with `--features runtime/fault-injection`); unset it"
-                    ));
-                }
-            }
-            Ok(Self::default())
+            let _ = value;
+            Err(anyhow::anyhow!(
+                "{DELAY_BEFORE_ACK} is a fault-injection hook for the tests, and this binary was built without \
+                 the `fault-injection` feature (build with `--features runtime/fault-injection`); unset it"
+            ))
         }
+    }
+}
+
+/// `JOB_TEST_DELAY_BEFORE_DONE_MS`: wait this long after a ledger effect succeeded (the SMTP server said 250)
+/// and before the ledger records it "done": widens the window in which a crash makes the effect run twice.
+pub(crate) const DELAY_BEFORE_DONE: &str = "JOB_TEST_DELAY_BEFORE_DONE_MS";
+/// `JOB_TEST_EFFECT_MARKS`: a file to which every ledger effect appends `start <key>` once its claim is taken
+/// (before the effect runs) and `end <key>` once "done" is recorded or the attempt gave up. A process killed with
+/// a `start` and no `end` for a key was killed inside that key's window: only those keys may be sent twice.
+pub(crate) const EFFECT_MARKS: &str = "JOB_TEST_EFFECT_MARKS";
+
+/// Reads the ledger's hooks, kept process-wide since the ledger is built apart from the runtime.
+///
+/// # Errors
+/// A value that is not a whole number of milliseconds, a marks file that cannot be opened; without the
+/// feature, any value at all.
+pub(crate) fn ledger_hooks_from_env() -> anyhow::Result<()> {
+    #[cfg(feature = "fault-injection")]
+    {
+        ledger::init(millis(DELAY_BEFORE_DONE)?, std::env::var_os(EFFECT_MARKS))
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    {
+        for name in [DELAY_BEFORE_DONE, EFFECT_MARKS] {
+            if std::env::var_os(name).is_some() {
+                return Err(anyhow::anyhow!(
+                    "{name} is a fault-injection hook for the tests, and this binary was built without the \
+                     `fault-injection` feature (build with `--features runtime/fault-injection`); unset it"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
