@@ -7,14 +7,16 @@ use std::time::{Duration, Instant};
 
 use testkit::NatsCluster;
 
-use crate::cluster::{ClusterSystem, FAILOVER, Producer, longest_stall_after, wait_replicas_agree};
+use crate::cluster::{
+    ClusterSystem, FAILOVER, Producer, Replicas, longest_stall, wait_replicas_agree,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_function_keeps_consuming_through_the_majority_while_the_stream_leader_is_cut_off() {
     let cluster = NatsCluster::try_start_in_netns(|builder| builder).unwrap_or_else(|e| {
         panic!("the partition test needs network namespaces (root and iproute2): {e}")
     });
-    let system = ClusterSystem::provision(&cluster, &cluster.url()).await;
+    let mut system = ClusterSystem::provision(&cluster, &cluster.url(), Replicas::InFiles).await;
     let leader = system.stream_leader("EVENTS").await;
     let cut = cluster.index_of(&leader).expect("a node of the cluster");
     let majority: Vec<String> = (0..3)
@@ -22,9 +24,8 @@ async fn a_function_keeps_consuming_through_the_majority_while_the_stream_leader
         .map(|i| cluster.node(i).url())
         .collect();
     let welcome = system.welcome(&majority.join(",")).await;
-    // Publishing through the majority too: a client of the cut node would wait for its ping timeout.
-    let publisher = ClusterSystem::publisher(&majority).await;
-    let producer = Producer::start(publisher, "p", Duration::from_millis(20));
+    system.use_nodes(&majority).await;
+    let producer = Producer::start(system.publisher.clone(), "p", Duration::from_millis(20));
     producer.wait_more(20).await;
 
     let cut_at = Instant::now();
@@ -49,6 +50,7 @@ async fn a_function_keeps_consuming_through_the_majority_while_the_stream_leader
         "the majority elected a new stream leader"
     );
 
+    let healed_at = Instant::now();
     cluster.heal(cut);
     cluster
         .wait_formed(FAILOVER)
@@ -59,6 +61,6 @@ async fn a_function_keeps_consuming_through_the_majority_while_the_stream_leader
     wait_replicas_agree(&cluster, "EVENTS").await;
     eprintln!(
         "stream leader {leader} cut off: emails stalled up to {:?}",
-        longest_stall_after(&system.smtp, cut_at)
+        longest_stall(&system.smtp, cut_at, healed_at)
     );
 }
