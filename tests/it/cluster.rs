@@ -1,7 +1,7 @@
 //! A function on a three-node JetStream cluster: the infra provisioned with three replicas by the real
 //! `jetfn infra apply --replicas 3`, `NATS_URL` listing every node in each form the README names, and the
-//! functions still sending, once per event, while the stream leader dies, a follower dies, and the whole cluster
-//! restarts on its stores. And a `NATS_URL` list the function refuses.
+//! functions still sending, once per event, while the stream leader dies, a follower dies, the stream leader is
+//! paused past an election, and the whole cluster restarts on its stores. And a `NATS_URL` list the function refuses.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -533,7 +533,7 @@ impl Producer {
     }
 }
 
-/// The longest wait between two emails (or from `since` to the first) from `since` until `until`: how long
+/// The longest wait between two emails (or from `since` to the first, or from the last to `until`): how long
 /// consumption stalled around a fault while events kept coming.
 pub fn longest_stall(smtp: &SmtpServer, since: Instant, until: Instant) -> Duration {
     let mut last = since;
@@ -546,11 +546,11 @@ pub fn longest_stall(smtp: &SmtpServer, since: Instant, until: Instant) -> Durat
         longest = longest.max(at - last);
         last = at;
     }
-    longest
+    longest.max(until - last)
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_cluster_loses_no_event_and_sends_none_twice_through_leader_and_follower_kills_and_a_full_restart()
+async fn a_cluster_loses_no_event_and_sends_none_twice_through_leader_and_follower_kills_a_pause_and_a_full_restart()
  {
     let cluster = NatsCluster::start();
     // The README's other list form: no spaces, and no scheme (`host:port` means `nats://`).
@@ -592,6 +592,24 @@ async fn a_cluster_loses_no_event_and_sends_none_twice_through_leader_and_follow
     producer.wait_more(30).await;
     faults.push(("it restarted".to_owned(), Instant::now()));
     cluster.restart_node(follower);
+    producer.wait_more(30).await;
+
+    // Longer than an election: the others elect a new leader; the resumed ex-leader must not keep what it
+    // accepted alone (S18).
+    let leader = system.stream_leader("EVENTS").await;
+    let paused = cluster.index_of(&leader).expect("a node of the cluster");
+    faults.push((
+        format!("stream leader {leader} paused (SIGSTOP)"),
+        Instant::now(),
+    ));
+    cluster.node(paused).pause();
+    // A fixed time, not a number of publishes: a client connected to the paused node waits with it.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    faults.push(("it resumed".to_owned(), Instant::now()));
+    cluster.node(paused).resume();
+    cluster
+        .wait_formed(FAILOVER)
+        .unwrap_or_else(|e| panic!("{e}"));
     producer.wait_more(30).await;
 
     faults.push((

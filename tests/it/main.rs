@@ -15,6 +15,7 @@ mod partition;
 mod permissions;
 mod provision;
 mod schedules;
+mod storage;
 mod support;
 mod tracing_otlp;
 mod welcome;

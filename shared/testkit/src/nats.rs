@@ -369,6 +369,21 @@ impl NatsServer {
         child.wait().ok()
     }
 
+    /// Pauses the process (SIGSTOP), as a long GC pause or a frozen VM would: its sockets stay open and
+    /// nothing answers. No-op if not running; [`NatsServer::resume`] undoes it.
+    pub fn pause(&self) {
+        if let Some(pid) = self.pid() {
+            signal(pid, Signal::SIGSTOP);
+        }
+    }
+
+    /// Resumes a paused process (SIGCONT).
+    pub fn resume(&self) {
+        if let Some(pid) = self.pid() {
+            signal(pid, Signal::SIGCONT);
+        }
+    }
+
     /// Stops the server (gracefully) if running, then starts it again on the same port with the
     /// same store, and waits until it is ready. Use [`NatsServer::kill`] first to restart after a crash.
     pub fn restart(&self) {
