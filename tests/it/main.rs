@@ -1,6 +1,7 @@
 //! Integration tests: one test binary, one module per area.
 
 mod backoff;
+mod backpressure;
 mod churn;
 mod cleanup;
 mod cluster;
