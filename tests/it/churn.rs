@@ -56,8 +56,8 @@ async fn churn_three_welcome_replicas_killed_at_random_lose_nothing_and_send_twi
     let smtp = SmtpServer::start_sink();
     let marks = TempDir::new("churn-marks");
 
-    let spawn = |generation: usize| {
-        let path = marks.0.join(format!("replica-{generation}.marks"));
+    let spawn = |slot: usize, generation: usize| {
+        let path = marks.0.join(format!("replica-{slot}-{generation}.marks"));
         let process = FunctionProcess::spawn(
             "welcome",
             &[
@@ -73,7 +73,8 @@ async fn churn_three_welcome_replicas_killed_at_random_lose_nothing_and_send_twi
         );
         (process, path)
     };
-    let mut replicas: Vec<(FunctionProcess, PathBuf)> = (0..REPLICAS).map(spawn).collect();
+    let mut replicas: Vec<(FunctionProcess, PathBuf)> =
+        (0..REPLICAS).map(|slot| spawn(slot, slot)).collect();
     let mut generation = REPLICAS;
     for (replica, _) in &replicas {
         replica.wait_for_output("serving", WAIT).await;
@@ -122,7 +123,7 @@ async fn churn_three_welcome_replicas_killed_at_random_lose_nothing_and_send_twi
         kills += 1;
         keys_in_window += open;
         kills_in_window += usize::from(open > 0);
-        let (fresh, path) = spawn(generation);
+        let (fresh, path) = spawn(victim, generation);
         generation += 1;
         fresh.wait_for_output("serving", WAIT).await;
         replicas[victim] = (fresh, path);
@@ -144,6 +145,27 @@ async fn churn_three_welcome_replicas_killed_at_random_lose_nothing_and_send_twi
          {kills_in_window} inside an effect window holding {keys_in_window} effects; nats-server restarted: \
          {nats_restarted}",
         ids.len()
+    );
+    // The load split (S20): effects each replica slot finished over the run, its restarts included.
+    let split: Vec<usize> = (0..REPLICAS)
+        .map(|slot| {
+            std::fs::read_dir(&marks.0)
+                .expect("marks dir")
+                .filter_map(Result::ok)
+                .filter(|entry| {
+                    entry
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with(&format!("replica-{slot}-"))
+                })
+                .map(|entry| ended(&entry.path()))
+                .sum()
+        })
+        .collect();
+    eprintln!("churn: effects finished per replica slot {split:?}");
+    assert!(
+        split.iter().all(|&n| n > 0),
+        "every replica got work: {split:?} (seed {seed})"
     );
     assert!(!copies.contains_key(""), "every email has a Message-ID");
     assert_eq!(copies.len(), events, "every event mailed (seed {seed})");
@@ -171,6 +193,12 @@ async fn churn_three_welcome_replicas_killed_at_random_lose_nothing_and_send_twi
 /// Distinct Message-IDs the sink accepted.
 fn distinct(smtp: &SmtpServer) -> usize {
     smtp.message_ids().into_iter().collect::<HashSet<_>>().len()
+}
+
+/// Effects a replica finished (`end` marks).
+fn ended(path: &PathBuf) -> usize {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines().filter(|line| line.starts_with("end ")).count()
 }
 
 /// Effects a dead replica had started and not finished: `start` marks without their `end`.
