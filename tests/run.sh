@@ -11,9 +11,9 @@ cd "$(dirname "$0")/.."
 bash infra/install-nats-server.sh
 
 # The binaries the integration tests spawn carry the fault-injection hooks the crash tests set
-# (JOB_TEST_DELAY_BEFORE_ACK_MS, INDEX_TEST_DELAY_BEFORE_COMMIT_MS). A build without the feature refuses those
+# (JOB_TEST_DELAY_BEFORE_ACK_MS, INDEX_TEST_DELAY_BEFORE_COMMIT_MS, ROUTER_TEST_*). A build without the feature refuses those
 # variables at start-up, so a crash test run against the wrong build fails instead of passing for the wrong reason.
-BIN_FEATURES=runtime/fault-injection,indexing/fault-injection
+BIN_FEATURES=runtime/fault-injection,indexing/fault-injection,dlq-router/fault-injection
 
 if [ "$#" -gt 0 ]; then
   cargo build --workspace --bins --features "$BIN_FEATURES"

@@ -2,6 +2,7 @@
 
 mod backoff;
 mod backpressure;
+mod breaker;
 mod churn;
 mod cleanup;
 mod cluster;
@@ -15,8 +16,10 @@ mod local_system;
 mod partition;
 mod permissions;
 mod provision;
+mod router;
 mod schedules;
 mod storage;
+mod supervision;
 mod support;
 mod tracing_otlp;
 mod welcome;

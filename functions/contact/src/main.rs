@@ -170,12 +170,13 @@ async fn forward_contact<L: Slots>(
     );
     let notification =
         render_notification(&context.templates, form).map_err(JobError::permanent)?;
+    let mut refused = mailer::Refused::default();
     for support in &context.support {
         let effect = format!(
             "support-email:{}",
             support.email.to_string().to_ascii_lowercase()
         );
-        mailer::send_once(
+        let sent = mailer::send_once(
             &job,
             mailer,
             &effect,
@@ -186,13 +187,14 @@ async fn forward_contact<L: Slots>(
                 locale: form.locale,
             },
         )
-        .await?;
+        .await;
+        refused.note("support email", support, sent)?;
     }
     if form.send_acknowledgement {
         let acknowledgement =
             render_acknowledgement(&context.templates, form).map_err(JobError::permanent)?;
         let effect = format!("ack-email:{sender}");
-        mailer::send_once(
+        let sent = mailer::send_once(
             &job,
             mailer,
             &effect,
@@ -203,9 +205,10 @@ async fn forward_contact<L: Slots>(
                 locale: form.locale,
             },
         )
-        .await?;
+        .await;
+        refused.note("acknowledgement", &reply_to, sent)?;
     }
-    Ok(())
+    refused.into_result()
 }
 
 fn render_notification(

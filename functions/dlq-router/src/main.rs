@@ -4,15 +4,18 @@
 //! redelivers until `max_deliver`, then emits a MAX_DELIVERIES advisory and leaves the message in its stream. The
 //! `ADVISORIES` stream captures those advisories (so none is lost while this router is down); the router reads
 //! them with a durable consumer, fetches each original by sequence, writes it to the DLQ stream idempotently, and
-//! only then removes it from a work-queue stream. It runs on the runtime's raw layer: the runtime binds the
+//! only then removes it from a work-queue stream. An original it cannot read for a moment (a timeout, a stream
+//! without a leader) leaves the advisory for another try; a record without the original is written only when the
+//! server shows it gone (purged, expired, deleted), says why, and never leads to deleting anything. It runs on the runtime's raw layer: the runtime binds the
 //! consumer and acks the advisory once it is routed, NAKs it for another try when routing failed, and TERMs what
 //! is not an advisory at all.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use anyhow::Context as _;
+use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::stream::{DirectGetErrorKind, RawMessageErrorKind};
 use async_nats::jetstream::{self, stream};
 use runtime::dlq::{DeadLetter, DeathKind, Failures, strip_control_headers};
 use runtime::{Outcome, RawConsumer, RawJob};
@@ -108,8 +111,16 @@ struct MaxDeliveries {
     timestamp: Option<String>,
 }
 
-/// A routing failure is retried after this long.
-const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// An advisory whose sequence lies beyond the end of its stream is called lost only after this many tries (with
+/// the consumer's backoff, about a minute): a replica that is behind must not turn into a record without payload.
+const NEVER_REACHED_TRIES: u32 = 5;
+
+/// What became of an original.
+enum Original {
+    Copied(StreamMessage),
+    /// Provably gone, and why.
+    Gone(String),
+}
 
 struct Router {
     js: jetstream::Context,
@@ -119,6 +130,72 @@ struct Router {
     dlq: OnceCell<stream::Stream>,
     failures: OnceCell<Failures>,
     streams: Mutex<HashMap<String, stream::Stream>>,
+    #[cfg(feature = "fault-injection")]
+    faults: Faults,
+}
+
+/// `ROUTER_TEST_FAIL_FETCHES`: the first N fetches of an original fail as a request to a stream without a leader
+/// does (a timeout), so the crash tests can show that a transient error leaves the advisory for another try.
+const FAIL_FETCHES: &str = "ROUTER_TEST_FAIL_FETCHES";
+/// `ROUTER_TEST_PAUSE_AFTER_RECORD_MS`: wait this long between writing a record and deleting the original and
+/// acking the advisory, so a test can kill the router inside that window.
+const PAUSE_AFTER_RECORD: &str = "ROUTER_TEST_PAUSE_AFTER_RECORD_MS";
+
+/// The router's fault-injection hooks, read apart from [`RouterConfig`] (as the runtime reads its own) so `--help`
+/// and the settings table are the same in every build.
+#[cfg(feature = "fault-injection")]
+#[derive(Debug, Default)]
+struct Faults {
+    fail_fetches: std::sync::atomic::AtomicU64,
+    pause_after_record: std::time::Duration,
+}
+
+#[cfg(feature = "fault-injection")]
+impl Faults {
+    fn take_fetch_failure(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.fail_fetches
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok()
+    }
+}
+
+/// Reads the hooks; a production build refuses them rather than ignoring them, so a crash test run against the
+/// wrong build fails loudly instead of passing for the wrong reason.
+///
+/// # Errors
+/// A value that is not a whole number; without the `fault-injection` feature, any value.
+fn faults_from_env() -> anyhow::Result<()> {
+    for name in [FAIL_FETCHES, PAUSE_AFTER_RECORD] {
+        if let Some(value) = std::env::var_os(name) {
+            anyhow::ensure!(
+                cfg!(feature = "fault-injection"),
+                "{name} is a fault-injection hook for the tests, and this binary was built without the \
+                 `fault-injection` feature (build with `--features dlq-router/fault-injection`); unset it"
+            );
+            anyhow::ensure!(
+                value.to_str().is_some_and(|v| v.parse::<u64>().is_ok()),
+                "{name}: expected a whole number, got {value:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(feature = "fault-injection")]
+fn faults() -> Faults {
+    let number = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Faults {
+        fail_fetches: number(FAIL_FETCHES).into(),
+        pause_after_record: std::time::Duration::from_millis(number(PAUSE_AFTER_RECORD)),
+    }
 }
 
 /// mimalloc: glibc's malloc and free were a fifth of the runtime's CPU per event (tests/bench/ANALYSIS.md).
@@ -133,6 +210,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let telemetry = runtime::telemetry::init("dlq-router")?;
     let config: RouterConfig = runtime::config::from_env()?;
+    faults_from_env()?;
     let nats = runtime::config::NatsConfig::from_env().context("reading NATS_* configuration")?;
     let mut job = runtime::config::JobConfig::from_env().context("reading JOB_* configuration")?;
     job.failures_bucket.clone_from(&config.failures_bucket);
@@ -148,6 +226,8 @@ async fn main() -> anyhow::Result<()> {
         dlq: OnceCell::new(),
         failures: OnceCell::new(),
         streams: Mutex::new(HashMap::new()),
+        #[cfg(feature = "fault-injection")]
+        faults: faults(),
     });
     runtime
         .consume_raw(consumer, move |job| {
@@ -180,19 +260,20 @@ impl Router {
             "messaging.nats.sequence" = advisory.stream_seq,
             "messaging.consumer.group.name" = %advisory.consumer,
         );
-        match self.route(&advisory).instrument(span).await {
+        match self.route(&advisory, job.attempt).instrument(span).await {
             Ok(()) => Outcome::Success,
             Err(err) => {
                 tracing::error!(error = %format!("{err:#}"), stream = %advisory.stream, sequence = advisory.stream_seq, "routing failed; will retry");
+                // On the consumer's backoff (1 s, 5 s, 30 s, then every 30 s): the advisory stays until it is routed.
                 Outcome::Retry {
-                    after: Some(RETRY_AFTER),
+                    after: None,
                     reason: format!("{err:#}"),
                 }
             }
         }
     }
 
-    async fn route(&self, advisory: &MaxDeliveries) -> anyhow::Result<()> {
+    async fn route(&self, advisory: &MaxDeliveries, attempt: u32) -> anyhow::Result<()> {
         let subject = DeadLetter::subject_for(
             &self.config.dlq_prefix,
             &advisory.stream,
@@ -220,96 +301,199 @@ impl Router {
                 anyhow::Ok(Failures::new(store))
             })
             .await?;
-        let recorded = dlq.direct_get_last_for_subject(&subject).await.is_ok();
-        if recorded {
-            tracing::info!(stream = %advisory.stream, sequence = advisory.stream_seq, "already in the dead-letter stream");
+        // Only "not found" means no record: any other error (a timeout, no leader) could hide one, so it is retried.
+        let earlier = match dlq.direct_get_last_for_subject(&subject).await {
+            Ok(record) => Some(
+                DeadLetter::from_stored(Some(&record.headers), record.payload)
+                    .is_ok_and(|letter| letter.payload_lost.is_none()),
+            ),
+            Err(err) if err.kind() == DirectGetErrorKind::NotFound => None,
+            Err(err) => {
+                return Err(err).with_context(|| format!("looking for a record on {subject}"));
+            }
+        };
+        let copied = if let Some(copied) = earlier {
+            tracing::info!(stream = %advisory.stream, sequence = advisory.stream_seq, copied, "already in the dead-letter stream");
+            copied
         } else {
-            let journal = failures
-                .get(&advisory.stream, &advisory.consumer, advisory.stream_seq)
-                .await;
-            let now = OffsetDateTime::now_utc();
-            let advised_at = advisory
-                .timestamp
-                .as_deref()
-                .and_then(|at| {
-                    OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
-                })
-                .unwrap_or(now);
-            let (subject, headers, payload, gone) = match source
-                .get_raw_message(advisory.stream_seq)
-                .await
-            {
-                Ok(original) => (
-                    original.subject.to_string(),
-                    strip_control_headers(Some(&original.headers)),
-                    original.payload,
-                    false,
-                ),
-                Err(err) => {
-                    tracing::error!(error = %err, "original no longer in its stream; recording the loss without payload");
-                    (
-                        String::new(),
-                        async_nats::HeaderMap::new(),
-                        bytes_empty(),
-                        true,
-                    )
-                }
-            };
-            let reason = match (&journal, gone) {
-                (_, true) => format!(
-                    "exhausted {} deliveries; the original was no longer in stream {}",
-                    advisory.deliveries, advisory.stream
-                ),
-                (Some(record), false) => format!(
-                    "exhausted {} deliveries; the last {} ended without an answer; last recorded error: {}",
-                    advisory.deliveries,
-                    advisory.deliveries.saturating_sub(record.failures).max(1),
-                    record.last_error
-                ),
-                (None, false) => format!(
-                    "exhausted {} deliveries without an answer (the function crashed, hung or was stopped)",
-                    advisory.deliveries
-                ),
-            };
-            let letter = DeadLetter {
-                subject,
-                stream: advisory.stream.clone(),
-                sequence: advisory.stream_seq,
-                consumer: advisory.consumer.clone(),
-                attempts: advisory.deliveries,
-                reason,
-                kind: DeathKind::NoAnswer,
-                first_failure: journal
-                    .as_ref()
-                    .map_or(advised_at, runtime::dlq::FailureRecord::first),
-                last_failure: advised_at,
-                headers,
-                payload,
-                writer: "router".to_owned(),
-            };
-            let ack = letter
-                .publish(&self.js, &self.config.dlq_prefix)
-                .await
-                .context("publishing the dead-letter record")?;
-            tracing::error!(stream = %advisory.stream, sequence = advisory.stream_seq, consumer = %advisory.consumer, dlq_sequence = ack.sequence, "dead-lettered after max deliveries");
+            let original = self.original(&source, advisory, attempt).await?;
+            self.record(advisory, failures, original).await?
+        };
+        #[cfg(feature = "fault-injection")]
+        if !self.faults.pause_after_record.is_zero() {
+            tracing::warn!(
+                pause_ms = u64::try_from(self.faults.pause_after_record.as_millis()).unwrap_or(0),
+                "recorded; pausing before settling (ROUTER_TEST_PAUSE_AFTER_RECORD_MS)"
+            );
+            tokio::time::sleep(self.faults.pause_after_record).await;
         }
-        // Work-queue streams keep max-delivered messages forever (2.14+); the copy is safe, so remove the original.
-        // Limits and interest streams are left alone: other consumers may still need the message.
+        // Work-queue streams keep max-delivered messages forever (2.14+); once the copy is safe, remove the original.
+        // Limits and interest streams are left alone: other consumers may still need the message. An original this
+        // router did not copy (a record without payload) is never deleted.
         if source.cached_info().config.retention == stream::RetentionPolicy::WorkQueue {
-            match source.delete_message(advisory.stream_seq).await {
-                Ok(_) => tracing::info!(
-                    sequence = advisory.stream_seq,
-                    "removed from the work-queue stream"
-                ),
-                Err(err) => {
-                    tracing::debug!(error = %err, "original already gone from the work-queue stream")
+            if copied {
+                match source.delete_message(advisory.stream_seq).await {
+                    Ok(_) => tracing::info!(
+                        sequence = advisory.stream_seq,
+                        "removed from the work-queue stream"
+                    ),
+                    Err(err) => {
+                        tracing::debug!(error = %err, "original already gone from the work-queue stream");
+                    }
                 }
+            } else {
+                tracing::warn!(
+                    sequence = advisory.stream_seq,
+                    "the record holds no copy of the original; leaving the work-queue stream as it is"
+                );
             }
         }
         failures
             .clear(&advisory.stream, &advisory.consumer, advisory.stream_seq)
             .await;
         Ok(())
+    }
+
+    /// The original, or proof that it is gone. An error is transient (the stream has no leader, a request timed
+    /// out): the advisory is retried and nothing is written.
+    async fn original(
+        &self,
+        source: &stream::Stream,
+        advisory: &MaxDeliveries,
+        attempt: u32,
+    ) -> anyhow::Result<Original> {
+        let seq = advisory.stream_seq;
+        #[cfg(feature = "fault-injection")]
+        if self.faults.take_fetch_failure() {
+            anyhow::bail!(
+                "fetching {} #{seq}: request timed out (ROUTER_TEST_FAIL_FETCHES)",
+                advisory.stream
+            );
+        }
+        match source.get_raw_message(seq).await {
+            Ok(original) => return Ok(Original::Copied(original)),
+            Err(err) if err.kind() == RawMessageErrorKind::NoMessageFound => {}
+            Err(err) => {
+                return Err(err).with_context(|| format!("fetching {} #{seq}", advisory.stream));
+            }
+        }
+        // "No message found" from the leader; the stream's bounds say why, and whether it is final.
+        let mut fresh = self
+            .js
+            .get_stream(&advisory.stream)
+            .await
+            .with_context(|| format!("stream {}", advisory.stream))?;
+        let state = fresh
+            .info()
+            .await
+            .with_context(|| format!("stream {} info", advisory.stream))?
+            .state
+            .clone();
+        let why = if seq < state.first_sequence {
+            format!(
+                "stream {} now starts at sequence {}: the original was purged or expired (max_age, max_msgs, \
+                 max_bytes) before the router could copy it",
+                advisory.stream, state.first_sequence
+            )
+        } else if seq <= state.last_sequence {
+            format!(
+                "stream {} has no message at sequence {seq} (it holds {} to {}): the original was deleted before \
+                 the router could copy it",
+                advisory.stream, state.first_sequence, state.last_sequence
+            )
+        } else if attempt >= NEVER_REACHED_TRIES {
+            format!(
+                "stream {} ends at sequence {}, before {seq}, after {attempt} tries: it was re-created or \
+                 restored since the advisory, and the original is not in it",
+                advisory.stream, state.last_sequence
+            )
+        } else {
+            // A replica that is behind, or a stream re-created moments ago: not proof yet.
+            anyhow::bail!(
+                "stream {} ends at sequence {}, before {seq}; trying again before calling it lost",
+                advisory.stream,
+                state.last_sequence
+            );
+        };
+        Ok(Original::Gone(why))
+    }
+
+    /// Writes the record; returns whether it holds the original.
+    async fn record(
+        &self,
+        advisory: &MaxDeliveries,
+        failures: &Failures,
+        original: Original,
+    ) -> anyhow::Result<bool> {
+        let journal = failures
+            .get(&advisory.stream, &advisory.consumer, advisory.stream_seq)
+            .await;
+        let now = OffsetDateTime::now_utc();
+        let advised_at = advisory
+            .timestamp
+            .as_deref()
+            .and_then(|at| {
+                OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .unwrap_or(now);
+        let mut reason = match &journal {
+            Some(record) => format!(
+                "exhausted {} deliveries; the last {} ended without an answer; last recorded error: {}",
+                advisory.deliveries,
+                advisory.deliveries.saturating_sub(record.failures).max(1),
+                record.last_error
+            ),
+            None => format!(
+                "exhausted {} deliveries without an answer (the function crashed, hung or was stopped)",
+                advisory.deliveries
+            ),
+        };
+        let (subject, headers, payload, payload_lost) = match original {
+            Original::Copied(original) => (
+                original.subject.to_string(),
+                strip_control_headers(Some(&original.headers)),
+                original.payload,
+                None,
+            ),
+            Original::Gone(why) => {
+                tracing::error!(stream = %advisory.stream, sequence = advisory.stream_seq, why = %why, "the original is gone; recording the death without its payload");
+                reason.push_str(&format!(
+                    "; the original was no longer in stream {}",
+                    advisory.stream
+                ));
+                // The advisory names the stream and sequence, not the subject: it stays unknown.
+                (
+                    String::new(),
+                    async_nats::HeaderMap::new(),
+                    bytes::Bytes::new(),
+                    Some(why),
+                )
+            }
+        };
+        let copied = payload_lost.is_none();
+        let letter = DeadLetter {
+            subject,
+            stream: advisory.stream.clone(),
+            sequence: advisory.stream_seq,
+            consumer: advisory.consumer.clone(),
+            attempts: advisory.deliveries,
+            reason,
+            kind: DeathKind::NoAnswer,
+            first_failure: journal
+                .as_ref()
+                .map_or(advised_at, runtime::dlq::FailureRecord::first),
+            last_failure: advised_at,
+            headers,
+            payload,
+            writer: "router".to_owned(),
+            payload_lost,
+        };
+        let ack = letter
+            .publish(&self.js, &self.config.dlq_prefix)
+            .await
+            .context("publishing the dead-letter record")?;
+        tracing::error!(stream = %advisory.stream, sequence = advisory.stream_seq, consumer = %advisory.consumer, dlq_sequence = ack.sequence, copied, "dead-lettered after max deliveries");
+        Ok(copied)
     }
 
     async fn source_stream(&self, name: &str) -> anyhow::Result<stream::Stream> {
@@ -328,10 +512,6 @@ impl Router {
     fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<String, stream::Stream>> {
         self.streams.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-fn bytes_empty() -> bytes::Bytes {
-    bytes::Bytes::new()
 }
 
 #[cfg(test)]
@@ -386,6 +566,8 @@ mod handler_tests {
                 dlq: OnceCell::new(),
                 failures: OnceCell::new(),
                 streams: Mutex::new(HashMap::new()),
+                #[cfg(feature = "fault-injection")]
+                faults: Faults::default(),
             };
             Self {
                 _nats: nats,
@@ -492,35 +674,83 @@ mod handler_tests {
         assert!(events.get_raw_message(seq).await.is_ok());
     }
 
-    #[tokio::test]
-    async fn an_advisory_whose_original_is_gone_records_the_loss() {
-        let h = Harness::start().await;
-        assert_eq!(h.handle(advisory(999), 1).await, Outcome::Success);
-        // No original, so no original subject: the record is read by its headers, not as a `DeadLetter`.
+    /// The record read by its raw headers, as any tool would.
+    async fn record_headers(h: &Harness, seq: u64) -> (HeaderMap, bytes::Bytes) {
         let dlq = h.js.get_stream("DLQ").await.expect("DLQ");
         let record = dlq
-            .get_last_raw_message_by_subject("dlq.EVENTS.welcome.999")
+            .get_last_raw_message_by_subject(&format!("dlq.EVENTS.welcome.{seq}"))
             .await
             .expect("a record for the lost message");
+        (record.headers, record.payload)
+    }
+
+    #[tokio::test]
+    async fn an_advisory_whose_original_was_purged_records_the_loss_and_why() {
+        let h = Harness::start().await;
+        let seq = h.stored().await;
+        h.js.get_stream("EVENTS")
+            .await
+            .expect("EVENTS")
+            .purge()
+            .await
+            .expect("purged");
+        assert_eq!(h.handle(advisory(seq), 1).await, Outcome::Success);
+        let (headers, payload) = record_headers(&h, seq).await;
         let header = |name: &str| {
-            record
-                .headers
+            headers
                 .get(name)
                 .map(|value| value.as_str().to_owned())
                 .unwrap_or_default()
         };
-        assert!(record.payload.is_empty());
-        assert_eq!(header(runtime::dlq::header::SEQUENCE), "999");
+        assert!(payload.is_empty());
+        assert_eq!(header(runtime::dlq::header::SEQUENCE), seq.to_string());
         assert_eq!(header(runtime::dlq::header::KIND), "no-answer");
         assert!(
             header(runtime::dlq::header::REASON).contains("no longer in stream EVENTS"),
             "{}",
             header(runtime::dlq::header::REASON)
         );
+        assert!(
+            header(runtime::dlq::header::PAYLOAD_LOST).contains("purged or expired"),
+            "{}",
+            header(runtime::dlq::header::PAYLOAD_LOST)
+        );
+        // Listed like any record: the loss is visible, the subject honestly unknown.
+        let records = h.dlq().await;
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].subject, "");
+        assert!(records[0].payload_lost.is_some());
         // Again: still one record.
-        assert_eq!(h.handle(advisory(999), 2).await, Outcome::Success);
-        let mut dlq = dlq;
-        assert_eq!(dlq.info().await.expect("info").state.messages, 1);
+        assert_eq!(h.handle(advisory(seq), 2).await, Outcome::Success);
+        assert_eq!(h.dlq().await.len(), 1);
+    }
+
+    /// A sequence past the end of the stream is not proof (a replica may be behind): retried, and recorded as lost
+    /// only after several tries.
+    #[tokio::test]
+    async fn a_sequence_the_stream_never_reached_is_retried_before_it_is_called_lost() {
+        let h = Harness::start().await;
+        h.stored().await;
+        for attempt in 1..NEVER_REACHED_TRIES {
+            let outcome = h.handle(advisory(999), attempt).await;
+            assert!(
+                matches!(&outcome, Outcome::Retry { after: None, reason } if reason.contains("before 999")),
+                "{outcome:?}"
+            );
+            assert!(h.dlq().await.is_empty(), "nothing is written while unsure");
+        }
+        assert_eq!(
+            h.handle(advisory(999), NEVER_REACHED_TRIES).await,
+            Outcome::Success
+        );
+        let records = h.dlq().await;
+        assert!(
+            records[0]
+                .payload_lost
+                .as_deref()
+                .is_some_and(|why| why.contains("re-created or restored")),
+            "{records:?}"
+        );
     }
 
     #[tokio::test]
@@ -543,7 +773,7 @@ mod handler_tests {
         h.js.delete_stream("DLQ").await.expect("DLQ deleted");
         let outcome = h.handle(advisory(seq), 1).await;
         assert!(
-            matches!(&outcome, Outcome::Retry { after, reason } if *after == Some(RETRY_AFTER) && reason.starts_with("stream DLQ")),
+            matches!(&outcome, Outcome::Retry { after: None, reason } if reason.starts_with("stream DLQ")),
             "{outcome:?}"
         );
         // An advisory about a stream that does not exist is retried too.

@@ -21,6 +21,38 @@ pub struct Policy {
     /// Fault injection for the crash test only (feature `fault-injection`): sleep this long before each commit.
     #[cfg(feature = "fault-injection")]
     pub test_delay_before_commit: Duration,
+    /// Called on the committer thread if it panics, before any waiting handler hears of it. The process passes
+    /// [`exit_after_panic`]; in-process tests, which must survive a panic, pass a function that returns.
+    pub on_panic: fn(),
+    /// Fault injection for the supervision test only (feature `fault-injection`): panic at the first change.
+    #[cfg(feature = "fault-injection")]
+    pub test_panic_at_change: bool,
+}
+
+/// The exit status of a process whose committer thread panicked (`EX_SOFTWARE`).
+pub const EXIT_COMMITTER_PANICKED: i32 = 70;
+
+/// Ends the process after a panic of the committer thread. Without it the handlers' changes would fail one by one
+/// (the committer is gone) and every event would be dead-lettered after its retries while `/livez` still answered
+/// 200; exiting instead lets the orchestrator restart the process, and the unacked messages are redelivered to it.
+pub fn exit_after_panic() {
+    tracing::error!(
+        status = EXIT_COMMITTER_PANICKED,
+        "the index committer thread panicked; exiting so the process is restarted and its messages redelivered"
+    );
+    std::process::exit(EXIT_COMMITTER_PANICKED);
+}
+
+/// Runs [`Policy::on_panic`] when the committer thread unwinds. It must drop before the batch's waiters do, so no
+/// handler sees the failure and settles its message.
+struct OnPanic(fn());
+
+impl Drop for OnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            (self.0)();
+        }
+    }
 }
 
 enum Request {
@@ -103,6 +135,8 @@ fn run(mut writer: Writer, inbox: &mpsc::Receiver<Request>, policy: Policy) {
     let mut waiters: Vec<Waiter> = Vec::new();
     let mut writes = 0usize;
     let mut batch_started: Option<Instant> = None;
+    // Declared after the waiters, so it drops (and exits) before they do.
+    let _on_panic = OnPanic(policy.on_panic);
     loop {
         let request = match batch_started {
             None => match inbox.recv() {
@@ -122,6 +156,11 @@ fn run(mut writer: Writer, inbox: &mpsc::Receiver<Request>, policy: Policy) {
                 }
             }
         };
+        #[cfg(feature = "fault-injection")]
+        assert!(
+            !policy.test_panic_at_change,
+            "INDEX_TEST_PANIC_IN_COMMITTER: the committer panics as asked"
+        );
         match request {
             Request::Change(change, reply) => match writer.apply(&change) {
                 Ok(decision) => {

@@ -73,6 +73,30 @@ fn delay_before_commit() -> anyhow::Result<Duration> {
     }
 }
 
+/// `INDEX_TEST_PANIC_IN_COMMITTER=1`: fault injection for the supervision test; the committer thread panics at
+/// the first change it receives.
+const PANIC_IN_COMMITTER: &str = "INDEX_TEST_PANIC_IN_COMMITTER";
+
+/// Whether the supervision test asks the committer to panic; a production build refuses the hook.
+///
+/// # Errors
+/// A value other than `1`; without the `fault-injection` feature, any value.
+fn panic_in_committer() -> anyhow::Result<bool> {
+    let Some(value) = std::env::var_os(PANIC_IN_COMMITTER) else {
+        return Ok(false);
+    };
+    anyhow::ensure!(
+        cfg!(feature = "fault-injection"),
+        "{PANIC_IN_COMMITTER} is a fault-injection hook for the tests, and this binary was built without the \
+         `fault-injection` feature (build with `--features indexing/fault-injection`); unset it"
+    );
+    anyhow::ensure!(
+        value == "1",
+        "{PANIC_IN_COMMITTER}: expected 1, got {value:?}"
+    );
+    Ok(true)
+}
+
 /// The variables of [`IndexConfig`].
 const CONFIG: runtime::config::Table = runtime::config::Table {
     title: "Index",
@@ -133,6 +157,8 @@ async fn main() -> anyhow::Result<()> {
     let config: IndexConfig = runtime::config::from_env()?;
     #[cfg_attr(not(feature = "fault-injection"), allow(unused_variables))]
     let delay_before_commit = delay_before_commit()?;
+    #[cfg_attr(not(feature = "fault-injection"), allow(unused_variables))]
+    let panic_in_committer = panic_in_committer()?;
     let runtime = Runtime::from_env("indexing").await?;
     let (writer, searcher) = index::open(&config.dir, config.writer_memory_mb * 1024 * 1024)?;
     tracing::info!(dir = %config.dir.display(), entries = searcher.entries(), purged_before = %index::rfc3339(writer.purged_before_ms()), "index open");
@@ -141,8 +167,11 @@ async fn main() -> anyhow::Result<()> {
         Policy {
             max_docs: config.commit_max_docs.max(1),
             interval: Duration::from_millis(config.commit_interval_ms.max(1)),
+            on_panic: committer::exit_after_panic,
             #[cfg(feature = "fault-injection")]
             test_delay_before_commit: delay_before_commit,
+            #[cfg(feature = "fault-injection")]
+            test_panic_at_change: panic_in_committer,
         },
     );
 
@@ -306,8 +335,13 @@ mod handler_tests {
                 Policy {
                     max_docs: 1000,
                     interval: Duration::from_millis(5),
+                    // The failed-commit test takes the committer down (tantivy panics on a second rollback after
+                    // the directory vanished); in process, the test harness must survive it.
+                    on_panic: || {},
                     #[cfg(feature = "fault-injection")]
                     test_delay_before_commit: Duration::ZERO,
+                    #[cfg(feature = "fault-injection")]
+                    test_panic_at_change: false,
                 },
             );
             Self {

@@ -96,10 +96,15 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Sends the customer's confirmation and one notification per staff address, each at most once per event.
+///
+/// Each email is its own effect with its own fate: a permanent refusal (a 5xx) of one does not keep the others from
+/// going out, and the dead letter names every refused one (masked). A transient failure stops here and retries:
+/// the redelivery skips what was sent, and a downed server would refuse the rest the same way.
 #[tracing::instrument(skip_all, fields(order_id = %job.event.data.order_id))]
 async fn confirm_order(job: Job<OrderPlaced>, context: Arc<Context>) -> Result<(), JobError> {
     let order = &job.event.data;
     let mailer = &context.mailer;
+    let mut refused = mailer::Refused::default();
     if order.notify_customer {
         let rendered = render_customer(
             &context.templates,
@@ -115,7 +120,7 @@ async fn confirm_order(job: Job<OrderPlaced>, context: Arc<Context>) -> Result<(
             "customer-email:{}",
             order.customer.email.to_ascii_lowercase()
         );
-        mailer::send_once(
+        let sent = mailer::send_once(
             &job,
             mailer,
             &effect,
@@ -126,7 +131,8 @@ async fn confirm_order(job: Job<OrderPlaced>, context: Arc<Context>) -> Result<(
                 locale: order.locale,
             },
         )
-        .await?;
+        .await;
+        refused.note("customer email", &to, sent)?;
     }
     if order.notify_admins && !context.admins.is_empty() {
         let locale = context.config.order_admin_locale;
@@ -142,7 +148,7 @@ async fn confirm_order(job: Job<OrderPlaced>, context: Arc<Context>) -> Result<(
                 "admin-email:{}",
                 admin.email.to_string().to_ascii_lowercase()
             );
-            mailer::send_once(
+            let sent = mailer::send_once(
                 &job,
                 mailer,
                 &effect,
@@ -153,10 +159,11 @@ async fn confirm_order(job: Job<OrderPlaced>, context: Arc<Context>) -> Result<(
                     locale,
                 },
             )
-            .await?;
+            .await;
+            refused.note("staff email", admin, sent)?;
         }
     }
-    Ok(())
+    refused.into_result()
 }
 
 fn items(order: &OrderPlaced, locale: Locale) -> Value {
@@ -483,6 +490,34 @@ mod handler_tests {
             ["ada@example.com", "ops@shop.example", "boss@shop.example"]
         );
         assert_eq!(h.smtp.attempts(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_5xx_for_the_customer_still_notifies_the_staff_and_names_who_was_refused() {
+        let admins = ["ops@shop.example", "boss@shop.example"];
+        let h = harness(&admins);
+        h.smtp.reply(Reply::Reject(550));
+        assert_eq!(
+            h.deliver(&event(), 1).await,
+            Settled::Dead(runtime::dlq::DeathKind::Permanent)
+        );
+        assert_eq!(h.smtp.recipients(), admins, "each staff address was told");
+        assert_eq!(h.smtp.attempts(), 3, "the refused email was tried once");
+
+        let h = harness(&admins);
+        h.smtp.reply(Reply::Accept).reply(Reply::Reject(550));
+        let err = h.handle(&event(), 1).await.expect_err("one was refused");
+        assert!(err.is_permanent());
+        let reason = err.to_string();
+        assert!(
+            reason.contains("staff email to op***@shop.example") && reason.contains("550"),
+            "{reason}"
+        );
+        assert!(!reason.contains("ops@shop.example"), "{reason}");
+        assert_eq!(
+            h.smtp.recipients(),
+            ["ada@example.com", "boss@shop.example"]
+        );
     }
 }
 

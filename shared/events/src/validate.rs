@@ -304,23 +304,83 @@ pub(crate) fn describe_json_error(err: &serde_json::Error) -> String {
     }
 }
 
+/// What a person reads in a dead letter or a publisher's error: "must be a string", not the validator's
+/// "must be of type single(string)". Only the schema's side is quoted (types, limits, allowed values, field names),
+/// never the refused value.
 fn describe_schema_error(error: &jsonschema::ValidationError<'_>) -> String {
-    use jsonschema::error::ValidationErrorKind as Kind;
+    use jsonschema::error::{TypeKind, ValidationErrorKind as Kind};
     match error.kind() {
-        Kind::Required { property } => format!("missing required field {property}"),
-        Kind::Type { kind } => format!("must be of type {kind:?}").to_lowercase(),
+        Kind::Required { property } => format!("missing required field {}", plain(property)),
+        Kind::Type {
+            kind: TypeKind::Single(ty),
+        } => format!("must be {}", with_article(*ty)),
+        Kind::Type {
+            kind: TypeKind::Multiple(types),
+        } => format!(
+            "must be {}",
+            types
+                .iter()
+                .map(with_article)
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ),
         Kind::Format { format } => format!("is not a valid {format}"),
+        Kind::MinLength { limit: 1 } => "must not be empty".to_owned(),
         Kind::MinLength { limit } => format!("must be at least {limit} characters"),
         Kind::MaxLength { limit } => format!("must be at most {limit} characters"),
         Kind::Pattern { pattern } => format!("does not match the pattern {pattern}"),
-        Kind::Constant { expected_value } => format!("must be {expected_value}"),
-        Kind::Enum { options } => format!("must be one of {options}"),
+        Kind::Constant { expected_value } => format!("must be {}", plain(expected_value)),
+        Kind::Enum { options } => match options.as_array() {
+            Some(options) => format!(
+                "must be one of {}",
+                options.iter().map(plain).collect::<Vec<_>>().join(", ")
+            ),
+            None => format!("must be one of {}", plain(options)),
+        },
         Kind::Minimum { limit } => format!("must be at least {limit}"),
         Kind::Maximum { limit } => format!("must be at most {limit}"),
+        Kind::ExclusiveMinimum { limit } => format!("must be greater than {limit}"),
+        Kind::ExclusiveMaximum { limit } => format!("must be less than {limit}"),
+        Kind::MultipleOf { multiple_of } => format!("must be a multiple of {multiple_of}"),
+        Kind::MinItems { limit: 1 } => "must not be empty".to_owned(),
         Kind::MinItems { limit } => format!("must have at least {limit} items"),
         Kind::MaxItems { limit } => format!("must have at most {limit} items"),
-        Kind::AdditionalProperties { unexpected } => format!("unexpected fields {unexpected:?}"),
+        Kind::UniqueItems => "must not repeat an item".to_owned(),
+        Kind::MinProperties { limit } => format!("must have at least {limit} fields"),
+        Kind::MaxProperties { limit } => format!("must have at most {limit} fields"),
+        Kind::AdditionalProperties { unexpected } | Kind::UnevaluatedProperties { unexpected } => {
+            match unexpected.as_slice() {
+                [one] => format!("has an unexpected field {one}"),
+                many => format!("has unexpected fields {}", many.join(", ")),
+            }
+        }
+        Kind::AnyOf { .. } | Kind::OneOfNotValid { .. } => {
+            "does not match any of the allowed forms".to_owned()
+        }
+        Kind::OneOfMultipleValid { .. } => "matches more than one of the allowed forms".to_owned(),
+        Kind::FalseSchema | Kind::Not { .. } => "is not allowed here".to_owned(),
         other => format!("fails the schema ({})", kind_name(other)),
+    }
+}
+
+/// A JSON value of the schema as a person writes it: `en`, not `"en"`.
+fn plain(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn with_article(ty: jsonschema::JsonType) -> &'static str {
+    use jsonschema::JsonType;
+    match ty {
+        JsonType::Null => "null",
+        JsonType::Boolean => "true or false",
+        JsonType::Integer => "an integer",
+        JsonType::Number => "a number",
+        JsonType::String => "a string",
+        JsonType::Array => "a list",
+        JsonType::Object => "an object",
     }
 }
 
@@ -450,5 +510,154 @@ mod tests {
         event.data.email = "ada@example.com".into();
         event.ty = "orders.placed".into();
         assert!(check(&event).is_err());
+    }
+
+    /// Every common schema error kind reads as a person would write it, and none quotes the refused value.
+    #[test]
+    fn schema_errors_read_as_plain_language() {
+        let cases: &[(Value, Value, &str)] = &[
+            (
+                serde_json::json!({"type": "string"}),
+                serde_json::json!(12345),
+                "must be a string",
+            ),
+            (
+                serde_json::json!({"type": "integer"}),
+                serde_json::json!("12345"),
+                "must be an integer",
+            ),
+            (
+                serde_json::json!({"type": "object"}),
+                serde_json::json!([12345]),
+                "must be an object",
+            ),
+            (
+                serde_json::json!({"type": "array"}),
+                serde_json::json!(12345),
+                "must be a list",
+            ),
+            (
+                serde_json::json!({"type": "boolean"}),
+                serde_json::json!(12345),
+                "must be true or false",
+            ),
+            (
+                serde_json::json!({"type": ["string", "null"]}),
+                serde_json::json!(12345),
+                "must be null or a string",
+            ),
+            (
+                serde_json::json!({"required": ["email"]}),
+                serde_json::json!({}),
+                "missing required field email",
+            ),
+            (
+                serde_json::json!({"format": "email"}),
+                serde_json::json!("12345"),
+                "is not a valid email",
+            ),
+            (
+                serde_json::json!({"minLength": 1}),
+                serde_json::json!(""),
+                "must not be empty",
+            ),
+            (
+                serde_json::json!({"minLength": 6}),
+                serde_json::json!("12345"),
+                "must be at least 6 characters",
+            ),
+            (
+                serde_json::json!({"maxLength": 3}),
+                serde_json::json!("12345"),
+                "must be at most 3 characters",
+            ),
+            (
+                serde_json::json!({"pattern": "^[a-z]+$"}),
+                serde_json::json!("12345"),
+                "does not match the pattern ^[a-z]+$",
+            ),
+            (
+                serde_json::json!({"enum": ["en", "vi"]}),
+                serde_json::json!("12345"),
+                "must be one of en, vi",
+            ),
+            (
+                serde_json::json!({"const": "1.0"}),
+                serde_json::json!("12345"),
+                "must be 1.0",
+            ),
+            (
+                serde_json::json!({"minimum": 1}),
+                serde_json::json!(-12345),
+                "must be at least 1",
+            ),
+            (
+                serde_json::json!({"maximum": 100}),
+                serde_json::json!(12345),
+                "must be at most 100",
+            ),
+            (
+                serde_json::json!({"exclusiveMinimum": 0}),
+                serde_json::json!(-12345),
+                "must be greater than 0",
+            ),
+            (
+                serde_json::json!({"maxItems": 2}),
+                serde_json::json!([1, 2, 12345]),
+                "must have at most 2 items",
+            ),
+            (
+                serde_json::json!({"minItems": 1}),
+                serde_json::json!([]),
+                "must not be empty",
+            ),
+            (
+                serde_json::json!({"uniqueItems": true}),
+                serde_json::json!([12345, 12345]),
+                "must not repeat an item",
+            ),
+            (
+                serde_json::json!({"properties": {"a": {}}, "additionalProperties": false}),
+                serde_json::json!({"a": 1, "b12345": 2}),
+                "has an unexpected field b12345",
+            ),
+            (
+                serde_json::json!({"anyOf": [{"type": "string"}, {"type": "integer"}]}),
+                serde_json::json!([12345]),
+                "does not match any of the allowed forms",
+            ),
+            (
+                serde_json::json!({"oneOf": [{"type": "string"}, {"type": "integer"}]}),
+                serde_json::json!([12345]),
+                "does not match any of the allowed forms",
+            ),
+        ];
+        for (schema, instance, expected) in cases {
+            let validator = jsonschema::options()
+                .should_validate_formats(true)
+                .build(schema)
+                .expect("a valid schema");
+            let messages: Vec<String> = validator
+                .iter_errors(instance)
+                .map(|error| describe_schema_error(&error))
+                .collect();
+            assert_eq!(messages, [*expected], "{schema} against {instance}");
+            // The field-name case quotes the schema's names and the unexpected key, never the value.
+            assert!(
+                messages
+                    .iter()
+                    .all(|message| !message.contains("12345") || expected.contains("12345")),
+                "{messages:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_wrong_type_in_an_event_reads_must_be_a_string() {
+        let validator = Validator::new();
+        let bytes =
+            event(serde_json::json!({"user_id": "u1", "email": "ada@example.com", "name": 7}));
+        let invalid = validator.decode::<UserRegistered>(&bytes).unwrap_err();
+        assert_eq!(invalid.to_string(), "/data/name: must be a string");
     }
 }

@@ -83,8 +83,15 @@ pub(crate) async fn run(client: async_nats::Client, command: DlqCommand) -> anyh
                     letter.consumer,
                     letter.kind.as_str(),
                     letter.attempts,
-                    letter.subject,
-                    truncate(&letter.reason, 100)
+                    subject_of(letter),
+                    match &letter.payload_lost {
+                        Some(why) => format!(
+                            "{}; payload lost: {}",
+                            truncate(&letter.reason, 100),
+                            truncate(why, 160)
+                        ),
+                        None => truncate(&letter.reason, 100),
+                    }
                 );
             }
             println!("{} dead event(s)", records.len());
@@ -92,7 +99,7 @@ pub(crate) async fn run(client: async_nats::Client, command: DlqCommand) -> anyh
         DlqCommand::Show { seq, raw } => {
             let letter = get(&dlq, seq).await?;
             println!("dlq sequence   {seq}");
-            println!("subject        {}", letter.subject);
+            println!("subject        {}", subject_of(&letter));
             println!("stream/seq     {} #{}", letter.stream, letter.sequence);
             println!("function       {}", letter.consumer);
             println!("kind           {}", letter.kind.as_str());
@@ -112,10 +119,19 @@ pub(crate) async fn run(client: async_nats::Client, command: DlqCommand) -> anyh
                     println!("header         {name}: {value}");
                 }
             }
-            println!("payload ({} bytes):", letter.payload.len());
-            if raw {
+            if let Some(why) = &letter.payload_lost {
+                println!("payload        lost: {why}");
+                println!(
+                    "               This record says what died and why, but holds no copy of the event: it cannot \
+                     be replayed. Recover the event from its publisher (stream {} #{}, function {}), or purge the \
+                     record.",
+                    letter.stream, letter.sequence, letter.consumer
+                );
+            } else if raw {
+                println!("payload ({} bytes):", letter.payload.len());
                 println!("{}", String::from_utf8_lossy(&letter.payload));
             } else {
+                println!("payload ({} bytes):", letter.payload.len());
                 match serde_json::from_slice::<serde_json::Value>(&letter.payload) {
                     Ok(mut value) => {
                         mask(&mut value, "");
@@ -129,12 +145,18 @@ pub(crate) async fn run(client: async_nats::Client, command: DlqCommand) -> anyh
             }
         }
         DlqCommand::Replay(selection) => {
+            let mut refused = Vec::new();
             for seq in select(&dlq, &selection).await? {
                 let letter = get(&dlq, seq).await?;
-                anyhow::ensure!(
-                    !letter.subject.is_empty(),
-                    "dlq #{seq} has no original payload to replay"
-                );
+                if let Some(why) = &letter.payload_lost {
+                    // The others are still replayed; the command fails at the end so a script notices.
+                    eprintln!(
+                        "dlq #{seq} cannot be replayed: it holds no copy of the event (payload lost: {why}); \
+                         `jetfn dlq show {seq}` explains, `jetfn dlq purge {seq}` removes it"
+                    );
+                    refused.push(seq);
+                    continue;
+                }
                 let mut headers: HeaderMap = letter.headers.clone();
                 headers.insert(
                     async_nats::header::NATS_MESSAGE_ID,
@@ -156,6 +178,16 @@ pub(crate) async fn run(client: async_nats::Client, command: DlqCommand) -> anyh
                         .with_context(|| format!("removing dlq #{seq} after replay"))?;
                 }
             }
+            anyhow::ensure!(
+                refused.is_empty(),
+                "{} record(s) not replayed, their payload was lost: {}",
+                refused.len(),
+                refused
+                    .iter()
+                    .map(|seq| format!("#{seq}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         DlqCommand::Purge(selection) => {
             let seqs = select(&dlq, &selection).await?;
@@ -222,10 +254,10 @@ pub(crate) async fn read_all(
         let message = message?;
         let info = message.info().map_err(|err| anyhow::anyhow!("{err}"))?;
         let (seq, pending) = (info.stream_sequence, info.pending);
-        if let Ok(letter) =
-            DeadLetter::from_stored(message.headers.as_ref(), message.payload.clone())
-        {
-            records.push((seq, letter));
+        match DeadLetter::from_stored(message.headers.as_ref(), message.payload.clone()) {
+            Ok(letter) => records.push((seq, letter)),
+            // Said, not skipped silently: something else writes to the DLQ's subjects.
+            Err(err) => eprintln!("dlq #{seq} is not listed: {err:#}"),
         }
         if pending == 0 {
             break;
@@ -263,6 +295,16 @@ fn mask(value: &mut serde_json::Value, key: &str) {
             }
         }
         _ => {}
+    }
+}
+
+/// A record whose original was lost before the router read it may not know the subject: the advisory names the
+/// stream and sequence only.
+fn subject_of(letter: &DeadLetter) -> &str {
+    if letter.subject.is_empty() {
+        "(unknown)"
+    } else {
+        &letter.subject
     }
 }
 

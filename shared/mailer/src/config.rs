@@ -25,7 +25,7 @@ pub struct MailerConfig {
     /// receiving systems collapse the retry.
     #[serde(default = "default_timeout_secs")]
     pub smtp_timeout_secs: u64,
-    /// `SMTP_POOL_MAX` (default 8): most SMTP connections kept open to the server.
+    /// `SMTP_POOL_MAX` (default 8): most SMTP connections, and so emails in flight, this process has open at once.
     #[serde(default = "default_pool_max")]
     pub smtp_pool_max: u32,
     /// `MAIL_DIR` (default `.jetfn/mail`): where `.eml` files go when `SMTP_URL` is unset; created if missing.
@@ -139,7 +139,7 @@ pub const MAILER: Table = Table {
         Var::with_default(
             "SMTP_POOL_MAX",
             "8",
-            "most SMTP connections kept open to the server",
+            "most SMTP connections (emails in flight) this process has open at once",
         ),
         Var::with_default(
             "MAIL_DIR",

@@ -3,7 +3,8 @@
 //! | Failure                                                      | Variant                        | Class     |
 //! |--------------------------------------------------------------|--------------------------------|-----------|
 //! | SMTP reply 4xx (greylisting, mailbox busy, rate limit)       | `Rejected { code: 4xx }`       | transient |
-//! | SMTP reply 5xx (no such user, policy refusal, auth failed)   | `Rejected { code: 5xx }`       | permanent |
+//! | SMTP reply 5xx (no such user, policy refusal)                | `Rejected { code: 5xx }`       | permanent |
+//! | SMTP 530/534/535/538 (authentication required or failed)     | `Rejected { code: 53x }`       | route     |
 //! | connection refused / reset / DNS failure / network I/O       | `Connection`                   | transient |
 //! | the send took longer than `SMTP_TIMEOUT_SECS`                | `Timeout`                      | transient |
 //! | TLS handshake or certificate failure, STARTTLS not offered   | `Tls`                          | transient |
@@ -12,6 +13,11 @@
 //! | non-ASCII address to a server without SMTPUTF8               | `Invalid`                      | permanent |
 //! | CR, LF or NUL in a header value (subject, display name)      | `HeaderInjection`              | permanent |
 //! | file transport I/O error (disk full, permission)             | `File`                         | transient |
+//!
+//! "Route" failures are transient and open the circuit breaker ([`SendError::is_unavailable`]): an authentication
+//! failure is the sending account's fault (a rotated password, a locked account), not the email's, and every email
+//! would fail the same way until an operator fixes it, so dead-lettering each one would only move the outage into
+//! the DLQ. The breaker's probe authenticates too, so it closes only once the credentials work again.
 //!
 //! TLS failures are transient because a restarting server or a rotating certificate looks the same as an attack
 //! from here; either way the mailer never falls back to plaintext, so retrying is safe. Transient errors that never
@@ -74,22 +80,21 @@ impl SendError {
         !self.is_permanent()
     }
 
-    /// Whether the server itself is out of reach (refused, timed out, TLS failed, `421` service not available),
-    /// rather than this one email failing. The runtime's circuit breaker counts these.
+    /// Whether the route to the server is broken (refused, timed out, TLS failed, `421` service not available,
+    /// authentication required or refused), rather than this one email failing. The runtime's circuit breaker
+    /// counts these.
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
-            Self::Connection { .. }
-                | Self::Timeout
-                | Self::Tls { .. }
-                | Self::Rejected { code: 421, .. }
-        )
+        match self {
+            Self::Connection { .. } | Self::Timeout | Self::Tls { .. } => true,
+            Self::Rejected { code, .. } => *code == 421 || is_auth_failure(*code),
+            _ => false,
+        }
     }
 
     /// The message will never go through as it is: dead-letter it and stop redelivery.
     pub fn is_permanent(&self) -> bool {
         match self {
-            Self::Rejected { code, .. } => (500..600).contains(code),
+            Self::Rejected { code, .. } => (500..600).contains(code) && !is_auth_failure(*code),
             Self::Invalid { .. } | Self::HeaderInjection { .. } => true,
             Self::Connection { .. }
             | Self::Timeout
@@ -221,6 +226,12 @@ impl From<lettre::address::AddressError> for SendError {
     }
 }
 
+/// 530 authentication required, 534 mechanism too weak, 535 credentials invalid, 538 encryption required for
+/// the mechanism (RFC 4954): the account's configuration, the same for every email.
+fn is_auth_failure(code: u16) -> bool {
+    matches!(code, 530 | 534 | 535 | 538)
+}
+
 /// The RFC 3463 status at the start of a reply text (`5.1.1 <bob@…> unknown`), without the rest.
 fn enhanced_status(text: &str) -> Option<String> {
     let token = text.split_whitespace().next()?;
@@ -327,6 +338,23 @@ mod tests {
             assert_eq!(err.is_transient(), transient, "{err}");
             assert_eq!(err.is_permanent(), !transient, "{err}");
         }
+    }
+
+    #[test]
+    fn authentication_failures_are_route_faults_not_permanent() {
+        for code in [530, 534, 535, 538] {
+            let err = SendError::Rejected {
+                code,
+                enhanced: Some("5.7.8".to_owned()),
+            };
+            assert!(err.is_unavailable(), "{err}");
+            assert!(err.is_transient() && !err.is_permanent(), "{err}");
+        }
+        let no_user = SendError::Rejected {
+            code: 550,
+            enhanced: Some("5.1.1".to_owned()),
+        };
+        assert!(no_user.is_permanent() && !no_user.is_unavailable());
     }
 
     #[test]

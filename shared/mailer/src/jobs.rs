@@ -71,6 +71,51 @@ pub async fn send_once<T>(
     Ok(())
 }
 
+/// The emails of one event the server refused for good, for a function that sends several: each recipient's send
+/// is its own effect, so a 5xx for one must not keep the others from going out, and the dead letter names every
+/// refused one (masked, with the reply code).
+#[derive(Debug, Default)]
+pub struct Refused(Vec<String>);
+
+impl Refused {
+    /// Keeps a permanent refusal of `what` (such as "staff email") to `to` and returns `Ok` so the caller goes on
+    /// to the next email; any other failure is returned as it is, to retry the event (the redelivery skips what
+    /// was sent, and a downed server would refuse the rest the same way).
+    ///
+    /// # Errors
+    /// `sent`'s error, unless it is permanent.
+    pub fn note(
+        &mut self,
+        what: &str,
+        to: &Mailbox,
+        sent: Result<(), JobError>,
+    ) -> Result<(), JobError> {
+        match sent {
+            Err(err) if err.is_permanent() => {
+                let to = events::pii::mask_email(to.email.as_ref());
+                tracing::warn!(email = what, to = %to, error = %err, "email refused for good; sending the others");
+                self.0.push(format!("{what} to {to}: {err}"));
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// `Ok` when nothing was refused; else a permanent error naming each refused email.
+    ///
+    /// # Errors
+    /// At least one email was refused.
+    pub fn into_result(self) -> Result<(), JobError> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        Err(JobError::permanent(anyhow::anyhow!(
+            "refused: {}",
+            self.0.join("; ")
+        )))
+    }
+}
+
 /// Wraps the mailer's probe for [`runtime::Runtime::with_probe`].
 pub fn probe(
     mailer: &Mailer,

@@ -45,7 +45,7 @@ mod transport;
 pub use compose::compose;
 pub use config::{ConfigError, MAILER, MailerConfig, SETTINGS, Secret, mailboxes, settings_with};
 pub use error::SendError;
-pub use jobs::{Email, job_error, probe, send_once, serve};
+pub use jobs::{Email, Refused, job_error, probe, send_once, serve};
 #[cfg(any(test, feature = "testing"))]
 pub use stub::{Reply, Sent, Stub};
 pub use templates::{EmailTemplate, RenderError, Rendered, TemplateError, Templates};

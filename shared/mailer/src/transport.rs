@@ -48,6 +48,11 @@ enum Transport {
 
 /// The SMTP pool, replaced as a whole when a send times out.
 ///
+/// lettre's pool `max_size` bounds only the idle connections it keeps: under load it opens one connection per
+/// concurrent send, so `sends` (`SMTP_POOL_MAX` permits) caps the transactions, and with them the connections,
+/// one process has open. A server's per-client limit (Postfix: 50) would otherwise answer 421 and open the
+/// breaker.
+///
 /// lettre applies its timeout only to the TCP connect: a server that stalls later (TLS handshake, any command)
 /// would hold the send forever, so the whole send runs under `SMTP_TIMEOUT_SECS`. Cancelling a send mid-command
 /// hands a connection with an unread reply back to lettre's pool, and the next email on it would read that stale
@@ -55,6 +60,7 @@ enum Transport {
 struct Smtp {
     builder: AsyncSmtpTransportBuilder,
     timeout: Duration,
+    sends: tokio::sync::Semaphore,
     /// (generation, pool); the generation keeps concurrent timeouts from retiring a pool more than once.
     current: RwLock<(u64, AsyncSmtpTransport<Tokio1Executor>)>,
 }
@@ -72,7 +78,15 @@ impl Smtp {
         }
     }
 
+    async fn permit(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.sends
+            .acquire()
+            .await
+            .expect("the send semaphore is never closed")
+    }
+
     async fn probe(&self) -> Result<(), SendError> {
+        let _permit = self.permit().await;
         let (_, transport) = self.current();
         match tokio::time::timeout(self.timeout, transport.test_connection()).await {
             Ok(Ok(true)) => Ok(()),
@@ -85,6 +99,8 @@ impl Smtp {
     }
 
     async fn send(&self, message: Message) -> Result<Delivery, SendError> {
+        // Waiting for a permit is not part of SMTP_TIMEOUT_SECS: only the server's own slowness is.
+        let _permit = self.permit().await;
         let (generation, transport) = self.current();
         match tokio::time::timeout(self.timeout, transport.send(message)).await {
             Ok(Ok(_)) => Ok(Delivery::Smtp),
@@ -157,6 +173,9 @@ impl Mailer {
                 Transport::Smtp(Box::new(Smtp {
                     builder,
                     timeout,
+                    sends: tokio::sync::Semaphore::new(
+                        usize::try_from(config.smtp_pool_max).unwrap_or(usize::MAX),
+                    ),
                     current,
                 }))
             }
@@ -631,6 +650,62 @@ mod tests {
                 .expect("fresh connection"),
             Delivery::Smtp
         );
+    }
+
+    #[tokio::test]
+    async fn concurrent_sends_never_exceed_smtp_pool_max() {
+        // Slow end-of-DATA replies keep every send open long enough for all of them to overlap.
+        let server = SmtpServer::start();
+        server.delay_data_reply(Duration::from_millis(200));
+        let mailer = Mailer::new(MailerConfig {
+            smtp_pool_max: 2,
+            ..smtp_config(server.url(), 5)
+        })
+        .expect("mailer");
+        let mut sends = tokio::task::JoinSet::new();
+        for i in 0..8 {
+            let mailer = mailer.clone();
+            sends.spawn(async move { mailer.send(message(&format!("user{i}@example.com"))).await });
+        }
+        while let Some(sent) = sends.join_next().await {
+            assert_eq!(sent.expect("task").expect("sent"), Delivery::Smtp);
+        }
+        assert_eq!(server.messages().len(), 8);
+        assert!(
+            server.peak_transactions() <= 2,
+            "{} emails were in flight at once with SMTP_POOL_MAX=2",
+            server.peak_transactions()
+        );
+        assert!(
+            server.peak_sessions() <= 2,
+            "{} connections were open at once with SMTP_POOL_MAX=2",
+            server.peak_sessions()
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_credentials_are_a_route_fault_for_sends_and_the_probe() {
+        // 535 to every AUTH: a wrong or rotated password, the same for every email.
+        let server = smtp_server(|s| {
+            s.script(
+                SmtpCommand::Auth,
+                vec![Reply::new(535, "5.7.8 Authentication credentials invalid"); 8],
+            );
+        });
+        let url = format!("smtp://jetfn:wrong@{}", server.addr());
+        let mailer = Mailer::new(smtp_config(url, 5)).expect("mailer");
+        let err = mailer
+            .send(message("ada@example.com"))
+            .await
+            .expect_err("authentication fails");
+        assert_eq!(err.code(), Some(535), "{err:?}");
+        assert!(err.is_unavailable() && !err.is_permanent(), "{err:?}");
+        assert!(crate::job_error(err).is_unavailable());
+        assert!(
+            mailer.probe().await.is_err(),
+            "the breaker's probe authenticates too, so it stays open while the credentials are refused"
+        );
+        assert!(server.messages().is_empty());
     }
 
     #[tokio::test]

@@ -1,10 +1,11 @@
 //! The circuit breaker: when a dependency is down, stop taking messages instead of burning their retries.
 //!
 //! Handlers report a downed dependency with [`JobError::unavailable`](crate::JobError::unavailable). After
-//! `JOB_BREAKER_THRESHOLD` such failures in a row the breaker opens: messages already delivered wait before their
-//! handler runs (kept alive with in-progress acks, so their delivery count does not grow), the failed one waits and
-//! is retried in the same delivery, and since every permit is held no more are pulled; the rest wait in the
-//! stream. A probe (the function's, such as an SMTP `NOOP`, or else one trial message) runs every
+//! `JOB_BREAKER_THRESHOLD` such failures in a row the breaker opens: the replica stops fetching and gives back what
+//! it holds (a NAK, no failure recorded), so another replica whose route works serves those messages, and with
+//! every replica open they wait on the server without being delivered. A message on its last delivery is the
+//! exception: a NAK would make the server dead-letter it, so it waits here, kept alive with in-progress acks, and
+//! runs once the breaker closes (through a drain too, until the drain's deadline). A probe (the function's, such as an SMTP `NOOP`, or else one trial message) runs every
 //! `JOB_BREAKER_PROBE_SECS`, doubling up to `JOB_BREAKER_PROBE_MAX_SECS`; when it succeeds the breaker closes.
 
 use std::future::Future;
@@ -62,6 +63,12 @@ impl Breaker {
         let _ = receiver.wait_for(|open| !*open).await;
     }
 
+    /// Resolves when the breaker is open.
+    pub(crate) async fn opened(&self) {
+        let mut receiver = self.open.subscribe();
+        let _ = receiver.wait_for(|open| *open).await;
+    }
+
     pub(crate) fn record_success(&self) {
         self.consecutive.store(0, Ordering::Relaxed);
     }
@@ -87,7 +94,7 @@ impl Breaker {
                 tracing::error!(
                     consecutive_failures = failures,
                     probe_every_secs = self.probe_initial.as_secs_f64(),
-                    "circuit open: a dependency is down; holding messages and probing"
+                    "circuit open: a dependency is down; giving back held messages, fetching none, probing"
                 );
                 let breaker = self.clone();
                 tokio::spawn(async move { breaker.probe_until_closed().await });

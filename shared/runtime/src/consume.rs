@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::breaker::Breaker;
 use crate::health::Bound;
 use crate::policy::Policy;
 use crate::settle;
@@ -57,10 +58,15 @@ pub(crate) async fn get_consumer(
 
 /// Serves a bound consumer until `stop` is cancelled, then drains: stops pulling, lets in-flight messages finish
 /// within `drain_timeout` and settle. What is unfinished at the deadline is redelivered later.
+///
+/// While `breaker` is open nothing is fetched: the pull (and its outstanding request, which the server drops once
+/// its inbox has no subscriber) is given up, so every message goes to replicas whose route works, or waits on the
+/// server while none does; the breaker's probe, not a message, tells when to fetch again.
 pub(crate) async fn pull<P: Process>(
     consumer: PullConsumer,
     policy: &Policy,
     processor: Arc<P>,
+    breaker: Option<&Breaker>,
     stop: &CancellationToken,
     bound: &Bound,
     drain_timeout: Duration,
@@ -77,6 +83,15 @@ pub(crate) async fn pull<P: Process>(
     let mut stopped = std::pin::pin!(stopped);
 
     'pull: loop {
+        if let Some(breaker) = breaker.filter(|breaker| breaker.is_open()) {
+            tracing::info!(consumer = %policy.consumer, "circuit open: fetching nothing until it closes");
+            tokio::select! {
+                () = &mut stopped => break 'pull,
+                () = breaker.closed() => {
+                    tracing::info!(consumer = %policy.consumer, "circuit closed: fetching again");
+                }
+            }
+        }
         let mut messages = match consumer
             .stream()
             .max_messages_per_batch(batch)
@@ -101,6 +116,16 @@ pub(crate) async fn pull<P: Process>(
             };
             let next = tokio::select! {
                 () = &mut stopped => break 'pull,
+                () = opened(breaker) => {
+                    // Messages already delivered to this pull go through the layer, which gives them back at once;
+                    // dropping the pull would leave them to be redelivered only after ack_wait.
+                    while let Some(Some(Ok(message))) = messages.next().now_or_never() {
+                        let processor = processor.clone();
+                        tracker.spawn(async move { processor.process(message).await });
+                    }
+                    drop(permit);
+                    continue 'pull;
+                }
                 next = messages.next() => next,
             };
             match next {
@@ -118,7 +143,18 @@ pub(crate) async fn pull<P: Process>(
                         jetstream::consumer::pull::MessagesErrorKind::ConsumerDeleted
                     ) {
                         bound.set(false);
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        // Not ready until `jetfn infra apply` re-creates it; then ready again, and serving.
+                        loop {
+                            tokio::select! {
+                                () = &mut stopped => break 'pull,
+                                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            }
+                            if consumer.get_info().await.is_ok() {
+                                break;
+                            }
+                        }
+                        tracing::info!(consumer = %policy.consumer, "consumer re-created; serving again");
+                        bound.set(true);
                         continue 'pull;
                     }
                 }
@@ -146,6 +182,14 @@ pub(crate) async fn pull<P: Process>(
             still_running = tracker.len(),
             "drain timeout reached; unfinished messages will be redelivered"
         );
+    }
+}
+
+/// Resolves when `breaker` opens; never without one.
+async fn opened(breaker: Option<&Breaker>) {
+    match breaker {
+        Some(breaker) => breaker.opened().await,
+        None => std::future::pending().await,
     }
 }
 

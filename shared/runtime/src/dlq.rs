@@ -40,6 +40,8 @@ pub mod header {
     pub const LAST_FAILURE: &str = "Jetfn-Dlq-Last-Failure";
     /// Who wrote the record: `runtime` or `router`.
     pub const WRITER: &str = "Jetfn-Dlq-Writer";
+    /// Present only on a record without its original: why the payload could not be copied.
+    pub const PAYLOAD_LOST: &str = "Jetfn-Dlq-Payload-Lost";
 }
 
 /// Why an event died.
@@ -81,7 +83,8 @@ impl DeathKind {
 /// A dead event and its history.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
-    /// Original subject.
+    /// Original subject; empty when it is unknown (a record whose payload was lost before the router could read
+    /// it: a MAX_DELIVERIES advisory names the stream and sequence, not the subject).
     pub subject: String,
     /// Original stream.
     pub stream: String,
@@ -105,6 +108,10 @@ pub struct DeadLetter {
     pub payload: Bytes,
     /// `runtime` or `router`.
     pub writer: String,
+    /// Why the record holds no original, when it holds none: the router found the original gone from its stream
+    /// (purged, expired, deleted) before it could copy it. Such a record says what died and why, and cannot be
+    /// replayed.
+    pub payload_lost: Option<String>,
 }
 
 impl DeadLetter {
@@ -158,6 +165,9 @@ impl DeadLetter {
         headers.insert(header::FIRST_FAILURE, rfc3339(self.first_failure).as_str());
         headers.insert(header::LAST_FAILURE, rfc3339(self.last_failure).as_str());
         headers.insert(header::WRITER, self.writer.as_str());
+        if let Some(why) = &self.payload_lost {
+            headers.insert(header::PAYLOAD_LOST, header_safe(why).as_str());
+        }
         let subject = self.dlq_subject(prefix);
         let ack = js
             .publish_with_headers(subject, headers, self.payload.clone())
@@ -184,7 +194,19 @@ impl DeadLetter {
             OffsetDateTime::parse(&get(name), &Rfc3339).unwrap_or(OffsetDateTime::UNIX_EPOCH)
         };
         let subject = get(header::SUBJECT);
-        if subject.is_empty() {
+        let stream = get(header::STREAM);
+        let payload_lost = match headers.get(header::PAYLOAD_LOST) {
+            Some(why) => Some(why.as_str().to_owned()),
+            // Records written before the header existed: the router of that time wrote an empty subject and an
+            // empty body whenever it could not read the original, for whatever reason.
+            None if subject.is_empty() && !stream.is_empty() && payload.is_empty() => Some(
+                "the router could not read the original when it wrote this record (an older router, which did not \
+                 record why; the original may still be in its stream)"
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        if subject.is_empty() && payload_lost.is_none() {
             anyhow::bail!("not a dead-letter record: no {} header", header::SUBJECT);
         }
         let mut original = HeaderMap::new();
@@ -199,7 +221,7 @@ impl DeadLetter {
         }
         Ok(Self {
             subject,
-            stream: get(header::STREAM),
+            stream,
             sequence: get(header::SEQUENCE).parse().unwrap_or_default(),
             consumer: get(header::CONSUMER),
             attempts: get(header::ATTEMPTS).parse().unwrap_or_default(),
@@ -210,6 +232,7 @@ impl DeadLetter {
             headers: original,
             payload,
             writer: get(header::WRITER),
+            payload_lost,
         })
     }
 }
@@ -352,5 +375,64 @@ impl Failures {
             Ok(Ok(Some(bytes))) => serde_json::from_slice(&bytes).ok(),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.insert(*name, *value);
+        }
+        headers
+    }
+
+    #[test]
+    fn a_record_without_its_original_reads_back_with_why() {
+        let headers = stored(&[
+            (header::STREAM, "EVENTS"),
+            (header::SEQUENCE, "42"),
+            (header::CONSUMER, "welcome"),
+            (header::KIND, "no-answer"),
+            (header::WRITER, "router"),
+            (header::PAYLOAD_LOST, "purged or expired"),
+        ]);
+        let letter = DeadLetter::from_stored(Some(&headers), Bytes::new()).expect("a record");
+        assert_eq!(
+            letter.subject, "",
+            "the subject is unknown, and says so by being empty"
+        );
+        assert_eq!(letter.payload_lost.as_deref(), Some("purged or expired"));
+        assert_eq!((letter.stream.as_str(), letter.sequence), ("EVENTS", 42));
+    }
+
+    #[test]
+    fn an_older_routers_empty_record_is_read_as_lost_not_skipped() {
+        let headers = stored(&[
+            (header::SUBJECT, ""),
+            (header::STREAM, "EVENTS"),
+            (header::SEQUENCE, "7"),
+            (header::WRITER, "router"),
+        ]);
+        let letter = DeadLetter::from_stored(Some(&headers), Bytes::new()).expect("a record");
+        assert!(
+            letter
+                .payload_lost
+                .as_deref()
+                .is_some_and(|why| why.contains("may still be in its stream")),
+            "{letter:?}"
+        );
+    }
+
+    #[test]
+    fn a_message_that_is_no_record_is_refused() {
+        assert!(DeadLetter::from_stored(Some(&stored(&[("a", "b")])), Bytes::new()).is_err());
+        assert!(DeadLetter::from_stored(None, Bytes::new()).is_err());
+        let full = stored(&[(header::SUBJECT, "events.x"), (header::STREAM, "EVENTS")]);
+        let letter = DeadLetter::from_stored(Some(&full), Bytes::from_static(b"{}")).unwrap();
+        assert_eq!(letter.payload_lost, None);
     }
 }

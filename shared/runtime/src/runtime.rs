@@ -306,6 +306,7 @@ where
             };
             let policy = Policy::of(stream, &consumer, &pull);
             let metrics = Arc::new(Metrics::new(&core.name, events::subject_for(T::TYPE)));
+            let breaker = core.breaker();
             let typed = Arc::new(Typed {
                 settler: core.settler(
                     policy.clone(),
@@ -323,7 +324,7 @@ where
                 ),
                 handler,
                 shutdown: stop.clone(),
-                breaker: core.breaker(),
+                breaker: breaker.clone(),
                 metrics,
                 handler_timeout: Duration::from_secs(core.job.handler_timeout_secs),
                 _event: PhantomData::<fn() -> T>,
@@ -332,6 +333,7 @@ where
                 pull,
                 &policy,
                 typed,
+                Some(&breaker),
                 &stop,
                 &bound,
                 core.job.drain_timeout(),
@@ -396,7 +398,16 @@ where
                 shutdown: stop.clone(),
                 handler_timeout: Duration::from_secs(core.job.handler_timeout_secs),
             });
-            consume::pull(pull, &policy, raw, &stop, &bound, core.job.drain_timeout()).await;
+            consume::pull(
+                pull,
+                &policy,
+                raw,
+                None,
+                &stop,
+                &bound,
+                core.job.drain_timeout(),
+            )
+            .await;
         })
     }
 }

@@ -250,6 +250,23 @@ impl Settler {
         }
     }
 
+    /// Gives a message back unprocessed because this replica's circuit is open: a NAK with the shortest delay the
+    /// consumer allows, so a replica whose route works takes it at once. It is not a failed attempt: nothing goes
+    /// to the failure journal or the retry metric, and it is never dead-lettered. The server still counts the
+    /// delivery, so callers never release a message on its last delivery (that NAK would make the server
+    /// dead-letter it); an open replica fetching nothing keeps a release to about one delivery per outage.
+    pub(crate) async fn release(&self, message: &jetstream::Message, attempt: u32, why: &str) {
+        let delay = self
+            .policy
+            .nak_delay(attempt, Duration::ZERO)
+            .max(Duration::from_millis(1));
+        tracing::Span::current().record("jetfn.outcome", "release");
+        tracing::info!(attempt, reason = %why, "circuit open: giving the message back for another replica");
+        if let Err(nak) = message.ack_with(AckKind::Nak(Some(delay))).await {
+            tracing::warn!(error = %nak, "release not sent; the server will redeliver after the backoff step");
+        }
+    }
+
     async fn dead_letter(
         &self,
         message: &jetstream::Message,
@@ -280,6 +297,7 @@ impl Settler {
             headers: strip_control_headers(message.headers.as_ref()),
             payload: message.payload.clone(),
             writer: "runtime".to_owned(),
+            payload_lost: None,
         };
         let dlq_subject = letter.dlq_subject(prefix);
         let publish_span = tracing::info_span!(

@@ -96,24 +96,29 @@ where
     };
     async move {
         let started = std::time::Instant::now();
+        // A NAK on the last delivery would make the server dead-letter the message: that one is held instead.
+        let last = policy.is_last(attempt);
         let outcome = loop {
-            if shared.breaker.is_open() && !Box::pin(hold_while_open(shared, &message)).await {
-                break Outcome::Retry {
-                    after: None,
-                    reason: "shutting down while the circuit was open".to_owned(),
-                };
+            if shared.breaker.is_open() {
+                if !last {
+                    let why = "this replica's circuit is open";
+                    return shared.settler.release(&message, attempt, why).await;
+                }
+                Box::pin(hold_while_open(shared, &message)).await;
             }
             // Boxed, like `settle` below: a task's size is its largest state, and the handler's future and the
             // settle paths' publish futures inline would make every message's task several KiB to copy.
             let outcome = Box::pin(run_attempt(shared, &message, attempt, sequence)).await;
             match &outcome {
-                // Once the breaker is open, keep this delivery and retry it when the dependency is back: its
-                // delivery count does not grow during the outage.
+                // The breaker is (now) open: the route, not this event, failed. Give the message to a replica whose
+                // route works; on its last delivery keep it and try again when the breaker closes.
                 Outcome::Unavailable { reason }
-                    if shared.breaker.record_unavailable(&shared.settler.function)
-                        && !shared.shutdown.is_cancelled() =>
+                    if shared.breaker.record_unavailable(&shared.settler.function) =>
                 {
-                    tracing::warn!(error = %reason, "dependency unavailable; holding the message until the circuit closes");
+                    if !last {
+                        return shared.settler.release(&message, attempt, reason).await;
+                    }
+                    tracing::warn!(error = %reason, "dependency unavailable on the last delivery; holding the message until the circuit closes");
                     continue;
                 }
                 Outcome::Success | Outcome::Permanent { .. } => shared.breaker.record_success(),
@@ -132,13 +137,14 @@ where
     .await;
 }
 
-/// Waits for the breaker to close, keeping the message with in-progress acks. False when shutdown came first.
-async fn hold_while_open<T, H>(shared: &Typed<T, H>, message: &jetstream::Message) -> bool {
+/// Waits for the breaker to close, keeping the message (on its last delivery) with in-progress acks. A shutdown
+/// does not end the wait: releasing the message would dead-letter it, so the drain keeps it until the breaker
+/// closes or the drain's deadline passes (then the server, with no delivery left, raises MAX_DELIVERIES).
+async fn hold_while_open<T, H>(shared: &Typed<T, H>, message: &jetstream::Message) {
     let mut progress = tokio::time::interval(shared.settler.policy.progress_period());
     loop {
         tokio::select! {
-            () = shared.breaker.closed() => return true,
-            () = shared.shutdown.cancelled() => return false,
+            () = shared.breaker.closed() => return,
             _ = progress.tick() => crate::settle::progress(message).await,
         }
     }

@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -128,10 +129,38 @@ struct Faults {
     hidden_extensions: Vec<String>,
 }
 
+/// How many of something are open now, and the most that ever were at once.
+#[derive(Default)]
+struct Gauge {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl Gauge {
+    fn enter(&self) -> GaugeGuard<'_> {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        GaugeGuard(self)
+    }
+}
+
+/// Counts one open session or transaction until dropped.
+struct GaugeGuard<'a>(&'a Gauge);
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 #[derive(Default)]
 struct Shared {
     /// A sink keeps only arrival times (no message text, no attempts), for long bench runs.
     sink: bool,
+    /// Open connections (from accept to close).
+    sessions: Gauge,
+    /// Open mail transactions (from an accepted `MAIL` to the end-of-DATA reply, `RSET` or the close).
+    transactions: Gauge,
     faults: Mutex<Faults>,
     messages: Mutex<Vec<ReceivedMail>>,
     attempts: Mutex<Vec<Attempt>>,
@@ -326,6 +355,17 @@ impl SmtpServer {
     /// How many messages were delivered.
     pub fn count(&self) -> usize {
         lock(&self.shared.arrivals).len()
+    }
+
+    /// The most connections that were open at once since the server started: a client's real connection cap.
+    pub fn peak_sessions(&self) -> usize {
+        self.shared.sessions.peak.load(Ordering::SeqCst)
+    }
+
+    /// The most mail transactions (`MAIL` accepted, end of DATA not yet answered) open at once since the server
+    /// started: how many emails a client had in flight together.
+    pub fn peak_transactions(&self) -> usize {
+        self.shared.transactions.peak.load(Ordering::SeqCst)
     }
 
     /// Forgets every message, attempt and arrival (between bench rows).
@@ -526,6 +566,9 @@ fn ehlo_text(shared: &Shared, arg: &str) -> String {
 }
 
 async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+    let _open = shared.sessions.enter();
+    // Held while a transaction is open; dropped when it ends (or with the session).
+    let mut transaction: Option<GaugeGuard<'_>> = None;
     let mut conn = BufReader::new(stream);
     let greeting = answer(
         conn.get_mut(),
@@ -562,6 +605,7 @@ async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                     greeted = true;
                     mail_from = None;
                     rcpt_to.clear();
+                    drop(transaction.take());
                 }
             }
             "AUTH" if !greeted => reply(conn.get_mut(), 503, "5.5.1 Send EHLO first").await?,
@@ -610,6 +654,7 @@ async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                         answer(conn.get_mut(), shared, SmtpCommand::Mail, 250, "2.1.0 OK").await?;
                     if code < 400 {
                         mail_from = Some(path);
+                        drop(transaction.replace(shared.transactions.enter()));
                     }
                 }
                 None => reply(conn.get_mut(), 501, "5.5.4 Syntax: MAIL FROM:<address>").await?,
@@ -726,10 +771,12 @@ async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                     });
                 }
                 reply(conn.get_mut(), code, &text).await?;
+                drop(transaction.take());
             }
             "RSET" => {
                 mail_from = None;
                 rcpt_to.clear();
+                drop(transaction.take());
                 reply(conn.get_mut(), 250, "2.0.0 OK").await?;
             }
             "NOOP" => reply(conn.get_mut(), 250, "2.0.0 OK").await?,
