@@ -23,6 +23,11 @@ fmt:
 lint:
     cargo clippy --workspace --all-targets -- -D warnings
 
+# The churn test as a soak: JETFN_SOAK_EVENTS events (default 50000), JETFN_SOAK_KILLS replica kills (default one per 250
+# events), JETFN_SOAK_SEED to replay a run.
+soak:
+    JETFN_SOAK_EVENTS="${JETFN_SOAK_EVENTS:-50000}" bash tests/run.sh churn_
+
 # Provision streams, consumers and KV buckets on the server at $NATS_URL.
 apply:
     cargo run -q -p jetfn -- infra apply

@@ -1,20 +1,25 @@
-//! A function on a three-node JetStream cluster: the infra provisioned with three replicas, `NATS_URL` listing
-//! every node, and the function still sending after the node it is connected to dies. And a `NATS_URL` list the
-//! function refuses.
+//! A function on a three-node JetStream cluster: the infra provisioned with three replicas by the real
+//! `jetfn infra apply --replicas 3`, `NATS_URL` listing every node in each form the README names, and the
+//! functions still sending, once per event, while the stream leader dies, a follower dies, the stream leader is
+//! paused past an election, and the whole cluster restarts on its stores. And a `NATS_URL` list the function refuses.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use events::{CloudEvent, UserRegistered};
+use futures::StreamExt as _;
 use provision::Definitions;
 use testkit::{FunctionProcess, NatsCluster, NatsServer, SmtpServer, workspace_root};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::support::{WAIT, user};
+use crate::support::{TempDir, WAIT, user};
 
 /// A lost node costs a leader election for each stream, consumer and bucket it led (a few seconds) and the
 /// client's reconnect backoff: generous, and bounded.
-const FAILOVER: Duration = Duration::from_secs(60);
+pub const FAILOVER: Duration = Duration::from_secs(60);
 /// In `NATS_URL` only, to see that no log line shows it.
 const URL_PASSWORD: &str = "url-s3cret";
 
@@ -134,7 +139,7 @@ async fn a_bad_nats_url_entry_stops_the_function_naming_its_position_and_hiding_
 
 /// Publishes one envelope until a stream leader stores it: while a node is lost the stream may have none for a
 /// moment, and the same id is stored once however many tries reach it.
-async fn publish_until_stored(publisher: &runtime::Publisher, data: UserRegistered) {
+pub async fn publish_until_stored(publisher: &runtime::Publisher, data: UserRegistered) {
     let event = CloudEvent::new("/integration-tests", data);
     let deadline = Instant::now() + FAILOVER;
     loop {
@@ -193,4 +198,465 @@ async fn connections_named(node: &NatsServer, name: &str) -> usize {
             .filter(|connection| connection["name"] == name)
             .count()
     })
+}
+
+/// Everything a cluster test runs: the infra applied through the real CLI with `--replicas 3` from a copy of
+/// `infra/nats` whose EVENTS consumers retry within seconds (a delivery that fails while leaders move is
+/// retried soon, not after the production backoff), a recording SMTP server, and an admin connection.
+pub struct ClusterSystem {
+    pub smtp: SmtpServer,
+    pub js: jetstream::Context,
+    pub publisher: runtime::Publisher,
+    _infra: TempDir,
+}
+
+/// Where a cluster's replica count comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replicas {
+    /// `jetfn infra apply --replicas 3` over the repository's files (which say 1).
+    Flag,
+    /// `"num_replicas": 3` written in every stream, consumer and KV bucket file, applied as they are.
+    InFiles,
+}
+
+impl ClusterSystem {
+    /// Provisions `cluster` by running `jetfn infra apply` with `NATS_URL` set to `nats_url`, checks that every
+    /// stream (KV buckets included) and every consumer reached the server at R3, and that `jetfn infra plan`
+    /// (given the cluster with `--nats-url`, as a list with spaces) then finds nothing to change.
+    pub async fn provision(cluster: &NatsCluster, nats_url: &str, replicas: Replicas) -> Self {
+        let infra = TempDir::new("infra");
+        copy_dir(&workspace_root().join("infra/nats"), &infra.0);
+        let _ = std::fs::remove_dir_all(infra.0.join("schedules"));
+        for dir in ["streams", "kv", "consumers/EVENTS", "consumers/ADVISORIES"] {
+            for entry in std::fs::read_dir(infra.0.join(dir)).expect("an infra folder") {
+                let path = entry.expect("a definition file").path();
+                let mut definition: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("JSON");
+                if dir == "consumers/EVENTS" {
+                    // nats-server sets `ack_wait` to `backoff[0]` when a backoff list is given; written the same
+                    // here, so the plan after apply finds the files and the server agreeing.
+                    definition["ack_wait"] = 1_000_000_000_u64.into();
+                    definition["backoff"] = serde_json::json!(vec![1_000_000_000_u64; 5]);
+                    definition["max_deliver"] = 30.into();
+                }
+                if replicas == Replicas::InFiles {
+                    definition["num_replicas"] = 3.into();
+                }
+                std::fs::write(&path, serde_json::to_vec_pretty(&definition).unwrap())
+                    .expect("write");
+            }
+        }
+        let dir = infra.path();
+        let mut args = vec!["infra", "apply", "--dir", &dir];
+        if replicas == Replicas::Flag {
+            args.extend(["--replicas", "3"]);
+        }
+        let apply =
+            FunctionProcess::spawn_with_args("jetfn", &args, &[("NATS_URL", nats_url.to_owned())]);
+        let status = apply.wait_exit(FAILOVER).await;
+        assert!(
+            status.success(),
+            "jetfn {args:?} with NATS_URL={nats_url:?} failed:\n{}",
+            apply.output()
+        );
+
+        let listed = cluster.urls().join(", ");
+        args[1] = "plan";
+        let mut plan_args = vec!["--nats-url", &listed];
+        plan_args.extend(&args);
+        let plan = FunctionProcess::spawn_with_args("jetfn", &plan_args, &[]);
+        let status = plan.wait_exit(FAILOVER).await;
+        let output = plan.output();
+        assert!(
+            status.success()
+                && output.contains("0 to create, 0 to update")
+                && output.contains("0 impossible"),
+            "jetfn {plan_args:?} found changes after apply:\n{output}"
+        );
+
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(cluster.urls())
+            .await
+            .expect("connect to the cluster");
+        let js = jetstream::new(client.clone());
+        assert_everything_r3(&js).await;
+        let publisher = runtime::Publisher::new(client.clone(), "/integration-tests");
+        Self {
+            smtp: SmtpServer::start(),
+            js,
+            publisher,
+            _infra: infra,
+        }
+    }
+
+    /// From now on, talks to the cluster through `urls` only: a client of a node cut off by a partition would
+    /// wait out its ping timeout (a minute) before it notices.
+    pub async fn use_nodes(&mut self, urls: &[String]) {
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(urls)
+            .await
+            .expect("connect to the cluster");
+        self.js = jetstream::new(client.clone());
+        self.publisher = runtime::Publisher::new(client, "/integration-tests");
+    }
+
+    /// The welcome function, connected through `nats_url`.
+    pub async fn welcome(&self, nats_url: &str) -> FunctionProcess {
+        let function = FunctionProcess::spawn(
+            "welcome",
+            &[
+                ("NATS_URL", nats_url.to_owned()),
+                ("SMTP_URL", self.smtp.url()),
+                ("SMTP_TIMEOUT_SECS", "10".to_owned()),
+                ("MAIL_FROM", "Shop <no-reply@shop.test>".to_owned()),
+                ("RUST_LOG", "info,async_nats=info".to_owned()),
+                ("JOB_LEDGER_LEASE_SECS", "2".to_owned()),
+            ],
+        );
+        function.wait_for_output("serving", FAILOVER).await;
+        function
+    }
+
+    /// The node names the stream's leader as (`$JS.API.STREAM.INFO` `cluster.leader`), once there is one.
+    pub async fn stream_leader(&self, stream: &str) -> String {
+        let deadline = Instant::now() + FAILOVER;
+        loop {
+            if let Ok(mut stream) = self.js.get_stream(stream).await
+                && let Ok(info) = stream.info().await
+                && let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone())
+            {
+                return leader;
+            }
+            assert!(Instant::now() < deadline, "{stream} has no leader");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until every address in `expected` got at least one welcome email.
+    pub async fn wait_all_mailed(&self, expected: &[String], functions: &[&FunctionProcess]) {
+        let deadline = Instant::now() + FAILOVER * 2;
+        loop {
+            let sent: std::collections::HashSet<String> = self
+                .smtp
+                .messages()
+                .iter()
+                .flat_map(|mail| mail.rcpt_to.clone())
+                .collect();
+            let missing: Vec<&String> = expected.iter().filter(|e| !sent.contains(*e)).collect();
+            if missing.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} acked events never mailed (e.g. {:?}); the functions said:\n{}",
+                missing.len(),
+                &missing[..missing.len().min(5)],
+                functions
+                    .iter()
+                    .map(|f| tail(&f.output(), 40))
+                    .collect::<Vec<_>>()
+                    .join("\n---\n")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every address in `expected` got its welcome email, then until the welcome consumer has
+    /// settled and a lease and a redelivery more have passed (so a stale claim would have sent again), and
+    /// checks: every email once (one Message-ID, one copy), nothing for anyone else, no dead letter.
+    pub async fn assert_each_sent_once(&self, expected: &[String], functions: &[&FunctionProcess]) {
+        self.wait_all_mailed(expected, functions).await;
+        self.wait_settled("welcome").await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+
+        let mut copies: HashMap<String, (usize, String)> = HashMap::new();
+        for mail in self.smtp.messages() {
+            let id = mail.header("Message-ID").unwrap_or_default();
+            let entry = copies
+                .entry(id)
+                .or_insert_with(|| (0, mail.rcpt_to.join(",")));
+            entry.0 += 1;
+        }
+        let twice: Vec<&(usize, String)> = copies.values().filter(|(n, _)| *n > 1).collect();
+        assert!(
+            twice.is_empty(),
+            "{} emails sent more than once: {twice:?}; the functions said:\n{}",
+            twice.len(),
+            functions
+                .iter()
+                .flat_map(|f| f.output().lines().map(str::to_owned).collect::<Vec<_>>())
+                .filter(|line| line.contains("WARN") || line.contains("ERROR"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        assert_eq!(
+            copies.len(),
+            expected.len(),
+            "one email per acked event, none for anything else"
+        );
+        assert_eq!(self.stored("DLQ").await, 0, "no dead letter");
+        assert_eq!(
+            self.stored("ADVISORIES").await,
+            0,
+            "no max-deliveries advisory"
+        );
+    }
+
+    /// Messages the stream holds.
+    pub async fn stored(&self, stream: &str) -> u64 {
+        let mut stream = self.js.get_stream(stream).await.expect("stream exists");
+        stream.info().await.expect("stream info").state.messages
+    }
+
+    async fn wait_settled(&self, name: &str) {
+        let deadline = Instant::now() + FAILOVER;
+        loop {
+            if let Ok(stream) = self.js.get_stream("EVENTS").await
+                && let Ok(mut consumer) = stream
+                    .get_consumer::<jetstream::consumer::pull::Config>(name)
+                    .await
+                && let Ok(info) = consumer.info().await
+                && info.num_pending == 0
+                && info.num_ack_pending == 0
+                && info.ack_floor.consumer_sequence == info.delivered.consumer_sequence
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "consumer {name} did not settle");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Every stream (the KV buckets' included) and every consumer on the server is R3 with two peers.
+async fn assert_everything_r3(js: &jetstream::Context) {
+    let mut names = Vec::new();
+    let mut streams = js.streams();
+    while let Some(info) = streams.next().await {
+        let info = info.expect("stream list");
+        let name = info.config.name.clone();
+        assert_eq!(info.config.num_replicas, 3, "stream {name} is R3");
+        names.push(name.clone());
+        let stream = js.get_stream(&name).await.expect("stream");
+        let mut consumers = stream.consumers();
+        while let Some(consumer) = consumers.next().await {
+            let consumer = consumer.expect("consumer list");
+            // 0 means "as the stream"; the CLI writes 3 explicitly.
+            assert_eq!(
+                consumer.config.num_replicas, 3,
+                "consumer {name}/{} is R3",
+                consumer.name
+            );
+        }
+    }
+    for bucket in [
+        "KV_jetfn-ledger",
+        "KV_jetfn-failures",
+        "KV_jetfn-ratelimit",
+        "EVENTS",
+        "DLQ",
+    ] {
+        assert!(
+            names.iter().any(|n| n == bucket),
+            "{bucket} exists: {names:?}"
+        );
+    }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// Publishes welcome events, one after another, for as long as it runs; each is retried with its own id until a
+/// stream leader stores it, so every address it returns is an acked publish.
+pub struct Producer {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Producer {
+    pub fn start(publisher: runtime::Publisher, tag: &'static str, pace: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn({
+            let (stop, acked) = (Arc::clone(&stop), Arc::clone(&acked));
+            async move {
+                let mut i = 0_u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let email = format!("{tag}{i}@example.com");
+                    publish_until_stored(&publisher, user(&email, "Ada")).await;
+                    acked.lock().unwrap().push(email);
+                    tokio::time::sleep(pace).await;
+                }
+            }
+        });
+        Self { stop, acked, task }
+    }
+
+    /// How many publishes were acked so far.
+    pub fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Waits until `n` more publishes are acked.
+    pub async fn wait_more(&self, n: usize) {
+        let target = self.acked() + n;
+        let deadline = Instant::now() + FAILOVER;
+        while self.acked() < target {
+            assert!(
+                Instant::now() < deadline,
+                "publishing stalled at {}",
+                self.acked()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops and returns every acked address.
+    pub async fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("producer task");
+        self.acked.lock().unwrap().clone()
+    }
+}
+
+/// The longest wait between two emails (or from `since` to the first, or from the last to `until`): how long
+/// consumption stalled around a fault while events kept coming.
+pub fn longest_stall(smtp: &SmtpServer, since: Instant, until: Instant) -> Duration {
+    let mut last = since;
+    let mut longest = Duration::ZERO;
+    for at in smtp
+        .arrivals()
+        .into_iter()
+        .filter(|at| *at > since && *at < until)
+    {
+        longest = longest.max(at - last);
+        last = at;
+    }
+    longest.max(until - last)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_loses_no_event_and_sends_none_twice_through_leader_and_follower_kills_a_pause_and_a_full_restart()
+ {
+    let cluster = NatsCluster::start();
+    // The README's other list form: no spaces, and no scheme (`host:port` means `nats://`).
+    let schemeless: Vec<String> = cluster
+        .urls()
+        .iter()
+        .map(|url| url.trim_start_matches("nats://").to_owned())
+        .collect();
+    let system = ClusterSystem::provision(&cluster, &schemeless.join(","), Replicas::Flag).await;
+    let replicas = [
+        system.welcome(&cluster.url()).await,
+        system.welcome(&cluster.url()).await,
+    ];
+    let producer = Producer::start(system.publisher.clone(), "c", Duration::from_millis(20));
+    producer.wait_more(30).await;
+    let mut faults = Vec::new();
+
+    let leader = system.stream_leader("EVENTS").await;
+    let leader = cluster.index_of(&leader).expect("a node of the cluster");
+    faults.push((
+        format!("stream leader {} killed", cluster.node(leader).name()),
+        Instant::now(),
+    ));
+    cluster.node(leader).kill();
+    producer.wait_more(30).await;
+    faults.push(("it restarted".to_owned(), Instant::now()));
+    cluster.restart_node(leader);
+    producer.wait_more(30).await;
+
+    let leader = system.stream_leader("EVENTS").await;
+    let follower = (0..3)
+        .find(|&i| cluster.node(i).name() != leader)
+        .expect("two followers");
+    faults.push((
+        format!("follower {} killed", cluster.node(follower).name()),
+        Instant::now(),
+    ));
+    cluster.node(follower).kill();
+    producer.wait_more(30).await;
+    faults.push(("it restarted".to_owned(), Instant::now()));
+    cluster.restart_node(follower);
+    producer.wait_more(30).await;
+
+    // Longer than an election: the others elect a new leader; the resumed ex-leader must not keep what it
+    // accepted alone (S18).
+    let leader = system.stream_leader("EVENTS").await;
+    let paused = cluster.index_of(&leader).expect("a node of the cluster");
+    faults.push((
+        format!("stream leader {leader} paused (SIGSTOP)"),
+        Instant::now(),
+    ));
+    cluster.node(paused).pause();
+    // A fixed time, not a number of publishes: a client connected to the paused node waits with it.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    faults.push(("it resumed".to_owned(), Instant::now()));
+    cluster.node(paused).resume();
+    cluster
+        .wait_formed(FAILOVER)
+        .unwrap_or_else(|e| panic!("{e}"));
+    producer.wait_more(30).await;
+
+    faults.push((
+        "whole cluster killed and restarted".to_owned(),
+        Instant::now(),
+    ));
+    cluster.restart_all();
+    producer.wait_more(30).await;
+    let acked = producer.finish().await;
+
+    let functions: Vec<&FunctionProcess> = replicas.iter().collect();
+    system.wait_all_mailed(&acked, &functions).await;
+    faults.push(("end".to_owned(), Instant::now()));
+    for pair in faults.windows(2) {
+        eprintln!(
+            "{}: emails stalled up to {:?} after it",
+            pair[0].0,
+            longest_stall(&system.smtp, pair[0].1, pair[1].1)
+        );
+    }
+    system.assert_each_sent_once(&acked, &functions).await;
+    // The stores agree once the restarted nodes caught up.
+    wait_replicas_agree(&cluster, "EVENTS").await;
+}
+
+/// Every running node holds the same last sequence of `stream` (from each node's `/jsz`).
+pub async fn wait_replicas_agree(cluster: &NatsCluster, stream: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seqs: Vec<Option<u64>> = cluster
+            .nodes()
+            .iter()
+            .map(|node| node.stream_last_seq(stream))
+            .collect();
+        if seqs[0].is_some() && seqs.iter().all(|seq| *seq == seqs[0]) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replicas of {stream} disagree: last_seq {seqs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }

@@ -1,7 +1,9 @@
 //! Integration tests: one test binary, one module per area.
 
 mod backoff;
+mod backpressure;
 mod breaker;
+mod churn;
 mod cleanup;
 mod cluster;
 mod consumers;
@@ -13,10 +15,12 @@ mod hostile;
 mod indexing;
 mod ledger;
 mod local_system;
+mod partition;
 mod permissions;
 mod provision;
 mod router;
 mod schedules;
+mod storage;
 mod supervision;
 mod support;
 mod tracing_otlp;

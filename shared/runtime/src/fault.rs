@@ -63,3 +63,142 @@ impl Faults {
         }
     }
 }
+
+/// `JOB_TEST_DELAY_BEFORE_DONE_MS`: wait this long after a ledger effect succeeded (the SMTP server said 250)
+/// and before the ledger records it "done": widens the window in which a crash makes the effect run twice.
+pub(crate) const DELAY_BEFORE_DONE: &str = "JOB_TEST_DELAY_BEFORE_DONE_MS";
+/// `JOB_TEST_EFFECT_MARKS`: a file to which every ledger effect appends `start <key>` once its claim is taken
+/// (before the effect runs) and `end <key>` once "done" is recorded or the attempt gave up. A process killed with
+/// a `start` and no `end` for a key was killed inside that key's window: only those keys may be sent twice.
+pub(crate) const EFFECT_MARKS: &str = "JOB_TEST_EFFECT_MARKS";
+
+/// Reads the ledger's hooks, kept process-wide since the ledger is built apart from the runtime.
+///
+/// # Errors
+/// A value that is not a whole number of milliseconds, a marks file that cannot be opened; without the
+/// feature, any value at all.
+pub(crate) fn ledger_hooks_from_env() -> anyhow::Result<()> {
+    #[cfg(feature = "fault-injection")]
+    {
+        ledger::init(millis(DELAY_BEFORE_DONE)?, std::env::var_os(EFFECT_MARKS))
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    {
+        for name in [DELAY_BEFORE_DONE, EFFECT_MARKS] {
+            if std::env::var_os(name).is_some() {
+                return Err(anyhow::anyhow!(
+                    "{name} is a fault-injection hook for the tests, and this binary was built without the \
+                     `fault-injection` feature (build with `--features runtime/fault-injection`); unset it"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+fn millis(name: &str) -> anyhow::Result<std::time::Duration> {
+    let Some(value) = std::env::var_os(name) else {
+        return Ok(std::time::Duration::ZERO);
+    };
+    let ms: u64 = value.to_str().and_then(|v| v.parse().ok()).ok_or_else(|| {
+        anyhow::anyhow!("{name}: expected a whole number of milliseconds, got {value:?}")
+    })?;
+    Ok(std::time::Duration::from_millis(ms))
+}
+
+/// Marks the window of one ledger effect (claim taken .. "done" recorded) for the churn test; dropping it
+/// writes the `end` mark. A no-op unless [`EFFECT_MARKS`] is set in a fault-injection build.
+#[must_use]
+pub(crate) struct EffectWindow {
+    #[cfg(feature = "fault-injection")]
+    key: Option<String>,
+}
+
+/// Opens the window of the effect keyed `key` (see [`EFFECT_MARKS`]).
+#[cfg_attr(not(feature = "fault-injection"), allow(clippy::missing_const_for_fn))]
+pub(crate) fn effect_window(_key: &str) -> EffectWindow {
+    #[cfg(feature = "fault-injection")]
+    {
+        let key = ledger::mark("start", _key).then(|| _key.to_owned());
+        EffectWindow { key }
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    EffectWindow {}
+}
+
+impl Drop for EffectWindow {
+    fn drop(&mut self) {
+        #[cfg(feature = "fault-injection")]
+        if let Some(key) = &self.key {
+            ledger::mark("end", key);
+        }
+    }
+}
+
+/// Waits [`DELAY_BEFORE_DONE`] between a successful effect and recording it "done".
+pub(crate) async fn before_done() {
+    #[cfg(feature = "fault-injection")]
+    {
+        let delay = ledger::HOOKS
+            .get()
+            .map_or(std::time::Duration::ZERO, |hooks| hooks.delay_before_done);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+mod ledger {
+    use std::io::Write as _;
+    use std::sync::{Mutex, OnceLock};
+    use std::time::Duration;
+
+    use anyhow::Context as _;
+
+    pub(super) struct Hooks {
+        pub(super) delay_before_done: Duration,
+        marks: Option<Mutex<std::fs::File>>,
+    }
+
+    pub(super) static HOOKS: OnceLock<Hooks> = OnceLock::new();
+
+    pub(super) fn init(
+        delay_before_done: Duration,
+        marks: Option<std::ffi::OsString>,
+    ) -> anyhow::Result<()> {
+        let marks = marks
+            .map(|path| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .with_context(|| format!("{}: opening {path:?}", super::EFFECT_MARKS))
+            })
+            .transpose()?
+            .map(Mutex::new);
+        // One runtime per process; a second one (a test building two) keeps the first's hooks.
+        let _ = HOOKS.set(Hooks {
+            delay_before_done,
+            marks,
+        });
+        Ok(())
+    }
+
+    /// Appends `<what> <key>`; false if no marks file is set. One `write` per line, so a SIGKILL leaves whole
+    /// lines only.
+    pub(super) fn mark(what: &str, key: &str) -> bool {
+        let Some(file) = HOOKS.get().and_then(|hooks| hooks.marks.as_ref()) else {
+            return false;
+        };
+        let line = format!("{what} {key}\n");
+        let mut file = file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(err) = file.write_all(line.as_bytes()) {
+            tracing::error!(error = %err, "writing the effect marks file failed");
+        }
+        true
+    }
+}

@@ -251,6 +251,7 @@ impl Inner {
                 ));
             }
         };
+        let _window = crate::fault::effect_window(key);
         let revision = AtomicU64::new(revision);
         let held = Held {
             key,
@@ -262,6 +263,7 @@ impl Inner {
         let work = async {
             match effect().await {
                 Ok(value) => {
+                    crate::fault::before_done().await;
                     let decision = decision(&value).map(|text| protocol::decision_token(&text));
                     let ended = Instant::now();
                     self.mark_done(&held, decision.as_deref()).await;

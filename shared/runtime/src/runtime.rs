@@ -84,6 +84,7 @@ impl Runtime {
     /// As [`Runtime::from_env`], or a fault-injection variable this build does not accept.
     pub async fn new(name: &str, nats: &NatsConfig, job: JobConfig) -> anyhow::Result<Self> {
         let faults = Faults::from_env()?;
+        crate::fault::ledger_hooks_from_env()?;
         #[cfg(not(feature = "fault-injection"))]
         let Faults {} = faults;
         // A zero lease would judge every claim abandoned: two replicas would both run the effect.

@@ -1,9 +1,11 @@
 //! Three nats-servers routed into one JetStream cluster on the loopback, for fault tests (a node killed,
 //! stopped, restarted).
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::nats::{NatsServer, NatsServerBuilder};
+use crate::netns::Netns;
 use crate::{Error, free_port, poll_blocking};
 
 const NODES: usize = 3;
@@ -17,7 +19,9 @@ const FORM_TIMEOUT: Duration = Duration::from_secs(30);
 /// node is current with it), so an R3 stream can be created right away.
 pub struct NatsCluster {
     name: String,
+    /// Before `net`: the servers are killed before their namespaces go.
     nodes: Vec<NatsServer>,
+    net: Option<Netns>,
 }
 
 impl NatsCluster {
@@ -32,31 +36,109 @@ impl NatsCluster {
     pub fn try_start_with(
         adjust: impl Fn(NatsServerBuilder) -> NatsServerBuilder,
     ) -> Result<Self, Error> {
-        let name = "jetfn_test_cluster".to_owned();
+        let hosts = [IpAddr::from([127, 0, 0, 1]); NODES];
         let cluster_ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
-        let mut nodes = Vec::with_capacity(NODES);
-        for (i, &cluster_port) in cluster_ports.iter().enumerate() {
-            let routes: Vec<String> = cluster_ports
-                .iter()
-                .filter(|&&port| port != cluster_port)
-                .map(|port| format!("\"nats-route://127.0.0.1:{port}\""))
+        let ports: Vec<(u16, u16)> = (0..NODES).map(|_| (free_port(), free_port())).collect();
+        Self::start_nodes(&hosts, &cluster_ports, &ports, None, adjust)
+    }
+
+    /// Like [`NatsCluster::start`], each node in a network namespace of its own (made here, removed on drop)
+    /// on one bridge, so [`NatsCluster::isolate`] can cut a node off the others and off this process. Needs root
+    /// (`ip netns`, veth, bridge).
+    ///
+    /// # Errors
+    /// The namespaces cannot be made (not root, no `ip`), or the cluster does not form.
+    pub fn try_start_in_netns(
+        adjust: impl Fn(NatsServerBuilder) -> NatsServerBuilder,
+    ) -> Result<Self, Error> {
+        let net = Netns::create(NODES)?;
+        let hosts: Vec<IpAddr> = (0..NODES).map(|i| net.addr(i)).collect();
+        // Each node has a network stack of its own: the well-known ports never collide.
+        let cluster_ports = [6222; NODES];
+        let ports = [(4222, 8222); NODES];
+        Self::start_nodes(&hosts, &cluster_ports, &ports, Some(net), adjust)
+    }
+
+    fn start_nodes(
+        hosts: &[IpAddr],
+        cluster_ports: &[u16],
+        ports: &[(u16, u16)],
+        net: Option<Netns>,
+        adjust: impl Fn(NatsServerBuilder) -> NatsServerBuilder,
+    ) -> Result<Self, Error> {
+        let name = "jetfn_test_cluster".to_owned();
+        let mut cluster = Self {
+            name: name.clone(),
+            nodes: Vec::with_capacity(NODES),
+            net,
+        };
+        for i in 0..NODES {
+            let routes: Vec<String> = (0..NODES)
+                .filter(|&j| j != i)
+                .map(|j| format!("\"nats-route://{}:{}\"", hosts[j], cluster_ports[j]))
                 .collect();
             let cluster_block = format!(
-                "cluster {{\n  name: {name}\n  listen: \"127.0.0.1:{cluster_port}\"\n  routes: [{}]\n}}",
+                "cluster {{\n  name: {name}\n  listen: \"{}:{}\"\n  routes: [{}]\n}}",
+                hosts[i],
+                cluster_ports[i],
                 routes.join(", ")
             );
             let node_name = format!("n{}", i + 1);
-            let builder = adjust(NatsServer::builder())
+            let mut builder = adjust(NatsServer::builder())
                 .server_name(&node_name)
                 .label(format!("nats {node_name}"))
-                .port(free_port())
-                .monitor_port(free_port())
+                .host(hosts[i])
+                .port(ports[i].0)
+                .monitor_port(ports[i].1)
                 .config(cluster_block);
-            nodes.push(builder.try_start()?);
+            if let Some(net) = &cluster.net {
+                builder = builder.netns(net.namespace(i));
+            }
+            cluster.nodes.push(builder.try_start()?);
         }
-        let cluster = Self { name, nodes };
         cluster.wait_formed(FORM_TIMEOUT)?;
         Ok(cluster)
+    }
+
+    /// Cuts node `i` off the other nodes and off every client outside its namespace (its link to the bridge
+    /// goes down: packets are dropped, nothing is refused). Panics for a cluster not started in namespaces.
+    pub fn isolate(&self, i: usize) {
+        self.netns()
+            .set_link(i, false)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Undoes [`NatsCluster::isolate`].
+    pub fn heal(&self, i: usize) {
+        self.netns()
+            .set_link(i, true)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn netns(&self) -> &Netns {
+        self.net
+            .as_ref()
+            .expect("a cluster started with NatsCluster::try_start_in_netns")
+    }
+
+    /// The index of the node named `name` (`n1`..`n3`), e.g. a stream's `cluster.leader`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|node| node.name() == name)
+    }
+
+    /// Crashes every node (SIGKILL), then starts them all again on their ports and stores and waits until the
+    /// cluster has formed again.
+    pub fn restart_all(&self) {
+        for node in &self.nodes {
+            node.kill();
+        }
+        // All at once: a lone node cannot finish starting JetStream without a quorum to talk to, so each
+        // waits only for its own listener here, and for the others in `wait_formed`.
+        for node in &self.nodes {
+            node.try_restart().unwrap_or_else(|e| panic!("{e}"));
+        }
+        self.wait_formed(FORM_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// The cluster's name.
@@ -79,7 +161,7 @@ impl NatsCluster {
         self.urls().join(",")
     }
 
-    /// Every node's client URL (`nats://127.0.0.1:<port>`).
+    /// Every node's client URL (`nats://<host>:<port>`).
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(NatsServer::url).collect()
     }

