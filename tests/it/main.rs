@@ -15,5 +15,6 @@ mod permissions;
 mod provision;
 mod schedules;
 mod support;
+mod tls;
 mod tracing_otlp;
 mod welcome;

@@ -16,18 +16,52 @@ use crate::config::NatsConfig;
 /// # Errors
 /// As [`connect_options`].
 pub async fn connect(config: &NatsConfig, name: &str) -> anyhow::Result<async_nats::Client> {
-    let (options, servers) = connect_options(config, name).await?;
-    let options = options
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .reconnect_delay_callback(reconnect_delay)
-        .event_callback(|event| async move { log_event(&event) });
+    let forever = |options: ConnectOptions| {
+        options
+            .max_reconnects(None)
+            .reconnect_delay_callback(reconnect_delay)
+            .event_callback(|event| async move { log_event(&event) })
+    };
     let url = crate::nats_url::mask(&config.url);
     tracing::info!(url = %url, name, "connecting to NATS");
-    options
+    // One plain attempt first: its error says why (a certificate the CA did not sign, an authorization
+    // violation), where the retrying connection's events only say "IO error".
+    let (options, servers) = connect_options(config, name).await?;
+    match forever(options).connect(servers).await {
+        Ok(client) => return Ok(client),
+        Err(err) => {
+            let error = error_chain(&err);
+            tracing::error!(
+                url = %url,
+                error = %error,
+                hint = hint(&error).unwrap_or_default(),
+                "cannot connect to NATS yet; retrying until it works"
+            );
+        }
+    }
+    let (options, servers) = connect_options(config, name).await?;
+    forever(options)
+        .retry_on_initial_connect()
         .connect(servers)
         .await
         .with_context(|| format!("connecting to NATS at {url}"))
+}
+
+/// `err` and its causes, each once: async-nats puts the TLS or server reason in the source.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = String::new();
+    let mut cause = Some(err);
+    while let Some(current) = cause {
+        let part = current.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+        cause = current.source();
+    }
+    text
 }
 
 /// Connects once, failing fast: for one-shot commands (the `jetfn` CLI), where an error is better than a wait.
@@ -37,10 +71,31 @@ pub async fn connect(config: &NatsConfig, name: &str) -> anyhow::Result<async_na
 pub async fn connect_once(config: &NatsConfig, name: &str) -> anyhow::Result<async_nats::Client> {
     let (options, servers) = connect_options(config, name).await?;
     let url = crate::nats_url::mask(&config.url);
-    options
-        .connect(servers)
-        .await
-        .with_context(|| format!("connecting to NATS at {url}"))
+    options.connect(servers).await.map_err(|err| {
+        let text = error_chain(&err);
+        let hint = hint(&text)
+            .map(|hint| format!(" ({hint})"))
+            .unwrap_or_default();
+        anyhow::anyhow!("connecting to NATS at {url}: {text}{hint}")
+    })
+}
+
+/// What to check, for the failures whose library wording does not say which setting is at fault.
+fn hint(error: &str) -> Option<&'static str> {
+    if error.contains("UnknownIssuer") {
+        Some(
+            "the server's certificate is not signed by the CA of NATS_TLS_CA_FILE, or by a system root without it",
+        )
+    } else if error.contains("authorization violation") {
+        Some(
+            "the server refused the credentials: NATS_USER and NATS_PASSWORD, NATS_TOKEN, NATS_CREDS_FILE, \
+             NATS_NKEY_FILE or the user info in NATS_URL",
+        )
+    } else if error.contains("CertificateRequired") || error.contains("certificate required") {
+        Some("the server wants a client certificate: set NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE")
+    } else {
+        None
+    }
 }
 
 /// The one place that turns [`NatsConfig`] into async-nats options, for the functions and the CLI alike: the

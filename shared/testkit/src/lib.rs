@@ -30,6 +30,8 @@ mod output;
 mod process;
 #[cfg(feature = "smtp")]
 mod smtp;
+#[cfg(feature = "nats")]
+mod tls;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -47,6 +49,8 @@ pub use otlp::{OtlpReceiver, ReceivedMetric, ReceivedSpan};
 pub use process::{FunctionProcess, binary_path};
 #[cfg(feature = "smtp")]
 pub use smtp::{Attempt, AttemptStage, ReceivedMail, Reply, SmtpCommand, SmtpServer};
+#[cfg(feature = "nats")]
+pub use tls::TestCertificates;
 
 /// Signals for [`FunctionProcess::signal`] (e.g. `SIGSTOP`/`SIGCONT` to pause a worker).
 #[cfg(any(feature = "nats", feature = "process"))]
