@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 use std::sync::Mutex;
 
 use async_nats::ConnectOptions;
+use integration_tests::scan;
 use testkit::{FunctionProcess, NatsServer, TestCertificates, binary_path};
 
 use crate::support::{System, TempDir, WAIT};
@@ -27,47 +28,17 @@ fn keep(who: &str, text: &str) {
     assert_no_secret(who, text);
 }
 
-/// Fails on a literal secret of these tests, or on an email address that is not masked (`ab***@example.com`
-/// passes: no address character stands right before its `@`).
+/// Fails on a secret of these tests, a URL's password, or an email address in clear.
 fn assert_no_secret(who: &str, text: &str) {
     for secret in [APP_PASSWORD, ADMIN_PASSWORD, TOKEN, SMTP_PASSWORD] {
         assert!(
-            !text.contains(secret),
-            "{who} printed a secret in clear:\n{text}"
+            scan::TEST_SECRETS.contains(&secret),
+            "add {secret} to scan::TEST_SECRETS, so the whole suite's scan looks for it too"
         );
     }
-    if let Some(email) = clear_email(text) {
-        panic!("{who} printed the email address {email} in clear:\n{text}");
+    if let Some(found) = scan::find(text, scan::TEST_SECRETS) {
+        panic!("{who} printed {found}:\n{text}");
     }
-}
-
-/// Addresses a deployer configures (senders, staff inboxes: `MAIL_FROM`'s default, the tests' `shop.test`
-/// settings), which are no one's personal data; a customer's address is never at these domains.
-const SYSTEM_DOMAINS: [&str; 2] = ["jetfn.local", "shop.test"];
-
-/// The first `local@domain.tld` in `text` whose local part is not masked.
-fn clear_email(text: &str) -> Option<String> {
-    let local = |c: char| c.is_ascii_alphanumeric() || "._%+-".contains(c);
-    let domain = |c: char| c.is_ascii_alphanumeric() || ".-".contains(c);
-    for (at, _) in text.match_indices('@') {
-        let before = &text[..at];
-        let start = before
-            .char_indices()
-            .rev()
-            .take_while(|(_, c)| local(*c))
-            .last()
-            .map_or(at, |(i, _)| i);
-        let after = &text[at + 1..];
-        let end = after.find(|c: char| !domain(c)).unwrap_or(after.len());
-        let host = after[..end].trim_end_matches('.');
-        let dotted = host.rsplit_once('.').is_some_and(|(name, tld)| {
-            !name.is_empty() && tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_alphabetic())
-        });
-        if start < at && dotted && !SYSTEM_DOMAINS.contains(&host) {
-            return Some(format!("{}@{host}", &text[start..at]));
-        }
-    }
-    None
 }
 
 /// Runs the `jetfn` CLI with only `envs` for its NATS settings (none inherited), keeping what it printed.
@@ -406,13 +377,27 @@ async fn an_email_function_prints_no_password_and_no_address() {
 }
 
 #[test]
-fn the_email_check_tells_masked_from_clear() {
-    assert_eq!(clear_email("to gr***@example.com sent"), None);
+fn the_secret_scan_tells_masked_from_clear() {
+    assert_eq!(scan::clear_email("to gr***@example.com sent"), None);
     assert_eq!(
-        clear_email("to=\"grace@example.com\""),
+        scan::clear_email("to=\"grace@example.com\""),
         Some("grace@example.com".to_owned())
     );
-    assert_eq!(clear_email("nats://app:***@127.0.0.1:4222"), None);
-    assert_eq!(clear_email("at user@localhost only"), None);
-    assert_eq!(clear_email("From: jetfn <no-reply@jetfn.local>"), None);
+    assert_eq!(scan::clear_email("at user@localhost only"), None);
+    assert_eq!(
+        scan::clear_email("From: jetfn <no-reply@jetfn.local>"),
+        None
+    );
+    assert_eq!(
+        scan::url_password("url=nats://app:***@127.0.0.1:4222"),
+        None
+    );
+    assert_eq!(scan::url_password("url=nats://127.0.0.1:4222"), None);
+    assert_eq!(
+        scan::url_password("url=smtp://mailer:pw@127.0.0.1:25 x"),
+        Some("mailer:***@127.0.0.1:25".to_owned())
+    );
+    assert!(scan::find("nats://app:pw@host", &[]).is_some());
+    assert!(scan::find("pass=hunter2", scan::TEST_SECRETS).is_some());
+    assert_eq!(scan::find("to=ad***@example.com", scan::TEST_SECRETS), None);
 }

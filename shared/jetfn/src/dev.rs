@@ -140,7 +140,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         println!("  emails       written to {}", mail.display());
     }
     println!(
-        "try:  target/debug/jetfn publish users.registered --data '{{\"user_id\":\"u1\",\"email\":\"ada@example.com\",\"name\":\"Ada\"}}'"
+        "try:  target/debug/jetfn publish users.registered   (the catalog's example data; --data '{{...}}' for yours)"
     );
     println!("      target/debug/jetfn search \"some words\"    target/debug/jetfn schedule list");
     println!("Ctrl-C stops everything.");

@@ -46,7 +46,7 @@ pub use nats::{
 #[cfg(feature = "otlp")]
 pub use otlp::{OtlpReceiver, ReceivedMetric, ReceivedSpan};
 #[cfg(feature = "process")]
-pub use process::{FunctionProcess, binary_path};
+pub use process::{FunctionProcess, LOG_DIR_VAR, binary_path};
 #[cfg(feature = "smtp")]
 pub use smtp::{Attempt, AttemptStage, ReceivedMail, Reply, SmtpCommand, SmtpServer};
 #[cfg(feature = "nats")]
