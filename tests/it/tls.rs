@@ -310,6 +310,42 @@ async fn token_auth_for_a_function_and_the_cli() {
     stop(&welcome, "welcome with NATS_TOKEN_FILE");
 }
 
+#[tokio::test]
+async fn an_nkey_seed_file_for_a_function_and_the_cli() {
+    let user = nkeys::KeyPair::new_user();
+    let admin = nkeys::KeyPair::new_user();
+    let server = NatsServer::start_with(&format!(
+        "authorization {{ users = [ {{nkey: {}}}, {{nkey: {}}} ] }}",
+        user.public_key(),
+        admin.public_key()
+    ));
+    let admin_seed = admin.seed().expect("a seed");
+    let system = System::start_on(server, ConnectOptions::with_nkey(admin_seed), |_| {}).await;
+    let dir = TempDir::new("nkey");
+    let seed_file = dir.0.join("user.nk");
+    std::fs::write(&seed_file, format!("{}\n", user.seed().expect("a seed"))).unwrap();
+    let nkey = vec![
+        ("NATS_URL", system.nats.url()),
+        ("NATS_NKEY_FILE", seed_file.display().to_string()),
+    ];
+    let welcome = system.spawn("welcome", &nkey[1..]).await;
+    publish_and_wait(&system, &nkey, 1).await;
+    stop(&welcome, "welcome with NATS_NKEY_FILE");
+    let not_a_seed = dir.0.join("empty.nk");
+    std::fs::write(&not_a_seed, "no seed here\n").unwrap();
+    assert_refused(
+        &jetfn(
+            &["status"],
+            &[
+                ("NATS_URL", system.nats.url()),
+                ("NATS_NKEY_FILE", not_a_seed.display().to_string()),
+            ],
+        ),
+        "a file without a seed",
+        &["holds no user nkey seed (a line starting with SU)"],
+    );
+}
+
 /// An email function with a password in `SMTP_URL` and in `NATS_URL`: what it prints while sending, when its
 /// settings are wrong, and its `--help` hold neither password nor the recipient's address in clear.
 #[tokio::test]
