@@ -16,9 +16,19 @@ bash infra/install-nats-server.sh
 # wrong reason.
 BIN_FEATURES=runtime/fault-injection,indexing/fault-injection,dlq-router/fault-injection
 
+# Every function process the suite runs also writes its output here; scan-logs then fails on any test secret,
+# URL password or email address in clear (issue 10: secrets stay secret).
+export JETFN_TEST_LOG_DIR="$PWD/target/test-logs"
+rm -rf "$JETFN_TEST_LOG_DIR"
+
 if [ "$#" -gt 0 ]; then
   cargo build --workspace --bins --features "$BIN_FEATURES"
-  exec cargo test -p integration-tests --test it -- "$@"
+  cargo test -p integration-tests --test it -- "$@"
+  # A filter that runs no function process leaves nothing to scan.
+  if [ -d "$JETFN_TEST_LOG_DIR" ]; then
+    exec cargo run -q -p integration-tests --bin scan-logs -- "$JETFN_TEST_LOG_DIR"
+  fi
+  exit 0
 fi
 
 echo "==> cargo fmt --check"
@@ -38,3 +48,5 @@ echo "==> building the binaries the integration tests run"
 cargo build --workspace --bins --features "$BIN_FEATURES"
 echo "==> integration tests (real nats-server, SMTP server, OTLP receiver, function binaries)"
 cargo test -p integration-tests --test it
+echo "==> no secret and no email address in clear in what the functions printed"
+cargo run -q -p integration-tests --bin scan-logs -- "$JETFN_TEST_LOG_DIR"

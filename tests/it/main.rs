@@ -23,5 +23,6 @@ mod schedules;
 mod storage;
 mod supervision;
 mod support;
+mod tls;
 mod tracing_otlp;
 mod welcome;

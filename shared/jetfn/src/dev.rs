@@ -68,11 +68,10 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         .await
         .context("starting nats-server")??;
     let url = server.url();
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(&url)
+    // The local server has no auth and no TLS: the shell's NATS_* settings are for some other server.
+    let client = runtime::connect_once(&runtime::config::NatsConfig::local(&url), "jetfn-dev")
         .await
-        .with_context(|| format!("connecting to nats-server at {url}"))?;
+        .context("connecting to the local nats-server")?;
     let definitions = provision::Definitions::load(&args.infra)?;
     let js = async_nats::jetstream::new(client.clone());
     definitions.apply(&js).await?;
@@ -94,6 +93,10 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
             bin.display()
         );
         let mut command = Command::new(&bin);
+        for var in runtime::config::NATS.vars {
+            command.env_remove(var.name);
+            command.env_remove(format!("{}{}", var.name, runtime::config::FILE_SUFFIX));
+        }
         command
             .env("NATS_URL", &url)
             .env("MAIL_DIR", &mail)
@@ -137,7 +140,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         println!("  emails       written to {}", mail.display());
     }
     println!(
-        "try:  target/debug/jetfn publish users.registered --data '{{\"user_id\":\"u1\",\"email\":\"ada@example.com\",\"name\":\"Ada\"}}'"
+        "try:  target/debug/jetfn publish users.registered   (the catalog's example data; --data '{{...}}' for yours)"
     );
     println!("      target/debug/jetfn search \"some words\"    target/debug/jetfn schedule list");
     println!("Ctrl-C stops everything.");

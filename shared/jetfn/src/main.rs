@@ -25,19 +25,20 @@ use clap::{Parser, Subcommand};
     about = "Background functions on NATS JetStream"
 )]
 struct Cli {
-    /// NATS server URL, or several comma-separated (the nodes of a cluster).
-    // The value may hold a password: `--help` does not show what the environment sets.
-    #[arg(
-        long,
-        env = "NATS_URL",
-        default_value = "nats://127.0.0.1:4222",
-        hide_env_values = true,
-        global = true
-    )]
-    nats_url: String,
-    /// NATS credentials file.
-    #[arg(long, env = "NATS_CREDS_FILE", global = true)]
+    /// NATS server URL, or several comma-separated (the nodes of a cluster) [env: NATS_URL; default:
+    /// nats://127.0.0.1:4222]. The other NATS_* variables of the functions apply too (NATS_USER, NATS_PASSWORD,
+    /// NATS_TOKEN, NATS_TLS_CA_FILE, ...; see the README).
+    // Read from the environment by runtime::config, not by clap: the value may hold a password, and a context
+    // must be able to set it.
+    #[arg(long, global = true)]
+    nats_url: Option<String>,
+    /// NATS credentials file [env: NATS_CREDS_FILE].
+    #[arg(long, global = true)]
     nats_creds: Option<PathBuf>,
+    /// A nats CLI context, by name or JSON file path [env: NATS_CONTEXT]; NATS_* variables and the flags above
+    /// override its fields.
+    #[arg(long, global = true)]
+    context: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -164,13 +165,8 @@ fn render_error(err: &anyhow::Error) -> String {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let nats = || {
-        let mut config = runtime::config::NatsConfig::from_env()
-            .unwrap_or_else(|_| runtime::config::NatsConfig::local(""));
-        config.url.clone_from(&cli.nats_url);
-        config.creds_file = cli.nats_creds.clone();
-        config
-    };
+    // Read only by the commands that connect: `jetfn new` or `catalog` must not fail on a NATS setting.
+    let nats = || nats_config(&cli.nats_url, &cli.nats_creds, &cli.context);
     match cli.command {
         Command::Dev(args) => dev::run(args).await,
         Command::New(args) => new::run(&args),
@@ -178,12 +174,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             catalog();
             Ok(())
         }
-        Command::Infra { command } => infra(&nats(), command).await,
-        Command::Publish(args) => publish(&nats(), args).await,
-        Command::Dlq { command } => dlq::run(connect(&nats()).await?, command).await,
-        Command::Status => status::run(connect(&nats()).await?).await,
-        Command::Search(args) => search::run(connect(&nats()).await?, args).await,
-        Command::Schedule { command } => schedule::run(connect(&nats()).await?, command).await,
+        Command::Infra { command } => infra(&nats()?, command).await,
+        Command::Publish(args) => publish(&nats()?, args).await,
+        Command::Dlq { command } => dlq::run(connect(&nats()?).await?, command).await,
+        Command::Status => status::run(connect(&nats()?).await?).await,
+        Command::Search(args) => search::run(connect(&nats()?).await?, args).await,
+        Command::Schedule { command } => schedule::run(connect(&nats()?).await?, command).await,
     }
 }
 
@@ -223,24 +219,37 @@ async fn infra(config: &runtime::config::NatsConfig, command: InfraCommand) -> a
     Ok(())
 }
 
+/// The functions' `NATS_*` settings, with the flags in place of their variables: one reading, one set of names,
+/// and an error that names the variable instead of a silent fallback to the defaults.
+fn nats_config(
+    url: &Option<String>,
+    creds: &Option<PathBuf>,
+    context: &Option<String>,
+) -> anyhow::Result<runtime::config::NatsConfig> {
+    let table = &runtime::config::NATS;
+    let mut vars = runtime::config::env_vars(table)?;
+    let flags = [
+        ("NATS_URL", url.clone()),
+        (
+            "NATS_CREDS_FILE",
+            creds
+                .as_ref()
+                .map(|path| path.to_string_lossy().into_owned()),
+        ),
+        ("NATS_CONTEXT", context.clone()),
+    ];
+    for (name, value) in flags {
+        if let Some(value) = value {
+            vars.retain(|(set, _)| set != name);
+            vars.push((name.to_owned(), value));
+        }
+    }
+    Ok(runtime::config::NatsConfig::from_vars(vars)?)
+}
+
 /// One-shot commands fail fast instead of retrying forever like a function does.
 async fn connect(config: &runtime::config::NatsConfig) -> anyhow::Result<async_nats::Client> {
-    let servers = runtime::nats_url::parse(&config.url)?;
-    let mut options = async_nats::ConnectOptions::new()
-        .name("jetfn-cli")
-        .connection_timeout(std::time::Duration::from_secs(5));
-    if let Some(path) = &config.creds_file {
-        options = options
-            .credentials_file(path)
-            .await
-            .with_context(|| format!("reading {}", path.display()))?;
-    }
-    options.connect(servers).await.with_context(|| {
-        format!(
-            "connecting to NATS at {}",
-            runtime::nats_url::mask(&config.url)
-        )
-    })
+    runtime::connect_once(config, "jetfn-cli").await
 }
 
 async fn publish(config: &runtime::config::NatsConfig, args: PublishArgs) -> anyhow::Result<()> {

@@ -317,6 +317,29 @@ mod tests {
     }
 
     #[test]
+    fn the_smtp_url_can_come_from_a_mounted_secret_file() {
+        let path = std::env::temp_dir().join(format!("jetfn-smtp-url-{}", std::process::id()));
+        std::fs::write(&path, "smtps://u:hunter2@mail.example.com\n").unwrap();
+        let file = path.to_string_lossy().into_owned();
+        let c = MailerConfig::from_vars(vars(&[("SMTP_URL_FILE", &file)])).expect("valid");
+        assert_eq!(
+            c.smtp_url.as_ref().map(Secret::expose),
+            Some("smtps://u:hunter2@mail.example.com")
+        );
+        let err = MailerConfig::from_vars(vars(&[
+            ("SMTP_URL_FILE", &file),
+            ("SMTP_URL", "smtps://u:hunter2@mail.example.com"),
+        ]))
+        .expect_err("both set")
+        .to_string();
+        assert_eq!(
+            err,
+            "SMTP_URL: is set and so is SMTP_URL_FILE; set only one"
+        );
+        std::fs::remove_file(path).ok();
+    }
+
+    #[test]
     fn bad_numbers_name_the_variable() {
         let err = MailerConfig::from_vars(vars(&[("SMTP_POOL_MAX", "0")])).expect_err("invalid");
         assert!(err.to_string().contains("SMTP_POOL_MAX"), "{err}");

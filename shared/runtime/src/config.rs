@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use env::{ConfigError, Default, Settings, Table, Var, check_table, from_env, from_vars};
+pub use env::{
+    ConfigError, Default, FILE_SUFFIX, Settings, Table, Var, check_table, env_vars, expand_files,
+    from_env, from_vars,
+};
 pub use help::{Binary, Request, answer_args, help, parse_args, version};
 
 /// A value that must never reach a log line or an error: `Debug` and `Display` print `***`. The one type for
@@ -89,20 +92,32 @@ pub const NATS: Table = Table {
             "one or more comma-separated server URLs",
         ),
         Var::optional(
+            "NATS_CONTEXT",
+            "a `nats context` by name (~/.config/nats/context/<name>.json) or JSON file path; \
+             the variables here override its fields",
+        ),
+        Var::optional(
             "NATS_CREDS_FILE",
             "a .creds file (user JWT and nkey seed) for decentralized auth",
         ),
-        Var::optional("NATS_USER", "user for user/password auth (development)"),
+        Var::optional(
+            "NATS_NKEY_FILE",
+            "a file holding an nkey seed (SU...), for nkey auth",
+        ),
+        Var::optional(
+            "NATS_USER",
+            "user for user/password auth (with NATS_PASSWORD); `nats://user:pass@host` in NATS_URL works too",
+        ),
         Var::optional("NATS_PASSWORD", "password for user/password auth").secret(),
         Var::optional("NATS_TOKEN", "token auth").secret(),
         Var::with_default(
             "NATS_TLS_REQUIRED",
             "false",
-            "refuse a plaintext connection",
+            "refuse a plaintext connection (implied by NATS_TLS_CA_FILE and a tls:// URL)",
         ),
         Var::optional(
             "NATS_TLS_CA_FILE",
-            "the CA that signed the server's certificate",
+            "the CA (PEM) that signed the server's certificate, trusted to verify it",
         ),
         Var::optional(
             "NATS_TLS_CERT_FILE",
@@ -126,8 +141,13 @@ pub struct NatsConfig {
     /// `NATS_URL`: one or more comma-separated server URLs.
     #[serde(default = "default_url")]
     pub url: String,
+    /// `NATS_CONTEXT`: a `nats context` whose fields fill the variables left unset (resolved by
+    /// [`NatsConfig::from_vars`]; kept for `Debug`).
+    pub context: Option<String>,
     /// `NATS_CREDS_FILE`: a `.creds` file (user JWT and nkey seed) for decentralized auth.
     pub creds_file: Option<PathBuf>,
+    /// `NATS_NKEY_FILE`: a file holding an nkey seed.
+    pub nkey_file: Option<PathBuf>,
     /// `NATS_USER` and `NATS_PASSWORD`: user/password auth, for development.
     pub user: Option<String>,
     /// `NATS_PASSWORD`.
@@ -153,14 +173,81 @@ impl NatsConfig {
     /// # Errors
     /// Names the variable that does not parse.
     pub fn from_env() -> Result<Self, ConfigError> {
-        from_env()
+        Self::from_vars(env_vars(&NATS)?)
+    }
+
+    /// Reads `NATS_*` from `vars`: each secret may come from its `_FILE`, then the context `NATS_CONTEXT` names
+    /// fills what is unset, then the pairs that only work together are checked.
+    ///
+    /// # Errors
+    /// Names the variable that does not parse, the context that cannot be read, or the half of a pair that is
+    /// missing.
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut vars = expand_files(&NATS, vars.into_iter().collect())?;
+        let context = vars
+            .iter()
+            .find(|(name, _)| name == "NATS_CONTEXT")
+            .map(|(_, value)| value.clone())
+            .filter(|value| !value.is_empty());
+        if let Some(context) = context {
+            let home = vars
+                .iter()
+                .find(|(name, _)| name == "HOME")
+                .map(|(_, value)| value.clone());
+            let config_home = vars
+                .iter()
+                .find(|(name, _)| name == "XDG_CONFIG_HOME")
+                .map(|(_, value)| value.clone());
+            let fields =
+                crate::nats_context::load(&context, config_home.as_deref(), home.as_deref())?;
+            for (name, value) in fields {
+                if !vars.iter().any(|(set, _)| set == name) {
+                    vars.push((name.to_owned(), value));
+                }
+            }
+        }
+        let config: Self = from_vars(vars)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let pair = |first: bool, second: bool, var: &str, other: &str| {
+            if first && !second {
+                Err(ConfigError {
+                    var: var.to_owned(),
+                    reason: format!("is set without {other}; set both or neither"),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        pair(
+            self.user.is_some(),
+            self.password.is_some(),
+            "NATS_USER",
+            "NATS_PASSWORD",
+        )?;
+        pair(
+            self.password.is_some(),
+            self.user.is_some(),
+            "NATS_PASSWORD",
+            "NATS_USER",
+        )?;
+        let (cert, key) = (self.tls_cert_file.is_some(), self.tls_key_file.is_some());
+        pair(cert, key, "NATS_TLS_CERT_FILE", "NATS_TLS_KEY_FILE")?;
+        pair(key, cert, "NATS_TLS_KEY_FILE", "NATS_TLS_CERT_FILE")
     }
 
     /// The local default: one server on the loopback, no auth.
     pub fn local(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            context: None,
             creds_file: None,
+            nkey_file: None,
             user: None,
             password: None,
             token: None,
@@ -179,7 +266,9 @@ impl fmt::Debug for NatsConfig {
         // Destructured, so that a new field cannot be left out of the output unnoticed.
         let Self {
             url,
+            context,
             creds_file,
+            nkey_file,
             user,
             password,
             token,
@@ -191,7 +280,9 @@ impl fmt::Debug for NatsConfig {
         } = self;
         f.debug_struct("NatsConfig")
             .field("url", &crate::nats_url::mask(url))
+            .field("context", context)
             .field("creds_file", creds_file)
+            .field("nkey_file", nkey_file)
             .field("user", user)
             .field("password", password)
             .field("token", token)
@@ -469,5 +560,94 @@ mod tests {
             "{debug}"
         );
         assert!(debug.contains("tls_required: false"), "{debug}");
+    }
+
+    fn nats(pairs: &[(&str, &str)]) -> Result<NatsConfig, String> {
+        NatsConfig::from_vars(
+            pairs
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned())),
+        )
+        .map_err(|err| err.to_string())
+    }
+
+    fn temp_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("jetfn-cfg-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    #[test]
+    fn a_secret_can_come_from_a_file_but_not_from_both() {
+        let dir = temp_dir();
+        let file = dir.join("password");
+        std::fs::write(&file, "hunter2\n").unwrap();
+        let path = file.to_str().unwrap();
+        let config = nats(&[("NATS_USER", "ada"), ("NATS_PASSWORD_FILE", path)]).expect("valid");
+        assert_eq!(
+            config.password.as_ref().map(Secret::expose),
+            Some("hunter2")
+        );
+        let err = nats(&[
+            ("NATS_USER", "ada"),
+            ("NATS_PASSWORD", "hunter2"),
+            ("NATS_PASSWORD_FILE", path),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "NATS_PASSWORD: is set and so is NATS_PASSWORD_FILE; set only one"
+        );
+        let err = nats(&[("NATS_TOKEN_FILE", "/nonexistent/token")]).unwrap_err();
+        assert!(
+            err.starts_with(r#"NATS_TOKEN_FILE: cannot read "/nonexistent/token": "#),
+            "{err}"
+        );
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn half_a_pair_is_refused_by_name() {
+        assert_eq!(
+            nats(&[("NATS_USER", "ada")]).unwrap_err(),
+            "NATS_USER: is set without NATS_PASSWORD; set both or neither"
+        );
+        assert_eq!(
+            nats(&[("NATS_TLS_KEY_FILE", "/k.pem")]).unwrap_err(),
+            "NATS_TLS_KEY_FILE: is set without NATS_TLS_CERT_FILE; set both or neither"
+        );
+    }
+
+    #[test]
+    fn a_context_fills_what_the_variables_leave_unset() {
+        let dir = temp_dir();
+        let folder = dir.join("nats/context");
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(
+            folder.join("prod.json"),
+            r#"{"url":"nats://n1:4222","user":"ada","password":"from-context","ca":"/ca.pem"}"#,
+        )
+        .unwrap();
+        let config = nats(&[
+            ("XDG_CONFIG_HOME", dir.to_str().unwrap()),
+            ("NATS_CONTEXT", "prod"),
+            ("NATS_PASSWORD", "from-env"),
+        ])
+        .expect("valid");
+        assert_eq!(config.url, "nats://n1:4222");
+        assert_eq!(config.user.as_deref(), Some("ada"));
+        assert_eq!(
+            config.password.as_ref().map(Secret::expose),
+            Some("from-env")
+        );
+        assert_eq!(config.tls_ca_file, Some(PathBuf::from("/ca.pem")));
+        let config = nats(&[
+            ("XDG_CONFIG_HOME", dir.to_str().unwrap()),
+            ("NATS_CONTEXT", "prod"),
+            ("NATS_URL", "nats://n2:4222"),
+        ])
+        .expect("valid");
+        assert_eq!(config.url, "nats://n2:4222");
+        std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -19,6 +19,7 @@ pub mod health;
 mod job;
 mod ledger;
 mod metrics;
+pub mod nats_context;
 pub mod nats_url;
 mod policy;
 mod ratelimit;
@@ -32,7 +33,7 @@ pub mod testing;
 mod typed;
 
 pub use breaker::Probe;
-pub use connect::connect;
+pub use connect::{connect, connect_once, connect_options};
 pub use error::{Disposition, JobError};
 pub use job::Job;
 pub use ledger::window as ledger_window;

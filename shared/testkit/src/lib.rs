@@ -33,6 +33,8 @@ mod output;
 mod process;
 #[cfg(feature = "smtp")]
 mod smtp;
+#[cfg(feature = "nats")]
+mod tls;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -47,9 +49,11 @@ pub use nats::{
 #[cfg(feature = "otlp")]
 pub use otlp::{OtlpReceiver, ReceivedMetric, ReceivedSpan};
 #[cfg(feature = "process")]
-pub use process::{FunctionProcess, binary_path};
+pub use process::{FunctionProcess, LOG_DIR_VAR, binary_path};
 #[cfg(feature = "smtp")]
 pub use smtp::{Attempt, AttemptStage, ReceivedMail, Reply, SmtpCommand, SmtpServer};
+#[cfg(feature = "nats")]
+pub use tls::TestCertificates;
 
 /// Signals for [`FunctionProcess::signal`] (e.g. `SIGSTOP`/`SIGCONT` to pause a worker).
 #[cfg(any(feature = "nats", feature = "process"))]

@@ -150,6 +150,12 @@ impl NatsServerBuilder {
         self
     }
 
+    /// Serves TLS only, with `certs`' server certificate; `verify` also demands a client certificate their CA
+    /// signed (mutual TLS). The harness reads readiness from the log, so it needs no client of its own.
+    pub fn tls(self, certs: &crate::TestCertificates, verify: bool) -> Self {
+        self.config(certs.server_config(verify))
+    }
+
     /// Appended inside the generated `jetstream { }` block (e.g. `max_file_store: 16GB`).
     pub fn jetstream_config(mut self, extra: impl Into<String>) -> Self {
         self.jetstream_config.push_str(&extra.into());

@@ -1,5 +1,7 @@
 //! A workspace binary run as a child process, the way an operator would run it.
 
+use std::fs::File;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -7,7 +9,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::output::{pump, signal};
+use crate::output::{capture, pump, pump_lines, signal};
 use crate::{lock, poll_async, poll_blocking, tail, workspace_root};
 
 /// A running function binary (`target/debug/<bin>`) with stdout and stderr captured.
@@ -48,13 +50,32 @@ impl FunctionProcess {
             .unwrap_or_else(|e| panic!("spawn {}: {e}", path.display()));
         let output = Arc::new(Mutex::new(String::new()));
         let prefix = format!("[{bin}]");
-        let pumps = [
-            pump(child.stdout.take(), &prefix, Arc::clone(&output)),
-            pump(child.stderr.take(), &prefix, Arc::clone(&output)),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
+        let pumps = match log_file(bin, child.id()) {
+            None => [
+                pump(child.stdout.take(), &prefix, Arc::clone(&output)),
+                pump(child.stderr.take(), &prefix, Arc::clone(&output)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            Some(file) => {
+                let tee = || {
+                    let (prefix, output, file) =
+                        (prefix.clone(), Arc::clone(&output), Arc::clone(&file));
+                    move |text: &str| {
+                        capture(&prefix, &output, text);
+                        let _ = writeln!(lock(&file), "{text}");
+                    }
+                };
+                [
+                    pump_lines(child.stdout.take(), tee()),
+                    pump_lines(child.stderr.take(), tee()),
+                ]
+                .into_iter()
+                .flatten()
+                .collect()
+            }
+        };
         Self {
             bin: bin.to_owned(),
             pid: child.id(),
@@ -226,4 +247,18 @@ pub fn binary_path(bin: &str) -> PathBuf {
                 "binary {bin} not built: run `cargo build --workspace` first (looked in {candidates:?})"
             )
         })
+}
+
+/// The variable naming a directory where every [`FunctionProcess`] also writes its output, one
+/// `<bin>-<pid>.log` each: `tests/run.sh` sets it, then scans the files for secrets in clear.
+pub const LOG_DIR_VAR: &str = "JETFN_TEST_LOG_DIR";
+
+fn log_file(bin: &str, pid: u32) -> Option<Arc<Mutex<File>>> {
+    let dir = PathBuf::from(std::env::var_os(LOG_DIR_VAR)?);
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("{LOG_DIR_VAR}: creating {}: {e}", dir.display()));
+    let path = dir.join(format!("{bin}-{pid}.log"));
+    let file = File::create(&path)
+        .unwrap_or_else(|e| panic!("{LOG_DIR_VAR}: creating {}: {e}", path.display()));
+    Some(Arc::new(Mutex::new(file)))
 }

@@ -115,13 +115,25 @@ pub struct ConfigError {
 /// # Errors
 /// The first variable that is missing or does not parse, by name.
 pub fn from_env<T: Settings>() -> Result<T, ConfigError> {
-    let table = T::TABLE;
+    from_vars(env_vars(T::TABLE)?)
+}
+
+/// The process environment as text, refusing one of `table`'s variables (or its `_FILE`) that is not UTF-8.
+///
+/// # Errors
+/// That variable, by name.
+pub fn env_vars(table: &Table) -> Result<Vec<(String, String)>, ConfigError> {
     let mut vars = Vec::new();
     for (name, value) in std::env::vars_os() {
         match (name.into_string(), value.into_string()) {
             (Ok(name), Ok(value)) => vars.push((name, value)),
             // Someone else's variable is not ours to refuse; one of ours must be readable.
-            (Ok(name), Err(_)) if table.var(&name).is_some() => {
+            (Ok(name), Err(_))
+                if table.var(&name).is_some()
+                    || name
+                        .strip_suffix(FILE_SUFFIX)
+                        .is_some_and(|var| table.var(var).is_some()) =>
+            {
                 return Err(ConfigError {
                     var: name,
                     reason: "is not valid UTF-8".to_owned(),
@@ -130,7 +142,53 @@ pub fn from_env<T: Settings>() -> Result<T, ConfigError> {
             _ => {}
         }
     }
-    from_vars(vars)
+    Ok(vars)
+}
+
+/// What a secret variable's name takes to say "read my value from this file".
+pub const FILE_SUFFIX: &str = "_FILE";
+
+/// `vars` with each secret of `table` given as `<NAME>_FILE` replaced by `<NAME>` and the file's content.
+///
+/// Kubernetes and compose mount secrets as files; an environment variable shows in `ps e`, `docker inspect` and
+/// crash reports, a file's content does not. One line ending at the end is dropped (`echo` and editors add it).
+///
+/// # Errors
+/// Both `<NAME>` and `<NAME>_FILE` set (which one wins would be a guess), or a file that cannot be read, named by
+/// its variable.
+pub fn expand_files(
+    table: &Table,
+    vars: Vec<(String, String)>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out = Vec::with_capacity(vars.len());
+    let mut read = Vec::new();
+    for (name, value) in vars {
+        let secret = name
+            .strip_suffix(FILE_SUFFIX)
+            .and_then(|var| table.var(var))
+            .filter(|var| var.secret);
+        match secret {
+            Some(var) => read.push((var, name, value)),
+            None => out.push((name, value)),
+        }
+    }
+    for (var, file_var, path) in read {
+        if out.iter().any(|(name, _)| name == var.name) {
+            return Err(ConfigError {
+                var: var.name.to_owned(),
+                reason: format!("is set and so is {file_var}; set only one"),
+            });
+        }
+        let content = std::fs::read_to_string(&path).map_err(|err| ConfigError {
+            var: file_var.clone(),
+            reason: format!("cannot read {path:?}: {err}"),
+        })?;
+        let content = content.strip_suffix('\n').map_or(content.as_str(), |rest| {
+            rest.strip_suffix('\r').unwrap_or(rest)
+        });
+        out.push((var.name.to_owned(), content.to_owned()));
+    }
+    Ok(out)
 }
 
 /// Reads `T` from `vars`, as [`from_env`] does from the process environment; tests pass their own.
@@ -145,6 +203,7 @@ pub fn from_vars<T: Settings>(
         .into_iter()
         .filter(|(name, _)| name.starts_with(table.prefix))
         .collect();
+    let ours = expand_files(table, ours)?;
     envy::prefixed(table.prefix)
         .from_iter(ours.iter().cloned())
         .map_err(|err| match err {

@@ -124,6 +124,14 @@ pub fn help(binary: &Binary, tables: &[&Table]) -> String {
             let secret = if var.secret { ", secret" } else { "" };
             let _ = writeln!(out, "  {} ({default}{secret})", var.name);
             let _ = writeln!(out, "      {}", var.help);
+            if var.secret {
+                let _ = writeln!(
+                    out,
+                    "      or {}{}: a file holding it (a mounted secret)",
+                    var.name,
+                    super::env::FILE_SUFFIX
+                );
+            }
         }
     }
     out
@@ -169,6 +177,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("NATS_PASSWORD (optional, secret)"), "{text}");
+        assert!(text.contains("or NATS_PASSWORD_FILE: a file"), "{text}");
         assert!(version(&binary).starts_with("runtime 0.0.0 ("));
     }
 }
