@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash infra/install-nats-server.sh
+bash infra/install-test-tools.sh
 
 # The binaries the integration tests spawn carry the fault-injection hooks the crash tests set
 # (JOB_TEST_DELAY_BEFORE_ACK_MS, JOB_TEST_CLOCK_SKEW_MS, INDEX_TEST_*, ROUTER_TEST_*, ...). A build without the feature
