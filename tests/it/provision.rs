@@ -283,3 +283,31 @@ async fn applied_definitions_plan_as_unchanged_through_the_library() {
     let plan = definitions.plan(&js).await.unwrap();
     assert!(plan.is_unchanged(), "{plan}");
 }
+
+/// The server rule the loader's `ack_wait` check stands on: given a backoff list, nats-server 2.15 stores
+/// `backoff[0]` as the consumer's ack wait whatever the request said, without an error.
+#[tokio::test]
+async fn the_server_replaces_ack_wait_with_the_first_backoff_step() {
+    let nats = NatsServer::start();
+    let js = context(&nats).await;
+    let stream = js
+        .create_stream(jetstream::stream::Config {
+            name: "ACKWAIT".into(),
+            subjects: vec!["ackwait.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("c".into()),
+            ack_wait: Duration::from_secs(30),
+            backoff: vec![Duration::from_secs(5), Duration::from_secs(30)],
+            max_deliver: 5,
+            ..Default::default()
+        })
+        .await
+        .expect("the server accepts the request");
+    let info = consumer.info().await.unwrap();
+    assert_eq!(info.config.ack_wait, Duration::from_secs(5));
+}

@@ -146,6 +146,7 @@ impl Definitions {
                             config.durable_name.as_deref().unwrap_or_default(),
                             &mut problems,
                         );
+                        check_ack_wait(&path, &config, &mut problems);
                         consumers.push((stream_name.clone(), config));
                     }
                 }
@@ -291,6 +292,23 @@ fn read<T: serde::de::DeserializeOwned>(
             problems.push(format!("{}: {err}", path.display()));
             None
         }
+    }
+}
+
+/// nats-server replaces a consumer's `ack_wait` with `backoff[0]` when a backoff list is given, without a word: a
+/// file saying otherwise would be applied as something else and planned as a change forever. Refused, so a
+/// definition means what it says.
+fn check_ack_wait(path: &Path, config: &consumer::pull::Config, problems: &mut Vec<String>) {
+    if let Some(first) = config.backoff.first()
+        && !config.ack_wait.is_zero()
+        && config.ack_wait != *first
+    {
+        problems.push(format!(
+            "{}: `ack_wait` is {:?} but `backoff[0]` is {first:?}; nats-server uses `backoff[0]` as the ack wait \
+             when a backoff list is given, so write them equal (or leave `ack_wait` out)",
+            path.display(),
+            config.ack_wait
+        ));
     }
 }
 
@@ -457,6 +475,29 @@ mod tests {
             )),
             "{err}"
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_ack_wait_the_server_would_replace_with_the_first_backoff_step_is_refused() {
+        let dir = temp_copy("ack-wait");
+        let file = dir.join("consumers/EVENTS/welcome.json");
+        edit(
+            &file,
+            "\"ack_wait\": 5000000000",
+            "\"ack_wait\": 30000000000",
+        );
+        let err = Definitions::load(&dir).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{}: `ack_wait` is 30s but `backoff[0]` is 5s; nats-server uses `backoff[0]` as the ack wait when a \
+                 backoff list is given, so write them equal (or leave `ack_wait` out)",
+                file.display()
+            )
+        );
+        edit(&file, "\"ack_wait\": 30000000000,", "");
+        Definitions::load(&dir).expect("without ack_wait the server's rule is the file's meaning");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
