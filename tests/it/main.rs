@@ -20,6 +20,7 @@ mod permissions;
 mod provision;
 mod router;
 mod schedules;
+mod smtp_faults;
 mod storage;
 mod supervision;
 mod support;
