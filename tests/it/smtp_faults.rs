@@ -1,4 +1,5 @@
-//! SMTP faults the reliability scenarios name and no other test drives through a real function: a server that
+//! SMTP faults the reliability scenarios name and no other test drives through a real function: a send longer
+//! than `ack_wait` (S21), a server that
 //! accepts and never speaks (S7), and a reply lost after the server took the message (S8, RFC 1047).
 
 use std::time::Duration;
@@ -77,5 +78,34 @@ async fn a_reply_lost_after_the_server_took_the_message_is_retried_with_the_same
         2,
         "one duplicate for the one lost reply (the RFC 1047 window), no more"
     );
+    assert!(system.dlq().await.is_empty());
+}
+
+/// S21: a send several times longer than `ack_wait` (400 ms in these tests) stays with its one delivery: the
+/// runtime's progress acks keep it from being redelivered to another attempt.
+#[tokio::test]
+async fn a_send_longer_than_ack_wait_is_delivered_once() {
+    let system = System::start().await;
+    let _welcome = system.welcome().await;
+    let ack_wait = system
+        .consumer_info("EVENTS", "welcome")
+        .await
+        .config
+        .ack_wait;
+    let slow = ack_wait * 8;
+    system.smtp.delay_data_reply(slow);
+    system
+        .publisher
+        .publish(user("jun@example.com", "Jun"))
+        .await
+        .unwrap();
+
+    system.smtp.wait_for_messages(1, WAIT).await;
+    let info = system.wait_settled("welcome").await;
+    assert_eq!(
+        info.delivered.consumer_sequence, 1,
+        "a {slow:?} send with ack_wait {ack_wait:?} was delivered once"
+    );
+    assert_eq!(system.smtp.count(), 1);
     assert!(system.dlq().await.is_empty());
 }
