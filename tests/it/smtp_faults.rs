@@ -1,6 +1,6 @@
 //! SMTP faults the reliability scenarios name and no other test drives through a real function: a send longer
-//! than `ack_wait` (S21), a server that
-//! accepts and never speaks (S7), and a reply lost after the server took the message (S8, RFC 1047).
+//! than `ack_wait` (S21), a server that accepts and never speaks (S7), and a reply lost after the server took the
+//! message (S8, RFC 1047).
 
 use std::time::Duration;
 
