@@ -203,3 +203,59 @@ async fn a_recurring_schedule_runs_cleanup_with_no_scheduler_process() {
     // Each firing is its own run: the stored event is the same, the runtime gives each firing its own id.
     assert_ne!(done[0]["request_id"], done[1]["request_id"], "{done:?}");
 }
+
+/// S30: cleanup SIGKILLed after its deletes and its completion, before its ack. The redelivered request deletes
+/// nothing more (what is gone counts as done), publishes no second completion, and dead-letters nothing.
+#[tokio::test]
+async fn a_cleanup_killed_between_its_deletes_and_its_ack_deletes_nothing_twice() {
+    let system = System::start().await;
+    let dir = TempDir::new("index");
+    let _indexing = system.indexing(&dir, &short_index_floor()).await;
+    let mut env = short_floors();
+    env.push(("JOB_TEST_DELAY_BEFORE_ACK_MS", "60000".to_owned()));
+    let doomed = system.spawn("cleanup", &env).await;
+
+    for created in [
+        message("gone-1", "c-2", "retention mike", ago(10)),
+        message("kept-1", "c-2", "retention mike", ago(1)),
+    ] {
+        system.publisher.publish(created).await.unwrap();
+    }
+    system.indexing_settled().await;
+    system
+        .publish_raw("dlq.EVENTS.test.30", b"old dead letter")
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let request = events::CleanupRequested {
+        index_retention_secs: Some(5 * 24 * 3600),
+        dlq_retention_secs: Some(1),
+    };
+    system.publisher.publish(request).await.unwrap();
+    doomed
+        .wait_for_output("cleanup.completed published", WAIT)
+        .await;
+    doomed.sigkill();
+    assert_eq!(system.found("mike").await, ["kept-1"]);
+    assert_eq!(dlq_messages(&system).await, 0);
+
+    let cleanup = system.spawn("cleanup", &short_floors()).await;
+    cleanup
+        .wait_for_output("cleanup.completed was already published", WAIT)
+        .await;
+    let info = system.wait_settled("cleanup").await;
+    assert_eq!(
+        info.delivered.consumer_sequence, 2,
+        "the request was delivered again after the kill, once"
+    );
+    let done = completions(&system).await;
+    assert_eq!(done.len(), 1, "one completion for one request: {done:?}");
+    assert_eq!(done[0]["index_removed"], 1, "{}", done[0]);
+    assert_eq!(done[0]["dlq_removed"], 1, "{}", done[0]);
+    assert_eq!(system.found("mike").await, ["kept-1"]);
+    assert_eq!(
+        dlq_messages(&system).await,
+        0,
+        "the redelivered run dead-lettered nothing"
+    );
+}
