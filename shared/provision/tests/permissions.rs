@@ -55,17 +55,18 @@ fn each_function_writes_only_its_own_ledger_and_journal_keys() {
                 "{}: {right} would read every key of the bucket",
                 user.name
             );
-            if function.name != permissions::ROUTER && function.name != "cleanup" {
-                if let Some(key) = right.strip_prefix("$KV.jetfn-failures.") {
-                    assert!(
-                        function
-                            .consumers
-                            .iter()
-                            .any(|(stream, consumer)| key == format!("{stream}.{consumer}.>")),
-                        "{}: {right}",
-                        user.name
-                    );
-                }
+            if function.name != permissions::ROUTER
+                && function.name != "cleanup"
+                && let Some(key) = right.strip_prefix("$KV.jetfn-failures.")
+            {
+                assert!(
+                    function
+                        .consumers
+                        .iter()
+                        .any(|(stream, consumer)| key == format!("{stream}.{consumer}.>")),
+                    "{}: {right}",
+                    user.name
+                );
             }
         }
     }
