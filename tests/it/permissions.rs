@@ -646,6 +646,29 @@ async fn the_viewer_reads_the_dlq_and_the_operator_replays_and_purges_it() {
         3,
         "the replay is back in the stream for its function"
     );
+
+    // Pausing a consumer (say, while its mail provider is down) is the operator's too.
+    let until = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    for role in ["viewer", "operator"] {
+        let mut js = async_nats::jetstream::new(connect_as(&system, role).await);
+        js.set_timeout(Duration::from_secs(1));
+        let events = js
+            .get_stream("EVENTS")
+            .await
+            .expect("both read stream info");
+        let paused = events.pause_consumer("welcome", until).await;
+        assert_eq!(
+            paused.is_ok(),
+            role == "operator",
+            "{role}: {:?}",
+            paused.err()
+        );
+        if role == "operator" {
+            events.resume_consumer("welcome").await.unwrap();
+        }
+    }
+    assert_refused(&system, "viewer", "$JS.API.CONSUMER.PAUSE.EVENTS.welcome").await;
+    let before = before + 1;
     assert_eq!(
         system.nats.log().matches(" Violation").count(),
         before,
