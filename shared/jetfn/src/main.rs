@@ -85,6 +85,22 @@ enum InfraCommand {
     /// Apply every definition (streams, KV buckets, consumers, then schedules), printing the plan as it goes;
     /// refuses, applying nothing, when the server cannot make a change.
     Apply(InfraArgs),
+    /// Print the NATS users (`authorization { users = [...] }`) generated from the consumer files and the event
+    /// catalog: one per function, publishers, viewer, operator and admin. Needs no server.
+    Permissions(PermissionsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PermissionsArgs {
+    /// The definitions folder.
+    #[arg(long, env = "JETFN_INFRA_DIR", default_value = "infra/nats")]
+    dir: PathBuf,
+    /// Write the configuration to this file instead of stdout.
+    #[arg(long, short, conflicts_with = "check")]
+    output: Option<PathBuf>,
+    /// Compare this file with the generated configuration and fail when it differs.
+    #[arg(long)]
+    check: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -174,7 +190,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             catalog();
             Ok(())
         }
-        Command::Infra { command } => infra(&nats()?, command).await,
+        Command::Infra {
+            command: InfraCommand::Permissions(args),
+        } => permissions(&args),
+        Command::Infra {
+            command: InfraCommand::Plan(args),
+        } => infra(&nats()?, &args, false).await,
+        Command::Infra {
+            command: InfraCommand::Apply(args),
+        } => infra(&nats()?, &args, true).await,
         Command::Publish(args) => publish(&nats()?, args).await,
         Command::Dlq { command } => dlq::run(connect(&nats()?).await?, command).await,
         Command::Status => status::run(connect(&nats()?).await?).await,
@@ -183,8 +207,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn infra(config: &runtime::config::NatsConfig, command: InfraCommand) -> anyhow::Result<()> {
-    let (InfraCommand::Plan(args) | InfraCommand::Apply(args)) = &command;
+/// `jetfn infra permissions`: the generated users, printed, written or compared.
+fn permissions(args: &PermissionsArgs) -> anyhow::Result<()> {
+    let definitions = provision::Definitions::load(&args.dir)?;
+    let generated = provision::permissions::config(&definitions, events::CATALOG)?;
+    if let Some(path) = &args.check {
+        let committed = std::fs::read_to_string(path)
+            .with_context(|| format!("--check: reading {}", path.display()))?;
+        anyhow::ensure!(
+            committed == generated,
+            "--check: {} differs from the permissions generated from {} and the event catalog; regenerate it with \
+             `jetfn infra permissions --output {}`",
+            path.display(),
+            args.dir.display(),
+            path.display()
+        );
+        println!("{} is current", path.display());
+    } else if let Some(path) = &args.output {
+        std::fs::write(path, &generated)
+            .with_context(|| format!("--output: writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    } else {
+        print!("{generated}");
+    }
+    Ok(())
+}
+
+async fn infra(
+    config: &runtime::config::NatsConfig,
+    args: &InfraArgs,
+    apply: bool,
+) -> anyhow::Result<()> {
     let mut definitions = provision::Definitions::load(&args.dir)?;
     if let Some(replicas) = args.replicas {
         definitions.set_replicas(usize::from(replicas));
@@ -192,28 +245,23 @@ async fn infra(config: &runtime::config::NatsConfig, command: InfraCommand) -> a
     let client = connect(config).await?;
     let js = async_nats::jetstream::new(client.clone());
     let plan = definitions.plan(&js).await?;
-    match command {
-        InfraCommand::Plan(_) => {
+    if apply {
+        if !plan.impossible().is_empty() {
             println!("{plan}");
-            if !plan.impossible().is_empty() {
-                println!(
-                    "apply would refuse: the server cannot make the changes marked CANNOT UPDATE"
-                );
-            }
         }
-        InfraCommand::Apply(_) => {
-            if !plan.impossible().is_empty() {
-                println!("{plan}");
-            }
-            definitions
-                .apply_plan(&js, &plan, |change| println!("{change}"))
-                .await?;
-            client.flush().await.ok();
-            let [created, updated, unchanged, _] = plan.counts();
-            println!(
-                "applied {}: {created} created, {updated} updated, {unchanged} unchanged",
-                args.dir.display()
-            );
+        definitions
+            .apply_plan(&js, &plan, |change| println!("{change}"))
+            .await?;
+        client.flush().await.ok();
+        let [created, updated, unchanged, _] = plan.counts();
+        println!(
+            "applied {}: {created} created, {updated} updated, {unchanged} unchanged",
+            args.dir.display()
+        );
+    } else {
+        println!("{plan}");
+        if !plan.impossible().is_empty() {
+            println!("apply would refuse: the server cannot make the changes marked CANNOT UPDATE");
         }
     }
     Ok(())

@@ -14,7 +14,6 @@ use anyhow::Context as _;
 const CARGO_TOML: &str = include_str!("new/Cargo.toml.tmpl");
 const MAIN_RS: &str = include_str!("new/main.rs.tmpl");
 const CONSUMER_JSON: &str = include_str!("new/consumer.json.tmpl");
-const USER_CONF: &str = include_str!("new/user.conf.tmpl");
 const DEPLOYMENT_YAML: &str = include_str!("new/deployment.yaml.tmpl");
 
 const CATALOG_RS: &str = "shared/events/src/catalog.rs";
@@ -258,16 +257,25 @@ impl Scaffold {
         let catalog_rs = read(CATALOG_RS)?;
         let row = add_consumer(&catalog_rs, kind.ty, name)
             .map_err(|err| anyhow::anyhow!("{CATALOG_RS}: {err}"))?;
-        let functions: Vec<String> = definitions
-            .functions()
-            .into_iter()
-            .map(|f| f.name)
-            .collect();
-        let permissions = add_user(
-            &permissions,
-            &functions,
-            &fill(USER_CONF, name, kind, &row.payload),
-        )?;
+        // The permissions are generated from the consumer files: with the new consumer file, the new user.
+        let mut with_new = definitions.clone();
+        let new_consumer: async_nats::jetstream::consumer::pull::Config =
+            serde_json::from_str(&fill(CONSUMER_JSON, name, kind, &row.payload))
+                .context("the consumer template is a consumer configuration")?;
+        // Where loading the folder would put it: by stream folder, then by file name.
+        let file = |stream: &str, consumer: &str| (stream.to_owned(), format!("{consumer}.json"));
+        let at = with_new
+            .consumers
+            .iter()
+            .position(|(stream, config)| {
+                file(stream, config.durable_name.as_deref().unwrap_or_default())
+                    > file("EVENTS", name)
+            })
+            .unwrap_or(with_new.consumers.len());
+        with_new
+            .consumers
+            .insert(at, ("EVENTS".to_owned(), new_consumer));
+        let permissions = provision::permissions::config(&with_new, events::CATALOG)?;
         let kubernetes = format!(
             "{kubernetes}{}",
             fill(DEPLOYMENT_YAML, name, kind, &row.payload)
@@ -370,7 +378,8 @@ impl Scaffold {
              descriptions in\n   functions/{name}/Cargo.toml and {CONSUMERS}/{name}.json; tune its max_deliver, \
              backoff and max_ack_pending.\n\
              2. Settings: read them in main, add them to its Deployment's env in {KUBERNETES}; a KV bucket or \
-             subject it\n   uses goes into its user in {PERMISSIONS}.\n\
+             subject it\n   uses goes into its extra rights in shared/provision/src/permissions.rs, then \
+             `jetfn infra permissions --output {PERMISSIONS}`.\n\
              3. cargo test -p {name}\n\
              4. bash infra/dev.sh   (jetfn dev runs it with the others), then `jetfn publish {}`\n",
             self.event.ty
@@ -409,30 +418,6 @@ fn catalog_markdown_with(ty: &str, name: &str) -> String {
         })
         .collect();
     events::catalog_markdown_of(&rows)
-}
-
-/// Adds the user block after the last function's user, so functions stay together before the publishers and
-/// the operator.
-fn add_user(permissions: &str, functions: &[String], block: &str) -> anyhow::Result<String> {
-    let last = functions
-        .iter()
-        .filter_map(|function| permissions.find(&format!("user: {function},")))
-        .max()
-        .with_context(|| {
-            format!("{PERMISSIONS}: no function's user found to add the new one after")
-        })?;
-    const CLOSE: &str = "\n    },\n";
-    let end = permissions[last..]
-        .find(CLOSE)
-        .map(|at| last + at + CLOSE.len())
-        .with_context(|| {
-            format!(
-                "{PERMISSIONS}: cannot find the end (\"    }},\") of the user block at byte {last}"
-            )
-        })?;
-    let mut out = permissions.to_owned();
-    out.insert_str(end, block);
-    Ok(out)
 }
 
 /// The catalog source with a consumer added to one row, and that row's payload type.
@@ -785,40 +770,14 @@ mod tests {
     #[test]
     fn templates_are_filled_completely() {
         let kind = events::kind_by_type("users.registered").unwrap();
-        for template in [
-            CARGO_TOML,
-            MAIN_RS,
-            CONSUMER_JSON,
-            USER_CONF,
-            DEPLOYMENT_YAML,
-        ] {
+        for template in [CARGO_TOML, MAIN_RS, CONSUMER_JSON, DEPLOYMENT_YAML] {
             let filled = fill(template, "demo-fn", kind, "UserRegistered");
             assert!(!filled.contains("{{"), "{filled}");
         }
-        assert!(
-            fill(USER_CONF, "demo-fn", kind, "")
-                .contains("user: demo-fn, password: $DEMO_FN_PASSWORD")
-        );
         let consumer: serde_json::Value =
             serde_json::from_str(&fill(CONSUMER_JSON, "demo-fn", kind, "")).unwrap();
         assert_eq!(consumer["filter_subject"], "events.users.registered");
         assert_eq!(consumer["metadata"]["jetfn.function"], "demo-fn");
-    }
-
-    #[test]
-    fn the_user_goes_after_the_last_function_user() {
-        let permissions = "users = [\n    {\n      user: a, password: $A\n    },\n    {\n      user: b, password: $B\n    },\n    {\n      user: admin, password: $X\n    }\n  ]\n";
-        let out = add_user(
-            permissions,
-            &["a".to_owned(), "b".to_owned()],
-            "    {\n      user: c\n    },\n",
-        )
-        .unwrap();
-        assert_eq!(
-            out,
-            permissions.replace("$B\n    },\n", "$B\n    },\n    {\n      user: c\n    },\n")
-        );
-        assert!(add_user(permissions, &["zz".to_owned()], "").is_err());
     }
 
     #[test]
@@ -853,8 +812,8 @@ mod tests {
                 "infra/nats/consumers/EVENTS/indexing-created.json already defines",
             ),
             (
-                "signup-api",
-                "infra/deploy/nats-permissions.conf already has a user signup-api",
+                "viewer",
+                "infra/deploy/nats-permissions.conf already has a user viewer",
             ),
             ("Demo", "invalid function name"),
         ] {

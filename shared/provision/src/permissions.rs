@@ -1,0 +1,456 @@
+//! The NATS users of a single-account deployment, generated from the consumer files and the event catalog
+//! (`jetfn infra permissions`), so a function, a consumer or an event type cannot be added without its rights,
+//! and no right outlives the thing it was for. The committed `infra/deploy/nats-permissions.conf` is this
+//! module's output; a test fails when they differ.
+//!
+//! Every function gets its own consumer(s) (INFO, MSG.NEXT and both ack subject forms: v1
+//! `$JS.ACK.<stream>.<consumer>...` and v2 `$JS.ACK.<domain>.<hash>.<stream>.<consumer>...`), its own dead-letter
+//! subjects, its own key prefix in the ledger (`<function>.`, which also holds its `<function>.clock`) and in the
+//! failure journal (`<stream>.<consumer>.`, one per consumer), reads of those keys by DIRECT.GET with the key in
+//! the subject (never `STREAM.MSG.GET`, whose subject names no key and so would open every function's keys), and
+//! replies on its own inbox prefix. What a function needs beyond that is read from its code and listed in
+//! [`extras`], each with why.
+
+use std::fmt::Write as _;
+
+use anyhow::Context as _;
+
+use crate::Definitions;
+
+/// The ledger bucket: one key per (function, event, effect).
+pub const LEDGER_BUCKET: &str = "jetfn-ledger";
+/// The failure journal: one key per failing message, `<stream>.<consumer>.<sequence>`.
+pub const FAILURES_BUCKET: &str = "jetfn-failures";
+/// The rate-limit counters of the contact form.
+pub const RATELIMIT_BUCKET: &str = "jetfn-ratelimit";
+/// The dead-letter stream and the first token of its subjects (`dlq.<stream>.<consumer>.<sequence>`).
+pub const DLQ_STREAM: &str = "DLQ";
+/// The first token of dead-letter subjects.
+pub const DLQ_PREFIX: &str = "dlq";
+/// The dead-letter router: it writes every function's dead letters, so it is not held to one prefix.
+pub const ROUTER: &str = "dlq-router";
+
+/// One NATS user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// The user name (a function's is its binary's name).
+    pub name: String,
+    /// What it is and why it holds what it holds.
+    pub comment: String,
+    /// Subjects it may publish to.
+    pub publish: Vec<String>,
+    /// Subjects it may subscribe to.
+    pub subscribe: Vec<String>,
+    /// Whether it may answer requests on whatever reply subject they name (a service).
+    pub allow_responses: bool,
+}
+
+impl User {
+    /// `$<NAME>_PASSWORD`: the server reads the password from its environment, never from this file.
+    pub fn password_variable(&self) -> String {
+        format!(
+            "${}_PASSWORD",
+            self.name.to_ascii_uppercase().replace('-', "_")
+        )
+    }
+}
+
+/// The inbox prefix a user's client sets (`NATS_INBOX_PREFIX`), so no user needs the shared `_INBOX.>`.
+pub fn inbox_prefix(user: &str) -> String {
+    // The router's Deployment has always used `_INBOX_dlq`; kept so running deployments need no change.
+    if user == ROUTER {
+        "_INBOX_dlq".to_owned()
+    } else {
+        format!("_INBOX_{user}")
+    }
+}
+
+/// The operator roles, least to most.
+pub const ROLES: [&str; 3] = ["viewer", "operator", "admin"];
+
+/// Every user: the functions in consumer-file order, the publishers, then the operator roles.
+///
+/// # Errors
+/// A bucket or stream the rights name is not defined, a function name is not a valid subject token, or a
+/// function's extra rights name a function the consumer files do not know.
+pub fn users(
+    definitions: &Definitions,
+    catalog: &[events::EventKind],
+) -> anyhow::Result<Vec<User>> {
+    for bucket in [LEDGER_BUCKET, FAILURES_BUCKET, RATELIMIT_BUCKET] {
+        anyhow::ensure!(
+            definitions.buckets.iter().any(|b| b.bucket == bucket),
+            "the permissions name the KV bucket {bucket}, but infra/nats/kv defines no such bucket"
+        );
+    }
+    anyhow::ensure!(
+        definitions.streams.iter().any(|s| s.name == DLQ_STREAM),
+        "the permissions name the stream {DLQ_STREAM}, but infra/nats/streams defines no such stream"
+    );
+    let functions = definitions.functions();
+    for (name, _) in EXTRAS {
+        anyhow::ensure!(
+            functions.iter().any(|f| f.name == *name),
+            "the permissions grant extra rights to {name}, but no consumer file names that function"
+        );
+    }
+    // The streams functions consume from: their dead messages are the router's to copy, their first sequence is
+    // what cleanup checks orphan journal records against.
+    let mut consumed: Vec<&str> = Vec::new();
+    for (stream, _) in &definitions.consumers {
+        if !consumed.contains(&stream.as_str()) {
+            consumed.push(stream);
+        }
+    }
+    let subject_of = |ty: &str| -> anyhow::Result<&'static str> {
+        catalog
+            .iter()
+            .find(|kind| kind.ty == ty)
+            .map(|kind| kind.subject)
+            .with_context(|| format!("the event catalog has no type {ty}"))
+    };
+
+    let mut users = Vec::new();
+    for function in &functions {
+        let name = function.name.as_str();
+        anyhow::ensure!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "function {name:?}: a function name must be a single subject token ([A-Za-z0-9_-]) to be a key prefix"
+        );
+        let mut publish = Vec::new();
+        for (stream, consumer) in &function.consumers {
+            publish.extend([
+                format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}"),
+                format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
+                format!("$JS.ACK.{stream}.{consumer}.>"),
+                format!("$JS.ACK.*.*.{stream}.{consumer}.>"),
+            ]);
+            if name != ROUTER {
+                publish.push(format!("{DLQ_PREFIX}.{stream}.{consumer}.>"));
+            }
+        }
+        let mut subscribe = vec![format!("{}.>", inbox_prefix(name))];
+        let mut comment = format!(
+            "{name}: {}",
+            function
+                .consumers
+                .iter()
+                .map(|(stream, consumer)| format!("{stream}/{consumer}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut allow_responses = false;
+        if name == ROUTER {
+            comment.push_str(
+                ". Reads MAX_DELIVERIES advisories and copies the dead event (read by sequence from its stream, then \
+                 deleted there) to the DLQ, for every function, so it may read and delete any message of a consumed \
+                 stream and write every dead letter and journal record.",
+            );
+            for stream in consumed.iter().filter(|s| **s != "ADVISORIES") {
+                publish.extend([
+                    format!("$JS.API.STREAM.INFO.{stream}"),
+                    format!("$JS.API.STREAM.MSG.GET.{stream}"),
+                    format!("$JS.API.STREAM.MSG.DELETE.{stream}"),
+                ]);
+            }
+            publish.extend([
+                format!("$JS.API.STREAM.INFO.{DLQ_STREAM}"),
+                format!("$JS.API.DIRECT.GET.{DLQ_STREAM}.>"),
+                format!("{DLQ_PREFIX}.>"),
+                format!("$JS.API.STREAM.INFO.KV_{FAILURES_BUCKET}"),
+                format!("$KV.{FAILURES_BUCKET}.>"),
+                format!("$JS.API.DIRECT.GET.KV_{FAILURES_BUCKET}.>"),
+            ]);
+        } else {
+            comment.push_str(". Its own ledger keys and failure-journal records only.");
+            publish.extend(own_keys(LEDGER_BUCKET, &[name.to_owned()]));
+            let journal: Vec<String> = function
+                .consumers
+                .iter()
+                .map(|(stream, consumer)| format!("{stream}.{consumer}"))
+                .collect();
+            publish.extend(own_keys(FAILURES_BUCKET, &journal));
+        }
+        if let Some((_, extra)) = EXTRAS.iter().find(|(n, _)| *n == name) {
+            let extra = extra(&Context {
+                consumed: &consumed,
+                subject_of: &subject_of,
+            })?;
+            comment.push(' ');
+            comment.push_str(extra.why);
+            publish.extend(extra.publish);
+            subscribe.extend(extra.subscribe);
+            allow_responses |= extra.allow_responses;
+        }
+        users.push(User {
+            name: name.to_owned(),
+            comment,
+            publish,
+            subscribe,
+            allow_responses,
+        });
+    }
+
+    // One publisher per event domain (the first token of the type: users, orders, ...): a producing service owns
+    // one domain (the signup API its users, the shop its orders), and a leaked password then forges only that
+    // domain's events. Each lists its subjects one by one, so a new event type is granted by its catalog row.
+    let mut domains: Vec<(&str, Vec<&str>)> = Vec::new();
+    for kind in catalog {
+        let domain = kind.ty.split('.').next().unwrap_or(kind.ty);
+        match domains.iter_mut().find(|(d, _)| *d == domain) {
+            Some((_, subjects)) => subjects.push(kind.subject),
+            None => domains.push((domain, vec![kind.subject])),
+        }
+    }
+    for (domain, subjects) in &domains {
+        let name = format!("publisher-{domain}");
+        users.push(User {
+            subscribe: vec![format!("{}.>", inbox_prefix(&name))],
+            comment: format!(
+                "{name}: publishes the {domain}.* events of the catalog, nothing else (its inbox takes the stream's acks)."
+            ),
+            publish: subjects.iter().map(|s| (*s).to_owned()).collect(),
+            name,
+            allow_responses: false,
+        });
+    }
+
+    let all_events: Vec<String> = catalog.iter().map(|k| k.subject.to_owned()).collect();
+    let viewer = viewer_rights();
+    users.push(User {
+        name: "viewer".to_owned(),
+        comment: "viewer: jetfn status, jetfn dlq list|show: stream and consumer info and lists, and the DLQ's records. \
+                  Changes nothing, reads no KV bucket's values and no event stream's messages."
+            .to_owned(),
+        publish: viewer.clone(),
+        subscribe: vec![format!("{}.>", inbox_prefix("viewer"))],
+        allow_responses: false,
+    });
+    let mut operator = viewer;
+    operator.extend([
+        format!("$JS.API.STREAM.MSG.DELETE.{DLQ_STREAM}"),
+        format!("$JS.API.STREAM.PURGE.{DLQ_STREAM}"),
+        "$JS.API.CONSUMER.PAUSE.*.*".to_owned(),
+        events::services::index::SEARCH_SUBJECT.to_owned(),
+    ]);
+    operator.extend(all_events);
+    users.push(User {
+        name: "operator".to_owned(),
+        comment: "operator: the viewer's rights, plus jetfn dlq replay|purge (a replay republishes to the event's \
+                  own subject), pausing and resuming consumers, and jetfn search. Not the index purge."
+            .to_owned(),
+        publish: operator,
+        subscribe: vec![format!("{}.>", inbox_prefix("operator"))],
+        allow_responses: false,
+    });
+    users.push(User {
+        name: "admin".to_owned(),
+        comment: "admin: everything (jetfn infra plan|apply, schedules, the index purge). Never given to a function."
+            .to_owned(),
+        publish: vec![">".to_owned()],
+        subscribe: vec![">".to_owned()],
+        allow_responses: false,
+    });
+    Ok(users)
+}
+
+/// The JetStream API calls that only read: server, stream and consumer info and lists, and the DLQ's records
+/// (by sequence, by DIRECT.GET, or with an ephemeral ordered consumer as `jetfn dlq list` reads them).
+fn viewer_rights() -> Vec<String> {
+    let mut rights: Vec<String> = [
+        "$JS.API.INFO",
+        "$JS.API.STREAM.NAMES",
+        "$JS.API.STREAM.LIST",
+        "$JS.API.STREAM.INFO.*",
+        "$JS.API.CONSUMER.NAMES.*",
+        "$JS.API.CONSUMER.LIST.*",
+        "$JS.API.CONSUMER.INFO.*.*",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    rights.extend([
+        format!("$JS.API.STREAM.MSG.GET.{DLQ_STREAM}"),
+        format!("$JS.API.DIRECT.GET.{DLQ_STREAM}"),
+        format!("$JS.API.DIRECT.GET.{DLQ_STREAM}.>"),
+        format!("$JS.API.CONSUMER.CREATE.{DLQ_STREAM}"),
+        format!("$JS.API.CONSUMER.CREATE.{DLQ_STREAM}.>"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{DLQ_STREAM}.*"),
+        format!("$JS.API.CONSUMER.DELETE.{DLQ_STREAM}.*"),
+    ]);
+    rights
+}
+
+/// Read and write of the keys under each prefix in `bucket`, and the bucket's info (binding a KV store reads it).
+fn own_keys(bucket: &str, prefixes: &[String]) -> Vec<String> {
+    let mut rights = vec![format!("$JS.API.STREAM.INFO.KV_{bucket}")];
+    for prefix in prefixes {
+        rights.push(format!("$KV.{bucket}.{prefix}.>"));
+        rights.push(format!(
+            "$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.{prefix}.>"
+        ));
+    }
+    rights
+}
+
+/// What the extra rights of a function are derived from.
+struct Context<'a> {
+    consumed: &'a [&'a str],
+    subject_of: &'a dyn Fn(&str) -> anyhow::Result<&'static str>,
+}
+
+/// A function's rights beyond its consumers and its own keys.
+struct Extra {
+    why: &'static str,
+    publish: Vec<String>,
+    subscribe: Vec<String>,
+    allow_responses: bool,
+}
+
+type ExtraFn = fn(&Context<'_>) -> anyhow::Result<Extra>;
+
+/// The functions that need more than their consumers and their own keys, read from their code.
+const EXTRAS: &[(&str, ExtraFn)] = &[
+    ("contact", |_| {
+        Ok(Extra {
+            why: "Also the rate-limit counters (one per hashed sender and window); it is the bucket's only user.",
+            publish: vec![
+                format!("$JS.API.STREAM.INFO.KV_{RATELIMIT_BUCKET}"),
+                format!("$KV.{RATELIMIT_BUCKET}.>"),
+                format!("$JS.API.DIRECT.GET.KV_{RATELIMIT_BUCKET}.>"),
+            ],
+            subscribe: Vec::new(),
+            allow_responses: false,
+        })
+    }),
+    ("indexing", |_| {
+        use events::services::index::{GROUP, SERVICE};
+        Ok(Extra {
+            why: "It serves the jetfn-index service (search, purge) and its $SRV discovery, answering on whatever reply \
+                  subject a request names; who may call purge is decided by who may publish to it (cleanup, admin).",
+            publish: Vec::new(),
+            subscribe: vec![
+                format!("{GROUP}.*"),
+                "$SRV.*".to_owned(),
+                format!("$SRV.*.{SERVICE}"),
+                format!("$SRV.*.{SERVICE}.*"),
+            ],
+            allow_responses: true,
+        })
+    }),
+    ("cleanup", |context| {
+        let mut publish = vec![
+            events::services::index::PURGE_SUBJECT.to_owned(),
+            (context.subject_of)("cleanup.completed")?.to_owned(),
+            format!("$JS.API.STREAM.INFO.{DLQ_STREAM}"),
+            format!("$JS.API.STREAM.PURGE.{DLQ_STREAM}"),
+            format!("$JS.API.CONSUMER.CREATE.{DLQ_STREAM}"),
+            format!("$JS.API.CONSUMER.MSG.NEXT.{DLQ_STREAM}.*"),
+            format!("$JS.API.CONSUMER.DELETE.{DLQ_STREAM}.*"),
+            format!("$KV.{FAILURES_BUCKET}.>"),
+            format!("$JS.API.CONSUMER.CREATE.KV_{FAILURES_BUCKET}"),
+            format!("$JS.FC.KV_{FAILURES_BUCKET}.>"),
+        ];
+        publish.extend(
+            context
+                .consumed
+                .iter()
+                .map(|stream| format!("$JS.API.STREAM.INFO.{stream}")),
+        );
+        Ok(Extra {
+            why: "Retention: asks indexing to purge (the only function that may), purges old DLQ records (a probe \
+                  consumer finds the cut-off) and orphan failure-journal records of every consumer (listing their \
+                  keys takes an ordered consumer; it purges them, it reads none), then publishes cleanup.completed.",
+            publish,
+            subscribe: Vec::new(),
+            allow_responses: false,
+        })
+    }),
+];
+
+/// The `authorization { users = [...] }` block, with a header saying where it comes from.
+pub fn render(users: &[User]) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "# Generated by `jetfn infra permissions` from infra/nats (the consumer files) and the event catalog: do not\n\
+         # edit; change those and regenerate (a test fails when this file differs from the generator's output).\n\
+         # Least-privilege users for a single-account deployment; include it from the server config. Each password\n\
+         # comes from the server's environment ($<USER>_PASSWORD, dashes as underscores). Each client sets its own\n\
+         # inbox prefix (NATS_INBOX_PREFIX=_INBOX_<user>; the router's is _INBOX_dlq).\n\
+         authorization {\n  users = [\n",
+    );
+    for (index, user) in users.iter().enumerate() {
+        let _ = writeln!(out, "    {{");
+        for line in wrap(&user.comment, 110) {
+            let _ = writeln!(out, "      # {line}");
+        }
+        let _ = writeln!(
+            out,
+            "      user: {}, password: {}",
+            user.name,
+            user.password_variable()
+        );
+        let _ = writeln!(out, "      permissions: {{");
+        let _ = writeln!(out, "        publish: {{");
+        let _ = writeln!(out, "          allow: [");
+        let list = |subjects: &[String], indent: &str| -> String {
+            subjects
+                .iter()
+                .map(|s| format!("{indent}\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(",\n")
+        };
+        let _ = writeln!(out, "{}", list(&user.publish, "            "));
+        let _ = writeln!(out, "          ]");
+        let _ = writeln!(out, "        }}");
+        let _ = writeln!(
+            out,
+            "        subscribe: {{ allow: [{}] }}",
+            user.subscribe
+                .iter()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if user.allow_responses {
+            let _ = writeln!(out, "        allow_responses: true");
+        }
+        let _ = writeln!(out, "      }}");
+        let _ = writeln!(
+            out,
+            "    }}{}",
+            if index + 1 < users.len() { "," } else { "" }
+        );
+    }
+    out.push_str("  ]\n}\n");
+    out
+}
+
+/// The permissions file for `definitions` and `catalog`.
+///
+/// # Errors
+/// As [`users`].
+pub fn config(definitions: &Definitions, catalog: &[events::EventKind]) -> anyhow::Result<String> {
+    Ok(render(&users(definitions, catalog)?))
+}
+
+/// `text` in lines of at most `width` characters, broken at spaces.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
+}

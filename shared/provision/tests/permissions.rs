@@ -1,0 +1,127 @@
+//! `infra/deploy/nats-permissions.conf` is what `jetfn infra permissions` generates from the consumer files and
+//! the event catalog, so a function, consumer or event type cannot ship without its user and rights, and a hand
+//! edit that widens a right is caught.
+
+use std::path::{Path, PathBuf};
+
+use provision::Definitions;
+use provision::permissions::{self, ROLES};
+
+const PERMISSIONS: &str = "infra/deploy/nats-permissions.conf";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn definitions() -> Definitions {
+    Definitions::load(&root().join("infra/nats")).unwrap()
+}
+
+#[test]
+fn the_committed_permissions_are_the_generated_ones() {
+    let generated = permissions::config(&definitions(), events::CATALOG).unwrap();
+    let committed = std::fs::read_to_string(root().join(PERMISSIONS)).unwrap();
+    assert!(
+        committed == generated,
+        "{PERMISSIONS} differs from the generator's output; regenerate it with \
+         `cargo run -p jetfn -- infra permissions --output {PERMISSIONS}`"
+    );
+}
+
+#[test]
+fn each_function_writes_only_its_own_ledger_and_journal_keys() {
+    let definitions = definitions();
+    let users = permissions::users(&definitions, events::CATALOG).unwrap();
+    for function in definitions.functions() {
+        let user = users.iter().find(|u| u.name == function.name).unwrap();
+        for right in &user.publish {
+            if let Some(key) = right.strip_prefix("$KV.jetfn-ledger.") {
+                assert_eq!(key, format!("{}.>", function.name), "{}", user.name);
+            }
+            if right.contains("KV_jetfn-ledger") {
+                assert!(
+                    right == "$JS.API.STREAM.INFO.KV_jetfn-ledger"
+                        || right
+                            == &format!(
+                                "$JS.API.DIRECT.GET.KV_jetfn-ledger.$KV.jetfn-ledger.{}.>",
+                                function.name
+                            ),
+                    "{}: {right}",
+                    user.name
+                );
+            }
+            assert!(
+                !right.starts_with("$JS.API.STREAM.MSG.GET.KV_"),
+                "{}: {right} would read every key of the bucket",
+                user.name
+            );
+            if function.name != permissions::ROUTER
+                && function.name != "cleanup"
+                && let Some(key) = right.strip_prefix("$KV.jetfn-failures.")
+            {
+                assert!(
+                    function
+                        .consumers
+                        .iter()
+                        .any(|(stream, consumer)| key == format!("{stream}.{consumer}.>")),
+                    "{}: {right}",
+                    user.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn only_cleanup_and_admin_may_call_the_index_purge() {
+    let users = permissions::users(&definitions(), events::CATALOG).unwrap();
+    let purgers: Vec<&str> = users
+        .iter()
+        .filter(|u| {
+            u.publish
+                .iter()
+                .any(|s| s == events::services::index::PURGE_SUBJECT || s == ">" || s == "jetfn.>")
+                || u.publish
+                    .iter()
+                    .any(|s| s == "jetfn.index.*" || s == "jetfn.index.>")
+        })
+        .map(|u| u.name.as_str())
+        .collect();
+    assert_eq!(purgers, ["cleanup", "admin"]);
+}
+
+#[test]
+fn every_catalog_subject_has_exactly_one_publisher_and_every_role_a_user() {
+    let users = permissions::users(&definitions(), events::CATALOG).unwrap();
+    for kind in events::CATALOG {
+        let publishers: Vec<&str> = users
+            .iter()
+            .filter(|u| {
+                u.name.starts_with("publisher-") && u.publish.iter().any(|s| s == kind.subject)
+            })
+            .map(|u| u.name.as_str())
+            .collect();
+        assert_eq!(publishers.len(), 1, "{}: {publishers:?}", kind.subject);
+    }
+    for user in users.iter().filter(|u| u.name.starts_with("publisher-")) {
+        assert!(
+            user.publish
+                .iter()
+                .all(|s| events::CATALOG.iter().any(|k| k.subject == s)),
+            "{}: {:?}",
+            user.name,
+            user.publish
+        );
+    }
+    for role in ROLES {
+        assert!(users.iter().any(|u| u.name == role), "{role}");
+    }
+}
+
+#[test]
+fn a_right_naming_an_undefined_bucket_is_refused() {
+    let mut definitions = definitions();
+    definitions.buckets.retain(|b| b.bucket != "jetfn-ledger");
+    let err = permissions::users(&definitions, events::CATALOG).unwrap_err();
+    assert!(err.to_string().contains("jetfn-ledger"), "{err}");
+}
