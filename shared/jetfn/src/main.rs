@@ -85,6 +85,22 @@ enum InfraCommand {
     /// Apply every definition (streams, KV buckets, consumers, then schedules), printing the plan as it goes;
     /// refuses, applying nothing, when the server cannot make a change.
     Apply(InfraArgs),
+    /// Print the Kubernetes manifests of every function the consumer files name (Namespace, provisioning Job,
+    /// Deployments or StatefulSet, PodDisruptionBudgets, KEDA ScaledObjects); needs no cluster and no NATS.
+    Kubernetes(KubernetesArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct KubernetesArgs {
+    /// The definitions folder (the consumer files name the functions).
+    #[arg(long, env = "JETFN_INFRA_DIR", default_value = "infra/nats")]
+    dir: PathBuf,
+    /// What the registry cannot know: images, replica bounds, extra settings per function.
+    #[arg(long, default_value = "infra/deploy/kubernetes.json")]
+    settings: PathBuf,
+    /// The NATS users: each function's user and password variable come from here.
+    #[arg(long, default_value = "infra/deploy/nats-permissions.conf")]
+    permissions: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -174,7 +190,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             catalog();
             Ok(())
         }
-        Command::Infra { command } => infra(&nats()?, command).await,
+        Command::Infra { command } => match command {
+            InfraCommand::Plan(args) => infra(&nats()?, &args, false).await,
+            InfraCommand::Apply(args) => infra(&nats()?, &args, true).await,
+            InfraCommand::Kubernetes(args) => {
+                print!("{}", kubernetes(&args)?);
+                Ok(())
+            }
+        },
         Command::Publish(args) => publish(&nats()?, args).await,
         Command::Dlq { command } => dlq::run(connect(&nats()?).await?, command).await,
         Command::Status => status::run(connect(&nats()?).await?).await,
@@ -183,8 +206,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn infra(config: &runtime::config::NatsConfig, command: InfraCommand) -> anyhow::Result<()> {
-    let (InfraCommand::Plan(args) | InfraCommand::Apply(args)) = &command;
+fn kubernetes(args: &KubernetesArgs) -> anyhow::Result<String> {
+    let definitions = provision::Definitions::load(&args.dir)?;
+    let settings = provision::kubernetes::Settings::load(&args.settings)?;
+    let permissions = std::fs::read_to_string(&args.permissions)
+        .with_context(|| format!("reading {}", args.permissions.display()))?;
+    provision::kubernetes::render(&definitions, &settings, &permissions)
+}
+
+async fn infra(
+    config: &runtime::config::NatsConfig,
+    args: &InfraArgs,
+    apply: bool,
+) -> anyhow::Result<()> {
     let mut definitions = provision::Definitions::load(&args.dir)?;
     if let Some(replicas) = args.replicas {
         definitions.set_replicas(usize::from(replicas));
@@ -192,28 +226,23 @@ async fn infra(config: &runtime::config::NatsConfig, command: InfraCommand) -> a
     let client = connect(config).await?;
     let js = async_nats::jetstream::new(client.clone());
     let plan = definitions.plan(&js).await?;
-    match command {
-        InfraCommand::Plan(_) => {
+    if apply {
+        if !plan.impossible().is_empty() {
             println!("{plan}");
-            if !plan.impossible().is_empty() {
-                println!(
-                    "apply would refuse: the server cannot make the changes marked CANNOT UPDATE"
-                );
-            }
         }
-        InfraCommand::Apply(_) => {
-            if !plan.impossible().is_empty() {
-                println!("{plan}");
-            }
-            definitions
-                .apply_plan(&js, &plan, |change| println!("{change}"))
-                .await?;
-            client.flush().await.ok();
-            let [created, updated, unchanged, _] = plan.counts();
-            println!(
-                "applied {}: {created} created, {updated} updated, {unchanged} unchanged",
-                args.dir.display()
-            );
+        definitions
+            .apply_plan(&js, &plan, |change| println!("{change}"))
+            .await?;
+        client.flush().await.ok();
+        let [created, updated, unchanged, _] = plan.counts();
+        println!(
+            "applied {}: {created} created, {updated} updated, {unchanged} unchanged",
+            args.dir.display()
+        );
+    } else {
+        println!("{plan}");
+        if !plan.impossible().is_empty() {
+            println!("apply would refuse: the server cannot make the changes marked CANNOT UPDATE");
         }
     }
     Ok(())
