@@ -15,12 +15,12 @@ const CARGO_TOML: &str = include_str!("new/Cargo.toml.tmpl");
 const MAIN_RS: &str = include_str!("new/main.rs.tmpl");
 const CONSUMER_JSON: &str = include_str!("new/consumer.json.tmpl");
 const USER_CONF: &str = include_str!("new/user.conf.tmpl");
-const DEPLOYMENT_YAML: &str = include_str!("new/deployment.yaml.tmpl");
 
 const CATALOG_RS: &str = "shared/events/src/catalog.rs";
 const CATALOG_MD: &str = "shared/events/CATALOG.md";
 const PERMISSIONS: &str = "infra/deploy/nats-permissions.conf";
 const KUBERNETES: &str = "infra/deploy/kubernetes.yaml";
+const KUBERNETES_SETTINGS: &str = "infra/deploy/kubernetes.json";
 const INFRA: &str = "infra/nats";
 const CONSUMERS: &str = "infra/nats/consumers/EVENTS";
 
@@ -249,11 +249,6 @@ impl Scaffold {
             !permissions.contains(&format!("user: {name},")),
             "{PERMISSIONS} already has a user {name}; choose another name"
         );
-        let kubernetes = read(KUBERNETES)?;
-        anyhow::ensure!(
-            !kubernetes.contains(&format!("metadata: {{name: {name}}}")),
-            "{KUBERNETES} already has a {name}; choose another name"
-        );
 
         let catalog_rs = read(CATALOG_RS)?;
         let row = add_consumer(&catalog_rs, kind.ty, name)
@@ -268,10 +263,17 @@ impl Scaffold {
             &functions,
             &fill(USER_CONF, name, kind, &row.payload),
         )?;
-        let kubernetes = format!(
-            "{kubernetes}{}",
-            fill(DEPLOYMENT_YAML, name, kind, &row.payload)
-        );
+        // The manifests are generated from the consumer files and the users: rendered again with both added.
+        let consumer_json = fill(CONSUMER_JSON, name, kind, &row.payload);
+        let mut with_new = definitions.clone();
+        with_new.consumers.push((
+            "EVENTS".to_owned(),
+            serde_json::from_str(&consumer_json)
+                .context("the consumer template is not a consumer configuration")?,
+        ));
+        let settings = provision::kubernetes::Settings::load(&root.join(KUBERNETES_SETTINGS))?;
+        let kubernetes = provision::kubernetes::render(&with_new, &settings, &permissions)
+            .with_context(|| format!("rendering {KUBERNETES}"))?;
 
         let mut changes = vec![
             Change {
@@ -289,7 +291,7 @@ impl Scaffold {
             Change {
                 path: leak(consumer_file),
                 created: true,
-                text: fill(CONSUMER_JSON, name, kind, &row.payload),
+                text: consumer_json,
                 what: " (the durable consumer)".to_owned(),
             },
             Change {
@@ -308,7 +310,9 @@ impl Scaffold {
                 path: KUBERNETES,
                 created: false,
                 text: kubernetes,
-                what: format!(" (the Deployment {name})"),
+                what: format!(
+                    " (regenerated: the Deployment, PodDisruptionBudget and ScaledObject {name})"
+                ),
             },
         ];
 
@@ -369,8 +373,9 @@ impl Scaffold {
              1. Fill in `work` in functions/{name}/src/main.rs (the side effect, run once per event) and the \
              descriptions in\n   functions/{name}/Cargo.toml and {CONSUMERS}/{name}.json; tune its max_deliver, \
              backoff and max_ack_pending.\n\
-             2. Settings: read them in main, add them to its Deployment's env in {KUBERNETES}; a KV bucket or \
-             subject it\n   uses goes into its user in {PERMISSIONS}.\n\
+             2. Settings: read them in main, add them to its entry's env in {KUBERNETES_SETTINGS} and regenerate \
+             {KUBERNETES}\n   (`jetfn infra kubernetes > {KUBERNETES}`); a KV bucket or subject it uses goes into \
+             its user in {PERMISSIONS}.\n\
              3. cargo test -p {name}\n\
              4. bash infra/dev.sh   (jetfn dev runs it with the others), then `jetfn publish {}`\n",
             self.event.ty
@@ -785,13 +790,7 @@ mod tests {
     #[test]
     fn templates_are_filled_completely() {
         let kind = events::kind_by_type("users.registered").unwrap();
-        for template in [
-            CARGO_TOML,
-            MAIN_RS,
-            CONSUMER_JSON,
-            USER_CONF,
-            DEPLOYMENT_YAML,
-        ] {
+        for template in [CARGO_TOML, MAIN_RS, CONSUMER_JSON, USER_CONF] {
             let filled = fill(template, "demo-fn", kind, "UserRegistered");
             assert!(!filled.contains("{{"), "{filled}");
         }

@@ -190,7 +190,9 @@ pub fn objects(
     settings: &Settings,
     permissions: &str,
 ) -> anyhow::Result<Vec<Value>> {
-    let functions = definitions.functions();
+    // By name, not file order: the same functions give the same file however they were loaded or added.
+    let mut functions = definitions.functions();
+    functions.sort_by(|a, b| a.name.cmp(&b.name));
     let mut problems = Vec::new();
     for name in settings.functions.keys() {
         if !functions.iter().any(|f| &f.name == name) {
