@@ -2,7 +2,8 @@
 //!
 //! `jetfn dev` runs the whole local system; `jetfn publish` validates and publishes an event; `jetfn dlq`
 //! inspects, replays and purges dead events; `jetfn infra plan|apply` shows and provisions streams, consumers,
-//! buckets and the default schedules; `jetfn status` shows queue depth per function; `jetfn search` queries the message index;
+//! buckets and the default schedules, and `jetfn infra kubernetes` renders the Kubernetes manifests of every
+//! function; `jetfn status` shows queue depth per function; `jetfn search` queries the message index;
 //! `jetfn schedule` publishes events later or on a recurring schedule NATS holds; `jetfn new` scaffolds a function.
 
 mod dev;
@@ -49,7 +50,7 @@ enum Command {
     /// function and the dead-letter router. Ctrl-C stops it all.
     Dev(dev::DevArgs),
     /// Show (plan) or make (apply) the changes that bring the server to the streams, KV buckets, consumers and
-    /// schedules defined under infra/nats.
+    /// schedules defined under infra/nats; or print the Kubernetes manifests of every function (kubernetes).
     Infra {
         #[command(subcommand)]
         command: InfraCommand,
