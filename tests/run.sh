@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 
 bash infra/install-nats-server.sh
 bash infra/install-test-tools.sh
+bash infra/install-kubernetes-validate.sh
 
 # The binaries the integration tests spawn carry the fault-injection hooks the crash tests set
 # (JOB_TEST_DELAY_BEFORE_ACK_MS, JOB_TEST_CLOCK_SKEW_MS, INDEX_TEST_*, ROUTER_TEST_*, ...). A build without the feature
@@ -39,6 +40,13 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --workspace --all-targets --features "$BIN_FEATURES" -- -D warnings
 echo "==> unit tests and doc tests"
 cargo test --workspace --exclude integration-tests
+# The committed manifests are the generator's output (shared/provision/tests/registry.rs, in the step above);
+# here they are checked against the Kubernetes schemas of the oldest and newest release we claim, and the
+# ScaledObjects against KEDA's. A few seconds.
+echo "==> Kubernetes manifests against the Kubernetes and KEDA schemas (offline)"
+for version in 1.30.0 1.37.0; do
+  "${JETFN_TOOLS_VENV:-.tools/venv}/bin/python" tests/kubernetes/validate.py "$version" infra/deploy/kubernetes.yaml
+done
 # The fuzz targets (proptest-driven: random inputs, shrinking, stable Rust) run a few hundred inputs each in the
 # step above; here each runs for a bounded time, about a minute in all. `just fuzz` is the long run.
 echo "==> fuzz targets, bounded (envelope decoder and validator, email composition, schedule parser)"

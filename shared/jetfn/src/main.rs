@@ -2,7 +2,8 @@
 //!
 //! `jetfn dev` runs the whole local system; `jetfn publish` validates and publishes an event; `jetfn dlq`
 //! inspects, replays and purges dead events; `jetfn infra plan|apply` shows and provisions streams, consumers,
-//! buckets and the default schedules; `jetfn status` shows queue depth per function; `jetfn search` queries the message index;
+//! buckets and the default schedules, and `jetfn infra kubernetes` renders the Kubernetes manifests of every
+//! function; `jetfn status` shows queue depth per function; `jetfn search` queries the message index;
 //! `jetfn schedule` publishes events later or on a recurring schedule NATS holds; `jetfn new` scaffolds a function.
 
 mod dev;
@@ -49,7 +50,7 @@ enum Command {
     /// function and the dead-letter router. Ctrl-C stops it all.
     Dev(dev::DevArgs),
     /// Show (plan) or make (apply) the changes that bring the server to the streams, KV buckets, consumers and
-    /// schedules defined under infra/nats.
+    /// schedules defined under infra/nats; or print the Kubernetes manifests of every function (kubernetes).
     Infra {
         #[command(subcommand)]
         command: InfraCommand,
@@ -88,6 +89,9 @@ enum InfraCommand {
     /// Print the NATS users (`authorization { users = [...] }`) generated from the consumer files and the event
     /// catalog: one per function, publishers, viewer, operator and admin. Needs no server.
     Permissions(PermissionsArgs),
+    /// Print the Kubernetes manifests of every function the consumer files name (Namespace, provisioning Job,
+    /// Deployments or StatefulSet, PodDisruptionBudgets, KEDA ScaledObjects); needs no cluster and no NATS.
+    Kubernetes(KubernetesArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -101,6 +105,19 @@ struct PermissionsArgs {
     /// Compare this file with the generated configuration and fail when it differs.
     #[arg(long)]
     check: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct KubernetesArgs {
+    /// The definitions folder (the consumer files name the functions).
+    #[arg(long, env = "JETFN_INFRA_DIR", default_value = "infra/nats")]
+    dir: PathBuf,
+    /// What the registry cannot know: images, replica bounds, extra settings per function.
+    #[arg(long, default_value = "infra/deploy/kubernetes.json")]
+    settings: PathBuf,
+    /// The NATS users: each function's user and password variable come from here.
+    #[arg(long, default_value = "infra/deploy/nats-permissions.conf")]
+    permissions: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -190,15 +207,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             catalog();
             Ok(())
         }
-        Command::Infra {
-            command: InfraCommand::Permissions(args),
-        } => permissions(&args),
-        Command::Infra {
-            command: InfraCommand::Plan(args),
-        } => infra(&nats()?, &args, false).await,
-        Command::Infra {
-            command: InfraCommand::Apply(args),
-        } => infra(&nats()?, &args, true).await,
+        Command::Infra { command } => match command {
+            InfraCommand::Plan(args) => infra(&nats()?, &args, false).await,
+            InfraCommand::Apply(args) => infra(&nats()?, &args, true).await,
+            InfraCommand::Permissions(args) => permissions(&args),
+            InfraCommand::Kubernetes(args) => {
+                print!("{}", kubernetes(&args)?);
+                Ok(())
+            }
+        },
         Command::Publish(args) => publish(&nats()?, args).await,
         Command::Dlq { command } => dlq::run(connect(&nats()?).await?, command).await,
         Command::Status => status::run(connect(&nats()?).await?).await,
@@ -231,6 +248,15 @@ fn permissions(args: &PermissionsArgs) -> anyhow::Result<()> {
         print!("{generated}");
     }
     Ok(())
+}
+
+/// `jetfn infra kubernetes`: the manifests rendered from the registry, the settings and the users.
+fn kubernetes(args: &KubernetesArgs) -> anyhow::Result<String> {
+    let definitions = provision::Definitions::load(&args.dir)?;
+    let settings = provision::kubernetes::Settings::load(&args.settings)?;
+    let permissions = std::fs::read_to_string(&args.permissions)
+        .with_context(|| format!("reading {}", args.permissions.display()))?;
+    provision::kubernetes::render(&definitions, &settings, &permissions)
 }
 
 async fn infra(

@@ -14,12 +14,12 @@ use anyhow::Context as _;
 const CARGO_TOML: &str = include_str!("new/Cargo.toml.tmpl");
 const MAIN_RS: &str = include_str!("new/main.rs.tmpl");
 const CONSUMER_JSON: &str = include_str!("new/consumer.json.tmpl");
-const DEPLOYMENT_YAML: &str = include_str!("new/deployment.yaml.tmpl");
 
 const CATALOG_RS: &str = "shared/events/src/catalog.rs";
 const CATALOG_MD: &str = "shared/events/CATALOG.md";
 const PERMISSIONS: &str = "infra/deploy/nats-permissions.conf";
 const KUBERNETES: &str = "infra/deploy/kubernetes.yaml";
+const KUBERNETES_SETTINGS: &str = "infra/deploy/kubernetes.json";
 const INFRA: &str = "infra/nats";
 const CONSUMERS: &str = "infra/nats/consumers/EVENTS";
 
@@ -248,19 +248,15 @@ impl Scaffold {
             !permissions.contains(&format!("user: {name},")),
             "{PERMISSIONS} already has a user {name}; choose another name"
         );
-        let kubernetes = read(KUBERNETES)?;
-        anyhow::ensure!(
-            !kubernetes.contains(&format!("metadata: {{name: {name}}}")),
-            "{KUBERNETES} already has a {name}; choose another name"
-        );
 
         let catalog_rs = read(CATALOG_RS)?;
         let row = add_consumer(&catalog_rs, kind.ty, name)
             .map_err(|err| anyhow::anyhow!("{CATALOG_RS}: {err}"))?;
         // The permissions are generated from the consumer files: with the new consumer file, the new user.
+        let consumer_json = fill(CONSUMER_JSON, name, kind, &row.payload);
         let mut with_new = definitions.clone();
         let new_consumer: async_nats::jetstream::consumer::pull::Config =
-            serde_json::from_str(&fill(CONSUMER_JSON, name, kind, &row.payload))
+            serde_json::from_str(&consumer_json)
                 .context("the consumer template is a consumer configuration")?;
         // Where loading the folder would put it: by stream folder, then by file name.
         let file = |stream: &str, consumer: &str| (stream.to_owned(), format!("{consumer}.json"));
@@ -276,10 +272,10 @@ impl Scaffold {
             .consumers
             .insert(at, ("EVENTS".to_owned(), new_consumer));
         let permissions = provision::permissions::config(&with_new, events::CATALOG)?;
-        let kubernetes = format!(
-            "{kubernetes}{}",
-            fill(DEPLOYMENT_YAML, name, kind, &row.payload)
-        );
+        // The manifests are generated from the consumer files and the users: rendered again with both added.
+        let settings = provision::kubernetes::Settings::load(&root.join(KUBERNETES_SETTINGS))?;
+        let kubernetes = provision::kubernetes::render(&with_new, &settings, &permissions)
+            .with_context(|| format!("rendering {KUBERNETES}"))?;
 
         let mut changes = vec![
             Change {
@@ -297,7 +293,7 @@ impl Scaffold {
             Change {
                 path: leak(consumer_file),
                 created: true,
-                text: fill(CONSUMER_JSON, name, kind, &row.payload),
+                text: consumer_json,
                 what: " (the durable consumer)".to_owned(),
             },
             Change {
@@ -316,7 +312,9 @@ impl Scaffold {
                 path: KUBERNETES,
                 created: false,
                 text: kubernetes,
-                what: format!(" (the Deployment {name})"),
+                what: format!(
+                    " (regenerated: the Deployment, PodDisruptionBudget and ScaledObject {name})"
+                ),
             },
         ];
 
@@ -377,9 +375,10 @@ impl Scaffold {
              1. Fill in `work` in functions/{name}/src/main.rs (the side effect, run once per event) and the \
              descriptions in\n   functions/{name}/Cargo.toml and {CONSUMERS}/{name}.json; tune its max_deliver, \
              backoff and max_ack_pending.\n\
-             2. Settings: read them in main, add them to its Deployment's env in {KUBERNETES}; a KV bucket or \
-             subject it\n   uses goes into its extra rights in shared/provision/src/permissions.rs, then \
-             `jetfn infra permissions --output {PERMISSIONS}`.\n\
+             2. Settings: read them in main, add them to its entry's env in {KUBERNETES_SETTINGS} and regenerate \
+             {KUBERNETES}\n   (`jetfn infra kubernetes > {KUBERNETES}`); a KV bucket or subject it uses goes into \
+             its extra rights in\n   shared/provision/src/permissions.rs, then `jetfn infra permissions --output \
+             {PERMISSIONS}` and the manifests again.\n\
              3. cargo test -p {name}\n\
              4. bash infra/dev.sh   (jetfn dev runs it with the others), then `jetfn publish {}`\n",
             self.event.ty
@@ -770,7 +769,7 @@ mod tests {
     #[test]
     fn templates_are_filled_completely() {
         let kind = events::kind_by_type("users.registered").unwrap();
-        for template in [CARGO_TOML, MAIN_RS, CONSUMER_JSON, DEPLOYMENT_YAML] {
+        for template in [CARGO_TOML, MAIN_RS, CONSUMER_JSON] {
             let filled = fill(template, "demo-fn", kind, "UserRegistered");
             assert!(!filled.contains("{{"), "{filled}");
         }

@@ -131,7 +131,7 @@ fn a_scaffolded_function_builds_passes_its_test_and_the_registry_check() {
         "updated shared/events/src/catalog.rs (demo-fn added to the consumers of users.registered)",
         "updated shared/events/CATALOG.md",
         "updated infra/deploy/nats-permissions.conf (the NATS user demo-fn)",
-        "updated infra/deploy/kubernetes.yaml (the Deployment demo-fn)",
+        "updated infra/deploy/kubernetes.yaml (regenerated: the Deployment, PodDisruptionBudget and ScaledObject demo-fn)",
         "cargo test -p demo-fn",
     ] {
         assert!(printed.contains(line), "missing {line:?} in:\n{printed}");

@@ -8,6 +8,7 @@
 //! A key no list in [`schema`] knows is an error, never dropped: a misspelled `max_delivr` would otherwise leave
 //! the consumer redelivering forever.
 
+pub mod kubernetes;
 pub mod permissions;
 mod plan;
 pub mod schedule;
