@@ -559,6 +559,19 @@ async fn functions_export_metrics_over_otlp() {
                     .iter()
                     .all(|metric| metric.service_name == "welcome")
             );
+            // Seconds need second-sized buckets: the SDK's defaults (0, 5, 10, ... 10000) would put almost every
+            // attempt in the first one.
+            let duration = metrics
+                .iter()
+                .find(|metric| metric.name == "messaging.process.duration")
+                .unwrap();
+            assert_eq!(
+                duration.bounds,
+                [
+                    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+                    10.0, 30.0, 60.0, 300.0
+                ]
+            );
             break;
         }
         assert!(

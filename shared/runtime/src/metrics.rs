@@ -4,6 +4,15 @@
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram};
 
+/// Bucket bounds of `messaging.process.duration`, in seconds: the OpenTelemetry messaging conventions' advice
+/// (5 ms to 10 s), then 30 s, 60 s and 300 s for slow SMTP routes up to the default handler timeout. The SDK's
+/// default bounds (0, 5, 10, 25, ... 10000) are meant for milliseconds: in seconds almost every attempt would fall in
+/// the first bucket.
+pub(crate) const DURATION_BOUNDARIES: [f64; 17] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0,
+    300.0,
+];
+
 /// The instruments of one function, created once.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -42,6 +51,7 @@ impl Metrics {
                 .f64_histogram("messaging.process.duration")
                 .with_unit("s")
                 .with_description("duration of one attempt, decode to settle")
+                .with_boundaries(DURATION_BOUNDARIES.to_vec())
                 .build(),
             // Reference-counted values: the attributes are cloned for every message, and an owned string would be
             // an allocation each time.

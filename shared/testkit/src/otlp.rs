@@ -32,6 +32,8 @@ pub struct ReceivedMetric {
     pub value: f64,
     /// The point's attributes, stringified.
     pub attributes: BTreeMap<String, String>,
+    /// A histogram point's explicit bucket bounds; empty for other kinds.
+    pub bounds: Vec<f64>,
 }
 
 fn flatten_metrics(
@@ -54,32 +56,45 @@ fn flatten_metrics(
             .unwrap_or_default();
         for scope in resource.scope_metrics {
             for metric in scope.metrics {
-                let mut push = |value: f64, attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue]| {
-                    out.push(ReceivedMetric {
-                        service_name: service_name.clone(),
-                        name: metric.name.clone(),
-                        value,
-                        attributes: attributes
-                            .iter()
-                            .map(|kv| (kv.key.clone(), kv.value.as_ref().map(stringify).unwrap_or_default()))
-                            .collect(),
-                    });
-                };
+                let mut push =
+                    |value: f64,
+                     attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue],
+                     bounds: &[f64]| {
+                        out.push(ReceivedMetric {
+                            bounds: bounds.to_vec(),
+                            service_name: service_name.clone(),
+                            name: metric.name.clone(),
+                            value,
+                            attributes: attributes
+                                .iter()
+                                .map(|kv| {
+                                    (
+                                        kv.key.clone(),
+                                        kv.value.as_ref().map(stringify).unwrap_or_default(),
+                                    )
+                                })
+                                .collect(),
+                        });
+                    };
                 match &metric.data {
                     Some(Data::Sum(sum)) => {
                         for point in &sum.data_points {
-                            push(number(point.value), &point.attributes);
+                            push(number(point.value), &point.attributes, &[]);
                         }
                     }
                     Some(Data::Gauge(gauge)) => {
                         for point in &gauge.data_points {
-                            push(number(point.value), &point.attributes);
+                            push(number(point.value), &point.attributes, &[]);
                         }
                     }
                     Some(Data::Histogram(histogram)) => {
                         for point in &histogram.data_points {
                             #[allow(clippy::cast_precision_loss)]
-                            push(point.count as f64, &point.attributes);
+                            push(
+                                point.count as f64,
+                                &point.attributes,
+                                &point.explicit_bounds,
+                            );
                         }
                     }
                     _ => {}
