@@ -21,6 +21,8 @@
 mod bg;
 #[cfg(feature = "nats")]
 mod cluster;
+#[cfg(feature = "fuzz")]
+pub mod fuzz;
 #[cfg(feature = "nats")]
 mod nats;
 #[cfg(feature = "nats")]
