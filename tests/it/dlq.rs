@@ -2,11 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::PullConsumer;
-use futures::StreamExt as _;
 use runtime::dlq::DeathKind;
 use testkit::FunctionProcess;
 
+use crate::router::{silent, wait_advisories};
 use crate::support::{System, WAIT, user};
 
 /// A consumer that gives up fast: three deliveries, 200 ms apart.
@@ -22,36 +21,7 @@ async fn fast_exhaustion() -> System {
 
 /// Pulls every delivery of the welcome consumer and never answers, like a function that hangs or crashes.
 fn silent_function(system: &System) -> tokio::task::JoinHandle<usize> {
-    let js = system.js.clone();
-    tokio::spawn(async move {
-        let consumer: PullConsumer = js
-            .get_consumer_from_stream("welcome", "EVENTS")
-            .await
-            .unwrap();
-        let mut messages = consumer.messages().await.unwrap();
-        let mut deliveries = 0;
-        while let Ok(Some(Ok(_ignored))) =
-            tokio::time::timeout(Duration::from_secs(3), messages.next()).await
-        {
-            deliveries += 1;
-        }
-        deliveries
-    })
-}
-
-async fn wait_advisories(system: &System, count: u64) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let mut stream = system.js.get_stream("ADVISORIES").await.unwrap();
-        if stream.info().await.unwrap().state.messages >= count {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no MAX_DELIVERIES advisory was captured"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    silent(system, "welcome")
 }
 
 #[tokio::test]

@@ -41,7 +41,7 @@ fn work_queue(definitions: &mut Definitions) {
 }
 
 /// Pulls every delivery of `consumer` and never answers, like a function that hangs or crashes.
-fn silent(system: &System, consumer: &'static str) -> tokio::task::JoinHandle<usize> {
+pub(crate) fn silent(system: &System, consumer: &'static str) -> tokio::task::JoinHandle<usize> {
     silent_on(system.js.clone(), consumer)
 }
 
@@ -62,7 +62,7 @@ fn silent_on(js: jetstream::Context, consumer: &'static str) -> tokio::task::Joi
     })
 }
 
-async fn wait_advisories(system: &System, count: u64) {
+pub(crate) async fn wait_advisories(system: &System, count: u64) {
     let deadline = Instant::now() + WAIT;
     loop {
         let mut stream = system.js.get_stream("ADVISORIES").await.unwrap();
