@@ -40,6 +40,12 @@ mod tls;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
+#[cfg(any(
+    feature = "nats",
+    feature = "process",
+    feature = "smtp",
+    feature = "otlp"
+))]
 use std::time::{Duration, Instant};
 
 #[cfg(feature = "nats")]
@@ -103,6 +109,12 @@ pub fn free_port() -> u16 {
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, or `timeout` passes (then `None`).
+#[cfg(any(
+    feature = "nats",
+    feature = "process",
+    feature = "smtp",
+    feature = "otlp"
+))]
 pub(crate) fn poll_blocking<T>(
     timeout: Duration,
     mut check: impl FnMut() -> Option<T>,
@@ -138,6 +150,12 @@ pub(crate) async fn poll_async<T>(
 }
 
 /// Locks a mutex, ignoring poisoning (a panicking test thread must not hide the records).
+#[cfg(any(
+    feature = "nats",
+    feature = "process",
+    feature = "smtp",
+    feature = "otlp"
+))]
 pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
