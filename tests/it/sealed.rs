@@ -406,3 +406,37 @@ async fn a_wrong_key_a_retired_key_and_a_tampered_ciphertext_each_dead_letter_wi
         }
     }
 }
+
+#[tokio::test]
+async fn a_sealed_contact_message_is_ciphertext_in_the_stream_and_reaches_support_in_clear() {
+    let system = System::start().await;
+    let function = system
+        .spawn(
+            "contact",
+            &[("JETFN_KEYRING", ring_json(None, &[("k1", K1)]))],
+        )
+        .await;
+    let mut form = events::ContactSubmitted::example();
+    form.message = "sealedContactMessage: the cups arrived broken".to_owned();
+    form.send_acknowledgement = false;
+    let published = system
+        .emails()
+        .with_keyring(keyring("k1", &[("k1", K1)]))
+        .send_contact_form(form)
+        .await
+        .expect("published, sealed");
+    let (headers, payload) = stored(&system, published.sequence).await;
+    assert_eq!(key_id(&headers).as_deref(), Some("k1"));
+    let text = String::from_utf8_lossy(&payload);
+    assert!(!text.contains("sealedContactMessage"), "{text}");
+    let mails = system.smtp.wait_for_messages(1, WAIT).await;
+    assert!(
+        mails[0]
+            .text_part()
+            .unwrap()
+            .contains("sealedContactMessage: the cups arrived broken"),
+        "support gets the message in clear"
+    );
+    system.wait_settled("contact").await;
+    assert!(!function.output().contains("sealedContactMessage"));
+}
