@@ -440,3 +440,75 @@ async fn a_sealed_contact_message_is_ciphertext_in_the_stream_and_reaches_suppor
     system.wait_settled("contact").await;
     assert!(!function.output().contains("sealedContactMessage"));
 }
+
+/// Runs the jetfn CLI with extra variables; returns its output, asserting it exited 0.
+async fn jetfn_with(system: &System, args: &[&str], extra: &[(&'static str, String)]) -> String {
+    let mut env = system.env();
+    env.extend(extra.iter().cloned());
+    let process = testkit::FunctionProcess::spawn_with_args("jetfn", args, &env);
+    let status = process.wait_exit(WAIT).await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "jetfn {args:?}:\n{}",
+        process.output()
+    );
+    process.output()
+}
+
+#[tokio::test]
+async fn jetfn_publish_seals_a_verification_code_and_keys_new_and_list_make_and_show_a_keyring() {
+    let system = System::start().await;
+    // `keys new` prints an entry a keyring accepts; `keys list` shows the ids, never the keys.
+    let entry = jetfn_with(&system, &["keys", "new", "2026-12"], &[]).await;
+    let entry = entry
+        .lines()
+        .find(|line| line.starts_with("\"2026-12\""))
+        .expect("an entry");
+    let ring = format!(r#"{{"current":"2026-12","keys":{{{entry},"k1":"{K1}"}}}}"#);
+    assert!(Keyring::parse(&ring, "keys new").is_ok(), "{entry}");
+    let listed = jetfn_with(
+        &system,
+        &["keys", "list"],
+        &[("JETFN_KEYRING", ring.clone())],
+    )
+    .await;
+    assert!(
+        listed.contains("2026-12  (current)") && listed.contains("k1"),
+        "{listed}"
+    );
+    assert!(!listed.contains(K1), "{listed}");
+
+    let function = system
+        .spawn("email-verification", &[("JETFN_KEYRING", ring.clone())])
+        .await;
+    let expires = (OffsetDateTime::now_utc() + time::Duration::minutes(30))
+        .format(&Rfc3339)
+        .unwrap();
+    let data = format!(
+        r#"{{"user_id":"u-9","email":"frank@example.com","code":"804913","expires_at":"{expires}"}}"#
+    );
+    let published = jetfn_with(
+        &system,
+        &[
+            "publish",
+            "users.email_verification_requested",
+            "--data",
+            &data,
+        ],
+        &[("JETFN_KEYRING", ring)],
+    )
+    .await;
+    assert!(published.contains("published"), "{published}");
+    let stream = system.js.get_stream("EVENTS").await.unwrap();
+    let stored = stream
+        .get_last_raw_message_by_subject("events.users.email_verification_requested")
+        .await
+        .unwrap();
+    assert_eq!(key_id(&stored.headers).as_deref(), Some("2026-12"));
+    assert!(!String::from_utf8_lossy(&stored.payload).contains("804913"));
+    let mails = system.smtp.wait_for_messages(1, WAIT).await;
+    assert!(mails[0].text_part().unwrap().contains("804913"));
+    system.wait_settled("email-verification").await;
+    assert!(!function.output().contains("804913"));
+}

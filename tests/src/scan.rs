@@ -22,6 +22,7 @@ pub const TEST_SECRETS: &[&str] = &[
     "movedToken_",
     "otherToken_",
     "sealedContactMessage",
+    "804913",
 ];
 
 /// Addresses a deployer configures (senders, staff inboxes: `MAIL_FROM`'s default, the tests' `shop.test`
