@@ -12,6 +12,17 @@ pub const TEST_SECRETS: &[&str] = &[
     "router-secret",
     "signup-secret",
     "admin-secret",
+    // tests/it/sealed.rs: the keyring's keys and the sealed values.
+    "c2VhbGVkLWZpZWxkcy10ZXN0LWtleS1udW1iZXItMDE=",
+    "c2VhbGVkLWZpZWxkcy10ZXN0LWtleS1udW1iZXItMDI=",
+    "aW1wb3N0b3Ita2V5LWZvci10aGUtaWQtazEtMDAwMDA=",
+    "sealedTokenNumber",
+    "KeyToken_0123456789",
+    "tamperedToken_",
+    "movedToken_",
+    "otherToken_",
+    "sealedContactMessage",
+    "804913",
 ];
 
 /// Addresses a deployer configures (senders, staff inboxes: `MAIL_FROM`'s default, the tests' `shop.test`

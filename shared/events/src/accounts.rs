@@ -62,6 +62,7 @@ impl PasswordResetRequested {
 
 impl Event for PasswordResetRequested {
     const TYPE: &'static str = "users.password_reset_requested";
+    const SENSITIVE: &'static [&'static str] = &["/data/token"];
 
     fn validate(&self) -> Result<(), Invalid> {
         let mut invalid = Invalid::default();
@@ -131,6 +132,7 @@ impl EmailVerificationRequested {
 
 impl Event for EmailVerificationRequested {
     const TYPE: &'static str = "users.email_verification_requested";
+    const SENSITIVE: &'static [&'static str] = &["/data/code"];
 
     fn validate(&self) -> Result<(), Invalid> {
         let mut invalid = Invalid::default();

@@ -32,6 +32,8 @@ pub struct EventKind {
     pub check_data: fn(&Value, bool) -> Result<(), Invalid>,
     /// Whether the Rust type's `TYPE` is `ty`; a test checks the catalog rows against their types.
     pub type_matches: fn(&str) -> bool,
+    /// The fields sealed end to end ([`Event::SENSITIVE`]), as JSON pointers into the envelope.
+    pub sensitive: &'static [&'static str],
 }
 
 macro_rules! kind {
@@ -46,6 +48,7 @@ macro_rules! kind {
             example_data: || serde_json::to_value(<$payload>::example()).expect("example serializes"),
             check_data: check_data::<$payload>,
             type_matches: |ty| ty == <$payload as Event>::TYPE,
+            sensitive: <$payload as Event>::SENSITIVE,
         }
     };
 }
@@ -219,6 +222,10 @@ pub fn catalog_markdown_of(catalog: &[EventKind]) -> String {
          producers send it), and accepted for the `messages.*` events (a messaging platform's own shape, with\n\
          fields the index does not use) and for `cleanup.completed` (an output: its readers must tolerate fields\n\
          added later). Each section says which.\n\n\
+         Sensitive fields (a section lists them) are sealed end to end when the publisher has a keyring: the\n\
+         stream, the dead-letter stream and any replay hold `jetfn:enc:v1:...` ciphertext in their place and a\n\
+         `Jetfn-Key-Id` header, and only the consuming function opens them (README, \"Sensitive fields\"). The\n\
+         schemas describe the plaintext: a publisher validates before sealing, a function after opening.\n\n\
          | type | subject | consumed by | schema |\n|---|---|---|---|\n",
     );
     for kind in catalog {
@@ -248,9 +255,17 @@ pub fn catalog_markdown_of(catalog: &[EventKind]) -> String {
             "accepted and ignored"
         };
         out.push_str(&format!(
-            "\n## `{}`\n\n{}\n\nUnknown fields in `data`: {unknown}.\n\n| field | type | required | description |\n|---|---|---|---|\n",
+            "\n## `{}`\n\n{}\n\nUnknown fields in `data`: {unknown}.\n",
             kind.ty, kind.description
         ));
+        if !kind.sensitive.is_empty() {
+            let fields: Vec<String> = kind.sensitive.iter().map(|f| format!("`{f}`")).collect();
+            out.push_str(&format!(
+                "\nSensitive, sealed end to end: {}.\n",
+                fields.join(", ")
+            ));
+        }
+        out.push_str("\n| field | type | required | description |\n|---|---|---|---|\n");
         let required: Vec<&str> = def["required"]
             .as_array()
             .map(|a| a.iter().filter_map(Value::as_str).collect())
@@ -323,6 +338,32 @@ mod tests {
                 kind.ty
             );
         }
+    }
+
+    /// A sealed field's ciphertext is a string in its place, so each sensitive field must be a string property of
+    /// the payload's schema (and a pointer a typo would make silently unsealed must exist).
+    #[test]
+    fn sensitive_fields_are_string_properties_of_their_schema() {
+        let mut any = 0;
+        for kind in CATALOG {
+            let schema = (kind.derived_schema)();
+            let payload = schema["properties"]["data"]["$ref"]
+                .as_str()
+                .and_then(|r| r.strip_prefix("#/$defs/"))
+                .expect("a payload definition");
+            for field in kind.sensitive {
+                let name = field
+                    .strip_prefix("/data/")
+                    .unwrap_or_else(|| panic!("{}: {field} is not under /data/", kind.ty));
+                let property = &schema["$defs"][payload]["properties"][name];
+                assert_eq!(property["type"], "string", "{}: {field}", kind.ty);
+                any += 1;
+            }
+        }
+        assert!(
+            any >= 3,
+            "the reset token, the verification code and the contact message are sensitive"
+        );
     }
 
     #[test]

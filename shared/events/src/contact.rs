@@ -63,6 +63,7 @@ impl ContactSubmitted {
 
 impl Event for ContactSubmitted {
     const TYPE: &'static str = "contact.submitted";
+    const SENSITIVE: &'static [&'static str] = &["/data/message"];
 
     fn validate(&self) -> Result<(), Invalid> {
         let mut invalid = Invalid::default();

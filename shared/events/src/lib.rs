@@ -47,6 +47,11 @@ pub trait Event:
     /// The CloudEvents `type`, which also names the subject (`events.<type>`).
     const TYPE: &'static str;
 
+    /// The fields a publisher with a keyring seals (encrypts) and only the consuming function opens, as JSON
+    /// pointers into the envelope (`/data/token`): secrets and private text that must not sit readable in the
+    /// stream, the DLQ or a replay. Each must be a string field of the schema (a catalog test checks).
+    const SENSITIVE: &'static [&'static str] = &[];
+
     /// Checks the rules the schema cannot express. An error here is permanent: the event is never retried.
     ///
     /// # Errors

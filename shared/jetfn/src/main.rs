@@ -8,6 +8,7 @@
 
 mod dev;
 mod dlq;
+mod keys;
 mod new;
 mod schedule;
 mod search;
@@ -70,6 +71,11 @@ enum Command {
     Schedule {
         #[command(subcommand)]
         command: schedule::ScheduleCommand,
+    },
+    /// The keyring of sealed (encrypted) fields: which stored messages still name a key, a new key, the key ids.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
     },
     /// The event catalog: types, subjects, consumers.
     Catalog,
@@ -221,6 +227,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status => status::run(connect(&nats()?).await?).await,
         Command::Search(args) => search::run(connect(&nats()?).await?, args).await,
         Command::Schedule { command } => schedule::run(connect(&nats()?).await?, command).await,
+        Command::Keys { command } => {
+            let client = if keys::needs_nats(&command) {
+                Some(connect(&nats()?).await?)
+            } else {
+                None
+            };
+            keys::run(client, command).await
+        }
     }
 }
 
@@ -354,7 +368,11 @@ async fn publish(config: &runtime::config::NatsConfig, args: PublishArgs) -> any
         (None, _, None) => anyhow::bail!("give an event type, or --event"),
     };
     let client = connect(config).await?;
-    let publisher = runtime::Publisher::new(client.clone(), args.source);
+    let mut publisher = runtime::Publisher::new(client.clone(), args.source);
+    // With a keyring, sensitive fields are sealed as the SDK seals them.
+    if let Some(keyring) = publish::sealed::Keyring::from_env()? {
+        publisher = publisher.with_keyring(std::sync::Arc::new(keyring));
+    }
     let published = publisher.publish_json(&body).await?;
     client.flush().await.ok();
     println!(

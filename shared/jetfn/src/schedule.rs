@@ -12,8 +12,9 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, stream};
 use futures::TryStreamExt as _;
 use provision::schedule::{
-    SCHEDULE_PREFIX, STREAM, TARGET_PREFIX, When, check_name, cron_when, parse_duration, put, spec,
+    SCHEDULE_PREFIX, STREAM, TARGET_PREFIX, When, cron_when, parse_duration, put, spec,
 };
+use publish::schedule::Delay;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -104,7 +105,29 @@ pub(crate) async fn run(
                 "data": data,
             });
             let spec = spec(&name, when, &serde_json::to_vec(&event)?)?;
-            let sequence = put(&js, &spec, args.replace).await?;
+            // With a keyring, sensitive fields are sealed as the publisher seals them (validated in clear above).
+            let sequence = match publish::sealed::Keyring::from_env()? {
+                Some(keyring)
+                    if !publish::sealed::sensitive_fields(&spec.event_type).is_empty() =>
+                {
+                    let mut sealed = event.clone();
+                    let mut headers = async_nats::HeaderMap::new();
+                    if let Some(key_id) = publish::sealed::seal_event(&mut sealed, &keyring)? {
+                        headers.insert(publish::sealed::KEY_ID_HEADER, key_id.as_str());
+                    }
+                    publish::schedule::put(
+                        &js,
+                        &spec.name,
+                        &spec.when,
+                        &spec.event_type,
+                        serde_json::to_vec(&sealed)?.into(),
+                        Some(headers),
+                        args.replace,
+                    )
+                    .await?
+                }
+                _ => put(&js, &spec, args.replace).await?,
+            };
             client.flush().await.ok();
             println!(
                 "scheduled {} name={} when=\"{}\"{} subject={SCHEDULE_PREFIX}.{} stream={STREAM} seq={sequence}",
@@ -122,14 +145,10 @@ pub(crate) async fn run(
         }
         ScheduleCommand::List => list(&stream).await,
         ScheduleCommand::Cancel { name } => {
-            check_name(&name)?;
-            let purged = stream
-                .purge()
-                .filter(format!("{SCHEDULE_PREFIX}.{name}"))
+            let purged = publish::schedule::cancel(&js, &name)
                 .await
-                .context("purging the schedule")?
-                .purged;
-            anyhow::ensure!(purged > 0, "no schedule named {name}");
+                .context("cancelling the schedule")?;
+            anyhow::ensure!(purged, "no schedule named {name}");
             println!("cancelled {name}");
             Ok(())
         }
@@ -137,34 +156,19 @@ pub(crate) async fn run(
 }
 
 fn when_of(args: &AddArgs, now: OffsetDateTime) -> anyhow::Result<When> {
-    let once = |at: OffsetDateTime| -> anyhow::Result<When> {
-        // `@at` takes whole seconds; a fraction rounds up, never down, so `--in 3s` never fires early (truncated,
-        // it fired up to a second before the delay was over: issue 14, item 12).
-        let at = at.to_offset(time::UtcOffset::UTC);
-        let at = if at.nanosecond() == 0 {
-            at
-        } else {
-            at.replace_nanosecond(0)?
-                .checked_add(time::Duration::SECOND)
-                .context("the time is past the calendar's end")?
-        };
-        Ok(When {
-            pattern: format!("@at {}", at.format(&Rfc3339)?),
-            time_zone: None,
-        })
-    };
+    // The publisher's one implementation: rounded up to the whole second, never early, and never in the past.
     if let Some(at) = &args.at {
-        let at = OffsetDateTime::parse(at, &Rfc3339)
+        let parsed = OffsetDateTime::parse(at, &Rfc3339)
             .with_context(|| format!("--at {at} is not an RFC 3339 time"))?;
-        return once(at);
+        return Delay::At(parsed)
+            .when(now)
+            .with_context(|| format!("--at {at}"));
     }
     if let Some(delay) = &args.in_ {
         let parsed = parse_duration(delay).with_context(|| format!("--in {delay}"))?;
-        let at = time::Duration::try_from(parsed)
-            .ok()
-            .and_then(|parsed| now.checked_add(parsed))
-            .with_context(|| format!("--in {delay}: too far in the future"))?;
-        return once(at);
+        return Delay::In(parsed)
+            .when(now)
+            .with_context(|| format!("--in {delay}"));
     }
     if let Some(every) = &args.every {
         let every = parse_duration(every).with_context(|| format!("--every {every}"))?;
@@ -276,6 +280,13 @@ mod tests {
         // A delay past the calendar is an error, not a panic.
         let err = when_of(&once(None, Some("9999999999d")), now).unwrap_err();
         assert!(format!("{err:#}").contains("--in"), "{err:#}");
+        // A time in the past is refused, naming the flag.
+        let err = when_of(&once(Some("2026-11-28T09:59:59Z"), None), now).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with("--at ") && text.contains("in the past"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -11,27 +11,11 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::HeaderMap;
 use async_nats::jetstream;
 use serde::Deserialize;
 
-/// The stream that holds schedules.
-pub const STREAM: &str = "SCHEDULES";
-/// Schedules live on `schedules.<name>`.
-pub const SCHEDULE_PREFIX: &str = "schedules";
-/// A schedule fires to `scheduled.<type>`; EVENTS sources that as `events.<type>`.
-pub const TARGET_PREFIX: &str = "scheduled";
-/// How long a fired copy stays in SCHEDULES: long enough for EVENTS to source it through an outage.
-const FIRED_COPY_TTL: &str = "24h";
-
-/// When a schedule fires, as the `Nats-Schedule` header says it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct When {
-    /// The `Nats-Schedule` header: `@at ...`, `@every ...s` or a cron.
-    pub pattern: String,
-    /// The `Nats-Schedule-Time-Zone` header (cron only).
-    pub time_zone: Option<String>,
-}
+/// The one implementation of schedules, shared with the publisher and the SDK.
+pub use publish::schedule::{SCHEDULE_PREFIX, STREAM, TARGET_PREFIX, When};
 
 /// One schedule to write.
 #[derive(Debug, Clone)]
@@ -75,15 +59,7 @@ pub fn spec(name: &str, when: When, event: &[u8]) -> anyhow::Result<Spec> {
 /// # Errors
 /// Anything but 1 to 128 letters, digits, `-` or `_`.
 pub fn check_name(name: &str) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !name.is_empty()
-            && name.len() <= 128
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
-        "a schedule name is 1 to 128 letters, digits, - or _"
-    );
-    Ok(())
+    Ok(publish::schedule::check_name(name)?)
 }
 
 /// A cron schedule: 6 fields or a named one (`@daily`).
@@ -163,38 +139,16 @@ pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
 /// # Errors
 /// A schedule of that name exists (without `replace`), or the server refuses it.
 pub async fn put(js: &jetstream::Context, spec: &Spec, replace: bool) -> anyhow::Result<u64> {
-    let mut headers = HeaderMap::new();
-    headers.insert("Nats-Schedule", spec.when.pattern.as_str());
-    headers.insert(
-        "Nats-Schedule-Target",
-        format!("{TARGET_PREFIX}.{}", spec.event_type).as_str(),
-    );
-    headers.insert("Nats-Schedule-TTL", FIRED_COPY_TTL);
-    if let Some(tz) = &spec.when.time_zone {
-        headers.insert("Nats-Schedule-Time-Zone", tz.as_str());
-    }
-    headers.insert(
-        "content-type",
-        "application/cloudevents+json; charset=utf-8",
-    );
-    if !replace {
-        headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
-    }
-    let ack = js
-        .publish_with_headers(spec.subject(), headers, spec.event.clone().into())
-        .await
-        .context("publishing the schedule")?
-        .await;
-    match ack {
-        Ok(ack) => Ok(ack.sequence),
-        Err(err) if !replace && err.to_string().contains("wrong last sequence") => {
-            Err(anyhow::anyhow!(
-                "a schedule named {} exists; cancel it first or pass --replace",
-                spec.name
-            ))
-        }
-        Err(err) => Err(anyhow::anyhow!("the server refused the schedule: {err}")),
-    }
+    Ok(publish::schedule::put(
+        js,
+        &spec.name,
+        &spec.when,
+        &spec.event_type,
+        spec.event.clone().into(),
+        None,
+        replace,
+    )
+    .await?)
 }
 
 /// A schedule defined in `infra/nats/schedules/<name>.json` (keys checked against `schema::SCHEDULE` first).

@@ -8,6 +8,9 @@
 //! OpenTelemetry API alone, and the process that links it chooses the exporter, the subscriber and the allocator.
 #![warn(missing_docs)]
 
+pub mod schedule;
+pub mod sealed;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -57,6 +60,32 @@ pub enum PublishError {
     /// NATS refused or did not confirm the publish; it may be retried with the same event id.
     #[error("publish failed: {0}")]
     Nats(String),
+    /// The delay cannot be scheduled (a time in the past); nothing was sent.
+    #[error("invalid delay: {0}")]
+    Delay(#[from] schedule::DelayError),
+    /// The schedule could not be written or cancelled.
+    #[error(transparent)]
+    Schedule(#[from] schedule::ScheduleError),
+    /// A sensitive field could not be sealed; nothing was sent.
+    #[error("cannot seal: {0}")]
+    Seal(#[from] sealed::SealError),
+}
+
+/// Where a delayed event waits until NATS fires it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scheduled {
+    /// The event id (the fired event keeps it).
+    pub id: String,
+    /// The event type.
+    pub event_type: String,
+    /// The schedule's name (`jetfn schedule list` shows it; derived from the event id).
+    pub name: String,
+    /// The whole second it fires at, never before the moment asked for.
+    pub fires_at: time::OffsetDateTime,
+    /// The schedule message's sequence in `SCHEDULES`.
+    pub sequence: u64,
+    /// True when this event was scheduled already (a retried call): nothing new was stored.
+    pub duplicate: bool,
 }
 
 /// Publishes CloudEvents to JetStream. Cheap to clone; schemas are compiled once per publisher.
@@ -65,12 +94,14 @@ pub struct Publisher {
     js: jetstream::Context,
     validator: Arc<Validator>,
     source: String,
+    keyring: Option<Arc<sealed::Keyring>>,
 }
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Publisher")
             .field("source", &self.source)
+            .field("keyring", &self.keyring)
             .finish_non_exhaustive()
     }
 }
@@ -82,7 +113,17 @@ impl Publisher {
             js: jetstream::new(client),
             validator: Arc::new(Validator::new()),
             source: source.into(),
+            keyring: None,
         }
+    }
+
+    /// Seals the fields the catalog marks sensitive with the keyring's current key (`Jetfn-Key-Id` names it), so
+    /// the stream, the DLQ and any replay hold ciphertext; events without such fields go out as before. Read the
+    /// keyring with [`sealed::Keyring::from_env`] (`JETFN_KEYRING`, `JETFN_KEYRING_FILE`).
+    #[must_use]
+    pub fn with_keyring(mut self, keyring: Arc<sealed::Keyring>) -> Self {
+        self.keyring = Some(keyring);
+        self
     }
 
     /// Wraps `data` in a new envelope and publishes it.
@@ -102,16 +143,146 @@ impl Publisher {
         &self,
         event: &CloudEvent<T>,
     ) -> Result<Published, PublishError> {
-        let cannot = |err: serde_json::Error| Invalid::new("", format!("cannot serialize: {err}"));
         // The schema runs on the JSON tree the event serializes to, and `T`'s rules on the payload held here: the
         // same checks as `publish_json`, without parsing the bytes back and decoding the payload again.
-        let value = serde_json::to_value(event).map_err(cannot)?;
-        self.validator.check_typed_for_publish(&value, event)?;
-        drop(value);
-        let bytes = serde_json::to_vec(event).map_err(cannot)?;
-        events::check_size(bytes.len())?;
-        self.send(&event.id, &event.ty, bytes::Bytes::from(bytes))
+        let encoded = self.encode(event)?;
+        self.send(&event.id, &event.ty, encoded).await
+    }
+
+    /// Publishes `data` in a new envelope to happen `delay` from now, on a schedule NATS holds.
+    ///
+    /// # Errors
+    /// As [`Publisher::publish_delayed`].
+    pub async fn publish_in<T: Event>(
+        &self,
+        delay: std::time::Duration,
+        data: T,
+    ) -> Result<Scheduled, PublishError> {
+        let event = CloudEvent::new(self.source.clone(), data);
+        self.publish_delayed(&event, schedule::Delay::In(delay))
             .await
+    }
+
+    /// Publishes `data` in a new envelope to happen at `at`, on a schedule NATS holds.
+    ///
+    /// # Errors
+    /// [`PublishError::Delay`] when `at` is in the past; otherwise as [`Publisher::publish_delayed`].
+    pub async fn publish_at<T: Event>(
+        &self,
+        at: time::OffsetDateTime,
+        data: T,
+    ) -> Result<Scheduled, PublishError> {
+        let event = CloudEvent::new(self.source.clone(), data);
+        self.publish_delayed(&event, schedule::Delay::At(at)).await
+    }
+
+    /// Publishes a prepared envelope to happen later: validated now (a bad field is named, nothing is stored), held
+    /// by NATS as the one-off schedule [`schedule::name_for_event`] names, and fired to `events.<type>` at the whole
+    /// second `delay` gives, rounded up, never early. Scheduling the same event again is absorbed (`duplicate`).
+    ///
+    /// # Errors
+    /// [`PublishError::Invalid`] or [`PublishError::Delay`] before anything is sent; [`PublishError::Schedule`]
+    /// when the server refused or did not confirm (call again: the name is the same).
+    pub async fn publish_delayed<T: Event>(
+        &self,
+        event: &CloudEvent<T>,
+        delay: schedule::Delay,
+    ) -> Result<Scheduled, PublishError> {
+        let fires_at = delay.fires_at(time::OffsetDateTime::now_utc())?;
+        let when = schedule::When {
+            pattern: format!("@at {}", schedule::rfc3339(fires_at)),
+            time_zone: None,
+        };
+        let encoded = self.encode(event)?;
+        let name = schedule::name_for_event(&event.id);
+        let mut headers = HeaderMap::new();
+        if let Some(key_id) = &encoded.key_id {
+            // The server copies it onto the fired event.
+            headers.insert(sealed::KEY_ID_HEADER, key_id.as_str());
+        }
+        let span =
+            tracing::info_span!("schedule", "messaging.message.id" = %event.id, name = %name);
+        inject(&span, &mut headers);
+        let scheduled = |sequence, duplicate| Scheduled {
+            id: event.id.clone(),
+            event_type: event.ty.clone(),
+            name: name.clone(),
+            fires_at,
+            sequence,
+            duplicate,
+        };
+        let put = schedule::put(
+            &self.js,
+            &name,
+            &when,
+            &event.ty,
+            encoded.bytes,
+            Some(headers),
+            false,
+        )
+        .instrument(span)
+        .await;
+        match put {
+            Ok(sequence) => Ok(scheduled(sequence, false)),
+            Err(schedule::ScheduleError::Exists(_)) => {
+                // A retried call finds its own schedule: the same event id is the same event.
+                let stream = self
+                    .js
+                    .get_stream(schedule::STREAM)
+                    .await
+                    .map_err(|err| PublishError::Nats(err.to_string()))?;
+                let held = stream
+                    .direct_get_last_for_subject(schedule::subject(&name))
+                    .await
+                    .map_err(|err| PublishError::Nats(err.to_string()))?;
+                let id = serde_json::from_slice::<serde_json::Value>(&held.payload)
+                    .ok()
+                    .and_then(|value| {
+                        value
+                            .get("id")
+                            .and_then(|id| id.as_str().map(str::to_owned))
+                    });
+                if id.as_deref() == Some(event.id.as_str()) {
+                    Ok(scheduled(held.sequence, true))
+                } else {
+                    Err(schedule::ScheduleError::Exists(name.clone()).into())
+                }
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Cancels the delayed event with this id, if it has not fired yet. Returns whether a schedule was removed:
+    /// `false` when it already fired (or was never scheduled).
+    ///
+    /// # Errors
+    /// [`PublishError::Schedule`] when the server did not answer.
+    pub async fn cancel_delayed(&self, event_id: &str) -> Result<bool, PublishError> {
+        Ok(schedule::cancel(&self.js, &schedule::name_for_event(event_id)).await?)
+    }
+
+    /// Validates a typed envelope (the plaintext: the schema describes it), seals its sensitive fields when there
+    /// is a keyring, and serializes it: the bytes that go on the stream, and the key id they were sealed with.
+    fn encode<T: Event>(&self, event: &CloudEvent<T>) -> Result<Encoded, PublishError> {
+        let cannot = |err: serde_json::Error| Invalid::new("", format!("cannot serialize: {err}"));
+        let mut value = serde_json::to_value(event).map_err(cannot)?;
+        self.validator.check_typed_for_publish(&value, event)?;
+        let (bytes, key_id) = match &self.keyring {
+            Some(keyring) if !T::SENSITIVE.is_empty() => {
+                let key_id = sealed::seal_event(&mut value, keyring)?;
+                (serde_json::to_vec(&value).map_err(cannot)?, key_id)
+            }
+            _ => {
+                drop(value);
+                (serde_json::to_vec(event).map_err(cannot)?, None)
+            }
+        };
+        // The size that counts is what is stored: sealing adds a nonce, a tag and base64's third.
+        events::check_size(bytes.len())?;
+        Ok(Encoded {
+            bytes: bytes::Bytes::from(bytes),
+            key_id,
+        })
     }
 
     /// Publishes a whole CloudEvent given as JSON, the way events from other languages arrive.
@@ -120,17 +291,33 @@ impl Publisher {
     /// As [`Publisher::publish`].
     pub async fn publish_json(&self, bytes: &[u8]) -> Result<Published, PublishError> {
         let event = self.validator.check_for_publish(bytes)?;
-        self.send(&event.id, &event.ty, bytes::Bytes::copy_from_slice(bytes))
-            .await
+        let encoded = match &self.keyring {
+            Some(keyring) if !sealed::sensitive_fields(&event.ty).is_empty() => {
+                let mut value: serde_json::Value = serde_json::from_slice(bytes)
+                    .map_err(|err| Invalid::new("", format!("not JSON: {err}")))?;
+                let key_id = sealed::seal_event(&mut value, keyring)?;
+                let sealed = serde_json::to_vec(&value)
+                    .map_err(|err| Invalid::new("", format!("cannot serialize: {err}")))?;
+                events::check_size(sealed.len())?;
+                Encoded {
+                    bytes: bytes::Bytes::from(sealed),
+                    key_id,
+                }
+            }
+            _ => Encoded {
+                bytes: bytes::Bytes::copy_from_slice(bytes),
+                key_id: None,
+            },
+        };
+        self.send(&event.id, &event.ty, encoded).await
     }
 
     /// Sends a checked event: `Nats-Msg-Id`, `traceparent`, and the wait for the stream's ack.
-    async fn send(
-        &self,
-        id: &str,
-        ty: &str,
-        payload: bytes::Bytes,
-    ) -> Result<Published, PublishError> {
+    async fn send(&self, id: &str, ty: &str, encoded: Encoded) -> Result<Published, PublishError> {
+        let Encoded {
+            bytes: payload,
+            key_id,
+        } = encoded;
         let subject = events::subject_for(ty);
         // As in the consume loop: the full OpenTelemetry attributes only when spans are exported; the log layer
         // formats every field of a span into text, per event.
@@ -150,6 +337,9 @@ impl Publisher {
         };
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+        if let Some(key_id) = &key_id {
+            headers.insert(sealed::KEY_ID_HEADER, key_id.as_str());
+        }
         headers.insert(
             "content-type",
             "application/cloudevents+json; charset=utf-8",
@@ -176,6 +366,12 @@ impl Publisher {
         .instrument(span)
         .await
     }
+}
+
+/// An event ready to store: its bytes, and the key its sensitive fields were sealed with.
+struct Encoded {
+    bytes: bytes::Bytes,
+    key_id: Option<String>,
 }
 
 /// Writes the trace context of `span` into NATS headers as W3C `traceparent` (and `tracestate`).

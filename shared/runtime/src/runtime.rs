@@ -41,6 +41,7 @@ struct Core {
     js: jetstream::Context,
     job: JobConfig,
     validator: Arc<Validator>,
+    keyring: Option<Arc<publish::sealed::Keyring>>,
     probe: Option<Probe>,
     #[cfg(feature = "fault-injection")]
     faults: Faults,
@@ -93,8 +94,10 @@ impl Runtime {
             "JOB_LEDGER_LEASE_SECS: must be at least 1 second (a claim younger than the lease is left to its \
              holder), got 0"
         );
+        // Sealed fields open only here, inside the function; the keyring's ids are logged, never its keys.
+        let keyring = publish::sealed::Keyring::from_env()?.map(Arc::new);
         let nats_url = crate::nats_url::mask(&nats.url);
-        tracing::info!(function = name, ?job, %nats_url, "starting");
+        tracing::info!(function = name, ?job, %nats_url, ?keyring, "starting");
         let client = crate::connect(nats, name).await?;
         let js = jetstream::new(client.clone());
         let health = Health::default();
@@ -106,6 +109,7 @@ impl Runtime {
                 js,
                 job,
                 validator: Arc::new(Validator::new()),
+                keyring,
                 probe: None,
                 #[cfg(feature = "fault-injection")]
                 faults,
@@ -323,6 +327,7 @@ where
                     metrics.clone(),
                 ),
                 validator: core.validator.clone(),
+                keyring: core.keyring.clone(),
                 ledger: Ledger::new(
                     ledger,
                     &core.name,

@@ -23,6 +23,7 @@ use crate::{Job, JobError, telemetry};
 pub(crate) struct Typed<T, H> {
     pub(crate) settler: Settler,
     pub(crate) validator: Arc<Validator>,
+    pub(crate) keyring: Option<Arc<publish::sealed::Keyring>>,
     pub(crate) ledger: Ledger,
     pub(crate) handler: H,
     pub(crate) shutdown: CancellationToken,
@@ -161,7 +162,26 @@ where
     H: Fn(Job<T>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), JobError>> + Send + 'static,
 {
-    let mut event = match shared.validator.decode::<T>(&message.payload) {
+    // Sealed fields open here, in memory, before validation: the schema describes the plaintext. The stored
+    // message (and so a dead letter of it) keeps the ciphertext. A missing key dead-letters naming the key, so the
+    // record replays once the key is deployed; an altered or moved ciphertext is an invalid event.
+    let key_id = publish::sealed::key_id_of(message.headers.as_ref());
+    let opened =
+        match publish::sealed::open_event(&message.payload, key_id, shared.keyring.as_deref()) {
+            Ok(opened) => opened,
+            Err(err) if err.is_missing_key() => {
+                return Outcome::Permanent {
+                    reason: format!("cannot decrypt: {err}"),
+                };
+            }
+            Err(err) => {
+                return Outcome::Invalid {
+                    reason: format!("invalid event: cannot decrypt: {err}"),
+                };
+            }
+        };
+    let payload = opened.as_deref().unwrap_or(&message.payload);
+    let mut event = match shared.validator.decode::<T>(payload) {
         Ok(event) => event,
         Err(invalid) => {
             return Outcome::Invalid {

@@ -21,7 +21,9 @@ use events::{
     CloudEvent, ContactSubmitted, EmailVerificationRequested, Event, OrderPlaced, OrderShipped,
     OrderStatusChanged, PasswordResetRequested, UserRegistered,
 };
-pub use publish::{PublishError, Published};
+pub use publish::schedule::{Delay, DelayError};
+pub use publish::sealed::{Keyring, KeyringError};
+pub use publish::{PublishError, Published, Scheduled};
 
 /// Publishes email events. Cheap to clone; build one per process.
 #[derive(Debug, Clone)]
@@ -38,6 +40,26 @@ impl EmailEvents {
             publisher: publish::Publisher::new(client, source.clone()),
             source,
         }
+    }
+
+    /// Seals the sensitive fields (the reset token, the verification code, the contact message) with the
+    /// keyring's current key, so they are ciphertext in the stream, the DLQ and any replay and only the function
+    /// that sends the email opens them. `Keyring::from_env()` reads `JETFN_KEYRING` or `JETFN_KEYRING_FILE`.
+    ///
+    /// ```no_run
+    /// # async fn run(client: async_nats::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// let emails = sdk::EmailEvents::new(client, "/accounts-api");
+    /// let emails = match sdk::Keyring::from_env()? {
+    ///     Some(keyring) => emails.with_keyring(std::sync::Arc::new(keyring)),
+    ///     None => emails,
+    /// };
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_keyring(mut self, keyring: std::sync::Arc<Keyring>) -> Self {
+        self.publisher = self.publisher.with_keyring(keyring);
+        self
     }
 
     /// The customer's order confirmation, and the staff notification (`orders.placed`).
@@ -155,10 +177,116 @@ impl EmailEvents {
         self.publisher.publish(form).await
     }
 
-    async fn publish<T: Event>(&self, id: String, data: T) -> Result<Published, PublishError> {
+    /// The same emails, sent later: each method puts its event on a one-off schedule NATS holds, fired `delay`
+    /// from now (or at the time given), rounded up to the whole second, never early. A time in the past is refused
+    /// ([`PublishError::Delay`], naming the field), and nothing is stored.
+    ///
+    /// ```no_run
+    /// # async fn run(emails: sdk::EmailEvents) -> Result<(), sdk::PublishError> {
+    /// use std::time::Duration;
+    /// let later = emails.delayed(sdk::Delay::In(Duration::from_secs(3600)));
+    /// let scheduled = later.send_welcome_email(events::UserRegistered::example()).await?;
+    /// emails.cancel_delayed(&scheduled.id).await?; // changed our mind: it never fires
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn delayed(&self, delay: Delay) -> DelayedEmailEvents<'_> {
+        DelayedEmailEvents {
+            emails: self,
+            delay,
+        }
+    }
+
+    /// Cancels a delayed email by its event id ([`Scheduled::id`]). Returns `false` when it already fired (or was
+    /// never scheduled): an email that went out cannot be called back.
+    ///
+    /// # Errors
+    /// [`PublishError::Schedule`] when the server did not answer.
+    pub async fn cancel_delayed(&self, event_id: &str) -> Result<bool, PublishError> {
+        self.publisher.cancel_delayed(event_id).await
+    }
+
+    fn envelope<T: Event>(&self, id: &str, data: T) -> CloudEvent<T> {
         let mut event = CloudEvent::new(self.source.clone(), data);
-        event.id = event_id(&id);
-        self.publisher.publish_event(&event).await
+        event.id = event_id(id);
+        event
+    }
+
+    async fn publish<T: Event>(&self, id: String, data: T) -> Result<Published, PublishError> {
+        self.publisher
+            .publish_event(&self.envelope(&id, data))
+            .await
+    }
+}
+
+/// [`EmailEvents`] that send later; made by [`EmailEvents::delayed`]. The event ids are the ones the immediate
+/// methods derive, so an email scheduled twice is scheduled once, and one both scheduled and sent is sent once.
+#[derive(Debug, Clone, Copy)]
+pub struct DelayedEmailEvents<'a> {
+    emails: &'a EmailEvents,
+    delay: Delay,
+}
+
+impl DelayedEmailEvents<'_> {
+    /// [`EmailEvents::send_order_confirmation`], later.
+    ///
+    /// # Errors
+    /// As [`EmailEvents::send_order_confirmation`], and [`PublishError::Delay`] for a time in the past.
+    pub async fn send_order_confirmation(
+        &self,
+        order: OrderPlaced,
+    ) -> Result<Scheduled, PublishError> {
+        let id = format!("order-confirmation:{}", order.order_id);
+        self.schedule(id, order).await
+    }
+
+    /// [`EmailEvents::send_shipping_notification`], later.
+    ///
+    /// # Errors
+    /// As [`DelayedEmailEvents::send_order_confirmation`].
+    pub async fn send_shipping_notification(
+        &self,
+        shipment: OrderShipped,
+    ) -> Result<Scheduled, PublishError> {
+        let id = format!(
+            "order-shipped:{}:{}",
+            shipment.order_id, shipment.tracking_number
+        );
+        self.schedule(id, shipment).await
+    }
+
+    /// [`EmailEvents::send_welcome_email`], later.
+    ///
+    /// # Errors
+    /// As [`DelayedEmailEvents::send_order_confirmation`].
+    pub async fn send_welcome_email(
+        &self,
+        user: UserRegistered,
+    ) -> Result<Scheduled, PublishError> {
+        let id = format!("welcome:{}", user.user_id);
+        self.schedule(id, user).await
+    }
+
+    /// [`EmailEvents::send_contact_form`], later.
+    ///
+    /// # Errors
+    /// As [`DelayedEmailEvents::send_order_confirmation`].
+    pub async fn send_contact_form(
+        &self,
+        form: ContactSubmitted,
+    ) -> Result<Scheduled, PublishError> {
+        let event = CloudEvent::new(self.emails.source.clone(), form);
+        self.emails
+            .publisher
+            .publish_delayed(&event, self.delay)
+            .await
+    }
+
+    async fn schedule<T: Event>(&self, id: String, data: T) -> Result<Scheduled, PublishError> {
+        self.emails
+            .publisher
+            .publish_delayed(&self.emails.envelope(&id, data), self.delay)
+            .await
     }
 }
 
