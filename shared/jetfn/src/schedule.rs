@@ -22,7 +22,7 @@ pub(crate) enum ScheduleCommand {
     /// Schedule an event: once (--at, --in) or recurring (--every, --cron with --tz). The event is validated first.
     Add(AddArgs),
     /// Every schedule: name, when, time zone, event type.
-    List,
+    List(crate::output::JsonArg),
     /// Remove a schedule; it does not fire again.
     Cancel {
         /// The schedule's name.
@@ -66,8 +66,10 @@ pub(crate) struct AddArgs {
 
 pub(crate) async fn run(
     client: async_nats::Client,
+    audit: &crate::audit::Audit,
     command: ScheduleCommand,
 ) -> anyhow::Result<()> {
+    use ops::audit::{Action, Outcome};
     let js = jetstream::new(client.clone());
     let stream = js
         .get_stream(STREAM)
@@ -104,7 +106,35 @@ pub(crate) async fn run(
                 "data": data,
             });
             let spec = spec(&name, when, &serde_json::to_vec(&event)?)?;
-            let sequence = put(&js, &spec, args.replace).await?;
+            let detail = format!(
+                "{} \"{}\"{}",
+                spec.event_type,
+                spec.when.pattern,
+                spec.when
+                    .time_zone
+                    .as_ref()
+                    .map(|tz| format!(" {tz}"))
+                    .unwrap_or_default()
+            );
+            let sequence = match put(&js, &spec, args.replace).await {
+                Ok(sequence) => {
+                    audit
+                        .record(Action::ScheduleAdd, &spec.name, Outcome::Ok, &detail)
+                        .await;
+                    sequence
+                }
+                Err(err) => {
+                    audit
+                        .record(
+                            Action::ScheduleAdd,
+                            &spec.name,
+                            Outcome::Error,
+                            &format!("{detail}: {}", crate::render_error(&err)),
+                        )
+                        .await;
+                    return Err(err);
+                }
+            };
             client.flush().await.ok();
             println!(
                 "scheduled {} name={} when=\"{}\"{} subject={SCHEDULE_PREFIX}.{} stream={STREAM} seq={sequence}",
@@ -120,16 +150,27 @@ pub(crate) async fn run(
             );
             Ok(())
         }
-        ScheduleCommand::List => list(&stream).await,
+        ScheduleCommand::List(json) => list(&stream, json.json).await,
         ScheduleCommand::Cancel { name } => {
             check_name(&name)?;
             let purged = stream
                 .purge()
                 .filter(format!("{SCHEDULE_PREFIX}.{name}"))
                 .await
-                .context("purging the schedule")?
-                .purged;
-            anyhow::ensure!(purged > 0, "no schedule named {name}");
+                .context("purging the schedule")
+                .map(|purged| purged.purged)
+                .and_then(|purged| {
+                    anyhow::ensure!(purged > 0, "no schedule named {name}");
+                    Ok(purged)
+                });
+            let outcome = match &purged {
+                Ok(_) => (Outcome::Ok, String::new()),
+                Err(err) => (Outcome::Error, crate::render_error(err)),
+            };
+            audit
+                .record(Action::ScheduleCancel, &name, outcome.0, &outcome.1)
+                .await;
+            purged?;
             println!("cancelled {name}");
             Ok(())
         }
@@ -181,21 +222,25 @@ fn when_of(args: &AddArgs, now: OffsetDateTime) -> anyhow::Result<When> {
     cron_when(cron, args.tz.clone())
 }
 
-async fn list(stream: &stream::Stream) -> anyhow::Result<()> {
+/// A schedule as `schedule list` shows it.
+#[derive(Debug, serde::Serialize)]
+struct Listed {
+    name: String,
+    when: String,
+    time_zone: Option<String>,
+    event_type: String,
+    #[serde(with = "time::serde::rfc3339")]
+    created: OffsetDateTime,
+}
+
+async fn list(stream: &stream::Stream, json: bool) -> anyhow::Result<()> {
     let mut subjects: Vec<(String, usize)> = stream
         .info_with_subjects(format!("{SCHEDULE_PREFIX}.>"))
         .await?
         .try_collect()
         .await?;
-    if subjects.is_empty() {
-        println!("no schedules");
-        return Ok(());
-    }
     subjects.sort();
-    println!(
-        "{:<28} {:<34} {:<18} {:<22} created",
-        "name", "when", "time zone", "event type"
-    );
+    let mut listed = Vec::new();
     for (subject, _) in subjects {
         let Ok(message) = stream.direct_get_last_for_subject(subject.as_str()).await else {
             continue;
@@ -208,21 +253,38 @@ async fn list(stream: &stream::Stream) -> anyhow::Result<()> {
                 .unwrap_or_default()
         };
         let target = header("Nats-Schedule-Target");
-        println!(
-            "{:<28} {:<34} {:<18} {:<22} {}",
-            subject
+        listed.push(Listed {
+            name: subject
                 .strip_prefix(&format!("{SCHEDULE_PREFIX}."))
-                .unwrap_or(&subject),
-            header("Nats-Schedule"),
-            Some(header("Nats-Schedule-Time-Zone"))
-                .filter(|tz| !tz.is_empty())
-                .unwrap_or_else(|| "-".to_owned()),
-            target
+                .unwrap_or(&subject)
+                .to_owned(),
+            when: header("Nats-Schedule"),
+            time_zone: Some(header("Nats-Schedule-Time-Zone")).filter(|tz| !tz.is_empty()),
+            event_type: target
                 .strip_prefix(&format!("{TARGET_PREFIX}."))
-                .unwrap_or(&target),
-            message.time.format(&Rfc3339).unwrap_or_default()
-        );
+                .unwrap_or(&target)
+                .to_owned(),
+            created: message.time,
+        });
     }
+    if json {
+        return crate::output::print_json(&listed);
+    }
+    if listed.is_empty() {
+        println!("no schedules");
+        return Ok(());
+    }
+    let mut table = crate::output::table(&["name", "when", "time zone", "event type", "created"]);
+    for schedule in &listed {
+        table.add_row(vec![
+            schedule.name.clone(),
+            schedule.when.clone(),
+            schedule.time_zone.clone().unwrap_or_else(|| "-".to_owned()),
+            schedule.event_type.clone(),
+            schedule.created.format(&Rfc3339).unwrap_or_default(),
+        ]);
+    }
+    println!("{table}");
     Ok(())
 }
 
