@@ -163,20 +163,10 @@ async fn event_tells_where_an_event_is_what_each_function_did_its_effects_and_it
         "the address is masked: {output}"
     );
     let report = {
-        let mut env = system.env();
-        env.extend(trace.iter().cloned());
-        let process = testkit::FunctionProcess::spawn_with_args(
-            "jetfn",
-            &["event", &published.id, "--json"],
-            &env,
-        );
-        assert_eq!(
-            process.wait_exit(WAIT).await.code(),
-            Some(0),
-            "{}",
-            process.output()
-        );
-        serde_json::from_str::<serde_json::Value>(&process.output()).unwrap()
+        let (code, output) = cli(&system, &["event", &published.id, "--json"], &trace).await;
+        assert_eq!(code, 0, "{output}");
+        serde_json::from_str::<serde_json::Value>(&output)
+            .unwrap_or_else(|err| panic!("{err}: {output}"))
     };
     let copy = &report["copies"][0];
     assert_eq!(copy["sequence"], published.sequence);

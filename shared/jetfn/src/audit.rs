@@ -69,7 +69,7 @@ pub(crate) async fn run(client: async_nats::Client, args: AuditArgs) -> anyhow::
             entry.detail.clone(),
         ]);
     }
-    println!("{table}");
+    output::print_table(&table);
     Ok(())
 }
 

@@ -216,7 +216,7 @@ pub(crate) async fn run(
                 ]);
             }
             output::align_right(&mut table, &[0, 4]);
-            println!("{table}");
+            output::print_table(&table);
             println!("{} dead event(s)", summaries.len());
         }
         DlqCommand::Show { seq, raw } => show(&js, seq, raw).await?,

@@ -515,7 +515,7 @@ fn catalog(json: bool) -> anyhow::Result<()> {
             kind.description.to_owned(),
         ]);
     }
-    println!("{table}");
+    output::print_table(&table);
     Ok(())
 }
 

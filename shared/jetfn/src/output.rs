@@ -39,9 +39,29 @@ pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A duration as a person reads it, to the second (`1h 2m 5s`).
+/// A duration as a person scans it in a column: its two largest units (`400d`, `2d 3h`, `5m 12s`). humantime's
+/// own format spells every unit down to the second, in 30.44-day months (`1year 1month 4days 7h 26m 24s`).
 pub(crate) fn age(secs: u64) -> String {
-    humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+    let (days, hours, minutes, seconds) =
+        (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if days >= 10 || (days > 0 && hours == 0) {
+        format!("{days}d")
+    } else if days > 0 {
+        format!("{days}d {hours}h")
+    } else if hours > 0 {
+        format!("{hours}h {minutes}m")
+    } else if minutes > 0 {
+        format!("{minutes}m {seconds}s")
+    } else {
+        format!("{seconds}s")
+    }
+}
+
+/// Prints a table without the padding it leaves at each line's end.
+pub(crate) fn print_table(table: &Table) {
+    for line in table.to_string().lines() {
+        println!("{}", line.trim_end());
+    }
 }
 
 /// A time given as RFC 3339, or as a duration from now (`30m`: 30 minutes from now when `ahead`, ago otherwise).
@@ -89,6 +109,15 @@ mod tests {
             column(lines[2], "12345") + 5,
             "numbers end in one column:\n{text}"
         );
+    }
+
+    #[test]
+    fn ages_show_their_two_largest_units() {
+        assert_eq!(age(400 * 86_400 + 3600), "400d");
+        assert_eq!(age(2 * 86_400 + 3 * 3600 + 59), "2d 3h");
+        assert_eq!(age(3 * 3600 + 5 * 60 + 9), "3h 5m");
+        assert_eq!(age(5 * 60 + 12), "5m 12s");
+        assert_eq!(age(0), "0s");
     }
 
     #[test]

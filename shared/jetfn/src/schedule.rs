@@ -284,7 +284,7 @@ async fn list(stream: &stream::Stream, json: bool) -> anyhow::Result<()> {
             schedule.created.format(&Rfc3339).unwrap_or_default(),
         ]);
     }
-    println!("{table}");
+    crate::output::print_table(&table);
     Ok(())
 }
 

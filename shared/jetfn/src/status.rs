@@ -81,7 +81,7 @@ fn print(status: &ops::status::Status, json: bool, compact: bool) -> anyhow::Res
         ]);
     }
     output::align_right(&mut streams, &[1, 2, 3, 4, 5, 6, 7, 9]);
-    println!("{streams}");
+    output::print_table(&streams);
     println!();
     if status.consumers.is_empty() {
         println!("no functions (no durable consumers; run `jetfn infra apply`)");
@@ -128,7 +128,7 @@ fn print(status: &ops::status::Status, json: bool, compact: bool) -> anyhow::Res
         ]);
     }
     output::align_right(&mut consumers, &[3, 4, 5, 6, 7]);
-    println!("{consumers}");
+    output::print_table(&consumers);
     if let Some(why) = unknown {
         println!();
         println!("oldest ?: {why}");
