@@ -420,3 +420,57 @@ async fn errors_are_one_line_a_person_can_act_on() {
         cli_json(&system, args).await;
     }
 }
+
+/// `status --watch --json` prints one JSON document per line per refresh, each seeing what changed, until Ctrl-C.
+#[tokio::test]
+async fn status_watch_follows_the_backlog_until_interrupted() {
+    let system = System::start().await;
+    let env: Vec<(&str, String)> = vec![("NATS_URL", system.nats.url())];
+    let watch = testkit::FunctionProcess::spawn_with_args(
+        "jetfn",
+        &["status", "--watch", "1", "--json"],
+        &env,
+    );
+    watch.wait_for_output("\"consumers\"", WAIT).await;
+    system
+        .publisher
+        .publish(user("watched@example.com", "Watched"))
+        .await
+        .unwrap();
+    let welcome_waiting = |line: &str| -> Option<u64> {
+        let status: serde_json::Value = serde_json::from_str(line).ok()?;
+        status["consumers"]
+            .as_array()?
+            .iter()
+            .find(|c| c["consumer"] == "welcome")?["waiting"]
+            .as_u64()
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while !watch
+        .output()
+        .lines()
+        .any(|line| welcome_waiting(line) == Some(1))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a refresh shows the new event:\n{}",
+            watch.output()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    watch.signal(testkit::Signal::SIGINT);
+    assert_eq!(
+        watch.wait_exit(WAIT).await.code(),
+        Some(0),
+        "{}",
+        watch.output()
+    );
+    assert!(
+        watch
+            .output()
+            .lines()
+            .all(|line| welcome_waiting(line).is_some()),
+        "every line is a whole status:\n{}",
+        watch.output()
+    );
+}
