@@ -131,6 +131,28 @@ async fn each_role_records_its_own_changes_and_the_viewer_reads_them() {
         "{output}"
     );
 
+    // The viewer's status has no oldest age (it may not read the event stream), says why, and says nothing else.
+    system
+        .publisher
+        .publish(user("waits@example.com", "Waits"))
+        .await
+        .unwrap();
+    let (code, output) = as_user(&system, "viewer", &["status", "--json"]).await;
+    assert_eq!(code, 0, "{output}");
+    let status: serde_json::Value =
+        serde_json::from_str(&output).unwrap_or_else(|err| panic!("JSON alone ({err}): {output}"));
+    let welcome = status["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["consumer"] == "welcome")
+        .unwrap();
+    assert_eq!(welcome["waiting"], 2, "the replayed event and this one: {welcome}");
+    assert!(
+        welcome["oldest_age_secs"].is_null() && welcome["oldest_unknown"].is_string(),
+        "{welcome}"
+    );
+
     // The trail cannot be edited through the API, even by the admin.
     let mut audit = system.js.get_stream("AUDIT").await.unwrap();
     assert!(audit.delete_message(1).await.is_err(), "deny_delete");

@@ -13,7 +13,7 @@ pub(crate) struct EventArgs {
     #[arg(long = "effect")]
     effects: Vec<String>,
     /// A trace link template, `{trace_id}` replaced (e.g. http://localhost:16686/trace/{trace_id}).
-    #[arg(long, env = "JETFN_TRACE_URL_TEMPLATE")]
+    #[arg(long, env = "JETFN_TRACE_URL_TEMPLATE", hide_env_values = true)]
     trace_url_template: Option<String>,
     /// Print JSON.
     #[arg(long)]

@@ -49,8 +49,8 @@ struct Cli {
     /// override its fields.
     #[arg(long, global = true)]
     context: Option<String>,
-    /// Who is acting, for the audit trail of changes [env: JETFN_ACTOR; default: the NATS user].
-    #[arg(long, global = true, env = "JETFN_ACTOR")]
+    /// Who is acting, for the audit trail of changes (default: the NATS user).
+    #[arg(long, global = true, env = "JETFN_ACTOR", hide_env_values = true)]
     actor: Option<String>,
     #[command(subcommand)]
     command: Command,
