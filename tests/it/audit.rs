@@ -147,7 +147,10 @@ async fn each_role_records_its_own_changes_and_the_viewer_reads_them() {
         .iter()
         .find(|c| c["consumer"] == "welcome")
         .unwrap();
-    assert_eq!(welcome["waiting"], 2, "the replayed event and this one: {welcome}");
+    assert_eq!(
+        welcome["waiting"], 2,
+        "the replayed event and this one: {welcome}"
+    );
     assert!(
         welcome["oldest_age_secs"].is_null() && welcome["oldest_unknown"].is_string(),
         "{welcome}"

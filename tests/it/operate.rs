@@ -474,3 +474,65 @@ async fn status_watch_follows_the_backlog_until_interrupted() {
         watch.output()
     );
 }
+
+/// What a console's "edit and replay" calls (`ops::dlq::replay_edited`): an invalid edit is refused naming the
+/// field and changes nothing; a valid one is replayed and the real function sends the email to the fixed address.
+#[tokio::test]
+async fn an_edited_dead_letter_is_checked_against_its_schema_then_replayed() {
+    let system = System::start().await;
+    let _welcome = system.welcome().await;
+    system
+        .smtp
+        .reject_recipients(550, "5.1.1 mailbox unavailable");
+    let published = system
+        .publisher
+        .publish(user("typo@exmaple.com", "Typo"))
+        .await
+        .unwrap();
+    let records = system.wait_dlq(1).await;
+    let seq = records[0].0;
+    system.smtp.clear_faults();
+    let mut event: serde_json::Value = serde_json::from_slice(&records[0].1.payload).unwrap();
+
+    event["data"]["email"] = "not an address".into();
+    let err = ops::dlq::replay_edited(&system.js, seq, &serde_json::to_vec(&event).unwrap(), false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/data/email"), "names the field: {err}");
+    assert!(
+        !err.contains("not an address"),
+        "never quotes the value: {err}"
+    );
+    event["data"]["email"] = "fixed@example.com".into();
+    event["id"] = "another-id".into();
+    let err = ops::dlq::replay_edited(&system.js, seq, &serde_json::to_vec(&event).unwrap(), false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/id"), "{err}");
+    assert_eq!(
+        system.dlq().await.len(),
+        1,
+        "a refused edit changes nothing"
+    );
+
+    event["id"] = published.id.clone().into();
+    let step =
+        ops::dlq::replay_edited(&system.js, seq, &serde_json::to_vec(&event).unwrap(), false)
+            .await
+            .unwrap();
+    assert!(
+        matches!(step, ops::dlq::Step::Replayed { kept: false, .. }),
+        "{step:?}"
+    );
+    let mails = system.smtp.wait_for_messages(1, WAIT).await;
+    assert_eq!(mails[0].rcpt_to, ["fixed@example.com"]);
+    system.wait_settled("welcome").await;
+    assert!(system.dlq().await.is_empty());
+    let listed = ops::dlq::Summary::of(seq, &records[0].1);
+    assert!(
+        listed.trace_id.is_some(),
+        "a record's trace id, for the console's link"
+    );
+}

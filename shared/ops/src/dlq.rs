@@ -103,6 +103,8 @@ pub struct Summary {
     pub payload_lost: Option<String>,
     /// The CloudEvents id in the payload, when it is one.
     pub event_id: Option<String>,
+    /// The W3C trace id of its `traceparent` (the publisher's trace, which every attempt joined).
+    pub trace_id: Option<String>,
 }
 
 impl Summary {
@@ -122,6 +124,10 @@ impl Summary {
             writer: letter.writer.clone(),
             payload_lost: letter.payload_lost.clone(),
             event_id: event_id(&letter.payload),
+            trace_id: letter
+                .headers
+                .get("traceparent")
+                .and_then(|value| crate::event::trace_id(value.as_str())),
         }
     }
 }
@@ -405,6 +411,77 @@ async fn replay_one(
         subject: letter.subject,
         sequence: Some(ack.sequence),
         kept: options.keep,
+    })
+}
+
+/// Replays one record with its event edited (a console's "fix the address and replay"): the edit must be a valid
+/// event of the same type with the same id (so the ledger still knows what already ran for it), checked against
+/// the catalog's schema before anything is published; then as [`replay`], under a message id of its own so a
+/// second edit is not taken for a duplicate.
+///
+/// # Errors
+/// No such record, its payload was lost, the edit is invalid (every failing field named) or changes the type or
+/// the id, or the publish fails. Nothing is changed then.
+pub async fn replay_edited(
+    js: &jetstream::Context,
+    seq: u64,
+    edited: &[u8],
+    keep: bool,
+) -> anyhow::Result<Step> {
+    let dlq = stream(js).await?;
+    let letter = get(&dlq, seq).await?;
+    if let Some(why) = &letter.payload_lost {
+        anyhow::bail!(
+            "dlq #{seq} holds no copy of the event (payload lost: {why}); there is nothing to edit"
+        );
+    }
+    let original = events::Validator::new()
+        .check(&letter.payload)
+        .map_err(|invalid| {
+            anyhow::anyhow!(
+                "dlq #{seq}: the original is not a valid event ({invalid}); replay it as is"
+            )
+        })?;
+    let event = events::Validator::new()
+        .check(edited)
+        .map_err(|invalid| anyhow::anyhow!("the edited event is invalid: {invalid}"))?;
+    anyhow::ensure!(
+        event.ty == original.ty,
+        "/type: the edit changes the event type from {} to {}; an edit keeps the type",
+        original.ty,
+        event.ty
+    );
+    anyhow::ensure!(
+        event.id == original.id,
+        "/id: the edit changes the event id; an edit keeps it, so the ledger still knows which effects already ran"
+    );
+    let mut headers: HeaderMap = letter.headers.clone();
+    let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        format!("replay:{}:{seq}:edited:{nanos}", letter.message_id()).as_str(),
+    );
+    headers.insert("Jetfn-Replay-Of", seq.to_string().as_str());
+    headers.insert("Jetfn-Replay-Edited", "true");
+    let ack = js
+        .publish_with_headers(
+            letter.subject.clone(),
+            headers,
+            bytes::Bytes::copy_from_slice(edited),
+        )
+        .await?
+        .await
+        .with_context(|| format!("publishing the edited dlq #{seq} to {}", letter.subject))?;
+    if !keep {
+        dlq.delete_message(seq)
+            .await
+            .with_context(|| format!("removing dlq #{seq} after its replay (it was replayed)"))?;
+    }
+    Ok(Step::Replayed {
+        dlq_sequence: seq,
+        subject: letter.subject,
+        sequence: Some(ack.sequence),
+        kept: keep,
     })
 }
 
