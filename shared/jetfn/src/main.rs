@@ -236,8 +236,8 @@ fn hint(error: &str) -> Option<&'static str> {
         Some("nothing answers the JetStream API: is JetStream enabled on the server?")
     } else if error.contains("timed out") || error.contains("TimedOut") {
         Some(
-            "no answer: the server drops a request this NATS user has no right to make; see the README's NATS users \
-             and permissions, and the server's log",
+            "no answer: the connection was lost, or the server dropped a request this NATS user has no right to make \
+             (see the README's NATS users and permissions, and the server's log)",
         )
     } else {
         None

@@ -281,7 +281,7 @@ async fn list(stream: &stream::Stream, json: bool) -> anyhow::Result<()> {
             schedule.when.clone(),
             schedule.time_zone.clone().unwrap_or_else(|| "-".to_owned()),
             schedule.event_type.clone(),
-            schedule.created.format(&Rfc3339).unwrap_or_default(),
+            ops::rfc3339(schedule.created),
         ]);
     }
     crate::output::print_table(&table);

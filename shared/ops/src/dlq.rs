@@ -325,6 +325,18 @@ impl Report {
     }
 }
 
+/// A failed step, its error without the `dlq #<seq>: ` the step already names.
+fn failed(seq: u64, err: &anyhow::Error) -> Step {
+    let text = format!("{err:#}");
+    Step::Failed {
+        dlq_sequence: seq,
+        error: text
+            .strip_prefix(&format!("dlq #{seq}: "))
+            .unwrap_or(&text)
+            .to_owned(),
+    }
+}
+
 /// Options of a replay.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReplayOptions {
@@ -355,10 +367,7 @@ pub async fn replay(
     for (index, seq) in seqs.iter().copied().enumerate() {
         let step = match replay_one(js, &dlq, seq, options).await {
             Ok(step) => step,
-            Err(err) => Step::Failed {
-                dlq_sequence: seq,
-                error: format!("{err:#}"),
-            },
+            Err(err) => failed(seq, &err),
         };
         progress(index + 1, seqs.len(), &step);
         report.push(step);
@@ -505,10 +514,7 @@ pub async fn purge(
         let step = if dry_run {
             match get(&dlq, seq).await {
                 Ok(_) => Step::Purged { dlq_sequence: seq },
-                Err(err) => Step::Failed {
-                    dlq_sequence: seq,
-                    error: format!("{err:#}"),
-                },
+                Err(err) => failed(seq, &err),
             }
         } else {
             match dlq.delete_message(seq).await {
