@@ -124,7 +124,7 @@ pub struct Effect {
 }
 
 /// The effect names the shipped functions give an event's side effects (kept beside their code: see each
-/// function's `main.rs`; `tests/it/inspect.rs` checks welcome's). Others are checked when named with `--effect`.
+/// function's `main.rs`; `tests/it/operate.rs` checks welcome's). Others are checked when named with `--effect`.
 pub fn known_effects(function: &str, data: &serde_json::Value) -> Vec<String> {
     let text = |pointer: &str| {
         data.pointer(pointer)
