@@ -1,5 +1,6 @@
 //! Integration tests: one test binary, one module per area.
 
+mod audit;
 mod backoff;
 mod backpressure;
 mod breaker;
@@ -16,7 +17,9 @@ mod hostile;
 mod indexing;
 mod ledger;
 mod local_system;
+mod operate;
 mod partition;
+mod pause;
 mod permissions;
 mod provision;
 mod router;

@@ -52,11 +52,11 @@ fn secured_server() -> NatsServer {
 }
 
 /// The test password of a user.
-fn secret(function: &str) -> String {
+pub(crate) fn secret(function: &str) -> String {
     format!("{function}-secret")
 }
 
-async fn secured_system() -> System {
+pub(crate) async fn secured_system() -> System {
     System::start_on(
         secured_server(),
         ConnectOptions::with_user_and_password("admin".into(), "admin-secret".into()),
@@ -407,7 +407,7 @@ async fn the_other_email_functions_send_with_their_own_rights_only() {
 }
 
 /// Waits until the server logged that `user` was refused a publish to `subject`.
-async fn assert_refused(system: &System, user: &str, subject: &str) {
+pub(crate) async fn assert_refused(system: &System, user: &str, subject: &str) {
     // nats-server 2.15: `... - "$G/user:welcome" - Publish Violation - Subject "events.orders.placed"`.
     let line = format!("/user:{user}\" - Publish Violation - Subject \"{subject}\"");
     let deadline = std::time::Instant::now() + Duration::from_secs(3);

@@ -88,7 +88,7 @@ fn assert_refused(output: &Output, what: &str, expected: &[&str]) {
 
 /// Publishes one welcome event through the CLI and waits for its email.
 async fn publish_and_wait(system: &System, envs: &[(&str, String)], emails: usize) {
-    let output = jetfn(&["publish", "users.registered"], envs);
+    let output = jetfn(&["publish", "users.registered", "--example"], envs);
     assert_ok(&output, "jetfn publish");
     system.smtp.wait_for_messages(emails, WAIT).await;
 }

@@ -1,24 +1,24 @@
-//! `jetfn dlq`: list, show, replay and purge dead events.
+//! `jetfn dlq`: list, show, replay and purge dead events (the work is `ops::dlq`'s).
 
-use std::time::Duration;
+use indicatif::{ProgressBar, ProgressStyle};
+use ops::audit::Action;
+use ops::dlq::{Filter, ReplayOptions, Selection, Step, Summary};
 
-use anyhow::Context as _;
-use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer, stream};
-use futures::StreamExt as _;
-use runtime::dlq::DeadLetter;
-use time::format_description::well_known::Rfc3339;
+use crate::audit::Audit;
+use crate::output;
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum DlqCommand {
-    /// One line per dead event: DLQ sequence, when, function, why.
+    /// One line per dead event: DLQ sequence, when, function, kind, attempts, subject, reason.
     List {
-        /// Only this function's (consumer's) dead events.
-        #[arg(long)]
-        consumer: Option<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
         /// At most this many, oldest first.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Everything about one dead event. Personal data and secrets in the payload are masked unless --raw.
     Show {
@@ -29,283 +29,402 @@ pub(crate) enum DlqCommand {
         raw: bool,
     },
     /// Publish dead events again to their original subject, under a new message id, then remove them from the
-    /// DLQ (unless --keep).
-    Replay(Selection),
+    /// DLQ (unless --keep). Goes on past a record that fails and ends with a summary; exits non-zero if any failed.
+    Replay(ReplayArgs),
     /// Delete dead events for good.
-    Purge(Selection),
+    Purge(PurgeArgs),
+}
+
+/// Which records, by what they say.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct FilterArgs {
+    /// Only this function's (consumer's) dead events.
+    #[arg(long)]
+    consumer: Option<String>,
+    /// Only this kind: invalid, permanent, exhausted, no-answer.
+    #[arg(long)]
+    kind: Option<String>,
+    /// Only records whose reason contains this text.
+    #[arg(long)]
+    reason: Option<String>,
+    /// Only records that last failed at or after this time (RFC 3339, or a duration ago: 2h).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only records that last failed before this time (RFC 3339, or a duration ago).
+    #[arg(long)]
+    until: Option<String>,
+}
+
+impl FilterArgs {
+    fn filter(&self) -> anyhow::Result<Filter> {
+        let time = |flag: &str, value: &Option<String>| {
+            value
+                .as_deref()
+                .map(|v| output::parse_time(flag, v, false))
+                .transpose()
+        };
+        Ok(Filter {
+            consumer: self.consumer.clone(),
+            kind: self.kind.as_deref().map(ops::dlq::parse_kind).transpose()?,
+            reason: self.reason.clone(),
+            since: time("--since", &self.since)?,
+            until: time("--until", &self.until)?,
+        })
+    }
+}
+
+/// DLQ sequences, or every record (`--all`) or those a filter selects.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SelectionArgs {
+    /// DLQ sequences.
+    #[arg(conflicts_with_all = ["all", "consumer", "kind", "reason", "since", "until"])]
+    seqs: Vec<u64>,
+    /// Every dead event (narrowed by the filters, when given).
+    #[arg(long)]
+    all: bool,
+    #[command(flatten)]
+    filter: FilterArgs,
+}
+
+impl SelectionArgs {
+    fn selection(&self) -> anyhow::Result<Selection> {
+        let filter = self.filter.filter()?;
+        if !self.seqs.is_empty() {
+            return Ok(Selection::Sequences(self.seqs.clone()));
+        }
+        anyhow::ensure!(
+            self.all || !filter.is_empty(),
+            "name DLQ sequences, a filter (--consumer, --kind, --reason, --since, --until), or --all"
+        );
+        Ok(Selection::Matching(filter))
+    }
+
+    fn target(&self) -> String {
+        if !self.seqs.is_empty() {
+            return self
+                .seqs
+                .iter()
+                .map(|seq| format!("dlq #{seq}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+        }
+        let f = &self.filter;
+        let mut parts = Vec::new();
+        for (name, value) in [
+            ("consumer", &f.consumer),
+            ("kind", &f.kind),
+            ("reason", &f.reason),
+            ("since", &f.since),
+            ("until", &f.until),
+        ] {
+            if let Some(value) = value {
+                parts.push(format!("{name}={value}"));
+            }
+        }
+        if parts.is_empty() {
+            "dlq (all)".to_owned()
+        } else {
+            format!("dlq ({})", parts.join(" "))
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
-pub(crate) struct Selection {
-    /// DLQ sequences.
-    seqs: Vec<u64>,
-    /// Every dead event (of --consumer, when given).
-    #[arg(long, conflicts_with = "seqs")]
-    all: bool,
-    /// Only this function's dead events, with --all.
-    #[arg(long)]
-    consumer: Option<String>,
-    /// Keep the records in the DLQ after a replay.
-    #[arg(long)]
+pub(crate) struct ReplayArgs {
+    #[command(flatten)]
+    selection: SelectionArgs,
+    /// Keep the records in the DLQ after their replay.
+    #[arg(long, conflicts_with = "dry_run")]
     keep: bool,
+    /// Say what would be replayed; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
-const DLQ_STREAM: &str = "DLQ";
-const DLQ_PREFIX: &str = "dlq";
+#[derive(Debug, clap::Args)]
+pub(crate) struct PurgeArgs {
+    #[command(flatten)]
+    selection: SelectionArgs,
+    /// Say what would be deleted; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
 
-pub(crate) async fn run(client: async_nats::Client, command: DlqCommand) -> anyhow::Result<()> {
-    let js = jetstream::new(client.clone());
-    let dlq = js
-        .get_stream(DLQ_STREAM)
-        .await
-        .context("the DLQ stream (run `jetfn infra apply`)")?;
+pub(crate) async fn run(
+    client: async_nats::Client,
+    audit: &Audit,
+    command: DlqCommand,
+) -> anyhow::Result<()> {
+    let js = async_nats::jetstream::new(client.clone());
     match command {
-        DlqCommand::List { consumer, limit } => {
-            let records = read_all(&dlq, consumer.as_deref(), limit).await?;
-            if records.is_empty() {
+        DlqCommand::List {
+            filter,
+            limit,
+            json,
+        } => {
+            let dlq = ops::dlq::stream(&js).await?;
+            let (records, unreadable) = ops::dlq::list(&dlq, &filter.filter()?, limit).await?;
+            for (seq, err) in &unreadable {
+                // Said, not skipped silently: something else writes to the DLQ's subjects.
+                eprintln!("dlq #{seq} is not listed: {err}");
+            }
+            let summaries: Vec<Summary> = records
+                .iter()
+                .map(|(seq, letter)| Summary::of(*seq, letter))
+                .collect();
+            if json {
+                return output::print_json(&summaries);
+            }
+            if summaries.is_empty() {
                 println!("no dead events");
                 return Ok(());
             }
-            println!(
-                "{:>6}  {:<20}  {:<14}  {:<10}  {:>4}  {:<28}  reason",
-                "seq", "last failure", "function", "kind", "tries", "subject"
-            );
-            for (seq, letter) in &records {
-                println!(
-                    "{seq:>6}  {:<20}  {:<14}  {:<10}  {:>4}  {:<28}  {}",
-                    letter
-                        .last_failure
-                        .format(&Rfc3339)
-                        .unwrap_or_default()
-                        .chars()
-                        .take(19)
-                        .collect::<String>(),
-                    letter.consumer,
-                    letter.kind.as_str(),
-                    letter.attempts,
-                    subject_of(letter),
-                    match &letter.payload_lost {
+            let mut table = output::table(&[
+                "seq",
+                "last failure",
+                "function",
+                "kind",
+                "tries",
+                "subject",
+                "reason",
+            ]);
+            for record in &summaries {
+                table.add_row(vec![
+                    record.dlq_sequence.to_string(),
+                    ops::rfc3339(record.last_failure),
+                    record.consumer.clone(),
+                    record.kind.to_owned(),
+                    record.attempts.to_string(),
+                    record
+                        .subject
+                        .clone()
+                        .unwrap_or_else(|| "(unknown)".to_owned()),
+                    match &record.payload_lost {
                         Some(why) => format!(
                             "{}; payload lost: {}",
-                            truncate(&letter.reason, 100),
+                            truncate(&record.reason, 100),
                             truncate(why, 160)
                         ),
-                        None => truncate(&letter.reason, 100),
-                    }
-                );
+                        None => truncate(&record.reason, 100),
+                    },
+                ]);
             }
-            println!("{} dead event(s)", records.len());
+            output::align_right(&mut table, &[0, 4]);
+            output::print_table(&table);
+            println!("{} dead event(s)", summaries.len());
         }
-        DlqCommand::Show { seq, raw } => {
-            let letter = get(&dlq, seq).await?;
-            println!("dlq sequence   {seq}");
-            println!("subject        {}", subject_of(&letter));
-            println!("stream/seq     {} #{}", letter.stream, letter.sequence);
-            println!("function       {}", letter.consumer);
-            println!("kind           {}", letter.kind.as_str());
-            println!("attempts       {}", letter.attempts);
-            println!(
-                "first failure  {}",
-                letter.first_failure.format(&Rfc3339).unwrap_or_default()
-            );
-            println!(
-                "last failure   {}",
-                letter.last_failure.format(&Rfc3339).unwrap_or_default()
-            );
-            println!("written by     {}", letter.writer);
-            println!("reason         {}", letter.reason);
-            for (name, values) in letter.headers.iter() {
-                for value in values {
-                    println!("header         {name}: {value}");
-                }
-            }
-            if let Some(why) = &letter.payload_lost {
-                println!("payload        lost: {why}");
-                println!(
-                    "               This record says what died and why, but holds no copy of the event: it cannot \
-                     be replayed. Recover the event from its publisher (stream {} #{}, function {}), or purge the \
-                     record.",
-                    letter.stream, letter.sequence, letter.consumer
-                );
-            } else if raw {
-                println!("payload ({} bytes):", letter.payload.len());
-                println!("{}", String::from_utf8_lossy(&letter.payload));
-            } else {
-                println!("payload ({} bytes):", letter.payload.len());
-                match serde_json::from_slice::<serde_json::Value>(&letter.payload) {
-                    Ok(mut value) => {
-                        mask(&mut value, "");
-                        println!("{}", serde_json::to_string_pretty(&value)?);
-                    }
-                    Err(_) => println!(
-                        "(not JSON; {} bytes; use --raw to print it)",
-                        letter.payload.len()
-                    ),
-                }
-            }
+        DlqCommand::Show { seq, raw } => show(&js, seq, raw).await?,
+        DlqCommand::Replay(args) => {
+            let selection = args.selection.selection()?;
+            let bar = Bar::new();
+            let result = ops::dlq::replay(
+                &js,
+                &selection,
+                ReplayOptions {
+                    keep: args.keep,
+                    dry_run: args.dry_run,
+                },
+                |done, total, step| bar.step(done, total, step, args.json),
+            )
+            .await;
+            bar.finish();
+            finish(
+                audit,
+                Action::DlqReplay,
+                &args.selection.target(),
+                "replayed",
+                result,
+                args.json,
+                args.dry_run,
+            )
+            .await?;
         }
-        DlqCommand::Replay(selection) => {
-            let mut refused = Vec::new();
-            for seq in select(&dlq, &selection).await? {
-                let letter = get(&dlq, seq).await?;
-                if let Some(why) = &letter.payload_lost {
-                    // The others are still replayed; the command fails at the end so a script notices.
-                    eprintln!(
-                        "dlq #{seq} cannot be replayed: it holds no copy of the event (payload lost: {why}); \
-                         `jetfn dlq show {seq}` explains, `jetfn dlq purge {seq}` removes it"
-                    );
-                    refused.push(seq);
-                    continue;
-                }
-                let mut headers: HeaderMap = letter.headers.clone();
-                headers.insert(
-                    async_nats::header::NATS_MESSAGE_ID,
-                    format!("replay:{}:{seq}", letter.message_id()).as_str(),
-                );
-                headers.insert("Jetfn-Replay-Of", seq.to_string().as_str());
-                let ack = js
-                    .publish_with_headers(letter.subject.clone(), headers, letter.payload.clone())
-                    .await?
-                    .await
-                    .with_context(|| format!("replaying dlq #{seq}"))?;
-                println!(
-                    "replayed dlq #{seq} to {} -> {} seq={}",
-                    letter.subject, ack.stream, ack.sequence
-                );
-                if !selection.keep {
-                    dlq.delete_message(seq)
-                        .await
-                        .with_context(|| format!("removing dlq #{seq} after replay"))?;
-                }
-            }
-            anyhow::ensure!(
-                refused.is_empty(),
-                "{} record(s) not replayed, their payload was lost: {}",
-                refused.len(),
-                refused
-                    .iter()
-                    .map(|seq| format!("#{seq}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        DlqCommand::Purge(selection) => {
-            let seqs = select(&dlq, &selection).await?;
-            for seq in &seqs {
-                dlq.delete_message(*seq)
-                    .await
-                    .with_context(|| format!("deleting dlq #{seq}"))?;
-            }
-            println!("purged {} dead event(s)", seqs.len());
+        DlqCommand::Purge(args) => {
+            let selection = args.selection.selection()?;
+            let bar = Bar::new();
+            let result = ops::dlq::purge(&js, &selection, args.dry_run, |done, total, step| {
+                bar.step(done, total, step, args.json);
+            })
+            .await;
+            bar.finish();
+            finish(
+                audit,
+                Action::DlqPurge,
+                &args.selection.target(),
+                "purged",
+                result,
+                args.json,
+                args.dry_run,
+            )
+            .await?;
         }
     }
     client.flush().await.ok();
     Ok(())
 }
 
-async fn select(dlq: &stream::Stream, selection: &Selection) -> anyhow::Result<Vec<u64>> {
-    if selection.all {
-        Ok(read_all(dlq, selection.consumer.as_deref(), usize::MAX)
-            .await?
-            .into_iter()
-            .map(|(seq, _)| seq)
-            .collect())
+/// A progress bar on stderr (drawn only at a terminal), with each record's line printed above it.
+struct Bar(ProgressBar);
+
+impl Bar {
+    fn new() -> Self {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        Self(bar)
+    }
+
+    fn step(&self, done: usize, total: usize, step: &Step, json: bool) {
+        self.0.set_length(total as u64);
+        self.0.set_position(done as u64);
+        if !json {
+            let line = describe(step);
+            self.0.suspend(|| println!("{line}"));
+        }
+    }
+
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+fn describe(step: &Step) -> String {
+    match step {
+        Step::Replayed {
+            dlq_sequence,
+            subject,
+            sequence: Some(sequence),
+            kept,
+        } => format!(
+            "replayed dlq #{dlq_sequence} to {subject} -> seq={sequence}{}",
+            if *kept { " (kept)" } else { "" }
+        ),
+        Step::Replayed {
+            dlq_sequence,
+            subject,
+            sequence: None,
+            ..
+        } => format!("would replay dlq #{dlq_sequence} to {subject}"),
+        Step::Purged { dlq_sequence } => format!("dlq #{dlq_sequence} purged"),
+        Step::Refused {
+            dlq_sequence,
+            reason,
+        } => format!("dlq #{dlq_sequence} cannot be replayed: {reason}"),
+        Step::Failed {
+            dlq_sequence,
+            error,
+        } => format!("dlq #{dlq_sequence} failed: {error}"),
+    }
+}
+
+async fn finish(
+    audit: &Audit,
+    action: Action,
+    target: &str,
+    verb: &str,
+    result: anyhow::Result<ops::dlq::Report>,
+    json: bool,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let report = match result {
+        Ok(report) => report,
+        Err(err) => {
+            if !dry_run {
+                audit
+                    .record(
+                        action,
+                        target,
+                        ops::audit::Outcome::Error,
+                        &crate::render_error(&err),
+                    )
+                    .await;
+            }
+            return Err(err);
+        }
+    };
+    // A dry run changes nothing, so it is not a change to audit.
+    if !dry_run {
+        audit
+            .record(action, target, report.outcome(), &report.line(verb))
+            .await;
+    }
+    if json {
+        output::print_json(&report)?;
     } else {
-        anyhow::ensure!(!selection.seqs.is_empty(), "name DLQ sequences, or --all");
-        Ok(selection.seqs.clone())
+        println!("{}", report.line(verb));
     }
-}
-
-async fn get(dlq: &stream::Stream, seq: u64) -> anyhow::Result<DeadLetter> {
-    let message = dlq
-        .get_raw_message(seq)
-        .await
-        .with_context(|| format!("dlq #{seq}"))?;
-    DeadLetter::from_stored(Some(&message.headers), message.payload)
-}
-
-/// Reads the DLQ with an ephemeral ordered consumer: no state left on the server, no interference with others.
-pub(crate) async fn read_all(
-    dlq: &stream::Stream,
-    consumer: Option<&str>,
-    limit: usize,
-) -> anyhow::Result<Vec<(u64, DeadLetter)>> {
-    let filter = consumer.map_or_else(
-        || format!("{DLQ_PREFIX}.>"),
-        |name| format!("{DLQ_PREFIX}.*.{name}.*"),
+    anyhow::ensure!(
+        report.refused + report.failed == 0,
+        "{} of {} record(s) not {verb}; each is named above",
+        report.refused + report.failed,
+        report.steps.len()
     );
-    let mut ordered = dlq
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: filter,
-            deliver_policy: consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await?;
-    if ordered.info().await?.num_pending == 0 {
-        return Ok(Vec::new());
-    }
-    let mut messages = ordered.messages().await?;
-    let mut records = Vec::new();
-    while records.len() < limit {
-        let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await
-        else {
-            break;
-        };
-        let message = message?;
-        let info = message.info().map_err(|err| anyhow::anyhow!("{err}"))?;
-        let (seq, pending) = (info.stream_sequence, info.pending);
-        match DeadLetter::from_stored(message.headers.as_ref(), message.payload.clone()) {
-            Ok(letter) => records.push((seq, letter)),
-            // Said, not skipped silently: something else writes to the DLQ's subjects.
-            Err(err) => eprintln!("dlq #{seq} is not listed: {err:#}"),
-        }
-        if pending == 0 {
-            break;
-        }
-    }
-    Ok(records)
+    Ok(())
 }
 
-/// Masks what an operator's screen should not show: addresses partly, secrets wholly.
-fn mask(value: &mut serde_json::Value, key: &str) {
-    let key = key.to_ascii_lowercase();
-    match value {
-        serde_json::Value::Object(map) => {
-            for (child_key, child) in map.iter_mut() {
-                mask(child, child_key);
-            }
-        }
-        serde_json::Value::Array(items) => {
-            for item in items {
-                mask(item, &key);
-            }
-        }
-        serde_json::Value::String(text) => {
-            if ["token", "password", "secret", "code", "otp"]
-                .iter()
-                .any(|word| key.contains(word))
-            {
-                *text = "***".to_owned();
-            } else if key.contains("email")
-                || key == "to"
-                || key == "reply_to"
-                || text.contains('@')
-            {
-                *text = events::pii::mask_email(text);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// A record whose original was lost before the router read it may not know the subject: the advisory names the
-/// stream and sequence only.
-fn subject_of(letter: &DeadLetter) -> &str {
-    if letter.subject.is_empty() {
+async fn show(js: &async_nats::jetstream::Context, seq: u64, raw: bool) -> anyhow::Result<()> {
+    use time::format_description::well_known::Rfc3339;
+    let dlq = ops::dlq::stream(js).await?;
+    let letter = ops::dlq::get(&dlq, seq).await?;
+    let subject = if letter.subject.is_empty() {
         "(unknown)"
     } else {
         &letter.subject
+    };
+    println!("dlq sequence   {seq}");
+    println!("subject        {subject}");
+    println!("stream/seq     {} #{}", letter.stream, letter.sequence);
+    println!("function       {}", letter.consumer);
+    println!("kind           {}", letter.kind.as_str());
+    println!("attempts       {}", letter.attempts);
+    println!(
+        "first failure  {}",
+        letter.first_failure.format(&Rfc3339).unwrap_or_default()
+    );
+    println!(
+        "last failure   {}",
+        letter.last_failure.format(&Rfc3339).unwrap_or_default()
+    );
+    println!("written by     {}", letter.writer);
+    println!("reason         {}", letter.reason);
+    for (name, values) in letter.headers.iter() {
+        for value in values {
+            println!("header         {name}: {value}");
+        }
     }
+    if let Some(why) = &letter.payload_lost {
+        println!("payload        lost: {why}");
+        println!(
+            "               This record says what died and why, but holds no copy of the event: it cannot \
+             be replayed. Recover the event from its publisher (stream {} #{}, function {}), or purge the \
+             record.",
+            letter.stream, letter.sequence, letter.consumer
+        );
+    } else if raw {
+        println!("payload ({} bytes):", letter.payload.len());
+        println!("{}", String::from_utf8_lossy(&letter.payload));
+    } else {
+        println!("payload ({} bytes):", letter.payload.len());
+        match serde_json::from_slice::<serde_json::Value>(&letter.payload) {
+            Ok(mut value) => {
+                ops::dlq::mask(&mut value, "");
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            }
+            Err(_) => println!(
+                "(not JSON; {} bytes; use --raw to print it)",
+                letter.payload.len()
+            ),
+        }
+    }
+    Ok(())
 }
 
 fn truncate(text: &str, max: usize) -> String {
@@ -313,19 +432,5 @@ fn truncate(text: &str, max: usize) -> String {
         text.to_owned()
     } else {
         text.chars().take(max).collect::<String>() + "…"
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secrets_and_addresses_are_masked() {
-        let mut value = serde_json::json!({"data": {"email": "ada@example.com", "reset_token": "abc", "name": "Ada"}});
-        mask(&mut value, "");
-        assert_eq!(value["data"]["email"], "ad***@example.com");
-        assert_eq!(value["data"]["reset_token"], "***");
-        assert_eq!(value["data"]["name"], "Ada");
     }
 }

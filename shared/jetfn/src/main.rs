@@ -4,12 +4,21 @@
 //! inspects, replays and purges dead events; `jetfn infra plan|apply` shows and provisions streams, consumers,
 //! buckets and the default schedules, and `jetfn infra kubernetes` renders the Kubernetes manifests of every
 //! function; `jetfn status` shows queue depth per function; `jetfn search` queries the message index;
-//! `jetfn schedule` publishes events later or on a recurring schedule NATS holds; `jetfn new` scaffolds a function.
+//! `jetfn schedule` publishes events later or on a recurring schedule NATS holds; `jetfn new` scaffolds a function;
+//! `jetfn pause|resume` stops and restarts a function's delivery on the server; `jetfn event` finds an event and
+//! what became of it; `jetfn audit` lists the changes made.
+//!
+//! The operations themselves live in the `ops` library (which a web console calls too); this binary parses flags,
+//! calls them, prints, and records each change in the audit stream.
 
+mod audit;
 mod dev;
 mod dlq;
+mod event;
 mod keys;
 mod new;
+mod output;
+mod pause;
 mod schedule;
 mod search;
 mod status;
@@ -41,6 +50,9 @@ struct Cli {
     /// override its fields.
     #[arg(long, global = true)]
     context: Option<String>,
+    /// Who is acting, for the audit trail of changes (default: the NATS user).
+    #[arg(long, global = true, env = "JETFN_ACTOR", hide_env_values = true)]
+    actor: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -63,8 +75,19 @@ enum Command {
         #[command(subcommand)]
         command: dlq::DlqCommand,
     },
-    /// Queue depth, in-flight and redelivered counts per function.
-    Status,
+    /// Per stream, its use against its limits; per function, what waits and how old the oldest is, what is in
+    /// flight, what was redelivered, and whether it is paused.
+    Status(status::StatusArgs),
+    /// Stop delivering to a function (every replica at once, with the server's consumer pause): its events wait
+    /// in the stream until `jetfn resume` or --until.
+    Pause(pause::PauseArgs),
+    /// Deliver to a paused function again.
+    Resume(pause::ResumeArgs),
+    /// Find an event by its id: where it is, what each function did with it, its effects and its trace.
+    Event(event::EventArgs),
+    /// The changes made through jetfn (pause, resume, replay, purge, schedules, infra apply): who, what, when,
+    /// target, result.
+    Audit(audit::AuditArgs),
     /// Search the message index (through the indexing function's NATS service).
     Search(search::SearchArgs),
     /// Publish an event later, or on a recurring @every or cron schedule that NATS holds; list and cancel.
@@ -78,7 +101,7 @@ enum Command {
         command: keys::KeysCommand,
     },
     /// The event catalog: types, subjects, consumers.
-    Catalog,
+    Catalog(output::JsonArg),
     /// Scaffold a function for a catalog event: its crate with a handler and a passing test, its consumer file,
     /// and its entries in the catalog, the NATS permissions and the Kubernetes manifests.
     New(new::NewArgs),
@@ -143,8 +166,11 @@ struct PublishArgs {
     #[arg(required_unless_present = "event")]
     r#type: Option<String>,
     /// The event's data as JSON, `@file.json`, or `-` for stdin.
-    #[arg(long, short, conflicts_with = "event")]
+    #[arg(long, short, conflicts_with_all = ["event", "example"])]
     data: Option<String>,
+    /// Publish the catalog's example data for the type (for trying a function out).
+    #[arg(long, conflicts_with = "event")]
+    example: bool,
     /// A whole CloudEvent as JSON, `@file.json`, or `-`; its id is kept.
     #[arg(long)]
     event: Option<String>,
@@ -187,7 +213,8 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-/// Like `{:#}`, without repeating a cause that the message before it already quoted (NATS errors embed theirs).
+/// Like `{:#}`, without repeating a cause that the message before it already quoted (NATS errors embed theirs),
+/// on one line, with what to check when NATS's own words do not say it.
 fn render_error(err: &anyhow::Error) -> String {
     let mut rendered = String::new();
     for cause in err.chain() {
@@ -200,7 +227,27 @@ fn render_error(err: &anyhow::Error) -> String {
         }
         rendered.push_str(&text);
     }
+    let mut rendered = rendered.replace('\n', "; ");
+    if let Some(hint) = hint(&rendered) {
+        rendered.push_str(" (");
+        rendered.push_str(hint);
+        rendered.push(')');
+    }
     rendered
+}
+
+/// What a person should check for the failures NATS words for a program.
+fn hint(error: &str) -> Option<&'static str> {
+    if error.contains("no responders") && error.contains("jetstream") {
+        Some("nothing answers the JetStream API: is JetStream enabled on the server?")
+    } else if error.contains("timed out") || error.contains("TimedOut") {
+        Some(
+            "no answer: the connection was lost, or the server dropped a request this NATS user has no right to make \
+             (see the README's NATS users and permissions, and the server's log)",
+        )
+    } else {
+        None
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -209,13 +256,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(args) => dev::run(args).await,
         Command::New(args) => new::run(&args),
-        Command::Catalog => {
-            catalog();
-            Ok(())
-        }
+        Command::Catalog(json) => catalog(json.json),
         Command::Infra { command } => match command {
-            InfraCommand::Plan(args) => infra(&nats()?, &args, false).await,
-            InfraCommand::Apply(args) => infra(&nats()?, &args, true).await,
+            InfraCommand::Plan(args) => infra(&nats()?, &args, None).await,
+            InfraCommand::Apply(args) => {
+                let config = nats()?;
+                let client = connect(&config).await?;
+                let audit = audit::Audit::new(&client, &config, cli.actor.as_deref());
+                infra(&config, &args, Some(&audit)).await
+            }
             InfraCommand::Permissions(args) => permissions(&args),
             InfraCommand::Kubernetes(args) => {
                 print!("{}", kubernetes(&args)?);
@@ -223,10 +272,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::Publish(args) => publish(&nats()?, args).await,
-        Command::Dlq { command } => dlq::run(connect(&nats()?).await?, command).await,
-        Command::Status => status::run(connect(&nats()?).await?).await,
+        Command::Dlq { command } => {
+            let config = nats()?;
+            let client = connect(&config).await?;
+            let audit = audit::Audit::new(&client, &config, cli.actor.as_deref());
+            dlq::run(client, &audit, command).await
+        }
+        Command::Status(args) => status::run(connect(&nats()?).await?, args).await,
+        Command::Pause(args) => {
+            let config = nats()?;
+            let client = connect(&config).await?;
+            let audit = audit::Audit::new(&client, &config, cli.actor.as_deref());
+            pause::pause(client, &audit, args).await
+        }
+        Command::Resume(args) => {
+            let config = nats()?;
+            let client = connect(&config).await?;
+            let audit = audit::Audit::new(&client, &config, cli.actor.as_deref());
+            pause::resume(client, &audit, args).await
+        }
+        Command::Event(args) => event::run(connect(&nats()?).await?, args).await,
+        Command::Audit(args) => audit::run(connect(&nats()?).await?, args).await,
         Command::Search(args) => search::run(connect(&nats()?).await?, args).await,
-        Command::Schedule { command } => schedule::run(connect(&nats()?).await?, command).await,
+        Command::Schedule { command } => {
+            let config = nats()?;
+            let client = connect(&config).await?;
+            let audit = audit::Audit::new(&client, &config, cli.actor.as_deref());
+            schedule::run(client, &audit, command).await
+        }
         Command::Keys { command } => {
             let client = if keys::needs_nats(&command) {
                 Some(connect(&nats()?).await?)
@@ -273,10 +346,11 @@ fn kubernetes(args: &KubernetesArgs) -> anyhow::Result<String> {
     provision::kubernetes::render(&definitions, &settings, &permissions)
 }
 
+/// `audit` is given for apply (a change, recorded) and absent for plan (a read).
 async fn infra(
     config: &runtime::config::NatsConfig,
     args: &InfraArgs,
-    apply: bool,
+    audit: Option<&audit::Audit>,
 ) -> anyhow::Result<()> {
     let mut definitions = provision::Definitions::load(&args.dir)?;
     if let Some(replicas) = args.replicas {
@@ -285,19 +359,43 @@ async fn infra(
     let client = connect(config).await?;
     let js = async_nats::jetstream::new(client.clone());
     let plan = definitions.plan(&js).await?;
-    if apply {
+    if let Some(audit) = audit {
         if !plan.impossible().is_empty() {
             println!("{plan}");
         }
-        definitions
+        let target = args.dir.display().to_string();
+        let applied = definitions
             .apply_plan(&js, &plan, |change| println!("{change}"))
-            .await?;
+            .await;
+        let [created, updated, unchanged, impossible] = plan.counts();
+        let counts = format!("{created} created, {updated} updated, {unchanged} unchanged");
+        match &applied {
+            Ok(()) => {
+                audit
+                    .record(
+                        ops::audit::Action::InfraApply,
+                        &target,
+                        ops::audit::Outcome::Ok,
+                        &counts,
+                    )
+                    .await;
+            }
+            Err(err) => {
+                audit
+                    .record(
+                        ops::audit::Action::InfraApply,
+                        &target,
+                        ops::audit::Outcome::Error,
+                        &format!(
+                            "{impossible} change(s) the server cannot make, or a refusal: {err:#}"
+                        ),
+                    )
+                    .await;
+            }
+        }
+        applied?;
         client.flush().await.ok();
-        let [created, updated, unchanged, _] = plan.counts();
-        println!(
-            "applied {}: {created} created, {updated} updated, {unchanged} unchanged",
-            args.dir.display()
-        );
+        println!("applied {}: {counts}", args.dir.display());
     } else {
         println!("{plan}");
         if !plan.impossible().is_empty() {
@@ -351,6 +449,12 @@ async fn publish(config: &runtime::config::NatsConfig, args: PublishArgs) -> any
                 None => {
                     let kind = events::kind_by_type(ty)
                         .with_context(|| format!("unknown event type {ty}; see `jetfn catalog`"))?;
+                    // An example published by a forgotten --data would send a real email to a made-up person.
+                    anyhow::ensure!(
+                        args.example,
+                        "give the event's data with --data (JSON, @file.json or - for stdin), or --example to \
+                         publish the catalog's example {ty}"
+                    );
                     (kind.example_data)()
                 }
             };
@@ -405,20 +509,32 @@ pub(crate) fn read_arg(arg: &str) -> anyhow::Result<Vec<u8>> {
     }
 }
 
-fn catalog() {
-    println!(
-        "{:<24} {:<32} {:<20} description",
-        "type", "subject", "consumers"
-    );
-    for kind in events::CATALOG {
-        println!(
-            "{:<24} {:<32} {:<20} {}",
-            kind.ty,
-            kind.subject,
-            kind.consumers.join(","),
-            kind.description
-        );
+fn catalog(json: bool) -> anyhow::Result<()> {
+    if json {
+        let kinds: Vec<serde_json::Value> = events::CATALOG
+            .iter()
+            .map(|kind| {
+                serde_json::json!({
+                    "type": kind.ty,
+                    "subject": kind.subject,
+                    "consumers": kind.consumers,
+                    "description": kind.description,
+                })
+            })
+            .collect();
+        return output::print_json(&kinds);
     }
+    let mut table = output::table(&["type", "subject", "consumers", "description"]);
+    for kind in events::CATALOG {
+        table.add_row(vec![
+            kind.ty.to_owned(),
+            kind.subject.to_owned(),
+            kind.consumers.join(","),
+            kind.description.to_owned(),
+        ]);
+    }
+    output::print_table(&table);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -380,7 +380,7 @@ impl Scaffold {
              its extra rights in\n   shared/provision/src/permissions.rs, then `jetfn infra permissions --output \
              {PERMISSIONS}` and the manifests again.\n\
              3. cargo test -p {name}\n\
-             4. bash infra/dev.sh   (jetfn dev runs it with the others), then `jetfn publish {}`\n",
+             4. bash infra/dev.sh   (jetfn dev runs it with the others), then `jetfn publish {} --example`\n",
             self.event.ty
         );
         out

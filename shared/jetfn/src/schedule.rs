@@ -23,7 +23,7 @@ pub(crate) enum ScheduleCommand {
     /// Schedule an event: once (--at, --in) or recurring (--every, --cron with --tz). The event is validated first.
     Add(AddArgs),
     /// Every schedule: name, when, time zone, event type.
-    List,
+    List(crate::output::JsonArg),
     /// Remove a schedule; it does not fire again.
     Cancel {
         /// The schedule's name.
@@ -67,8 +67,10 @@ pub(crate) struct AddArgs {
 
 pub(crate) async fn run(
     client: async_nats::Client,
+    audit: &crate::audit::Audit,
     command: ScheduleCommand,
 ) -> anyhow::Result<()> {
+    use ops::audit::{Action, Outcome};
     let js = jetstream::new(client.clone());
     let stream = js
         .get_stream(STREAM)
@@ -105,28 +107,60 @@ pub(crate) async fn run(
                 "data": data,
             });
             let spec = spec(&name, when, &serde_json::to_vec(&event)?)?;
+            let detail = format!(
+                "{} \"{}\"{}",
+                spec.event_type,
+                spec.when.pattern,
+                spec.when
+                    .time_zone
+                    .as_ref()
+                    .map(|tz| format!(" {tz}"))
+                    .unwrap_or_default()
+            );
             // With a keyring, sensitive fields are sealed as the publisher seals them (validated in clear above).
-            let sequence = match publish::sealed::Keyring::from_env()? {
-                Some(keyring)
-                    if !publish::sealed::sensitive_fields(&spec.event_type).is_empty() =>
-                {
-                    let mut sealed = event.clone();
-                    let mut headers = async_nats::HeaderMap::new();
-                    if let Some(key_id) = publish::sealed::seal_event(&mut sealed, &keyring)? {
-                        headers.insert(publish::sealed::KEY_ID_HEADER, key_id.as_str());
+            let written = async {
+                match publish::sealed::Keyring::from_env()? {
+                    Some(keyring)
+                        if !publish::sealed::sensitive_fields(&spec.event_type).is_empty() =>
+                    {
+                        let mut sealed = event.clone();
+                        let mut headers = async_nats::HeaderMap::new();
+                        if let Some(key_id) = publish::sealed::seal_event(&mut sealed, &keyring)? {
+                            headers.insert(publish::sealed::KEY_ID_HEADER, key_id.as_str());
+                        }
+                        Ok(publish::schedule::put(
+                            &js,
+                            &spec.name,
+                            &spec.when,
+                            &spec.event_type,
+                            serde_json::to_vec(&sealed)?.into(),
+                            Some(headers),
+                            args.replace,
+                        )
+                        .await?)
                     }
-                    publish::schedule::put(
-                        &js,
-                        &spec.name,
-                        &spec.when,
-                        &spec.event_type,
-                        serde_json::to_vec(&sealed)?.into(),
-                        Some(headers),
-                        args.replace,
-                    )
-                    .await?
+                    _ => put(&js, &spec, args.replace).await,
                 }
-                _ => put(&js, &spec, args.replace).await?,
+            }
+            .await;
+            let sequence = match written {
+                Ok(sequence) => {
+                    audit
+                        .record(Action::ScheduleAdd, &spec.name, Outcome::Ok, &detail)
+                        .await;
+                    sequence
+                }
+                Err(err) => {
+                    audit
+                        .record(
+                            Action::ScheduleAdd,
+                            &spec.name,
+                            Outcome::Error,
+                            &format!("{detail}: {}", crate::render_error(&err)),
+                        )
+                        .await;
+                    return Err(err);
+                }
             };
             client.flush().await.ok();
             println!(
@@ -143,12 +177,23 @@ pub(crate) async fn run(
             );
             Ok(())
         }
-        ScheduleCommand::List => list(&stream).await,
+        ScheduleCommand::List(json) => list(&stream, json.json).await,
         ScheduleCommand::Cancel { name } => {
             let purged = publish::schedule::cancel(&js, &name)
                 .await
-                .context("cancelling the schedule")?;
-            anyhow::ensure!(purged, "no schedule named {name}");
+                .context("cancelling the schedule")
+                .and_then(|purged| {
+                    anyhow::ensure!(purged, "no schedule named {name}");
+                    Ok(purged)
+                });
+            let outcome = match &purged {
+                Ok(_) => (Outcome::Ok, String::new()),
+                Err(err) => (Outcome::Error, crate::render_error(err)),
+            };
+            audit
+                .record(Action::ScheduleCancel, &name, outcome.0, &outcome.1)
+                .await;
+            purged?;
             println!("cancelled {name}");
             Ok(())
         }
@@ -185,21 +230,25 @@ fn when_of(args: &AddArgs, now: OffsetDateTime) -> anyhow::Result<When> {
     cron_when(cron, args.tz.clone())
 }
 
-async fn list(stream: &stream::Stream) -> anyhow::Result<()> {
+/// A schedule as `schedule list` shows it.
+#[derive(Debug, serde::Serialize)]
+struct Listed {
+    name: String,
+    when: String,
+    time_zone: Option<String>,
+    event_type: String,
+    #[serde(with = "time::serde::rfc3339")]
+    created: OffsetDateTime,
+}
+
+async fn list(stream: &stream::Stream, json: bool) -> anyhow::Result<()> {
     let mut subjects: Vec<(String, usize)> = stream
         .info_with_subjects(format!("{SCHEDULE_PREFIX}.>"))
         .await?
         .try_collect()
         .await?;
-    if subjects.is_empty() {
-        println!("no schedules");
-        return Ok(());
-    }
     subjects.sort();
-    println!(
-        "{:<28} {:<34} {:<18} {:<22} created",
-        "name", "when", "time zone", "event type"
-    );
+    let mut listed = Vec::new();
     for (subject, _) in subjects {
         let Ok(message) = stream.direct_get_last_for_subject(subject.as_str()).await else {
             continue;
@@ -212,21 +261,38 @@ async fn list(stream: &stream::Stream) -> anyhow::Result<()> {
                 .unwrap_or_default()
         };
         let target = header("Nats-Schedule-Target");
-        println!(
-            "{:<28} {:<34} {:<18} {:<22} {}",
-            subject
+        listed.push(Listed {
+            name: subject
                 .strip_prefix(&format!("{SCHEDULE_PREFIX}."))
-                .unwrap_or(&subject),
-            header("Nats-Schedule"),
-            Some(header("Nats-Schedule-Time-Zone"))
-                .filter(|tz| !tz.is_empty())
-                .unwrap_or_else(|| "-".to_owned()),
-            target
+                .unwrap_or(&subject)
+                .to_owned(),
+            when: header("Nats-Schedule"),
+            time_zone: Some(header("Nats-Schedule-Time-Zone")).filter(|tz| !tz.is_empty()),
+            event_type: target
                 .strip_prefix(&format!("{TARGET_PREFIX}."))
-                .unwrap_or(&target),
-            message.time.format(&Rfc3339).unwrap_or_default()
-        );
+                .unwrap_or(&target)
+                .to_owned(),
+            created: message.time,
+        });
     }
+    if json {
+        return crate::output::print_json(&listed);
+    }
+    if listed.is_empty() {
+        println!("no schedules");
+        return Ok(());
+    }
+    let mut table = crate::output::table(&["name", "when", "time zone", "event type", "created"]);
+    for schedule in &listed {
+        table.add_row(vec![
+            schedule.name.clone(),
+            schedule.when.clone(),
+            schedule.time_zone.clone().unwrap_or_else(|| "-".to_owned()),
+            schedule.event_type.clone(),
+            ops::rfc3339(schedule.created),
+        ]);
+    }
+    crate::output::print_table(&table);
     Ok(())
 }
 

@@ -37,7 +37,17 @@ pub(crate) async fn run(client: async_nats::Client, args: SearchArgs) -> anyhow:
     )
     .await
     .context("the search service did not answer within 10 s")?
-    .context("asking the search service (is the indexing function running?)")?;
+    .map_err(|err| {
+        if err.kind() == async_nats::RequestErrorKind::NoResponders {
+            anyhow::anyhow!(
+                "the search service ({}) is not running: nothing answers on {SEARCH_SUBJECT}; start the indexing \
+                 function",
+                events::services::index::SERVICE
+            )
+        } else {
+            anyhow::Error::new(err).context("asking the search service")
+        }
+    })?;
     let header = |name: &str| {
         reply
             .headers

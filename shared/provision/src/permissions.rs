@@ -29,6 +29,12 @@ pub const DLQ_STREAM: &str = "DLQ";
 pub const DLQ_PREFIX: &str = "dlq";
 /// The dead-letter router: it writes every function's dead letters, so it is not held to one prefix.
 pub const ROUTER: &str = "dlq-router";
+/// The audit stream and the first token of its subjects (`audit.<user>.<action>`).
+pub const AUDIT_STREAM: &str = "AUDIT";
+/// The first token of audit subjects.
+pub const AUDIT_PREFIX: &str = "audit";
+/// The event stream: the operator reads it to find an event by id and to age the backlog.
+pub const EVENTS_STREAM: &str = "EVENTS";
 
 /// One NATS user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,10 +89,12 @@ pub fn users(
             "the permissions name the KV bucket {bucket}, but infra/nats/kv defines no such bucket"
         );
     }
-    anyhow::ensure!(
-        definitions.streams.iter().any(|s| s.name == DLQ_STREAM),
-        "the permissions name the stream {DLQ_STREAM}, but infra/nats/streams defines no such stream"
-    );
+    for stream in [DLQ_STREAM, AUDIT_STREAM, EVENTS_STREAM] {
+        anyhow::ensure!(
+            definitions.streams.iter().any(|s| s.name == stream),
+            "the permissions name the stream {stream}, but infra/nats/streams defines no such stream"
+        );
+    }
     let functions = definitions.functions();
     for (name, _) in EXTRAS {
         anyhow::ensure!(
@@ -222,8 +230,9 @@ pub fn users(
     let viewer = viewer_rights();
     users.push(User {
         name: "viewer".to_owned(),
-        comment: "viewer: jetfn status, jetfn dlq list|show: stream and consumer info and lists, and the DLQ's records. \
-                  Changes nothing, reads no KV bucket's values and no event stream's messages."
+        comment: "viewer: jetfn status, jetfn dlq list|show, jetfn audit: stream and consumer info and lists, the DLQ's \
+                  records and the audit trail. Changes nothing, reads no KV bucket's values and no event stream's \
+                  messages (so jetfn status shows no oldest age, and jetfn event is the operator's)."
             .to_owned(),
         publish: viewer.clone(),
         subscribe: vec![format!("{}.>", inbox_prefix("viewer"))],
@@ -235,12 +244,25 @@ pub fn users(
         format!("$JS.API.STREAM.PURGE.{DLQ_STREAM}"),
         "$JS.API.CONSUMER.PAUSE.*.*".to_owned(),
         events::services::index::SEARCH_SUBJECT.to_owned(),
+        // Its own audit entries only: the subject's user token is the one the server authenticated.
+        format!("{AUDIT_PREFIX}.operator.>"),
+        // jetfn event and the oldest age in jetfn status: the event stream's messages by sequence, an unnamed
+        // ephemeral consumer (the named form would also let it change a function's durable), and the ledger's and
+        // failure journal's entries by key (hashes and reasons, no personal data).
+        format!("$JS.API.DIRECT.GET.{EVENTS_STREAM}"),
+        format!("$JS.API.DIRECT.GET.{EVENTS_STREAM}.>"),
+        format!("$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{EVENTS_STREAM}.*"),
+        format!("$JS.API.DIRECT.GET.KV_{LEDGER_BUCKET}.>"),
+        format!("$JS.API.DIRECT.GET.KV_{FAILURES_BUCKET}.>"),
     ]);
     operator.extend(all_events);
     users.push(User {
         name: "operator".to_owned(),
         comment: "operator: the viewer's rights, plus jetfn dlq replay|purge (a replay republishes to the event's \
-                  own subject), pausing and resuming consumers, and jetfn search. Not the index purge."
+                  own subject), pausing and resuming consumers, jetfn search, jetfn event (reads the event stream, \
+                  the ledger and the failure journal), and its own audit entries (audit.operator.>). Not the index \
+                  purge."
             .to_owned(),
         publish: operator,
         subscribe: vec![format!("{}.>", inbox_prefix("operator"))],
@@ -248,7 +270,8 @@ pub fn users(
     });
     users.push(User {
         name: "admin".to_owned(),
-        comment: "admin: everything (jetfn infra plan|apply, schedules, the index purge). Never given to a function."
+        comment: "admin: everything (jetfn infra plan|apply, schedules, the index purge; its audit entries are \
+                  audit.admin.>). Never given to a function."
             .to_owned(),
         publish: vec![">".to_owned()],
         subscribe: vec![">".to_owned()],
@@ -257,8 +280,9 @@ pub fn users(
     Ok(users)
 }
 
-/// The JetStream API calls that only read: server, stream and consumer info and lists, and the DLQ's records
-/// (by sequence, by DIRECT.GET, or with an ephemeral ordered consumer as `jetfn dlq list` reads them).
+/// The JetStream API calls that only read: server, stream and consumer info and lists, and the DLQ's records and
+/// the audit trail (by sequence, by DIRECT.GET, or with an ephemeral ordered consumer as `jetfn dlq list` reads
+/// them).
 fn viewer_rights() -> Vec<String> {
     let mut rights: Vec<String> = [
         "$JS.API.INFO",
@@ -279,6 +303,15 @@ fn viewer_rights() -> Vec<String> {
         format!("$JS.API.CONSUMER.CREATE.{DLQ_STREAM}.>"),
         format!("$JS.API.CONSUMER.MSG.NEXT.{DLQ_STREAM}.*"),
         format!("$JS.API.CONSUMER.DELETE.{DLQ_STREAM}.*"),
+    ]);
+    // The audit trail, read the same ways.
+    rights.extend([
+        format!("$JS.API.DIRECT.GET.{AUDIT_STREAM}"),
+        format!("$JS.API.DIRECT.GET.{AUDIT_STREAM}.>"),
+        format!("$JS.API.CONSUMER.CREATE.{AUDIT_STREAM}"),
+        format!("$JS.API.CONSUMER.CREATE.{AUDIT_STREAM}.>"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{AUDIT_STREAM}.*"),
+        format!("$JS.API.CONSUMER.DELETE.{AUDIT_STREAM}.*"),
     ]);
     rights
 }

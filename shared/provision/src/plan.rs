@@ -309,10 +309,18 @@ impl Definitions {
                 }
                 Kind::Consumer => {
                     let (stream_name, config) = &self.consumers[change.index];
+                    let mut config = config.clone();
+                    // A pause is the operator's (`jetfn pause`), not the definition's: an update keeps it.
+                    if update {
+                        let name = config.durable_name.clone().unwrap_or_default();
+                        config.pause_until = consumer_config(js, stream_name, &name)
+                            .await?
+                            .and_then(|current| current.pause_until);
+                    }
                     js.get_stream(stream_name)
                         .await
                         .with_context(|| format!("stream {stream_name}"))?
-                        .create_consumer(config.clone())
+                        .create_consumer(config)
                         .await
                         .with_context(|| format!("applying consumer {}", change.name))?;
                 }
@@ -431,8 +439,8 @@ fn is_zero(value: &Value) -> bool {
     }
 }
 
-/// Drops zero values, server defaults, the server's own `_nats.*` metadata and a consumer `name` that repeats its
-/// `durable_name` (the server fills it in).
+/// Drops zero values, server defaults, the server's own `_nats.*` metadata, a consumer `name` that repeats its
+/// `durable_name` (the server fills it in) and a consumer's `pause_until`.
 fn normalise(kind: Kind, value: &Value) -> Map<String, Value> {
     let mut out = Map::new();
     let durable = value.get("durable_name").filter(|_| kind == Kind::Consumer);
@@ -446,6 +454,8 @@ fn normalise(kind: Kind, value: &Value) -> Map<String, Value> {
         if is_zero(&value)
             || server_default(kind, key).as_ref() == Some(&value)
             || (key == "name" && durable == Some(&value))
+            // The operator's pause (`jetfn pause`) is state, not definition: apply neither shows nor undoes it.
+            || (kind == Kind::Consumer && key == "pause_until")
         {
             continue;
         }

@@ -125,3 +125,52 @@ fn a_right_naming_an_undefined_bucket_is_refused() {
     let err = permissions::users(&definitions, events::CATALOG).unwrap_err();
     assert!(err.to_string().contains("jetfn-ledger"), "{err}");
 }
+
+/// The audit trail: every role reads it, each writing role writes under its own user token only (so an entry's user
+/// is the one the server authenticated), and nobody but the admin may delete or purge (the stream denies both
+/// anyway).
+#[test]
+fn the_audit_trail_is_read_by_every_role_and_written_under_ones_own_name() {
+    let users = permissions::users(&definitions(), events::CATALOG).unwrap();
+    let user = |name: &str| users.iter().find(|u| u.name == name).unwrap();
+    for role in ["viewer", "operator"] {
+        let rights = &user(role).publish;
+        assert!(
+            rights.iter().any(|r| r == "$JS.API.CONSUMER.CREATE.AUDIT"),
+            "{role}"
+        );
+        assert!(
+            rights.iter().any(|r| r == "$JS.API.DIRECT.GET.AUDIT.>"),
+            "{role}"
+        );
+        assert!(
+            !rights
+                .iter()
+                .any(|r| r.contains("MSG.DELETE.AUDIT") || r.contains("PURGE.AUDIT")),
+            "{role}"
+        );
+    }
+    let writes = |name: &str| -> Vec<&String> {
+        user(name)
+            .publish
+            .iter()
+            .filter(|r| r.starts_with("audit."))
+            .collect()
+    };
+    assert!(writes("viewer").is_empty());
+    assert_eq!(writes("operator"), ["audit.operator.>"]);
+    for function in definitions().functions() {
+        assert!(writes(&function.name).is_empty(), "{}", function.name);
+    }
+    // The operator reads the event stream only through an unnamed ephemeral consumer: the named form would also
+    // let it change a function's durable consumer.
+    assert!(
+        !user("operator")
+            .publish
+            .iter()
+            .any(|r| r.starts_with("$JS.API.CONSUMER.CREATE.EVENTS.")
+                || r.starts_with("$JS.API.CONSUMER.DELETE.EVENTS")),
+        "{:?}",
+        user("operator").publish
+    );
+}

@@ -87,7 +87,13 @@ fn install(service_name: &str, default_filter: &str, stderr: bool) -> anyhow::Re
         let filter =
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
         if quiet_client {
-            filter.add_directive("async_nats=info".parse().expect("a valid directive"))
+            // A command line stays at warnings: its "connected" notices are chatter on stderr.
+            let directive = if stderr {
+                "async_nats=warn"
+            } else {
+                "async_nats=info"
+            };
+            filter.add_directive(directive.parse().expect("a valid directive"))
         } else {
             filter
         }

@@ -1,0 +1,538 @@
+//! The operator's CLI beyond pause: `jetfn status` (aligned columns, oldest age, stream fill, no internal streams
+//! or temporary consumers, `--json`), `jetfn event <id>` (where the event is, what each function did, its effects
+//! and its trace link), `jetfn dlq replay` with a filter (dry run, going on past a failure, a summary), and errors a
+//! person can act on.
+
+use async_nats::jetstream::consumer;
+
+use crate::pause::{cli, cli_json};
+use crate::support::{System, WAIT, user};
+
+const LONG: &str = "a-function-with-a-rather-long-name-for-a-column";
+
+#[tokio::test]
+async fn status_aligns_any_name_shows_age_and_fill_and_hides_what_is_internal() {
+    let system = System::start().await;
+    let events = system.js.get_stream("EVENTS").await.unwrap();
+    events
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(LONG.to_owned()),
+            filter_subject: "events.orders.placed".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // A temporary reader, as a running `jetfn dlq list` has: not a function.
+    let ordered = events
+        .create_consumer(consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let _reading = ordered.messages().await.unwrap();
+    system
+        .publisher
+        .publish(events::OrderPlaced::example())
+        .await
+        .unwrap();
+
+    let (code, output) = cli(&system, &["status"], &[]).await;
+    assert_eq!(code, 0, "{output}");
+    assert!(!output.contains("KV_"), "KV buckets are internal: {output}");
+    let lines: Vec<&str> = output.lines().collect();
+    let header = lines
+        .iter()
+        .position(|line| line.starts_with("stream") && line.contains("function"))
+        .unwrap_or_else(|| panic!("a consumers table: {output}"));
+    let column = lines[header].find("function").unwrap();
+    let waiting_end = lines[header].find("waiting").unwrap() + "waiting".len();
+    let rows: Vec<&str> = lines[header + 1..]
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("EVENTS"))
+        .collect();
+    assert!(rows.len() >= 10, "every EVENTS function: {output}");
+    for row in &rows {
+        assert_ne!(
+            &row[column..column + 1],
+            " ",
+            "the function column lines up: {output}"
+        );
+        assert_ne!(
+            &row[column - 1..column],
+            "-",
+            "no name runs into the next column: {output}"
+        );
+        assert!(
+            row[..waiting_end].ends_with(|c: char| c.is_ascii_digit()),
+            "waiting counts end under their header: {output}"
+        );
+    }
+    let long = rows
+        .iter()
+        .find(|row| row.contains(LONG))
+        .expect("the long name is shown whole");
+    assert!(long[waiting_end - 1..waiting_end] == *"1", "{output}");
+    assert_eq!(
+        rows.len(),
+        output.lines().filter(|l| l.starts_with("EVENTS ")).count() - 1,
+        "one EVENTS stream row"
+    );
+
+    let status = cli_json(&system, &["status", "--json"]).await;
+    let streams: Vec<&str> = status["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        streams.contains(&"EVENTS") && streams.contains(&"AUDIT"),
+        "{streams:?}"
+    );
+    assert!(!streams.iter().any(|s| s.starts_with("KV_")), "{streams:?}");
+    let consumers = status["consumers"].as_array().unwrap();
+    assert!(
+        consumers
+            .iter()
+            .all(|c| !c["consumer"].as_str().unwrap().is_empty())
+    );
+    assert_eq!(
+        consumers.iter().filter(|c| c["stream"] == "EVENTS").count(),
+        rows.len(),
+        "the ordered reader is not listed: {status}"
+    );
+    let long = consumers.iter().find(|c| c["consumer"] == LONG).unwrap();
+    assert_eq!(long["waiting"], 1);
+    assert!(long["oldest_age_secs"].as_u64().is_some(), "{long}");
+    let events_stream = status["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "EVENTS")
+        .unwrap();
+    assert!(
+        events_stream["fill"].as_f64().unwrap() < 0.01,
+        "{events_stream}"
+    );
+    assert_eq!(events_stream["max_bytes"], 4_294_967_296u64);
+    let all = cli_json(&system, &["status", "--json", "--all"]).await;
+    assert!(
+        all["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "KV_jetfn-ledger"),
+        "--all shows the buckets: {all}"
+    );
+}
+
+#[tokio::test]
+async fn event_tells_where_an_event_is_what_each_function_did_its_effects_and_its_trace() {
+    let system = System::start().await;
+    let _welcome = system.welcome().await;
+    let published = system
+        .publisher
+        .publish(user("found@example.com", "Found"))
+        .await
+        .unwrap();
+    system.smtp.wait_for_messages(1, WAIT).await;
+    system.wait_settled("welcome").await;
+    system
+        .smtp
+        .reject_recipients(550, "5.1.1 mailbox unavailable");
+    let dead = system
+        .publisher
+        .publish(user("dead@example.com", "Dead"))
+        .await
+        .unwrap();
+    let records = system.wait_dlq(1).await;
+
+    let trace = [(
+        "JETFN_TRACE_URL_TEMPLATE",
+        "http://traces.test/trace/{trace_id}".to_owned(),
+    )];
+    let (code, output) = cli(&system, &["event", &published.id], &trace).await;
+    assert_eq!(code, 0, "{output}");
+    assert!(
+        output.contains(&format!("EVENTS #{}", published.sequence)),
+        "{output}"
+    );
+    assert!(output.contains("events.users.registered"), "{output}");
+    assert!(output.contains("http://traces.test/trace/"), "{output}");
+    assert!(
+        !output.contains("found@example.com"),
+        "the address is masked: {output}"
+    );
+    let report = {
+        let (code, output) = cli(&system, &["event", &published.id, "--json"], &trace).await;
+        assert_eq!(code, 0, "{output}");
+        serde_json::from_str::<serde_json::Value>(&output)
+            .unwrap_or_else(|err| panic!("{err}: {output}"))
+    };
+    let copy = &report["copies"][0];
+    assert_eq!(copy["sequence"], published.sequence);
+    let trace_id = copy["trace_id"].as_str().unwrap();
+    assert_eq!(
+        copy["trace_url"],
+        format!("http://traces.test/trace/{trace_id}")
+    );
+    let welcome = copy["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["consumer"] == "welcome")
+        .unwrap();
+    assert_eq!(welcome["state"], "acknowledged", "{report}");
+    let effect = &report["effects"][0];
+    assert_eq!(effect["function"], "welcome", "{report}");
+    assert_eq!(
+        effect["state"], "done",
+        "the ledger recorded the email: {report}"
+    );
+    assert_eq!(
+        effect["effect"], "welcome-email:fo***@example.com",
+        "{report}"
+    );
+    assert!(
+        !report["unknown"].as_array().unwrap().is_empty(),
+        "what cannot be told is said"
+    );
+
+    let report = cli_json(
+        &system,
+        &["event", &dead.id, "--json", "--type", "users.registered"],
+    )
+    .await;
+    let welcome = report["copies"][0]["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["consumer"] == "welcome")
+        .unwrap()
+        .clone();
+    assert_eq!(welcome["state"], "dead-lettered", "{report}");
+    assert_eq!(welcome["dlq_sequence"], records[0].0, "{report}");
+    assert_eq!(report["dead_letters"][0]["kind"], "permanent", "{report}");
+
+    let (code, output) = cli(&system, &["event", "no-such-id"], &[]).await;
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("not found"), "{output}");
+}
+
+/// A record written as a function would, on `consumer`, with `kind`.
+fn letter(
+    sequence: u64,
+    consumer: &str,
+    kind: runtime::dlq::DeathKind,
+    lost: bool,
+) -> runtime::dlq::DeadLetter {
+    let mut event = events::CloudEvent::new("/t", user(&format!("r{sequence}@example.com"), "R"));
+    event.id = format!("replay-{sequence}");
+    let now = time::OffsetDateTime::now_utc();
+    runtime::dlq::DeadLetter {
+        subject: if lost {
+            String::new()
+        } else {
+            "events.users.registered".to_owned()
+        },
+        stream: "EVENTS".to_owned(),
+        sequence,
+        consumer: consumer.to_owned(),
+        attempts: 3,
+        reason: format!("reason {sequence}"),
+        kind,
+        first_failure: now,
+        last_failure: now,
+        headers: async_nats::HeaderMap::new(),
+        payload: if lost {
+            bytes::Bytes::new()
+        } else {
+            serde_json::to_vec(&event).unwrap().into()
+        },
+        writer: "runtime".to_owned(),
+        payload_lost: lost.then(|| "stream EVENTS now starts at sequence 9".to_owned()),
+    }
+}
+
+#[tokio::test]
+async fn dlq_replay_by_filter_dry_runs_goes_on_past_a_failure_and_sums_up() {
+    use runtime::dlq::DeathKind;
+    let system = System::start().await;
+    for (sequence, consumer, kind, lost) in [
+        (1, "welcome", DeathKind::Exhausted, false),
+        (2, "welcome", DeathKind::Exhausted, true),
+        (3, "welcome", DeathKind::Exhausted, false),
+        (4, "welcome", DeathKind::Invalid, false),
+        (5, "contact", DeathKind::Exhausted, false),
+    ] {
+        letter(sequence, consumer, kind, lost)
+            .publish(&system.js, "dlq")
+            .await
+            .unwrap();
+    }
+
+    let (code, output) = cli(
+        &system,
+        &[
+            "dlq",
+            "replay",
+            "--consumer",
+            "welcome",
+            "--kind",
+            "exhausted",
+            "--dry-run",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        code, 1,
+        "a record that cannot be replayed fails the run: {output}"
+    );
+    assert!(
+        output.contains("dry run: would have replayed 2 dead event(s), 1 refused"),
+        "{output}"
+    );
+    assert_eq!(system.dlq().await.len(), 5, "a dry run changes nothing");
+    assert_eq!(system.count_on("events.users.registered").await, 0);
+
+    let (code, output) = cli(
+        &system,
+        &[
+            "dlq",
+            "replay",
+            "--consumer",
+            "welcome",
+            "--kind",
+            "exhausted",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 1, "{output}");
+    assert!(
+        output.contains("cannot be replayed"),
+        "the refused one is named: {output}"
+    );
+    assert!(
+        output.contains("replayed 2 dead event(s), 1 refused (payload lost), 0 failed"),
+        "{output}"
+    );
+    assert_eq!(
+        system.count_on("events.users.registered").await,
+        2,
+        "both others went on"
+    );
+    let left: Vec<u64> = system
+        .dlq()
+        .await
+        .into_iter()
+        .map(|(_, l)| l.sequence)
+        .collect();
+    assert_eq!(
+        left,
+        [2, 4, 5],
+        "replayed records leave the DLQ; the rest stay"
+    );
+
+    let listed = cli_json(&system, &["dlq", "list", "--json", "--kind", "invalid"]).await;
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["event_id"], "replay-4");
+
+    // --keep means nothing for a purge or a dry run: refused, not ignored.
+    let (code, output) = cli(&system, &["dlq", "purge", "--all", "--keep"], &[]).await;
+    assert_eq!(code, 2, "{output}");
+    let (code, output) = cli(
+        &system,
+        &["dlq", "replay", "--all", "--keep", "--dry-run"],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 2, "{output}");
+    let (code, output) = cli(&system, &["dlq", "replay"], &[]).await;
+    assert_eq!(code, 1, "{output}");
+    assert!(output.contains("name DLQ sequences, a filter"), "{output}");
+
+    let (code, output) = cli(&system, &["dlq", "purge", "--consumer", "contact"], &[]).await;
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("purged 1 dead event(s)"), "{output}");
+    let audit = cli_json(&system, &["audit", "--json"]).await;
+    let summary: Vec<(String, String)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_owned(),
+                e["result"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("dlq-replay".to_owned(), "partial".to_owned()),
+            ("dlq-purge".to_owned(), "ok".to_owned())
+        ],
+        "dry runs are not changes: {audit}"
+    );
+}
+
+#[tokio::test]
+async fn errors_are_one_line_a_person_can_act_on() {
+    let system = System::start().await;
+    let (code, output) = cli(&system, &["publish", "users.registered"], &[]).await;
+    assert_eq!(code, 1, "{output}");
+    assert!(
+        output.contains("--data") && output.contains("--example"),
+        "{output}"
+    );
+    assert_eq!(output.trim().lines().count(), 1, "{output}");
+    assert_eq!(
+        system.count_on("events.users.registered").await,
+        0,
+        "nothing was published"
+    );
+    let (code, output) = cli(&system, &["publish", "users.registered", "--example"], &[]).await;
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(output.trim().lines().count(), 1, "no chatter: {output}");
+
+    let (code, output) = cli(&system, &["search", "anything"], &[]).await;
+    assert_eq!(code, 1, "{output}");
+    assert!(
+        output.contains("jetfn-index") && output.contains("not running"),
+        "names the service: {output}"
+    );
+    assert_eq!(output.trim().lines().count(), 1, "{output}");
+
+    let nobody = format!("nats://127.0.0.1:{}", testkit::free_port());
+    let (code, output) = cli(&system, &["status"], &[("NATS_URL", nobody)]).await;
+    assert_eq!(code, 1, "{output}");
+    assert_eq!(output.trim().lines().count(), 1, "{output}");
+
+    // Every listing takes --json.
+    for args in [
+        &["catalog", "--json"][..],
+        &["schedule", "list", "--json"],
+        &["dlq", "list", "--json"],
+        &["audit", "--json"],
+        &["status", "--json"],
+    ] {
+        cli_json(&system, args).await;
+    }
+}
+
+/// `status --watch --json` prints one JSON document per line per refresh, each seeing what changed, until Ctrl-C.
+#[tokio::test]
+async fn status_watch_follows_the_backlog_until_interrupted() {
+    let system = System::start().await;
+    let env: Vec<(&str, String)> = vec![("NATS_URL", system.nats.url())];
+    let watch = testkit::FunctionProcess::spawn_with_args(
+        "jetfn",
+        &["status", "--watch", "1", "--json"],
+        &env,
+    );
+    watch.wait_for_output("\"consumers\"", WAIT).await;
+    system
+        .publisher
+        .publish(user("watched@example.com", "Watched"))
+        .await
+        .unwrap();
+    let welcome_waiting = |line: &str| -> Option<u64> {
+        let status: serde_json::Value = serde_json::from_str(line).ok()?;
+        status["consumers"]
+            .as_array()?
+            .iter()
+            .find(|c| c["consumer"] == "welcome")?["waiting"]
+            .as_u64()
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while !watch
+        .output()
+        .lines()
+        .any(|line| welcome_waiting(line) == Some(1))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a refresh shows the new event:\n{}",
+            watch.output()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    watch.signal(testkit::Signal::SIGINT);
+    assert_eq!(
+        watch.wait_exit(WAIT).await.code(),
+        Some(0),
+        "{}",
+        watch.output()
+    );
+    assert!(
+        watch
+            .output()
+            .lines()
+            .all(|line| welcome_waiting(line).is_some()),
+        "every line is a whole status:\n{}",
+        watch.output()
+    );
+}
+
+/// What a console's "edit and replay" calls (`ops::dlq::replay_edited`): an invalid edit is refused naming the
+/// field and changes nothing; a valid one is replayed and the real function sends the email to the fixed address.
+#[tokio::test]
+async fn an_edited_dead_letter_is_checked_against_its_schema_then_replayed() {
+    let system = System::start().await;
+    let _welcome = system.welcome().await;
+    system
+        .smtp
+        .reject_recipients(550, "5.1.1 mailbox unavailable");
+    let published = system
+        .publisher
+        .publish(user("typo@exmaple.com", "Typo"))
+        .await
+        .unwrap();
+    let records = system.wait_dlq(1).await;
+    let seq = records[0].0;
+    system.smtp.clear_faults();
+    let mut event: serde_json::Value = serde_json::from_slice(&records[0].1.payload).unwrap();
+
+    event["data"]["email"] = "not an address".into();
+    let err = ops::dlq::replay_edited(&system.js, seq, &serde_json::to_vec(&event).unwrap(), false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/data/email"), "names the field: {err}");
+    assert!(
+        !err.contains("not an address"),
+        "never quotes the value: {err}"
+    );
+    event["data"]["email"] = "fixed@example.com".into();
+    event["id"] = "another-id".into();
+    let err = ops::dlq::replay_edited(&system.js, seq, &serde_json::to_vec(&event).unwrap(), false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/id"), "{err}");
+    assert_eq!(
+        system.dlq().await.len(),
+        1,
+        "a refused edit changes nothing"
+    );
+
+    event["id"] = published.id.clone().into();
+    let step =
+        ops::dlq::replay_edited(&system.js, seq, &serde_json::to_vec(&event).unwrap(), false)
+            .await
+            .unwrap();
+    assert!(
+        matches!(step, ops::dlq::Step::Replayed { kept: false, .. }),
+        "{step:?}"
+    );
+    let mails = system.smtp.wait_for_messages(1, WAIT).await;
+    assert_eq!(mails[0].rcpt_to, ["fixed@example.com"]);
+    system.wait_settled("welcome").await;
+    assert!(system.dlq().await.is_empty());
+    let listed = ops::dlq::Summary::of(seq, &records[0].1);
+    assert!(
+        listed.trace_id.is_some(),
+        "a record's trace id, for the console's link"
+    );
+}
