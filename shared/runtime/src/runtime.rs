@@ -94,6 +94,12 @@ impl Runtime {
              holder), got 0"
         );
         let nats_url = crate::nats_url::mask(&nats.url);
+        if let Some(server) = crate::nats_url::parse(&nats.url)
+            .ok()
+            .and_then(|servers| servers.into_iter().next())
+        {
+            crate::telemetry::set_server_address(server.host(), server.port());
+        }
         tracing::info!(function = name, ?job, %nats_url, "starting");
         let client = crate::connect(nats, name).await?;
         let js = jetstream::new(client.clone());
@@ -236,6 +242,7 @@ impl Runtime {
 impl Core {
     fn breaker(&self) -> Arc<Breaker> {
         Breaker::new(
+            &self.name,
             self.job.breaker_threshold,
             self.probe.clone(),
             Duration::from_secs(self.job.breaker_probe_secs.max(1)),
@@ -311,7 +318,11 @@ where
                 return;
             };
             let policy = Policy::of(stream, &consumer, &pull);
-            let metrics = Arc::new(Metrics::new(&core.name, events::subject_for(T::TYPE)));
+            let metrics = Arc::new(Metrics::new(
+                &core.name,
+                events::subject_for(T::TYPE),
+                &consumer,
+            ));
             let breaker = core.breaker();
             let typed = Arc::new(Typed {
                 settler: core.settler(
@@ -397,7 +408,7 @@ where
             } else {
                 DeadLetters::TermOnly
             };
-            let metrics = Arc::new(Metrics::new(&core.name, stream.clone()));
+            let metrics = Arc::new(Metrics::new(&core.name, stream.clone(), &consumer));
             let raw = Arc::new(Raw {
                 settler: core.settler(policy.clone(), failures, dead_letters, metrics),
                 handler,
