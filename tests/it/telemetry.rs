@@ -417,7 +417,8 @@ async fn json_logs_inside_an_attempt_carry_the_event_s_trace_id_and_a_span_id() 
     let line = &retries[0];
     assert_eq!(line["trace_id"], trace_id, "the event's trace: {line}");
     assert!(is_hex(&line["span_id"], 16), "{line}");
-    // The second attempt has a span id of its own, in the same trace.
+    // The second attempt has a span id of its own, in the same trace (its line comes just after the ack).
+    welcome.wait_for_output("\"processed\"", WAIT).await;
     let second = json_lines(&welcome.output(), "\"processed\"");
     assert!(
         second.iter().any(|line| line["trace_id"] == trace_id

@@ -68,15 +68,23 @@ impl Drop for Telemetry {
 
 /// Installs the global subscriber: `RUST_LOG` filters (default `info`), `LOG_FORMAT=json` for containers,
 /// compact text otherwise; the OTLP span and metric exporters when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the
-/// signal's own endpoint) is set; and the Prometheus registry that [`metrics_text`] renders for `/metrics`.
+/// signal's own endpoint) is set; and, when the process has a health port (`JOB_HEALTH_ADDR`, or the router's
+/// `ROUTER_HEALTH_ADDR`), the Prometheus registry that [`metrics_text`] renders for its `/metrics`.
 /// `OTEL_TRACES_EXPORTER` / `OTEL_METRICS_EXPORTER` (`none` turns a signal off) and `OTEL_SDK_DISABLED=true`
 /// (everything off) are honoured.
+///
+/// The health port is looked at here, before any configuration is read, because the meter provider must exist
+/// before the first instrument is made; a process with neither a port nor an OTLP endpoint keeps no metrics at
+/// all, so recording costs it nothing.
 ///
 /// # Errors
 /// An `OTEL_*` variable asks for something this build does not do (gRPC, an unknown exporter), naming it; the
 /// exporter cannot be built; or a subscriber is already installed.
 pub fn init(service_name: &str) -> anyhow::Result<Telemetry> {
-    install(service_name, "info", false, true)
+    let health_port = ["JOB_HEALTH_ADDR", "ROUTER_HEALTH_ADDR"]
+        .iter()
+        .any(|name| std::env::var(name).is_ok_and(|value| !value.trim().is_empty()));
+    install(service_name, "info", false, health_port)
 }
 
 /// As [`init`] for a command-line tool: logs go to stderr (stdout is the command's output) and only warnings
