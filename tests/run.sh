@@ -47,6 +47,10 @@ echo "==> Kubernetes manifests against the Kubernetes and KEDA schemas (offline)
 for version in 1.30.0 1.37.0; do
   "${JETFN_TOOLS_VENV:-.tools/venv}/bin/python" tests/kubernetes/validate.py "$version" infra/deploy/kubernetes.yaml
 done
+# The events crate's tests (above) keep shared/events/asyncapi.json equal to the catalog; here the AsyncAPI project's
+# own parser (pinned in tests/asyncapi/package-lock.json, installed from npm on first use) says it is valid AsyncAPI 3.
+echo "==> the AsyncAPI document against @asyncapi/parser"
+bash tests/asyncapi/check.sh
 # The fuzz targets (proptest-driven: random inputs, shrinking, stable Rust) run a few hundred inputs each in the
 # step above; here each runs for a bounded time, about a minute in all. `just fuzz` is the long run.
 echo "==> fuzz targets, bounded (envelope decoder and validator, email composition, schedule parser)"

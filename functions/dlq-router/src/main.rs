@@ -43,7 +43,7 @@ struct RouterConfig {
     /// `ROUTER_FAILURES_BUCKET`: the runtime's failure journal.
     #[serde(default = "default_failures")]
     failures_bucket: String,
-    /// `ROUTER_HEALTH_ADDR`: where to serve `/livez` and `/readyz`.
+    /// `ROUTER_HEALTH_ADDR`: where to serve `/livez`, `/readyz` and `/metrics`.
     health_addr: Option<String>,
 }
 
@@ -75,7 +75,7 @@ const CONFIG: runtime::config::Table = runtime::config::Table {
         ),
         runtime::config::Var::optional(
             "ROUTER_HEALTH_ADDR",
-            "where to serve /livez and /readyz; unset: no endpoint",
+            "where to serve /livez, /readyz and /metrics; unset: no endpoint",
         ),
     ],
 };
@@ -251,11 +251,16 @@ impl Router {
                 };
             }
         };
+        let (server, port) = runtime::telemetry::server_address();
         let span = tracing::info_span!(
             "route",
             "otel.name" = "process $JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES",
             "otel.kind" = "consumer",
             "messaging.system" = "nats",
+            "messaging.operation.type" = "process",
+            "messaging.operation.name" = "process",
+            "server.address" = server,
+            "server.port" = port,
             "messaging.nats.stream" = %advisory.stream,
             "messaging.nats.sequence" = advisory.stream_seq,
             "messaging.consumer.group.name" = %advisory.consumer,

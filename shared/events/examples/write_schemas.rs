@@ -1,4 +1,4 @@
-//! Rewrites `shared/events/schemas/*.json` and `CATALOG.md` from the Rust types
+//! Rewrites `shared/events/schemas/*.json`, `CATALOG.md` and `asyncapi.json` from the Rust types
 //! (`cargo run -p events --example write_schemas`).
 fn main() -> std::io::Result<()> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
@@ -8,5 +8,9 @@ fn main() -> std::io::Result<()> {
         std::fs::write(dir.join(format!("{}.json", kind.ty)), text + "\n")?;
     }
     std::fs::write(dir.with_file_name("CATALOG.md"), events::catalog_markdown())?;
+    std::fs::write(
+        dir.with_file_name("asyncapi.json"),
+        events::asyncapi::asyncapi_text(),
+    )?;
     Ok(())
 }

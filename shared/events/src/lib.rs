@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 mod accounts;
+pub mod asyncapi;
 mod catalog;
 mod commerce;
 mod contact;
@@ -18,6 +19,7 @@ pub mod services;
 mod validate;
 
 pub use accounts::{EmailVerificationRequested, PasswordResetRequested};
+pub use asyncapi::{ASYNCAPI_JSON, asyncapi};
 pub use catalog::{
     CATALOG, EventKind, SUBJECT_PREFIX, catalog_markdown, catalog_markdown_of, kind_by_type,
     schema_for, subject_for,

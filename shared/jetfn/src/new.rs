@@ -17,6 +17,7 @@ const CONSUMER_JSON: &str = include_str!("new/consumer.json.tmpl");
 
 const CATALOG_RS: &str = "shared/events/src/catalog.rs";
 const CATALOG_MD: &str = "shared/events/CATALOG.md";
+const ASYNCAPI: &str = "shared/events/asyncapi.json";
 const PERMISSIONS: &str = "infra/deploy/nats-permissions.conf";
 const KUBERNETES: &str = "infra/deploy/kubernetes.yaml";
 const KUBERNETES_SETTINGS: &str = "infra/deploy/kubernetes.json";
@@ -322,17 +323,25 @@ impl Scaffold {
         // disk (its page is current), render it with the new consumer; otherwise the generator must run.
         let catalog_md = read(CATALOG_MD)?;
         let catalog_md_note = if catalog_md == events::catalog_markdown() {
+            let rows = catalog_with(kind.ty, name);
             changes.push(Change {
                 path: CATALOG_MD,
                 created: false,
-                text: catalog_markdown_with(kind.ty, name),
+                text: events::catalog_markdown_of(&rows),
+                what: " (regenerated)".to_owned(),
+            });
+            // The AsyncAPI document names each consuming function's operation; it is generated with the page.
+            changes.push(Change {
+                path: ASYNCAPI,
+                created: false,
+                text: serde_json::to_string_pretty(&events::asyncapi::asyncapi_of(&rows))? + "\n",
                 what: " (regenerated)".to_owned(),
             });
             None
         } else {
             Some(format!(
-                "{CATALOG_MD} was not regenerated: this jetfn was built from another catalog. Run \
-                 `cargo run -p events --example write_schemas`."
+                "{CATALOG_MD} and {ASYNCAPI} were not regenerated: this jetfn was built from another catalog. \
+                 Run `cargo run -p events --example write_schemas`."
             ))
         };
 
@@ -402,9 +411,9 @@ fn fill(template: &str, name: &str, kind: &events::EventKind, payload: &str) -> 
         .replace("{{payload}}", payload)
 }
 
-/// CATALOG.md as the generator would write it once `name` consumes `ty`.
-fn catalog_markdown_with(ty: &str, name: &str) -> String {
-    let rows: Vec<events::EventKind> = events::CATALOG
+/// The catalog rows as the generator would see them once `name` consumes `ty`.
+fn catalog_with(ty: &str, name: &str) -> Vec<events::EventKind> {
+    events::CATALOG
         .iter()
         .map(|kind| {
             let mut kind = *kind;
@@ -415,8 +424,7 @@ fn catalog_markdown_with(ty: &str, name: &str) -> String {
             }
             kind
         })
-        .collect();
-    events::catalog_markdown_of(&rows)
+        .collect()
 }
 
 /// The catalog source with a consumer added to one row, and that row's payload type.

@@ -130,6 +130,7 @@ fn a_scaffolded_function_builds_passes_its_test_and_the_registry_check() {
         "created infra/nats/consumers/EVENTS/demo-fn.json",
         "updated shared/events/src/catalog.rs (demo-fn added to the consumers of users.registered)",
         "updated shared/events/CATALOG.md",
+        "updated shared/events/asyncapi.json",
         "updated infra/deploy/nats-permissions.conf (the NATS user demo-fn)",
         "updated infra/deploy/kubernetes.yaml (regenerated: the Deployment, PodDisruptionBudget and ScaledObject demo-fn)",
         "cargo test -p demo-fn",
@@ -171,6 +172,7 @@ fn a_scaffolded_function_builds_passes_its_test_and_the_registry_check() {
         "test tests::an_effect_the_ledger_has_is_not_run_again ... ok",
         "test the_catalog_consumer_files_permissions_and_deployments_agree ... ok",
         "test catalog::tests::the_catalog_document_is_current ... ok",
+        "test asyncapi::tests::the_committed_document_is_current ... ok",
     ] {
         assert!(tests.contains(test), "missing {test:?} in:\n{tests}");
     }

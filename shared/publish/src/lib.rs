@@ -328,6 +328,7 @@ impl Publisher {
                 "otel.kind" = "producer",
                 "messaging.system" = "nats",
                 "messaging.operation.type" = "send",
+                "messaging.operation.name" = "send",
                 "messaging.destination.name" = %subject,
                 "messaging.message.id" = id,
                 "messaging.message.body.size" = payload.len(),

@@ -29,19 +29,34 @@ pub(crate) struct Breaker {
     probe_initial: Duration,
     probe_max: Duration,
     opened: opentelemetry::metrics::Counter<u64>,
+    /// 1 while open, 0 while closed: what a dashboard shows as the breaker's state (the opened counter says how
+    /// often, not whether it is open now).
+    state: opentelemetry::metrics::Gauge<u64>,
+    attributes: [opentelemetry::KeyValue; 1],
 }
 
 impl Breaker {
     pub(crate) fn new(
+        function: &str,
         threshold: u32,
         probe: Option<Probe>,
         probe_initial: Duration,
         probe_max: Duration,
     ) -> Arc<Self> {
-        let opened = opentelemetry::global::meter("jetfn")
+        let meter = opentelemetry::global::meter("jetfn");
+        let opened = meter
             .u64_counter("jetfn.breaker.opened")
             .with_description("times the circuit breaker opened because a dependency was down")
             .build();
+        let state = meter
+            .u64_gauge("jetfn.breaker.open")
+            .with_description("1 while this replica's circuit breaker is open, 0 while closed")
+            .build();
+        let attributes = [opentelemetry::KeyValue::new(
+            "jetfn.function",
+            function.to_owned(),
+        )];
+        state.record(0, &attributes);
         Arc::new(Self {
             threshold,
             consecutive: AtomicU32::new(0),
@@ -50,7 +65,14 @@ impl Breaker {
             probe_initial,
             probe_max: probe_max.max(probe_initial),
             opened,
+            state,
+            attributes,
         })
+    }
+
+    fn set_open(&self, open: bool) {
+        self.open.send_replace(open);
+        self.state.record(u64::from(open), &self.attributes);
     }
 
     pub(crate) fn is_open(&self) -> bool {
@@ -74,7 +96,7 @@ impl Breaker {
     }
 
     /// Counts a downed-dependency failure; returns whether the breaker is (now) open.
-    pub(crate) fn record_unavailable(self: &Arc<Self>, function: &str) -> bool {
+    pub(crate) fn record_unavailable(self: &Arc<Self>) -> bool {
         if self.threshold == 0 {
             return false;
         }
@@ -84,13 +106,8 @@ impl Breaker {
                 .open
                 .send_if_modified(|open| !std::mem::replace(open, true));
             if newly_opened {
-                self.opened.add(
-                    1,
-                    &[opentelemetry::KeyValue::new(
-                        "jetfn.function",
-                        function.to_owned(),
-                    )],
-                );
+                self.opened.add(1, &self.attributes);
+                self.state.record(1, &self.attributes);
                 tracing::error!(
                     consecutive_failures = failures,
                     probe_every_secs = self.probe_initial.as_secs_f64(),
@@ -113,7 +130,7 @@ impl Breaker {
                     Ok(()) => {
                         tracing::info!("circuit closed: the dependency answers again");
                         self.consecutive.store(0, Ordering::Relaxed);
-                        self.open.send_replace(false);
+                        self.set_open(false);
                         return;
                     }
                     Err(err) => {
@@ -125,7 +142,7 @@ impl Breaker {
                     tracing::info!("circuit half-open: trying messages again");
                     self.consecutive
                         .store(self.threshold.saturating_sub(1), Ordering::Relaxed);
-                    self.open.send_replace(false);
+                    self.set_open(false);
                     return;
                 }
             }
@@ -153,14 +170,15 @@ mod tests {
             })
         });
         let breaker = Breaker::new(
+            "t",
             3,
             Some(probe),
             Duration::from_millis(10),
             Duration::from_millis(40),
         );
-        assert!(!breaker.record_unavailable("t"));
-        assert!(!breaker.record_unavailable("t"));
-        assert!(breaker.record_unavailable("t"));
+        assert!(!breaker.record_unavailable());
+        assert!(!breaker.record_unavailable());
+        assert!(breaker.record_unavailable());
         assert!(breaker.is_open());
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(breaker.is_open(), "the probe still fails");
@@ -173,15 +191,15 @@ mod tests {
 
     #[test]
     fn a_success_resets_the_count() {
-        let breaker = Breaker::new(2, None, Duration::from_secs(1), Duration::from_secs(1));
+        let breaker = Breaker::new("t", 2, None, Duration::from_secs(1), Duration::from_secs(1));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         runtime.block_on(async {
-            assert!(!breaker.record_unavailable("t"));
+            assert!(!breaker.record_unavailable());
             breaker.record_success();
-            assert!(!breaker.record_unavailable("t"));
+            assert!(!breaker.record_unavailable());
         });
     }
 }

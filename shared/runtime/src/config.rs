@@ -63,11 +63,30 @@ pub const TELEMETRY: Table = Table {
         ),
         Var::optional(
             "OTEL_EXPORTER_OTLP_ENDPOINT",
-            "OTLP/HTTP collector; when set (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT), spans and metrics are exported",
+            "OTLP/HTTP collector (port 4318); when set, spans and metrics are exported",
         ),
         Var::optional(
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
             "OTLP/HTTP endpoint for spans alone",
+        ),
+        Var::optional(
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            "OTLP/HTTP endpoint for metrics alone",
+        ),
+        Var::with_default(
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "http/protobuf",
+            "the only protocol built in; `grpc` is refused at start",
+        ),
+        Var::with_default(
+            "OTEL_TRACES_EXPORTER",
+            "otlp",
+            "`none` exports no spans even when an endpoint is set",
+        ),
+        Var::with_default(
+            "OTEL_METRICS_EXPORTER",
+            "otlp,prometheus",
+            "`otlp` and/or `prometheus` (the health port's /metrics), or `none`",
         ),
         Var::optional(
             "OTEL_SERVICE_NAME",
@@ -328,7 +347,8 @@ pub struct JobConfig {
     /// (their messages are redelivered). Keep it below the container's stop grace period.
     #[serde(default = "default_drain")]
     pub drain_timeout_secs: u64,
-    /// `JOB_HEALTH_ADDR`: where to serve `/livez` and `/readyz`, for example `0.0.0.0:8080`; unset, no endpoint.
+    /// `JOB_HEALTH_ADDR`: where to serve `/livez`, `/readyz` and `/metrics`, for example `0.0.0.0:8080`; unset, no
+    /// endpoint.
     pub health_addr: Option<String>,
     /// `JOB_BREAKER_THRESHOLD`: downed-dependency failures in a row that open the circuit breaker; 0 disables it.
     #[serde(default = "default_breaker_threshold")]
@@ -429,7 +449,7 @@ pub const JOB: Table = Table {
         ),
         Var::optional(
             "JOB_HEALTH_ADDR",
-            "where to serve /livez and /readyz, e.g. `0.0.0.0:8080`; unset: no endpoint",
+            "where to serve /livez, /readyz and /metrics, e.g. `0.0.0.0:8080`; unset: no endpoint",
         ),
         Var::with_default(
             "JOB_BREAKER_THRESHOLD",

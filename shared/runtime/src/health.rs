@@ -1,5 +1,7 @@
 //! Container probes: `/livez` answers while the process serves; `/readyz` only while it is connected to NATS
-//! and every consumer it serves is bound. A deliberately tiny HTTP/1.1 responder: probes send one GET and read one status.
+//! and every consumer it serves is bound. `/metrics` is the Prometheus scrape of the process's metrics
+//! ([`crate::telemetry::metrics_text`]). A deliberately tiny HTTP/1.1 responder: probes and scrapers send one GET
+//! and read one response.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -93,14 +95,29 @@ impl Health {
                     let Ok(Ok(read)) = read else { return };
                     let request = String::from_utf8_lossy(&buffer[..read]);
                     let path = request.split_whitespace().nth(1).unwrap_or("/");
-                    let (status, body) = match path {
-                        "/livez" | "/healthz" => ("200 OK", "alive\n"),
-                        "/readyz" if health.ready() => ("200 OK", "ready\n"),
-                        "/readyz" => ("503 Service Unavailable", "not ready\n"),
-                        _ => ("404 Not Found", "not found\n"),
+                    let path = path.split('?').next().unwrap_or(path);
+                    let text = "text/plain";
+                    let (status, content_type, body) = match path {
+                        "/livez" | "/healthz" => ("200 OK", text, "alive\n".to_owned()),
+                        "/readyz" if health.ready() => ("200 OK", text, "ready\n".to_owned()),
+                        "/readyz" => ("503 Service Unavailable", text, "not ready\n".to_owned()),
+                        "/metrics" => match crate::telemetry::metrics_text() {
+                            Some(metrics) => (
+                                "200 OK",
+                                "text/plain; version=0.0.4; charset=utf-8",
+                                metrics,
+                            ),
+                            None => (
+                                "404 Not Found",
+                                text,
+                                "metrics are off (OTEL_METRICS_EXPORTER or OTEL_SDK_DISABLED)\n"
+                                    .to_owned(),
+                            ),
+                        },
+                        _ => ("404 Not Found", text, "not found\n".to_owned()),
                     };
                     let response = format!(
-                        "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                         body.len()
                     );
                     let _ = socket.write_all(response.as_bytes()).await;

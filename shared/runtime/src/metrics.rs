@@ -1,5 +1,7 @@
-//! Per-function metrics over OpenTelemetry: processed, retried, dead-lettered, dropped, and how long each
-//! attempt took. Exported with the spans when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (a no-op otherwise).
+//! Per-function metrics over OpenTelemetry, named and labelled by the messaging conventions where they have a
+//! name for the thing (`messaging.process.duration`, `messaging.client.consumed.messages`) and `jetfn.*`
+//! where they do not (what became of an event). The same instruments go out over OTLP when an endpoint is set and
+//! are scraped from the health port's `/metrics` (see [`crate::telemetry`]); with neither, recording is a no-op.
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram};
@@ -13,22 +15,38 @@ pub(crate) const DURATION_BOUNDARIES: [f64; 17] = [
     300.0,
 ];
 
-/// The instruments of one function, created once.
+/// `messaging.operation.name` of everything a consumer records: the conventions leave the name to the system, and
+/// a function's one operation on a message is processing it (the pull that fetched it is not instrumented, so the
+/// consumed count is taken when processing starts).
+pub(crate) const OPERATION: &str = "process";
+
+/// How many attributes every point of one consumer carries; the per-outcome ones are appended.
+const BASE: usize = 6;
+
+/// The instruments of one consumer, created once.
 #[derive(Debug)]
 pub(crate) struct Metrics {
+    consumed: Counter<u64>,
     processed: Counter<u64>,
     retried: Counter<u64>,
     dead_lettered: Counter<u64>,
     dropped: Counter<u64>,
     duration: Histogram<f64>,
-    attributes: [KeyValue; 2],
+    attributes: [KeyValue; BASE],
 }
 
 impl Metrics {
-    /// `destination` is the subject (pattern) the consumer reads, such as `events.users.registered`.
-    pub(crate) fn new(function: &str, destination: String) -> Self {
+    /// `destination` is the subject (pattern) the consumer reads, such as `events.users.registered`; `consumer` is
+    /// its durable name, which the conventions call the subscription (and, as replicas share it, the group).
+    pub(crate) fn new(function: &str, destination: String, consumer: &str) -> Self {
         let meter = opentelemetry::global::meter("jetfn");
+        let consumer = shared(consumer.to_owned());
         Self {
+            consumed: meter
+                .u64_counter("messaging.client.consumed.messages")
+                .with_unit("{message}")
+                .with_description("deliveries handed to the function, redeliveries included")
+                .build(),
             processed: meter
                 .u64_counter("jetfn.events.processed")
                 .with_description("events handled and acked")
@@ -57,52 +75,58 @@ impl Metrics {
             // an allocation each time.
             attributes: [
                 KeyValue::new("jetfn.function", shared(function.to_owned())),
+                KeyValue::new("messaging.system", "nats"),
+                KeyValue::new("messaging.operation.name", OPERATION),
                 KeyValue::new("messaging.destination.name", shared(destination)),
+                KeyValue::new("messaging.destination.subscription.name", consumer.clone()),
+                KeyValue::new("messaging.consumer.group.name", consumer),
             ],
         }
     }
 
+    /// One delivery reached the function (counted before the handler runs, once per delivery).
+    pub(crate) fn consumed(&self) {
+        self.consumed.add(1, &self.attributes);
+    }
+
     pub(crate) fn processed(&self, seconds: f64) {
         self.processed.add(1, &self.attributes);
-        self.record(seconds, "ack");
+        self.record(seconds, "ack", None);
     }
 
     pub(crate) fn retried(&self, seconds: f64) {
         self.retried.add(1, &self.attributes);
-        self.record(seconds, "retry");
+        self.record(seconds, "retry", Some("transient"));
     }
 
     pub(crate) fn dead_lettered(&self, seconds: f64, kind: &'static str) {
-        let [function, destination] = self.attributes.clone();
-        self.dead_lettered.add(
-            1,
-            &[function, destination, KeyValue::new("jetfn.dlq.kind", kind)],
-        );
-        self.record(seconds, "dead-letter");
+        self.dead_lettered
+            .add(1, &self.with([KeyValue::new("jetfn.dlq.kind", kind)]));
+        self.record(seconds, "dead-letter", Some(kind));
     }
 
     pub(crate) fn dropped(&self, reason: &'static str) {
-        let [function, destination] = self.attributes.clone();
-        self.dropped.add(
-            1,
-            &[
-                function,
-                destination,
-                KeyValue::new("jetfn.drop.reason", reason),
-            ],
-        );
+        self.dropped
+            .add(1, &self.with([KeyValue::new("jetfn.drop.reason", reason)]));
     }
 
-    fn record(&self, seconds: f64, outcome: &'static str) {
-        let [function, destination] = self.attributes.clone();
-        self.duration.record(
-            seconds,
-            &[
-                function,
-                destination,
-                KeyValue::new("jetfn.outcome", outcome),
-            ],
-        );
+    /// `error` is the conventions' `error.type`, set only when the attempt failed.
+    fn record(&self, seconds: f64, outcome: &'static str, error: Option<&'static str>) {
+        let outcome = KeyValue::new("jetfn.outcome", outcome);
+        match error {
+            None => self.duration.record(seconds, &self.with([outcome])),
+            Some(error) => self.duration.record(
+                seconds,
+                &self.with([outcome, KeyValue::new("error.type", error)]),
+            ),
+        }
+    }
+
+    fn with<const N: usize>(&self, extra: [KeyValue; N]) -> Vec<KeyValue> {
+        let mut all = Vec::with_capacity(BASE + N);
+        all.extend(self.attributes.iter().cloned());
+        all.extend(extra);
+        all
     }
 }
 

@@ -91,6 +91,7 @@ where
     let Some((attempt, sequence)) = consume::delivery(&message) else {
         return;
     };
+    shared.settler.metrics.consumed();
     let span = tracing::info_span!(
         "process",
         subject = message.subject.as_str(),
@@ -100,6 +101,7 @@ where
         "error.type" = tracing::field::Empty,
         "otel.status_code" = tracing::field::Empty,
     );
+    crate::telemetry::attach_log_ids(&span, message.headers.as_ref());
     async move {
         let started = std::time::Instant::now();
         let job = RawJob {

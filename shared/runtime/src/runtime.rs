@@ -97,6 +97,12 @@ impl Runtime {
         // Sealed fields open only here, inside the function; the keyring's ids are logged, never its keys.
         let keyring = publish::sealed::Keyring::from_env()?.map(Arc::new);
         let nats_url = crate::nats_url::mask(&nats.url);
+        if let Some(server) = crate::nats_url::parse(&nats.url)
+            .ok()
+            .and_then(|servers| servers.into_iter().next())
+        {
+            crate::telemetry::set_server_address(server.host(), server.port());
+        }
         tracing::info!(function = name, ?job, %nats_url, ?keyring, "starting");
         let client = crate::connect(nats, name).await?;
         let js = jetstream::new(client.clone());
@@ -240,6 +246,7 @@ impl Runtime {
 impl Core {
     fn breaker(&self) -> Arc<Breaker> {
         Breaker::new(
+            &self.name,
             self.job.breaker_threshold,
             self.probe.clone(),
             Duration::from_secs(self.job.breaker_probe_secs.max(1)),
@@ -315,7 +322,11 @@ where
                 return;
             };
             let policy = Policy::of(stream, &consumer, &pull);
-            let metrics = Arc::new(Metrics::new(&core.name, events::subject_for(T::TYPE)));
+            let metrics = Arc::new(Metrics::new(
+                &core.name,
+                events::subject_for(T::TYPE),
+                &consumer,
+            ));
             let breaker = core.breaker();
             let typed = Arc::new(Typed {
                 settler: core.settler(
@@ -402,7 +413,7 @@ where
             } else {
                 DeadLetters::TermOnly
             };
-            let metrics = Arc::new(Metrics::new(&core.name, stream.clone()));
+            let metrics = Arc::new(Metrics::new(&core.name, stream.clone(), &consumer));
             let raw = Arc::new(Raw {
                 settler: core.settler(policy.clone(), failures, dead_letters, metrics),
                 handler,

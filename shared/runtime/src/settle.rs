@@ -300,13 +300,21 @@ impl Settler {
             payload_lost: None,
         };
         let dlq_subject = letter.dlq_subject(prefix);
+        // The span is named after the subject's template, one per consumer: a name with the sequence in it would
+        // make every dead letter its own operation in the trace backend.
+        let template = format!("{prefix}.{}.{}.*", policy.stream, policy.consumer);
+        let (server, port) = telemetry::server_address();
         let publish_span = tracing::info_span!(
             "send",
-            "otel.name" = %format!("send {dlq_subject}"),
+            "otel.name" = %format_args!("send {template}"),
             "otel.kind" = "producer",
             "messaging.system" = "nats",
             "messaging.operation.type" = "send",
+            "messaging.operation.name" = "send",
             "messaging.destination.name" = %dlq_subject,
+            "messaging.destination.template" = %template,
+            "server.address" = server,
+            "server.port" = port,
         );
         let published = letter
             .publish(&self.js, prefix)

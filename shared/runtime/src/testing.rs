@@ -145,7 +145,7 @@ impl<T: Event> JobBuilder<T> {
             stream_sequence: self.stream_sequence,
             ledger: Ledger::memory(self.ledger.unwrap_or_default()),
             shutdown,
-            metrics: Arc::new(Metrics::new("test", events::subject_for(T::TYPE))),
+            metrics: Arc::new(Metrics::new("test", events::subject_for(T::TYPE), "test")),
         }
     }
 }

@@ -127,6 +127,8 @@ pub struct ReceivedSpan {
     pub scope_name: String,
     /// Names of the span's events (e.g. "exception").
     pub events: Vec<String>,
+    /// The span's links, as (trace id, span id) in lowercase hex.
+    pub links: Vec<(String, String)>,
     pub start_time_unix_nano: u64,
     pub end_time_unix_nano: u64,
 }
@@ -388,6 +390,11 @@ fn flatten(export: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
                     resource_attributes: resource_attributes.clone(),
                     scope_name: scope_name.clone(),
                     events: span.events.into_iter().map(|e| e.name).collect(),
+                    links: span
+                        .links
+                        .iter()
+                        .map(|link| (hex(&link.trace_id), hex(&link.span_id)))
+                        .collect(),
                     start_time_unix_nano: span.start_time_unix_nano,
                     end_time_unix_nano: span.end_time_unix_nano,
                 });
