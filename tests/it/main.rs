@@ -16,6 +16,7 @@ mod hostile;
 mod indexing;
 mod ledger;
 mod local_system;
+mod outcomes;
 mod partition;
 mod permissions;
 mod provision;

@@ -257,6 +257,26 @@ where
         metrics: shared.metrics.clone(),
         extras,
     };
+    #[cfg(feature = "fault-injection")]
+    if let Some((steps, gap)) = crate::fault::slow_job()
+        && let Some(reporter) = job.extras.progress.clone()
+    {
+        // The reporter `job.progress` uses, called without holding `&Job<T>` (not `Sync` for every `T`).
+        let (function, id) = (job.extras.function.clone(), job.event.id.clone());
+        for step in 0..=steps {
+            let note = if step < steps {
+                "test step"
+            } else {
+                "test steps done"
+            };
+            reporter
+                .report(&function, &id, attempt, step, steps, note)
+                .await;
+            if step < steps {
+                tokio::time::sleep(gap).await;
+            }
+        }
+    }
     let outcome = consume::supervise(
         (shared.handler)(job),
         message,
