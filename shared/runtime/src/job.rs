@@ -21,9 +21,11 @@ pub(crate) type DeadOutcome =
 #[derive(Clone, Default)]
 pub(crate) struct Extras {
     pub(crate) function: Arc<str>,
-    pub(crate) publisher: Option<publish::Publisher>,
+    pub(crate) publisher: Option<Arc<publish::Publisher>>,
     pub(crate) on_dead: Arc<Mutex<Vec<(String, DeadOutcome)>>>,
-    pub(crate) progress: Option<crate::progress::Reporter>,
+    pub(crate) progress: Option<Arc<crate::progress::Reporter>>,
+    /// The message's ack subject, for the in-progress ack of `job.progress`.
+    pub(crate) ack_subject: Option<async_nats::Subject>,
 }
 
 impl std::fmt::Debug for Extras {
@@ -172,9 +174,9 @@ impl<T> Job<T> {
                 .report(
                     &self.extras.function,
                     &self.event.id,
+                    self.extras.ack_subject.as_ref(),
                     self.attempt,
-                    done,
-                    total,
+                    (done, total),
                     note,
                 )
                 .await;

@@ -10,12 +10,10 @@ use async_nats::jetstream::kv;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-/// One consumer's progress writer; per message it adds the message's ack subject.
-#[derive(Clone)]
+/// One consumer's progress writer, shared by its jobs (a `kv::Store` clone copies the bucket's stream info).
 pub(crate) struct Reporter {
     pub(crate) store: Option<kv::Store>,
     pub(crate) client: async_nats::Client,
-    pub(crate) ack_subject: Option<async_nats::Subject>,
 }
 
 impl Reporter {
@@ -23,12 +21,12 @@ impl Reporter {
         &self,
         function: &str,
         event_id: &str,
+        ack_subject: Option<&async_nats::Subject>,
         attempt: u32,
-        done: u64,
-        total: u64,
+        (done, total): (u64, u64),
         note: &str,
     ) {
-        if let Some(reply) = &self.ack_subject {
+        if let Some(reply) = ack_subject {
             crate::settle::progress_to(&self.client, reply.clone()).await;
         }
         let Some(store) = &self.store else {

@@ -346,8 +346,15 @@ where
                 breaker: breaker.clone(),
                 metrics,
                 handler_timeout: Duration::from_secs(core.job.handler_timeout_secs),
-                publisher: publish::Publisher::new(core.client.clone(), format!("/{}", core.name)),
-                progress,
+                function: core.name.as_str().into(),
+                publisher: Arc::new(publish::Publisher::new(
+                    core.client.clone(),
+                    format!("/{}", core.name),
+                )),
+                progress: Arc::new(crate::progress::Reporter {
+                    store: progress,
+                    client: core.client.clone(),
+                }),
                 _event: PhantomData::<fn() -> T>,
             });
             consume::pull(

@@ -32,10 +32,12 @@ pub(crate) struct Typed<T, H> {
     pub(crate) breaker: Arc<Breaker>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) handler_timeout: Duration,
+    /// The function's name, shared by its jobs.
+    pub(crate) function: Arc<str>,
     /// Publishes the handlers' outcome events.
-    pub(crate) publisher: publish::Publisher,
-    /// The `jetfn-progress` bucket; `None` when it does not exist (progress is then only an in-progress ack).
-    pub(crate) progress: Option<async_nats::jetstream::kv::Store>,
+    pub(crate) publisher: Arc<publish::Publisher>,
+    /// Writes `job.progress` reports (its bucket `None` when it does not exist: progress is then the ack only).
+    pub(crate) progress: Arc<Reporter>,
     pub(crate) _event: PhantomData<fn() -> T>,
 }
 
@@ -237,14 +239,11 @@ where
         tracing::Span::current().record("messaging.message.id", event.id.as_str());
     }
     let extras = Extras {
-        function: shared.settler.function.as_str().into(),
-        publisher: Some(shared.publisher.clone()),
+        function: Arc::clone(&shared.function),
+        publisher: Some(Arc::clone(&shared.publisher)),
         on_dead: Arc::default(),
-        progress: Some(Reporter {
-            store: shared.progress.clone(),
-            client: shared.settler.client.clone(),
-            ack_subject: message.reply.clone(),
-        }),
+        progress: Some(Arc::clone(&shared.progress)),
+        ack_subject: message.reply.clone(),
     };
     let on_dead = Arc::clone(&extras.on_dead);
     let job = Job {
@@ -258,19 +257,20 @@ where
         extras,
     };
     #[cfg(feature = "fault-injection")]
-    if let Some((steps, gap)) = crate::fault::slow_job()
-        && let Some(reporter) = job.extras.progress.clone()
-    {
+    if let Some((steps, gap)) = crate::fault::slow_job() {
         // The reporter `job.progress` uses, called without holding `&Job<T>` (not `Sync` for every `T`).
         let (function, id) = (job.extras.function.clone(), job.event.id.clone());
+        let ack = job.extras.ack_subject.clone();
         for step in 0..=steps {
             let note = if step < steps {
                 "test step"
             } else {
                 "test steps done"
             };
+            let at = (step, steps);
+            let reporter = &shared.progress;
             reporter
-                .report(&function, &id, attempt, step, steps, note)
+                .report(&function, &id, ack.as_ref(), attempt, at, note)
                 .await;
             if step < steps {
                 tokio::time::sleep(gap).await;
