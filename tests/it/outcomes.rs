@@ -196,3 +196,26 @@ async fn a_job_longer_than_ack_wait_is_kept_alive_by_its_progress_and_readable_m
     assert_eq!(system.smtp.messages().len(), 1);
     drop(welcome);
 }
+
+#[tokio::test]
+async fn a_welcome_failing_on_every_attempt_publishes_one_exhausted_email_failed() {
+    let system = System::start().await;
+    let _welcome = system.welcome().await;
+    system.smtp.fail_next_data(vec![(451, "4.7.0 busy"); 10]);
+    let event = CloudEvent::new("/signup", user("busy@example.com", "Busy"));
+    system.publisher.publish_event(&event).await.unwrap();
+    system.wait_dlq(1).await;
+    system.wait_on(FAILED, 1, WAIT).await;
+    system.wait_settled("welcome").await;
+    let failed: CloudEvent<EmailFailed> = last(&system, FAILED).await;
+    assert_eq!(failed.data.kind, FailureKind::Exhausted);
+    assert_eq!(failed.data.source_id, event.id);
+    assert_eq!(failed.data.to, "bu***@example.com");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        system.count_on(FAILED).await,
+        1,
+        "the earlier failed attempts published none"
+    );
+    assert_eq!(system.count_on(SENT).await, 0);
+}
