@@ -101,9 +101,19 @@ pub async fn send_once<T>(
         to,
         message_id: crate::compose::message_id(&idempotency_key),
     };
-    job.publish_outcome(&format!("email.sent:{effect}"), sent)
-        .await?;
-    Ok(())
+    match job
+        .publish_outcome(&format!("email.sent:{effect}"), sent)
+        .await
+    {
+        Ok(_) => Ok(()),
+        // The email went out: dead-lettering the event for want of its confirmation would be the worse lie (a
+        // full EVENTS stream refuses it on every delivery). The loss is logged; a replay publishes it.
+        Err(err) if job.is_last_attempt() => {
+            tracing::error!(email = kind, error = %err, "email.sent not published on the last delivery; the email was sent, so the event is acked without it");
+            Ok(())
+        }
+        Err(err) => Err(err),
+    }
 }
 
 /// The outcome name of an email's `email.failed` (the effect name holds the address; outcome names are hashed).
