@@ -61,6 +61,15 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_python_formula_gives_the_same_key() {
+        // uuid.uuid5(uuid.UUID("8d7f4c2a-3b1e-5f60-9a4d-2c6e8b0f1a37"), "users.registered:u-1001").hex
+        assert_eq!(
+            progress_key("welcome", "users.registered:u-1001"),
+            "welcome.8dc90cd38baf53928f0113beb3801cd4"
+        );
+    }
+
+    #[test]
     fn notes_are_cut_and_cleaned() {
         assert_eq!(clean_note("a\r\nb"), "ab");
         assert_eq!(clean_note(&"x".repeat(500)).len(), MAX_NOTE_CHARS);
