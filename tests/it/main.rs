@@ -19,6 +19,7 @@ mod indexing;
 mod ledger;
 mod local_system;
 mod operate;
+mod outcomes;
 mod partition;
 mod pause;
 mod permissions;

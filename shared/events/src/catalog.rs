@@ -3,9 +3,9 @@
 use serde_json::{Value, json};
 
 use crate::{
-    CleanupCompleted, CleanupRequested, ContactSubmitted, EmailVerificationRequested, Event,
-    Invalid, MessageCreated, MessageDeleted, MessageUpdated, OrderPlaced, OrderShipped,
-    OrderStatusChanged, PasswordResetRequested, UserRegistered,
+    CleanupCompleted, CleanupRequested, ContactSubmitted, EmailFailed, EmailSent,
+    EmailVerificationRequested, Event, Invalid, MessageCreated, MessageDeleted, MessageUpdated,
+    OrderPlaced, OrderShipped, OrderStatusChanged, PasswordResetRequested, UserRegistered,
 };
 
 /// Every event subject starts with this token, so one stream (`EVENTS`, subjects `events.>`) holds them all.
@@ -126,6 +126,18 @@ pub static CATALOG: &[EventKind] = &[
         "cleanup.completed",
         [],
         "A cleanup run finished; how many index entries, dead letters and journal records it removed."
+    ),
+    kind!(
+        EmailSent,
+        "email.sent",
+        [],
+        "An email function's email was accepted by the SMTP server: once per event and email, recipient masked, with the template and Message-ID."
+    ),
+    kind!(
+        EmailFailed,
+        "email.failed",
+        [],
+        "An email function dead-lettered its event: once per event and email, recipient masked, with the reason's kind."
     ),
 ];
 

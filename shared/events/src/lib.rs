@@ -12,8 +12,10 @@ mod commerce;
 mod contact;
 mod envelope;
 mod messaging;
+mod outcomes;
 mod payloads;
 pub mod pii;
+pub mod progress;
 mod rules;
 pub mod services;
 mod validate;
@@ -36,7 +38,9 @@ pub use messaging::{
     CleanupCompleted, CleanupRequested, MAX_RETENTION_SECS, MessageCreated, MessageDeleted,
     MessageUpdated,
 };
+pub use outcomes::{EmailFailed, EmailSent, FailureKind, outcome_id};
 pub use payloads::{Locale, UserRegistered};
+pub use progress::{PROGRESS_BUCKET, Progress, progress_key};
 pub use validate::{FieldError, Invalid, MAX_EVENT_BYTES, Validator, check_size};
 
 /// A payload type that travels as the `data` of a CloudEvent.

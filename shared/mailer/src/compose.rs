@@ -52,7 +52,7 @@ pub fn compose(
     ))?)
 }
 
-fn message_id(idempotency_key: &str) -> String {
+pub(crate) fn message_id(idempotency_key: &str) -> String {
     let id = uuid::Uuid::new_v5(&MESSAGE_ID_NAMESPACE, idempotency_key.as_bytes());
     format!("<{}@jetfn>", id.simple())
 }

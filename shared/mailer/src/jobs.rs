@@ -36,27 +36,51 @@ pub struct Email<'a> {
 /// Composes `email` (From is `MAIL_FROM`; the `Message-ID` derives from the effect's idempotency key) and sends it
 /// once for this event and `effect` (name the effect after the email and its recipient, such as
 /// `customer-email:ada@example.com`): a redelivery, a re-publish of the event or another replica finds it done and
-/// skips it.
+/// skips it. Then, once per event and effect, the outcome: `email.sent` (recipient masked, the email's name, the
+/// `Message-ID`) once the send is done, or `email.failed` with the dead letter's kind if the event is dead-lettered
+/// without it (registered before the send, withdrawn once it succeeded).
 ///
 /// # Errors
-/// A composition or send error mapped by [`job_error`], or a transient ledger error.
+/// A composition or send error mapped by [`job_error`], or a transient ledger or publish error.
 pub async fn send_once<T>(
     job: &Job<T>,
     mailer: &Mailer,
     effect: &str,
     email: Email<'_>,
 ) -> Result<(), JobError> {
+    let idempotency_key = job.effect_key(effect);
+    let recipient = email.to.email.to_string();
+    let kind = effect.split(':').next().unwrap_or(effect);
+    let source_id = job.event.id.clone();
+    let source_type = job.event.ty.clone();
+    let function = job.function().to_owned();
+    let to = events::pii::mask_email(&recipient);
+    {
+        let (source_id, source_type, function, template, to) = (
+            source_id.clone(),
+            source_type.clone(),
+            function.clone(),
+            kind.to_owned(),
+            to.clone(),
+        );
+        job.on_dead_letter(&failed_outcome(effect), move |kind| events::EmailFailed {
+            source_id,
+            source_type,
+            function,
+            template,
+            to,
+            kind,
+        });
+    }
     let message = compose(
         mailer.from(),
         email.to,
         email.reply_to,
         email.rendered,
         email.locale,
-        &job.effect_key(effect),
+        &idempotency_key,
     )
     .map_err(job_error)?;
-    let recipient = email.to.email.to_string();
-    let kind = effect.split(':').next().unwrap_or(effect);
     match job
         .once(effect, || async {
             mailer.send(message).await.map_err(job_error)
@@ -68,7 +92,33 @@ pub async fn send_once<T>(
             tracing::info!(email = kind, to = %Masked(&recipient), "email already sent for this event; skipped");
         }
     }
-    Ok(())
+    job.forget_dead_letter(&failed_outcome(effect));
+    let sent = events::EmailSent {
+        source_id,
+        source_type,
+        function,
+        template: kind.to_owned(),
+        to,
+        message_id: crate::compose::message_id(&idempotency_key),
+    };
+    match job
+        .publish_outcome(&format!("email.sent:{effect}"), sent)
+        .await
+    {
+        Ok(_) => Ok(()),
+        // The email went out: dead-lettering the event for want of its confirmation would be the worse lie (a
+        // full EVENTS stream refuses it on every delivery). The loss is logged; a replay publishes it.
+        Err(err) if job.is_last_attempt() => {
+            tracing::error!(email = kind, error = %err, "email.sent not published on the last delivery; the email was sent, so the event is acked without it");
+            Ok(())
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// The outcome name of an email's `email.failed` (the effect name holds the address; outcome names are hashed).
+fn failed_outcome(effect: &str) -> String {
+    format!("email.failed:{effect}")
 }
 
 /// The emails of one event the server refused for good, for a function that sends several: each recipient's send

@@ -23,6 +23,22 @@ pub const LEDGER_BUCKET: &str = "jetfn-ledger";
 pub const FAILURES_BUCKET: &str = "jetfn-failures";
 /// The rate-limit counters of the contact form.
 pub const RATELIMIT_BUCKET: &str = "jetfn-ratelimit";
+/// Progress of long jobs (`job.progress`): one key per (function, event), under the function's prefix.
+pub const PROGRESS_BUCKET: &str = events::PROGRESS_BUCKET;
+/// The outcome events each function publishes (`job.publish_outcome`, `job.on_dead_letter`), read from their code:
+/// every email function sends through `mailer::send_once`, which publishes `email.sent` and `email.failed`. Only
+/// these functions may publish them: no `publisher-<domain>` user is given an outcome type, so no producing
+/// service can forge a delivery confirmation.
+pub const OUTCOMES: &[(&str, &[&str])] = &[
+    ("welcome", EMAIL_OUTCOMES),
+    ("password-reset", EMAIL_OUTCOMES),
+    ("email-verification", EMAIL_OUTCOMES),
+    ("order-confirmation", EMAIL_OUTCOMES),
+    ("order-status", EMAIL_OUTCOMES),
+    ("shipping-notification", EMAIL_OUTCOMES),
+    ("contact", EMAIL_OUTCOMES),
+];
+const EMAIL_OUTCOMES: &[&str] = &["email.sent", "email.failed"];
 /// The dead-letter stream and the first token of its subjects (`dlq.<stream>.<consumer>.<sequence>`).
 pub const DLQ_STREAM: &str = "DLQ";
 /// The first token of dead-letter subjects.
@@ -83,7 +99,12 @@ pub fn users(
     definitions: &Definitions,
     catalog: &[events::EventKind],
 ) -> anyhow::Result<Vec<User>> {
-    for bucket in [LEDGER_BUCKET, FAILURES_BUCKET, RATELIMIT_BUCKET] {
+    for bucket in [
+        LEDGER_BUCKET,
+        FAILURES_BUCKET,
+        RATELIMIT_BUCKET,
+        PROGRESS_BUCKET,
+    ] {
         anyhow::ensure!(
             definitions.buckets.iter().any(|b| b.bucket == bucket),
             "the permissions name the KV bucket {bucket}, but infra/nats/kv defines no such bucket"
@@ -96,7 +117,11 @@ pub fn users(
         );
     }
     let functions = definitions.functions();
-    for (name, _) in EXTRAS {
+    for name in EXTRAS
+        .iter()
+        .map(|(n, _)| n)
+        .chain(OUTCOMES.iter().map(|(n, _)| n))
+    {
         anyhow::ensure!(
             functions.iter().any(|f| f.name == *name),
             "the permissions grant extra rights to {name}, but no consumer file names that function"
@@ -173,14 +198,24 @@ pub fn users(
                 format!("$JS.API.DIRECT.GET.KV_{FAILURES_BUCKET}.>"),
             ]);
         } else {
-            comment.push_str(". Its own ledger keys and failure-journal records only.");
+            comment
+                .push_str(". Its own ledger keys, progress keys and failure-journal records only.");
             publish.extend(own_keys(LEDGER_BUCKET, &[name.to_owned()]));
+            publish.extend(own_keys(PROGRESS_BUCKET, &[name.to_owned()]));
             let journal: Vec<String> = function
                 .consumers
                 .iter()
                 .map(|(stream, consumer)| format!("{stream}.{consumer}"))
                 .collect();
             publish.extend(own_keys(FAILURES_BUCKET, &journal));
+        }
+        if let Some((_, outcomes)) = OUTCOMES.iter().find(|(n, _)| *n == name) {
+            comment.push_str(" It publishes its outcome events (");
+            comment.push_str(&outcomes.join(", "));
+            comment.push_str(").");
+            for ty in *outcomes {
+                publish.push(subject_of(ty)?.to_owned());
+            }
         }
         if let Some((_, extra)) = EXTRAS.iter().find(|(n, _)| *n == name) {
             let extra = extra(&Context {
@@ -206,7 +241,8 @@ pub fn users(
     // one domain (the signup API its users, the shop its orders), and a leaked password then forges only that
     // domain's events. Each lists its subjects one by one, so a new event type is granted by its catalog row.
     let mut domains: Vec<(&str, Vec<&str>)> = Vec::new();
-    for kind in catalog {
+    let outcome = |ty: &str| OUTCOMES.iter().any(|(_, types)| types.contains(&ty));
+    for kind in catalog.iter().filter(|kind| !outcome(kind.ty)) {
         let domain = kind.ty.split('.').next().unwrap_or(kind.ty);
         match domains.iter_mut().find(|(d, _)| *d == domain) {
             Some((_, subjects)) => subjects.push(kind.subject),
@@ -231,8 +267,8 @@ pub fn users(
     users.push(User {
         name: "viewer".to_owned(),
         comment: "viewer: jetfn status, jetfn dlq list|show, jetfn audit: stream and consumer info and lists, the DLQ's \
-                  records and the audit trail. Changes nothing, reads no KV bucket's values and no event stream's \
-                  messages (so jetfn status shows no oldest age, and jetfn event is the operator's)."
+                  records and the audit trail. Changes nothing, reads no event stream's messages and no KV bucket's \
+                  values but job progress (so jetfn status shows no oldest age, and jetfn event is the operator's)."
             .to_owned(),
         publish: viewer.clone(),
         subscribe: vec![format!("{}.>", inbox_prefix("viewer"))],
@@ -303,6 +339,8 @@ fn viewer_rights() -> Vec<String> {
         format!("$JS.API.CONSUMER.CREATE.{DLQ_STREAM}.>"),
         format!("$JS.API.CONSUMER.MSG.NEXT.{DLQ_STREAM}.*"),
         format!("$JS.API.CONSUMER.DELETE.{DLQ_STREAM}.*"),
+        // Job progress (`jetfn event`, an operator's KV get): counts and a short note, no personal data.
+        format!("$JS.API.DIRECT.GET.KV_{PROGRESS_BUCKET}.>"),
     ]);
     // The audit trail, read the same ways.
     rights.extend([

@@ -9,6 +9,32 @@ pub(crate) const DELAY_BEFORE_ACK: &str = "JOB_TEST_DELAY_BEFORE_ACK_MS";
 /// on a host whose clock drifted; the ledger's lease must not care.
 pub(crate) const CLOCK_SKEW: &str = "JOB_TEST_CLOCK_SKEW_MS";
 
+/// `JOB_TEST_SLOW_JOB`: `<steps>x<ms>`: before its handler runs, every job reports progress `steps` times, `ms`
+/// apart, through `job.progress`, outside the runtime's own progress timer: a long job that only its own
+/// progress reports keep alive.
+pub(crate) const SLOW_JOB: &str = "JOB_TEST_SLOW_JOB";
+
+/// The slow-job hook's steps and gap, read once.
+#[cfg(feature = "fault-injection")]
+pub(crate) fn slow_job() -> Option<(u64, std::time::Duration)> {
+    static SLOW: std::sync::OnceLock<Option<(u64, std::time::Duration)>> =
+        std::sync::OnceLock::new();
+    *SLOW.get_or_init(|| {
+        std::env::var(SLOW_JOB)
+            .ok()
+            .and_then(|v| parse_slow_job(&v))
+    })
+}
+
+#[cfg(feature = "fault-injection")]
+fn parse_slow_job(value: &str) -> Option<(u64, std::time::Duration)> {
+    let (steps, ms) = value.split_once('x')?;
+    Some((
+        steps.parse().ok()?,
+        std::time::Duration::from_millis(ms.parse().ok()?),
+    ))
+}
+
 /// The hooks set in the environment.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Faults {
@@ -24,8 +50,14 @@ impl Faults {
     pub(crate) fn from_env() -> anyhow::Result<Self> {
         let delay = std::env::var_os(DELAY_BEFORE_ACK);
         let skew = std::env::var_os(CLOCK_SKEW);
+        let slow = std::env::var_os(SLOW_JOB);
         #[cfg(feature = "fault-injection")]
         {
+            if let Some(slow) = slow
+                && slow.to_str().and_then(parse_slow_job).is_none()
+            {
+                anyhow::bail!("{SLOW_JOB}: expected <steps>x<milliseconds> (8x200), got {slow:?}");
+            }
             let parse = |name: &str, value: &std::ffi::OsStr| {
                 value
                     .to_str()
@@ -53,7 +85,11 @@ impl Faults {
         }
         #[cfg(not(feature = "fault-injection"))]
         {
-            let Some(name) = delay.map(|_| DELAY_BEFORE_ACK).or(skew.map(|_| CLOCK_SKEW)) else {
+            let Some(name) = delay
+                .map(|_| DELAY_BEFORE_ACK)
+                .or(skew.map(|_| CLOCK_SKEW))
+                .or(slow.map(|_| SLOW_JOB))
+            else {
                 return Ok(Self::default());
             };
             Err(anyhow::anyhow!(

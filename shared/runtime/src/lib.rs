@@ -22,6 +22,7 @@ mod metrics;
 pub mod nats_context;
 pub mod nats_url;
 mod policy;
+mod progress;
 mod ratelimit;
 mod raw;
 mod runtime;

@@ -311,13 +311,21 @@ where
                 let pull = consume::get_consumer(&core.js, stream, &consumer).await?;
                 let ledger = core.bucket(&core.job.ledger_bucket).await?;
                 let failures = core.bucket(&core.job.failures_bucket).await?;
-                anyhow::Ok((pull, ledger, failures))
+                // Optional: without the bucket (a deployment not yet applied) progress is an in-progress ack only.
+                let progress = match core.js.get_key_value(events::PROGRESS_BUCKET).await {
+                    Ok(store) => Some(store),
+                    Err(err) => {
+                        tracing::warn!(bucket = events::PROGRESS_BUCKET, error = %err, "progress bucket not found; job progress will not be recorded");
+                        None
+                    }
+                };
+                anyhow::Ok((pull, ledger, failures, progress))
             };
             let bound_parts = tokio::select! {
                 () = stop.cancelled() => None,
                 parts = bind_with_backoff(stream, &consumer, bind) => Some(parts),
             };
-            let Some((pull, ledger, failures)) = bound_parts else {
+            let Some((pull, ledger, failures, progress)) = bound_parts else {
                 tracing::info!(consumer = %consumer, "stopped before the consumer was bound");
                 return;
             };
@@ -349,6 +357,15 @@ where
                 breaker: breaker.clone(),
                 metrics,
                 handler_timeout: Duration::from_secs(core.job.handler_timeout_secs),
+                function: core.name.as_str().into(),
+                publisher: Arc::new(publish::Publisher::new(
+                    core.client.clone(),
+                    format!("/{}", core.name),
+                )),
+                progress: Arc::new(crate::progress::Reporter {
+                    store: progress,
+                    client: core.client.clone(),
+                }),
                 _event: PhantomData::<fn() -> T>,
             });
             consume::pull(

@@ -395,6 +395,16 @@ impl Settler {
     }
 }
 
+/// An in-progress ack a handler asked for (`job.progress`), sent on the message's ack subject.
+pub(crate) async fn progress_to(client: &async_nats::Client, reply: async_nats::Subject) {
+    if let Err(err) = client
+        .publish(reply, bytes::Bytes::from_static(b"+WPI"))
+        .await
+    {
+        tracing::warn!(error = %err, "in-progress ack failed");
+    }
+}
+
 /// An in-progress ack: the message's redelivery deadline starts again while its handler runs or waits.
 pub(crate) async fn progress(message: &jetstream::Message) {
     if let Err(err) = message.ack_with(AckKind::Progress).await {

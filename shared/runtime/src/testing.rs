@@ -146,6 +146,10 @@ impl<T: Event> JobBuilder<T> {
             ledger: Ledger::memory(self.ledger.unwrap_or_default()),
             shutdown,
             metrics: Arc::new(Metrics::new("test", events::subject_for(T::TYPE), "test")),
+            extras: crate::job::Extras {
+                function: "test".into(),
+                ..crate::job::Extras::default()
+            },
         }
     }
 }

@@ -14,8 +14,10 @@ use tracing::Instrument as _;
 
 use crate::breaker::Breaker;
 use crate::consume::{self, Process};
+use crate::job::Extras;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
+use crate::progress::Reporter;
 use crate::settle::{Outcome, Settler};
 use crate::{Job, JobError, telemetry};
 
@@ -30,6 +32,12 @@ pub(crate) struct Typed<T, H> {
     pub(crate) breaker: Arc<Breaker>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) handler_timeout: Duration,
+    /// The function's name, shared by its jobs.
+    pub(crate) function: Arc<str>,
+    /// Publishes the handlers' outcome events.
+    pub(crate) publisher: Arc<publish::Publisher>,
+    /// Writes `job.progress` reports (its bucket `None` when it does not exist: progress is then the ack only).
+    pub(crate) progress: Arc<Reporter>,
     pub(crate) _event: PhantomData<fn() -> T>,
 }
 
@@ -107,7 +115,7 @@ where
         let started = std::time::Instant::now();
         // A NAK on the last delivery would make the server dead-letter the message: that one is held instead.
         let last = policy.is_last(attempt);
-        let outcome = loop {
+        let (outcome, on_dead) = loop {
             if shared.breaker.is_open() {
                 if !last {
                     let why = "this replica's circuit is open";
@@ -117,7 +125,8 @@ where
             }
             // Boxed, like `settle` below: a task's size is its largest state, and the handler's future and the
             // settle paths' publish futures inline would make every message's task several KiB to copy.
-            let outcome = Box::pin(run_attempt(shared, &message, attempt, sequence)).await;
+            let (outcome, on_dead) =
+                Box::pin(run_attempt(shared, &message, attempt, sequence)).await;
             match &outcome {
                 // The breaker is (now) open: the route, not this event, failed. Give the message to a replica whose
                 // route works; on its last delivery keep it and try again when the breaker closes.
@@ -133,8 +142,9 @@ where
                 Outcome::Success | Outcome::Permanent { .. } => shared.breaker.record_success(),
                 _ => {}
             }
-            break outcome;
+            break (outcome, on_dead);
         };
+        let outcome = Box::pin(dead_outcome(outcome, on_dead, attempt, last)).await;
         Box::pin(
             shared
                 .settler
@@ -144,6 +154,40 @@ where
     }
     .instrument(span)
     .await;
+}
+
+/// Publishes the outcome event the handler registered for a dead letter (`job.on_dead_letter`) when this attempt
+/// dead-letters, before the record is written: so a crash between the two leaves the event undead, and its
+/// redelivery finds the outcome done in the ledger (or publishes it under the same id, which the stream's
+/// duplicate window absorbs). A publish that fails retries the event; on the last delivery there is no retry, so
+/// the record is written anyway and the lost outcome logged.
+async fn dead_outcome(
+    outcome: Outcome,
+    on_dead: Vec<(String, crate::job::DeadOutcome)>,
+    attempt: u32,
+    last: bool,
+) -> Outcome {
+    if on_dead.is_empty() {
+        return outcome;
+    }
+    let Some(kind) = outcome.clone().at_attempt(attempt, last).death() else {
+        return outcome;
+    };
+    for (_, publish) in on_dead {
+        match publish(kind).await {
+            Ok(()) => {}
+            Err(err) if !last => {
+                return Outcome::Retry {
+                    after: None,
+                    reason: format!("the dead-letter outcome event was not published: {err}"),
+                };
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "a dead-letter outcome event was not published; dead-lettering without it");
+            }
+        }
+    }
+    outcome
 }
 
 /// Waits for the breaker to close, keeping the message (on its last delivery) with in-progress acks. A shutdown
@@ -164,7 +208,7 @@ async fn run_attempt<T, H, Fut>(
     message: &jetstream::Message,
     attempt: u32,
     sequence: u64,
-) -> Outcome
+) -> (Outcome, Vec<(String, crate::job::DeadOutcome)>)
 where
     T: Event,
     H: Fn(Job<T>) -> Fut + Send + Sync + 'static,
@@ -178,23 +222,20 @@ where
         match publish::sealed::open_event(&message.payload, key_id, shared.keyring.as_deref()) {
             Ok(opened) => opened,
             Err(err) if err.is_missing_key() => {
-                return Outcome::Permanent {
-                    reason: format!("cannot decrypt: {err}"),
-                };
+                let reason = format!("cannot decrypt: {err}");
+                return (Outcome::Permanent { reason }, Vec::new());
             }
             Err(err) => {
-                return Outcome::Invalid {
-                    reason: format!("invalid event: cannot decrypt: {err}"),
-                };
+                let reason = format!("invalid event: cannot decrypt: {err}");
+                return (Outcome::Invalid { reason }, Vec::new());
             }
         };
     let payload = opened.as_deref().unwrap_or(&message.payload);
     let mut event = match shared.validator.decode::<T>(payload) {
         Ok(event) => event,
         Err(invalid) => {
-            return Outcome::Invalid {
-                reason: format!("invalid event: {invalid}"),
-            };
+            let reason = format!("invalid event: {invalid}");
+            return (Outcome::Invalid { reason }, Vec::new());
         }
     };
     if is_recurring_firing(message) {
@@ -205,6 +246,14 @@ where
     if event.id.as_str() != consume::message_id_of(message) {
         tracing::Span::current().record("messaging.message.id", event.id.as_str());
     }
+    let extras = Extras {
+        function: Arc::clone(&shared.function),
+        publisher: Some(Arc::clone(&shared.publisher)),
+        on_dead: Arc::default(),
+        progress: Some(Arc::clone(&shared.progress)),
+        ack_subject: message.reply.clone(),
+    };
+    let on_dead = Arc::clone(&extras.on_dead);
     let job = Job {
         event,
         attempt,
@@ -213,15 +262,42 @@ where
         ledger: shared.ledger.clone(),
         shutdown: shared.shutdown.clone(),
         metrics: shared.metrics.clone(),
+        extras,
     };
-    consume::supervise(
+    #[cfg(feature = "fault-injection")]
+    if let Some((steps, gap)) = crate::fault::slow_job() {
+        // The reporter `job.progress` uses, called without holding `&Job<T>` (not `Sync` for every `T`).
+        let (function, id) = (job.extras.function.clone(), job.event.id.clone());
+        let ack = job.extras.ack_subject.clone();
+        for step in 0..=steps {
+            let note = if step < steps {
+                "test step"
+            } else {
+                "test steps done"
+            };
+            let at = (step, steps);
+            let reporter = &shared.progress;
+            reporter
+                .report(&function, &id, ack.as_ref(), attempt, at, note)
+                .await;
+            if step < steps {
+                tokio::time::sleep(gap).await;
+            }
+        }
+    }
+    let outcome = consume::supervise(
         (shared.handler)(job),
         message,
         &shared.settler.policy,
         shared.handler_timeout,
     )
     .await
-    .into_outcome(shared.handler_timeout, Outcome::of)
+    .into_outcome(shared.handler_timeout, Outcome::of);
+    let on_dead = on_dead
+        .lock()
+        .map(|mut slot| std::mem::take(&mut *slot))
+        .unwrap_or_default();
+    (outcome, on_dead)
 }
 
 /// A message a recurring NATS message schedule generated: the server sets `Nats-Scheduler` (the schedule's

@@ -21,6 +21,7 @@ use events::{
     CloudEvent, ContactSubmitted, EmailVerificationRequested, Event, OrderPlaced, OrderShipped,
     OrderStatusChanged, PasswordResetRequested, UserRegistered,
 };
+pub use publish::progress::read as read_progress;
 pub use publish::schedule::{Delay, DelayError};
 pub use publish::sealed::{Keyring, KeyringError};
 pub use publish::{PublishError, Published, Scheduled};

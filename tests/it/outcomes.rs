@@ -1,0 +1,221 @@
+//! Outcome events (issue 12, item 6) and the progress of a long job (item 5), against the real binaries.
+
+use std::time::Duration;
+
+use events::{CloudEvent, EmailFailed, EmailSent, FailureKind, PasswordResetRequested};
+
+use crate::support::{System, WAIT, user};
+
+const SENT: &str = "events.email.sent";
+const FAILED: &str = "events.email.failed";
+
+/// The data of the last event on `subject` in EVENTS.
+async fn last<T: events::Event>(system: &System, subject: &str) -> CloudEvent<T> {
+    let stream = system.js.get_stream("EVENTS").await.unwrap();
+    let message = stream
+        .get_last_raw_message_by_subject(subject)
+        .await
+        .unwrap();
+    serde_json::from_slice(&message.payload).unwrap()
+}
+
+#[tokio::test]
+async fn one_email_sent_per_email_under_a_sigkill_redelivery_and_a_lost_ledger() {
+    let system = System::start().await;
+    let doomed = system
+        .spawn(
+            "welcome",
+            &[("JOB_TEST_DELAY_BEFORE_ACK_MS", "60000".to_owned())],
+        )
+        .await;
+    let event = CloudEvent::new("/signup", user("outcome@example.com", "Out"));
+    system.publisher.publish_event(&event).await.unwrap();
+    // The outcome goes out after the send and before the ack, so the kill comes after both.
+    system.wait_on(SENT, 1, WAIT).await;
+    doomed.sigkill();
+    doomed.wait_exit(WAIT).await;
+
+    let survivor = system.welcome().await;
+    let info = system.wait_settled("welcome").await;
+    assert!(
+        info.delivered.consumer_sequence >= 2,
+        "redelivered: {info:?}"
+    );
+    survivor.wait_for_output("already sent", WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        system.count_on(SENT).await,
+        1,
+        "the redelivery found the outcome done"
+    );
+
+    let sent: CloudEvent<EmailSent> = last(&system, SENT).await;
+    let mail = &system.smtp.messages()[0];
+    assert_eq!(sent.data.to, "ou***@example.com", "the recipient is masked");
+    assert_eq!(sent.data.source_type, "users.registered");
+    assert_eq!(sent.data.function, "welcome");
+    assert_eq!(sent.data.template, "welcome-email");
+    assert_eq!(
+        Some(sent.data.message_id.clone()),
+        mail.raw_header("Message-ID"),
+        "the outcome names the email's Message-ID"
+    );
+    let raw = system
+        .js
+        .get_stream("EVENTS")
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject(SENT)
+        .await
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&raw.payload).contains("outcome@example.com"),
+        "no address in clear in the outcome"
+    );
+
+    // A `done` lost after the publish landed (here: the whole ledger lost) repeats the publish under the same
+    // id, and the stream's duplicate window keeps one. The email itself goes again (its Message-ID is the same).
+    system
+        .js
+        .get_stream("KV_jetfn-ledger")
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    assert_eq!(sent.data.source_id, event.id);
+    system
+        .publish_raw(
+            "events.users.registered",
+            &serde_json::to_vec(&event).unwrap(),
+        )
+        .await;
+    system.smtp.wait_for_messages(2, WAIT).await;
+    system.wait_settled("welcome").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        system.count_on(SENT).await,
+        1,
+        "the duplicate window absorbed the repeat"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_lettered_password_reset_publishes_one_email_failed() {
+    let system = System::start().await;
+    let process = system.spawn("password-reset", &[]).await;
+    system.smtp.reject_recipients(550, "5.1.1 no such user");
+    let mut request = PasswordResetRequested::example();
+    request.expires_at = (time::OffsetDateTime::now_utc() + time::Duration::minutes(30))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    request.email = "refused@example.com".to_owned();
+    system.emails().send_password_reset(request).await.unwrap();
+
+    let records = system.wait_dlq(1).await;
+    system.wait_on(FAILED, 1, WAIT).await;
+    let failed: CloudEvent<EmailFailed> = last(&system, FAILED).await;
+    assert_eq!(failed.data.kind, FailureKind::Permanent);
+    assert_eq!(failed.data.to, "re***@example.com");
+    assert_eq!(failed.data.function, "password-reset");
+    assert_eq!(failed.data.source_type, "users.password_reset_requested");
+    assert_eq!(failed.data.template, "reset-email");
+
+    // A replay of the dead letter fails the same way: a second record, still one outcome (the ledger has it).
+    let dlq_sequence = records[0].0;
+    system
+        .jetfn(&["dlq", "replay", &dlq_sequence.to_string()])
+        .await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while system.smtp.attempts().len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replay was not attempted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    system.wait_settled("password-reset").await;
+    let records = system.wait_dlq(1).await;
+    assert!(
+        records.iter().any(|(seq, _)| *seq != dlq_sequence),
+        "the replay was dead-lettered again: {} records",
+        records.len()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        system.count_on(FAILED).await,
+        1,
+        "one email.failed per event"
+    );
+    assert_eq!(system.count_on(SENT).await, 0);
+    assert!(!process.output().contains("refused@example.com"));
+}
+
+#[tokio::test]
+async fn a_job_longer_than_ack_wait_is_kept_alive_by_its_progress_and_readable_mid_job() {
+    let system = System::start().await;
+    // 10 steps of 200 ms: two seconds, five times the test consumers' ack_wait (400 ms), with the runtime's own
+    // progress timer not yet running: only the job's reports keep the message.
+    let welcome = system
+        .spawn("welcome", &[("JOB_TEST_SLOW_JOB", "10x200".to_owned())])
+        .await;
+    let event = CloudEvent::new("/signup", user("slow@example.com", "Slow"));
+    system.publisher.publish_event(&event).await.unwrap();
+    let event_id = event.id.clone();
+
+    // Mid-job: the SDK reads the progress while the email is not yet sent.
+    let deadline = std::time::Instant::now() + WAIT;
+    let seen = loop {
+        if let Some(progress) = sdk::read_progress(&system.client, "welcome", &event_id)
+            .await
+            .unwrap()
+            && progress.done >= 3
+        {
+            break progress;
+        }
+        assert!(std::time::Instant::now() < deadline, "no progress reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(seen.total, 10);
+    assert_eq!(seen.event_id, event_id);
+    assert_eq!(seen.note, "test step");
+    assert!(system.smtp.messages().is_empty(), "read while the job ran");
+
+    system.smtp.wait_for_messages(1, WAIT).await;
+    let info = system.wait_settled("welcome").await;
+    assert_eq!(info.num_redelivered, 0, "never redelivered: {info:?}");
+    assert_eq!(
+        info.delivered.consumer_sequence, 1,
+        "one delivery: {info:?}"
+    );
+    let last = sdk::read_progress(&system.client, "welcome", &event_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((last.done, last.total), (10, 10));
+    assert_eq!(system.smtp.messages().len(), 1);
+    drop(welcome);
+}
+
+#[tokio::test]
+async fn a_welcome_failing_on_every_attempt_publishes_one_exhausted_email_failed() {
+    let system = System::start().await;
+    let _welcome = system.welcome().await;
+    system.smtp.fail_next_data(vec![(451, "4.7.0 busy"); 10]);
+    let event = CloudEvent::new("/signup", user("busy@example.com", "Busy"));
+    system.publisher.publish_event(&event).await.unwrap();
+    system.wait_dlq(1).await;
+    system.wait_on(FAILED, 1, WAIT).await;
+    system.wait_settled("welcome").await;
+    let failed: CloudEvent<EmailFailed> = last(&system, FAILED).await;
+    assert_eq!(failed.data.kind, FailureKind::Exhausted);
+    assert_eq!(failed.data.source_id, event.id);
+    assert_eq!(failed.data.to, "bu***@example.com");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        system.count_on(FAILED).await,
+        1,
+        "the earlier failed attempts published none"
+    );
+    assert_eq!(system.count_on(SENT).await, 0);
+}
