@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use testkit::{NatsServer, free_port, workspace_root};
+use testkit::{NatsServer, free_port};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::support::{System, WAIT, assert_no_address, user};
@@ -23,13 +23,18 @@ const NOBODY: &str = "65534:65534";
 /// The nats-server image's tag: the version infra/install-nats-server.sh pins.
 const NATS_SERVER_TAG: &str = "2.15.1";
 
+/// The repository this test was compiled from (the test kit's `workspace_root` is where the kit was compiled).
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 fn tag() -> String {
     std::env::var("JETFN_IMAGE_TAG").unwrap_or_else(|_| "dev".to_owned())
 }
 
 /// Every binary with an image: the function crates, then the CLI.
 fn binaries() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(workspace_root().join("functions"))
+    let mut names: Vec<String> = std::fs::read_dir(root().join("functions"))
         .expect("read functions/")
         .map(|entry| entry.expect("a functions/ entry").file_name())
         .map(|name| name.to_string_lossy().into_owned())
@@ -41,7 +46,7 @@ fn binaries() -> Vec<String> {
 
 /// The functions that send email, as infra/deploy/kubernetes.json marks them (`"mail": true`).
 fn email_functions() -> Vec<String> {
-    let path = workspace_root().join("infra/deploy/kubernetes.json");
+    let path = root().join("infra/deploy/kubernetes.json");
     let settings: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).expect("read kubernetes.json"))
             .expect("kubernetes.json is JSON");
@@ -60,7 +65,7 @@ fn podman() -> Command {
     let mut command = Command::new("podman");
     command.env(
         "CONTAINERS_CONF",
-        workspace_root().join("infra/containers/containers.conf"),
+        root().join("infra/containers/containers.conf"),
     );
     command
 }
