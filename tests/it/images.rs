@@ -1,7 +1,8 @@
 //! The container images (`infra/images.sh`, `infra/deploy/Containerfile`) run with podman as an operator runs
 //! them: the welcome image handles a published event into the SMTP server, logs JSON and answers its probes; every
 //! image runs as nobody and has no shell; an email function's image stays small; the CLI image provisions a
-//! server with the definitions it carries; the nats-server image serves JetStream.
+//! server with the definitions it carries; the nats-server image serves JetStream; the indexing image serves with
+//! its index in its volume.
 //!
 //! The containers share the host's network, so they reach the test's nats-server and SMTP server on 127.0.0.1.
 //! The images are built beforehand (`bash infra/images.sh`, which `tests/run.sh` runs): a missing image fails the
@@ -358,7 +359,7 @@ async fn images_run_as_nobody_without_a_shell_and_email_images_are_small() {
 }
 
 #[tokio::test]
-async fn images_cli_applies_its_definitions_and_nats_server_serves_jetstream() {
+async fn images_cli_applies_its_definitions_and_nats_server_and_indexing_serve() {
     let jetfn = image("jetfn", &tag());
     let nats = image("nats-server", NATS_SERVER_TAG);
 
@@ -413,5 +414,27 @@ async fn images_cli_applies_its_definitions_and_nats_server_serves_jetstream() {
         js.get_key_value("jetfn-ledger")
             .await
             .unwrap_or_else(|e| panic!("the ledger bucket after apply on {url}: {e}"));
+    }
+
+    // Indexing, the one image that writes: its index goes into the declared volume, as nobody.
+    let health = free_port();
+    let indexing = Container::start(
+        "indexing",
+        &image("indexing", &tag()),
+        &[
+            ("NATS_URL", format!("nats://127.0.0.1:{port}")),
+            ("JOB_HEALTH_ADDR", format!("0.0.0.0:{health}")),
+        ],
+        &[],
+    );
+    indexing.wait_for_log("serving").await;
+    let deadline = Instant::now() + WAIT;
+    while http_status(health, "/readyz").await != "HTTP/1.1 200 OK" {
+        assert!(
+            Instant::now() < deadline,
+            "indexing never ready:\n{}",
+            indexing.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
