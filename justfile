@@ -28,6 +28,10 @@ lint:
 soak:
     JETFN_SOAK_EVENTS="${JETFN_SOAK_EVENTS:-50000}" bash tests/run.sh churn_
 
+# The container images (one per function, the CLI, nats-server) with podman; JETFN_IMAGE_TAG (default dev) tags them.
+images *names:
+    bash infra/images.sh {{names}}
+
 # Provision streams, consumers and KV buckets on the server at $NATS_URL.
 apply:
     cargo run -q -p jetfn -- infra apply

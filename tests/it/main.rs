@@ -15,6 +15,7 @@ mod emails;
 mod function_cli;
 mod harness_selftest;
 mod hostile;
+mod images;
 mod indexing;
 mod ledger;
 mod local_system;

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what the images and the compose stack need, idempotently and quietly when it is already there:
+# podman and runc from Debian (needs root: apt-get), and the pinned podman-compose (PyPI) into .tools/venv.
+# Every project script that runs podman exports CONTAINERS_CONF=infra/containers/containers.conf (the settings
+# podman needs on these machines); do the same to run podman by hand:
+#
+#   export CONTAINERS_CONF="$PWD/infra/containers/containers.conf"
+#
+# infra/images.sh and tests/run.sh call it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PODMAN_COMPOSE_VERSION=1.6.0
+export CONTAINERS_CONF="$PWD/infra/containers/containers.conf"
+
+if ! command -v podman >/dev/null || ! command -v runc >/dev/null; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "infra/install-podman.sh: podman and runc are missing; install them as root, then run this again:" >&2
+    echo "  sudo apt-get update && sudo apt-get install -y podman runc" >&2
+    exit 1
+  fi
+  echo "==> installing podman and runc (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends podman runc >/dev/null
+fi
+
+if ! .tools/venv/bin/podman-compose --version 2>/dev/null | grep -q "podman-compose version ${PODMAN_COMPOSE_VERSION}\b"; then
+  echo "==> installing podman-compose ${PODMAN_COMPOSE_VERSION} into .tools/venv (PyPI)"
+  [ -x .tools/venv/bin/python ] || python3 -m venv .tools/venv
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check "podman-compose==${PODMAN_COMPOSE_VERSION}"
+fi
+
+# A podman that cannot start (a wrong configuration, a missing runtime) fails here, with podman's own words,
+# rather than in the middle of an image build.
+if ! out=$(podman info --format '{{.Host.OCIRuntime.Name}} {{.Store.GraphDriverName}}' 2>&1); then
+  echo "infra/install-podman.sh: podman does not work with $CONTAINERS_CONF:" >&2
+  echo "$out" >&2
+  exit 1
+fi
