@@ -6,6 +6,7 @@ mod breaker;
 mod churn;
 mod cleanup;
 mod cluster;
+mod compose;
 mod consumers;
 mod dlq;
 mod emails;

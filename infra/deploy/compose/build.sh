@@ -140,6 +140,13 @@ phoenix() {
     return
   fi
   local root=$STAGE/phoenix/rootfs
+  # The install (a minute or two) is kept while the lock and the interpreter are the same; only the image is redone.
+  local staged
+  staged=$(cat "$HERE/phoenix/requirements.txt" <("$python" -VV) | sha256sum | cut -c1-16)
+  if [ "$(cat "$STAGE/phoenix/staged" 2>/dev/null)" = "$staged" ]; then
+    build phoenix "$image" "$hash"
+    return
+  fi
   rm -rf "$STAGE/phoenix"
   # home/ (empty) becomes /phoenix, the one directory nobody may write.
   mkdir -p "$root$prefix/bin" "$root$prefix/lib" "$root/usr/local/bin" "$STAGE/phoenix/home"
@@ -158,6 +165,7 @@ phoenix() {
   rm -rf "$root$prefix/lib/python3.11/site-packages/bin"
   mapfile -t elves < <(find "$root" -type f \( -name '*.so' -o -name '*.so.*' -o -name python3.11 \))
   libraries "$root" "${elves[@]}"
+  echo "$staged" >"$STAGE/phoenix/staged"
   build phoenix "$image" "$hash"
 }
 
