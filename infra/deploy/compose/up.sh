@@ -4,7 +4,7 @@
 #   1. the certificates and passwords (secrets.sh; kept when they exist)
 #   2. the three NATS nodes, the mail catcher and the trace backend
 #   3. the provisioning step, `jetfn infra apply --replicas 3`, once; a failure stops here with its output
-#   4. every function
+#   4. every function, then waits until the mail and trace pages answer
 #
 # Why not one `podman-compose up -d`: podman-compose 1.6 turns depends_on into `podman create --requires`, and
 # podman starts a required container that is not running whenever the dependent one starts. The provisioning
@@ -68,5 +68,21 @@ if [ -n "$down" ]; then
   for name in $down; do podman logs --tail 20 "$name" >&2 || true; done
   exit 1
 fi
+# The two pages answer last (Phoenix migrates its database first, half a minute or so); spans sent before that
+# are lost, so wait for them.
+for url in "http://127.0.0.1:${JETFN_MAILDEV_PORT:-1080}/healthz" "http://127.0.0.1:${JETFN_PHOENIX_PORT:-6006}/healthz"; do
+  if ! command -v curl >/dev/null; then
+    echo "==> not waiting for $url: no curl (apt-get install curl)"
+    continue
+  fi
+  deadline=$((SECONDS + 180))
+  until curl -fsS -o /dev/null "$url" 2>/dev/null; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "infra/deploy/compose/up.sh: $url does not answer after 180 s" >&2
+      exit 1
+    fi
+    sleep 1
+  done
+done
 echo "==> up in $((SECONDS - start)) s: mail at http://127.0.0.1:${JETFN_MAILDEV_PORT:-1080}," \
   "traces at http://127.0.0.1:${JETFN_PHOENIX_PORT:-6006} (project jetfn)"
