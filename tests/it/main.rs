@@ -14,6 +14,7 @@ mod function_cli;
 mod harness_selftest;
 mod hostile;
 mod indexing;
+mod infra_wait;
 mod ledger;
 mod local_system;
 mod partition;
