@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 bash infra/install-nats-server.sh
 bash infra/install-test-tools.sh
 bash infra/install-kubernetes-validate.sh
+bash infra/install-podman.sh
 
 # The binaries the integration tests spawn carry the fault-injection hooks the crash tests set
 # (JOB_TEST_DELAY_BEFORE_ACK_MS, JOB_TEST_CLOCK_SKEW_MS, INDEX_TEST_*, ROUTER_TEST_*, ...). A build without the feature
@@ -23,7 +24,15 @@ BIN_FEATURES=runtime/fault-injection,indexing/fault-injection,dlq-router/fault-i
 export JETFN_TEST_LOG_DIR="$PWD/target/test-logs"
 rm -rf "$JETFN_TEST_LOG_DIR"
 
+# The container images the image tests run (tests/it/images.rs): release binaries of their own cargo profile, so
+# the builds below do not replace them. Warm, a few seconds.
+build_images() {
+  echo "==> container images (infra/images.sh)"
+  bash infra/images.sh
+}
+
 if [ "$#" -gt 0 ]; then
+  build_images
   cargo build --workspace --bins --features "$BIN_FEATURES"
   cargo test -p integration-tests --test it -- "$@"
   # A filter that runs no function process leaves nothing to scan.
@@ -52,6 +61,7 @@ done
 echo "==> fuzz targets, bounded (envelope decoder and validator, email composition, schedule parser)"
 JETFN_FUZZ_CASES=100000000 JETFN_FUZZ_SECS=12 \
   cargo test -p events -p mailer -p provision -p jetfn fuzz_ -- --nocapture --test-threads 2
+build_images
 # Built right before the integration tests, so no other step can replace them with a build without the hooks.
 echo "==> building the binaries the integration tests run"
 cargo build --workspace --bins --features "$BIN_FEATURES"

@@ -13,6 +13,7 @@ mod emails;
 mod function_cli;
 mod harness_selftest;
 mod hostile;
+mod images;
 mod indexing;
 mod infra_wait;
 mod ledger;
