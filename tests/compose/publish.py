@@ -42,8 +42,9 @@ async def main(path: str) -> None:
                 ack = await js.publish(subject, body, headers={"Nats-Msg-Id": event["id"]})
                 break
             except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError,
-                    nats.errors.NoRespondersError):
-                # The stream's leader moving to another node after the kill: the same id is stored once.
+                    nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError):
+                # The stream's leader moving to another node after the kill (no responder for a moment, a timeout,
+                # a 503): try again; the same id is stored once.
                 await asyncio.sleep(0.5)
         else:
             raise SystemExit(f"publishing {event['id']} failed 20 times")
