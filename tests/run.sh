@@ -70,6 +70,9 @@ build_images
 echo "==> building the binaries the integration tests run"
 cargo build --workspace --bins --features "$BIN_FEATURES"
 echo "==> integration tests (real nats-server, SMTP server, OTLP receiver, function binaries)"
-cargo test -p integration-tests --test it
+cargo test -p integration-tests --test it -- --skip compose_
+# On its own, so its containers do not share the two cores with the tests above (tests/it/compose.rs).
+echo "==> the compose stack (images, podman-compose, a three-node cluster over TLS, every function, maildev, Phoenix)"
+cargo test -p integration-tests --test it compose_ -- --nocapture
 echo "==> no secret and no email address in clear in what the functions printed"
 cargo run -q -p integration-tests --bin scan-logs -- "$JETFN_TEST_LOG_DIR"

@@ -158,6 +158,11 @@ struct InfraArgs {
     /// files' own.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=5))]
     replicas: Option<u16>,
+    /// Wait up to this many seconds for the server to answer, trying again every second: a node still starting,
+    /// a new cluster still electing its JetStream leader (a provisioning step started with the servers). 0 tries
+    /// once.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    wait_secs: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -258,12 +263,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::New(args) => new::run(&args),
         Command::Catalog(json) => catalog(json.json),
         Command::Infra { command } => match command {
-            InfraCommand::Plan(args) => infra(&nats()?, &args, None).await,
+            InfraCommand::Plan(args) => infra(&nats()?, &args, Mode::Plan).await,
             InfraCommand::Apply(args) => {
-                let config = nats()?;
-                let client = connect(&config).await?;
-                let audit = audit::Audit::new(&client, &config, cli.actor.as_deref());
-                infra(&config, &args, Some(&audit)).await
+                let actor = cli.actor.as_deref();
+                infra(&nats()?, &args, Mode::Apply { actor }).await
             }
             InfraCommand::Permissions(args) => permissions(&args),
             InfraCommand::Kubernetes(args) => {
@@ -346,20 +349,25 @@ fn kubernetes(args: &KubernetesArgs) -> anyhow::Result<String> {
     provision::kubernetes::render(&definitions, &settings, &permissions)
 }
 
-/// `audit` is given for apply (a change, recorded) and absent for plan (a read).
+/// `jetfn infra plan` reads; `jetfn infra apply` changes, and so is recorded in the audit trail.
+enum Mode<'a> {
+    Plan,
+    Apply { actor: Option<&'a str> },
+}
+
 async fn infra(
     config: &runtime::config::NatsConfig,
     args: &InfraArgs,
-    audit: Option<&audit::Audit>,
+    mode: Mode<'_>,
 ) -> anyhow::Result<()> {
     let mut definitions = provision::Definitions::load(&args.dir)?;
     if let Some(replicas) = args.replicas {
         definitions.set_replicas(usize::from(replicas));
     }
-    let client = connect(config).await?;
-    let js = async_nats::jetstream::new(client.clone());
-    let plan = definitions.plan(&js).await?;
-    if let Some(audit) = audit {
+    // The audit trail is written over the connection `ready` made, so `--wait-secs` also covers it.
+    let (client, js, plan) = ready(config, &definitions, args.wait_secs).await?;
+    if let Mode::Apply { actor } = mode {
+        let audit = audit::Audit::new(&client, config, actor);
         if !plan.impossible().is_empty() {
             println!("{plan}");
         }
@@ -403,6 +411,43 @@ async fn infra(
         }
     }
     Ok(())
+}
+
+/// Connects and reads the plan, the first thing that needs JetStream to answer; with `--wait-secs`, again every
+/// second until it does or the time is up (then the last error). Each different error is printed once, so a wait
+/// shows what it is waiting for without a line per second.
+async fn ready(
+    config: &runtime::config::NatsConfig,
+    definitions: &provision::Definitions,
+    wait_secs: u64,
+) -> anyhow::Result<(
+    async_nats::Client,
+    async_nats::jetstream::Context,
+    provision::Plan,
+)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_secs);
+    let mut last = String::new();
+    loop {
+        let attempt = async {
+            let client = connect(config).await?;
+            let js = async_nats::jetstream::new(client.clone());
+            let plan = definitions.plan(&js).await?;
+            anyhow::Ok((client, js, plan))
+        }
+        .await;
+        match attempt {
+            Ok(ready) => return Ok(ready),
+            Err(err) if std::time::Instant::now() < deadline => {
+                let text = format!("{err:#}");
+                if text != last {
+                    eprintln!("waiting for NATS (up to {wait_secs} s): {text}");
+                    last = text;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
 }
 
 /// The functions' `NATS_*` settings, with the flags in place of their variables: one reading, one set of names,
