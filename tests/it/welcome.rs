@@ -420,24 +420,9 @@ fn tokio_util_like_stop() -> (
     })
 }
 
+/// The status of `GET path` on a health port.
 pub(crate) async fn http_status(addr: &str, path: &str) -> u16 {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("the health endpoint accepts connections");
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0)
+    crate::telemetry::http_get(addr, path).await.0
 }
 
 #[tokio::test]
