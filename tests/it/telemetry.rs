@@ -102,10 +102,11 @@ async fn scrape_until(addr: &str, done: impl Fn(&[Sample]) -> bool) -> Vec<Sampl
     }
 }
 
-/// Three events acked (one after a retry) and one invalid event dead-lettered: five deliveries, five attempts.
-async fn handle_some_events(system: &System) {
+/// `acked` events acked (one after a retry) and one invalid event dead-lettered: `acked + 2` deliveries and
+/// attempts.
+pub(crate) async fn handle_some_events(system: &System, acked: usize) {
     system.smtp.fail_next_data(vec![(451, "4.3.0 later")]);
-    for n in 0..3 {
+    for n in 0..acked {
         system
             .publisher
             .publish(user(&format!("scrape{n}@example.com"), "Scrape"))
@@ -133,7 +134,7 @@ async fn the_health_port_serves_the_same_metrics_as_otlp_in_the_prometheus_forma
             ],
         )
         .await;
-    handle_some_events(&system).await;
+    handle_some_events(&system, 3).await;
 
     let ours = [
         ("messaging_system", "nats"),
