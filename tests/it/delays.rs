@@ -6,19 +6,10 @@ use std::time::Duration;
 use sdk::{Delay, DelayError, PublishError};
 use time::OffsetDateTime;
 
+use crate::schedules::last_stored;
 use crate::support::{System, WAIT, user};
 
 const SUBJECT: &str = "events.users.registered";
-
-/// When the last event on `subject` was stored.
-async fn last_stored(system: &System, subject: &str) -> OffsetDateTime {
-    let stream = system.js.get_stream("EVENTS").await.unwrap();
-    stream
-        .get_last_raw_message_by_subject(subject)
-        .await
-        .expect("an event on the subject")
-        .time
-}
 
 #[tokio::test]
 async fn a_delayed_email_from_the_sdk_is_sent_once_and_not_before_its_time() {

@@ -125,6 +125,38 @@ async fn status_aligns_any_name_shows_age_and_fill_and_hides_what_is_internal() 
     );
 }
 
+/// Publishes a registration whose address the SMTP server refuses for good; returns it and the DLQ once its dead
+/// letter is there.
+async fn publish_refused(
+    system: &System,
+    email: &str,
+    name: &str,
+) -> (runtime::Published, Vec<(u64, runtime::dlq::DeadLetter)>) {
+    system
+        .smtp
+        .reject_recipients(550, "5.1.1 mailbox unavailable");
+    let published = system.publisher.publish(user(email, name)).await.unwrap();
+    (published, system.wait_dlq(1).await)
+}
+
+/// What `jetfn event --json` says `consumer` did with one copy of the event.
+fn fate<'a>(copy: &'a serde_json::Value, consumer: &str) -> &'a serde_json::Value {
+    copy["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["consumer"] == consumer)
+        .unwrap()
+}
+
+/// The error `replay_edited` refuses `event` with, as the edit of DLQ record `seq`.
+async fn refused_edit(system: &System, seq: u64, event: &serde_json::Value) -> String {
+    ops::dlq::replay_edited(&system.js, seq, &serde_json::to_vec(event).unwrap(), false)
+        .await
+        .unwrap_err()
+        .to_string()
+}
+
 #[tokio::test]
 async fn event_tells_where_an_event_is_what_each_function_did_its_effects_and_its_trace() {
     let system = System::start().await;
@@ -136,15 +168,7 @@ async fn event_tells_where_an_event_is_what_each_function_did_its_effects_and_it
         .unwrap();
     system.smtp.wait_for_messages(1, WAIT).await;
     system.wait_settled("welcome").await;
-    system
-        .smtp
-        .reject_recipients(550, "5.1.1 mailbox unavailable");
-    let dead = system
-        .publisher
-        .publish(user("dead@example.com", "Dead"))
-        .await
-        .unwrap();
-    let records = system.wait_dlq(1).await;
+    let (dead, records) = publish_refused(&system, "dead@example.com", "Dead").await;
 
     let trace = [(
         "JETFN_TRACE_URL_TEMPLATE",
@@ -175,12 +199,7 @@ async fn event_tells_where_an_event_is_what_each_function_did_its_effects_and_it
         copy["trace_url"],
         format!("http://traces.test/trace/{trace_id}")
     );
-    let welcome = copy["consumers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["consumer"] == "welcome")
-        .unwrap();
+    let welcome = fate(copy, "welcome");
     assert_eq!(welcome["state"], "acknowledged", "{report}");
     let effect = &report["effects"][0];
     assert_eq!(effect["function"], "welcome", "{report}");
@@ -202,13 +221,7 @@ async fn event_tells_where_an_event_is_what_each_function_did_its_effects_and_it
         &["event", &dead.id, "--json", "--type", "users.registered"],
     )
     .await;
-    let welcome = report["copies"][0]["consumers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["consumer"] == "welcome")
-        .unwrap()
-        .clone();
+    let welcome = fate(&report["copies"][0], "welcome");
     assert_eq!(welcome["state"], "dead-lettered", "{report}");
     assert_eq!(welcome["dlq_sequence"], records[0].0, "{report}");
     assert_eq!(report["dead_letters"][0]["kind"], "permanent", "{report}");
@@ -481,24 +494,13 @@ async fn status_watch_follows_the_backlog_until_interrupted() {
 async fn an_edited_dead_letter_is_checked_against_its_schema_then_replayed() {
     let system = System::start().await;
     let _welcome = system.welcome().await;
-    system
-        .smtp
-        .reject_recipients(550, "5.1.1 mailbox unavailable");
-    let published = system
-        .publisher
-        .publish(user("typo@exmaple.com", "Typo"))
-        .await
-        .unwrap();
-    let records = system.wait_dlq(1).await;
+    let (published, records) = publish_refused(&system, "typo@exmaple.com", "Typo").await;
     let seq = records[0].0;
     system.smtp.clear_faults();
     let mut event: serde_json::Value = serde_json::from_slice(&records[0].1.payload).unwrap();
 
     event["data"]["email"] = "not an address".into();
-    let err = ops::dlq::replay_edited(&system.js, seq, &serde_json::to_vec(&event).unwrap(), false)
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = refused_edit(&system, seq, &event).await;
     assert!(err.contains("/data/email"), "names the field: {err}");
     assert!(
         !err.contains("not an address"),
@@ -506,10 +508,7 @@ async fn an_edited_dead_letter_is_checked_against_its_schema_then_replayed() {
     );
     event["data"]["email"] = "fixed@example.com".into();
     event["id"] = "another-id".into();
-    let err = ops::dlq::replay_edited(&system.js, seq, &serde_json::to_vec(&event).unwrap(), false)
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = refused_edit(&system, seq, &event).await;
     assert!(err.contains("/id"), "{err}");
     assert_eq!(
         system.dlq().await.len(),

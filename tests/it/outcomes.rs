@@ -5,6 +5,7 @@ use std::time::Duration;
 use events::{CloudEvent, EmailFailed, EmailSent, FailureKind, PasswordResetRequested};
 
 use crate::support::{System, WAIT, user};
+use crate::welcome::{kill_and_redeliver, welcome_held_before_the_ack};
 
 const SENT: &str = "events.email.sent";
 const FAILED: &str = "events.email.failed";
@@ -22,26 +23,12 @@ async fn last<T: events::Event>(system: &System, subject: &str) -> CloudEvent<T>
 #[tokio::test]
 async fn one_email_sent_per_email_under_a_sigkill_redelivery_and_a_lost_ledger() {
     let system = System::start().await;
-    let doomed = system
-        .spawn(
-            "welcome",
-            &[("JOB_TEST_DELAY_BEFORE_ACK_MS", "60000".to_owned())],
-        )
-        .await;
+    let doomed = welcome_held_before_the_ack(&system).await;
     let event = CloudEvent::new("/signup", user("outcome@example.com", "Out"));
     system.publisher.publish_event(&event).await.unwrap();
     // The outcome goes out after the send and before the ack, so the kill comes after both.
     system.wait_on(SENT, 1, WAIT).await;
-    doomed.sigkill();
-    doomed.wait_exit(WAIT).await;
-
-    let survivor = system.welcome().await;
-    let info = system.wait_settled("welcome").await;
-    assert!(
-        info.delivered.consumer_sequence >= 2,
-        "redelivered: {info:?}"
-    );
-    survivor.wait_for_output("already sent", WAIT).await;
+    let _survivor = kill_and_redeliver(&system, &doomed).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         system.count_on(SENT).await,

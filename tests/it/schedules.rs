@@ -12,7 +12,7 @@ const SUBJECT: &str = "events.messages.created";
 const DATA: &str = r#"{"message_id":"m-s","conversation_id":"c-1","sender_id":"u-1","body":"scheduled hello","created_at":"2026-11-25T10:00:00Z"}"#;
 
 /// When the last event on `subject` was stored.
-async fn last_stored(system: &System, subject: &str) -> OffsetDateTime {
+pub(crate) async fn last_stored(system: &System, subject: &str) -> OffsetDateTime {
     let stream = system.js.get_stream("EVENTS").await.unwrap();
     stream
         .get_last_raw_message_by_subject(subject)

@@ -8,6 +8,7 @@ use std::time::Duration;
 use testkit::{FunctionProcess, OtlpReceiver};
 
 use crate::support::{System, WAIT, user};
+use crate::tracing_otlp::{otel_env, publish_traced};
 
 /// One scraped sample: its metric name, labels and value.
 #[derive(Debug, Clone)]
@@ -101,10 +102,11 @@ async fn scrape_until(addr: &str, done: impl Fn(&[Sample]) -> bool) -> Vec<Sampl
     }
 }
 
-/// Three events acked (one after a retry) and one invalid event dead-lettered: five deliveries, five attempts.
-async fn handle_some_events(system: &System) {
+/// `acked` events acked (one after a retry) and one invalid event dead-lettered: `acked + 2` deliveries and
+/// attempts.
+pub(crate) async fn handle_some_events(system: &System, acked: usize) {
     system.smtp.fail_next_data(vec![(451, "4.3.0 later")]);
-    for n in 0..3 {
+    for n in 0..acked {
         system
             .publisher
             .publish(user(&format!("scrape{n}@example.com"), "Scrape"))
@@ -132,7 +134,7 @@ async fn the_health_port_serves_the_same_metrics_as_otlp_in_the_prometheus_forma
             ],
         )
         .await;
-    handle_some_events(&system).await;
+    handle_some_events(&system, 3).await;
 
     let ours = [
         ("messaging_system", "nats"),
@@ -282,35 +284,13 @@ async fn the_dlq_router_serves_metrics_on_its_health_port() {
 async fn attempts_link_to_the_publisher_and_the_dead_letter_span_is_named_by_its_template() {
     let system = System::start().await;
     let receiver = OtlpReceiver::start();
-    let otel = vec![
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
-    ];
-    let _welcome = system.spawn("welcome", &otel).await;
-    let mut env = system.env();
-    env.extend(otel.iter().cloned());
-    let publish = FunctionProcess::spawn_with_args(
-        "jetfn",
-        &[
-            "publish",
-            "users.registered",
-            "--data",
-            r#"{"user_id":"l1","email":"link@example.com","name":"Link"}"#,
-        ],
-        &env,
-    );
-    assert_eq!(
-        publish.wait_exit(WAIT).await.code(),
-        Some(0),
-        "{}",
-        publish.output()
-    );
-    let send = receiver
-        .wait_for_span(
-            |span| span.service_name == "jetfn-cli" && span.name == "send events.users.registered",
-            WAIT,
-        )
-        .await;
+    let _welcome = system.spawn("welcome", &otel_env(&receiver)).await;
+    let (_publish, send) = publish_traced(
+        &system,
+        &receiver,
+        r#"{"user_id":"l1","email":"link@example.com","name":"Link"}"#,
+    )
+    .await;
     assert_eq!(
         send.attributes
             .get("messaging.operation.name")

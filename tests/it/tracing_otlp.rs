@@ -2,31 +2,30 @@
 
 use std::time::Duration;
 
-use testkit::{FunctionProcess, OtlpReceiver};
+use testkit::{FunctionProcess, OtlpReceiver, ReceivedSpan};
 
 use crate::support::{System, WAIT};
 
-#[tokio::test]
-async fn the_function_spans_reach_a_real_otlp_receiver_parented_by_the_publisher() {
-    let system = System::start().await;
-    let receiver = OtlpReceiver::start();
-    let otel = vec![
+/// Exports to `receiver` with a short batch delay, so a span is out within a test's wait.
+pub(crate) fn otel_env(receiver: &OtlpReceiver) -> Vec<(&'static str, String)> {
+    vec![
         ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
-    ];
-    let _welcome = system.spawn("welcome", &otel).await;
-    system.smtp.fail_next_data(vec![(451, "4.3.0 later")]);
+    ]
+}
 
+/// `jetfn publish users.registered --data <data>` exporting to `receiver`, which must succeed; returns the CLI (for
+/// its output) and its send span, the context the event's attempts are traced under.
+pub(crate) async fn publish_traced(
+    system: &System,
+    receiver: &OtlpReceiver,
+    data: &str,
+) -> (FunctionProcess, ReceivedSpan) {
     let mut env = system.env();
-    env.extend(otel.iter().cloned());
+    env.extend(otel_env(receiver));
     let publish = FunctionProcess::spawn_with_args(
         "jetfn",
-        &[
-            "publish",
-            "users.registered",
-            "--data",
-            r#"{"user_id":"t1","email":"trace@example.com","name":"Trace"}"#,
-        ],
+        &["publish", "users.registered", "--data", data],
         &env,
     );
     assert_eq!(
@@ -35,18 +34,33 @@ async fn the_function_spans_reach_a_real_otlp_receiver_parented_by_the_publisher
         "{}",
         publish.output()
     );
-    assert!(
-        publish.output().contains("stream=EVENTS seq=1"),
-        "{}",
-        publish.output()
-    );
-
     let send = receiver
         .wait_for_span(
             |span| span.service_name == "jetfn-cli" && span.name == "send events.users.registered",
             WAIT,
         )
         .await;
+    (publish, send)
+}
+
+#[tokio::test]
+async fn the_function_spans_reach_a_real_otlp_receiver_parented_by_the_publisher() {
+    let system = System::start().await;
+    let receiver = OtlpReceiver::start();
+    let _welcome = system.spawn("welcome", &otel_env(&receiver)).await;
+    system.smtp.fail_next_data(vec![(451, "4.3.0 later")]);
+
+    let (publish, send) = publish_traced(
+        &system,
+        &receiver,
+        r#"{"user_id":"t1","email":"trace@example.com","name":"Trace"}"#,
+    )
+    .await;
+    assert!(
+        publish.output().contains("stream=EVENTS seq=1"),
+        "{}",
+        publish.output()
+    );
     assert_eq!(send.kind, 4, "PRODUCER");
     let spans = receiver
         .wait_for_spans(

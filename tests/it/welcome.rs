@@ -275,24 +275,24 @@ async fn the_same_event_published_twice_sends_one_email() {
     assert_eq!(system.smtp.messages().len(), 1, "one email for one event");
 }
 
-#[tokio::test]
-async fn sigkill_after_the_send_and_before_the_ack_still_sends_one_email() {
-    let system = System::start().await;
-    let doomed = system
+/// A welcome function that holds each event a minute between its effect and its ack: a kill lands in between.
+pub(crate) async fn welcome_held_before_the_ack(system: &System) -> testkit::FunctionProcess {
+    system
         .spawn(
             "welcome",
             &[("JOB_TEST_DELAY_BEFORE_ACK_MS", "60000".to_owned())],
         )
-        .await;
-    system
-        .publisher
-        .publish(user("crash@example.com", "Crash"))
         .await
-        .unwrap();
-    system.smtp.wait_for_messages(1, WAIT).await;
+}
+
+/// SIGKILLs `doomed` before its ack and starts another welcome: the event is delivered again and the ledger says
+/// it was already sent. Returns the survivor.
+pub(crate) async fn kill_and_redeliver(
+    system: &System,
+    doomed: &testkit::FunctionProcess,
+) -> testkit::FunctionProcess {
     doomed.sigkill();
     doomed.wait_exit(WAIT).await;
-
     let survivor = system.welcome().await;
     let info = system.wait_settled("welcome").await;
     assert!(
@@ -300,6 +300,20 @@ async fn sigkill_after_the_send_and_before_the_ack_still_sends_one_email() {
         "the message was redelivered: {info:?}"
     );
     survivor.wait_for_output("already sent", WAIT).await;
+    survivor
+}
+
+#[tokio::test]
+async fn sigkill_after_the_send_and_before_the_ack_still_sends_one_email() {
+    let system = System::start().await;
+    let doomed = welcome_held_before_the_ack(&system).await;
+    system
+        .publisher
+        .publish(user("crash@example.com", "Crash"))
+        .await
+        .unwrap();
+    system.smtp.wait_for_messages(1, WAIT).await;
+    let _survivor = kill_and_redeliver(&system, &doomed).await;
     assert_eq!(
         system.smtp.messages().len(),
         1,
@@ -420,24 +434,9 @@ fn tokio_util_like_stop() -> (
     })
 }
 
+/// The status of `GET path` on a health port.
 pub(crate) async fn http_status(addr: &str, path: &str) -> u16 {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("the health endpoint accepts connections");
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0)
+    crate::telemetry::http_get(addr, path).await.0
 }
 
 #[tokio::test]

@@ -399,18 +399,46 @@ async fn replay_one(
             kept: true,
         });
     }
+    republish(js, dlq, seq, letter, None, options.keep).await
+}
+
+/// Publishes record `seq`'s event again to its original subject, `edited` in place of the stored one if given,
+/// then removes the record unless `keep`. A plain replay's message id is the record's own (replaying it twice
+/// within the window publishes once); an edit's is new each time, so a second edit is not taken for a duplicate.
+async fn republish(
+    js: &jetstream::Context,
+    dlq: &stream::Stream,
+    seq: u64,
+    letter: DeadLetter,
+    edited: Option<&[u8]>,
+    keep: bool,
+) -> anyhow::Result<Step> {
     let mut headers: HeaderMap = letter.headers.clone();
-    headers.insert(
-        async_nats::header::NATS_MESSAGE_ID,
-        format!("replay:{}:{seq}", letter.message_id()).as_str(),
-    );
+    let (message_id, what) = match edited {
+        None => (
+            format!("replay:{}:{seq}", letter.message_id()),
+            format!("dlq #{seq}"),
+        ),
+        Some(_) => {
+            let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
+            (
+                format!("replay:{}:{seq}:edited:{nanos}", letter.message_id()),
+                format!("the edited dlq #{seq}"),
+            )
+        }
+    };
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id.as_str());
     headers.insert("Jetfn-Replay-Of", seq.to_string().as_str());
+    if edited.is_some() {
+        headers.insert("Jetfn-Replay-Edited", "true");
+    }
+    let payload = edited.map_or_else(|| letter.payload.clone(), bytes::Bytes::copy_from_slice);
     let ack = js
-        .publish_with_headers(letter.subject.clone(), headers, letter.payload.clone())
+        .publish_with_headers(letter.subject.clone(), headers, payload)
         .await?
         .await
-        .with_context(|| format!("publishing dlq #{seq} to {}", letter.subject))?;
-    if !options.keep {
+        .with_context(|| format!("publishing {what} to {}", letter.subject))?;
+    if !keep {
         dlq.delete_message(seq)
             .await
             .with_context(|| format!("removing dlq #{seq} after its replay (it was replayed)"))?;
@@ -419,7 +447,7 @@ async fn replay_one(
         dlq_sequence: seq,
         subject: letter.subject,
         sequence: Some(ack.sequence),
-        kept: options.keep,
+        kept: keep,
     })
 }
 
@@ -464,34 +492,7 @@ pub async fn replay_edited(
         event.id == original.id,
         "/id: the edit changes the event id; an edit keeps it, so the ledger still knows which effects already ran"
     );
-    let mut headers: HeaderMap = letter.headers.clone();
-    let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
-    headers.insert(
-        async_nats::header::NATS_MESSAGE_ID,
-        format!("replay:{}:{seq}:edited:{nanos}", letter.message_id()).as_str(),
-    );
-    headers.insert("Jetfn-Replay-Of", seq.to_string().as_str());
-    headers.insert("Jetfn-Replay-Edited", "true");
-    let ack = js
-        .publish_with_headers(
-            letter.subject.clone(),
-            headers,
-            bytes::Bytes::copy_from_slice(edited),
-        )
-        .await?
-        .await
-        .with_context(|| format!("publishing the edited dlq #{seq} to {}", letter.subject))?;
-    if !keep {
-        dlq.delete_message(seq)
-            .await
-            .with_context(|| format!("removing dlq #{seq} after its replay (it was replayed)"))?;
-    }
-    Ok(Step::Replayed {
-        dlq_sequence: seq,
-        subject: letter.subject,
-        sequence: Some(ack.sequence),
-        kept: keep,
-    })
+    republish(js, &dlq, seq, letter, Some(edited), keep).await
 }
 
 /// Deletes each selected record for good, going on past one that fails.
