@@ -69,6 +69,13 @@ if ! $stage_only && [ "$ENGINE" = podman ]; then
   bash infra/install-podman.sh
 fi
 
+# Called from inside `cargo test` (tests/it/compose.rs), this script inherits the test crate's CARGO_PKG_* and
+# similar variables; ring's build script watches CARGO_PKG_VERSION_*, so cargo would rebuild ring and all that
+# depends on it (six minutes on two cores) whenever the caller changes. Drop them, so every caller builds alike.
+while IFS= read -r name; do
+  unset "$name"
+done < <(compgen -e | grep -E '^CARGO_(PKG_|CRATE_|MANIFEST_|BIN_|PRIMARY_PACKAGE|TARGET_TMPDIR)' || true)
+
 if [ "${#binaries[@]}" -gt 0 ]; then
   echo "==> cargo build --profile $PROFILE --locked (${binaries[*]})"
   packages=()
