@@ -382,3 +382,47 @@ async fn subscription_notification_sends_with_its_own_rights_only() {
     system.wait_on("events.email.sent", 3, WAIT).await;
     crate::permissions::assert_no_violation(&system, &function.output(), FUNCTION);
 }
+
+/// What every email function does with SMTP replies, here for each of the three consumers' paths: a 4xx is retried
+/// and the retry sends once (`email.sent`), a 5xx dead-letters at once (`email.failed`).
+#[tokio::test]
+async fn a_4xx_is_retried_and_a_5xx_dead_letters_with_email_failed() {
+    let system = System::start().await;
+    let _function = system.spawn(FUNCTION, &[]).await;
+    let emails = system.emails();
+    system.smtp.fail_next_data(vec![(451, "4.3.0 later")]);
+    emails
+        .send_subscription_cancelled(cancelled(15, "later@example.com", Locale::En))
+        .await
+        .unwrap();
+    system.smtp.wait_for_messages(1, WAIT).await;
+    system.wait_settled(CANCELLED).await;
+    assert!(
+        system
+            .smtp
+            .attempts()
+            .iter()
+            .any(|attempt| attempt.code == 451),
+        "the 4xx was seen"
+    );
+    system.wait_on("events.email.sent", 1, WAIT).await;
+
+    system.smtp.reject_recipients(550, "5.1.1 no such user");
+    emails
+        .send_subscription_created(created(16, "gone@example.com", Locale::Vi))
+        .await
+        .unwrap();
+    let records = system.wait_dlq(1).await;
+    let letter = &records[0].1;
+    assert_eq!(
+        (letter.kind, letter.attempts, letter.consumer.as_str()),
+        (DeathKind::Permanent, 1, CREATED)
+    );
+    assert!(
+        !letter.reason.contains("gone@example.com"),
+        "{}",
+        letter.reason
+    );
+    system.wait_on("events.email.failed", 1, WAIT).await;
+    assert_eq!(system.smtp.messages().len(), 1);
+}
