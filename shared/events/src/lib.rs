@@ -15,6 +15,7 @@ mod messaging;
 mod outcomes;
 mod payloads;
 pub mod pii;
+mod priority;
 pub mod progress;
 mod rules;
 pub mod services;
@@ -40,6 +41,7 @@ pub use messaging::{
 };
 pub use outcomes::{EmailFailed, EmailSent, FailureKind, outcome_id};
 pub use payloads::{Locale, UserRegistered};
+pub use priority::{Priority, UnknownPriority};
 pub use progress::{PROGRESS_BUCKET, Progress, progress_key};
 pub use validate::{FieldError, Invalid, MAX_EVENT_BYTES, Validator, check_size};
 

@@ -198,10 +198,12 @@ pub fn users(
                 format!("$JS.API.DIRECT.GET.KV_{FAILURES_BUCKET}.>"),
             ]);
         } else {
-            comment
-                .push_str(". Its own ledger keys, progress keys and failure-journal records only.");
+            comment.push_str(
+                ". Its own ledger keys, progress keys, rate-limit logs and failure-journal records only.",
+            );
             publish.extend(own_keys(LEDGER_BUCKET, &[name.to_owned()]));
             publish.extend(own_keys(PROGRESS_BUCKET, &[name.to_owned()]));
+            publish.extend(own_keys(RATELIMIT_BUCKET, &[name.to_owned()]));
             let journal: Vec<String> = function
                 .consumers
                 .iter()
