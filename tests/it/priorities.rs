@@ -215,3 +215,21 @@ async fn a_filter_on_the_type_subject_never_sees_a_class_subject_and_a_no_wait_f
     let (got, _) = fetch(high).await;
     assert_eq!(got, 2);
 }
+
+/// A dead letter keeps its class: the record names the class's subject and consumer, and a replay republishes it
+/// on that subject, so it is served at the class it was published at.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_letter_keeps_its_class_and_a_replay_publishes_it_there() {
+    let system = System::start().await;
+    let _function = system.spawn(FUNCTION, &[]).await;
+    let high = Priority::High.subject("users.email_verification_requested");
+    system.publish_raw(&high, b"not a cloud event").await;
+    let records = system.wait_dlq(1).await;
+    let (dlq_seq, letter) = &records[0];
+    assert_eq!(letter.subject, high);
+    assert_eq!(letter.consumer, "email-verification-high");
+    system
+        .jetfn(&["dlq", "replay", &dlq_seq.to_string(), "--keep"])
+        .await;
+    system.wait_on(&high, 2, WAIT).await;
+}

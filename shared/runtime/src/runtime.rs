@@ -95,6 +95,12 @@ impl Runtime {
             "JOB_LEDGER_LEASE_SECS: must be at least 1 second (a claim younger than the lease is left to its \
              holder), got 0"
         );
+        // 1 would owe the lowest class every turn: low before high.
+        anyhow::ensure!(
+            job.priority_every >= 2,
+            "JOB_PRIORITY_EVERY: must be at least 2 (one start in this many goes to a waiting lower class), got {}",
+            job.priority_every
+        );
         // Sealed fields open only here, inside the function; the keyring's ids are logged, never its keys.
         let keyring = publish::sealed::Keyring::from_env()?.map(Arc::new);
         let nats_url = crate::nats_url::mask(&nats.url);
