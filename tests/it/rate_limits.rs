@@ -190,3 +190,43 @@ async fn kv_cas_lets_one_concurrent_writer_in_and_the_server_stamps_the_time() {
         entry.created
     );
 }
+
+/// The limit can live in the consumer's definition (`jetfn.rate_limit`), the one place every replica reads.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_limit_in_the_consumer_definition_holds_without_any_variable() {
+    const LIMIT: usize = 3;
+    const EVENTS: usize = 9;
+    let system = System::start_with(|definitions| {
+        let welcome = definitions
+            .consumers
+            .iter_mut()
+            .find(|(_, consumer)| consumer.durable_name.as_deref() == Some("welcome"))
+            .expect("the welcome consumer");
+        welcome
+            .1
+            .metadata
+            .insert("jetfn.rate_limit".to_owned(), format!("{LIMIT}/1s"));
+    })
+    .await;
+    let welcome = system.welcome().await;
+    assert!(welcome.output().contains("3/1s"), "{}", welcome.output());
+    for i in 0..EVENTS {
+        system
+            .publisher
+            .publish(user(&format!("defined{i}@example.com"), "Ada"))
+            .await
+            .unwrap();
+    }
+    system.smtp.wait_for_messages(EVENTS, WAIT).await;
+    let most = most_in_window(&system.smtp.arrivals(), Duration::from_millis(750));
+    assert!(most <= LIMIT, "{most} mails within one window");
+    assert_eq!(
+        system
+            .wait_settled("welcome")
+            .await
+            .delivered
+            .consumer_sequence,
+        EVENTS as u64
+    );
+    assert!(system.dlq().await.is_empty());
+}
