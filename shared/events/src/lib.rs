@@ -15,6 +15,7 @@ mod messaging;
 mod outcomes;
 mod payloads;
 pub mod pii;
+mod priority;
 pub mod progress;
 mod rules;
 pub mod services;
@@ -41,6 +42,7 @@ pub use messaging::{
 };
 pub use outcomes::{EmailFailed, EmailSent, FailureKind, outcome_id};
 pub use payloads::{Locale, UserRegistered};
+pub use priority::{Priority, UnknownPriority};
 pub use progress::{PROGRESS_BUCKET, Progress, progress_key};
 pub use subscriptions::{
     SubscriptionCancelled, SubscriptionCreated, SubscriptionStatus, SubscriptionStatusChanged,

@@ -185,6 +185,10 @@ struct PublishArgs {
     /// The event id (default: a new UUIDv7). Publishing the same id twice stores it once.
     #[arg(long)]
     id: Option<String>,
+    /// `high`, `normal` or `low`: the subject's class (`events.<type>.high`, `events.<type>`, `events.<type>.low`)
+    /// that functions serving priorities pull from first, in turn, or last.
+    #[arg(long, default_value = "normal")]
+    priority: events::Priority,
 }
 
 /// mimalloc: glibc's malloc and free were a fifth of the runtime's CPU per event (tests/bench/ANALYSIS.md).
@@ -517,7 +521,8 @@ async fn publish(config: &runtime::config::NatsConfig, args: PublishArgs) -> any
         (None, _, None) => anyhow::bail!("give an event type, or --event"),
     };
     let client = connect(config).await?;
-    let mut publisher = runtime::Publisher::new(client.clone(), args.source);
+    let mut publisher =
+        runtime::Publisher::new(client.clone(), args.source).with_priority(args.priority);
     // With a keyring, sensitive fields are sealed as the SDK seals them.
     if let Some(keyring) = publish::sealed::Keyring::from_env()? {
         publisher = publisher.with_keyring(std::sync::Arc::new(keyring));

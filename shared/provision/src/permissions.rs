@@ -199,10 +199,12 @@ pub fn users(
                 format!("$JS.API.DIRECT.GET.KV_{FAILURES_BUCKET}.>"),
             ]);
         } else {
-            comment
-                .push_str(". Its own ledger keys, progress keys and failure-journal records only.");
+            comment.push_str(
+                ". Its own ledger keys, progress keys, rate-limit logs and failure-journal records only.",
+            );
             publish.extend(own_keys(LEDGER_BUCKET, &[name.to_owned()]));
             publish.extend(own_keys(PROGRESS_BUCKET, &[name.to_owned()]));
+            publish.extend(own_keys(RATELIMIT_BUCKET, &[name.to_owned()]));
             let journal: Vec<String> = function
                 .consumers
                 .iter()
@@ -241,13 +243,28 @@ pub fn users(
     // One publisher per event domain (the first token of the type: users, orders, ...): a producing service owns
     // one domain (the signup API its users, the shop its orders), and a leaked password then forges only that
     // domain's events. Each lists its subjects one by one, so a new event type is granted by its catalog row.
-    let mut domains: Vec<(&str, Vec<&str>)> = Vec::new();
+    // A priority class's subject (`events.<type>.high`) is granted only when a consumer serves it, so a publisher
+    // cannot leave events at a class no function pulls from.
+    let mut domains: Vec<(&str, Vec<String>)> = Vec::new();
     let outcome = |ty: &str| OUTCOMES.iter().any(|(_, types)| types.contains(&ty));
+    let served = |subject: &str| {
+        definitions
+            .consumers
+            .iter()
+            .any(|(stream, consumer)| stream == EVENTS_STREAM && consumer.filter_subject == subject)
+    };
     for kind in catalog.iter().filter(|kind| !outcome(kind.ty)) {
         let domain = kind.ty.split('.').next().unwrap_or(kind.ty);
+        let mut granted = vec![kind.subject.to_owned()];
+        granted.extend(
+            [events::Priority::High, events::Priority::Low]
+                .map(|class| class.subject(kind.ty))
+                .into_iter()
+                .filter(|subject| served(subject)),
+        );
         match domains.iter_mut().find(|(d, _)| *d == domain) {
-            Some((_, subjects)) => subjects.push(kind.subject),
-            None => domains.push((domain, vec![kind.subject])),
+            Some((_, subjects)) => subjects.extend(granted),
+            None => domains.push((domain, granted)),
         }
     }
     for (domain, subjects) in &domains {
@@ -257,7 +274,7 @@ pub fn users(
             comment: format!(
                 "{name}: publishes the {domain}.* events of the catalog, nothing else (its inbox takes the stream's acks)."
             ),
-            publish: subjects.iter().map(|s| (*s).to_owned()).collect(),
+            publish: subjects.clone(),
             name,
             allow_responses: false,
         });

@@ -170,8 +170,10 @@ fn check(places: &Places) -> Vec<String> {
             continue;
         }
         let function = provision::function_of(consumer);
+        // A priority class's consumer filters on its type's subject and the class (`events.<type>.high`).
         let listed = events::CATALOG.iter().any(|kind| {
-            kind.subject == consumer.filter_subject && kind.consumers.contains(&function)
+            events::Priority::of_subject(&consumer.filter_subject, kind.ty).is_some()
+                && kind.consumers.contains(&function)
         });
         if !listed {
             problems.push(format!(
@@ -179,6 +181,30 @@ fn check(places: &Places) -> Vec<String> {
                 consumer.durable_name.as_deref().unwrap_or_default(),
                 consumer.filter_subject
             ));
+        }
+    }
+
+    // A main consumer's `jetfn.priority.<class>` names a consumer of the same function on the class's subject.
+    for (stream, consumer) in &definitions.consumers {
+        for class in [events::Priority::High, events::Priority::Low] {
+            let Some(name) = consumer.metadata.get(&format!("jetfn.priority.{class}")) else {
+                continue;
+            };
+            let subject = format!("{}.{class}", consumer.filter_subject);
+            let agrees = definitions.consumers.iter().any(|(other_stream, other)| {
+                other_stream == stream
+                    && other.durable_name.as_deref() == Some(name.as_str())
+                    && other.filter_subject == subject
+                    && provision::function_of(other) == provision::function_of(consumer)
+                    && other.metadata.get("jetfn.priority").map(String::as_str)
+                        == Some(class.as_str())
+            });
+            if !agrees {
+                problems.push(format!(
+                    "consumer {stream}/{}: metadata names {name} as its {class} class, but no consumer file {name} of the same function filters on {subject} with metadata.\"jetfn.priority\": \"{class}\"",
+                    consumer.durable_name.as_deref().unwrap_or_default()
+                ));
+            }
         }
     }
 

@@ -96,6 +96,7 @@ pub struct Publisher {
     validator: Arc<Validator>,
     source: String,
     keyring: Option<Arc<sealed::Keyring>>,
+    priority: events::Priority,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -103,6 +104,7 @@ impl std::fmt::Debug for Publisher {
         f.debug_struct("Publisher")
             .field("source", &self.source)
             .field("keyring", &self.keyring)
+            .field("priority", &self.priority)
             .finish_non_exhaustive()
     }
 }
@@ -115,7 +117,17 @@ impl Publisher {
             validator: Arc::new(Validator::new()),
             source: source.into(),
             keyring: None,
+            priority: events::Priority::Normal,
         }
+    }
+
+    /// Publishes at `priority`: on `events.<type>.high` or `events.<type>.low`, which the functions that serve
+    /// priorities pull from before (high) or after (low) their normal backlog. Normal, the default, is the plain
+    /// `events.<type>`. Delayed events ([`Publisher::publish_delayed`]) fire at normal.
+    #[must_use]
+    pub fn with_priority(mut self, priority: events::Priority) -> Self {
+        self.priority = priority;
+        self
     }
 
     /// Seals the fields the catalog marks sensitive with the keyring's current key (`Jetfn-Key-Id` names it), so
@@ -319,7 +331,7 @@ impl Publisher {
             bytes: payload,
             key_id,
         } = encoded;
-        let subject = events::subject_for(ty);
+        let subject = self.priority.subject(ty);
         // As in the consume loop: the full OpenTelemetry attributes only when spans are exported; the log layer
         // formats every field of a span into text, per event.
         let span = if exporting() {

@@ -362,6 +362,17 @@ pub struct JobConfig {
     /// `JOB_ACK`: how a success is acked; see [`AckMode`].
     #[serde(default)]
     pub ack: AckMode,
+    /// `JOB_RATE_LIMIT`: at most this many events started per window by all the function's replicas together
+    /// (`10/1s`); unset, the consumer's `jetfn.rate_limit` metadata, else no limit.
+    #[serde(default)]
+    pub rate_limit: Option<crate::Limit>,
+    /// `JOB_RATE_BUCKET`: the KV bucket the function's rate limit is counted in.
+    #[serde(default = "default_rate_bucket")]
+    pub rate_bucket: String,
+    /// `JOB_PRIORITY_EVERY`: while a lower class has events waiting, at least one event in this many started is
+    /// from it (the starvation bound of priorities).
+    #[serde(default = "default_priority_every")]
+    pub priority_every: u32,
 }
 
 /// How the runtime acks an event its handler finished. Neither mode can lose an event: an ack that never reaches
@@ -471,6 +482,21 @@ pub const JOB: Table = Table {
             "confirmed",
             "`confirmed` (the server answers each ack) or `plain` (fire-and-forget)",
         ),
+        Var::optional(
+            "JOB_RATE_LIMIT",
+            "events started per window by all replicas together, e.g. `10/1s`; unset: the consumer's \
+             `jetfn.rate_limit` metadata, else none",
+        ),
+        Var::with_default(
+            "JOB_RATE_BUCKET",
+            "jetfn-ratelimit",
+            "the KV bucket counting the function's rate limit",
+        ),
+        Var::with_default(
+            "JOB_PRIORITY_EVERY",
+            "8",
+            "while lower-priority events wait, at least one started in this many is one of them",
+        ),
     ],
 };
 
@@ -501,6 +527,12 @@ fn default_breaker_threshold() -> u32 {
 }
 fn default_breaker_probe() -> u64 {
     5
+}
+fn default_rate_bucket() -> String {
+    "jetfn-ratelimit".to_owned()
+}
+fn default_priority_every() -> u32 {
+    8
 }
 fn default_breaker_probe_max() -> u64 {
     60

@@ -17,6 +17,7 @@ mod error;
 mod fault;
 pub mod health;
 mod job;
+mod lanes;
 mod ledger;
 mod metrics;
 pub mod nats_context;
@@ -41,7 +42,7 @@ pub use ledger::window as ledger_window;
 pub use ledger::{Effect, Ledger};
 /// Functions that emit events publish as producers do; re-exported so a handler needs one import.
 pub use publish::{PublishError, Published, Publisher};
-pub use ratelimit::RateLimiter;
+pub use ratelimit::{Limit, RateLimiter};
 pub use raw::{RawConsumer, RawJob};
 pub use runtime::Runtime;
 pub use settle::Outcome;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
+use async_nats::jetstream::consumer::PullConsumer;
 use events::{Event, Validator};
 use tokio_util::sync::CancellationToken;
 
@@ -93,6 +94,12 @@ impl Runtime {
             job.ledger_lease_secs >= 1,
             "JOB_LEDGER_LEASE_SECS: must be at least 1 second (a claim younger than the lease is left to its \
              holder), got 0"
+        );
+        // 1 would owe the lowest class every turn: low before high.
+        anyhow::ensure!(
+            job.priority_every >= 2,
+            "JOB_PRIORITY_EVERY: must be at least 2 (one start in this many goes to a waiting lower class), got {}",
+            job.priority_every
         );
         // Sealed fields open only here, inside the function; the keyring's ids are logged, never its keys.
         let keyring = publish::sealed::Keyring::from_env()?.map(Arc::new);
@@ -330,48 +337,67 @@ where
                 return;
             };
             let policy = Policy::of(stream, &consumer, &pull);
-            let metrics = Arc::new(Metrics::new(
-                &core.name,
-                events::subject_for(T::TYPE),
-                &consumer,
-            ));
             let breaker = core.breaker();
-            let typed = Arc::new(Typed {
-                settler: core.settler(
-                    policy.clone(),
-                    Some(Failures::new(failures)),
-                    DeadLetters::Record {
-                        prefix: core.job.dlq_prefix.clone(),
-                    },
-                    metrics.clone(),
-                ),
-                validator: core.validator.clone(),
-                keyring: core.keyring.clone(),
-                ledger: Ledger::new(
-                    ledger,
-                    &core.name,
-                    Duration::from_secs(core.job.ledger_lease_secs),
-                ),
-                handler,
-                shutdown: stop.clone(),
-                breaker: breaker.clone(),
-                metrics,
-                handler_timeout: Duration::from_secs(core.job.handler_timeout_secs),
-                function: core.name.as_str().into(),
-                publisher: Arc::new(publish::Publisher::new(
-                    core.client.clone(),
-                    format!("/{}", core.name),
-                )),
-                progress: Arc::new(crate::progress::Reporter {
-                    store: progress,
-                    client: core.client.clone(),
-                }),
-                _event: PhantomData::<fn() -> T>,
-            });
-            consume::pull(
-                pull,
-                &policy,
-                typed,
+            let handler = Arc::new(handler);
+            let stores = Stores {
+                ledger,
+                failures,
+                progress,
+            };
+            let plan = match Plan::of(&core, &consumer, &pull).await {
+                Ok(plan) => plan,
+                Err(err) => {
+                    // A definition the runtime cannot serve as written: serving it otherwise would break a promise
+                    // (a limit not kept, a class not served), so the consumer stays unbound and says why.
+                    tracing::error!(consumer = %consumer, error = %format!("{err:#}"), "cannot serve this consumer");
+                    stop.cancelled().await;
+                    return;
+                }
+            };
+            if plan.is_plain() {
+                let typed = typed_for(&core, &stores, policy.clone(), &breaker, &stop, &handler);
+                consume::pull(
+                    pull,
+                    &policy,
+                    typed,
+                    Some(&breaker),
+                    &stop,
+                    &bound,
+                    core.job.drain_timeout(),
+                )
+                .await;
+                return;
+            }
+            let mut lanes = Vec::new();
+            for (class, name) in plan.classes {
+                let lane_pull = if name == consumer {
+                    pull.clone()
+                } else {
+                    let bind = || consume::get_consumer(&core.js, stream, &name);
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        bound = bind_with_backoff(stream, &name, bind) => bound,
+                    }
+                };
+                let lane_policy = Policy::of(stream, &name, &lane_pull);
+                lanes.push(crate::lanes::Lane {
+                    class,
+                    consumer: lane_pull,
+                    processor: typed_for(
+                        &core,
+                        &stores,
+                        lane_policy.clone(),
+                        &breaker,
+                        &stop,
+                        &handler,
+                    ),
+                    policy: lane_policy,
+                });
+            }
+            crate::lanes::pull(
+                lanes,
+                core.job.priority_every,
+                plan.limiter,
                 Some(&breaker),
                 &stop,
                 &bound,
@@ -380,6 +406,121 @@ where
             .await;
         })
     }
+}
+
+/// The buckets a typed consumer's jobs write.
+struct Stores {
+    ledger: async_nats::jetstream::kv::Store,
+    failures: async_nats::jetstream::kv::Store,
+    progress: Option<async_nats::jetstream::kv::Store>,
+}
+
+/// The metadata on a main consumer naming its priority classes' consumers, and its rate limit.
+pub(crate) const PRIORITY_HIGH_METADATA: &str = "jetfn.priority.high";
+pub(crate) const PRIORITY_LOW_METADATA: &str = "jetfn.priority.low";
+pub(crate) const RATE_LIMIT_METADATA: &str = "jetfn.rate_limit";
+
+/// How a typed consumer is served: its classes (highest first) and its rate limit.
+struct Plan {
+    classes: Vec<(events::Priority, String)>,
+    limiter: Option<crate::RateLimiter>,
+}
+
+impl Plan {
+    /// Reads the main consumer's metadata (`jetfn.priority.high`, `jetfn.priority.low`, `jetfn.rate_limit`) and
+    /// `JOB_RATE_LIMIT`, which wins over the metadata.
+    async fn of(core: &Core, consumer: &str, pull: &PullConsumer) -> anyhow::Result<Self> {
+        let metadata = &pull.cached_info().config.metadata;
+        let mut classes = Vec::new();
+        if let Some(high) = metadata.get(PRIORITY_HIGH_METADATA) {
+            classes.push((events::Priority::High, high.clone()));
+        }
+        classes.push((events::Priority::Normal, consumer.to_owned()));
+        if let Some(low) = metadata.get(PRIORITY_LOW_METADATA) {
+            classes.push((events::Priority::Low, low.clone()));
+        }
+        let limit = match (&core.job.rate_limit, metadata.get(RATE_LIMIT_METADATA)) {
+            (Some(limit), _) => Some(*limit),
+            (None, Some(text)) => Some(text.parse::<crate::Limit>().map_err(|err| {
+                anyhow::anyhow!("consumer {consumer}: metadata.\"{RATE_LIMIT_METADATA}\": {err}")
+            })?),
+            (None, None) => None,
+        };
+        let limiter = match limit {
+            Some(limit) => Some(
+                crate::RateLimiter::bind(
+                    &core.js,
+                    &core.job.rate_bucket,
+                    &core.name,
+                    limit.limit,
+                    limit.window,
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        Ok(Self { classes, limiter })
+    }
+
+    /// One class and no limit: the plain pull, as before priorities.
+    fn is_plain(&self) -> bool {
+        self.classes.len() == 1 && self.limiter.is_none()
+    }
+}
+
+/// The typed layer of one of a function's consumers; every class of a function shares its handler, breaker and
+/// ledger, each has its own policy (its backoff, its name on dead letters).
+fn typed_for<T, H, Fut>(
+    core: &Arc<Core>,
+    stores: &Stores,
+    policy: Policy,
+    breaker: &Arc<Breaker>,
+    stop: &CancellationToken,
+    handler: &Arc<H>,
+) -> Arc<Typed<T, impl Fn(Job<T>) -> Fut + Send + Sync + 'static>>
+where
+    T: Event,
+    H: Fn(Job<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), JobError>> + Send + 'static,
+{
+    let metrics = Arc::new(Metrics::new(
+        &core.name,
+        events::subject_for(T::TYPE),
+        &policy.consumer,
+    ));
+    let handler = handler.clone();
+    Arc::new(Typed {
+        settler: core.settler(
+            policy,
+            Some(Failures::new(stores.failures.clone())),
+            DeadLetters::Record {
+                prefix: core.job.dlq_prefix.clone(),
+            },
+            metrics.clone(),
+        ),
+        validator: core.validator.clone(),
+        keyring: core.keyring.clone(),
+        ledger: Ledger::new(
+            stores.ledger.clone(),
+            &core.name,
+            Duration::from_secs(core.job.ledger_lease_secs),
+        ),
+        handler: move |job| handler(job),
+        shutdown: stop.clone(),
+        breaker: breaker.clone(),
+        metrics,
+        handler_timeout: Duration::from_secs(core.job.handler_timeout_secs),
+        function: core.name.as_str().into(),
+        publisher: Arc::new(publish::Publisher::new(
+            core.client.clone(),
+            format!("/{}", core.name),
+        )),
+        progress: Arc::new(crate::progress::Reporter {
+            store: stores.progress.clone(),
+            client: core.client.clone(),
+        }),
+        _event: PhantomData::<fn() -> T>,
+    })
 }
 
 struct RawConsumerWith<H> {

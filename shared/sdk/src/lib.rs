@@ -17,6 +17,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub use events::Priority;
 use events::{
     CloudEvent, ContactSubmitted, EmailVerificationRequested, Event, OrderPlaced, OrderShipped,
     OrderStatusChanged, PasswordResetRequested, SubscriptionCancelled, SubscriptionCreated,
@@ -61,6 +62,22 @@ impl EmailEvents {
     #[must_use]
     pub fn with_keyring(mut self, keyring: std::sync::Arc<Keyring>) -> Self {
         self.publisher = self.publisher.with_keyring(keyring);
+        self
+    }
+
+    /// Sends at `priority` (`Priority::High` for a password reset a customer waits for, `Priority::Low` for a bulk
+    /// mailing), so a function with a backlog serves it before (or after) its normal events. A function whose
+    /// consumers do not serve the class leaves such events waiting: the README's "Priorities" lists which do.
+    ///
+    /// ```no_run
+    /// # async fn run(emails: sdk::EmailEvents) -> Result<(), sdk::PublishError> {
+    /// let urgent = emails.clone().with_priority(sdk::Priority::High);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_priority(mut self, priority: Priority) -> Self {
+        self.publisher = self.publisher.with_priority(priority);
         self
     }
 
