@@ -243,7 +243,21 @@ fn mode(state: &State) -> &'static str {
     }
 }
 
-async fn session_get(Extract(state): Extract<Shared>, caller: Caller) -> Answer {
+/// Also answers, signed in or not, how this console signs in, so the page shows the right form.
+async fn session_get(
+    Extract(state): Extract<Shared>,
+    caller: Result<Caller, ApiError>,
+) -> Answer {
+    let caller = match caller {
+        Ok(caller) => caller,
+        Err(refused) => {
+            return Ok((
+                StatusCode::UNAUTHORIZED,
+                Json(json!({ "error": refused.error, "sign_in": mode(&state) })),
+            )
+                .into_response());
+        }
+    };
     ok(Me {
         name: &caller.0.name,
         role: caller.0.role,
