@@ -4,6 +4,9 @@
 const ROLES = ["viewer", "operator", "admin"];
 let me = null;
 let timer = null;
+// Bumped on every page change, so an answer that arrives after the person moved on is not drawn over the new page.
+let generation = 0;
+const stale = (gen) => gen !== generation;
 
 // ---- helpers -------------------------------------------------------------------------------------------------
 
@@ -16,7 +19,7 @@ function h(tag, attrs, ...children) {
     else if (key === "class") el.className = value;
     else el.setAttribute(key, value === true ? "" : value);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     el.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -114,15 +117,20 @@ function poll(fn, ms) {
   timer = setInterval(fn, ms);
 }
 
-function main(...children) {
-  const el = document.getElementById("main");
-  el.replaceChildren(...children);
+/** Replaces an element's children, skipping null, undefined and false as h() does. */
+function put(el, ...children) {
+  el.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
   return el;
+}
+
+function main(...children) {
+  return put(document.getElementById("main"), ...children);
 }
 
 // ---- sign-in -------------------------------------------------------------------------------------------------
 
 function signInPage(mode, problem) {
+  generation++;
   stopPolling();
   document.getElementById("nav").hidden = true;
   document.getElementById("me").hidden = true;
@@ -189,13 +197,18 @@ async function start() {
 
 // ---- overview ------------------------------------------------------------------------------------------------
 
+// What was typed in a "pause until" field survives the overview's refresh every 2 s.
+const pauseUntil = {};
+
 function pauseControls(fn, paused) {
-  const until = h("input", { type: "datetime-local", title: "Pause until (empty: until resumed)", "aria-label": `pause ${fn} until` });
+  const until = h("input", { type: "datetime-local", title: "Pause until (empty: until resumed)", "aria-label": `pause ${fn} until`,
+    value: pauseUntil[fn] || "", oninput: (e) => { pauseUntil[fn] = e.target.value; } });
   return h("span", { class: "actions", "data-role": "operator" },
     paused
       ? h("button", { type: "button", id: `resume-${fn}`, onclick: () => act("POST", `/api/functions/${encodeURIComponent(fn)}/resume`, {}, `${fn} resumed`) }, "Resume")
       : [until, h("button", { type: "button", id: `pause-${fn}`, onclick: () => {
           const body = until.value ? { until: localToRfc3339(until.value) } : {};
+          delete pauseUntil[fn];
           act("POST", `/api/functions/${encodeURIComponent(fn)}/pause`, body, `${fn} paused ${until.value ? "until " + body.until : "until resumed"}`);
         } }, "Pause")]);
 }
@@ -213,14 +226,17 @@ async function act(method, path, body, done) {
 }
 
 async function overview() {
+  const gen = generation;
   const view = main(h("h1", {}, "Overview"), h("p", { class: "muted", id: "overview-at" }, "loading…"));
   let data;
   try {
     data = await api("GET", "/api/overview");
   } catch (err) {
+    if (stale(gen)) return;
     view.append(h("p", { class: "errors" }, err.message));
     return;
   }
+  if (stale(gen)) return;
   const dead = data.dead_letters || {};
   const rows = data.status.consumers.map((c) => {
     const state = c.paused
@@ -248,7 +264,7 @@ async function overview() {
     h("td", {}, fillBar(s.fill)),
     h("td", {}, s.discard === "new" ? "refuses new" : "drops oldest"),
     h("td", { class: "num" }, s.consumers)));
-  view.replaceChildren(
+  put(view, 
     h("h1", {}, "Overview"),
     h("p", { class: "muted", id: "overview-at" }, `As of ${when(data.status.at)}; updated every 2 s.`),
     h("section", { class: "card" }, h("h2", {}, "Functions"),
@@ -282,6 +298,7 @@ function filterFromForm() {
 }
 
 async function deadLetters() {
+  const gen = generation;
   const params = hashQuery();
   const input = (name, attrs) => h("label", {}, attrs.label, h(attrs.tag || "input", Object.assign({ id: `f-${name}`, name }, attrs.extra || {}), attrs.options || []));
   const kind = params.get("kind") || "";
@@ -306,9 +323,11 @@ async function deadLetters() {
   try {
     data = await api("GET", `/api/dlq?${new URLSearchParams(filter)}`);
   } catch (err) {
-    results.replaceChildren(h("p", { class: "errors" }, err.message));
+    if (stale(gen)) return;
+    put(results, h("p", { class: "errors" }, err.message));
     return;
   }
+  if (stale(gen)) return;
   const checks = [];
   const rows = data.records.map((r) => {
     const box = h("input", { type: "checkbox", value: r.dlq_sequence, "aria-label": `select dlq #${r.dlq_sequence}` });
@@ -335,7 +354,7 @@ async function deadLetters() {
       toast(err.message, true);
     }
   };
-  results.replaceChildren(
+  put(results, 
     h("div", { class: "actions" },
       h("span", { class: "muted" }, `${data.records.length} dead letter(s)`),
       h("button", { type: "button", id: "replay-selected", "data-role": "operator", onclick: () => {
@@ -374,7 +393,7 @@ function watchJob(id, box) {
       if (bad.length) parts.push(table([h("th", { class: "num" }, "DLQ #"), "Result", "Why"],
         bad.map((s) => h("tr", {}, h("td", { class: "num" }, `#${s.dlq_sequence}`), h("td", {}, s.result), h("td", { class: "wrap" }, s.error || s.reason))), ""));
     }
-    box.replaceChildren(h("section", { class: "card" }, parts));
+    put(box, h("section", { class: "card" }, parts));
   };
   const tick = async () => {
     try {
@@ -383,7 +402,7 @@ function watchJob(id, box) {
       if (!job.finished) setTimeout(tick, 500);
       else if (location.hash.startsWith("#/dlq")) setTimeout(() => refreshList(), 0);
     } catch (err) {
-      box.replaceChildren(h("p", { class: "errors" }, err.message));
+      put(box, h("p", { class: "errors" }, err.message));
     }
   };
   tick();
@@ -395,19 +414,21 @@ async function refreshList() {
   if (location.hash.match(/^#\/dlq\/\d+/)) return;
   await deadLetters();
   const fresh = document.getElementById("job");
-  if (fresh) fresh.replaceChildren(...keep);
+  if (fresh) put(fresh, ...keep);
 }
 
 async function deadLetter(seq) {
-  stopPolling();
+  const gen = generation;
   const view = main(h("h1", {}, `Dead letter #${seq}`), h("p", { class: "muted" }, "loading…"));
   let d;
   try {
     d = await api("GET", `/api/dlq/${seq}`);
   } catch (err) {
+    if (stale(gen)) return;
     view.append(h("p", { class: "errors" }, err.message));
     return;
   }
+  if (stale(gen)) return;
   const s = d.summary;
   const facts = [
     ["Function", s.consumer], ["Kind", s.kind], ["Original", `${s.stream} #${s.sequence} on ${s.subject || "(unknown subject)"}`],
@@ -419,7 +440,7 @@ async function deadLetter(seq) {
   if (s.payload_lost) facts.push(["Payload", h("span", { class: "bad" }, `lost: ${s.payload_lost}. It cannot be replayed; purge it.`)]);
   const job = h("div", { id: "job" });
   const editor = h("div", { id: "editor" });
-  view.replaceChildren(
+  put(view, 
     h("p", {}, h("a", { href: "#/dlq" }, "← Dead letters")),
     h("h1", {}, `Dead letter #${seq}`),
     h("section", { class: "card" }, h("dl", { class: "facts" }, facts.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]))),
@@ -449,7 +470,7 @@ async function edit(seq, box) {
   }
   const area = h("textarea", { id: "edit-event", rows: 18, spellcheck: "false" }, JSON.stringify(event, null, 2));
   const errors = h("div", { class: "errors", id: "edit-errors" });
-  box.replaceChildren(h("section", { class: "card" },
+  put(box, h("section", { class: "card" },
     h("h2", {}, "Edit the event, then replay it"),
     h("p", { class: "muted" }, "The edit is checked against the event type's JSON Schema before anything is published; the type and id must stay."),
     area, errors,
@@ -465,13 +486,13 @@ async function edit(seq, box) {
           errors.textContent = err.message;
         }
       } }, "Validate and replay"),
-      h("button", { type: "button", onclick: () => box.replaceChildren() }, "Cancel"))));
+      h("button", { type: "button", onclick: () => put(box) }, "Cancel"))));
 }
 
 // ---- event lookup --------------------------------------------------------------------------------------------
 
 async function eventLookup(id) {
-  stopPolling();
+  const gen = generation;
   const input = h("input", { id: "event-id", size: 42, value: id || "", placeholder: "a CloudEvents id" });
   const form = h("form", { class: "filters", id: "event-form" }, h("label", {}, "Event id", input), h("button", { class: "primary", type: "submit" }, "Look up"));
   form.addEventListener("submit", (e) => { e.preventDefault(); location.hash = `#/event/${encodeURIComponent(input.value.trim())}`; });
@@ -483,9 +504,11 @@ async function eventLookup(id) {
   try {
     r = await api("GET", `/api/events/${encodeURIComponent(id)}`);
   } catch (err) {
-    result.replaceChildren(h("p", { class: "errors" }, err.message));
+    if (stale(gen)) return;
+    put(result, h("p", { class: "errors" }, err.message));
     return;
   }
+  if (stale(gen)) return;
   const parts = [];
   if (!r.copies.length) parts.push(h("p", { class: "warn" }, `Not found (${r.scanned} message(s) read).`));
   for (const c of r.copies) {
@@ -505,7 +528,7 @@ async function eventLookup(id) {
   if (r.dead_letters.length) parts.push(h("section", { class: "card" }, h("h2", {}, "Dead letters"),
     h("ul", {}, r.dead_letters.map((d) => h("li", {}, h("a", { href: `#/dlq/${d.dlq_sequence}` }, `#${d.dlq_sequence}`), ` ${d.consumer}: ${d.kind}, ${d.reason}`)))));
   parts.push(h("section", { class: "card" }, h("h2", {}, "What cannot be told"), h("ul", { class: "muted" }, r.unknown.map((u) => h("li", {}, u)))));
-  result.replaceChildren(...parts);
+  put(result, ...parts);
 }
 
 // ---- audit ---------------------------------------------------------------------------------------------------
@@ -527,16 +550,18 @@ async function auditLog() {
   main(h("h1", {}, "Audit log"), h("section", { class: "card" }, form), list);
   const query = new URLSearchParams();
   for (const name of ["action", "who"]) if (params.get(name)) query.set(name, params.get(name));
+  const gen = generation;
   const load = async () => {
     try {
       const entries = (await api("GET", `/api/audit?${query}`)).reverse();
-      list.replaceChildren(h("section", { class: "card" }, h("p", { class: "muted" }, "Newest first; updated every 5 s."),
+      if (stale(gen)) return;
+      put(list, h("section", { class: "card" }, h("p", { class: "muted" }, "Newest first; updated every 5 s."),
         table(["Time", "Who", "NATS user", "Action", "Target", "Result", "Detail"], entries.map((e) => h("tr", { class: "audit-entry" },
           h("td", { class: "num" }, when(e.time)), h("td", {}, e.actor), h("td", { class: "muted" }, e.user), h("td", {}, e.action),
           h("td", { class: "wrap" }, e.target), h("td", {}, h("span", { class: "badge " + (e.result === "ok" ? "ok" : e.result === "partial" ? "warn" : "bad") }, e.result)),
           h("td", { class: "wrap muted" }, e.detail))), "No audit entries.")));
     } catch (err) {
-      list.replaceChildren(h("p", { class: "errors" }, err.message));
+      if (!stale(gen)) put(list, h("p", { class: "errors" }, err.message));
     }
   };
   poll(load, 5000);
@@ -545,6 +570,7 @@ async function auditLog() {
 // ---- routing -------------------------------------------------------------------------------------------------
 
 function route() {
+  generation++;
   if (!me) return;
   stopPolling();
   const path = location.hash.replace(/^#/, "").split("?")[0] || "/overview";
