@@ -29,6 +29,7 @@ mod pause;
 mod permissions;
 mod provision;
 mod router;
+mod schedule_ops;
 mod schedules;
 mod sealed;
 mod smtp_faults;

@@ -91,8 +91,21 @@ impl Audit {
                 &identity(config),
                 actor,
                 concat!("jetfn-cli ", env!("CARGO_PKG_VERSION")),
-            ),
+            )
+            .on_unrecorded(std::sync::Arc::new(|action, target, err| {
+                eprintln!(
+                    "warning: {} {target}: not recorded in the audit trail: {}",
+                    action.as_str(),
+                    crate::render_error(err)
+                );
+            })),
         }
+    }
+
+    /// The auditor the ops functions that audit themselves take (`ops::schedules`); it reports an unwritten entry
+    /// on stderr, as [`Audit::record`] does.
+    pub(crate) fn auditor(&self) -> &Auditor {
+        &self.auditor
     }
 
     pub(crate) async fn record(&self, action: Action, target: &str, result: Outcome, detail: &str) {

@@ -6,15 +6,13 @@
 //! and `EVENTS` sources `scheduled.>` as `events.>`, where the functions' consumers see an ordinary event. The
 //! schedule is a stream message, so it survives server restarts; cancelling purges its subject.
 
-use std::time::Duration;
-
 use anyhow::Context as _;
-use async_nats::jetstream::{self, stream};
-use futures::TryStreamExt as _;
-use provision::schedule::{
-    SCHEDULE_PREFIX, STREAM, TARGET_PREFIX, When, cron_when, parse_duration, put, spec,
-};
-use publish::schedule::Delay;
+use async_nats::jetstream;
+use ops::schedules::{NewSchedule, When as Asked};
+#[cfg(test)]
+use provision::schedule::When;
+use provision::schedule::{SCHEDULE_PREFIX, STREAM, parse_duration};
+#[cfg(test)]
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -22,13 +20,23 @@ use time::format_description::well_known::Rfc3339;
 pub(crate) enum ScheduleCommand {
     /// Schedule an event: once (--at, --in) or recurring (--every, --cron with --tz). The event is validated first.
     Add(AddArgs),
-    /// Every schedule: name, when, time zone, event type.
-    List(crate::output::JsonArg),
+    /// Every schedule: name, when, time zone, event type, next run (`--json`: the next `--next` runs).
+    List(ListArgs),
     /// Remove a schedule; it does not fire again.
     Cancel {
         /// The schedule's name.
         name: String,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ListArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// How many next run times to compute per schedule (the table shows the first).
+    #[arg(long, default_value_t = 5)]
+    next: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -70,23 +78,10 @@ pub(crate) async fn run(
     audit: &crate::audit::Audit,
     command: ScheduleCommand,
 ) -> anyhow::Result<()> {
-    use ops::audit::{Action, Outcome};
     let js = jetstream::new(client.clone());
-    let stream = js
-        .get_stream(STREAM)
-        .await
-        .context("the SCHEDULES stream (run `jetfn infra apply`)")?;
     match command {
         ScheduleCommand::Add(args) => {
-            let when = when_of(&args, OffsetDateTime::now_utc())?;
-            let name = match &args.name {
-                Some(name) => name.clone(),
-                None => format!(
-                    "{}-{}",
-                    args.r#type.replace('.', "-"),
-                    &uuid::Uuid::now_v7().simple().to_string()[20..]
-                ),
-            };
+            let when = asked(&args)?;
             let data = match &args.data {
                 Some(data) => {
                     serde_json::from_slice(&crate::read_arg(data)?).context("--data is not JSON")?
@@ -98,198 +93,123 @@ pub(crate) async fn run(
                     (kind.example_data)()
                 }
             };
-            let event = serde_json::json!({
-                "specversion": events::SPECVERSION,
-                "id": uuid::Uuid::now_v7().to_string(),
-                "source": args.source,
-                "type": args.r#type,
-                "datacontenttype": events::DATACONTENTTYPE_JSON,
-                "data": data,
-            });
-            let spec = spec(&name, when, &serde_json::to_vec(&event)?)?;
-            let detail = format!(
-                "{} \"{}\"{}",
-                spec.event_type,
-                spec.when.pattern,
-                spec.when
-                    .time_zone
-                    .as_ref()
-                    .map(|tz| format!(" {tz}"))
-                    .unwrap_or_default()
-            );
-            // With a keyring, sensitive fields are sealed as the publisher seals them (validated in clear above).
-            let written = async {
-                match publish::sealed::Keyring::from_env()? {
-                    Some(keyring)
-                        if !publish::sealed::sensitive_fields(&spec.event_type).is_empty() =>
-                    {
-                        let mut sealed = event.clone();
-                        let mut headers = async_nats::HeaderMap::new();
-                        if let Some(key_id) = publish::sealed::seal_event(&mut sealed, &keyring)? {
-                            headers.insert(publish::sealed::KEY_ID_HEADER, key_id.as_str());
-                        }
-                        Ok(publish::schedule::put(
-                            &js,
-                            &spec.name,
-                            &spec.when,
-                            &spec.event_type,
-                            serde_json::to_vec(&sealed)?.into(),
-                            Some(headers),
-                            args.replace,
-                        )
-                        .await?)
-                    }
-                    _ => put(&js, &spec, args.replace).await,
-                }
-            }
-            .await;
-            let sequence = match written {
-                Ok(sequence) => {
-                    audit
-                        .record(Action::ScheduleAdd, &spec.name, Outcome::Ok, &detail)
-                        .await;
-                    sequence
-                }
-                Err(err) => {
-                    audit
-                        .record(
-                            Action::ScheduleAdd,
-                            &spec.name,
-                            Outcome::Error,
-                            &format!("{detail}: {}", crate::render_error(&err)),
-                        )
-                        .await;
-                    return Err(err);
-                }
-            };
+            // With a keyring, sensitive fields are sealed as the publisher seals them (validated in clear first).
+            let keyring = publish::sealed::Keyring::from_env()?;
+            let schedule = ops::schedules::add_sealed(
+                &js,
+                audit.auditor(),
+                NewSchedule {
+                    event_type: args.r#type.clone(),
+                    data,
+                    when,
+                    name: args.name.clone(),
+                    replace: args.replace,
+                    source: args.source.clone(),
+                },
+                keyring.as_ref(),
+            )
+            .await
+            .map_err(|err| flag_context(&args, err))?;
             client.flush().await.ok();
             println!(
-                "scheduled {} name={} when=\"{}\"{} subject={SCHEDULE_PREFIX}.{} stream={STREAM} seq={sequence}",
-                spec.event_type,
-                spec.name,
-                spec.when.pattern,
-                spec.when
+                "scheduled {} name={} when=\"{}\"{} subject={SCHEDULE_PREFIX}.{} stream={STREAM} seq={}{}",
+                schedule.event_type.as_deref().unwrap_or_default(),
+                schedule.name,
+                schedule.spec,
+                schedule
                     .time_zone
                     .as_ref()
                     .map(|tz| format!(" tz={tz}"))
                     .unwrap_or_default(),
-                spec.name,
+                schedule.name,
+                schedule.sequence,
+                schedule
+                    .next_runs
+                    .first()
+                    .map(|at| format!(" next={}", ops::rfc3339(*at)))
+                    .unwrap_or_default(),
             );
             Ok(())
         }
-        ScheduleCommand::List(json) => list(&stream, json.json).await,
+        ScheduleCommand::List(args) => list(&js, &args).await,
         ScheduleCommand::Cancel { name } => {
-            let purged = publish::schedule::cancel(&js, &name)
-                .await
-                .context("cancelling the schedule")
-                .and_then(|purged| {
-                    anyhow::ensure!(purged, "no schedule named {name}");
-                    Ok(purged)
-                });
-            let outcome = match &purged {
-                Ok(_) => (Outcome::Ok, String::new()),
-                Err(err) => (Outcome::Error, crate::render_error(err)),
-            };
-            audit
-                .record(Action::ScheduleCancel, &name, outcome.0, &outcome.1)
-                .await;
-            purged?;
+            ops::schedules::cancel(&js, audit.auditor(), &name).await?;
             println!("cancelled {name}");
             Ok(())
         }
     }
 }
 
-fn when_of(args: &AddArgs, now: OffsetDateTime) -> anyhow::Result<When> {
-    // The publisher's one implementation: rounded up to the whole second, never early, and never in the past.
+/// The flags' schedule, as ops takes it.
+fn asked(args: &AddArgs) -> anyhow::Result<Asked> {
     if let Some(at) = &args.at {
-        let parsed = OffsetDateTime::parse(at, &Rfc3339)
+        let parsed = time::OffsetDateTime::parse(at, &Rfc3339)
             .with_context(|| format!("--at {at} is not an RFC 3339 time"))?;
-        return Delay::At(parsed)
-            .when(now)
-            .with_context(|| format!("--at {at}"));
+        return Ok(Asked::At(parsed));
     }
     if let Some(delay) = &args.in_ {
-        let parsed = parse_duration(delay).with_context(|| format!("--in {delay}"))?;
-        return Delay::In(parsed)
-            .when(now)
-            .with_context(|| format!("--in {delay}"));
+        return Ok(Asked::In(
+            parse_duration(delay).with_context(|| format!("--in {delay}"))?,
+        ));
     }
     if let Some(every) = &args.every {
-        let every = parse_duration(every).with_context(|| format!("--every {every}"))?;
-        anyhow::ensure!(
-            every >= Duration::from_secs(1),
-            "--every must be at least 1s"
-        );
-        return Ok(When {
-            pattern: format!("@every {}s", every.as_secs()),
-            time_zone: None,
-        });
+        return Ok(Asked::Every(
+            parse_duration(every).with_context(|| format!("--every {every}"))?,
+        ));
     }
-    let cron = args.cron.as_deref().unwrap_or_default().trim();
-    cron_when(cron, args.tz.clone())
+    Ok(Asked::Cron {
+        expr: args.cron.as_deref().unwrap_or_default().trim().to_owned(),
+        time_zone: args.tz.clone(),
+    })
 }
 
-/// A schedule as `schedule list` shows it.
-#[derive(Debug, serde::Serialize)]
-struct Listed {
-    name: String,
-    when: String,
-    time_zone: Option<String>,
-    event_type: String,
-    #[serde(with = "time::serde::rfc3339")]
-    created: OffsetDateTime,
+/// An error of ops about the schedule's time, said with the flag it came from.
+fn flag_context(args: &AddArgs, err: anyhow::Error) -> anyhow::Error {
+    let flag = match () {
+        () if args.at.is_some() => format!("--at {}", args.at.as_deref().unwrap_or_default()),
+        () if args.in_.is_some() => format!("--in {}", args.in_.as_deref().unwrap_or_default()),
+        () if args.every.is_some() => {
+            format!("--every {}", args.every.as_deref().unwrap_or_default())
+        }
+        () => "--cron".to_owned(),
+    };
+    let text = format!("{err:#}");
+    let about_time = ["`at`", "`in`", "`every`", "`cron`", "`time_zone`"]
+        .iter()
+        .any(|field| text.contains(field));
+    if about_time { err.context(flag) } else { err }
 }
 
-async fn list(stream: &stream::Stream, json: bool) -> anyhow::Result<()> {
-    let mut subjects: Vec<(String, usize)> = stream
-        .info_with_subjects(format!("{SCHEDULE_PREFIX}.>"))
-        .await?
-        .try_collect()
-        .await?;
-    subjects.sort();
-    let mut listed = Vec::new();
-    for (subject, _) in subjects {
-        let Ok(message) = stream.direct_get_last_for_subject(subject.as_str()).await else {
-            continue;
-        };
-        let header = |name: &str| {
-            message
-                .headers
-                .get(name)
-                .map(|value| value.as_str().to_owned())
-                .unwrap_or_default()
-        };
-        let target = header("Nats-Schedule-Target");
-        listed.push(Listed {
-            name: subject
-                .strip_prefix(&format!("{SCHEDULE_PREFIX}."))
-                .unwrap_or(&subject)
-                .to_owned(),
-            when: header("Nats-Schedule"),
-            time_zone: Some(header("Nats-Schedule-Time-Zone")).filter(|tz| !tz.is_empty()),
-            event_type: target
-                .strip_prefix(&format!("{TARGET_PREFIX}."))
-                .unwrap_or(&target)
-                .to_owned(),
-            created: message.time,
-        });
-    }
-    if json {
+/// The `Nats-Schedule` the flags mean at `now` (what `add` writes).
+#[cfg(test)]
+fn when_of(args: &AddArgs, now: OffsetDateTime) -> anyhow::Result<When> {
+    let when = asked(args)?;
+    when.to_nats(now).map_err(|err| flag_context(args, err))
+}
+
+async fn list(js: &jetstream::Context, args: &ListArgs) -> anyhow::Result<()> {
+    let listed = ops::schedules::list(js, args.next).await?;
+    if args.json {
         return crate::output::print_json(&listed);
     }
     if listed.is_empty() {
         println!("no schedules");
         return Ok(());
     }
-    let mut table = crate::output::table(&["name", "when", "time zone", "event type", "created"]);
+    let mut table = crate::output::table(&["name", "when", "time zone", "event type", "next run"]);
     for schedule in &listed {
         table.add_row(vec![
             schedule.name.clone(),
-            schedule.when.clone(),
+            schedule.spec.clone(),
             schedule.time_zone.clone().unwrap_or_else(|| "-".to_owned()),
-            schedule.event_type.clone(),
-            ops::rfc3339(schedule.created),
+            schedule
+                .event_type
+                .clone()
+                .unwrap_or_else(|| "-".to_owned()),
+            schedule
+                .next_runs
+                .first()
+                .map_or_else(|| "-".to_owned(), |at| ops::rfc3339(*at)),
         ]);
     }
     crate::output::print_table(&table);

@@ -126,6 +126,9 @@ impl Outcome {
     }
 }
 
+/// What an [`Auditor`] calls with the error when an entry cannot be written (see [`Auditor::on_unrecorded`]).
+pub type Unrecorded = std::sync::Arc<dyn Fn(Action, &str, &anyhow::Error) + Send + Sync>;
+
 /// Writes entries for one identity.
 #[derive(Clone)]
 pub struct Auditor {
@@ -133,6 +136,7 @@ pub struct Auditor {
     user: String,
     actor: String,
     tool: String,
+    unrecorded: Option<Unrecorded>,
 }
 
 /// A name as one subject token: what NATS forbids in a token (`.`, `*`, `>`, spaces) becomes `_`.
@@ -162,6 +166,31 @@ impl Auditor {
             user: user.to_owned(),
             actor: actor.unwrap_or(user).to_owned(),
             tool: tool.to_owned(),
+            unrecorded: None,
+        }
+    }
+
+    /// Calls `report` (action, target, error) when an entry the ops functions write cannot be written: the change
+    /// was made and stands, and ops prints nothing, so the caller says it (the CLI on stderr, a console in its log).
+    #[must_use]
+    pub fn on_unrecorded(mut self, report: Unrecorded) -> Self {
+        self.unrecorded = Some(report);
+        self
+    }
+
+    /// [`Auditor::record`] for a change already made: a failure to write goes to [`Auditor::on_unrecorded`]'s
+    /// report and does not fail or undo the change.
+    pub async fn record_reported(
+        &self,
+        action: Action,
+        target: &str,
+        result: Outcome,
+        detail: &str,
+    ) {
+        if let Err(err) = self.record(action, target, result, detail).await
+            && let Some(report) = &self.unrecorded
+        {
+            report(action, target, &err);
         }
     }
 

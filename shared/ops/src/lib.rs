@@ -14,6 +14,8 @@ pub mod dlq;
 pub mod event;
 pub mod functions;
 pub mod pause;
+pub mod replicas;
+pub mod schedules;
 pub mod status;
 
 /// A time as RFC 3339, as every listing shows it (seconds, UTC).
