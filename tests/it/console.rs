@@ -412,11 +412,15 @@ async fn the_console_signs_in_with_the_persons_own_nats_user_and_the_server_hold
         .map(|e| (e["user"].as_str().unwrap(), e["actor"].as_str().unwrap(), e["action"].as_str().unwrap()))
         .collect();
     assert_eq!(entries, [("operator", "operator", "pause"), ("operator", "operator", "resume")], "{audit}");
-    assert!(
-        !system.nats.log().contains("Violation"),
-        "the console asked for nothing its users may not do: {}",
-        system.nats.log()
-    );
+    // The generated viewer may not read the replicas' heartbeats (KV jetfn-replicas): the overview says so instead
+    // of failing; nothing else the console asked was refused.
+    assert!(overview["replicas_unknown"].is_string(), "{overview}");
+    let log = system.nats.log();
+    let violations: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("Violation") && !line.contains("KV_jetfn-replicas"))
+        .collect();
+    assert!(violations.is_empty(), "the console asked for nothing else its users may not do: {violations:?}");
     let log = console.process.output();
     assert!(!log.contains(&secret("operator")), "a password in the log:\n{log}");
 }
@@ -488,4 +492,94 @@ async fn the_whole_console_flow_works_in_headless_chromium() {
     let output = script.output();
     assert_eq!(status.code(), Some(0), "the browser flow failed:\n{output}");
     assert!(output.contains("step: done"), "{output}");
+}
+
+#[tokio::test]
+async fn schedules_are_listed_by_anyone_and_added_or_cancelled_by_an_admin_and_replicas_show_their_heartbeat() {
+    let system = System::start().await;
+    let dir = TempDir::new("console-schedules");
+    let (file, [(_, ada), (_, vic), (_, root)]) = tokens_file(&dir);
+    let console = Console::start(system.env(), &["--tokens-file", &file]).await;
+    let (viewer, operator, admin) = (
+        console.signed_in(json!({ "token": vic })).await,
+        console.signed_in(json!({ "token": ada })).await,
+        console.signed_in(json!({ "token": root })).await,
+    );
+    let data = (events::kind_by_type("users.registered").unwrap().example_data)();
+    let new = json!({ "event_type": "users.registered", "data": data, "every": "1h", "name": "hourly-hello" });
+
+    let (status, refused) = console.call(Some(&operator), "POST", "/api/schedules", Some(new.clone())).await;
+    assert_eq!((status, refused["role_needed"].as_str()), (403, Some("admin")), "{refused}");
+    let mut bad = new.clone();
+    bad["data"]["email"] = "not an address".into();
+    let (status, refused) = console.call(Some(&admin), "POST", "/api/schedules", Some(bad)).await;
+    assert_eq!(status, 422, "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("/data/email"), "names the field: {refused}");
+    let mut two = new.clone();
+    two["cron"] = "@daily".into();
+    let (status, refused) = console.call(Some(&admin), "POST", "/api/schedules", Some(two)).await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused["error"].as_str().unwrap().starts_with("when:"), "{refused}");
+
+    let (status, added) = console.call(Some(&admin), "POST", "/api/schedules", Some(new)).await;
+    assert_eq!(status, 200, "{added}");
+    let (status, listed) = console.call(Some(&viewer), "GET", "/api/schedules?next=2", None).await;
+    assert_eq!(status, 200, "{listed}");
+    let hourly = listed.as_array().unwrap().iter().find(|s| s["name"] == "hourly-hello").unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(hourly["spec"], "@every 3600s", "{hourly}");
+    assert_eq!(hourly["next_runs"].as_array().unwrap().len(), 2, "{hourly}");
+    let (status, refused) = console
+        .call(Some(&operator), "DELETE", "/api/schedules/hourly-hello", Some(json!({})))
+        .await;
+    assert_eq!(status, 403, "{refused}");
+    let (status, _) = console.call(Some(&admin), "DELETE", "/api/schedules/hourly-hello", Some(json!({}))).await;
+    assert_eq!(status, 200);
+    let (_, listed) = console.call(Some(&viewer), "GET", "/api/schedules", None).await;
+    assert!(listed.as_array().unwrap().iter().all(|s| s["name"] != "hourly-hello"), "{listed}");
+    let (status, refused) = console.call(Some(&admin), "DELETE", "/api/schedules/hourly-hello", Some(json!({}))).await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("hourly-hello"), "names it: {refused}");
+
+    let (_, audit) = console.call(Some(&viewer), "GET", "/api/audit?who=root", None).await;
+    let entries: Vec<(&str, &str, &str)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["target"].as_str().unwrap(), e["result"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            ("schedule-add", "hourly-hello", "error"),
+            ("schedule-add", "hourly-hello", "ok"),
+            ("schedule-cancel", "hourly-hello", "ok"),
+            ("schedule-cancel", "hourly-hello", "error"),
+        ],
+        "{audit}"
+    );
+
+    // A replica's heartbeat, as the runtime writes it, shows in the overview.
+    let now = time::OffsetDateTime::now_utc();
+    let replica = ops::replicas::Replica {
+        function: "welcome".to_owned(),
+        instance: "host-1-abc".to_owned(),
+        host: "host".to_owned(),
+        version: "0.0.0".to_owned(),
+        started: now,
+        seen: now,
+        ready: true,
+        breaker_open: false,
+        in_flight: 2,
+        paused: false,
+        minutes: vec![ops::replicas::Minute { start: now, succeeded: 7, failed: 1, retried: 0 }],
+    };
+    let store = system.js.get_key_value(ops::replicas::BUCKET).await.unwrap();
+    store
+        .put(ops::replicas::key("welcome", "host-1-abc"), serde_json::to_vec(&replica).unwrap().into())
+        .await
+        .unwrap();
+    let (status, overview) = console.call(Some(&viewer), "GET", "/api/overview", None).await;
+    assert_eq!(status, 200, "{overview}");
+    assert_eq!(overview["replicas"][0]["instance"], "host-1-abc", "{overview}");
+    assert_eq!(overview["replicas"][0]["minutes"][0]["succeeded"], 7, "{overview}");
 }

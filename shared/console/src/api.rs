@@ -40,6 +40,9 @@ pub const API: &[(&str, &str)] = &[
     ("GET", "/api/jobs/{id}"),
     ("GET", "/api/events/{id}"),
     ("GET", "/api/audit"),
+    ("GET", "/api/schedules"),
+    ("POST", "/api/schedules"),
+    ("DELETE", "/api/schedules/{name}"),
     ("GET", "/api/openapi.json"),
     ("GET", "/api/asyncapi.json"),
 ];
@@ -61,6 +64,9 @@ fn route(method: &str, path: &str) -> MethodRouter<Shared> {
         ("GET", "/api/jobs/{id}") => get(job),
         ("GET", "/api/events/{id}") => get(event),
         ("GET", "/api/audit") => get(audit),
+        ("GET", "/api/schedules") => get(schedules),
+        ("POST", "/api/schedules") => post(schedule_add),
+        ("DELETE", "/api/schedules/{name}") => delete(schedule_cancel),
         ("GET", "/api/openapi.json") => get(|| async { json_text(crate::OPENAPI_JSON) }),
         ("GET", "/api/asyncapi.json") => get(|| async { json_text(events::ASYNCAPI_JSON) }),
         (method, path) => unreachable!("API lists {method} {path} without a handler"),
@@ -427,10 +433,17 @@ async fn overview(caller: Caller) -> Answer {
         Ok(counts) => (counts, None),
         Err(err) => (BTreeMap::new(), Some(format!("{err:#}"))),
     };
+    // A user without read access to the heartbeats (the generated viewer) still gets the rest.
+    let (replicas, replicas_unknown) = match ops::replicas::list(js).await {
+        Ok(replicas) => (replicas, None),
+        Err(err) => (Vec::new(), Some(format!("{err:#}"))),
+    };
     ok(json!({
         "status": status,
         "dead_letters": dead_letters,
         "dead_letters_unknown": dead_letters_unknown,
+        "replicas": replicas,
+        "replicas_unknown": replicas_unknown,
     }))
 }
 
@@ -948,6 +961,92 @@ async fn audit(caller: Caller, Query(query): Query<AuditQuery>) -> Answer {
         last: Some(query.last.unwrap_or(200)),
     };
     ok(ops::audit::list(&caller.0.js, &filter).await?)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SchedulesQuery {
+    next: Option<usize>,
+}
+
+async fn schedules(caller: Caller, Query(query): Query<SchedulesQuery>) -> Answer {
+    ok(ops::schedules::list(&caller.0.js, query.next.unwrap_or(3).min(20)).await?)
+}
+
+/// A schedule to add: the event and exactly one of `in`, `at`, `every`, `cron`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleBody {
+    event_type: String,
+    data: Value,
+    /// Once, this long from now (`30m`, `2h`).
+    r#in: Option<String>,
+    /// Once, at this time (RFC 3339).
+    at: Option<String>,
+    /// Again and again at this interval (`5m`).
+    every: Option<String>,
+    /// A 6-field cron (seconds first) or `@daily`.
+    cron: Option<String>,
+    /// The cron's IANA zone.
+    time_zone: Option<String>,
+    name: Option<String>,
+    #[serde(default)]
+    replace: bool,
+}
+
+fn span(field: &str, value: &str) -> Result<std::time::Duration, ApiError> {
+    humantime::parse_duration(value.trim()).map_err(|err| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{field}: {value:?} is not a duration such as 30m or 2h ({err})"),
+        )
+    })
+}
+
+async fn schedule_add(caller: Caller, payload: Result<Json<ScheduleBody>, JsonRejection>) -> Answer {
+    caller.needs(Role::Admin, "adding a schedule")?;
+    let request = body(payload)?;
+    let text = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
+    let when = match (
+        text(&request.r#in),
+        text(&request.at),
+        text(&request.every),
+        text(&request.cron),
+    ) {
+        (Some(delay), None, None, None) => ops::schedules::When::In(span("in", &delay)?),
+        (None, Some(at), None, None) => ops::schedules::When::At(parse_time("at", &at)?),
+        (None, None, Some(every), None) => ops::schedules::When::Every(span("every", &every)?),
+        (None, None, None, Some(expr)) => ops::schedules::When::Cron {
+            expr,
+            time_zone: text(&request.time_zone),
+        },
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "when: give exactly one of in, at, every, cron",
+            ));
+        }
+    };
+    let new = ops::schedules::NewSchedule {
+        event_type: request.event_type,
+        data: request.data,
+        when,
+        name: text(&request.name),
+        replace: request.replace,
+        source: "/jetfn-console".to_owned(),
+    };
+    // ops audits the addition (and a refusal) itself.
+    match ops::schedules::add(&caller.0.js, &caller.0.auditor, new).await {
+        Ok(schedule) => ok(schedule),
+        Err(err) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("{err:#}"))),
+    }
+}
+
+async fn schedule_cancel(caller: Caller, Path(name): Path<String>) -> Answer {
+    caller.needs(Role::Admin, "cancelling a schedule")?;
+    // ops audits the cancellation (and a refusal) itself.
+    ops::schedules::cancel(&caller.0.js, &caller.0.auditor, &name).await?;
+    ok(json!({ "cancelled": name }))
 }
 
 #[cfg(test)]

@@ -195,6 +195,53 @@ async function start() {
   route();
 }
 
+/** Two lines over the last hour, one point a minute: processed (blue) and failed (red), on one scale. */
+function sparkline(processed, failed) {
+  const width = 120, height = 26, n = Math.max(processed.length, 2);
+  const top = Math.max(1, ...processed, ...failed);
+  const points = (series) => series.map((v, i) => `${(i * (width - 2)) / (n - 1) + 1},${height - 2 - (v / top) * (height - 4)}`).join(" ");
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("class", "spark");
+  svg.setAttribute("width", width);
+  svg.setAttribute("height", height);
+  svg.setAttribute("role", "img");
+  const total = (series) => series.reduce((a, b) => a + b, 0);
+  const title = document.createElementNS(ns, "title");
+  title.textContent = `last 60 min: ${total(processed)} processed, ${total(failed)} failed (peak ${top}/min)`;
+  svg.append(title);
+  for (const [series, color] of [[processed, "#2456c8"], [failed, "#b3261e"]]) {
+    const line = document.createElementNS(ns, "polyline");
+    line.setAttribute("points", points(series));
+    line.setAttribute("fill", "none");
+    line.setAttribute("stroke", color);
+    line.setAttribute("stroke-width", "1.5");
+    svg.append(line);
+  }
+  return svg;
+}
+
+/** Per-minute counts of a function's replicas, summed minute by minute (aligned on each minute's start). */
+function perMinute(replicas) {
+  const byStart = new Map();
+  for (const r of replicas) for (const m of r.minutes || []) {
+    const at = byStart.get(m.start) || { processed: 0, failed: 0 };
+    at.processed += m.succeeded + m.failed;
+    at.failed += m.failed;
+    byStart.set(m.start, at);
+  }
+  const starts = Array.from(byStart.keys()).sort().slice(-60);
+  return { processed: starts.map((s) => byStart.get(s).processed), failed: starts.map((s) => byStart.get(s).failed) };
+}
+
+function replicaHealth(replicas) {
+  if (!replicas.length) return h("span", { class: "muted" }, "no heartbeat");
+  const ready = replicas.filter((r) => r.ready).length, open = replicas.filter((r) => r.breaker_open).length;
+  return h("span", {},
+    h("span", { class: ready === replicas.length ? "ok" : "warn" }, `${ready} / ${replicas.length} ready`), ", ",
+    h("span", { class: open ? "bad" : "ok" }, open ? `breaker open on ${open}` : "breakers closed"));
+}
+
 // ---- overview ------------------------------------------------------------------------------------------------
 
 // What was typed in a "pause until" field survives the overview's refresh every 2 s.
@@ -238,7 +285,11 @@ async function overview() {
   }
   if (stale(gen)) return;
   const dead = data.dead_letters || {};
+  const replicas = data.replicas || [];
+  const replicasOf = (fn) => replicas.filter((r) => r.function === fn);
   const rows = data.status.consumers.map((c) => {
+    const mine = replicasOf(c.function);
+    const counts = perMinute(mine);
     const state = c.paused
       ? h("span", { class: "badge warn" }, c.paused_until ? `paused until ${when(c.paused_until)}` : "paused until resumed")
       : h("span", { class: "badge ok" }, "delivering");
@@ -252,7 +303,8 @@ async function overview() {
       h("td", { class: "num" }, c.redelivered),
       h("td", { class: "num", title: c.oldest_unknown || "" }, oldest),
       h("td", { class: "num" }, letters ? h("a", { href: `#/dlq?function=${encodeURIComponent(c.consumer)}` }, letters) : "0"),
-      h("td", { class: "num" }, c.pull_requests),
+      h("td", { class: "replicas" }, replicaHealth(mine)),
+      h("td", {}, counts.processed.length ? [sparkline(counts.processed, counts.failed), ` ${counts.processed[counts.processed.length - 1]}/min`] : h("span", { class: "muted" }, "–")),
       h("td", { class: "state" }, state),
       h("td", {}, pauseControls(c.function, c.paused)));
   });
@@ -270,8 +322,22 @@ async function overview() {
     h("section", { class: "card" }, h("h2", {}, "Functions"),
       table(["Function", "Stream / consumer", h("th", { class: "num" }, "Waiting"), h("th", { class: "num" }, "In flight / max"),
         h("th", { class: "num" }, "Redelivered"), h("th", { class: "num" }, "Oldest waiting"), h("th", { class: "num" }, "Dead letters"),
-        h("th", { class: "num" }, "Replicas asking"), "State", h("th", { "data-role": "operator" }, "Actions")], rows, "No function on the server (run `jetfn infra apply`).")),
+        "Replicas", "Processed · failed per min (1 h)", "State", h("th", { "data-role": "operator" }, "Actions")], rows, "No function on the server (run `jetfn infra apply`).")),
     data.dead_letters_unknown ? h("p", { class: "warn" }, `Dead letters unknown: ${data.dead_letters_unknown}`) : null,
+    h("section", { class: "card" }, h("h2", {}, "Replicas"),
+      data.replicas_unknown ? h("p", { class: "warn" }, `Replicas unknown: ${data.replicas_unknown}`) : null,
+      table(["Function", "Host / instance", "Version", "Health", "Breaker", h("th", { class: "num" }, "In flight"), "Processed · failed per min (1 h)", "Up for", "Last heartbeat"],
+        replicas.map((r) => {
+          const counts = perMinute([r]);
+          return h("tr", { class: "replica" },
+            h("td", {}, h("strong", {}, r.function)), h("td", { class: "muted" }, `${r.host} / ${r.instance}`), h("td", {}, r.version),
+            h("td", {}, h("span", { class: "badge " + (r.ready ? "ok" : "warn") }, r.ready ? "ready" : "not ready")),
+            h("td", {}, h("span", { class: "badge " + (r.breaker_open ? "bad" : "ok") }, r.breaker_open ? "open" : "closed")),
+            h("td", { class: "num" }, r.in_flight),
+            h("td", {}, sparkline(counts.processed, counts.failed)),
+            h("td", { class: "num" }, duration((Date.now() - new Date(r.started)) / 1000)),
+            h("td", { class: "num" }, when(r.seen)));
+        }), "No replica heartbeat: no function is running, or none writes heartbeats yet.")),
     h("section", { class: "card" }, h("h2", {}, "Streams"),
       table(["Stream", h("th", { class: "num" }, "Messages / max"), h("th", { class: "num" }, "Bytes / max"), h("th", { class: "num" }, "Oldest / max age"),
         "Use of the tightest limit", "When full", h("th", { class: "num" }, "Consumers")], streams, "No stream.")));
@@ -531,6 +597,71 @@ async function eventLookup(id) {
   put(result, ...parts);
 }
 
+// ---- schedules ----------------------------------------------------------------------------------------------
+
+async function schedulesPage() {
+  const gen = generation;
+  const list = h("div", { id: "schedule-list" }, h("p", { class: "muted" }, "loading…"));
+  const kind = h("select", { id: "s-kind" }, [["every", "every (interval: 5m)"], ["in", "once, in (30m)"], ["at", "once, at (a time)"], ["cron", "cron (6 fields or @daily)"]]
+    .map(([v, label]) => h("option", { value: v }, label)));
+  const value = h("input", { id: "s-when", size: 22, placeholder: "5m" });
+  const at = h("input", { id: "s-at", type: "datetime-local", hidden: true });
+  const zone = h("input", { id: "s-zone", size: 16, placeholder: "Europe/Amsterdam" });
+  const type = h("input", { id: "s-type", size: 24, placeholder: "cleanup.requested" });
+  const name = h("input", { id: "s-name", size: 18, placeholder: "(default: generated)" });
+  const replace = h("input", { id: "s-replace", type: "checkbox" });
+  const data = h("textarea", { id: "s-data", rows: 5 }, "{}");
+  const errors = h("div", { class: "errors", id: "s-errors" });
+  kind.addEventListener("change", () => { at.hidden = kind.value !== "at"; value.hidden = kind.value === "at"; });
+  const form = h("form", { id: "schedule-form" },
+    h("div", { class: "filters" },
+      h("label", {}, "Event type", type), h("label", {}, "When", kind), h("label", {}, "Value", value, at),
+      h("label", {}, "Time zone (cron)", zone), h("label", {}, "Name", name), h("label", {}, "Replace a schedule of that name", replace)),
+    h("label", { class: "muted" }, "Event data (JSON, checked against the type's schema)"), data, errors,
+    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary", id: "s-add" }, "Add schedule")));
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    let parsed;
+    try { parsed = JSON.parse(data.value); } catch (err) { errors.textContent = `data: not JSON (${err.message})`; return; }
+    const body = { event_type: type.value.trim(), data: parsed, replace: replace.checked };
+    if (name.value.trim()) body.name = name.value.trim();
+    if (kind.value === "at") body.at = localToRfc3339(at.value);
+    else body[kind.value] = value.value.trim();
+    if (kind.value === "cron" && zone.value.trim()) body.time_zone = zone.value.trim();
+    try {
+      const added = await api("POST", "/api/schedules", body);
+      errors.textContent = "";
+      toast(`Schedule ${added.name} added`);
+      load();
+    } catch (err) {
+      errors.textContent = err.message;
+    }
+  });
+  main(h("h1", {}, "Schedules"),
+    h("section", { class: "card", "data-role": "admin" }, h("h2", {}, "Add a schedule"), form),
+    list);
+  const load = async () => {
+    try {
+      const schedules = await api("GET", "/api/schedules?next=3");
+      if (stale(gen)) return;
+      put(list, h("section", { class: "card" }, h("p", { class: "muted" }, "The schedules NATS holds (stream SCHEDULES); next run times in UTC."),
+        table(["Name", "Event type", "When", "Next runs", "Target", "Defined in", h("th", { "data-role": "admin" }, "")],
+          schedules.map((s) => h("tr", { class: "schedule", id: `schedule-${s.name}` },
+            h("td", {}, h("strong", {}, s.name)), h("td", {}, s.event_type || "–"),
+            h("td", {}, s.spec + (s.time_zone ? ` (${s.time_zone})` : "")),
+            h("td", {}, s.next_runs.length ? h("ul", { class: "plain" }, s.next_runs.map((r) => h("li", {}, when(r)))) : h("span", { class: "muted" }, "none (fired)")),
+            h("td", { class: "muted" }, s.target), h("td", { class: "muted" }, s.defined_in || "added by hand"),
+            h("td", { "data-role": "admin" }, h("button", { type: "button", class: "danger", id: `cancel-${s.name}`, onclick: async () => {
+              if (!confirm(`Cancel schedule ${s.name}?`)) return;
+              try { await api("DELETE", `/api/schedules/${encodeURIComponent(s.name)}`, {}); toast(`Schedule ${s.name} cancelled`); load(); } catch (err) { toast(err.message, true); }
+            } }, "Cancel")))), "No schedules.")));
+    } catch (err) {
+      if (!stale(gen)) put(list, h("p", { class: "errors" }, err.message));
+    }
+  };
+  poll(load, 5000);
+}
+
 // ---- audit ---------------------------------------------------------------------------------------------------
 
 async function auditLog() {
@@ -580,6 +711,7 @@ function route() {
   else if (page === "dlq") deadLetters();
   else if (page === "event") eventLookup(arg ? decodeURIComponent(arg) : "");
   else if (page === "audit") auditLog();
+  else if (page === "schedules") schedulesPage();
   else poll(overview, 2000);
 }
 
