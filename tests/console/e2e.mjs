@@ -144,11 +144,24 @@ try {
   await shot("audit");
   step("audited");
 
-  // An admin sees the purge buttons an operator does not.
+  // An admin sees the purge buttons an operator does not, and adds and cancels a schedule.
   await signOut();
   await signIn(env("ADMIN_TOKEN"), "admin");
   await page.goto(`${base}/#/dlq`);
   await page.locator("#purge-all").waitFor();
+  await page.goto(`${base}/#/schedules`);
+  await page.locator("#s-type").fill("cleanup.requested");
+  await page.locator("#s-kind").selectOption("cron");
+  await page.locator("#s-when").fill("0 30 3 * * *");
+  await page.locator("#s-zone").fill("Europe/Amsterdam");
+  await page.locator("#s-name").fill("nightly-cleanup");
+  await page.locator("#s-add").click();
+  await page.locator("#schedule-nightly-cleanup li").first().waitFor();
+  await shot("schedules");
+  page.once("dialog", (dialog) => dialog.accept());
+  await page.locator("#cancel-nightly-cleanup").click();
+  await page.locator("#schedule-nightly-cleanup").waitFor({ state: "detached" });
+  step("scheduled and cancelled");
   step("done");
 } catch (err) {
   console.log(`failed: ${err.stack || err}`);

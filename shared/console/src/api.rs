@@ -86,7 +86,10 @@ pub(crate) fn router() -> axum::Router<Shared> {
     router.route(
         "/api/{*rest}",
         axum::routing::any(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "no such API route (see /api/openapi.json)")
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such API route (see /api/openapi.json)",
+            )
         }),
     )
 }
@@ -195,17 +198,29 @@ fn session_id(parts: &Parts) -> Option<String> {
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
-        .find_map(|pair| pair.trim().strip_prefix(&format!("{COOKIE}=")).map(str::to_owned))
+        .find_map(|pair| {
+            pair.trim()
+                .strip_prefix(&format!("{COOKIE}="))
+                .map(str::to_owned)
+        })
 }
 
 impl FromRequestParts<Shared> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Shared,
+    ) -> Result<Self, Self::Rejection> {
         session_id(parts)
             .and_then(|id| state.session(&id))
             .map(Caller)
-            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "sign in first (POST /api/session)"))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "sign in first (POST /api/session)",
+                )
+            })
     }
 }
 
@@ -250,10 +265,7 @@ fn mode(state: &State) -> &'static str {
 }
 
 /// Also answers, signed in or not, how this console signs in, so the page shows the right form.
-async fn session_get(
-    Extract(state): Extract<Shared>,
-    caller: Result<Caller, ApiError>,
-) -> Answer {
+async fn session_get(Extract(state): Extract<Shared>, caller: Result<Caller, ApiError>) -> Answer {
     let caller = match caller {
         Ok(caller) => caller,
         Err(refused) => {
@@ -337,11 +349,7 @@ async fn sign_in(
         "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
         crate::SESSION_TTL.as_secs()
     );
-    Ok((
-        [(header::SET_COOKIE, cookie)],
-        Json(me),
-    )
-        .into_response())
+    Ok(([(header::SET_COOKIE, cookie)], Json(me)).into_response())
 }
 
 /// Opens the session's own NATS connection with the person's credentials.
@@ -601,8 +609,7 @@ async fn dlq_list(caller: Caller, Query(query): Query<ListQuery>) -> Answer {
     }
     .filter()?;
     let dlq = ops::dlq::stream(&caller.0.js).await?;
-    let (records, unreadable) =
-        ops::dlq::list(&dlq, &filter, query.limit.unwrap_or(500)).await?;
+    let (records, unreadable) = ops::dlq::list(&dlq, &filter, query.limit.unwrap_or(500)).await?;
     let records: Vec<ops::dlq::Summary> = records
         .iter()
         .map(|(seq, letter)| ops::dlq::Summary::of(*seq, letter))
@@ -671,7 +678,9 @@ async fn dlq_event(caller: Caller, Path(seq): Path<u64>) -> Answer {
     if let Some(why) = &letter.payload_lost {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            format!("dlq #{seq} holds no copy of the event (payload lost: {why}); there is nothing to edit"),
+            format!(
+                "dlq #{seq} holds no copy of the event (payload lost: {why}); there is nothing to edit"
+            ),
         ));
     }
     let event: Value = serde_json::from_slice(&letter.payload).map_err(|_| {
@@ -703,7 +712,12 @@ async fn dlq_replay_edited(
     match ops::dlq::replay_edited(&caller.0.js, seq, &bytes, request.keep).await {
         Ok(step) => {
             caller
-                .record(Action::DlqReplay, &target, Outcome::Ok, "replayed 1 dead event, edited")
+                .record(
+                    Action::DlqReplay,
+                    &target,
+                    Outcome::Ok,
+                    "replayed 1 dead event, edited",
+                )
                 .await;
             ok(step)
         }
@@ -716,7 +730,10 @@ async fn dlq_replay_edited(
                     &format!("edited: {err:#}"),
                 )
                 .await;
-            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("{err:#}")))
+            Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("{err:#}"),
+            ))
         }
     }
 }
@@ -825,8 +842,16 @@ async fn dlq_replay(
             job.total = total;
         })
         .await;
-        finish_job(&caller, &running, Action::DlqReplay, &target, "replayed", options.dry_run, result)
-            .await;
+        finish_job(
+            &caller,
+            &running,
+            Action::DlqReplay,
+            &target,
+            "replayed",
+            options.dry_run,
+            result,
+        )
+        .await;
     });
     let snapshot = lock(&job).clone();
     Ok((StatusCode::ACCEPTED, Json(snapshot)).into_response())
@@ -857,7 +882,16 @@ async fn dlq_purge(
             job.total = total;
         })
         .await;
-        finish_job(&caller, &running, Action::DlqPurge, &target, "purged", dry_run, result).await;
+        finish_job(
+            &caller,
+            &running,
+            Action::DlqPurge,
+            &target,
+            "purged",
+            dry_run,
+            result,
+        )
+        .await;
     });
     let snapshot = lock(&job).clone();
     Ok((StatusCode::ACCEPTED, Json(snapshot)).into_response())
@@ -947,9 +981,8 @@ struct AuditQuery {
 
 async fn audit(caller: Caller, Query(query): Query<AuditQuery>) -> Answer {
     let text = |value: Option<String>| value.filter(|v| !v.is_empty());
-    let time = |field: &str, value: Option<String>| {
-        text(value).map(|v| parse_time(field, &v)).transpose()
-    };
+    let time =
+        |field: &str, value: Option<String>| text(value).map(|v| parse_time(field, &v)).transpose();
     let filter = ops::audit::Filter {
         action: text(query.action)
             .map(|a| Action::parse(&a).map_err(|err| ApiError::bad(&err)))
@@ -1003,7 +1036,10 @@ fn span(field: &str, value: &str) -> Result<std::time::Duration, ApiError> {
     })
 }
 
-async fn schedule_add(caller: Caller, payload: Result<Json<ScheduleBody>, JsonRejection>) -> Answer {
+async fn schedule_add(
+    caller: Caller,
+    payload: Result<Json<ScheduleBody>, JsonRejection>,
+) -> Answer {
     caller.needs(Role::Admin, "adding a schedule")?;
     let request = body(payload)?;
     let text = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
@@ -1038,7 +1074,10 @@ async fn schedule_add(caller: Caller, payload: Result<Json<ScheduleBody>, JsonRe
     // ops audits the addition (and a refusal) itself.
     match ops::schedules::add(&caller.0.js, &caller.0.auditor, new).await {
         Ok(schedule) => ok(schedule),
-        Err(err) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("{err:#}"))),
+        Err(err) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{err:#}"),
+        )),
     }
 }
 

@@ -242,7 +242,10 @@ mod tests {
             tokens.check("t-ada"),
             Some(("ada".to_owned(), Role::Operator))
         );
-        assert_eq!(tokens.check("t-bob"), Some(("bob".to_owned(), Role::Viewer)));
+        assert_eq!(
+            tokens.check("t-bob"),
+            Some(("bob".to_owned(), Role::Viewer))
+        );
         assert_eq!(tokens.check("t-eve"), None);
         assert_eq!(tokens.check(""), None);
     }

@@ -13,16 +13,24 @@ pub(crate) fn router<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
     axum::Router::new()
         .route(
             "/",
-            get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], INDEX).into_response() }),
+            get(|| async {
+                ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], INDEX).into_response()
+            }),
         )
         .route(
             "/app.js",
             get(|| async {
-                ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], SCRIPT).into_response()
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    SCRIPT,
+                )
+                    .into_response()
             }),
         )
         .route(
             "/app.css",
-            get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE).into_response() }),
+            get(|| async {
+                ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE).into_response()
+            }),
         )
 }

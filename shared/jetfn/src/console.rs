@@ -13,7 +13,11 @@ pub(crate) struct ConsoleArgs {
     listen: String,
     /// Sign in with tokens from this file: one line per person, `<name> <role> <sha256 hex of the token>`
     /// (`jetfn console token` makes one). The console acts over its own NATS connection.
-    #[arg(long, env = "JETFN_CONSOLE_TOKENS_FILE", conflicts_with = "nats_sign_in")]
+    #[arg(
+        long,
+        env = "JETFN_CONSOLE_TOKENS_FILE",
+        conflicts_with = "nats_sign_in"
+    )]
     tokens_file: Option<PathBuf>,
     /// Sign in with each person's own NATS user and password (or creds file): the server's permissions hold them to
     /// their user's rights; the role comes from the user's name (viewer, operator, admin).
@@ -40,16 +44,16 @@ pub(crate) async fn run(
     nats: impl FnOnce() -> anyhow::Result<runtime::config::NatsConfig>,
 ) -> anyhow::Result<()> {
     if let Some(ConsoleCommand::Token { name, role }) = args.command {
-        let role = console::Role::parse(&role)?;
+        let role = jetfn_console::Role::parse(&role)?;
         anyhow::ensure!(
             !name.is_empty() && !name.contains(char::is_whitespace),
             "name: must be one word (no spaces)"
         );
-        let token = console::auth::new_token()?;
+        let token = jetfn_console::auth::new_token()?;
         println!("token: {token}");
         println!(
             "tokens file line: {name} {role} {}",
-            console::auth::hash_token(&token)
+            jetfn_console::auth::hash_token(&token)
         );
         return Ok(());
     }
@@ -62,11 +66,11 @@ pub(crate) async fn run(
     let config = nats()?;
     let (sign_in, how) = match (&args.tokens_file, args.nats_sign_in) {
         (Some(path), false) => {
-            let tokens = console::Tokens::load(path)?;
+            let tokens = jetfn_console::Tokens::load(path)?;
             let client = crate::connect(&config).await?;
             let nats_user = crate::audit::identity(&config);
             (
-                console::SignIn::Tokens {
+                jetfn_console::SignIn::Tokens {
                     tokens,
                     client,
                     nats_user,
@@ -75,7 +79,7 @@ pub(crate) async fn run(
             )
         }
         (None, true) => (
-            console::SignIn::Nats {
+            jetfn_console::SignIn::Nats {
                 nats: Box::new(config),
             },
             "a NATS user and password or creds",
@@ -92,8 +96,8 @@ pub(crate) async fn run(
         "console at http://{} (sign in with {how})",
         listener.local_addr()?
     );
-    console::serve(
-        console::Config {
+    jetfn_console::serve(
+        jetfn_console::Config {
             sign_in,
             trace_url_template: args.trace_url_template,
         },
