@@ -2,7 +2,9 @@
 //! function and a real SMTP server. Sign-in both ways (tokens from a file; the person's own NATS user under the
 //! shipped permissions), roles enforced on the server side (a viewer's pause is refused and changes nothing),
 //! every change in the audit trail with the signed-in person, the OpenAPI document covering every route; then the
-//! whole flow in headless Chromium (tests/console/e2e.mjs), which also takes the docs' screenshots.
+//! whole flow in headless Chromium (tests/console/e2e.mjs), which also takes the docs' screenshots
+//! (`JETFN_UPDATE_SCREENSHOTS=1 cargo test -p integration-tests --test it -- console::the_whole` rewrites
+//! docs/console/*.png).
 
 use std::time::Duration;
 
@@ -673,7 +675,13 @@ async fn the_whole_console_flow_works_in_headless_chromium() {
     // The browser's part runs beside this one, which publishes what it waits for and checks the emails. The
     // script prints `step: <name>` as it goes; `need: <what>` asks this side for something.
     let profile = TempDir::new("console-chromium-profile");
-    let screenshots = workspace_root().join("docs/console");
+    // The screenshots are always taken; they replace the committed ones in docs/console only when asked, so an
+    // ordinary run leaves the work tree clean.
+    let screenshots = if std::env::var_os("JETFN_UPDATE_SCREENSHOTS").is_some() {
+        workspace_root().join("docs/console")
+    } else {
+        std::path::PathBuf::from(format!("{}/screenshots", profile.path()))
+    };
     std::fs::create_dir_all(&screenshots).unwrap();
     let script = FunctionProcess::spawn_program(
         "node",
