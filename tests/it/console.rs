@@ -266,8 +266,13 @@ async fn the_console_api_signs_in_with_tokens_enforces_roles_and_audits_every_ch
     // A dead letter: found by its event id, shown masked, an invalid edit refused naming the field, a fixed edit
     // replayed and delivered to the fixed address.
     let (published, seq) = dead_registration(&system, "typo@exmaple.com").await;
-    let (_, overview) = console.call(Some(&viewer), "GET", "/api/overview", None).await;
-    assert_eq!(overview["dead_letters"]["welcome"], 1, "counted per function: {overview}");
+    let (_, overview) = console
+        .call(Some(&viewer), "GET", "/api/overview", None)
+        .await;
+    assert_eq!(
+        overview["dead_letters"]["welcome"], 1,
+        "counted per function: {overview}"
+    );
     let (status, found) = console
         .call(
             Some(&viewer),

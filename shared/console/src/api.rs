@@ -337,7 +337,8 @@ async fn sign_in(
             }
         }
     };
-    tracing::info!(user = %session.name, role = %session.role, "console sign-in");
+    // A name may be an address: logged masked.
+    tracing::info!(user = %events::pii::mask_email(&session.name), role = %session.role, "console sign-in");
     let id = auth::random_hex(32)?;
     let me = json!({ "name": session.name, "role": session.role, "sign_in": mode(&state) });
     state
