@@ -8,7 +8,7 @@
 //! twice. The stack is torn down whatever happens (Drop).
 //!
 //! Slow by nature (a minute or two warm; the first run builds the images): tests/run.sh runs it on its own, after
-//! the rest of the suite, so its sixteen containers do not share the two cores with the other tests.
+//! the rest of the suite, so its seventeen containers do not share the two cores with the other tests.
 
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use events::{
     CloudEvent, ContactSubmitted, EmailVerificationRequested, Event, OrderPlaced, OrderShipped,
-    OrderStatusChanged, PasswordResetRequested, UserRegistered,
+    OrderStatusChanged, PasswordResetRequested, SubscriptionStatusChanged, UserRegistered,
 };
 use testkit::binary_path;
 
@@ -117,6 +117,14 @@ fn compose_stack_handles_every_event_once_through_a_node_and_a_function_kill() {
             contact
         })],
     );
+    stack.nats_py(
+        "publisher-subscription",
+        &[event({
+            let mut changed = SubscriptionStatusChanged::example();
+            changed.customer.email = "np-subscription@example.com".to_owned();
+            changed
+        })],
+    );
     for email in [
         "np-order@example.com",
         STAFF,
@@ -126,6 +134,7 @@ fn compose_stack_handles_every_event_once_through_a_node_and_a_function_kill() {
         "np-verify@example.com",
         SUPPORT,
         "np-contact@example.com",
+        "np-subscription@example.com",
     ] {
         expected.push(email.to_owned());
     }

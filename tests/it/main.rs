@@ -34,6 +34,7 @@ mod schedules;
 mod sealed;
 mod smtp_faults;
 mod storage;
+mod subscriptions;
 mod supervision;
 mod support;
 mod telemetry;

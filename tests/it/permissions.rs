@@ -66,7 +66,7 @@ pub(crate) async fn secured_system() -> System {
 }
 
 /// A function's own identity, as its Deployment sets it: its user and its inbox prefix.
-fn as_function(function: &str) -> Vec<(&'static str, String)> {
+pub(crate) fn as_function(function: &str) -> Vec<(&'static str, String)> {
     vec![
         ("NATS_USER", function.to_owned()),
         ("NATS_PASSWORD", secret(function)),
@@ -75,7 +75,7 @@ fn as_function(function: &str) -> Vec<(&'static str, String)> {
 }
 
 /// Neither the function nor the server saw a permissions violation.
-fn assert_no_violation(system: &System, output: &str, who: &str) {
+pub(crate) fn assert_no_violation(system: &System, output: &str, who: &str) {
     assert!(
         !output.contains("Permissions Violation") && !output.contains("permissions violation"),
         "{who} needed a right it does not have:\n{output}"

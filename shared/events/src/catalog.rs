@@ -5,7 +5,8 @@ use serde_json::{Value, json};
 use crate::{
     CleanupCompleted, CleanupRequested, ContactSubmitted, EmailFailed, EmailSent,
     EmailVerificationRequested, Event, Invalid, MessageCreated, MessageDeleted, MessageUpdated,
-    OrderPlaced, OrderShipped, OrderStatusChanged, PasswordResetRequested, UserRegistered,
+    OrderPlaced, OrderShipped, OrderStatusChanged, PasswordResetRequested, SubscriptionCancelled,
+    SubscriptionCreated, SubscriptionStatusChanged, UserRegistered,
 };
 
 /// Every event subject starts with this token, so one stream (`EVENTS`, subjects `events.>`) holds them all.
@@ -90,6 +91,24 @@ pub static CATALOG: &[EventKind] = &[
         "orders.status_changed",
         ["order-status"],
         "An order's status changed; the customer is told, in wording for the new status."
+    ),
+    kind!(
+        SubscriptionCreated,
+        "subscription.created",
+        ["subscription-notification"],
+        "A customer subscribed to a plan; the confirmation (with the trial's end, if any) goes out, once per subscription."
+    ),
+    kind!(
+        SubscriptionCancelled,
+        "subscription.cancelled",
+        ["subscription-notification"],
+        "A subscription was cancelled; the customer is told until when they keep access, once per cancellation."
+    ),
+    kind!(
+        SubscriptionStatusChanged,
+        "subscription.status_changed",
+        ["subscription-notification"],
+        "A subscription's status changed (not a cancellation); the customer is told, in wording for the new status, once per change."
     ),
     kind!(
         ContactSubmitted,

@@ -18,6 +18,7 @@ pub mod pii;
 pub mod progress;
 mod rules;
 pub mod services;
+mod subscriptions;
 mod validate;
 
 pub use accounts::{EmailVerificationRequested, PasswordResetRequested};
@@ -41,6 +42,10 @@ pub use messaging::{
 pub use outcomes::{EmailFailed, EmailSent, FailureKind, outcome_id};
 pub use payloads::{Locale, UserRegistered};
 pub use progress::{PROGRESS_BUCKET, Progress, progress_key};
+pub use subscriptions::{
+    SubscriptionCancelled, SubscriptionCreated, SubscriptionStatus, SubscriptionStatusChanged,
+    instant_key,
+};
 pub use validate::{FieldError, Invalid, MAX_EVENT_BYTES, Validator, check_size};
 
 /// A payload type that travels as the `data` of a CloudEvent.

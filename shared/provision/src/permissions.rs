@@ -37,6 +37,7 @@ pub const OUTCOMES: &[(&str, &[&str])] = &[
     ("order-status", EMAIL_OUTCOMES),
     ("shipping-notification", EMAIL_OUTCOMES),
     ("contact", EMAIL_OUTCOMES),
+    ("subscription-notification", EMAIL_OUTCOMES),
 ];
 const EMAIL_OUTCOMES: &[&str] = &["email.sent", "email.failed"];
 /// The dead-letter stream and the first token of its subjects (`dlq.<stream>.<consumer>.<sequence>`).

@@ -26,6 +26,8 @@ pub(crate) struct Extras {
     pub(crate) progress: Option<Arc<crate::progress::Reporter>>,
     /// The message's ack subject, for the in-progress ack of `job.progress`.
     pub(crate) ack_subject: Option<async_nats::Subject>,
+    /// What the ledger keys this job's effects and outcomes by, when not the event id ([`Job::keyed_by`]).
+    pub(crate) idempotency_id: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Extras {
@@ -54,6 +56,25 @@ pub struct Job<T> {
 }
 
 impl<T> Job<T> {
+    /// Keys this job's effects and outcomes (`once`, `decide`, `effect_key`, the outcome events) by `id` instead of
+    /// the event id: for an event whose payload names the change it reports (a subscription and the instant of its
+    /// transition), so two events about one change, under two ids (a producer that retried with a fresh id, an
+    /// outbox replayed), run the effect once, while every other change runs it again. Call it first, before any
+    /// effect.
+    #[must_use]
+    pub fn keyed_by(mut self, id: impl Into<String>) -> Self {
+        self.extras.idempotency_id = Some(id.into().into());
+        self
+    }
+
+    /// The ledger's key for this job: [`Job::keyed_by`]'s, or the event id.
+    fn idempotency_id(&self) -> &str {
+        self.extras
+            .idempotency_id
+            .as_deref()
+            .unwrap_or(self.event.id.as_str())
+    }
+
     /// Acks the event without its effect, on purpose (an expired code, a cancelled order): logged with the
     /// reason and counted as dropped. Return its result from the handler.
     #[allow(clippy::unnecessary_wraps)]
@@ -75,7 +96,7 @@ impl<T> Job<T> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<R, JobError>>,
     {
-        let key = self.ledger.key(&self.event.id, name);
+        let key = self.ledger.key(self.idempotency_id(), name);
         self.ledger.once(&key, effect).await
     }
 
@@ -91,13 +112,13 @@ impl<T> Job<T> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<String, JobError>>,
     {
-        let key = self.ledger.key(&self.event.id, name);
+        let key = self.ledger.key(self.idempotency_id(), name);
         self.ledger.decide(&key, decide).await
     }
 
     /// The idempotency key of an effect, for a downstream system that deduplicates (an email's `Message-ID`).
     pub fn effect_key(&self, name: &str) -> String {
-        self.ledger.key(&self.event.id, name)
+        self.ledger.key(self.idempotency_id(), name)
     }
 
     /// Whether a failure now goes to the dead-letter stream instead of being retried.
@@ -119,7 +140,7 @@ impl<T> Job<T> {
         name: &str,
         data: O,
     ) -> Result<Effect<()>, JobError> {
-        let publish = outcome_publisher(&self.extras, &self.event.id, name, data);
+        let publish = outcome_publisher(&self.extras, self.idempotency_id(), name, data);
         self.once(&format!("outcome:{name}"), publish).await
     }
 
@@ -137,9 +158,11 @@ impl<T> Job<T> {
     {
         let extras = self.extras.clone();
         let ledger = self.ledger.clone();
-        let key = self.ledger.key(&self.event.id, &format!("outcome:{name}"));
+        let key = self
+            .ledger
+            .key(self.idempotency_id(), &format!("outcome:{name}"));
         let registered = key.clone();
-        let event_id = self.event.id.clone();
+        let event_id = self.idempotency_id().to_owned();
         let name = name.to_owned();
         let outcome: DeadOutcome = Box::new(move |kind: DeathKind| {
             Box::pin(async move {
@@ -157,7 +180,9 @@ impl<T> Job<T> {
 
     /// Withdraws the dead-letter outcome `name` (its effect succeeded after all).
     pub fn forget_dead_letter(&self, name: &str) {
-        let key = self.ledger.key(&self.event.id, &format!("outcome:{name}"));
+        let key = self
+            .ledger
+            .key(self.idempotency_id(), &format!("outcome:{name}"));
         if let Ok(mut slot) = self.extras.on_dead.lock() {
             slot.retain(|(registered, _)| *registered != key);
         }

@@ -252,6 +252,7 @@ where
         on_dead: Arc::default(),
         progress: Some(Arc::clone(&shared.progress)),
         ack_subject: message.reply.clone(),
+        idempotency_id: None,
     };
     let on_dead = Arc::clone(&extras.on_dead);
     let job = Job {

@@ -19,7 +19,8 @@
 
 use events::{
     CloudEvent, ContactSubmitted, EmailVerificationRequested, Event, OrderPlaced, OrderShipped,
-    OrderStatusChanged, PasswordResetRequested, UserRegistered,
+    OrderStatusChanged, PasswordResetRequested, SubscriptionCancelled, SubscriptionCreated,
+    SubscriptionStatusChanged, UserRegistered,
 };
 pub use publish::progress::read as read_progress;
 pub use publish::schedule::{Delay, DelayError};
@@ -119,6 +120,46 @@ impl EmailEvents {
             change.new_status.as_str(),
             change.changed_at
         );
+        self.publish(id, change).await
+    }
+
+    /// The subscription confirmation (`subscription.created`). The id is the subscription's own key
+    /// (`SubscriptionCreated::idempotency_key`), the one the function's ledger uses too.
+    ///
+    /// # Errors
+    /// As [`EmailEvents::send_order_confirmation`]; ids that are not UUIDs, a trial without its end, a trial end
+    /// before the creation are invalid.
+    pub async fn send_subscription_created(
+        &self,
+        created: SubscriptionCreated,
+    ) -> Result<Published, PublishError> {
+        let id = created.idempotency_key();
+        self.publish(id, created).await
+    }
+
+    /// The cancellation notice (`subscription.cancelled`), once per cancellation (subscription and instant).
+    ///
+    /// # Errors
+    /// As [`EmailEvents::send_subscription_created`]; a cancellation before the creation, or an access end before
+    /// the cancellation, is invalid.
+    pub async fn send_subscription_cancelled(
+        &self,
+        cancelled: SubscriptionCancelled,
+    ) -> Result<Published, PublishError> {
+        let id = cancelled.idempotency_key();
+        self.publish(id, cancelled).await
+    }
+
+    /// The status update (`subscription.status_changed`), once per change (subscription, transition, instant).
+    ///
+    /// # Errors
+    /// As [`EmailEvents::send_subscription_created`]; a change to the same status, to `cancelled` (a
+    /// cancellation is [`EmailEvents::send_subscription_cancelled`]) or before the creation is invalid.
+    pub async fn send_subscription_status_update(
+        &self,
+        change: SubscriptionStatusChanged,
+    ) -> Result<Published, PublishError> {
+        let id = change.idempotency_key();
         self.publish(id, change).await
     }
 
