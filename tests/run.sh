@@ -12,6 +12,7 @@ bash infra/install-nats-server.sh
 bash infra/install-test-tools.sh
 bash infra/install-kubernetes-validate.sh
 bash infra/install-podman.sh
+bash infra/install-chromium.sh
 
 # The binaries the integration tests spawn carry the fault-injection hooks the crash tests set
 # (JOB_TEST_DELAY_BEFORE_ACK_MS, JOB_TEST_CLOCK_SKEW_MS, INDEX_TEST_*, ROUTER_TEST_*, ...). A build without the feature

@@ -8,6 +8,7 @@ mod churn;
 mod cleanup;
 mod cluster;
 mod compose;
+mod console;
 mod consumers;
 mod dashboard;
 mod delays;

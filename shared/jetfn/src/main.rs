@@ -6,12 +6,13 @@
 //! function; `jetfn status` shows queue depth per function; `jetfn search` queries the message index;
 //! `jetfn schedule` publishes events later or on a recurring schedule NATS holds; `jetfn new` scaffolds a function;
 //! `jetfn pause|resume` stops and restarts a function's delivery on the server; `jetfn event` finds an event and
-//! what became of it; `jetfn audit` lists the changes made.
+//! what became of it; `jetfn audit` lists the changes made; `jetfn console` serves the web console.
 //!
 //! The operations themselves live in the `ops` library (which a web console calls too); this binary parses flags,
 //! calls them, prints, and records each change in the audit stream.
 
 mod audit;
+mod console;
 mod dev;
 mod dlq;
 mod event;
@@ -85,6 +86,8 @@ enum Command {
     Resume(pause::ResumeArgs),
     /// Find an event by its id: where it is, what each function did with it, its effects and its trace.
     Event(event::EventArgs),
+    /// Serve the web console and its JSON API (default http://127.0.0.1:8090).
+    Console(console::ConsoleArgs),
     /// The changes made through jetfn (pause, resume, replay, purge, schedules, infra apply): who, what, when,
     /// target, result.
     Audit(audit::AuditArgs),
@@ -300,6 +303,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Event(args) => event::run(connect(&nats()?).await?, args).await,
         Command::Audit(args) => audit::run(connect(&nats()?).await?, args).await,
+        Command::Console(args) => console::run(args, nats).await,
         Command::Search(args) => search::run(connect(&nats()?).await?, args).await,
         Command::Schedule { command } => {
             let config = nats()?;

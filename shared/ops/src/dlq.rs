@@ -151,6 +151,30 @@ pub async fn stream(js: &jetstream::Context) -> anyhow::Result<stream::Stream> {
         .context("the DLQ stream (run `jetfn infra apply`)")
 }
 
+/// How many records each consumer has in the DLQ, from the stream's per-subject counts (one request, no record
+/// read): what an overview polling every few seconds can afford.
+///
+/// # Errors
+/// The stream is missing or its info cannot be read.
+pub async fn counts(
+    js: &jetstream::Context,
+) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+    let dlq = stream(js).await?;
+    let mut subjects = dlq
+        .info_with_subjects(format!("{PREFIX}.>"))
+        .await
+        .context("reading the DLQ's subjects")?;
+    let mut counts = std::collections::BTreeMap::new();
+    while let Some(entry) = subjects.next().await {
+        let (subject, count) = entry.context("reading the DLQ's subjects")?;
+        // dlq.<stream>.<consumer>.<sequence>
+        if let Some(consumer) = subject.split('.').nth(2) {
+            *counts.entry(consumer.to_owned()).or_insert(0) += count as u64;
+        }
+    }
+    Ok(counts)
+}
+
 /// One record by its DLQ sequence.
 ///
 /// # Errors

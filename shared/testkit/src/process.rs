@@ -35,8 +35,25 @@ impl FunctionProcess {
 
     /// Like [`FunctionProcess::spawn`], with command-line arguments.
     pub fn spawn_with_args(bin: &str, args: &[&str], envs: &[(&str, String)]) -> Self {
-        let path = binary_path(bin);
-        let mut command = Command::new(&path);
+        Self::spawn_path(bin, &binary_path(bin), args, envs)
+    }
+
+    /// Spawns a program that is not a workspace binary (`node` running a browser test), found on `PATH` or by
+    /// path, with the same output capture and signals.
+    pub fn spawn_program(program: &str, args: &[&str], envs: &[(&str, String)]) -> Self {
+        let name = std::path::Path::new(program)
+            .file_name()
+            .map_or_else(|| program.to_owned(), |n| n.to_string_lossy().into_owned());
+        Self::spawn_path(&name, std::path::Path::new(program), args, envs)
+    }
+
+    fn spawn_path(
+        bin: &str,
+        path: &std::path::Path,
+        args: &[&str],
+        envs: &[(&str, String)],
+    ) -> Self {
+        let mut command = Command::new(path);
         command
             .args(args)
             .stdin(Stdio::null())
