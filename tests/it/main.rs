@@ -27,6 +27,7 @@ mod partition;
 mod pause;
 mod permissions;
 mod provision;
+mod replicas;
 mod router;
 mod schedule_ops;
 mod schedules;

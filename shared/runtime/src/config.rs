@@ -362,6 +362,10 @@ pub struct JobConfig {
     /// `JOB_ACK`: how a success is acked; see [`AckMode`].
     #[serde(default)]
     pub ack: AckMode,
+    /// `JOB_HEARTBEAT_SECS`: how often the replica writes its state to the `jetfn-replicas` bucket (its entry ages
+    /// out after the bucket's `max_age`, 15 s: keep this well under it); 0: no heartbeat.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_secs: u64,
 }
 
 /// How the runtime acks an event its handler finished. Neither mode can lose an event: an ack that never reaches
@@ -471,6 +475,11 @@ pub const JOB: Table = Table {
             "confirmed",
             "`confirmed` (the server answers each ack) or `plain` (fire-and-forget)",
         ),
+        Var::with_default(
+            "JOB_HEARTBEAT_SECS",
+            "5",
+            "how often the replica writes its state to the jetfn-replicas bucket (entries expire after 15 s); 0: none",
+        ),
     ],
 };
 
@@ -504,6 +513,9 @@ fn default_breaker_probe() -> u64 {
 }
 fn default_breaker_probe_max() -> u64 {
     60
+}
+fn default_heartbeat() -> u64 {
+    5
 }
 fn default_drain() -> u64 {
     20
