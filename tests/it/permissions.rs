@@ -66,7 +66,7 @@ pub(crate) async fn secured_system() -> System {
 }
 
 /// A function's own identity, as its Deployment sets it: its user and its inbox prefix.
-fn as_function(function: &str) -> Vec<(&'static str, String)> {
+pub(crate) fn as_function(function: &str) -> Vec<(&'static str, String)> {
     vec![
         ("NATS_USER", function.to_owned()),
         ("NATS_PASSWORD", secret(function)),
@@ -96,7 +96,7 @@ fn as_welcome() -> Vec<(&'static str, String)> {
 }
 
 /// A connection as `user`, with its own inbox prefix.
-async fn connect_as(system: &System, user: &str) -> async_nats::Client {
+pub(crate) async fn connect_as(system: &System, user: &str) -> async_nats::Client {
     let inbox = if user == "dlq-router" {
         "_INBOX_dlq".to_owned()
     } else {

@@ -127,3 +127,56 @@ async fn replicas_beat_count_their_work_and_leave_by_stop_or_expiry() {
         "a stopped replica is gone at once: {replicas:#?}"
     );
 }
+
+/// Under the generated users: a function writes its own heartbeat with no violation, may not write another
+/// function's key, and the viewer lists the replicas.
+#[tokio::test]
+async fn a_function_writes_only_its_own_heartbeat_and_the_viewer_reads_them() {
+    use crate::permissions::{as_function, assert_refused, connect_as, secured_system};
+    let system = secured_system().await;
+    let mut env = as_function("welcome");
+    env.push(("JOB_HEARTBEAT_SECS", "1".to_owned()));
+    let welcome = system.spawn("welcome", &env).await;
+    let viewer = async_nats::jetstream::new(connect_as(&system, "viewer").await);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let replicas = ops::replicas::list(&viewer)
+            .await
+            .expect("the viewer lists the replicas");
+        if replicas
+            .iter()
+            .any(|replica| replica.function == "welcome" && replica.ready)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no welcome heartbeat: {replicas:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let mut js = async_nats::jetstream::new(connect_as(&system, "welcome").await);
+    js.set_timeout(Duration::from_secs(1));
+    let store = js.get_key_value(ops::replicas::BUCKET).await.unwrap();
+    assert!(
+        store.put("contact.forged", "{}".into()).await.is_err(),
+        "welcome may not write contact's heartbeat"
+    );
+    assert_refused(&system, "welcome", "$KV.jetfn-replicas.contact.forged").await;
+    welcome.sigterm();
+    welcome.wait_exit(Duration::from_secs(30)).await;
+    let output = welcome.output();
+    assert!(!output.contains("heartbeat not"), "{output}");
+    let log = system.nats.log();
+    let violations: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains(" Violation"))
+        .collect();
+    assert!(
+        violations
+            .iter()
+            .all(|line| line.contains("contact.forged")),
+        "only the forged write was refused: {violations:#?}"
+    );
+}
