@@ -29,6 +29,7 @@ mod permissions;
 mod provision;
 mod replicas;
 mod router;
+mod router_trace;
 mod schedule_ops;
 mod schedules;
 mod sealed;
