@@ -257,14 +257,21 @@ pub(crate) fn start(
                 }
             }
             if let Some(store) = &store {
-                fill(&mut replica, &health).await;
-                let written = match serde_json::to_vec(&replica) {
-                    Ok(value) => store
-                        .put(&key, value.into())
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string()),
-                    Err(err) => Err(err.to_string()),
+                // A beat against a server that does not answer must not hold up the shutdown.
+                let beat = async {
+                    fill(&mut replica, &health).await;
+                    match serde_json::to_vec(&replica) {
+                        Ok(value) => store
+                            .put(&key, value.into())
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string()),
+                        Err(err) => Err(err.to_string()),
+                    }
+                };
+                let written = tokio::select! {
+                    () = stop.cancelled() => break,
+                    written = beat => written,
                 };
                 match written {
                     Ok(()) => warned = false,
@@ -288,10 +295,21 @@ pub(crate) fn start(
 impl Beating {
     /// Stops beating and deletes the key, so the replica leaves the listing at once.
     pub(crate) async fn stop(self) {
-        if let Ok(Some((store, key))) = self.task.await
-            && let Err(err) = store.delete(&key).await
-        {
-            tracing::warn!(bucket = BUCKET, error = %err, "heartbeat not deleted; it expires by itself");
+        let Ok(Some((store, key))) = self.task.await else {
+            return;
+        };
+        // Bounded: a server that does not answer lets the entry expire instead of holding up the exit.
+        match tokio::time::timeout(Duration::from_secs(2), store.delete(&key)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(bucket = BUCKET, error = %err, "heartbeat not deleted; it expires by itself");
+            }
+            Err(_) => {
+                tracing::warn!(
+                    bucket = BUCKET,
+                    "heartbeat not deleted in time; it expires by itself"
+                );
+            }
         }
     }
 }
