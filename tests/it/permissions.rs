@@ -96,7 +96,7 @@ fn as_welcome() -> Vec<(&'static str, String)> {
 }
 
 /// A connection as `user`, with its own inbox prefix.
-async fn connect_as(system: &System, user: &str) -> async_nats::Client {
+pub(crate) async fn connect_as(system: &System, user: &str) -> async_nats::Client {
     let inbox = if user == "dlq-router" {
         "_INBOX_dlq".to_owned()
     } else {

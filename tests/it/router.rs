@@ -15,7 +15,7 @@ use testkit::{FunctionProcess, NatsCluster, Signal};
 use crate::support::{System, WAIT, user};
 
 /// Consumers that give up fast: three deliveries, 200 ms apart.
-fn fast(definitions: &mut Definitions) {
+pub(crate) fn fast(definitions: &mut Definitions) {
     for (stream, consumer) in &mut definitions.consumers {
         if stream == "EVENTS" {
             consumer.max_deliver = 3;

@@ -308,10 +308,14 @@ impl Router {
             .await?;
         // Only "not found" means no record: any other error (a timeout, no leader) could hide one, so it is retried.
         let earlier = match dlq.direct_get_last_for_subject(&subject).await {
-            Ok(record) => Some(
-                DeadLetter::from_stored(Some(&record.headers), record.payload)
-                    .is_ok_and(|letter| letter.payload_lost.is_none()),
-            ),
+            Ok(record) => {
+                // The record carries the original's headers: the link survives a redelivered advisory.
+                runtime::telemetry::link_from(&tracing::Span::current(), Some(&record.headers));
+                Some(
+                    DeadLetter::from_stored(Some(&record.headers), record.payload)
+                        .is_ok_and(|letter| letter.payload_lost.is_none()),
+                )
+            }
             Err(err) if err.kind() == DirectGetErrorKind::NotFound => None,
             Err(err) => {
                 return Err(err).with_context(|| format!("looking for a record on {subject}"));
@@ -322,6 +326,11 @@ impl Router {
             copied
         } else {
             let original = self.original(&source, advisory, attempt).await?;
+            // The route span links to the publisher's context, as the runtime's attempt spans do (the messaging
+            // conventions' creation context); the advisory itself carries none, so it is taken from the dead event.
+            if let Original::Copied(message) = &original {
+                runtime::telemetry::link_from(&tracing::Span::current(), Some(&message.headers));
+            }
             self.record(advisory, failures, original).await?
         };
         #[cfg(feature = "fault-injection")]

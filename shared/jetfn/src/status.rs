@@ -129,6 +129,20 @@ fn print(status: &ops::status::Status, json: bool, compact: bool) -> anyhow::Res
     }
     output::align_right(&mut consumers, &[3, 4, 5, 6, 7]);
     output::print_table(&consumers);
+    if !status.replicas.is_empty() {
+        println!();
+        let mut replicas = output::table(&["function", "replicas", "ready", "breaker open"]);
+        for (function, summary) in &status.replicas {
+            replicas.add_row(vec![
+                function.clone(),
+                summary.count.to_string(),
+                summary.ready.to_string(),
+                summary.breaker_open.to_string(),
+            ]);
+        }
+        output::align_right(&mut replicas, &[1, 2, 3]);
+        output::print_table(&replicas);
+    }
     if let Some(why) = unknown {
         println!();
         println!("oldest ?: {why}");

@@ -10,56 +10,10 @@
 use anyhow::Context as _;
 use async_nats::jetstream;
 use futures::TryStreamExt as _;
-use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
+use serde::Serialize;
 
-/// The bucket the heartbeats live in.
-pub const BUCKET: &str = "jetfn-replicas";
-/// How many minutes of counts a heartbeat carries.
-pub const MINUTES: usize = 60;
-
-/// One function process, as its last heartbeat described it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Replica {
-    /// The function (its `jetfn.function`).
-    pub function: String,
-    /// Unique per process (host, pid and a random part), a KV-key-safe token.
-    pub instance: String,
-    /// The host name (a pod's name on Kubernetes).
-    pub host: String,
-    /// The binary's version.
-    pub version: String,
-    /// When the process started.
-    #[serde(with = "time::serde::rfc3339")]
-    pub started: OffsetDateTime,
-    /// The heartbeat's time.
-    #[serde(with = "time::serde::rfc3339")]
-    pub seen: OffsetDateTime,
-    /// What `/readyz` would answer: every consumer bound, not draining.
-    pub ready: bool,
-    /// A circuit breaker of one of its consumers is open.
-    pub breaker_open: bool,
-    /// Events being handled now.
-    pub in_flight: u64,
-    /// A consumer of it is paused on the server, as the replica last saw it.
-    pub paused: bool,
-    /// The last [`MINUTES`] minutes, oldest first, one entry per minute: events this replica finished.
-    pub minutes: Vec<Minute>,
-}
-
-/// What one replica finished in one minute.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Minute {
-    /// The minute's start.
-    #[serde(with = "time::serde::rfc3339")]
-    pub start: OffsetDateTime,
-    /// Acked as done.
-    pub succeeded: u64,
-    /// Dead-lettered.
-    pub failed: u64,
-    /// Handed back for a later attempt (a delayed NAK).
-    pub retried: u64,
-}
+/// One definition of the heartbeat, shared with the runtime that writes it.
+pub use runtime::heartbeat::{BUCKET, MINUTES, Minute, Replica};
 
 /// The KV key of a replica: `<function>.<instance>`.
 pub fn key(function: &str, instance: &str) -> String {
@@ -76,14 +30,27 @@ pub async fn list(js: &jetstream::Context) -> anyhow::Result<Vec<Replica>> {
         .get_key_value(BUCKET)
         .await
         .with_context(|| format!("the {BUCKET} bucket (run `jetfn infra apply`)"))?;
-    let mut keys: Vec<String> = match store.keys().await {
-        Ok(keys) => keys.try_collect().await?,
-        Err(err) => return Err(err).context("listing the replicas"),
-    };
+    // The keys from the stream's subjects (stream info, which a viewer may read) rather than a watcher, which
+    // would need a consumer on the bucket; each value by DIRECT.GET.
+    let stream = js
+        .get_stream_no_info(format!("KV_{BUCKET}"))
+        .await
+        .context("listing the replicas")?;
+    let prefix = format!("$KV.{BUCKET}.");
+    let mut keys: Vec<String> = stream
+        .info_with_subjects(format!("{prefix}>"))
+        .await
+        .context("listing the replicas")?
+        .try_collect::<Vec<(String, usize)>>()
+        .await
+        .context("listing the replicas")?
+        .into_iter()
+        .filter_map(|(subject, _)| subject.strip_prefix(&prefix).map(str::to_owned))
+        .collect();
     keys.sort();
     let mut replicas = Vec::new();
     for key in keys {
-        // Deleted or expired between the listing and the read: that replica is gone.
+        // Deleted (a clean stop) or expired between the listing and the read: that replica is gone.
         let Some(value) = store
             .get(&key)
             .await

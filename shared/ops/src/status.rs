@@ -80,6 +80,9 @@ pub struct Status {
     pub streams: Vec<StreamStatus>,
     /// Consumers, by stream then name.
     pub consumers: Vec<ConsumerStatus>,
+    /// Per function (every function with a consumer, and any other that sends heartbeats): its live replicas,
+    /// from their heartbeats (`ops::replicas`). Empty when the `jetfn-replicas` bucket is missing or unreadable.
+    pub replicas: std::collections::BTreeMap<String, crate::replicas::Summary>,
 }
 
 /// Which streams are the system's own plumbing rather than something an operator watches.
@@ -145,10 +148,18 @@ pub async fn read(js: &jetstream::Context, all: bool) -> anyhow::Result<Status> 
             });
         }
     }
+    let mut replicas = crate::replicas::list(js)
+        .await
+        .map(|live| crate::replicas::summarize(&live))
+        .unwrap_or_default();
+    for consumer in &consumers {
+        replicas.entry(consumer.function.clone()).or_default();
+    }
     Ok(Status {
         at,
         streams,
         consumers,
+        replicas,
     })
 }
 

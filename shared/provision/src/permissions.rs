@@ -25,6 +25,8 @@ pub const FAILURES_BUCKET: &str = "jetfn-failures";
 pub const RATELIMIT_BUCKET: &str = "jetfn-ratelimit";
 /// Progress of long jobs (`job.progress`): one key per (function, event), under the function's prefix.
 pub const PROGRESS_BUCKET: &str = events::PROGRESS_BUCKET;
+/// Each replica's heartbeat (`runtime::heartbeat`): one key per process, `<function>.<instance>`.
+pub const REPLICAS_BUCKET: &str = "jetfn-replicas";
 /// The outcome events each function publishes (`job.publish_outcome`, `job.on_dead_letter`), read from their code:
 /// every email function sends through `mailer::send_once`, which publishes `email.sent` and `email.failed`. Only
 /// these functions may publish them: no `publisher-<domain>` user is given an outcome type, so no producing
@@ -105,6 +107,7 @@ pub fn users(
         FAILURES_BUCKET,
         RATELIMIT_BUCKET,
         PROGRESS_BUCKET,
+        REPLICAS_BUCKET,
     ] {
         anyhow::ensure!(
             definitions.buckets.iter().any(|b| b.bucket == bucket),
@@ -212,6 +215,9 @@ pub fn users(
                 .collect();
             publish.extend(own_keys(FAILURES_BUCKET, &journal));
         }
+        // Every replica writes its own heartbeat, under its function's prefix only.
+        comment.push_str(" Its replicas' heartbeats (jetfn-replicas, its own prefix).");
+        publish.extend(own_keys(REPLICAS_BUCKET, &[name.to_owned()]));
         if let Some((_, outcomes)) = OUTCOMES.iter().find(|(n, _)| *n == name) {
             comment.push_str(" It publishes its outcome events (");
             comment.push_str(&outcomes.join(", "));
@@ -286,7 +292,7 @@ pub fn users(
         name: "viewer".to_owned(),
         comment: "viewer: jetfn status, jetfn dlq list|show, jetfn audit: stream and consumer info and lists, the DLQ's \
                   records and the audit trail. Changes nothing, reads no event stream's messages and no KV bucket's \
-                  values but job progress (so jetfn status shows no oldest age, and jetfn event is the operator's)."
+                  values but job progress and the replicas' heartbeats (so jetfn status shows no oldest age, and jetfn event is the operator's)."
             .to_owned(),
         publish: viewer.clone(),
         subscribe: vec![format!("{}.>", inbox_prefix("viewer"))],
@@ -359,6 +365,8 @@ fn viewer_rights() -> Vec<String> {
         format!("$JS.API.CONSUMER.DELETE.{DLQ_STREAM}.*"),
         // Job progress (`jetfn event`, an operator's KV get): counts and a short note, no personal data.
         format!("$JS.API.DIRECT.GET.KV_{PROGRESS_BUCKET}.>"),
+        // The replicas' heartbeats (`jetfn status`, the console): readiness, breaker, counts; no event data.
+        format!("$JS.API.DIRECT.GET.KV_{REPLICAS_BUCKET}.>"),
     ]);
     // The audit trail, read the same ways.
     rights.extend([

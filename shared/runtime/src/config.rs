@@ -373,6 +373,10 @@ pub struct JobConfig {
     /// from it (the starvation bound of priorities).
     #[serde(default = "default_priority_every")]
     pub priority_every: u32,
+    /// `JOB_HEARTBEAT_SECS`: how often the replica writes its state to the `jetfn-replicas` bucket (its entry ages
+    /// out after the bucket's `max_age`, 15 s: keep this well under it); 0: no heartbeat.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_secs: u64,
 }
 
 /// How the runtime acks an event its handler finished. Neither mode can lose an event: an ack that never reaches
@@ -497,6 +501,11 @@ pub const JOB: Table = Table {
             "8",
             "while lower-priority events wait, at least one started in this many is one of them",
         ),
+        Var::with_default(
+            "JOB_HEARTBEAT_SECS",
+            "5",
+            "how often the replica writes its state to the jetfn-replicas bucket (entries expire after 15 s); 0: none",
+        ),
     ],
 };
 
@@ -536,6 +545,9 @@ fn default_priority_every() -> u32 {
 }
 fn default_breaker_probe_max() -> u64 {
     60
+}
+fn default_heartbeat() -> u64 {
+    5
 }
 fn default_drain() -> u64 {
     20

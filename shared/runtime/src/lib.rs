@@ -16,6 +16,7 @@ pub mod dlq;
 mod error;
 mod fault;
 pub mod health;
+pub mod heartbeat;
 mod job;
 mod lanes;
 mod ledger;

@@ -91,17 +91,20 @@ impl Metrics {
 
     pub(crate) fn processed(&self, seconds: f64) {
         self.processed.add(1, &self.attributes);
+        crate::heartbeat::count(crate::heartbeat::Finished::Succeeded);
         self.record(seconds, "ack", None);
     }
 
     pub(crate) fn retried(&self, seconds: f64) {
         self.retried.add(1, &self.attributes);
+        crate::heartbeat::count(crate::heartbeat::Finished::Retried);
         self.record(seconds, "retry", Some("transient"));
     }
 
     pub(crate) fn dead_lettered(&self, seconds: f64, kind: &'static str) {
         self.dead_lettered
             .add(1, &self.with([KeyValue::new("jetfn.dlq.kind", kind)]));
+        crate::heartbeat::count(crate::heartbeat::Finished::Failed);
         self.record(seconds, "dead-letter", Some(kind));
     }
 

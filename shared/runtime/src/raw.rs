@@ -92,6 +92,7 @@ where
         return;
     };
     shared.settler.metrics.consumed();
+    let _in_flight = crate::heartbeat::in_flight();
     let span = tracing::info_span!(
         "process",
         subject = message.subject.as_str(),

@@ -230,6 +230,13 @@ impl Runtime {
         if let Some(addr) = &core.job.health_addr {
             health.clone().serve(addr, stop.clone()).await?;
         }
+        let beating = crate::heartbeat::start(
+            core.js.clone(),
+            &core.name,
+            health.clone(),
+            Duration::from_secs(core.job.heartbeat_secs),
+            stop.clone(),
+        );
         let core = Arc::new(core);
         let mut serving = std::pin::pin!(futures::future::join_all(
             consumers
@@ -242,6 +249,9 @@ impl Runtime {
             _ = &mut serving => {}
         }
         serving.await;
+        if let Some(beating) = beating {
+            beating.stop().await;
+        }
         if let Err(err) = core.client.flush().await {
             tracing::warn!(error = %err, "flushing the NATS connection failed");
         }
@@ -252,13 +262,15 @@ impl Runtime {
 
 impl Core {
     fn breaker(&self) -> Arc<Breaker> {
-        Breaker::new(
+        let breaker = Breaker::new(
             &self.name,
             self.job.breaker_threshold,
             self.probe.clone(),
             Duration::from_secs(self.job.breaker_probe_secs.max(1)),
             Duration::from_secs(self.job.breaker_probe_max_secs.max(1)),
-        )
+        );
+        crate::heartbeat::watch_breaker(&breaker);
+        breaker
     }
 
     fn settler(
@@ -337,6 +349,7 @@ where
                 return;
             };
             let policy = Policy::of(stream, &consumer, &pull);
+            crate::heartbeat::watch_consumer(&pull);
             let breaker = core.breaker();
             let handler = Arc::new(handler);
             let stores = Stores {
@@ -564,6 +577,7 @@ where
                 return;
             };
             let policy = Policy::of(&stream, &consumer, &pull);
+            crate::heartbeat::watch_consumer(&pull);
             let dead_letters = if dead_letters {
                 DeadLetters::Record {
                     prefix: core.job.dlq_prefix.clone(),

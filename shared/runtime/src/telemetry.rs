@@ -414,6 +414,18 @@ pub fn set_parent_from(span: &tracing::Span, headers: Option<&HeaderMap>) {
     let _ = span.set_parent(context);
 }
 
+/// Links `span` to the trace context carried in `headers`, if any, without re-parenting it: for a span that runs
+/// before the message with the context is read, such as the dlq-router's route span (the advisory it processes
+/// carries no context; the dead event it copies carries the publisher's).
+pub fn link_from(span: &tracing::Span, headers: Option<&HeaderMap>) {
+    let Some(headers) = headers else { return };
+    let context = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    let creation = context.span().span_context().clone();
+    if creation.is_valid() {
+        span.add_link(creation);
+    }
+}
+
 /// Ids for the log lines of one attempt when no span is exported: the trace id of the event's `traceparent` (so
 /// every attempt of one event shares it, as in a trace backend), or a random one, and a span id of the attempt's
 /// own. Kept in the span's extensions, where the JSON formatter finds them; nothing is recorded as a field, so

@@ -68,6 +68,7 @@ where
     // field into text when it is created or recorded, so the logged span carries only what a log line needs, all
     // set at creation: recording fields afterwards was a measurable share of the runtime's CPU per event.
     shared.metrics.consumed();
+    let _in_flight = crate::heartbeat::in_flight();
     let span = if telemetry::exporting() {
         let (server, port) = telemetry::server_address();
         let span = tracing::info_span!(
