@@ -25,6 +25,12 @@ pub const FAILURES_BUCKET: &str = "jetfn-failures";
 pub const RATELIMIT_BUCKET: &str = "jetfn-ratelimit";
 /// Progress of long jobs (`job.progress`): one key per (function, event), under the function's prefix.
 pub const PROGRESS_BUCKET: &str = events::PROGRESS_BUCKET;
+/// Batch records (`publish::batch`): every function gates and counts the batch items it handles, publishers
+/// submit batches of their events, the operator cancels, the viewer reads progress.
+pub const BATCH_BUCKET: &str = events::BATCH_BUCKET;
+/// Published by whichever function finishes a batch's last item, so every function may publish it and no
+/// `publisher-<domain>` user gets it.
+pub const BATCH_COMPLETED: &str = "batch.completed";
 /// The outcome events each function publishes (`job.publish_outcome`, `job.on_dead_letter`), read from their code:
 /// every email function sends through `mailer::send_once`, which publishes `email.sent` and `email.failed`. Only
 /// these functions may publish them: no `publisher-<domain>` user is given an outcome type, so no producing
@@ -104,6 +110,7 @@ pub fn users(
         FAILURES_BUCKET,
         RATELIMIT_BUCKET,
         PROGRESS_BUCKET,
+        BATCH_BUCKET,
     ] {
         anyhow::ensure!(
             definitions.buckets.iter().any(|b| b.bucket == bucket),
@@ -208,6 +215,11 @@ pub fn users(
                 .map(|(stream, consumer)| format!("{stream}.{consumer}"))
                 .collect();
             publish.extend(own_keys(FAILURES_BUCKET, &journal));
+            comment.push_str(
+                " Any batch's record (an item of any batch may reach it: it gates and counts it) and batch.completed.",
+            );
+            publish.extend(batch_rights());
+            publish.push(subject_of(BATCH_COMPLETED)?.to_owned());
         }
         if let Some((_, outcomes)) = OUTCOMES.iter().find(|(n, _)| *n == name) {
             comment.push_str(" It publishes its outcome events (");
@@ -242,7 +254,10 @@ pub fn users(
     // domain's events. Each lists its subjects one by one, so a new event type is granted by its catalog row.
     let mut domains: Vec<(&str, Vec<&str>)> = Vec::new();
     let outcome = |ty: &str| OUTCOMES.iter().any(|(_, types)| types.contains(&ty));
-    for kind in catalog.iter().filter(|kind| !outcome(kind.ty)) {
+    for kind in catalog
+        .iter()
+        .filter(|kind| !outcome(kind.ty) && kind.ty != BATCH_COMPLETED)
+    {
         let domain = kind.ty.split('.').next().unwrap_or(kind.ty);
         match domains.iter_mut().find(|(d, _)| *d == domain) {
             Some((_, subjects)) => subjects.push(kind.subject),
@@ -254,9 +269,14 @@ pub fn users(
         users.push(User {
             subscribe: vec![format!("{}.>", inbox_prefix(&name))],
             comment: format!(
-                "{name}: publishes the {domain}.* events of the catalog, nothing else (its inbox takes the stream's acks)."
+                "{name}: publishes the {domain}.* events of the catalog, alone or as batches (the batch records), \
+                 nothing else (its inbox takes the stream's acks)."
             ),
-            publish: subjects.iter().map(|s| (*s).to_owned()).collect(),
+            publish: subjects
+                .iter()
+                .map(|s| (*s).to_owned())
+                .chain(batch_rights())
+                .collect(),
             name,
             allow_responses: false,
         });
@@ -291,6 +311,8 @@ pub fn users(
         format!("$JS.API.CONSUMER.MSG.NEXT.{EVENTS_STREAM}.*"),
         format!("$JS.API.DIRECT.GET.KV_{LEDGER_BUCKET}.>"),
         format!("$JS.API.DIRECT.GET.KV_{FAILURES_BUCKET}.>"),
+        // jetfn batch cancel: a compare-and-set write of the batch's record.
+        format!("$KV.{BATCH_BUCKET}.>"),
     ]);
     operator.extend(all_events);
     users.push(User {
@@ -341,6 +363,8 @@ fn viewer_rights() -> Vec<String> {
         format!("$JS.API.CONSUMER.DELETE.{DLQ_STREAM}.*"),
         // Job progress (`jetfn event`, an operator's KV get): counts and a short note, no personal data.
         format!("$JS.API.DIRECT.GET.KV_{PROGRESS_BUCKET}.>"),
+        // Batch progress (`jetfn batch status`): counters, no personal data.
+        format!("$JS.API.DIRECT.GET.KV_{BATCH_BUCKET}.>"),
     ]);
     // The audit trail, read the same ways.
     rights.extend([
@@ -364,6 +388,15 @@ fn own_keys(bucket: &str, prefixes: &[String]) -> Vec<String> {
         ));
     }
     rights
+}
+
+/// Reading and writing any batch record (compare-and-set writes; the bucket's info binds the store).
+fn batch_rights() -> Vec<String> {
+    vec![
+        format!("$JS.API.STREAM.INFO.KV_{BATCH_BUCKET}"),
+        format!("$KV.{BATCH_BUCKET}.>"),
+        format!("$JS.API.DIRECT.GET.KV_{BATCH_BUCKET}.>"),
+    ]
 }
 
 /// What the extra rights of a function are derived from.

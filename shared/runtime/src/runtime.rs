@@ -319,13 +319,21 @@ where
                         None
                     }
                 };
-                anyhow::Ok((pull, ledger, failures, progress))
+                // Optional too: without it, batch items are retried until it exists.
+                let batches = match core.js.get_key_value(events::BATCH_BUCKET).await {
+                    Ok(store) => Some(store),
+                    Err(err) => {
+                        tracing::warn!(bucket = events::BATCH_BUCKET, error = %err, "batch bucket not found; batch items will wait for it");
+                        None
+                    }
+                };
+                anyhow::Ok((pull, ledger, failures, progress, batches))
             };
             let bound_parts = tokio::select! {
                 () = stop.cancelled() => None,
                 parts = bind_with_backoff(stream, &consumer, bind) => Some(parts),
             };
-            let Some((pull, ledger, failures, progress)) = bound_parts else {
+            let Some((pull, ledger, failures, progress, batches)) = bound_parts else {
                 tracing::info!(consumer = %consumer, "stopped before the consumer was bound");
                 return;
             };
@@ -336,6 +344,10 @@ where
                 &consumer,
             ));
             let breaker = core.breaker();
+            let publisher = Arc::new(publish::Publisher::new(
+                core.client.clone(),
+                format!("/{}", core.name),
+            ));
             let typed = Arc::new(Typed {
                 settler: core.settler(
                     policy.clone(),
@@ -358,10 +370,12 @@ where
                 metrics,
                 handler_timeout: Duration::from_secs(core.job.handler_timeout_secs),
                 function: core.name.as_str().into(),
-                publisher: Arc::new(publish::Publisher::new(
-                    core.client.clone(),
-                    format!("/{}", core.name),
-                )),
+                publisher: publisher.clone(),
+                batches: Arc::new(crate::batch::Batches {
+                    store: batches,
+                    publisher,
+                    function: core.name.as_str().into(),
+                }),
                 progress: Arc::new(crate::progress::Reporter {
                     store: progress,
                     client: core.client.clone(),
