@@ -68,6 +68,8 @@ impl Batches {
                 events::BATCH_BUCKET
             ));
         };
+        // Ask at least as often as the message must be kept alive, so the wait never outlives its ack deadline.
+        let step = WAIT_STEP.min(progress_every);
         let mut last_progress = tokio::time::Instant::now();
         loop {
             match batches::gate(store, &item.batch, item.index).await {
@@ -90,7 +92,7 @@ impl Batches {
                     }
                     tokio::select! {
                         () = shutdown.cancelled() => return retry("shutting down while the batch was still being submitted".to_owned()),
-                        () = tokio::time::sleep(WAIT_STEP) => {}
+                        () = tokio::time::sleep(step) => {}
                     }
                 }
                 Err(err) => return retry(err.to_string()),
