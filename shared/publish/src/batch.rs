@@ -207,8 +207,12 @@ pub enum Gate {
     Run,
     /// The batch is still being submitted: wait and ask again.
     Wait,
-    /// The batch was cancelled: skip the item and count it cancelled.
-    Cancelled,
+    /// The batch was cancelled: skip the item and count it cancelled, unless an earlier delivery of it may have
+    /// started it (see the runtime's rule).
+    Cancelled {
+        /// The item is counted already (its outcome, whatever it was, stands).
+        counted: bool,
+    },
     /// The batch was never accepted (abandoned, or no record): ack the item unhandled, count nothing.
     Skip(&'static str),
 }
@@ -229,7 +233,11 @@ pub async fn gate(store: &kv::Store, id: &str, index: u64) -> Result<Gate, Batch
         }
         match record.state {
             BatchState::Open => return Ok(Gate::Run),
-            BatchState::Cancelled => return Ok(Gate::Cancelled),
+            BatchState::Cancelled => {
+                return Ok(Gate::Cancelled {
+                    counted: record.is_counted(index),
+                });
+            }
             BatchState::Abandoned => {
                 return Ok(Gate::Skip(
                     "the batch was abandoned before all its items landed",

@@ -61,6 +61,7 @@ impl Batches {
         ledger: &Ledger,
         progress_every: Duration,
         shutdown: &CancellationToken,
+        attempt: u32,
     ) -> Admission {
         let Some(store) = &self.store else {
             return retry(format!(
@@ -78,7 +79,11 @@ impl Batches {
                     tracing::warn!(batch = %item.batch, index = item.index, reason = why, "batch item skipped unhandled");
                     return Admission::Settle(Outcome::Success);
                 }
-                Ok(Gate::Cancelled) => {
+                // A redelivery of an item not yet counted may have started on an earlier delivery (before the
+                // cancel, or still running on another replica): it runs, and its effects stay once through the
+                // ledger, so an item that sent is never counted cancelled. Only a first delivery is surely unstarted.
+                Ok(Gate::Cancelled { counted: false }) if attempt > 1 => return Admission::Run,
+                Ok(Gate::Cancelled { .. }) => {
                     tracing::info!(batch = %item.batch, index = item.index, "batch cancelled: item skipped");
                     return match self.count(item, ItemOutcome::Cancelled, ledger).await {
                         Ok(()) => Admission::Settle(Outcome::Success),
@@ -106,6 +111,7 @@ impl Batches {
     pub(crate) async fn after(
         &self,
         item: &Item,
+        message: &jetstream::Message,
         outcome: Outcome,
         ledger: &Ledger,
         attempt: u32,
@@ -117,6 +123,9 @@ impl Batches {
             ref dead if dead.death().is_some() => ItemOutcome::Failed,
             _ => return outcome,
         };
+        // The handler's supervision (and its in-progress acks) ended; the count and the settle still take a few
+        // writes, which must not outlast the ack deadline and hand the item to another replica meanwhile.
+        crate::settle::progress(message).await;
         match self.count(item, counted, ledger).await {
             Ok(()) => outcome,
             Err(reason) if !last => Outcome::Retry {

@@ -126,6 +126,7 @@ where
                 &shared.ledger,
                 policy.progress_period(),
                 &shared.shutdown,
+                attempt,
             );
             if let crate::batch::Admission::Settle(outcome) = Box::pin(admission).await {
                 return Box::pin(
@@ -170,7 +171,7 @@ where
             Some(item) => {
                 let counted = shared
                     .batches
-                    .after(item, outcome, &shared.ledger, attempt, last);
+                    .after(item, &message, outcome, &shared.ledger, attempt, last);
                 Box::pin(counted).await
             }
             None => outcome,
