@@ -3,6 +3,7 @@
 mod audit;
 mod backoff;
 mod backpressure;
+mod batches;
 mod breaker;
 mod churn;
 mod cleanup;

@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 
 use crate::{
-    CleanupCompleted, CleanupRequested, ContactSubmitted, EmailFailed, EmailSent,
+    BatchCompleted, CleanupCompleted, CleanupRequested, ContactSubmitted, EmailFailed, EmailSent,
     EmailVerificationRequested, Event, Invalid, MessageCreated, MessageDeleted, MessageUpdated,
     OrderPlaced, OrderShipped, OrderStatusChanged, PasswordResetRequested, SubscriptionCancelled,
     SubscriptionCreated, SubscriptionStatusChanged, UserRegistered,
@@ -157,6 +157,12 @@ pub static CATALOG: &[EventKind] = &[
         "email.failed",
         [],
         "An email function dead-lettered its event: once per event and email, recipient masked, with the reason's kind."
+    ),
+    kind!(
+        BatchCompleted,
+        "batch.completed",
+        [],
+        "A batch's last item was finished: exactly once per batch, with how many items succeeded, failed (dead-lettered) and were cancelled."
     ),
 ];
 

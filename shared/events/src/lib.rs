@@ -7,6 +7,7 @@
 
 mod accounts;
 pub mod asyncapi;
+pub mod batches;
 mod catalog;
 mod commerce;
 mod contact;
@@ -24,6 +25,7 @@ mod validate;
 
 pub use accounts::{EmailVerificationRequested, PasswordResetRequested};
 pub use asyncapi::{ASYNCAPI_JSON, asyncapi};
+pub use batches::{BATCH_BUCKET, BatchCompleted, BatchRecord, BatchState};
 pub use catalog::{
     CATALOG, EventKind, SUBJECT_PREFIX, catalog_markdown, catalog_markdown_of, kind_by_type,
     schema_for, subject_for,

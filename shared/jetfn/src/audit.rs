@@ -6,7 +6,7 @@ use crate::output;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct AuditArgs {
-    /// Only this action (pause, resume, dlq-replay, dlq-purge, schedule-add, schedule-cancel, infra-apply).
+    /// Only this action (pause, resume, dlq-replay, dlq-purge, schedule-add, schedule-cancel, infra-apply, batch-cancel).
     #[arg(long)]
     action: Option<String>,
     /// Only entries whose target contains this text (a function, `dlq #12`, a schedule).

@@ -6,12 +6,14 @@
 //! function; `jetfn status` shows queue depth per function; `jetfn search` queries the message index;
 //! `jetfn schedule` publishes events later or on a recurring schedule NATS holds; `jetfn new` scaffolds a function;
 //! `jetfn pause|resume` stops and restarts a function's delivery on the server; `jetfn event` finds an event and
-//! what became of it; `jetfn audit` lists the changes made; `jetfn console` serves the web console.
+//! what became of it; `jetfn audit` lists the changes made; `jetfn batch` submits, follows and cancels batches;
+//! `jetfn console` serves the web console.
 //!
 //! The operations themselves live in the `ops` library (which a web console calls too); this binary parses flags,
 //! calls them, prints, and records each change in the audit stream.
 
 mod audit;
+mod batch;
 mod console;
 mod dev;
 mod dlq;
@@ -71,6 +73,11 @@ enum Command {
     },
     /// Validate an event and publish it; prints the stream and sequence it got.
     Publish(PublishArgs),
+    /// Submit many events of one type as one batch (all or none), follow its progress, cancel it.
+    Batch {
+        #[command(subcommand)]
+        command: batch::BatchCommand,
+    },
     /// Inspect, replay and purge dead events.
     Dlq {
         #[command(subcommand)]
@@ -282,6 +289,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::Publish(args) => publish(&nats()?, args).await,
+        Command::Batch { command } => {
+            let config = nats()?;
+            let client = connect(&config).await?;
+            let audit = audit::Audit::new(&client, &config, cli.actor.as_deref());
+            batch::run(client, &audit, command).await
+        }
         Command::Dlq { command } => {
             let config = nats()?;
             let client = connect(&config).await?;

@@ -37,11 +37,13 @@ pub enum Action {
     ScheduleCancel,
     /// `infra/nats` applied to the server.
     InfraApply,
+    /// A batch cancelled (`jetfn batch cancel`).
+    BatchCancel,
 }
 
 impl Action {
     /// Every action, in the order the README lists them.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Pause,
         Self::Resume,
         Self::DlqReplay,
@@ -49,6 +51,7 @@ impl Action {
         Self::ScheduleAdd,
         Self::ScheduleCancel,
         Self::InfraApply,
+        Self::BatchCancel,
     ];
 
     /// Its subject token and its name in listings.
@@ -61,6 +64,7 @@ impl Action {
             Self::ScheduleAdd => "schedule-add",
             Self::ScheduleCancel => "schedule-cancel",
             Self::InfraApply => "infra-apply",
+            Self::BatchCancel => "batch-cancel",
         }
     }
 

@@ -27,6 +27,12 @@ pub const RATELIMIT_BUCKET: &str = "jetfn-ratelimit";
 pub const PROGRESS_BUCKET: &str = events::PROGRESS_BUCKET;
 /// Each replica's heartbeat (`runtime::heartbeat`): one key per process, `<function>.<instance>`.
 pub const REPLICAS_BUCKET: &str = "jetfn-replicas";
+/// Batch records (`publish::batch`): every function gates and counts the batch items it handles, publishers
+/// submit batches of their events, the operator cancels, the viewer reads progress.
+pub const BATCH_BUCKET: &str = events::BATCH_BUCKET;
+/// Published by whichever function finishes a batch's last item, so every function may publish it and no
+/// `publisher-<domain>` user gets it.
+pub const BATCH_COMPLETED: &str = "batch.completed";
 /// The outcome events each function publishes (`job.publish_outcome`, `job.on_dead_letter`), read from their code:
 /// every email function sends through `mailer::send_once`, which publishes `email.sent` and `email.failed`. Only
 /// these functions may publish them: no `publisher-<domain>` user is given an outcome type, so no producing
@@ -108,6 +114,7 @@ pub fn users(
         RATELIMIT_BUCKET,
         PROGRESS_BUCKET,
         REPLICAS_BUCKET,
+        BATCH_BUCKET,
     ] {
         anyhow::ensure!(
             definitions.buckets.iter().any(|b| b.bucket == bucket),
@@ -214,6 +221,11 @@ pub fn users(
                 .map(|(stream, consumer)| format!("{stream}.{consumer}"))
                 .collect();
             publish.extend(own_keys(FAILURES_BUCKET, &journal));
+            comment.push_str(
+                " Any batch's record (an item of any batch may reach it: it gates and counts it) and batch.completed.",
+            );
+            publish.extend(batch_rights());
+            publish.push(subject_of(BATCH_COMPLETED)?.to_owned());
         }
         // Every replica writes its own heartbeat, under its function's prefix only.
         comment.push_str(" Its replicas' heartbeats (jetfn-replicas, its own prefix).");
@@ -259,7 +271,10 @@ pub fn users(
             .iter()
             .any(|(stream, consumer)| stream == EVENTS_STREAM && consumer.filter_subject == subject)
     };
-    for kind in catalog.iter().filter(|kind| !outcome(kind.ty)) {
+    for kind in catalog
+        .iter()
+        .filter(|kind| !outcome(kind.ty) && kind.ty != BATCH_COMPLETED)
+    {
         let domain = kind.ty.split('.').next().unwrap_or(kind.ty);
         let mut granted = vec![kind.subject.to_owned()];
         granted.extend(
@@ -278,9 +293,10 @@ pub fn users(
         users.push(User {
             subscribe: vec![format!("{}.>", inbox_prefix(&name))],
             comment: format!(
-                "{name}: publishes the {domain}.* events of the catalog, nothing else (its inbox takes the stream's acks)."
+                "{name}: publishes the {domain}.* events of the catalog, alone or as batches (the batch records), \
+                 nothing else (its inbox takes the stream's acks)."
             ),
-            publish: subjects.clone(),
+            publish: subjects.iter().cloned().chain(batch_rights()).collect(),
             name,
             allow_responses: false,
         });
@@ -315,6 +331,8 @@ pub fn users(
         format!("$JS.API.CONSUMER.MSG.NEXT.{EVENTS_STREAM}.*"),
         format!("$JS.API.DIRECT.GET.KV_{LEDGER_BUCKET}.>"),
         format!("$JS.API.DIRECT.GET.KV_{FAILURES_BUCKET}.>"),
+        // jetfn batch cancel: a compare-and-set write of the batch's record.
+        format!("$KV.{BATCH_BUCKET}.>"),
     ]);
     operator.extend(all_events);
     users.push(User {
@@ -367,6 +385,8 @@ fn viewer_rights() -> Vec<String> {
         format!("$JS.API.DIRECT.GET.KV_{PROGRESS_BUCKET}.>"),
         // The replicas' heartbeats (`jetfn status`, the console): readiness, breaker, counts; no event data.
         format!("$JS.API.DIRECT.GET.KV_{REPLICAS_BUCKET}.>"),
+        // Batch progress (`jetfn batch status`): counters, no personal data.
+        format!("$JS.API.DIRECT.GET.KV_{BATCH_BUCKET}.>"),
     ]);
     // The audit trail, read the same ways.
     rights.extend([
@@ -390,6 +410,15 @@ fn own_keys(bucket: &str, prefixes: &[String]) -> Vec<String> {
         ));
     }
     rights
+}
+
+/// Reading and writing any batch record (compare-and-set writes; the bucket's info binds the store).
+fn batch_rights() -> Vec<String> {
+    vec![
+        format!("$JS.API.STREAM.INFO.KV_{BATCH_BUCKET}"),
+        format!("$KV.{BATCH_BUCKET}.>"),
+        format!("$JS.API.DIRECT.GET.KV_{BATCH_BUCKET}.>"),
+    ]
 }
 
 /// What the extra rights of a function are derived from.

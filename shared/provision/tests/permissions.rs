@@ -106,7 +106,23 @@ fn every_catalog_subject_has_exactly_one_publisher_and_every_role_a_user() {
             .filter(|(_, types)| types.contains(&kind.ty))
             .map(|(function, _)| *function)
             .collect();
-        if outcome_of.is_empty() {
+        if kind.ty == permissions::BATCH_COMPLETED {
+            // Whichever function finishes a batch's last item publishes it; no producing service may.
+            assert!(publishers.is_empty(), "{}: {publishers:?}", kind.subject);
+            for function in definitions()
+                .functions()
+                .iter()
+                .filter(|f| f.name != permissions::ROUTER)
+            {
+                let user = users.iter().find(|u| u.name == function.name).unwrap();
+                assert!(
+                    user.publish.iter().any(|s| s == kind.subject),
+                    "{} may publish {}",
+                    function.name,
+                    kind.subject
+                );
+            }
+        } else if outcome_of.is_empty() {
             assert_eq!(publishers.len(), 1, "{}: {publishers:?}", kind.subject);
         } else {
             // An outcome event (email.sent) only its functions publish: no producing service may forge one.
@@ -137,11 +153,19 @@ fn every_catalog_subject_has_exactly_one_publisher_and_every_role_a_user() {
                 .iter()
                 .any(|k| events::Priority::of_subject(subject, k.ty).is_some())
     };
+    // Beyond its events, a publisher holds the batch records only (it submits batches of its events).
+    let batch_rights = [
+        format!("$JS.API.STREAM.INFO.KV_{}", permissions::BATCH_BUCKET),
+        format!("$KV.{}.>", permissions::BATCH_BUCKET),
+        format!("$JS.API.DIRECT.GET.KV_{}.>", permissions::BATCH_BUCKET),
+    ];
     for user in users.iter().filter(|u| u.name.starts_with("publisher-")) {
         assert!(
             user.publish
                 .iter()
-                .all(|s| events::CATALOG.iter().any(|k| k.subject == s) || served_class(s)),
+                .all(|s| events::CATALOG.iter().any(|k| k.subject == s)
+                    || served_class(s)
+                    || batch_rights.contains(s)),
             "{}: {:?}",
             user.name,
             user.publish

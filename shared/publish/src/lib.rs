@@ -8,6 +8,7 @@
 //! OpenTelemetry API alone, and the process that links it chooses the exporter, the subscriber and the allocator.
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod progress;
 pub mod schedule;
 pub mod sealed;

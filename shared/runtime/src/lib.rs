@@ -8,6 +8,7 @@
 //! dead-letter record followed by TERM. Handlers never ack, NAK or TERM themselves: only `settle` does.
 #![warn(missing_docs)]
 
+mod batch;
 mod breaker;
 pub mod config;
 mod connect;

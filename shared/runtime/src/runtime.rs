@@ -338,13 +338,21 @@ where
                         None
                     }
                 };
-                anyhow::Ok((pull, ledger, failures, progress))
+                // Optional too: without it, batch items are retried until it exists.
+                let batches = match core.js.get_key_value(events::BATCH_BUCKET).await {
+                    Ok(store) => Some(store),
+                    Err(err) => {
+                        tracing::warn!(bucket = events::BATCH_BUCKET, error = %err, "batch bucket not found; batch items will wait for it");
+                        None
+                    }
+                };
+                anyhow::Ok((pull, ledger, failures, progress, batches))
             };
             let bound_parts = tokio::select! {
                 () = stop.cancelled() => None,
                 parts = bind_with_backoff(stream, &consumer, bind) => Some(parts),
             };
-            let Some((pull, ledger, failures, progress)) = bound_parts else {
+            let Some((pull, ledger, failures, progress, batches)) = bound_parts else {
                 tracing::info!(consumer = %consumer, "stopped before the consumer was bound");
                 return;
             };
@@ -356,6 +364,7 @@ where
                 ledger,
                 failures,
                 progress,
+                batches,
             };
             let plan = match Plan::of(&core, &consumer, &pull).await {
                 Ok(plan) => plan,
@@ -426,6 +435,7 @@ struct Stores {
     ledger: async_nats::jetstream::kv::Store,
     failures: async_nats::jetstream::kv::Store,
     progress: Option<async_nats::jetstream::kv::Store>,
+    batches: Option<async_nats::jetstream::kv::Store>,
 }
 
 /// The metadata on a main consumer naming its priority classes' consumers, and its rate limit.
@@ -502,6 +512,10 @@ where
         &policy.consumer,
     ));
     let handler = handler.clone();
+    let publisher = Arc::new(publish::Publisher::new(
+        core.client.clone(),
+        format!("/{}", core.name),
+    ));
     Arc::new(Typed {
         settler: core.settler(
             policy,
@@ -524,10 +538,12 @@ where
         metrics,
         handler_timeout: Duration::from_secs(core.job.handler_timeout_secs),
         function: core.name.as_str().into(),
-        publisher: Arc::new(publish::Publisher::new(
-            core.client.clone(),
-            format!("/{}", core.name),
-        )),
+        publisher: publisher.clone(),
+        batches: Arc::new(crate::batch::Batches {
+            store: stores.batches.clone(),
+            publisher,
+            function: core.name.as_str().into(),
+        }),
         progress: Arc::new(crate::progress::Reporter {
             store: stores.progress.clone(),
             client: core.client.clone(),

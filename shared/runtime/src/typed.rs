@@ -38,6 +38,8 @@ pub(crate) struct Typed<T, H> {
     pub(crate) publisher: Arc<publish::Publisher>,
     /// Writes `job.progress` reports (its bucket `None` when it does not exist: progress is then the ack only).
     pub(crate) progress: Arc<Reporter>,
+    /// Gates and counts batch items (`crate::batch`).
+    pub(crate) batches: Arc<crate::batch::Batches>,
     pub(crate) _event: PhantomData<fn() -> T>,
 }
 
@@ -116,6 +118,26 @@ where
         let started = std::time::Instant::now();
         // A NAK on the last delivery would make the server dead-letter the message: that one is held instead.
         let last = policy.is_last(attempt);
+        // A batch item runs only once its batch is open, and is counted before it is settled (`crate::batch`).
+        let item = crate::batch::Item::of(&message);
+        if let Some(item) = &item {
+            let admission = shared.batches.admit(
+                item,
+                &message,
+                &shared.ledger,
+                policy.progress_period(),
+                &shared.shutdown,
+                attempt,
+            );
+            if let crate::batch::Admission::Settle(outcome) = Box::pin(admission).await {
+                return Box::pin(
+                    shared
+                        .settler
+                        .settle(&message, attempt, sequence, outcome, started),
+                )
+                .await;
+            }
+        }
         let (outcome, on_dead) = loop {
             if shared.breaker.is_open() {
                 if !last {
@@ -146,6 +168,15 @@ where
             break (outcome, on_dead);
         };
         let outcome = Box::pin(dead_outcome(outcome, on_dead, attempt, last)).await;
+        let outcome = match &item {
+            Some(item) => {
+                let counted = shared
+                    .batches
+                    .after(item, &message, outcome, &shared.ledger, attempt, last);
+                Box::pin(counted).await
+            }
+            None => outcome,
+        };
         Box::pin(
             shared
                 .settler

@@ -23,6 +23,9 @@ use events::{
     OrderStatusChanged, PasswordResetRequested, SubscriptionCancelled, SubscriptionCreated,
     SubscriptionStatusChanged, UserRegistered,
 };
+pub use publish::batch::{
+    BatchError, BatchStatus, Submitted, cancel as cancel_batch, status as batch_status,
+};
 pub use publish::progress::read as read_progress;
 pub use publish::schedule::{Delay, DelayError};
 pub use publish::sealed::{Keyring, KeyringError};
@@ -263,6 +266,30 @@ impl EmailEvents {
     /// [`PublishError::Schedule`] when the server did not answer.
     pub async fn cancel_delayed(&self, event_id: &str) -> Result<bool, PublishError> {
         self.publisher.cancel_delayed(event_id).await
+    }
+
+    /// Submits many emails of one kind (one bulk notification to many recipients) as batch `batch_id`, all or
+    /// none: each item is an ordinary event of `T`'s type, handled by its function; progress is
+    /// [`batch_status`], a `batch.completed` event says when the last one is finished, [`cancel_batch`] skips
+    /// those not yet started. Submitting the same id again is absorbed (`duplicate`).
+    ///
+    /// # Errors
+    /// [`BatchError::Invalid`] naming the first invalid item's index and field (nothing is stored), or as
+    /// [`publish::Publisher::submit_batch`].
+    pub async fn submit_batch<T: Event>(
+        &self,
+        batch_id: &str,
+        items: &[T],
+    ) -> Result<Submitted, BatchError> {
+        let items = items
+            .iter()
+            .enumerate()
+            .map(|(index, item)| {
+                serde_json::to_value(item)
+                    .map_err(|err| BatchError::Invalid(format!("item {index}: {err}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.publisher.submit_batch(batch_id, T::TYPE, &items).await
     }
 
     fn envelope<T: Event>(&self, id: &str, data: T) -> CloudEvent<T> {

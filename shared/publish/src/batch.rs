@@ -1,0 +1,557 @@
+//! Batches: submit many events of one catalog type, all or none; read and cancel them; and the compare-and-set
+//! steps the runtime takes per item (gate, count). One implementation for the SDK, the CLI and the runtime.
+//!
+//! The protocol (ARCHITECTURE.md, "Batches", argues it): the submitter creates the batch record `pending`
+//! (create-only: a second submission of the same id finds it), publishes the items to `events.<type>` in
+//! JetStream atomic batches of at most [`ATOMIC_CHUNK`] (the server's default limit, 1000), each item with
+//! `Nats-Msg-Id` = its derived id and the batch headers, and then turns the record `open` with a compare-and-set
+//! on the revision it created. Items of a record that is not `open` are not handled: they wait while it is
+//! `pending`, and are acked unhandled when it is `abandoned` (a submission that did not finish within
+//! [`events::batches::OPEN_DEADLINE_SECS`]). So the batch is accepted whole at the one write that opens it, or
+//! not at all, however many chunks it took.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, kv};
+use events::batches::{
+    BATCH_ID_EXTENSION, BATCH_ID_HEADER, BATCH_INDEX_EXTENSION, BATCH_INDEX_HEADER, BatchRecord,
+    BatchState, Counted, ItemOutcome, MAX_BATCH_ITEMS, OPEN_DEADLINE_SECS, batch_item_id,
+    check_batch_id,
+};
+use events::{BATCH_BUCKET, Invalid};
+use serde::Serialize;
+use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::{Publisher, sealed};
+
+/// The most items one JetStream atomic batch carries: nats-server's default `max_batch_size` (2.12+). A batch
+/// of more items is published in several atomic chunks; the record's `open` makes them one.
+pub const ATOMIC_CHUNK: usize = 1000;
+
+/// Why a batch operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// An item (or the batch id, or the type) is invalid; nothing was submitted.
+    #[error("batch refused: {0}")]
+    Invalid(String),
+    /// The id names another batch (another type or size), or one that cannot take this change.
+    #[error("batch {id}: {reason}")]
+    Conflict {
+        /// The batch id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// No batch has this id.
+    #[error("no batch {0}")]
+    NotFound(String),
+    /// NATS refused or did not answer; the same call may be repeated.
+    #[error("batch: {0}")]
+    Nats(String),
+}
+
+fn nats(what: &str, err: impl std::fmt::Display) -> BatchError {
+    BatchError::Nats(format!("{what}: {err}"))
+}
+
+/// What a submission did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Submitted {
+    /// The batch id.
+    pub id: String,
+    /// The catalog type of its items.
+    pub item_type: String,
+    /// How many items.
+    pub total: u64,
+    /// How many atomic publishes carried them.
+    pub chunks: usize,
+    /// True when the batch existed already (an open, cancelled or finished batch with this id): nothing was
+    /// published or counted again.
+    pub duplicate: bool,
+}
+
+/// A batch's progress, as `jetfn batch status` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BatchStatus {
+    /// The batch id.
+    pub id: String,
+    /// The catalog type of its items.
+    pub item_type: String,
+    /// Where it stands.
+    pub state: BatchState,
+    /// How many items.
+    pub total: u64,
+    /// Items handled successfully.
+    pub succeeded: u64,
+    /// Items dead-lettered.
+    pub failed: u64,
+    /// Items skipped because the batch was cancelled.
+    pub cancelled: u64,
+    /// Items not yet finished.
+    pub remaining: u64,
+    /// Every item is finished (`batch.completed` is published once, when this became true).
+    pub complete: bool,
+    /// When the submission began (RFC 3339).
+    pub created: String,
+}
+
+impl From<&BatchRecord> for BatchStatus {
+    fn from(record: &BatchRecord) -> Self {
+        Self {
+            id: record.id.clone(),
+            item_type: record.item_type.clone(),
+            state: record.state,
+            total: record.total,
+            succeeded: record.succeeded,
+            failed: record.failed,
+            cancelled: record.cancelled,
+            remaining: record.total.saturating_sub(record.finished()),
+            complete: record.is_complete(),
+            created: record.created.clone(),
+        }
+    }
+}
+
+/// The batch bucket.
+///
+/// # Errors
+/// [`BatchError::Nats`] when it does not exist or NATS did not answer.
+pub async fn bucket(js: &jetstream::Context) -> Result<kv::Store, BatchError> {
+    js.get_key_value(BATCH_BUCKET)
+        .await
+        .map_err(|err| nats(BATCH_BUCKET, err))
+}
+
+/// A record and the revision it was read at.
+async fn read(store: &kv::Store, id: &str) -> Result<Option<(BatchRecord, kv::Entry)>, BatchError> {
+    let Some(entry) = store
+        .entry(id)
+        .await
+        .map_err(|err| nats("reading the batch record", err))?
+    else {
+        return Ok(None);
+    };
+    if entry.operation != kv::Operation::Put {
+        return Ok(None);
+    }
+    let record = serde_json::from_slice(&entry.value)
+        .map_err(|err| nats("a batch record that is not a batch record", err))?;
+    Ok(Some((record, entry)))
+}
+
+/// Writes `record` over `revision`; `Ok(false)` when another write came first (read again and retry).
+async fn replace(
+    store: &kv::Store,
+    record: &BatchRecord,
+    revision: u64,
+) -> Result<bool, BatchError> {
+    let value = serde_json::to_vec(record).map_err(|err| nats("encoding the record", err))?;
+    match store.update(&record.id, value.into(), revision).await {
+        Ok(_) => Ok(true),
+        Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+        Err(err) => Err(nats("writing the batch record", err)),
+    }
+}
+
+/// The progress of batch `id`; `None` when there is no such batch.
+///
+/// # Errors
+/// [`BatchError::Nats`].
+pub async fn status(
+    client: &async_nats::Client,
+    id: &str,
+) -> Result<Option<BatchStatus>, BatchError> {
+    check_batch_id(id).map_err(|err| BatchError::Invalid(err.to_string()))?;
+    let store = bucket(&jetstream::new(client.clone())).await?;
+    Ok(read(&store, id)
+        .await?
+        .map(|(record, _)| BatchStatus::from(&record)))
+}
+
+/// Cancels batch `id`: items not yet started are skipped and counted as cancelled; items running finish.
+/// Cancelling a cancelled, finished or abandoned batch changes nothing and returns its status.
+///
+/// # Errors
+/// [`BatchError::NotFound`]; [`BatchError::Conflict`] for a batch still being submitted; [`BatchError::Nats`].
+pub async fn cancel(client: &async_nats::Client, id: &str) -> Result<BatchStatus, BatchError> {
+    check_batch_id(id).map_err(|err| BatchError::Invalid(err.to_string()))?;
+    let store = bucket(&jetstream::new(client.clone())).await?;
+    loop {
+        let (mut record, entry) = read(&store, id)
+            .await?
+            .ok_or_else(|| BatchError::NotFound(id.to_owned()))?;
+        match record.state {
+            BatchState::Pending => {
+                return Err(BatchError::Conflict {
+                    id: id.to_owned(),
+                    reason: "it is still being submitted; cancel it once it is open".to_owned(),
+                });
+            }
+            BatchState::Open if !record.is_complete() => {}
+            _ => return Ok(BatchStatus::from(&record)),
+        }
+        record.state = BatchState::Cancelled;
+        if replace(&store, &record, entry.revision).await? {
+            return Ok(BatchStatus::from(&record));
+        }
+    }
+}
+
+/// What an item of a batch may do, by its batch record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gate {
+    /// The batch is open: handle the item.
+    Run,
+    /// The batch is still being submitted: wait and ask again.
+    Wait,
+    /// The batch was cancelled: skip the item and count it cancelled, unless an earlier delivery of it may have
+    /// started it (see the runtime's rule).
+    Cancelled {
+        /// The item is counted already (its outcome, whatever it was, stands).
+        counted: bool,
+    },
+    /// The batch was never accepted (abandoned, or no record): ack the item unhandled, count nothing.
+    Skip(&'static str),
+}
+
+/// Where item `index` of batch `id` stands. A `pending` record older than the open deadline (by the server's
+/// time of its write) is marked `abandoned` here, with a compare-and-set on that revision, so exactly one of the
+/// submitter's open and this abandonment wins.
+///
+/// # Errors
+/// [`BatchError::Nats`].
+pub async fn gate(store: &kv::Store, id: &str, index: u64) -> Result<Gate, BatchError> {
+    loop {
+        let Some((mut record, entry)) = read(store, id).await? else {
+            return Ok(Gate::Skip("no batch record: the batch was never submitted"));
+        };
+        if index >= record.total {
+            return Ok(Gate::Skip("the item's index is outside its batch"));
+        }
+        match record.state {
+            BatchState::Open => return Ok(Gate::Run),
+            BatchState::Cancelled => {
+                return Ok(Gate::Cancelled {
+                    counted: record.is_counted(index),
+                });
+            }
+            BatchState::Abandoned => {
+                return Ok(Gate::Skip(
+                    "the batch was abandoned before all its items landed",
+                ));
+            }
+            BatchState::Pending => {
+                let age = OffsetDateTime::now_utc() - entry.created;
+                if age < time::Duration::seconds(OPEN_DEADLINE_SECS.cast_signed()) {
+                    return Ok(Gate::Wait);
+                }
+                record.state = BatchState::Abandoned;
+                if replace(store, &record, entry.revision).await? {
+                    tracing::warn!(batch = id, "batch abandoned: its submission did not finish");
+                }
+            }
+        }
+    }
+}
+
+/// Counts item `index` of batch `id` as `outcome`, exactly once: its bit and its counter change in one
+/// compare-and-set write of the record, retried on a conflict. Returns what happened and the record as written
+/// (or as found, when the item was counted before).
+///
+/// # Errors
+/// [`BatchError::NotFound`], [`BatchError::Invalid`] for an index outside the batch, [`BatchError::Nats`].
+pub async fn count(
+    store: &kv::Store,
+    id: &str,
+    index: u64,
+    outcome: ItemOutcome,
+) -> Result<(Counted, BatchRecord), BatchError> {
+    loop {
+        let (mut record, entry) = read(store, id)
+            .await?
+            .ok_or_else(|| BatchError::NotFound(id.to_owned()))?;
+        let counted = record
+            .count(index, outcome)
+            .map_err(|err| BatchError::Invalid(err.to_string()))?;
+        if counted == Counted::Already {
+            return Ok((counted, record));
+        }
+        if replace(store, &record, entry.revision).await? {
+            return Ok((counted, record));
+        }
+    }
+}
+
+/// The batch id and item index a message's headers name, when it is a batch item.
+pub fn item_of(headers: Option<&HeaderMap>) -> Option<(String, u64)> {
+    let headers = headers?;
+    let id = headers.get(BATCH_ID_HEADER)?.as_str().to_owned();
+    let index = headers.get(BATCH_INDEX_HEADER)?.as_str().parse().ok()?;
+    Some((id, index))
+}
+
+/// One item ready to publish.
+struct Item {
+    id: String,
+    bytes: bytes::Bytes,
+    key_id: Option<String>,
+}
+
+impl Publisher {
+    /// Submits `items` (each the `data` of an event of type `item_type`) as batch `batch_id`, all or none: every
+    /// item is validated first (the first invalid one is named by index and field, and nothing is stored), then
+    /// the batch record is created `pending`, the items are published in atomic chunks, and the record is
+    /// opened. Each item is an ordinary event (`id` `batch:<batch id>:<index>`, extensions `batchid` and
+    /// `batchindex`, headers `Jetfn-Batch-Id` and `Jetfn-Batch-Index`) handled by the type's function.
+    ///
+    /// Submitting an id again is safe: an open (or finished, or cancelled) batch is reported as a `duplicate` and
+    /// nothing is published; a submission that failed half-way is resumed (the chunks that landed are found by
+    /// their message ids). A resubmission must carry the same items.
+    ///
+    /// # Errors
+    /// [`BatchError::Invalid`] before anything is stored; [`BatchError::Conflict`] when the id names another
+    /// batch or the batch was abandoned; [`BatchError::Nats`] when NATS failed (call again with the same id).
+    pub async fn submit_batch(
+        &self,
+        batch_id: &str,
+        item_type: &str,
+        items: &[Value],
+    ) -> Result<Submitted, BatchError> {
+        check_batch_id(batch_id).map_err(|err| BatchError::Invalid(err.to_string()))?;
+        if events::kind_by_type(item_type).is_none() {
+            return Err(BatchError::Invalid(format!(
+                "type: {item_type:?} is not in the event catalog"
+            )));
+        }
+        let total = u64::try_from(items.len()).unwrap_or(u64::MAX);
+        if total == 0 || total > MAX_BATCH_ITEMS {
+            return Err(BatchError::Invalid(format!(
+                "items: a batch holds 1 to {MAX_BATCH_ITEMS} items, not {total}"
+            )));
+        }
+        let prepared = self.prepare(batch_id, item_type, items)?;
+        let js = &self.js;
+        let store = bucket(js).await?;
+        let now = OffsetDateTime::now_utc()
+            .format(&Rfc3339)
+            .unwrap_or_default();
+        let pending = BatchRecord::pending(batch_id, item_type, total, now);
+        let value = serde_json::to_vec(&pending).map_err(|err| nats("encoding", err))?;
+        let revision = match store.create(batch_id, value.into()).await {
+            Ok(revision) => revision,
+            Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let (found, entry) = read(&store, batch_id)
+                    .await?
+                    .ok_or_else(|| nats("the batch record", "vanished"))?;
+                if found.item_type != item_type || found.total != total {
+                    return Err(BatchError::Conflict {
+                        id: batch_id.to_owned(),
+                        reason: format!(
+                            "the id is taken by a batch of {} {} items",
+                            found.total, found.item_type
+                        ),
+                    });
+                }
+                match found.state {
+                    BatchState::Pending => entry.revision,
+                    BatchState::Abandoned => {
+                        return Err(BatchError::Conflict {
+                            id: batch_id.to_owned(),
+                            reason:
+                                "an earlier submission of it was abandoned; submit under a new id"
+                                    .to_owned(),
+                        });
+                    }
+                    _ => {
+                        return Ok(Submitted {
+                            id: batch_id.to_owned(),
+                            item_type: item_type.to_owned(),
+                            total,
+                            chunks: 0,
+                            duplicate: true,
+                        });
+                    }
+                }
+            }
+            Err(err) => return Err(nats("creating the batch record", err)),
+        };
+        let subject = events::subject_for(item_type);
+        let mut chunks = 0;
+        for (number, chunk) in prepared.chunks(ATOMIC_CHUNK).enumerate() {
+            self.publish_chunk(batch_id, number, &subject, chunk)
+                .await?;
+            chunks += 1;
+        }
+        let mut open = pending;
+        open.state = BatchState::Open;
+        if !replace(&store, &open, revision).await? {
+            let state = read(&store, batch_id)
+                .await?
+                .map(|(record, _)| record.state);
+            return Err(BatchError::Conflict {
+                id: batch_id.to_owned(),
+                reason: format!(
+                    "it could not be opened (now {}): its submission took longer than {OPEN_DEADLINE_SECS} s",
+                    state.map_or_else(|| "gone".to_owned(), |s| format!("{s:?}").to_lowercase())
+                ),
+            });
+        }
+        Ok(Submitted {
+            id: batch_id.to_owned(),
+            item_type: item_type.to_owned(),
+            total,
+            chunks,
+            duplicate: false,
+        })
+    }
+
+    /// Every item as the bytes to store, validated (and sealed with a keyring) the way `publish_json` does.
+    fn prepare(
+        &self,
+        batch_id: &str,
+        item_type: &str,
+        items: &[Value],
+    ) -> Result<Vec<Item>, BatchError> {
+        let time = OffsetDateTime::now_utc()
+            .format(&Rfc3339)
+            .unwrap_or_default();
+        let mut prepared = Vec::with_capacity(items.len());
+        for (index, data) in items.iter().enumerate() {
+            let index = index as u64;
+            let id = batch_item_id(batch_id, index);
+            let mut event = serde_json::json!({
+                "specversion": events::SPECVERSION,
+                "id": id,
+                "source": self.source,
+                "type": item_type,
+                "time": time,
+                "datacontenttype": events::DATACONTENTTYPE_JSON,
+                "data": data,
+                BATCH_ID_EXTENSION: batch_id,
+                BATCH_INDEX_EXTENSION: index,
+            });
+            let refused =
+                |err: &dyn std::fmt::Display| BatchError::Invalid(format!("item {index}: {err}"));
+            let bytes = serde_json::to_vec(&event).map_err(|err| refused(&err))?;
+            self.validator
+                .check_for_publish(&bytes)
+                .map_err(|err: Invalid| refused(&err))?;
+            let (bytes, key_id) = match &self.keyring {
+                Some(keyring) if !sealed::sensitive_fields(item_type).is_empty() => {
+                    let key_id =
+                        sealed::seal_event(&mut event, keyring).map_err(|err| refused(&err))?;
+                    let sealed = serde_json::to_vec(&event).map_err(|err| refused(&err))?;
+                    events::check_size(sealed.len()).map_err(|err| refused(&err))?;
+                    (sealed, key_id)
+                }
+                _ => (bytes, None),
+            };
+            prepared.push(Item {
+                id,
+                bytes: bytes.into(),
+                key_id,
+            });
+        }
+        Ok(prepared)
+    }
+
+    /// One JetStream atomic batch (`Nats-Batch-Id`, `-Sequence`, `-Commit: 1` on the last): the first message and
+    /// the commit are requests (the server answers the first with an empty message when it is staged, and the
+    /// commit with the stream's ack), the rest plain publishes in between. A chunk whose message ids the stream
+    /// holds already (error 10201: a resumed submission) landed whole before: atomic batches commit all or none.
+    async fn publish_chunk(
+        &self,
+        batch_id: &str,
+        number: usize,
+        subject: &str,
+        chunk: &[Item],
+    ) -> Result<(), BatchError> {
+        let client = self.js.client();
+        let atomic_id = format!("{batch_id}-{number}-{}", &uuid_like()[..8]);
+        let last = chunk.len();
+        for (offset, item) in chunk.iter().enumerate() {
+            let sequence = offset + 1;
+            let index = number * ATOMIC_CHUNK + offset;
+            let mut headers = HeaderMap::new();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, item.id.as_str());
+            headers.insert("Nats-Batch-Id", atomic_id.as_str());
+            headers.insert("Nats-Batch-Sequence", sequence.to_string().as_str());
+            headers.insert(BATCH_ID_HEADER, batch_id);
+            headers.insert(BATCH_INDEX_HEADER, index.to_string().as_str());
+            headers.insert(
+                "content-type",
+                "application/cloudevents+json; charset=utf-8",
+            );
+            if let Some(key_id) = &item.key_id {
+                headers.insert(sealed::KEY_ID_HEADER, key_id.as_str());
+            }
+            crate::inject(&tracing::Span::current(), &mut headers);
+            if sequence == last {
+                headers.insert("Nats-Batch-Commit", "1");
+            }
+            if sequence == 1 || sequence == last {
+                let request = async_nats::Request::new()
+                    .headers(headers)
+                    .payload(item.bytes.clone())
+                    .timeout(Some(Duration::from_secs(10)));
+                let reply = client
+                    .send_request(subject.to_owned(), request)
+                    .await
+                    .map_err(|err| nats("publishing a chunk of the batch", err))?;
+                match answer(&reply.payload) {
+                    Answer::Ok => {}
+                    Answer::Duplicate => return Ok(()),
+                    Answer::Error(why) => {
+                        return Err(nats("the stream refused a chunk of the batch", why));
+                    }
+                }
+            } else {
+                client
+                    .publish_with_headers(subject.to_owned(), headers, item.bytes.clone())
+                    .await
+                    .map_err(|err| nats("publishing a chunk of the batch", err))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+enum Answer {
+    Ok,
+    Duplicate,
+    Error(String),
+}
+
+/// The stream's answer to one message of an atomic batch: empty (staged), a publish ack, or an error.
+fn answer(payload: &[u8]) -> Answer {
+    if payload.is_empty() {
+        return Answer::Ok;
+    }
+    let Ok(value) = serde_json::from_slice::<Value>(payload) else {
+        return Answer::Error(String::from_utf8_lossy(payload).into_owned());
+    };
+    match value.get("error") {
+        None => Answer::Ok,
+        Some(error) if error.get("err_code").and_then(Value::as_u64) == Some(10201) => {
+            Answer::Duplicate
+        }
+        Some(error) => Answer::Error(
+            error
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or("an error")
+                .to_owned(),
+        ),
+    }
+}
+
+/// Eight-plus random hex characters, so each try of a chunk is a new atomic batch on the server.
+fn uuid_like() -> String {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 8];
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}

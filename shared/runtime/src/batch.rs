@@ -1,0 +1,188 @@
+//! Batch items, for every typed function alike: an event whose headers name a batch (`Jetfn-Batch-Id`,
+//! `Jetfn-Batch-Index`) runs only once its batch is open, is skipped and counted as cancelled once the batch is
+//! cancelled, and is counted once (succeeded or failed) before it is settled; the count that finishes the batch
+//! publishes `batch.completed`. No function has code of its own for it.
+//!
+//! Why the count comes before the settle, and the completion through the ledger (ARCHITECTURE.md, "Batches"): a
+//! process killed after the count and before its ack gets the item again, finds its bit set (nothing moves),
+//! and, when its count was the one that finished the batch (`finished_by`), publishes `batch.completed` through
+//! the same ledger effect, so a kill between the count and the publish loses nothing and doubles nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use events::batches::{Counted, ItemOutcome, batch_completed_id, batch_item_id};
+use events::{BatchCompleted, CloudEvent};
+use publish::batch::{self as batches, Gate};
+use tokio_util::sync::CancellationToken;
+
+use crate::ledger::Ledger;
+use crate::settle::Outcome;
+
+/// How often an item of a batch still being submitted asks again.
+const WAIT_STEP: Duration = Duration::from_millis(250);
+
+/// One consumer's view of the batch bucket, shared by its message tasks.
+pub(crate) struct Batches {
+    /// `None` when the bucket does not exist: batch items are then retried until it does.
+    pub(crate) store: Option<kv::Store>,
+    pub(crate) publisher: Arc<publish::Publisher>,
+    pub(crate) function: Arc<str>,
+}
+
+/// A batch item: its batch and index.
+pub(crate) struct Item {
+    batch: String,
+    index: u64,
+}
+
+impl Item {
+    pub(crate) fn of(message: &jetstream::Message) -> Option<Self> {
+        let (batch, index) = batches::item_of(message.headers.as_ref())?;
+        Some(Self { batch, index })
+    }
+}
+
+/// What to do with a batch item before its handler.
+pub(crate) enum Admission {
+    /// Run the handler.
+    Run,
+    /// Settle with this outcome, no handler: an ack for a skipped or cancelled item, a retry on an error.
+    Settle(Outcome),
+}
+
+impl Batches {
+    /// Whether the item may run; waits (with in-progress acks) while its batch is being submitted.
+    pub(crate) async fn admit(
+        &self,
+        item: &Item,
+        message: &jetstream::Message,
+        ledger: &Ledger,
+        progress_every: Duration,
+        shutdown: &CancellationToken,
+        attempt: u32,
+    ) -> Admission {
+        let Some(store) = &self.store else {
+            return retry(format!(
+                "batch item, but the {} bucket does not exist",
+                events::BATCH_BUCKET
+            ));
+        };
+        // Ask at least as often as the message must be kept alive, so the wait never outlives its ack deadline.
+        let step = WAIT_STEP.min(progress_every);
+        let mut last_progress = tokio::time::Instant::now();
+        loop {
+            match batches::gate(store, &item.batch, item.index).await {
+                Ok(Gate::Run) => return Admission::Run,
+                Ok(Gate::Skip(why)) => {
+                    tracing::warn!(batch = %item.batch, index = item.index, reason = why, "batch item skipped unhandled");
+                    return Admission::Settle(Outcome::Success);
+                }
+                // A redelivery of an item not yet counted may have started on an earlier delivery (before the
+                // cancel, or still running on another replica): it runs, and its effects stay once through the
+                // ledger, so an item that sent is never counted cancelled. Only a first delivery is surely unstarted.
+                Ok(Gate::Cancelled { counted: false }) if attempt > 1 => return Admission::Run,
+                Ok(Gate::Cancelled { .. }) => {
+                    tracing::info!(batch = %item.batch, index = item.index, "batch cancelled: item skipped");
+                    return match self.count(item, ItemOutcome::Cancelled, ledger).await {
+                        Ok(()) => Admission::Settle(Outcome::Success),
+                        Err(reason) => retry(reason),
+                    };
+                }
+                Ok(Gate::Wait) => {
+                    if last_progress.elapsed() >= progress_every {
+                        crate::settle::progress(message).await;
+                        last_progress = tokio::time::Instant::now();
+                    }
+                    tokio::select! {
+                        () = shutdown.cancelled() => return retry("shutting down while the batch was still being submitted".to_owned()),
+                        () = tokio::time::sleep(step) => {}
+                    }
+                }
+                Err(err) => return retry(err.to_string()),
+            }
+        }
+    }
+
+    /// Counts the item by the attempt's outcome (a success, or a dead letter), before it is settled. A count that
+    /// fails retries the item (its effect is in the ledger); on the last delivery the outcome stands and the
+    /// missing count is logged.
+    pub(crate) async fn after(
+        &self,
+        item: &Item,
+        message: &jetstream::Message,
+        outcome: Outcome,
+        ledger: &Ledger,
+        attempt: u32,
+        last: bool,
+    ) -> Outcome {
+        let settled = outcome.clone().at_attempt(attempt, last);
+        let counted = match settled {
+            Outcome::Success => ItemOutcome::Succeeded,
+            ref dead if dead.death().is_some() => ItemOutcome::Failed,
+            _ => return outcome,
+        };
+        // The handler's supervision (and its in-progress acks) ended; the count and the settle still take a few
+        // writes, which must not outlast the ack deadline and hand the item to another replica meanwhile.
+        crate::settle::progress(message).await;
+        match self.count(item, counted, ledger).await {
+            Ok(()) => outcome,
+            Err(reason) if !last => Outcome::Retry {
+                after: None,
+                reason: format!("batch item not counted: {reason}"),
+            },
+            Err(reason) => {
+                tracing::error!(batch = %item.batch, index = item.index, error = %reason, "batch item not counted on its last delivery");
+                outcome
+            }
+        }
+    }
+
+    /// Counts the item once and, when its count finished the batch (now, or on an earlier delivery that did not
+    /// get to publish), publishes `batch.completed` through the ledger.
+    async fn count(
+        &self,
+        item: &Item,
+        outcome: ItemOutcome,
+        ledger: &Ledger,
+    ) -> Result<(), String> {
+        let store = self
+            .store
+            .as_ref()
+            .ok_or_else(|| format!("no {} bucket", events::BATCH_BUCKET))?;
+        let (counted, record) = batches::count(store, &item.batch, item.index, outcome)
+            .await
+            .map_err(|err| err.to_string())?;
+        let finisher = match counted {
+            Counted::Now { finished } => finished,
+            Counted::Already => record.is_complete() && record.finished_by == Some(item.index),
+        };
+        if !finisher {
+            return Ok(());
+        }
+        let mut event = CloudEvent::new(format!("/{}", self.function), record.completed());
+        event.id = batch_completed_id(&item.batch);
+        let publisher = Arc::clone(&self.publisher);
+        let key = ledger.key(&batch_item_id(&item.batch, item.index), "batch-completed");
+        ledger
+            .once(&key, || async move {
+                let published = publisher
+                    .publish_event::<BatchCompleted>(&event)
+                    .await
+                    .map_err(crate::JobError::transient)?;
+                tracing::info!(batch = %event.data.batch_id, duplicate = published.duplicate, "batch.completed published");
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+            .map_err(|err| format!("batch.completed not published: {err}"))
+    }
+}
+
+fn retry(reason: String) -> Admission {
+    Admission::Settle(Outcome::Retry {
+        after: None,
+        reason,
+    })
+}
