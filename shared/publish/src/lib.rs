@@ -89,7 +89,7 @@ pub struct Scheduled {
     pub duplicate: bool,
 }
 
-/// Publishes CloudEvents to JetStream. Cheap to clone; schemas are compiled once per publisher.
+/// Publishes CloudEvents to JetStream. Cheap to clone; each schema is compiled once per publisher, when first used.
 #[derive(Clone)]
 pub struct Publisher {
     js: jetstream::Context,
@@ -116,6 +116,14 @@ impl Publisher {
             source: source.into(),
             keyring: None,
         }
+    }
+
+    /// Checks events with `validator` instead of a validator of its own, so a process that already holds one (the
+    /// runtime does) compiles each schema once.
+    #[must_use]
+    pub fn with_validator(mut self, validator: Arc<Validator>) -> Self {
+        self.validator = validator;
+        self
     }
 
     /// Seals the fields the catalog marks sensitive with the keyring's current key (`Jetfn-Key-Id` names it), so

@@ -307,6 +307,9 @@ where
             } = *self;
             let stream = core.job.stream.as_str();
             // The consumer, then the ledger and journal buckets: all must exist before a message is taken.
+            // The one schema this consumer checks, compiled before the first pull (the rest of the catalog's are
+            // compiled only if an event of their type is ever checked).
+            core.validator.prepare(T::TYPE);
             let bind = || async {
                 let pull = consume::get_consumer(&core.js, stream, &consumer).await?;
                 let ledger = core.bucket(&core.job.ledger_bucket).await?;
@@ -358,10 +361,10 @@ where
                 metrics,
                 handler_timeout: Duration::from_secs(core.job.handler_timeout_secs),
                 function: core.name.as_str().into(),
-                publisher: Arc::new(publish::Publisher::new(
-                    core.client.clone(),
-                    format!("/{}", core.name),
-                )),
+                publisher: Arc::new(
+                    publish::Publisher::new(core.client.clone(), format!("/{}", core.name))
+                        .with_validator(core.validator.clone()),
+                ),
                 progress: Arc::new(crate::progress::Reporter {
                     store: progress,
                     client: core.client.clone(),
