@@ -311,11 +311,16 @@ where
             // compiled only if an event of their type is ever checked).
             core.validator.prepare(T::TYPE);
             let bind = || async {
-                let pull = consume::get_consumer(&core.js, stream, &consumer).await?;
-                let ledger = core.bucket(&core.job.ledger_bucket).await?;
-                let failures = core.bucket(&core.job.failures_bucket).await?;
+                // Four independent lookups sent together: start-up waits for one round trip, not four in a row.
+                let (pull, ledger, failures, progress) = tokio::join!(
+                    consume::get_consumer(&core.js, stream, &consumer),
+                    core.bucket(&core.job.ledger_bucket),
+                    core.bucket(&core.job.failures_bucket),
+                    core.js.get_key_value(events::PROGRESS_BUCKET),
+                );
+                let (pull, ledger, failures) = (pull?, ledger?, failures?);
                 // Optional: without the bucket (a deployment not yet applied) progress is an in-progress ack only.
-                let progress = match core.js.get_key_value(events::PROGRESS_BUCKET).await {
+                let progress = match progress {
                     Ok(store) => Some(store),
                     Err(err) => {
                         tracing::warn!(bucket = events::PROGRESS_BUCKET, error = %err, "progress bucket not found; job progress will not be recorded");
