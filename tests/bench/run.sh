@@ -7,6 +7,8 @@
 #   bash tests/bench/run.sh                         the full run (a few minutes on two cores)
 #   bash tests/bench/run.sh --quick                 a smoke run; writes tests/bench/results-partial.json
 #   bash tests/bench/run.sh --only runtime,publish  a subset (publish, runtime, latency, welcome, bullmq)
+#   bash tests/bench/run.sh --only start --sync always   only the welcome function's cold start and idle RSS
+#   bash tests/bench/run.sh --only decode           only the two decode rows (no server)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

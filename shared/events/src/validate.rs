@@ -1,8 +1,8 @@
 //! Validation at both ends: the publisher refuses an invalid event before it reaches NATS, and a function refuses
 //! one that got through some other way. Both run the same code against the same committed schemas.
 
-use std::collections::HashMap;
 use std::fmt;
+use std::sync::OnceLock;
 
 use serde::Deserialize as _;
 use serde_json::Value;
@@ -77,38 +77,60 @@ impl fmt::Display for Invalid {
 
 impl std::error::Error for Invalid {}
 
-/// Holds every catalog schema compiled once, so checking an event allocates no schema.
+/// Holds each catalog schema compiled at most once, so checking an event allocates no schema. A schema is compiled
+/// the first time an event of its type is checked (or when [`Validator::prepare`] asks for it): a function takes
+/// one or two types of the catalog's seventeen, and compiling all of them cost start-up time and resident memory
+/// for validators it never uses (tests/bench/ANALYSIS.md, section 5).
 pub struct Validator {
-    schemas: HashMap<&'static str, jsonschema::Validator>,
+    /// One slot per [`CATALOG`] row, in the same order.
+    schemas: Box<[OnceLock<jsonschema::Validator>]>,
 }
 
 impl fmt::Debug for Validator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let compiled: Vec<&str> = CATALOG
+            .iter()
+            .zip(self.schemas.iter())
+            .filter(|(_, slot)| slot.get().is_some())
+            .map(|(kind, _)| kind.ty)
+            .collect();
         f.debug_struct("Validator")
-            .field("types", &self.schemas.keys().collect::<Vec<_>>())
+            .field("compiled", &compiled)
             .finish()
     }
 }
 
 impl Validator {
-    /// Compiles the committed schema of every catalog type.
+    /// A validator for every catalog type; each schema is compiled on first use.
+    pub fn new() -> Self {
+        Self {
+            schemas: CATALOG.iter().map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Compiles the schema of `ty` now rather than at the first event of that type, so a function pays it at
+    /// start-up, before its first pull. Unknown types are ignored (their events are refused when checked).
     ///
     /// # Panics
-    /// When a committed schema is not valid JSON Schema: a build defect that the catalog test catches first.
-    pub fn new() -> Self {
-        let schemas = CATALOG
-            .iter()
-            .map(|kind| {
-                let schema: Value =
-                    serde_json::from_str(kind.schema_file).expect("committed schema is JSON");
-                let compiled = jsonschema::options()
-                    .should_validate_formats(true)
-                    .build(&schema)
-                    .unwrap_or_else(|err| panic!("schema of {} does not compile: {err}", kind.ty));
-                (kind.ty, compiled)
-            })
-            .collect();
-        Self { schemas }
+    /// As [`Validator::new`] used to: when a committed schema is not valid JSON Schema, a build defect the catalog
+    /// tests catch first.
+    pub fn prepare(&self, ty: &str) {
+        if let Some(index) = CATALOG.iter().position(|kind| kind.ty == ty) {
+            self.compiled(index);
+        }
+    }
+
+    /// The compiled schema of the catalog row `index`.
+    fn compiled(&self, index: usize) -> &jsonschema::Validator {
+        self.schemas[index].get_or_init(|| {
+            let kind = &CATALOG[index];
+            let schema: Value =
+                serde_json::from_str(kind.schema_file).expect("committed schema is JSON");
+            jsonschema::options()
+                .should_validate_formats(true)
+                .build(&schema)
+                .unwrap_or_else(|err| panic!("schema of {} does not compile: {err}", kind.ty))
+        })
     }
 
     /// Checks raw bytes as a CloudEvent of any catalog type.
@@ -199,9 +221,10 @@ impl Validator {
             Some(_) => return Err(Invalid::new("/type", "must be a string")),
             None => return Err(Invalid::new("/type", "is required")),
         };
-        let (Some(schema), Some(kind)) = (self.schemas.get(ty), crate::kind_by_type(ty)) else {
+        let Some(index) = CATALOG.iter().position(|kind| kind.ty == ty) else {
             return Err(Invalid::new("/type", "is not an event type in the catalog"));
         };
+        let (schema, kind) = (self.compiled(index), &CATALOG[index]);
         if schema.is_valid(value) {
             return Ok(kind);
         }
@@ -415,6 +438,23 @@ mod tests {
         let decoded = validator.decode::<UserRegistered>(&bytes).unwrap();
         assert_eq!(decoded.data.locale, Locale::Vi);
         assert_eq!(decoded.id, "evt-1");
+    }
+
+    /// Schemas compile on first use now, so this is where a committed schema that does not compile shows.
+    #[test]
+    fn every_committed_schema_compiles_and_only_when_asked() {
+        let validator = Validator::new();
+        assert!(format!("{validator:?}").contains("compiled: []"));
+        validator.prepare("users.registered");
+        validator.prepare("not.in.the.catalog");
+        assert_eq!(
+            format!("{validator:?}"),
+            r#"Validator { compiled: ["users.registered"] }"#
+        );
+        for kind in CATALOG {
+            validator.prepare(kind.ty);
+        }
+        assert!(validator.schemas.iter().all(|slot| slot.get().is_some()));
     }
 
     #[test]

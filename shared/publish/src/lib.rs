@@ -90,7 +90,7 @@ pub struct Scheduled {
     pub duplicate: bool,
 }
 
-/// Publishes CloudEvents to JetStream. Cheap to clone; schemas are compiled once per publisher.
+/// Publishes CloudEvents to JetStream. Cheap to clone; each schema is compiled once per publisher, when first used.
 #[derive(Clone)]
 pub struct Publisher {
     js: jetstream::Context,
@@ -128,6 +128,14 @@ impl Publisher {
     #[must_use]
     pub fn with_priority(mut self, priority: events::Priority) -> Self {
         self.priority = priority;
+        self
+    }
+
+    /// Checks events with `validator` instead of a validator of its own, so a process that already holds one (the
+    /// runtime does) compiles each schema once.
+    #[must_use]
+    pub fn with_validator(mut self, validator: Arc<Validator>) -> Self {
+        self.validator = validator;
         self
     }
 

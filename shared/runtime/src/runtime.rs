@@ -326,12 +326,21 @@ where
             } = *self;
             let stream = core.job.stream.as_str();
             // The consumer, then the ledger and journal buckets: all must exist before a message is taken.
+            // The one schema this consumer checks, compiled before the first pull (the rest of the catalog's are
+            // compiled only if an event of their type is ever checked).
+            core.validator.prepare(T::TYPE);
             let bind = || async {
-                let pull = consume::get_consumer(&core.js, stream, &consumer).await?;
-                let ledger = core.bucket(&core.job.ledger_bucket).await?;
-                let failures = core.bucket(&core.job.failures_bucket).await?;
+                // Five independent lookups sent together: start-up waits for one round trip, not five in a row.
+                let (pull, ledger, failures, progress, batches) = tokio::join!(
+                    consume::get_consumer(&core.js, stream, &consumer),
+                    core.bucket(&core.job.ledger_bucket),
+                    core.bucket(&core.job.failures_bucket),
+                    core.js.get_key_value(events::PROGRESS_BUCKET),
+                    core.js.get_key_value(events::BATCH_BUCKET),
+                );
+                let (pull, ledger, failures) = (pull?, ledger?, failures?);
                 // Optional: without the bucket (a deployment not yet applied) progress is an in-progress ack only.
-                let progress = match core.js.get_key_value(events::PROGRESS_BUCKET).await {
+                let progress = match progress {
                     Ok(store) => Some(store),
                     Err(err) => {
                         tracing::warn!(bucket = events::PROGRESS_BUCKET, error = %err, "progress bucket not found; job progress will not be recorded");
@@ -339,7 +348,7 @@ where
                     }
                 };
                 // Optional too: without it, batch items are retried until it exists.
-                let batches = match core.js.get_key_value(events::BATCH_BUCKET).await {
+                let batches = match batches {
                     Ok(store) => Some(store),
                     Err(err) => {
                         tracing::warn!(bucket = events::BATCH_BUCKET, error = %err, "batch bucket not found; batch items will wait for it");
@@ -512,10 +521,10 @@ where
         &policy.consumer,
     ));
     let handler = handler.clone();
-    let publisher = Arc::new(publish::Publisher::new(
-        core.client.clone(),
-        format!("/{}", core.name),
-    ));
+    let publisher = Arc::new(
+        publish::Publisher::new(core.client.clone(), format!("/{}", core.name))
+            .with_validator(core.validator.clone()),
+    );
     Arc::new(Typed {
         settler: core.settler(
             policy,

@@ -45,6 +45,11 @@ enum Section {
     Welcome,
     /// The same workload on BullMQ and Redis.
     Bullmq,
+    /// Only the two decode rows (also part of `runtime`): no server, no throughput row, so the per-event check
+    /// can be measured on a machine busy with other work.
+    Decode,
+    /// Only the welcome function's cold start and idle RSS (`--runs` times each), no emails/s row.
+    Start,
 }
 
 #[derive(Debug, Parser)]
@@ -53,7 +58,8 @@ enum Section {
     about = "jetfn beside raw JetStream and beside BullMQ, on this machine"
 )]
 struct Args {
-    /// Run only these sections (comma-separated): publish, runtime, latency, welcome, bullmq.
+    /// Run only these sections (comma-separated): publish, runtime, latency, welcome, bullmq, and the parts
+    /// decode (the two decode rows) and start (cold start and idle RSS of the welcome function).
     #[arg(long, value_delimiter = ',')]
     only: Vec<Section>,
     /// Small counts and one run per row: a smoke run of a minute or two.
@@ -197,8 +203,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let mut rows = Vec::new();
     let mut not_measured = Vec::new();
+    if args.only.contains(&Section::Decode) {
+        rows.extend(decode_rows(&|row| row.to_owned(), plan.runs)?);
+    }
+    let servers_wanted = args.only.is_empty()
+        || args
+            .only
+            .iter()
+            .any(|section| !matches!(section, Section::Decode | Section::Bullmq));
+    let start_only = args.only.contains(&Section::Start) && !wants(Section::Welcome);
     let store = TempDir::new("nats")?;
-    for &sync in &syncs {
+    for &sync in syncs.iter().filter(|_| servers_wanted) {
         eprintln!(
             "==> nats-server with sync_interval: {}",
             sync.config_value()
@@ -224,8 +239,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             not_measured.extend(skipped);
         }
         let last = Some(&sync) == syncs.last();
-        if wants(Section::Welcome) && last {
-            match phase.welcome(&root).await {
+        if (wants(Section::Welcome) || start_only) && last {
+            match phase.welcome(&root, start_only).await {
                 Ok(welcome) => rows.extend(welcome),
                 Err(err) => {
                     eprintln!("welcome rows failed: {err:#}");
@@ -538,7 +553,7 @@ impl<'a> Phase<'a> {
             }
         }
         let durability = self.sync().label();
-        let mut rows = decode_rows(self, self.plan.runs)?;
+        let mut rows = decode_rows(&|row| self.id(row), self.plan.runs)?;
         if let Some(row) = self.ledger_window_row(&durability) {
             rows.push(row);
         }
@@ -685,7 +700,7 @@ impl<'a> Phase<'a> {
         Ok((rows, skipped))
     }
 
-    async fn welcome(&self, root: &Path) -> anyhow::Result<Vec<Row>> {
+    async fn welcome(&self, root: &Path, start_only: bool) -> anyhow::Result<Vec<Row>> {
         let bin = root.join("target/release/welcome");
         if !bin.exists() {
             bail!(
@@ -702,8 +717,13 @@ impl<'a> Phase<'a> {
             sink: &sink,
         };
         let durability = self.sync().label();
+        let cold_starts = if start_only {
+            self.plan.runs.max(self.plan.cold_starts)
+        } else {
+            self.plan.cold_starts
+        };
         let mut cold = Vec::new();
-        for run in 0..self.plan.cold_starts {
+        for run in 0..cold_starts {
             let elapsed = setup.cold_start().await?;
             eprintln!(
                 "  welcome cold start run {}: {:.1} ms",
@@ -714,6 +734,32 @@ impl<'a> Phase<'a> {
         }
         let idle = setup.idle_memory().await?;
         eprintln!("  welcome idle: RSS {} KiB", idle.rss_kib);
+        if start_only {
+            let mut idle_mib = vec![kib_to_mib(idle.rss_kib)];
+            for _ in 1..self.plan.runs {
+                let idle = setup.idle_memory().await?;
+                eprintln!("  welcome idle: RSS {} KiB", idle.rss_kib);
+                idle_mib.push(kib_to_mib(idle.rss_kib));
+            }
+            return Ok(vec![
+                Row::rate(
+                    "welcome/cold-start".to_owned(),
+                    "The welcome function (target/release/welcome)",
+                    "cold start: exec → first email accepted by the sink",
+                    &durability,
+                    "ms",
+                    cold,
+                ),
+                Row::rate(
+                    "welcome/rss-idle".to_owned(),
+                    "The welcome function (target/release/welcome)",
+                    "RSS, bound and idle (2 s after start)",
+                    "-",
+                    "MiB",
+                    idle_mib,
+                ),
+            ]);
+        }
         let mut rates = Vec::new();
         let mut peaks = Vec::new();
         for run in 0..self.plan.runs {
@@ -769,6 +815,11 @@ impl<'a> Phase<'a> {
     }
 }
 
+#[allow(clippy::cast_precision_loss)]
+fn kib_to_mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
 fn bullmq_rows(results: &bullmq::Results, durability: RedisDurability) -> Vec<Row> {
     let label = durability.label();
     let section = "BullMQ (same event as job data, no-op processor)";
@@ -817,7 +868,7 @@ fn bullmq_rows(results: &bullmq::Results, durability: RedisDurability) -> Vec<Ro
 
 /// What checking one event costs on one thread, beside a bare typed decode of the same bytes: the share of the
 /// runtime's CPU per event that the consume-side JSON Schema check (a fixed choice) takes.
-fn decode_rows(phase: &Phase<'_>, runs: usize) -> anyhow::Result<Vec<Row>> {
+fn decode_rows(id: &dyn Fn(&str) -> String, runs: usize) -> anyhow::Result<Vec<Row>> {
     const COUNT: u32 = 20_000;
     let bytes = serde_json::to_vec(&workload::event(1))?;
     let validator = events::Validator::new();
@@ -842,7 +893,7 @@ fn decode_rows(phase: &Phase<'_>, runs: usize) -> anyhow::Result<Vec<Row>> {
     }
     Ok(vec![
         Row::rate(
-            phase.id("decode/validator"),
+            id("decode/validator"),
             "Consume",
             "one event on one thread: Validator::decode (parse, JSON Schema, typed decode, rules)",
             "-",
@@ -850,7 +901,7 @@ fn decode_rows(phase: &Phase<'_>, runs: usize) -> anyhow::Result<Vec<Row>> {
             checked,
         ),
         Row::rate(
-            phase.id("decode/bare"),
+            id("decode/bare"),
             "Consume",
             "one event on one thread: serde_json typed decode only (no schema, no rules)",
             "-",
