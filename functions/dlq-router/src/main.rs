@@ -8,7 +8,8 @@
 //! without a leader) leaves the advisory for another try; a record without the original is written only when the
 //! server shows it gone (purged, expired, deleted), says why, and never leads to deleting anything. It runs on the runtime's raw layer: the runtime binds the
 //! consumer and acks the advisory once it is routed, NAKs it for another try when routing failed, and TERMs what
-//! is not an advisory at all.
+//! is not an advisory at all. A dead message that is a batch item is counted `failed` in its batch, as the runtime
+//! would have on a last delivery that answered (`runtime::DeadItems`; ARCHITECTURE.md, "Batches").
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
