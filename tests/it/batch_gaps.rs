@@ -150,3 +150,44 @@ async fn a_batch_of_several_atomic_chunks_is_accepted_whole_and_completes_once()
     assert_eq!(system.count_on(COMPLETED).await, 1, "one batch.completed");
     assert_eq!(completion(&system).await.data.succeeded, total as u64);
 }
+
+/// The router counts a dead batch item and publishes the completion as its own user, with no right missing.
+#[tokio::test]
+async fn the_router_counts_a_dead_batch_item_with_its_own_rights_only() {
+    use crate::permissions::{secret, secured_server};
+    let system = System::start_on(
+        secured_server(),
+        async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin-secret".into()),
+        crate::router::fast,
+    )
+    .await;
+    let _router = system
+        .spawn(
+            "dlq-router",
+            &[
+                ("NATS_USER", "dlq-router".to_owned()),
+                ("NATS_PASSWORD", secret("dlq-router")),
+                ("NATS_INBOX_PREFIX", "_INBOX_dlq".to_owned()),
+            ],
+        )
+        .await;
+    let crashing = crate::router::silent(&system, "welcome");
+    system
+        .publisher
+        .submit_batch(
+            "dead-secured",
+            "users.registered",
+            &items("dead-secured", 1),
+        )
+        .await
+        .unwrap();
+    let status = wait_complete(&system, "dead-secured", WAIT).await;
+    assert_eq!((status.total, status.failed), (1, 1));
+    assert_eq!(completion(&system).await.source, "/dlq-router");
+    crashing.abort();
+    assert!(
+        !system.nats.log().contains(" Violation"),
+        "the router needed a right it does not have: {}",
+        system.nats.log()
+    );
+}
