@@ -3,6 +3,7 @@
 mod audit;
 mod backoff;
 mod backpressure;
+mod batch_gaps;
 mod batches;
 mod breaker;
 mod churn;

@@ -22,7 +22,7 @@ const USERS: [&str; 5] = [
 ];
 
 /// The shipped permissions file with test passwords in place of the variables the deployment sets.
-fn secured_server() -> NatsServer {
+pub(crate) fn secured_server() -> NatsServer {
     let mut config =
         std::fs::read_to_string(workspace_root().join("infra/deploy/nats-permissions.conf"))
             .expect("infra/deploy/nats-permissions.conf is readable");

@@ -8,7 +8,8 @@
 //! without a leader) leaves the advisory for another try; a record without the original is written only when the
 //! server shows it gone (purged, expired, deleted), says why, and never leads to deleting anything. It runs on the runtime's raw layer: the runtime binds the
 //! consumer and acks the advisory once it is routed, NAKs it for another try when routing failed, and TERMs what
-//! is not an advisory at all.
+//! is not an advisory at all. A dead message that is a batch item is counted `failed` in its batch, as the runtime
+//! would have on a last delivery that answered (`runtime::DeadItems`; ARCHITECTURE.md, "Batches").
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,7 +19,7 @@ use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::{DirectGetErrorKind, RawMessageErrorKind};
 use async_nats::jetstream::{self, stream};
 use runtime::dlq::{DeadLetter, DeathKind, Failures, strip_control_headers};
-use runtime::{Outcome, RawConsumer, RawJob};
+use runtime::{DeadItem, DeadItems, Outcome, RawConsumer, RawJob};
 use serde::Deserialize;
 use time::OffsetDateTime;
 use tokio::sync::OnceCell;
@@ -129,6 +130,11 @@ struct Router {
     /// bind used to.
     dlq: OnceCell<stream::Stream>,
     failures: OnceCell<Failures>,
+    /// Counts a dead batch item as failed (`runtime::DeadItems`), bound like the DLQ at first use.
+    dead_items: OnceCell<DeadItems>,
+    /// The ledger bucket and lease (`JOB_LEDGER_*`) the batch completion's effect is claimed in.
+    ledger_bucket: String,
+    ledger_lease: std::time::Duration,
     streams: Mutex<HashMap<String, stream::Stream>>,
     #[cfg(feature = "fault-injection")]
     faults: Faults,
@@ -217,6 +223,7 @@ async fn main() -> anyhow::Result<()> {
     if config.health_addr.is_some() {
         job.health_addr.clone_from(&config.health_addr);
     }
+    let (ledger_bucket, ledger_lease_secs) = (job.ledger_bucket.clone(), job.ledger_lease_secs);
     let runtime = runtime::Runtime::new("dlq-router", &nats, job).await?;
     // Advisories are not events anyone could replay: one that is not an advisory is TERMed, not dead-lettered.
     let consumer = RawConsumer::new(&config.stream, &config.consumer).without_dead_letters();
@@ -225,6 +232,9 @@ async fn main() -> anyhow::Result<()> {
         config,
         dlq: OnceCell::new(),
         failures: OnceCell::new(),
+        dead_items: OnceCell::new(),
+        ledger_bucket,
+        ledger_lease: std::time::Duration::from_secs(ledger_lease_secs),
         streams: Mutex::new(HashMap::new()),
         #[cfg(feature = "fault-injection")]
         faults: faults(),
@@ -311,28 +321,39 @@ impl Router {
             Ok(record) => {
                 // The record carries the original's headers: the link survives a redelivered advisory.
                 runtime::telemetry::link_from(&tracing::Span::current(), Some(&record.headers));
-                Some(
-                    DeadLetter::from_stored(Some(&record.headers), record.payload)
-                        .is_ok_and(|letter| letter.payload_lost.is_none()),
-                )
+                let copied = DeadLetter::from_stored(Some(&record.headers), record.payload)
+                    .is_ok_and(|letter| letter.payload_lost.is_none());
+                Some((copied, record.headers))
             }
             Err(err) if err.kind() == DirectGetErrorKind::NotFound => None,
             Err(err) => {
                 return Err(err).with_context(|| format!("looking for a record on {subject}"));
             }
         };
-        let copied = if let Some(copied) = earlier {
+        let (copied, headers) = if let Some((copied, headers)) = earlier {
             tracing::info!(stream = %advisory.stream, sequence = advisory.stream_seq, copied, "already in the dead-letter stream");
-            copied
+            (copied, headers)
         } else {
             let original = self.original(&source, advisory, attempt).await?;
             // The route span links to the publisher's context, as the runtime's attempt spans do (the messaging
             // conventions' creation context); the advisory itself carries none, so it is taken from the dead event.
-            if let Original::Copied(message) = &original {
-                runtime::telemetry::link_from(&tracing::Span::current(), Some(&message.headers));
-            }
-            self.record(advisory, failures, original).await?
+            let headers = match &original {
+                Original::Copied(message) => {
+                    runtime::telemetry::link_from(
+                        &tracing::Span::current(),
+                        Some(&message.headers),
+                    );
+                    message.headers.clone()
+                }
+                Original::Gone(_) => async_nats::HeaderMap::new(),
+            };
+            (self.record(advisory, failures, original).await?, headers)
         };
+        // A batch item: no delivery of it answered, so no delivery counted it; it counts failed here, once, after
+        // its record exists (a `batch.completed` reader finds the dead letter) and before the advisory is acked
+        // (a failure retries the advisory, and the record is found again with the headers). A record without the
+        // original has no headers: its item cannot be counted (ARCHITECTURE.md, "Batches").
+        self.count_item(copied.then_some(&headers)).await?;
         #[cfg(feature = "fault-injection")]
         if !self.faults.pause_after_record.is_zero() {
             tracing::warn!(
@@ -510,6 +531,38 @@ impl Router {
         Ok(copied)
     }
 
+    /// Counts the dead message as a failed batch item when it is one.
+    async fn count_item(&self, headers: Option<&async_nats::HeaderMap>) -> anyhow::Result<()> {
+        if !DeadItems::is_item(headers) {
+            return Ok(());
+        }
+        let dead_items = self
+            .dead_items
+            .get_or_try_init(|| async {
+                let client = self.js.client();
+                DeadItems::bind(
+                    &client,
+                    &self.ledger_bucket,
+                    self.ledger_lease,
+                    "dlq-router",
+                )
+                .await
+            })
+            .await?;
+        match dead_items
+            .count_failed(headers)
+            .await
+            .map_err(|reason| anyhow::anyhow!("counting the batch item: {reason}"))?
+        {
+            DeadItem::Skipped(why) => {
+                tracing::warn!(reason = why, "dead batch item not counted");
+            }
+            DeadItem::Counted => tracing::info!("dead batch item counted failed"),
+            DeadItem::NotAnItem => {}
+        }
+        Ok(())
+    }
+
     async fn source_stream(&self, name: &str) -> anyhow::Result<stream::Stream> {
         if let Some(stream) = self.streams().get(name) {
             return Ok(stream.clone());
@@ -579,6 +632,9 @@ mod handler_tests {
                 },
                 dlq: OnceCell::new(),
                 failures: OnceCell::new(),
+                dead_items: OnceCell::new(),
+                ledger_bucket: "jetfn-ledger".to_owned(),
+                ledger_lease: std::time::Duration::from_secs(30),
                 streams: Mutex::new(HashMap::new()),
                 #[cfg(feature = "fault-injection")]
                 faults: Faults::default(),

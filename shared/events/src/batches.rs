@@ -21,6 +21,10 @@ pub const BATCH_INDEX_EXTENSION: &str = "batchindex";
 /// The most items one batch holds: the record keeps a bit per item (12.5 KB at this size) and every counted item
 /// rewrites it.
 pub const MAX_BATCH_ITEMS: u64 = 100_000;
+/// The ledger prefix (in `jetfn-ledger`) of every batch's `batch.completed` effect, one key per batch: the key is
+/// the batch's, not a function's, so whichever process finishes the last item (a function, a replay, the
+/// dlq-router counting a dead item) claims the same effect. No function may take this name.
+pub const COMPLETED_LEDGER_PREFIX: &str = "batches";
 /// How long a submission may take from its `pending` record to `open`; past it, the first item that sees the
 /// record still pending marks the batch `abandoned` (compare-and-set, so the submitter's open then fails) and
 /// every item of it is skipped. Equal to `EVENTS`' duplicate window, so a retried submission inside it

@@ -15,6 +15,8 @@ use std::fmt::Write as _;
 
 use anyhow::Context as _;
 
+use events::batches::COMPLETED_LEDGER_PREFIX;
+
 use crate::Definitions;
 
 /// The ledger bucket: one key per (function, event, effect).
@@ -164,6 +166,10 @@ pub fn users(
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
             "function {name:?}: a function name must be a single subject token ([A-Za-z0-9_-]) to be a key prefix"
         );
+        anyhow::ensure!(
+            name != COMPLETED_LEDGER_PREFIX,
+            "function {name:?}: the name is the ledger prefix of batch completions; choose another"
+        );
         let mut publish = Vec::new();
         for (stream, consumer) in &function.consumers {
             publish.extend([
@@ -208,11 +214,25 @@ pub fn users(
                 format!("$KV.{FAILURES_BUCKET}.>"),
                 format!("$JS.API.DIRECT.GET.KV_{FAILURES_BUCKET}.>"),
             ]);
+            comment.push_str(
+                " A dead message that is a batch item counts failed in its batch's record, and when it finishes the \
+                 batch the router publishes batch.completed, claimed in the ledger under the batches' prefix (its \
+                 own prefix holds its ledger clock).",
+            );
+            publish.extend(batch_rights());
+            publish.push(subject_of(BATCH_COMPLETED)?.to_owned());
+            publish.extend(own_keys(
+                LEDGER_BUCKET,
+                &[name.to_owned(), COMPLETED_LEDGER_PREFIX.to_owned()],
+            ));
         } else {
             comment.push_str(
                 ". Its own ledger keys, progress keys, rate-limit logs and failure-journal records only.",
             );
-            publish.extend(own_keys(LEDGER_BUCKET, &[name.to_owned()]));
+            publish.extend(own_keys(
+                LEDGER_BUCKET,
+                &[name.to_owned(), COMPLETED_LEDGER_PREFIX.to_owned()],
+            ));
             publish.extend(own_keys(PROGRESS_BUCKET, &[name.to_owned()]));
             publish.extend(own_keys(RATELIMIT_BUCKET, &[name.to_owned()]));
             let journal: Vec<String> = function
@@ -222,7 +242,8 @@ pub fn users(
                 .collect();
             publish.extend(own_keys(FAILURES_BUCKET, &journal));
             comment.push_str(
-                " Any batch's record (an item of any batch may reach it: it gates and counts it) and batch.completed.",
+                " Any batch's record (an item of any batch may reach it: it gates and counts it) and batch.completed, \
+             claimed in the ledger under the batches' prefix (one key per batch, whichever process finishes it).",
             );
             publish.extend(batch_rights());
             publish.push(subject_of(BATCH_COMPLETED)?.to_owned());

@@ -35,17 +35,25 @@ fn each_function_writes_only_its_own_ledger_and_journal_keys() {
     for function in definitions.functions() {
         let user = users.iter().find(|u| u.name == function.name).unwrap();
         for right in &user.publish {
+            // Its own prefix, and the batches' completions (one key per batch, claimed by whoever finishes it).
+            let own = [
+                function.name.as_str(),
+                events::batches::COMPLETED_LEDGER_PREFIX,
+            ];
             if let Some(key) = right.strip_prefix("$KV.jetfn-ledger.") {
-                assert_eq!(key, format!("{}.>", function.name), "{}", user.name);
+                assert!(
+                    own.iter().any(|prefix| key == format!("{prefix}.>")),
+                    "{}: {right}",
+                    user.name
+                );
             }
             if right.contains("KV_jetfn-ledger") {
                 assert!(
                     right == "$JS.API.STREAM.INFO.KV_jetfn-ledger"
-                        || right
+                        || own.iter().any(|prefix| right
                             == &format!(
-                                "$JS.API.DIRECT.GET.KV_jetfn-ledger.$KV.jetfn-ledger.{}.>",
-                                function.name
-                            ),
+                                "$JS.API.DIRECT.GET.KV_jetfn-ledger.$KV.jetfn-ledger.{prefix}.>"
+                            )),
                     "{}: {right}",
                     user.name
                 );
@@ -182,6 +190,23 @@ fn a_right_naming_an_undefined_bucket_is_refused() {
     definitions.buckets.retain(|b| b.bucket != "jetfn-ledger");
     let err = permissions::users(&definitions, events::CATALOG).unwrap_err();
     assert!(err.to_string().contains("jetfn-ledger"), "{err}");
+}
+
+/// A function named like the batches' completion prefix would own every batch's completion key.
+#[test]
+fn a_function_named_like_the_batch_completions_prefix_is_refused() {
+    let mut definitions = definitions();
+    let (stream, mut consumer) = definitions
+        .consumers
+        .iter()
+        .find(|(_, c)| c.durable_name.as_deref() == Some("welcome"))
+        .cloned()
+        .unwrap();
+    consumer.durable_name = Some(events::batches::COMPLETED_LEDGER_PREFIX.to_owned());
+    consumer.metadata.remove(provision::FUNCTION_METADATA);
+    definitions.consumers.push((stream, consumer));
+    let err = permissions::users(&definitions, events::CATALOG).unwrap_err();
+    assert!(err.to_string().contains("batch completions"), "{err}");
 }
 
 /// The audit trail: every role reads it, each writing role writes under its own user token only (so an entry's user

@@ -11,8 +11,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::HeaderMap;
 use async_nats::jetstream::{self, kv};
-use events::batches::{Counted, ItemOutcome, batch_completed_id, batch_item_id};
+use events::batches::{COMPLETED_LEDGER_PREFIX, Counted, ItemOutcome, batch_completed_id};
 use events::{BatchCompleted, CloudEvent};
 use publish::batch::{self as batches, Gate};
 use tokio_util::sync::CancellationToken;
@@ -164,7 +165,7 @@ impl Batches {
         let mut event = CloudEvent::new(format!("/{}", self.function), record.completed());
         event.id = batch_completed_id(&item.batch);
         let publisher = Arc::clone(&self.publisher);
-        let key = ledger.key(&batch_item_id(&item.batch, item.index), "batch-completed");
+        let key = completed_key(&item.batch);
         ledger
             .once(&key, || async move {
                 let published = publisher
@@ -177,6 +178,111 @@ impl Batches {
             .await
             .map(|_| ())
             .map_err(|err| format!("batch.completed not published: {err}"))
+    }
+}
+
+/// The ledger key of a batch's `batch.completed`: the batch's, under [`COMPLETED_LEDGER_PREFIX`], not the
+/// function's. Whoever finishes the batch's last item (a function's delivery of it, a replay of it, a second
+/// function on the same type, or the dlq-router counting it dead) runs the same effect, so one `done` stops them
+/// all.
+fn completed_key(batch: &str) -> String {
+    crate::ledger::key(
+        COMPLETED_LEDGER_PREFIX,
+        &batch_completed_id(batch),
+        "publish",
+    )
+}
+
+/// The batch side of a dead letter written outside the functions: the dlq-router's record of an item whose every
+/// delivery went unanswered (a crash, a hang). The runtime counted it on none of them, so the router counts it
+/// `failed` here, through the same gate, count and completion as a function's last delivery.
+pub struct DeadItems {
+    batches: Batches,
+    ledger: Ledger,
+}
+
+/// What [`DeadItems::count_failed`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadItem {
+    /// The message is not a batch item.
+    NotAnItem,
+    /// Its batch was never accepted (abandoned, no record): nothing counts.
+    Skipped(&'static str),
+    /// Counted (now, or before: the count is once per item), and `batch.completed` published when this item
+    /// finished the batch.
+    Counted,
+}
+
+impl DeadItems {
+    /// Binds the batch and ledger buckets; `writer` names the process (the `batch.completed` source, its ledger
+    /// clock key).
+    ///
+    /// # Errors
+    /// A bucket that does not exist, or NATS not answering.
+    pub async fn bind(
+        client: &async_nats::Client,
+        ledger_bucket: &str,
+        lease: Duration,
+        writer: &str,
+    ) -> anyhow::Result<Self> {
+        let js = jetstream::new(client.clone());
+        let store = batches::bucket(&js).await?;
+        let ledger = js
+            .get_key_value(ledger_bucket)
+            .await
+            .map_err(|err| anyhow::anyhow!("KV bucket {ledger_bucket}: {err}"))?;
+        Ok(Self {
+            batches: Batches {
+                store: Some(store),
+                publisher: Arc::new(publish::Publisher::new(
+                    client.clone(),
+                    format!("/{writer}"),
+                )),
+                function: writer.into(),
+            },
+            ledger: Ledger::new(ledger, writer, lease),
+        })
+    }
+
+    /// Whether the headers name a batch item (nothing to bind or count otherwise).
+    pub fn is_item(headers: Option<&HeaderMap>) -> bool {
+        batches::item_of(headers).is_some()
+    }
+
+    /// Counts the item the dead message's `headers` name as failed, exactly once. A batch still being submitted
+    /// is an error (try again later: counting now could complete a batch that is then abandoned).
+    ///
+    /// # Errors
+    /// The record could not be read or written, the batch is still `pending`, or `batch.completed` was not
+    /// published; the same call may be repeated.
+    pub async fn count_failed(&self, headers: Option<&HeaderMap>) -> Result<DeadItem, String> {
+        let Some((batch, index)) = batches::item_of(headers) else {
+            return Ok(DeadItem::NotAnItem);
+        };
+        let item = Item { batch, index };
+        let store = self
+            .batches
+            .store
+            .as_ref()
+            .ok_or_else(|| format!("no {} bucket", events::BATCH_BUCKET))?;
+        match batches::gate(store, &item.batch, item.index)
+            .await
+            .map_err(|err| err.to_string())?
+        {
+            Gate::Skip(why) => Ok(DeadItem::Skipped(why)),
+            Gate::Wait => Err(format!(
+                "batch {} is still being submitted; its item is counted once it is open or abandoned",
+                item.batch
+            )),
+            // Every delivery may have started it, so a dead item of a cancelled batch counts failed, as the
+            // runtime's own redeliveries do.
+            Gate::Run | Gate::Cancelled { .. } => {
+                self.batches
+                    .count(&item, ItemOutcome::Failed, &self.ledger)
+                    .await?;
+                Ok(DeadItem::Counted)
+            }
+        }
     }
 }
 

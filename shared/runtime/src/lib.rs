@@ -36,6 +36,7 @@ pub mod telemetry;
 pub mod testing;
 mod typed;
 
+pub use batch::{DeadItem, DeadItems};
 pub use breaker::Probe;
 pub use connect::{connect, connect_once, connect_options};
 pub use error::{Disposition, JobError};
