@@ -14,6 +14,7 @@ mod consumers;
 mod dashboard;
 mod delays;
 mod dlq;
+mod dlq_attempts;
 mod emails;
 mod function_cli;
 mod harness_selftest;
