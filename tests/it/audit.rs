@@ -37,6 +37,7 @@ async fn each_role_records_its_own_changes_and_the_viewer_reads_them() {
             .unwrap()
             .into(),
         writer: "runtime".to_owned(),
+        failed_attempts: Vec::new(),
         payload_lost: None,
     };
     let dlq_seq = dead

@@ -260,6 +260,7 @@ async fn two_consumers_dead_lettering_one_sequence_keep_a_record_each() {
         headers: async_nats::HeaderMap::new(),
         payload: bytes::Bytes::from_static(b"{}"),
         writer: "runtime".to_owned(),
+        failed_attempts: Vec::new(),
         payload_lost: None,
     };
     let welcome = letter("welcome").publish(&system.js, "dlq").await.unwrap();

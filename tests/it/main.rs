@@ -15,6 +15,7 @@ mod consumers;
 mod dashboard;
 mod delays;
 mod dlq;
+mod dlq_attempts;
 mod emails;
 mod function_cli;
 mod harness_selftest;

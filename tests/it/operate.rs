@@ -262,6 +262,7 @@ fn letter(
             serde_json::to_vec(&event).unwrap().into()
         },
         writer: "runtime".to_owned(),
+        failed_attempts: Vec::new(),
         payload_lost: lost.then(|| "stream EVENTS now starts at sequence 9".to_owned()),
     }
 }

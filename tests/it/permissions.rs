@@ -584,6 +584,7 @@ async fn the_viewer_reads_the_dlq_and_the_operator_replays_and_purges_it() {
             headers: async_nats::HeaderMap::new(),
             payload: payload.into(),
             writer: "runtime".to_owned(),
+            failed_attempts: Vec::new(),
             payload_lost: None,
         };
         records.push(letter.publish(&system.js, "dlq").await.unwrap().sequence);

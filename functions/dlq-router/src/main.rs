@@ -506,6 +506,27 @@ impl Router {
             }
         };
         let copied = payload_lost.is_none();
+        // The journal holds the attempts that failed with an error; the deliveries after them ended unanswered,
+        // the last one when the advisory came.
+        let mut failed_attempts = journal
+            .as_ref()
+            .map(|record| record.attempts.clone())
+            .unwrap_or_default();
+        if failed_attempts
+            .last()
+            .is_none_or(|last| last.delivery < advisory.deliveries)
+        {
+            failed_attempts.push(runtime::dlq::FailedAttempt {
+                at_ms: u64::try_from(advised_at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
+                delivery: advisory.deliveries,
+                reason: "ended without an answer (the function crashed, hung or was stopped)"
+                    .to_owned(),
+            });
+            let excess = failed_attempts
+                .len()
+                .saturating_sub(runtime::dlq::MAX_ATTEMPTS_KEPT);
+            failed_attempts.drain(..excess);
+        }
         let letter = DeadLetter {
             subject,
             stream: advisory.stream.clone(),
@@ -521,6 +542,7 @@ impl Router {
             headers,
             payload,
             writer: "router".to_owned(),
+            failed_attempts,
             payload_lost,
         };
         let ack = letter
@@ -742,6 +764,42 @@ mod handler_tests {
         // EVENTS keeps its history (limits retention): the original stays for other consumers.
         let events = h.js.get_stream("EVENTS").await.expect("EVENTS");
         assert!(events.get_raw_message(seq).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_record_lists_the_journaled_attempts_then_the_unanswered_last_delivery() {
+        let h = Harness::start().await;
+        let seq = h.stored().await;
+        let journal = Failures::new(h.js.get_key_value("jetfn-failures").await.expect("bucket"));
+        journal
+            .record("EVENTS", "welcome", seq, 1, "451 try later")
+            .await;
+        journal
+            .record("EVENTS", "welcome", seq, 2, "452 mailbox busy")
+            .await;
+        assert_eq!(h.handle(advisory(seq), 1).await, Outcome::Success);
+        let records = h.dlq().await;
+        let attempts: Vec<(u64, &str)> = records[0]
+            .failed_attempts
+            .iter()
+            .map(|attempt| (attempt.delivery, attempt.reason.as_str()))
+            .collect();
+        assert_eq!(
+            attempts,
+            [
+                (1, "451 try later"),
+                (2, "452 mailbox busy"),
+                (
+                    4,
+                    "ended without an answer (the function crashed, hung or was stopped)"
+                )
+            ]
+        );
+        assert_eq!(
+            records[0].failed_attempts[2].at(),
+            records[0].last_failure,
+            "the last delivery ended when the advisory came"
+        );
     }
 
     /// The record read by its raw headers, as any tool would.

@@ -43,6 +43,8 @@ pub const API: &[(&str, &str)] = &[
     ("GET", "/api/schedules"),
     ("POST", "/api/schedules"),
     ("DELETE", "/api/schedules/{name}"),
+    ("GET", "/api/infra/plan"),
+    ("POST", "/api/infra/apply"),
     ("GET", "/api/openapi.json"),
     ("GET", "/api/asyncapi.json"),
 ];
@@ -67,6 +69,8 @@ fn route(method: &str, path: &str) -> MethodRouter<Shared> {
         ("GET", "/api/schedules") => get(schedules),
         ("POST", "/api/schedules") => post(schedule_add),
         ("DELETE", "/api/schedules/{name}") => delete(schedule_cancel),
+        ("GET", "/api/infra/plan") => get(infra_plan),
+        ("POST", "/api/infra/apply") => post(infra_apply),
         ("GET", "/api/openapi.json") => get(|| async { json_text(crate::OPENAPI_JSON) }),
         ("GET", "/api/asyncapi.json") => get(|| async { json_text(events::ASYNCAPI_JSON) }),
         (method, path) => unreachable!("API lists {method} {path} without a handler"),
@@ -667,6 +671,12 @@ async fn dlq_show(Extract(state): Extract<Shared>, caller: Caller, Path(seq): Pa
             "first_failure": ops::rfc3339(letter.first_failure),
             "last_failure": ops::rfc3339(letter.last_failure),
             "last_reason": letter.reason,
+            "kept": runtime::dlq::MAX_ATTEMPTS_KEPT,
+            "list": letter.failed_attempts.iter().map(|attempt| json!({
+                "at": ops::rfc3339(attempt.at()),
+                "delivery": attempt.delivery,
+                "reason": attempt.reason,
+            })).collect::<Vec<Value>>(),
         },
     }))
 }
@@ -1087,6 +1097,33 @@ async fn schedule_cancel(caller: Caller, Path(name): Path<String>) -> Answer {
     // ops audits the cancellation (and a refusal) itself.
     ops::schedules::cancel(&caller.0.js, &caller.0.auditor, &name).await?;
     ok(json!({ "cancelled": name }))
+}
+
+/// What applying the infra definitions would change; admin only, as provisioning is.
+async fn infra_plan(Extract(state): Extract<Shared>, caller: Caller) -> Answer {
+    caller.needs(Role::Admin, "provisioning (the infra plan)")?;
+    let dir = &state.config.infra_dir;
+    let (_, plan) = ops::infra::plan(&caller.0.js, dir).await?;
+    ok(ops::infra::PlanView::of(dir, &plan))
+}
+
+/// Nothing to choose: the console applies the definitions it was started with (`--infra-dir`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InfraApplyBody {}
+
+async fn infra_apply(
+    Extract(state): Extract<Shared>,
+    caller: Caller,
+    payload: Result<Json<InfraApplyBody>, JsonRejection>,
+) -> Answer {
+    caller.needs(Role::Admin, "provisioning (infra apply)")?;
+    body(payload)?;
+    // ops audits the apply (and a refusal) itself, with the signed-in admin as actor.
+    match ops::infra::apply(&caller.0.js, &caller.0.auditor, &state.config.infra_dir).await {
+        Ok((plan, applied)) => ok(json!({ "plan": plan, "applied": applied })),
+        Err(err) => Err(ApiError::new(StatusCode::CONFLICT, format!("{err:#}"))),
+    }
 }
 
 #[cfg(test)]

@@ -49,6 +49,8 @@ pub struct Config {
     pub sign_in: SignIn,
     /// A trace link template with `{trace_id}` (`JETFN_TRACE_URL_TEMPLATE`).
     pub trace_url_template: Option<String>,
+    /// The infra definitions an admin may plan and apply (`JETFN_INFRA_DIR`, as `jetfn infra`).
+    pub infra_dir: std::path::PathBuf,
 }
 
 /// How long a session lasts before signing in again.

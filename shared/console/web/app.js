@@ -520,6 +520,10 @@ async function deadLetter(seq) {
         try { watchJob((await api("POST", "/api/dlq/purge", { sequences: [Number(seq)] })).id, job); } catch (err) { toast(err.message, true); }
       } }, "Purge")),
     job, editor,
+    h("section", { class: "card" }, h("h2", {}, `Failed attempts (the last ${d.attempts.kept} kept, oldest first)`),
+      table(["Delivery", "Time", "Reason"], d.attempts.list.map((a) => h("tr", {},
+        h("td", { class: "num" }, a.delivery), h("td", {}, when(a.at)), h("td", { class: "wrap" }, a.reason))),
+        "Not kept: this record was written before jetfn kept every attempt.")),
     h("section", { class: "card" }, h("h2", {}, `Payload (${bytes(d.payload_bytes)}; personal data masked)`),
       d.payload ? h("pre", { id: "payload" }, JSON.stringify(d.payload, null, 2)) : h("p", { class: "muted" }, s.payload_lost ? "lost" : "not JSON")),
     h("section", { class: "card" }, h("h2", {}, "Headers"),
@@ -698,6 +702,46 @@ async function auditLog() {
   poll(load, 5000);
 }
 
+// ---- infra (admin) -------------------------------------------------------------------------------------------
+
+async function infraPage() {
+  const gen = generation;
+  const result = h("div", { id: "infra-result" });
+  const list = h("div", { id: "infra-plan" }, h("p", { class: "muted" }, "loading…"));
+  const show = (plan) => put(list, h("section", { class: "card" },
+    h("p", { class: "muted" }, `${plan.dir}: ${plan.summary}.`),
+    plan.refused ? h("p", { class: "errors" }, "Apply would refuse, applying nothing: the server cannot make the changes marked impossible (recreate the object, or revert the file).") : "",
+    table(["Kind", "Name", "Change", "Fields"], plan.changes.map((c) => h("tr", { class: "infra-change" },
+      h("td", {}, c.kind), h("td", {}, c.name),
+      h("td", {}, h("span", { class: "badge " + (c.action === "unchanged" ? "ok" : c.action === "impossible" ? "bad" : "warn") }, c.action)),
+      h("td", { class: "wrap muted" }, c.fields.map((f) => h("div", {}, `${f.field}: ${f.old} → ${f.new}${f.refused ? ` (refused: ${f.refused})` : ""}`))))), "No definitions.")));
+  const load = async () => {
+    try {
+      const plan = await api("GET", "/api/infra/plan");
+      if (!stale(gen)) show(plan);
+    } catch (err) {
+      if (!stale(gen)) put(list, h("p", { class: "errors" }, err.message));
+    }
+  };
+  main(h("h1", {}, "Infra"),
+    h("p", { class: "muted" }, "The streams, KV buckets, consumers and schedules the console's infra definitions name, against the server: what `jetfn infra plan` shows. Apply makes the changes, as `jetfn infra apply` does, and is audited."),
+    h("div", { class: "actions" },
+      h("button", { type: "button", id: "infra-refresh", onclick: load }, "Plan again"),
+      h("button", { type: "button", class: "primary", id: "infra-apply", onclick: async () => {
+        if (!confirm("Apply the infra definitions to the server?")) return;
+        try {
+          const applied = await api("POST", "/api/infra/apply", {});
+          put(result, h("p", {}, `Applied: ${applied.applied}.`));
+          toast(`Applied: ${applied.applied}`);
+          load();
+        } catch (err) {
+          put(result, h("p", { class: "errors" }, err.message));
+        }
+      } }, "Apply")),
+    result, list);
+  load();
+}
+
 // ---- routing -------------------------------------------------------------------------------------------------
 
 function route() {
@@ -712,6 +756,7 @@ function route() {
   else if (page === "event") eventLookup(arg ? decodeURIComponent(arg) : "");
   else if (page === "audit") auditLog();
   else if (page === "schedules") schedulesPage();
+  else if (page === "infra") infraPage();
   else poll(overview, 2000);
 }
 

@@ -26,6 +26,9 @@ pub(crate) struct ConsoleArgs {
     /// A trace link template, `{trace_id}` replaced (e.g. http://localhost:16686/trace/{trace_id}).
     #[arg(long, env = "JETFN_TRACE_URL_TEMPLATE", hide_env_values = true)]
     trace_url_template: Option<String>,
+    /// The infra definitions an admin may plan and apply from the console (as `jetfn infra plan|apply`).
+    #[arg(long, env = "JETFN_INFRA_DIR", default_value = "infra/nats")]
+    infra_dir: PathBuf,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -100,6 +103,7 @@ pub(crate) async fn run(
         jetfn_console::Config {
             sign_in,
             trace_url_template: args.trace_url_template,
+            infra_dir: args.infra_dir,
         },
         listener,
         runtime::shutdown_signal(),

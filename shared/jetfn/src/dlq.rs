@@ -395,6 +395,23 @@ async fn show(js: &async_nats::jetstream::Context, seq: u64, raw: bool) -> anyho
     );
     println!("written by     {}", letter.writer);
     println!("reason         {}", letter.reason);
+    if letter.failed_attempts.is_empty() {
+        println!("failed attempts  not kept (a record written before jetfn kept them)");
+    } else {
+        println!(
+            "failed attempts (the last {} kept, oldest first):",
+            runtime::dlq::MAX_ATTEMPTS_KEPT
+        );
+        let mut table = output::table(&["delivery", "time", "reason"]);
+        for attempt in &letter.failed_attempts {
+            table.add_row(vec![
+                attempt.delivery.to_string(),
+                attempt.at().format(&Rfc3339).unwrap_or_default(),
+                attempt.reason.clone(),
+            ]);
+        }
+        output::print_table(&table);
+    }
     for (name, values) in letter.headers.iter() {
         for value in values {
             println!("header         {name}: {value}");

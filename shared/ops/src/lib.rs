@@ -13,6 +13,7 @@ pub mod audit;
 pub mod dlq;
 pub mod event;
 pub mod functions;
+pub mod infra;
 pub mod pause;
 pub mod replicas;
 pub mod schedules;

@@ -42,6 +42,58 @@ pub mod header {
     pub const WRITER: &str = "Jetfn-Dlq-Writer";
     /// Present only on a record without its original: why the payload could not be copied.
     pub const PAYLOAD_LOST: &str = "Jetfn-Dlq-Payload-Lost";
+    /// Every failed attempt kept (the last [`MAX_ATTEMPTS_KEPT`](super::MAX_ATTEMPTS_KEPT)), oldest first, as a
+    /// compact JSON array of [`FailedAttempt`](super::FailedAttempt). A header, not the body: the body stays the
+    /// original byte for byte, and a replay drops every `Jetfn-Dlq-*` header, so the list never travels with the
+    /// replayed event. Absent on records written before it existed.
+    pub const FAILED_ATTEMPTS: &str = "Jetfn-Dlq-Failed-Attempts";
+}
+
+/// How many failed attempts the journal and a record keep: the last ones, where the trouble is.
+pub const MAX_ATTEMPTS_KEPT: usize = 20;
+
+/// The most the failed-attempts header may take: with 20 reasons of up to 1 KiB each it would reach 21 KiB; the
+/// oldest are dropped beyond this so the record stays far from the server's `max_payload` (1 MiB), which holds
+/// the original payload too.
+const FAILED_ATTEMPTS_HEADER_MAX: usize = 8 * 1024;
+
+/// One failed attempt: when it failed, which delivery it was, and why (masked by the handler, header-safe and
+/// capped like the reason).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedAttempt {
+    /// When it failed, unix milliseconds.
+    pub at_ms: u64,
+    /// The delivery number (1 for the first delivery).
+    pub delivery: u64,
+    /// The error, free of personal data.
+    pub reason: String,
+}
+
+impl FailedAttempt {
+    /// When it failed, as a date.
+    pub fn at(&self) -> OffsetDateTime {
+        from_ms(self.at_ms)
+    }
+}
+
+/// The header value: the newest attempts that fit the budget, oldest first; `None` when there are none.
+fn encode_attempts(attempts: &[FailedAttempt]) -> Option<String> {
+    let mut from = 0;
+    while from < attempts.len() {
+        let kept: Vec<FailedAttempt> = attempts[from..]
+            .iter()
+            .map(|attempt| FailedAttempt {
+                reason: header_safe(&attempt.reason),
+                ..attempt.clone()
+            })
+            .collect();
+        let text = serde_json::to_string(&kept).ok()?;
+        if text.len() <= FAILED_ATTEMPTS_HEADER_MAX {
+            return Some(text);
+        }
+        from += 1;
+    }
+    None
 }
 
 /// Why an event died.
@@ -108,6 +160,9 @@ pub struct DeadLetter {
     pub payload: Bytes,
     /// `runtime` or `router`.
     pub writer: String,
+    /// Every failed attempt kept, oldest first (the last [`MAX_ATTEMPTS_KEPT`]); empty on a record written before
+    /// they were kept.
+    pub failed_attempts: Vec<FailedAttempt>,
     /// Why the record holds no original, when it holds none: the router found the original gone from its stream
     /// (purged, expired, deleted) before it could copy it. Such a record says what died and why, and cannot be
     /// replayed.
@@ -167,6 +222,9 @@ impl DeadLetter {
         headers.insert(header::WRITER, self.writer.as_str());
         if let Some(why) = &self.payload_lost {
             headers.insert(header::PAYLOAD_LOST, header_safe(why).as_str());
+        }
+        if let Some(attempts) = encode_attempts(&self.failed_attempts) {
+            headers.insert(header::FAILED_ATTEMPTS, attempts.as_str());
         }
         let subject = self.dlq_subject(prefix);
         let ack = js
@@ -232,6 +290,11 @@ impl DeadLetter {
             headers: original,
             payload,
             writer: get(header::WRITER),
+            // Unreadable (hand-made) or absent: the summary headers still say what is known.
+            failed_attempts: headers
+                .get(header::FAILED_ATTEMPTS)
+                .and_then(|value| serde_json::from_str(value.as_str()).ok())
+                .unwrap_or_default(),
             payload_lost,
         })
     }
@@ -294,9 +357,35 @@ pub struct FailureRecord {
     pub failures: u64,
     /// The last error.
     pub last_error: String,
+    /// The last [`MAX_ATTEMPTS_KEPT`] failed attempts, oldest first (absent in records written before).
+    #[serde(default)]
+    pub attempts: Vec<FailedAttempt>,
 }
 
 impl FailureRecord {
+    /// `previous` (if any) with one more failed attempt.
+    fn after(previous: Option<Self>, now: u64, delivery: u64, error: &str) -> Self {
+        let reason = header_safe(error);
+        let mut attempts = previous
+            .as_ref()
+            .map(|record| record.attempts.clone())
+            .unwrap_or_default();
+        attempts.push(FailedAttempt {
+            at_ms: now,
+            delivery,
+            reason: reason.clone(),
+        });
+        let excess = attempts.len().saturating_sub(MAX_ATTEMPTS_KEPT);
+        attempts.drain(..excess);
+        Self {
+            first_ms: previous.as_ref().map_or(now, |record| record.first_ms),
+            last_ms: now,
+            failures: previous.as_ref().map_or(0, |record| record.failures) + 1,
+            last_error: reason,
+            attempts,
+        }
+    }
+
     /// First failure as a timestamp.
     pub fn first(&self) -> OffsetDateTime {
         from_ms(self.first_ms)
@@ -327,24 +416,18 @@ impl Failures {
         )
     }
 
-    /// Adds a failed attempt and returns the updated record. Journal errors are logged, never fatal: the record is
-    /// an aid to diagnosis, not part of delivery.
+    /// Adds failed attempt `delivery` and returns the updated record. Journal errors are logged, never fatal: the
+    /// record is an aid to diagnosis, not part of delivery.
     pub async fn record(
         &self,
         stream: &str,
         consumer: &str,
         sequence: u64,
+        delivery: u64,
         error: &str,
     ) -> FailureRecord {
         let key = Self::key(stream, consumer, sequence);
-        let now = now_ms();
-        let previous = self.get_by_key(&key).await;
-        let record = FailureRecord {
-            first_ms: previous.as_ref().map_or(now, |record| record.first_ms),
-            last_ms: now,
-            failures: previous.as_ref().map_or(0, |record| record.failures) + 1,
-            last_error: header_safe(error),
-        };
+        let record = FailureRecord::after(self.get_by_key(&key).await, now_ms(), delivery, error);
         if let Ok(bytes) = serde_json::to_vec(&record)
             && let Err(err) = self.store.put(&key, bytes.into()).await
         {
@@ -425,6 +508,66 @@ mod tests {
                 .is_some_and(|why| why.contains("may still be in its stream")),
             "{letter:?}"
         );
+    }
+
+    #[test]
+    fn the_journal_keeps_the_last_attempts_in_order_and_reads_older_records() {
+        let mut record = None;
+        for delivery in 1..=25u64 {
+            record = Some(FailureRecord::after(
+                record,
+                delivery * 1000,
+                delivery,
+                &format!("451 try later\r\n#{delivery}"),
+            ));
+        }
+        let record = record.expect("a record");
+        assert_eq!(
+            (record.failures, record.first_ms, record.last_ms),
+            (25, 1000, 25_000)
+        );
+        let deliveries: Vec<u64> = record.attempts.iter().map(|a| a.delivery).collect();
+        assert_eq!(
+            deliveries,
+            (6..=25).collect::<Vec<_>>(),
+            "the last 20, oldest first"
+        );
+        assert_eq!(
+            record.attempts[19].reason, "451 try later  #25",
+            "header-safe"
+        );
+        let older: FailureRecord =
+            serde_json::from_str(r#"{"first_ms":1,"last_ms":2,"failures":2,"last_error":"x"}"#)
+                .expect("a record written before attempts were kept");
+        assert!(older.attempts.is_empty());
+    }
+
+    #[test]
+    fn the_attempts_header_round_trips_and_stays_within_its_budget() {
+        let attempts: Vec<FailedAttempt> = (1..=20)
+            .map(|delivery| FailedAttempt {
+                at_ms: 1_700_000_000_000 + delivery,
+                delivery,
+                reason: "x".repeat(2000),
+            })
+            .collect();
+        let text = encode_attempts(&attempts).expect("some fit");
+        assert!(text.len() <= FAILED_ATTEMPTS_HEADER_MAX, "{}", text.len());
+        let mut headers = stored(&[(header::SUBJECT, "events.x"), (header::STREAM, "EVENTS")]);
+        headers.insert(header::FAILED_ATTEMPTS, text.as_str());
+        let letter = DeadLetter::from_stored(Some(&headers), Bytes::new()).expect("a record");
+        let last = letter.failed_attempts.last().expect("the newest is kept");
+        assert_eq!(last.delivery, 20);
+        assert!(last.reason.len() < 1100, "capped like the reason");
+        assert!(
+            letter.failed_attempts.len() < 20,
+            "the oldest dropped to fit"
+        );
+        assert!(
+            letter.headers.get(header::FAILED_ATTEMPTS).is_none(),
+            "not an original header"
+        );
+        assert_eq!(encode_attempts(&[]), None, "no header without attempts");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use tracing::Instrument as _;
 
 use crate::config::AckMode;
-use crate::dlq::{DeadLetter, DeathKind, Failures, strip_control_headers};
+use crate::dlq::{DeadLetter, DeathKind, FailedAttempt, Failures, strip_control_headers};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::{JobError, error::Disposition, telemetry};
@@ -240,7 +240,13 @@ impl Settler {
         span.record("otel.status_code", "ERROR");
         if let Some(failures) = &self.failures {
             failures
-                .record(&policy.stream, &policy.consumer, sequence, reason)
+                .record(
+                    &policy.stream,
+                    &policy.consumer,
+                    sequence,
+                    u64::from(attempt),
+                    reason,
+                )
                 .await;
         }
         tracing::warn!(attempt, retry_in_ms = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX), error = %reason, "attempt failed; will retry");
@@ -277,12 +283,27 @@ impl Settler {
         prefix: &str,
     ) {
         let policy = &self.policy;
-        let first_failure = match &self.failures {
-            Some(failures) => failures
-                .record(&policy.stream, &policy.consumer, sequence, &reason)
-                .await
-                .first(),
-            None => OffsetDateTime::now_utc(),
+        let (first_failure, failed_attempts) = match &self.failures {
+            Some(failures) => {
+                let journal = failures
+                    .record(
+                        &policy.stream,
+                        &policy.consumer,
+                        sequence,
+                        u64::from(attempt),
+                        &reason,
+                    )
+                    .await;
+                (journal.first(), journal.attempts)
+            }
+            None => (
+                OffsetDateTime::now_utc(),
+                vec![FailedAttempt {
+                    at_ms: crate::ledger::now_ms(),
+                    delivery: u64::from(attempt),
+                    reason: reason.clone(),
+                }],
+            ),
         };
         let letter = DeadLetter {
             subject: message.subject.to_string(),
@@ -297,6 +318,7 @@ impl Settler {
             headers: strip_control_headers(message.headers.as_ref()),
             payload: message.payload.clone(),
             writer: "runtime".to_owned(),
+            failed_attempts,
             payload_lost: None,
         };
         let dlq_subject = letter.dlq_subject(prefix);

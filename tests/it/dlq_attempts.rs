@@ -1,0 +1,91 @@
+//! Every failed attempt in the dead letter (issue 11, item 3): an event that fails three times with three
+//! different SMTP replies ends in the DLQ with the three attempts in order, each with its delivery number, time
+//! and masked reason; `jetfn dlq show` prints them as a table; a replay does not carry them into the event.
+
+use runtime::dlq::DeathKind;
+use testkit::FunctionProcess;
+
+use crate::support::{System, WAIT, user};
+
+#[tokio::test]
+async fn a_dead_letter_lists_every_failed_attempt_in_order_with_its_reason() {
+    let system = System::start().await;
+    let _welcome = system.welcome().await;
+    // Two transient replies (retried on the backoff), then a permanent one (dead-lettered at once).
+    system.smtp.fail_next_data(vec![
+        (451, "4.3.0 try later"),
+        (452, "4.2.2 mailbox busy"),
+        (554, "5.7.1 message refused"),
+    ]);
+    system
+        .publisher
+        .publish(user("thrice@example.com", "Thrice"))
+        .await
+        .unwrap();
+    let records = system.wait_dlq(1).await;
+    let (seq, letter) = &records[0];
+    assert_eq!((letter.kind, letter.attempts), (DeathKind::Permanent, 3));
+    let deliveries: Vec<u64> = letter.failed_attempts.iter().map(|a| a.delivery).collect();
+    assert_eq!(deliveries, [1, 2, 3], "{:?}", letter.failed_attempts);
+    for (attempt, code) in letter.failed_attempts.iter().zip(["451", "452", "554"]) {
+        assert!(attempt.reason.contains(code), "{attempt:?} names {code}");
+        assert!(!attempt.reason.contains("thrice@"), "masked: {attempt:?}");
+    }
+    let times: Vec<_> = letter.failed_attempts.iter().map(|a| a.at()).collect();
+    assert!(
+        times.windows(2).all(|pair| pair[0] < pair[1]),
+        "in order: {times:?}"
+    );
+    assert_eq!(
+        letter.first_failure, times[0],
+        "the first attempt is the first failure"
+    );
+
+    let show = system.jetfn(&["dlq", "show", &seq.to_string()]).await;
+    let rows: Vec<&str> = show
+        .lines()
+        .skip_while(|line| !line.starts_with("failed attempts"))
+        .skip(2)
+        .take(3)
+        .collect();
+    assert_eq!(rows.len(), 3, "{show}");
+    for ((row, delivery), code) in rows.iter().zip(["1", "2", "3"]).zip(["451", "452", "554"]) {
+        assert!(
+            row.trim_start().starts_with(delivery) && row.contains(code),
+            "row {delivery} names {code}: {show}"
+        );
+    }
+    assert!(!show.contains("thrice@example.com"), "{show}");
+
+    // The replayed event carries none of the record's headers.
+    let env = system.env();
+    let replay = FunctionProcess::spawn_with_args(
+        "jetfn",
+        &["dlq", "replay", &seq.to_string(), "--keep"],
+        &env,
+    );
+    assert_eq!(
+        replay.wait_exit(WAIT).await.code(),
+        Some(0),
+        "{}",
+        replay.output()
+    );
+    let events = system.js.get_stream("EVENTS").await.unwrap();
+    let replayed = events
+        .get_last_raw_message_by_subject("events.users.registered")
+        .await
+        .unwrap();
+    assert!(
+        replayed.headers.get("Jetfn-Replay-Of").is_some(),
+        "the last message is the replay"
+    );
+    assert!(
+        replayed
+            .headers
+            .iter()
+            .all(|(name, _)| !AsRef::<str>::as_ref(name).starts_with("Jetfn-Dlq-")),
+        "{:?}",
+        replayed.headers
+    );
+    system.smtp.wait_for_messages(1, WAIT).await;
+}
