@@ -12,6 +12,8 @@ use futures::StreamExt as _;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use testkit::FunctionProcess;
+
 use crate::support::{System, WAIT};
 
 const FUNCTION: &str = "email-verification";
@@ -232,4 +234,45 @@ async fn a_dead_letter_keeps_its_class_and_a_replay_publishes_it_there() {
         .jetfn(&["dlq", "replay", &dlq_seq.to_string(), "--keep"])
         .await;
     system.wait_on(&high, 2, WAIT).await;
+}
+
+/// `jetfn publish --priority` at a class no consumer pulls from is refused before anything is stored (the event
+/// would wait unseen); a served class is published.
+#[tokio::test]
+async fn the_cli_refuses_a_class_no_function_serves() {
+    let system = System::start().await;
+    let refused = FunctionProcess::spawn_with_args(
+        "jetfn",
+        &[
+            "publish",
+            "users.registered",
+            "--example",
+            "--priority",
+            "high",
+        ],
+        &system.env(),
+    );
+    let status = refused.wait_exit(WAIT).await;
+    assert_ne!(status.code(), Some(0), "{}", refused.output());
+    let output = refused.output();
+    assert!(
+        output.contains("no function serves events.users.registered.high")
+            && output.contains("order-status"),
+        "{output}"
+    );
+    assert_eq!(system.count_on("events.users.registered.high").await, 0);
+
+    let out = system
+        .jetfn(&[
+            "publish",
+            "orders.status_changed",
+            "--example",
+            "--priority",
+            "high",
+        ])
+        .await;
+    assert!(
+        out.contains("subject=events.orders.status_changed.high"),
+        "{out}"
+    );
 }

@@ -471,6 +471,71 @@ async fn ready(
     }
 }
 
+/// An event published at a class no consumer pulls from would wait in the stream unseen, so `--priority` is refused
+/// unless some consumer on EVENTS filters that class's subject. A user who may not list consumers (a
+/// `publisher-<domain>`) is not checked here: the generated permissions grant it only served classes.
+async fn refuse_unserved_class(
+    client: &async_nats::Client,
+    body: &[u8],
+    priority: events::Priority,
+) -> anyhow::Result<()> {
+    use futures::TryStreamExt as _;
+    let Some(ty) = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|event| {
+            event
+                .get("type")
+                .and_then(|t| t.as_str())
+                .map(str::to_owned)
+        })
+    else {
+        return Ok(());
+    };
+    let subject = priority.subject(&ty);
+    let js = async_nats::jetstream::new(client.clone());
+    let Ok(stream) = js
+        .get_stream_no_info(provision::permissions::EVENTS_STREAM)
+        .await
+    else {
+        return Ok(());
+    };
+    let Ok(consumers) = stream
+        .consumers()
+        .try_collect::<Vec<async_nats::jetstream::consumer::Info>>()
+        .await
+    else {
+        return Ok(());
+    };
+    let served = consumers.iter().any(|info| {
+        info.config.filter_subject == subject || info.config.filter_subjects.contains(&subject)
+    });
+    if !served {
+        let mut with_classes: Vec<&str> = consumers
+            .iter()
+            .filter(|info| info.config.metadata.contains_key("jetfn.priority"))
+            .filter_map(|info| {
+                info.config
+                    .metadata
+                    .get("jetfn.function")
+                    .map(String::as_str)
+            })
+            .collect();
+        with_classes.sort_unstable();
+        with_classes.dedup();
+        let which = if with_classes.is_empty() {
+            "none".to_owned()
+        } else {
+            with_classes.join(", ")
+        };
+        anyhow::bail!(
+            "--priority {priority}: no function serves {subject} (functions with priority classes here: {which}); \
+             publish at normal, or add a `<function>-{priority}` consumer under infra/nats/consumers/EVENTS and run \
+             `jetfn infra apply`"
+        );
+    }
+    Ok(())
+}
+
 /// The functions' `NATS_*` settings, with the flags in place of their variables: one reading, one set of names,
 /// and an error that names the variable instead of a silent fallback to the defaults.
 fn nats_config(
@@ -538,6 +603,9 @@ async fn publish(config: &runtime::config::NatsConfig, args: PublishArgs) -> any
         (None, _, None) => anyhow::bail!("give an event type, or --event"),
     };
     let client = connect(config).await?;
+    if args.priority != events::Priority::Normal {
+        refuse_unserved_class(&client, &body, args.priority).await?;
+    }
     let mut publisher =
         runtime::Publisher::new(client.clone(), args.source).with_priority(args.priority);
     // With a keyring, sensitive fields are sealed as the SDK seals them.
