@@ -247,7 +247,13 @@ pub(crate) fn start(
         let mut warned = false;
         loop {
             if store.is_none() {
-                match js.get_key_value(BUCKET).await {
+                // Not connected yet (a wrong CA, a server still down), the lookup waits out the request timeout;
+                // a stop must not wait with it.
+                let found = tokio::select! {
+                    () = stop.cancelled() => break,
+                    found = js.get_key_value(BUCKET) => found,
+                };
+                match found {
                     Ok(found) => store = Some(found),
                     Err(err) if !warned => {
                         warned = true;

@@ -252,8 +252,12 @@ impl Runtime {
         if let Some(beating) = beating {
             beating.stop().await;
         }
-        if let Err(err) = core.client.flush().await {
-            tracing::warn!(error = %err, "flushing the NATS connection failed");
+        // A client that never connected answers a flush only once it connects, which may be never: bounded, so
+        // SIGTERM ends such a process too.
+        match tokio::time::timeout(Duration::from_secs(2), core.client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "flushing the NATS connection failed"),
+            Err(_) => tracing::warn!("flushing the NATS connection did not finish in 2 s"),
         }
         tracing::info!("stopped");
         Ok(())
