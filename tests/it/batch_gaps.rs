@@ -4,59 +4,11 @@
 use std::time::{Duration, Instant};
 
 use events::batches::BatchState;
-use events::{BatchCompleted, CloudEvent};
-use publish::batch::{self, ATOMIC_CHUNK, BatchStatus};
+use publish::batch::ATOMIC_CHUNK;
 
-use crate::support::{System, WAIT, user};
+use crate::batches::{COMPLETED, completion, items, status, wait_complete};
+use crate::support::{System, WAIT};
 
-const COMPLETED: &str = "events.batch.completed";
-
-fn items(batch: &str, count: usize) -> Vec<serde_json::Value> {
-    (0..count)
-        .map(|i| serde_json::to_value(user(&format!("{batch}-{i}@example.com"), "Batch")).unwrap())
-        .collect()
-}
-
-async fn status(system: &System, id: &str) -> BatchStatus {
-    batch::status(&system.client, id)
-        .await
-        .unwrap()
-        .expect("the batch exists")
-}
-
-async fn wait_complete(system: &System, id: &str, timeout: Duration) -> BatchStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let status = status(system, id).await;
-        if status.complete {
-            system.wait_on(COMPLETED, 1, WAIT).await;
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "batch {id} not complete: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn completion(system: &System) -> CloudEvent<BatchCompleted> {
-    let message = system
-        .js
-        .get_stream("EVENTS")
-        .await
-        .unwrap()
-        .get_last_raw_message_by_subject(COMPLETED)
-        .await
-        .unwrap();
-    serde_json::from_slice(&message.payload).unwrap()
-}
-
-/// Every delivery of the batch's items goes unanswered (a function that crashes on them, as the router tests
-/// simulate it): the runtime counts nothing, the router dead-letters each item and counts it failed, and the
-/// router's count that finishes the batch publishes the one `batch.completed`. Replaying the dead items later
-/// (the function now answers) counts nothing again and publishes no second completion, though the duplicate
-/// window (1 s here) no longer hides one: the completion's ledger key is the batch's, shared with the router.
 #[tokio::test]
 async fn batch_items_no_delivery_answered_are_counted_failed_by_the_router_and_complete_once() {
     let system = System::start_with(|definitions| {

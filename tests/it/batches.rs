@@ -11,16 +11,16 @@ use publish::batch::{self, BatchError, BatchStatus};
 
 use crate::support::{System, WAIT, user};
 
-const COMPLETED: &str = "events.batch.completed";
+pub(crate) const COMPLETED: &str = "events.batch.completed";
 const ITEMS: &str = "events.users.registered";
 
-fn items(batch: &str, count: usize) -> Vec<serde_json::Value> {
+pub(crate) fn items(batch: &str, count: usize) -> Vec<serde_json::Value> {
     (0..count)
         .map(|i| serde_json::to_value(user(&format!("{batch}-{i}@example.com"), "Batch")).unwrap())
         .collect()
 }
 
-async fn status(system: &System, id: &str) -> BatchStatus {
+pub(crate) async fn status(system: &System, id: &str) -> BatchStatus {
     batch::status(&system.client, id)
         .await
         .unwrap()
@@ -28,7 +28,7 @@ async fn status(system: &System, id: &str) -> BatchStatus {
 }
 
 /// Waits until the batch is complete, then a little more (for a second completion to show, if there were one).
-async fn wait_complete(system: &System, id: &str, timeout: Duration) -> BatchStatus {
+pub(crate) async fn wait_complete(system: &System, id: &str, timeout: Duration) -> BatchStatus {
     let deadline = Instant::now() + timeout;
     loop {
         let status = status(system, id).await;
@@ -55,7 +55,7 @@ async fn cli(system: &System, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&output).unwrap_or_else(|err| panic!("{err}: {output}"))
 }
 
-async fn completion(system: &System) -> CloudEvent<BatchCompleted> {
+pub(crate) async fn completion(system: &System) -> CloudEvent<BatchCompleted> {
     let message = system
         .js
         .get_stream("EVENTS")
