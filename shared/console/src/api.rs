@@ -843,29 +843,19 @@ async fn dlq_replay(
         keep: request.keep,
         dry_run: request.dry_run,
     };
-    let job = start_job(&state, &caller, Action::DlqReplay, target.clone())?;
-    let (session, running) = (caller.0.clone(), job.clone());
-    tokio::spawn(async move {
-        let caller = Caller(session);
-        let result = ops::dlq::replay(&caller.0.js, &selection, options, |done, total, _| {
-            let mut job = lock(&running);
-            job.done = done;
-            job.total = total;
-        })
-        .await;
-        finish_job(
-            &caller,
-            &running,
-            Action::DlqReplay,
-            &target,
-            "replayed",
-            options.dry_run,
-            result,
-        )
-        .await;
-    });
-    let snapshot = lock(&job).clone();
-    Ok((StatusCode::ACCEPTED, Json(snapshot)).into_response())
+    let dry_run = options.dry_run;
+    let work = move |js: async_nats::jetstream::Context, progress: Progress| async move {
+        ops::dlq::replay(&js, &selection, options, progress).await
+    };
+    spawn_job(
+        &state,
+        &caller,
+        Action::DlqReplay,
+        target,
+        "replayed",
+        dry_run,
+        work,
+    )
 }
 
 async fn dlq_purge(
@@ -883,26 +873,50 @@ async fn dlq_purge(
     }
     let (selection, target) = request.selection()?;
     let dry_run = request.dry_run;
-    let job = start_job(&state, &caller, Action::DlqPurge, target.clone())?;
+    let work = move |js: async_nats::jetstream::Context, progress: Progress| async move {
+        ops::dlq::purge(&js, &selection, dry_run, progress).await
+    };
+    spawn_job(
+        &state,
+        &caller,
+        Action::DlqPurge,
+        target,
+        "purged",
+        dry_run,
+        work,
+    )
+}
+
+/// A job's progress callback, as the `ops::dlq` walks take it: it moves the job's counters.
+type Progress = Box<dyn FnMut(usize, usize, &ops::dlq::Step) + Send>;
+
+/// Runs a dead-letter walk (replay, purge) in the background and answers 202 with the job as it starts; the page
+/// polls the job, and `finish_job` audits and records the summary when the walk ends.
+fn spawn_job<W, Fut>(
+    state: &State,
+    caller: &Caller,
+    action: Action,
+    target: String,
+    verb: &'static str,
+    dry_run: bool,
+    work: W,
+) -> Answer
+where
+    W: FnOnce(async_nats::jetstream::Context, Progress) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<ops::dlq::Report>> + Send + 'static,
+{
+    let job = start_job(state, caller, action, target.clone())?;
     let (session, running) = (caller.0.clone(), job.clone());
     tokio::spawn(async move {
         let caller = Caller(session);
-        let result = ops::dlq::purge(&caller.0.js, &selection, dry_run, |done, total, _| {
-            let mut job = lock(&running);
+        let counters = running.clone();
+        let progress: Progress = Box::new(move |done, total, _| {
+            let mut job = lock(&counters);
             job.done = done;
             job.total = total;
-        })
-        .await;
-        finish_job(
-            &caller,
-            &running,
-            Action::DlqPurge,
-            &target,
-            "purged",
-            dry_run,
-            result,
-        )
-        .await;
+        });
+        let result = work(caller.0.js.clone(), progress).await;
+        finish_job(&caller, &running, action, &target, verb, dry_run, result).await;
     });
     let snapshot = lock(&job).clone();
     Ok((StatusCode::ACCEPTED, Json(snapshot)).into_response())
