@@ -33,6 +33,10 @@ pub(crate) struct Metrics {
     dropped: Counter<u64>,
     duration: Histogram<f64>,
     attributes: [KeyValue; BASE],
+    /// The duration's attributes of an acked and of a retried attempt, built once: every event is one of them, and
+    /// building the set per event was an allocation and seven clones each time.
+    acked: Box<[KeyValue]>,
+    retried_transiently: Box<[KeyValue]>,
 }
 
 impl Metrics {
@@ -41,6 +45,22 @@ impl Metrics {
     pub(crate) fn new(function: &str, destination: String, consumer: &str) -> Self {
         let meter = opentelemetry::global::meter("jetfn");
         let consumer = shared(consumer.to_owned());
+        let attributes = [
+            KeyValue::new("jetfn.function", shared(function.to_owned())),
+            KeyValue::new("messaging.system", "nats"),
+            KeyValue::new("messaging.operation.name", OPERATION),
+            KeyValue::new("messaging.destination.name", shared(destination)),
+            KeyValue::new("messaging.destination.subscription.name", consumer.clone()),
+            KeyValue::new("messaging.consumer.group.name", consumer),
+        ];
+        let outcome = |extra: &[KeyValue]| -> Box<[KeyValue]> {
+            attributes.iter().chain(extra).cloned().collect()
+        };
+        let acked = outcome(&[KeyValue::new("jetfn.outcome", "ack")]);
+        let retried_transiently = outcome(&[
+            KeyValue::new("jetfn.outcome", "retry"),
+            KeyValue::new("error.type", "transient"),
+        ]);
         Self {
             consumed: meter
                 .u64_counter("messaging.client.consumed.messages")
@@ -71,16 +91,11 @@ impl Metrics {
                 .with_description("duration of one attempt, decode to settle")
                 .with_boundaries(DURATION_BOUNDARIES.to_vec())
                 .build(),
-            // Reference-counted values: the attributes are cloned for every message, and an owned string would be
-            // an allocation each time.
-            attributes: [
-                KeyValue::new("jetfn.function", shared(function.to_owned())),
-                KeyValue::new("messaging.system", "nats"),
-                KeyValue::new("messaging.operation.name", OPERATION),
-                KeyValue::new("messaging.destination.name", shared(destination)),
-                KeyValue::new("messaging.destination.subscription.name", consumer.clone()),
-                KeyValue::new("messaging.consumer.group.name", consumer),
-            ],
+            // Reference-counted values: a dead letter's attribute set is built from these, and an owned string
+            // would be an allocation each time.
+            attributes,
+            acked,
+            retried_transiently,
         }
     }
 
@@ -92,20 +107,20 @@ impl Metrics {
     pub(crate) fn processed(&self, seconds: f64) {
         self.processed.add(1, &self.attributes);
         crate::heartbeat::count(crate::heartbeat::Finished::Succeeded);
-        self.record(seconds, "ack", None);
+        self.duration.record(seconds, &self.acked);
     }
 
     pub(crate) fn retried(&self, seconds: f64) {
         self.retried.add(1, &self.attributes);
         crate::heartbeat::count(crate::heartbeat::Finished::Retried);
-        self.record(seconds, "retry", Some("transient"));
+        self.duration.record(seconds, &self.retried_transiently);
     }
 
     pub(crate) fn dead_lettered(&self, seconds: f64, kind: &'static str) {
         self.dead_lettered
             .add(1, &self.with([KeyValue::new("jetfn.dlq.kind", kind)]));
         crate::heartbeat::count(crate::heartbeat::Finished::Failed);
-        self.record(seconds, "dead-letter", Some(kind));
+        self.record(seconds, "dead-letter", kind);
     }
 
     pub(crate) fn dropped(&self, reason: &'static str) {
@@ -114,15 +129,12 @@ impl Metrics {
     }
 
     /// `error` is the conventions' `error.type`, set only when the attempt failed.
-    fn record(&self, seconds: f64, outcome: &'static str, error: Option<&'static str>) {
+    fn record(&self, seconds: f64, outcome: &'static str, error: &'static str) {
         let outcome = KeyValue::new("jetfn.outcome", outcome);
-        match error {
-            None => self.duration.record(seconds, &self.with([outcome])),
-            Some(error) => self.duration.record(
-                seconds,
-                &self.with([outcome, KeyValue::new("error.type", error)]),
-            ),
-        }
+        self.duration.record(
+            seconds,
+            &self.with([outcome, KeyValue::new("error.type", error)]),
+        );
     }
 
     fn with<const N: usize>(&self, extra: [KeyValue; N]) -> Vec<KeyValue> {

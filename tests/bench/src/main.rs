@@ -359,6 +359,8 @@ fn install_log_sink(filter: &str) -> anyhow::Result<()> {
     let devnull = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
     tracing_subscriber::fmt()
         .compact()
+        // A function writes no colour codes into a pipe or a file (runtime::telemetry); neither does the sink.
+        .with_ansi(false)
         .with_target(false)
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(Mutex::new(devnull))
