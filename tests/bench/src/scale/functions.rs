@@ -29,6 +29,7 @@ struct Counters {
     pulls: AtomicU64,
     heartbeats: AtomicU64,
     ledger: AtomicU64,
+    api_advisories: AtomicU64,
     advisories: AtomicU64,
 }
 
@@ -37,6 +38,7 @@ struct Counts {
     pulls: u64,
     heartbeats: u64,
     ledger: u64,
+    api_advisories: u64,
     advisories: u64,
     api: u64,
     api_errors: u64,
@@ -49,6 +51,7 @@ impl Counters {
             pulls: self.pulls.load(Ordering::Relaxed),
             heartbeats: self.heartbeats.load(Ordering::Relaxed),
             ledger: self.ledger.load(Ordering::Relaxed),
+            api_advisories: self.api_advisories.load(Ordering::Relaxed),
             advisories: self.advisories.load(Ordering::Relaxed),
             api,
             api_errors,
@@ -62,6 +65,7 @@ impl Counts {
             pulls: self.pulls - before.pulls,
             heartbeats: self.heartbeats - before.heartbeats,
             ledger: self.ledger - before.ledger,
+            api_advisories: self.api_advisories - before.api_advisories,
             advisories: self.advisories - before.advisories,
             api: self.api.saturating_sub(before.api),
             api_errors: self.api_errors.saturating_sub(before.api_errors),
@@ -131,6 +135,9 @@ pub async fn run(root: &Path, server: &Server, plan: &Plan) -> anyhow::Result<Ve
                         0 => &counters.pulls,
                         1 => &counters.heartbeats,
                         2 => &counters.ledger,
+                        _ if message.subject.starts_with("$JS.EVENT.ADVISORY.API") => {
+                            &counters.api_advisories
+                        }
                         _ => {
                             eprintln!("  advisory: {}", message.subject);
                             &counters.advisories
@@ -377,13 +384,15 @@ fn rows(
             per_sec(c.pulls, window),
             format!(
                 "pull requests {:.1}/s; JetStream API requests {:.1}/s ({} errors); heartbeats written to \
-                 jetfn-replicas {:.1}/s (one per function per 5 s is {:.1}/s); ledger writes {:.1}/s; advisories {}",
+                 jetfn-replicas {:.1}/s (one per function per 5 s is {:.1}/s); ledger writes {:.1}/s; API audit \
+                 advisories {:.1}/s; other advisories {}",
                 per_sec(c.pulls, window),
                 per_sec(c.api, window),
                 c.api_errors,
                 per_sec(c.heartbeats, window),
                 n as f64 / 5.0,
                 per_sec(c.ledger, window),
+                per_sec(c.api_advisories, window),
                 c.advisories
             ),
         ));

@@ -78,7 +78,7 @@ impl Plan {
             Self {
                 runs,
                 replicas: vec![1, 2, 4, 8],
-                replica_emails: 1_500,
+                replica_emails: 1_000,
                 functions: 100,
                 functions_idle: Duration::from_secs(6),
                 functions_window: Duration::from_secs(6),
@@ -98,7 +98,7 @@ impl Plan {
             Self {
                 runs: runs.min(2),
                 replicas: vec![1, 2, 4, 8],
-                replica_emails: 5_000,
+                replica_emails: 3_000,
                 functions: 100,
                 functions_idle: Duration::from_secs(31),
                 functions_window: Duration::from_secs(15),
@@ -489,9 +489,11 @@ pub fn spawn_welcome(
     Ok(ChildGuard::new(child, "welcome"))
 }
 
-/// `target/release/welcome`, or an error saying how to build it.
+/// `target/release/welcome` (or `$JETFN_BENCH_WELCOME_BIN`, to compare two builds in one session), or an error
+/// saying how to build it.
 pub fn welcome_bin(root: &Path) -> anyhow::Result<PathBuf> {
-    let bin = root.join("target/release/welcome");
+    let bin = std::env::var_os("JETFN_BENCH_WELCOME_BIN")
+        .map_or_else(|| root.join("target/release/welcome"), PathBuf::from);
     anyhow::ensure!(
         bin.exists(),
         "{} is missing: `cargo build --release -p welcome`",
