@@ -300,7 +300,7 @@ async fn raw_consume(
 }
 
 /// Polls the consumer's ack floor until the window is acked or `cap` has passed since the first ack.
-async fn measure(
+pub async fn measure(
     stream: &stream::Stream,
     name: &str,
     window: Window,

@@ -10,6 +10,7 @@ mod consume;
 mod latency;
 mod publish;
 mod report;
+mod scale;
 mod servers;
 mod stats;
 mod welcome;
@@ -50,6 +51,9 @@ enum Section {
     Decode,
     /// Only the welcome function's cold start and idle RSS (`--runs` times each), no emails/s row.
     Start,
+    /// How cost grows (issue 13): replicas, 100 functions, a backlog, payload sizes; on its own server at
+    /// `sync_interval: 1s`. `--scale` picks parts.
+    Scale,
 }
 
 #[derive(Debug, Parser)]
@@ -59,9 +63,12 @@ enum Section {
 )]
 struct Args {
     /// Run only these sections (comma-separated): publish, runtime, latency, welcome, bullmq, and the parts
-    /// decode (the two decode rows) and start (cold start and idle RSS of the welcome function).
+    /// decode (the two decode rows) and start (cold start and idle RSS of the welcome function), scale.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Section>,
+    /// Only these parts of the scale section (comma-separated): replicas, functions, backlog, payload.
+    #[arg(long, value_delimiter = ',')]
+    scale: Vec<scale::Part>,
     /// Small counts and one run per row: a smoke run of a minute or two.
     #[arg(long)]
     quick: bool,
@@ -168,6 +175,9 @@ impl Plan {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
+    if scale::function_role() {
+        return scale::function_main();
+    }
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -210,7 +220,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         || args
             .only
             .iter()
-            .any(|section| !matches!(section, Section::Decode | Section::Bullmq));
+            .any(|section| !matches!(section, Section::Decode | Section::Bullmq | Section::Scale));
     let start_only = args.only.contains(&Section::Start) && !wants(Section::Welcome);
     let store = TempDir::new("nats")?;
     for &sync in syncs.iter().filter(|_| servers_wanted) {
@@ -253,6 +263,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if wants(Section::Welcome) && !syncs.contains(&Sync::Always) {
         not_measured.push("welcome rows under sync_interval: always (not selected)".to_owned());
+    }
+    if wants(Section::Scale) {
+        let scale_plan = scale::Plan::new(args.quick, plan.runs);
+        let (scale_rows, skipped) = scale::run(&root, &nats_bin, &scale_plan, &args.scale).await;
+        rows.extend(scale_rows);
+        not_measured.extend(skipped);
     }
     if wants(Section::Bullmq) {
         let mut durabilities: Vec<RedisDurability> =

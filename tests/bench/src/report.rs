@@ -457,7 +457,7 @@ impl Report {
              or tests/bench/ANALYSIS.md, not this file. -->\n\n\
              jetfn beside raw JetStream and beside BullMQ, in one run on one machine (issue 5). Regenerate with \
              `just bench` (or `bash tests/bench/run.sh`); `--quick` and `--only runtime,publish` run a subset \
-             (`bash tests/bench/run.sh --quick`). Figures are medians of {runs} where a row was run more than \
+             (`bash tests/bench/run.sh --quick`), `--only scale --scale backlog` one part of the scale rows. Figures are medians of {runs} where a row was run more than \
              once; every run's figure is in the last column and in `tests/bench/results.json`. Tests never assert \
              timings; this only reports.\n",
             runs = self.runs
