@@ -10,20 +10,20 @@ cd "$(dirname "$0")/.."
 
 # Each step's wall time and the CPU seconds of the processes it ran (compilers included), so a slow CI run says
 # where its time went.
+# `times` runs in this shell (a command substitution would count only its own subshell's children).
 step_label=
-children_cpu() {
-  times | awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%d", u[1] * 60 + u[2] + s[1] * 60 + s[2] }'
-}
+step_times=$(mktemp)
 step() {
   local cpu
-  cpu=$(children_cpu)
+  times >"$step_times"
+  cpu=$(awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%d", u[1] * 60 + u[2] + s[1] * 60 + s[2] }' "$step_times")
   if [ -n "$step_label" ]; then
     echo "    ($((SECONDS - step_start)) s, $((cpu - step_cpu)) CPU s)"
   fi
   step_label=$1 step_start=$SECONDS step_cpu=$cpu
   [ -z "$1" ] || echo "==> $1"
 }
-trap 'step ""' EXIT
+trap 'step ""; rm -f "$step_times"' EXIT
 
 step "tools (nats-server, test tools, kubernetes-validate, podman, chromium)"
 bash infra/install-nats-server.sh
