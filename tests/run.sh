@@ -8,6 +8,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Each step's wall time and the CPU seconds of the processes it ran (compilers included), so a slow CI run says
+# where its time went.
+# `times` runs in this shell (a command substitution would count only its own subshell's children).
+step_label=
+step_times=$(mktemp)
+step() {
+  local cpu
+  times >"$step_times"
+  cpu=$(awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%d", u[1] * 60 + u[2] + s[1] * 60 + s[2] }' "$step_times")
+  if [ -n "$step_label" ]; then
+    echo "    ($((SECONDS - step_start)) s, $((cpu - step_cpu)) CPU s)"
+  fi
+  step_label=$1 step_start=$SECONDS step_cpu=$cpu
+  [ -z "$1" ] || echo "==> $1"
+}
+trap 'step ""; rm -f "$step_times"' EXIT
+
+step "tools (nats-server, test tools, kubernetes-validate, podman, chromium)"
 bash infra/install-nats-server.sh
 bash infra/install-test-tools.sh
 bash infra/install-kubernetes-validate.sh
@@ -25,55 +43,68 @@ BIN_FEATURES=runtime/fault-injection,indexing/fault-injection,dlq-router/fault-i
 export JETFN_TEST_LOG_DIR="$PWD/target/test-logs"
 rm -rf "$JETFN_TEST_LOG_DIR"
 
+# The built scan-logs binary (built with the integration tests, whose binaries cargo builds for them): `cargo run`
+# would build it again with the test crate's own features, recompiling tokio and its neighbours.
+scan_logs() {
+  "${CARGO_TARGET_DIR:-target}/debug/scan-logs" "$JETFN_TEST_LOG_DIR"
+}
+
 # The container images the image tests run (tests/it/images.rs): release binaries of their own cargo profile, so
 # the builds below do not replace them. Warm, a few seconds.
 build_images() {
-  echo "==> container images (infra/images.sh)"
+  step "container images (infra/images.sh)"
   bash infra/images.sh
 }
 
 if [ "$#" -gt 0 ]; then
   build_images
+  step "building the binaries the integration tests run"
   cargo build --workspace --bins --features "$BIN_FEATURES"
-  cargo test -p integration-tests --test it -- "$@"
+  step "integration tests matching $*"
+  cargo test --workspace --test it -- "$@"
   # A filter that runs no function process leaves nothing to scan.
   if [ -d "$JETFN_TEST_LOG_DIR" ]; then
-    exec cargo run -q -p integration-tests --bin scan-logs -- "$JETFN_TEST_LOG_DIR"
+    scan_logs
   fi
   exit 0
 fi
 
-echo "==> cargo fmt --check"
+step "cargo fmt --check"
 cargo fmt --all -- --check
-echo "==> cargo clippy (production features, then with the fault-injection hooks)"
+step "cargo clippy (production features, then with the fault-injection hooks)"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --workspace --all-targets --features "$BIN_FEATURES" -- -D warnings
-echo "==> unit tests and doc tests"
+step "unit tests and doc tests"
 cargo test --workspace --exclude integration-tests
 # The committed manifests are the generator's output (shared/provision/tests/registry.rs, in the step above);
 # here they are checked against the Kubernetes schemas of the oldest and newest release we claim, and the
 # ScaledObjects against KEDA's. A few seconds.
-echo "==> Kubernetes manifests against the Kubernetes and KEDA schemas (offline)"
+step "Kubernetes manifests against the Kubernetes and KEDA schemas (offline)"
 for version in 1.30.0 1.37.0; do
   "${JETFN_TOOLS_VENV:-.tools/venv}/bin/python" tests/kubernetes/validate.py "$version" infra/deploy/kubernetes.yaml
 done
 # The events crate's tests (above) keep shared/events/asyncapi.json equal to the catalog; here the AsyncAPI project's
 # own parser (pinned in tests/asyncapi/package-lock.json, installed from npm on first use) says it is valid AsyncAPI 3.
-echo "==> the AsyncAPI document against @asyncapi/parser"
+step "the AsyncAPI document against @asyncapi/parser"
 bash tests/asyncapi/check.sh
 # The fuzz targets (proptest-driven: random inputs, shrinking, stable Rust) run a few hundred inputs each in the
-# step above; here each runs for a bounded time, about a minute in all. `just fuzz` is the long run.
-echo "==> fuzz targets, bounded (envelope decoder and validator, email composition, schedule parser)"
+# step above; here each runs for a bounded time, about a minute in all. `just fuzz` is the long run. The same
+# package selection as the step above (the targets are in events, mailer, provision and jetfn), so cargo reuses its
+# builds: `-p events -p mailer ...` resolves other features and recompiled 59 crates, jsonschema and reqwest among
+# them. --tests leaves out the doc tests, which have no fuzz target and would be compiled again.
+step "fuzz targets, bounded (envelope decoder and validator, email composition, schedule parser)"
 JETFN_FUZZ_CASES=100000000 JETFN_FUZZ_SECS=12 \
-  cargo test -p events -p mailer -p provision -p jetfn fuzz_ -- --nocapture --test-threads 2
+  cargo test --workspace --exclude integration-tests --tests fuzz_ -- --nocapture --test-threads 2
 build_images
 # Built right before the integration tests, so no other step can replace them with a build without the hooks.
-echo "==> building the binaries the integration tests run"
+step "building the binaries the integration tests run"
 cargo build --workspace --bins --features "$BIN_FEATURES"
-echo "==> integration tests (real nats-server, SMTP server, OTLP receiver, function binaries)"
-cargo test -p integration-tests --test it -- --skip compose_
+# `--workspace --test it` rather than `-p integration-tests`: the features resolve as in the unit tests' build, so
+# the test binary links the libraries built there instead of a second build of up to 44 crates with other features.
+step "integration tests (real nats-server, SMTP server, OTLP receiver, function binaries)"
+cargo test --workspace --test it -- --skip compose_
 # On its own, so its containers do not share the two cores with the tests above (tests/it/compose.rs).
-echo "==> the compose stack (images, podman-compose, a three-node cluster over TLS, every function, maildev, Phoenix)"
-cargo test -p integration-tests --test it compose_ -- --nocapture
-echo "==> no secret and no email address in clear in what the functions printed"
-cargo run -q -p integration-tests --bin scan-logs -- "$JETFN_TEST_LOG_DIR"
+step "the compose stack (images, podman-compose, a three-node cluster over TLS, every function, maildev, Phoenix)"
+cargo test --workspace --test it compose_ -- --nocapture
+step "no secret and no email address in clear in what the functions printed"
+scan_logs

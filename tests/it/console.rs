@@ -96,7 +96,8 @@ impl Console {
                 .and_then(|pair| pair.strip_prefix("jetfn_session="))
                 .map(|id| Session(id.to_owned()))
         });
-        (status, response.json().await.unwrap(), session)
+        let body = response.bytes().await.unwrap();
+        (status, serde_json::from_slice(&body).unwrap(), session)
     }
 
     async fn signed_in(&self, body: Value) -> Session {
