@@ -257,3 +257,39 @@ async fn fsyncs<T>(pid: u32, work: impl std::future::Future<Output = T>) -> (u64
         .sum();
     (count, value)
 }
+
+/// 40 events waiting, each also re-published under a new message id, then the real welcome function: its claims
+/// and dones go to the ledger in groups (atomic batches where eight or more are ready), the copies' claims of the
+/// same keys make batches refused and their writes retried alone, and each event still gets exactly one email.
+#[tokio::test]
+async fn events_arriving_together_get_one_email_each_through_batched_ledger_writes() {
+    const EVENTS: usize = 40;
+    let system = crate::support::System::start().await;
+    for index in 0..EVENTS {
+        let event = events::CloudEvent::new(
+            "/signup",
+            crate::support::user(&format!("batch{index}@example.com"), "Batch"),
+        );
+        system.publisher.publish_event(&event).await.unwrap();
+        let bytes = serde_json::to_vec(&event).unwrap();
+        system.publish_raw("events.users.registered", &bytes).await;
+    }
+    let _welcome = system.welcome().await;
+    system
+        .smtp
+        .wait_for_messages(EVENTS, crate::support::WAIT)
+        .await;
+    system.wait_settled("welcome").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut recipients: Vec<String> = system
+        .smtp
+        .messages()
+        .iter()
+        .flat_map(|mail| mail.rcpt_to.clone())
+        .collect();
+    recipients.sort();
+    let count = recipients.len();
+    recipients.dedup();
+    assert_eq!(count, EVENTS, "one email per event");
+    assert_eq!(recipients.len(), EVENTS, "every event's own recipient");
+}
