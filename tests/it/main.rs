@@ -16,6 +16,7 @@ mod dashboard;
 mod delays;
 mod dlq;
 mod dlq_attempts;
+mod durable_writes;
 mod emails;
 mod function_cli;
 mod harness_selftest;

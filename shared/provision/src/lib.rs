@@ -60,6 +60,12 @@ pub struct Bucket {
     /// Allow per-key TTLs (`create_with_ttl`); needs server 2.11+.
     #[serde(default)]
     pub per_key_ttl: bool,
+    /// Allow atomic batch publish on the bucket's stream (nats-server 2.12+): the ledger then commits the claims,
+    /// and the dones, of messages running at the same time as one batch each, a few fsyncs instead of one per
+    /// write. For servers with `sync_interval: always` (the shipped setting); with a periodic sync there is no
+    /// fsync to save and a batch costs the server more CPU than the writes alone (tests/bench/ANALYSIS.md, 8).
+    #[serde(default)]
+    pub atomic_batches: bool,
     /// Copies in a cluster; usually set per environment with `--replicas` rather than in the file.
     #[serde(default = "one_replica")]
     pub num_replicas: usize,

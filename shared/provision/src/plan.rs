@@ -306,6 +306,7 @@ impl Definitions {
                             .map_err(anyhow::Error::from)
                     };
                     applied.with_context(|| format!("applying KV bucket {}", bucket.bucket))?;
+                    allow_atomic_batches(js, bucket).await?;
                 }
                 Kind::Consumer => {
                     let (stream_name, config) = &self.consumers[change.index];
@@ -376,6 +377,22 @@ async fn consumer_config(
     }
 }
 
+/// `kv::Config` has no field for atomic batches, and creating or updating a bucket through it leaves them off:
+/// set the stream's flag to the file's afterwards.
+async fn allow_atomic_batches(js: &jetstream::Context, bucket: &Bucket) -> anyhow::Result<()> {
+    let name = format!("KV_{}", bucket.bucket);
+    let mut config = stream_config(js, &name)
+        .await?
+        .with_context(|| format!("KV bucket {} has no stream {name}", bucket.bucket))?;
+    if config.allow_atomic_publish != bucket.atomic_batches {
+        config.allow_atomic_publish = bucket.atomic_batches;
+        js.update_stream(config)
+            .await
+            .with_context(|| format!("allowing atomic batches on KV bucket {}", bucket.bucket))?;
+    }
+    Ok(())
+}
+
 /// A bucket as the file spells it, so a change is shown with the file's keys.
 fn bucket_view(bucket: &Bucket) -> Value {
     json!({
@@ -384,6 +401,7 @@ fn bucket_view(bucket: &Bucket) -> Value {
         "history": bucket.history,
         "max_value_size": bucket.max_value_size,
         "per_key_ttl": bucket.per_key_ttl,
+        "atomic_batches": bucket.atomic_batches,
         "num_replicas": bucket.num_replicas,
     })
 }
@@ -396,6 +414,7 @@ fn kv_view(config: &jetstream::stream::Config) -> Value {
         "history": config.max_messages_per_subject,
         "max_value_size": config.max_message_size,
         "per_key_ttl": config.allow_message_ttl,
+        "atomic_batches": config.allow_atomic_publish,
         "num_replicas": config.num_replicas,
     })
 }

@@ -166,6 +166,7 @@ pub(crate) const BUCKET: &[Field] = &[
     f("history", Ty::UInt),
     f("max_value_size", Ty::Int),
     f("per_key_ttl", Ty::Bool),
+    f("atomic_batches", Ty::Bool),
     f("num_replicas", Ty::UInt),
 ];
 

@@ -29,6 +29,7 @@ use bytes::Bytes;
 use crate::JobError;
 use protocol::{Conflict, Verdict};
 
+mod batch;
 pub(crate) mod protocol;
 pub mod window;
 
@@ -66,11 +67,19 @@ struct Inner {
     store: kv::Store,
     function: String,
     lease: Duration,
-    /// Admits [`CLAIMS_IN_FLIGHT`] claim writes at a time; `done` writes never wait for it.
+    /// Admits [`CLAIMS_IN_FLIGHT`] single claim writes at a time; `done` writes never wait for it.
     claims: tokio::sync::Semaphore,
+    /// Claims, and separately dones, of messages running at the same time committed as one atomic batch each
+    /// (`batch.rs`); `None` writes every key alone.
+    batches: Option<Batches>,
 }
 
-/// Claim writes one process keeps in flight at once. The server appends a bucket's writes one after another (with
+struct Batches {
+    claims: batch::Batcher,
+    dones: batch::Batcher,
+}
+
+/// Single claim writes one process keeps in flight at once (a claim batch is one more, whatever its size). The server appends a bucket's writes one after another (with
 /// `sync_interval: always`, an fsync each, or one per group that arrived together), so a `done` waits behind every
 /// write sent before it: with a claim per message in flight, that queue was the duplicate window. Capping claims,
 /// and never `done`, bounds the queue ahead of a `done` to these claims plus the `done` writes of effects that
@@ -117,12 +126,39 @@ impl<T> Outcome<T> {
 impl Ledger {
     /// A ledger for `function` on an existing bucket.
     pub fn new(store: kv::Store, function: &str, lease: Duration) -> Self {
+        Self::build(store, function, lease, None)
+    }
+
+    /// A ledger whose claims and dones of concurrent messages go to the server as atomic batches over `client`
+    /// (when the bucket allows them; otherwise one by one, as [`Ledger::new`] writes).
+    pub fn batched(
+        store: kv::Store,
+        function: &str,
+        lease: Duration,
+        client: async_nats::Client,
+    ) -> Self {
+        Self::build(store, function, lease, Some(client))
+    }
+
+    fn build(
+        store: kv::Store,
+        function: &str,
+        lease: Duration,
+        client: Option<async_nats::Client>,
+    ) -> Self {
+        let batches = client.and_then(|client| {
+            Some(Batches {
+                claims: batch::Batcher::new(client.clone(), &store)?,
+                dones: batch::Batcher::new(client, &store)?,
+            })
+        });
         Self {
             backend: Backend::Kv(std::sync::Arc::new(Inner {
                 store,
                 function: function.to_owned(),
                 lease,
                 claims: tokio::sync::Semaphore::new(CLAIMS_IN_FLIGHT),
+                batches,
             })),
         }
     }
@@ -284,15 +320,22 @@ impl Inner {
     }
 
     async fn claim(&self, key: &str) -> Result<Claim, JobError> {
-        for _ in 0..5 {
+        for attempt in 0..5 {
             let token = uuid::Uuid::now_v7().simple().to_string();
-            let created = {
+            let value = self.pending_value(&token);
+            let batched = match &self.batches {
+                Some(batches) if attempt == 0 => batches.claims.write(key, 0, value.clone()).await,
+                _ => None,
+            };
+            let created = if let Some(revision) = batched {
+                Ok(revision)
+            } else {
                 let _admitted = self
                     .claims
                     .acquire()
                     .await
                     .map_err(|_| JobError::transient(anyhow::anyhow!("ledger closed")))?;
-                self.store.create(key, self.pending_value(&token)).await
+                self.store.create(key, value).await
             };
             match created {
                 Ok(revision) => return Ok(Claim::Claimed { token, revision }),
@@ -313,6 +356,13 @@ impl Inner {
                 continue;
             }
             let found = protocol::parse(&entry.value);
+            // Our own claim: a batch whose commit reply was lost had landed after all.
+            if protocol::conflict(Some(&found), &token) == Conflict::Ours {
+                return Ok(Claim::Claimed {
+                    token,
+                    revision: entry.revision,
+                });
+            }
             let age = if matches!(found, protocol::Value::Pending(_)) {
                 let now = self.server_now().await?;
                 duration_between(entry.created, now)
@@ -405,6 +455,17 @@ impl Inner {
     /// claim is left pending and another attempt takes it over one lease (server time) after the last renewal.
     async fn mark_done(&self, held: &Held<'_>, decision: Option<&str>) {
         let value = Bytes::from(protocol::done(now_ms(), decision));
+        if let Some(batches) = &self.batches {
+            let current = held.revision.load(Ordering::Acquire);
+            if batches
+                .dones
+                .write(held.key, current, value.clone())
+                .await
+                .is_some()
+            {
+                return;
+            }
+        }
         let mut delay = Duration::from_millis(20);
         let mut failures = 0_u32;
         loop {

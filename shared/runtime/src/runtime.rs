@@ -540,10 +540,11 @@ where
         ),
         validator: core.validator.clone(),
         keyring: core.keyring.clone(),
-        ledger: Ledger::new(
+        ledger: Ledger::batched(
             stores.ledger.clone(),
             &core.name,
             Duration::from_secs(core.job.ledger_lease_secs),
+            core.js.client(),
         ),
         handler: move |job| handler(job),
         shutdown: stop.clone(),

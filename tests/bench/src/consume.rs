@@ -107,6 +107,10 @@ pub struct Setup {
     pub cap: Duration,
     /// nats-server's process id, for its CPU time.
     pub server_pid: u32,
+    /// The ledger bucket allows atomic batches: as `infra/nats/kv/jetfn-ledger.json` advises, where the server
+    /// runs `sync_interval: always` (each write an fsync), not with a periodic sync (where a batch costs the server
+    /// more CPU than it saves).
+    pub atomic_batches: bool,
 }
 
 /// Runs one row once and returns its rate.
@@ -166,7 +170,7 @@ pub async fn run(setup: &Setup, kind: Kind) -> anyhow::Result<Rate> {
             // A fresh ledger per run: the same events are read again, and a ledger that remembered them would
             // skip every effect.
             let bucket = format!("bench-ledger-{}", short_id());
-            create_ledger(&setup.js, &bucket).await?;
+            create_ledger(&setup.js, &bucket, setup.atomic_batches).await?;
             let runtime = runtime_for(setup, &name, &bucket, "confirmed").await?;
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(runtime.serve(
@@ -225,8 +229,13 @@ pub fn cpu_secs(pid: &str) -> f64 {
     secs
 }
 
-/// A bucket configured like `infra/nats/kv/jetfn-ledger.json`.
-pub async fn create_ledger(js: &jetstream::Context, bucket: &str) -> anyhow::Result<()> {
+/// A bucket configured like `infra/nats/kv/jetfn-ledger.json`, with `atomic_batches` as given;
+/// `JETFN_BENCH_LEDGER_BATCHES=on` or `off` overrides it (the A/B of tests/bench/ANALYSIS.md, section 8).
+pub async fn create_ledger(
+    js: &jetstream::Context,
+    bucket: &str,
+    atomic_batches: bool,
+) -> anyhow::Result<()> {
     js.create_key_value(kv::Config {
         bucket: bucket.to_owned(),
         history: 1,
@@ -236,6 +245,24 @@ pub async fn create_ledger(js: &jetstream::Context, bucket: &str) -> anyhow::Res
     })
     .await
     .with_context(|| format!("creating KV bucket {bucket}"))?;
+    // `atomic_batches` in the file: the ledger commits the claims (and the dones) of concurrent messages together.
+    let atomic_batches = match std::env::var("JETFN_BENCH_LEDGER_BATCHES").as_deref() {
+        Ok("on") => true,
+        Ok("off") => false,
+        _ => atomic_batches,
+    };
+    if !atomic_batches {
+        return Ok(());
+    }
+    let mut config = js
+        .get_stream(format!("KV_{bucket}"))
+        .await?
+        .info()
+        .await?
+        .config
+        .clone();
+    config.allow_atomic_publish = true;
+    js.update_stream(config).await?;
     Ok(())
 }
 

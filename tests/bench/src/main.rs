@@ -507,6 +507,7 @@ impl<'a> Phase<'a> {
             window,
             cap: self.plan.consume_cap,
             server_pid: self.server.pid(),
+            atomic_batches: self.sync() == Sync::Always,
         };
         let kinds = [
             (
@@ -659,6 +660,7 @@ impl<'a> Phase<'a> {
             window: Window { start: 1, count: 1 },
             cap: self.plan.consume_cap,
             server_pid: self.server.pid(),
+            atomic_batches: self.sync() == Sync::Always,
         };
         let durability = self.sync().label();
         let mut rows = Vec::new();

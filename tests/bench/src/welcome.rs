@@ -167,7 +167,8 @@ impl Setup<'_> {
             + 1;
         publish::pipelined(&self.client, Via::Publisher, count).await?;
         let ledger = format!("bench-ledger-{}", short_id());
-        create_ledger(&js, &ledger).await?;
+        // Its rows run under `sync_interval: always`, the shipped setting, with the shipped bucket file.
+        create_ledger(&js, &ledger, true).await?;
         let consumer = self
             .consumer(DeliverPolicy::ByStartSequence {
                 start_sequence: start,

@@ -51,7 +51,7 @@ pub async fn run(server: &Server, plan: &Plan) -> anyhow::Result<Vec<Row>> {
     let stream = server.js.get_stream("EVENTS").await?;
     stream.create_consumer(config).await?;
     let ledger = format!("bench-ledger-{}", short_id());
-    create_ledger(&server.js, &ledger).await?;
+    create_ledger(&server.js, &ledger, false).await?; // scale servers run `sync_interval: 1s`, where batches cost more than they save (ANALYSIS 8)
     let server_before = Memory::of(server.pid());
 
     let exe = std::env::current_exe().context("locating jetfn-bench")?;

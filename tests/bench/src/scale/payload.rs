@@ -196,6 +196,7 @@ fn setup(server: &Server, window: Window) -> consume::Setup {
         window,
         cap: Duration::from_secs(30),
         server_pid: server.pid(),
+        atomic_batches: false,
     }
 }
 

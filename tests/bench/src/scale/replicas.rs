@@ -121,7 +121,7 @@ async fn once(
     let stream = server.js.get_stream("EVENTS").await?;
     stream.create_consumer(config).await?;
     let ledger = format!("bench-ledger-{}", short_id());
-    create_ledger(&server.js, &ledger).await?;
+    create_ledger(&server.js, &ledger, false).await?; // scale servers run `sync_interval: 1s`, where batches cost more than they save (ANALYSIS 8)
     let mut children = Vec::new();
     let result = async {
         for _ in 0..replicas {

@@ -1,8 +1,8 @@
 //! The ledger protocol, modelled: one key on a compare-and-set store with a server clock, attempts that claim,
 //! run an effect, renew and record `done` through the same [`judge`], [`conflict`] and [`renew_period`] the KV
 //! backend calls, and faults drawn at random from thousands of seeds: attempts racing (replicas, re-publishes,
-//! redeliveries), crashes at any step, abandoned handlers, server stalls, effects up to three leases long and
-//! clocks off by up to ten minutes. A seeded generator keeps every run reproducible; a failure names its seed.
+//! redeliveries), crashes at any step, abandoned handlers, server stalls, writes that land but whose reply is lost
+//! (a batch's commit reply, say), effects up to three leases long and clocks off by up to ten minutes. A seeded generator keeps every run reproducible; a failure names its seed.
 //!
 //! The property: an effect completes more than once only by one of the documented window events (a crash or an
 //! abandonment between the effect's end and `done` landing, or a server stall longer than the lease less one
@@ -273,7 +273,7 @@ impl World {
                     &self.attempts[index].token,
                     self.wall_ms(self.attempts[index].skew_ms),
                 );
-                match self.kv.write(self.now, value, Some(seen)) {
+                match self.write(value, Some(seen)) {
                     Write::Landed(revision) => self.start(index, revision),
                     Write::WrongRevision | Write::Down => self.attempts[index].phase = Phase::Claim,
                 }
@@ -295,7 +295,7 @@ impl World {
         let value = pending(&token, self.wall_ms(self.attempts[index].skew_ms));
         let expect = self.kv.read().map(|stored| stored.revision);
         if expect.is_none() {
-            return match self.kv.write(self.now, value, None) {
+            return match self.write(value, None) {
                 Write::Landed(revision) => {
                     self.start(index, revision);
                     true
@@ -308,6 +308,12 @@ impl World {
         }
         let stored = self.kv.read().expect("a value");
         let found = parse(stored.value.as_bytes());
+        // Its own claim, whose reply was lost: the claim is held.
+        if conflict(Some(&found), &token) == Conflict::Ours {
+            let revision = stored.revision;
+            self.start(index, revision);
+            return true;
+        }
         let age_ms = if self.rules.local_age {
             let written: u64 = stored
                 .value
@@ -360,7 +366,7 @@ impl World {
         let value = pending(&attempt.token, self.wall_ms(attempt.skew_ms));
         let expect = Some(attempt.revision);
         self.attempts[index].last_renewal = self.now;
-        match self.kv.write(self.now, value, expect) {
+        match self.write(value, expect) {
             Write::Landed(revision) => self.attempts[index].revision = revision,
             Write::WrongRevision => match self.conflict(index) {
                 Conflict::Ours => {}
@@ -373,7 +379,7 @@ impl World {
     fn mark_done(&mut self, index: usize, failures: u32) -> bool {
         let value = done(self.wall_ms(self.attempts[index].skew_ms), None);
         let expect = Some(self.attempts[index].revision);
-        match self.kv.write(self.now, value, expect) {
+        match self.write(value, expect) {
             Write::Landed(_) => false,
             Write::WrongRevision => match self.conflict(index) {
                 Conflict::Ours => true,
@@ -393,6 +399,15 @@ impl World {
                 true
             }
         }
+    }
+
+    /// A write to the key; while faults last, one in twenty that land loses its reply (the writer sees an error).
+    fn write(&mut self, value: String, expect: Option<u64>) -> Write {
+        let written = self.kv.write(self.now, value, expect);
+        if matches!(written, Write::Landed(_)) && self.now < FAULTS_END && self.rng.chance(5) {
+            return Write::Down;
+        }
+        written
     }
 
     /// After a CAS met another revision, as `settle_conflict` does: adopt the revision while the claim is ours.

@@ -1,0 +1,295 @@
+//! What nats-server 2.15 does with an atomic batch of KV writes (issue 13), pinned against a real server: the
+//! ledger's analysis of durable writes per event (tests/bench/ANALYSIS.md, section 8, and ARCHITECTURE.md,
+//! "Idempotency") relies on these answers.
+//!
+//! - The provisioned ledger bucket's stream accepts `allow_atomic_publish`, and the KV API keeps working on it.
+//! - Inside a batch each write may carry its own `Nats-Expected-Last-Subject-Sequence` (the KV CAS: 0 for a
+//!   create, the revision for an update), checked at the commit against the stream as it was before the batch.
+//! - One write whose expectation fails rejects the whole batch with that write's error (10071, wrong last
+//!   sequence) and stores none of it.
+//! - On one node with `sync_interval: always`, N separate KV writes cost the server N fsyncs, and a committed batch
+//!   of N writes a few, whatever N: the batch is staged in a store of its own (created, synced and removed per
+//!   batch), and the commit appends the N messages to the bucket's block and syncs it once (`strace` counts it).
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use provision::Definitions;
+use serde_json::Value;
+use testkit::{NatsServer, SyncInterval};
+
+const LEDGER: &str = "jetfn-ledger";
+
+/// A server with `sync_interval: always` and the repository's definitions applied: the ledger's bucket allows
+/// atomic batches (`atomic_batches` in its file), which provision sets on the bucket's stream.
+async fn provisioned() -> (NatsServer, async_nats::Client, kv::Store) {
+    let nats = NatsServer::builder()
+        .sync_interval(SyncInterval::Always)
+        .start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/nats");
+    let mut definitions = Definitions::load(&root).expect("infra/nats loads");
+    definitions.schedules.clear();
+    definitions.apply(&js).await.expect("infra/nats applies");
+    let config = js
+        .get_stream(format!("KV_{LEDGER}"))
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    assert!(
+        config.allow_atomic_publish,
+        "a KV bucket's stream takes allow_atomic_publish"
+    );
+    // Applying the same definitions again changes nothing (the flag is compared like the bucket's other fields).
+    let plan = definitions.plan(&js).await.unwrap();
+    assert!(
+        plan.changes
+            .iter()
+            .all(|change| change.action == provision::Action::Unchanged),
+        "a second apply is a no-op"
+    );
+    let store = js.get_key_value(LEDGER).await.unwrap();
+    (nats, client, store)
+}
+
+/// Sends `writes` (key, expected last subject sequence, value) as one atomic batch; only the commit is a request.
+/// Returns the commit's reply as JSON.
+async fn batch(client: &async_nats::Client, writes: &[(&str, u64, &str)]) -> Value {
+    let id = unique();
+    for (index, (key, expected, value)) in writes.iter().enumerate() {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Batch-Id", id.as_str());
+        headers.insert("Nats-Batch-Sequence", (index + 1).to_string().as_str());
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            expected.to_string().as_str(),
+        );
+        let subject = format!("$KV.{LEDGER}.{key}");
+        let payload = Bytes::from(value.to_string());
+        if index + 1 == writes.len() {
+            headers.insert("Nats-Batch-Commit", "1");
+            let reply = client
+                .request_with_headers(subject, headers, payload)
+                .await
+                .expect("the commit is answered");
+            return serde_json::from_slice(&reply.payload).expect("a JSON pub ack");
+        }
+        client
+            .publish_with_headers(subject, headers, payload)
+            .await
+            .unwrap();
+    }
+    unreachable!("a batch has a commit")
+}
+
+/// An id no other batch or file of this run has.
+fn unique() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let next = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{nanos:x}-{next}", std::process::id())
+}
+
+async fn value(store: &kv::Store, key: &str) -> Option<(String, u64)> {
+    store
+        .entry(key)
+        .await
+        .unwrap()
+        .filter(|entry| entry.operation == kv::Operation::Put)
+        .map(|entry| {
+            (
+                String::from_utf8_lossy(&entry.value).into_owned(),
+                entry.revision,
+            )
+        })
+}
+
+#[tokio::test]
+async fn an_atomic_batch_of_ledger_writes_checks_each_key_and_stores_all_or_nothing() {
+    let (_nats, client, store) = provisioned().await;
+
+    // The KV API still works on the bucket.
+    let alone = store.create("f.alone", "pending a 1".into()).await.unwrap();
+
+    // Three creates (expected 0) in one batch: all stored, on consecutive sequences, the ack naming the batch.
+    let ack = batch(
+        &client,
+        &[
+            ("f.a", 0, "pending a 1"),
+            ("f.b", 0, "pending b 1"),
+            ("f.c", 0, "pending c 1"),
+        ],
+    )
+    .await;
+    assert!(ack.get("error").is_none(), "the batch commits: {ack}");
+    assert_eq!(ack["count"], 3, "{ack}");
+    let last = ack["seq"].as_u64().unwrap();
+    assert_eq!(last, alone + 3);
+    for (key, revision) in [("f.a", last - 2), ("f.b", last - 1), ("f.c", last)] {
+        let (text, found) = value(&store, key).await.expect("stored");
+        assert!(text.starts_with("pending"), "{key}: {text}");
+        assert_eq!(found, revision, "{key}");
+    }
+
+    // A create of a key that exists, in a batch with two good updates: the whole batch is refused with the
+    // conflicting write's error, and none of it is stored.
+    let refused = batch(
+        &client,
+        &[
+            ("f.a", last - 2, "done 2"),
+            ("f.b", 0, "pending x 2"),
+            ("f.c", last, "done 2"),
+        ],
+    )
+    .await;
+    assert_eq!(refused["error"]["err_code"], 10071, "{refused}");
+    assert_eq!(refused["error"]["code"], 400, "{refused}");
+    for key in ["f.a", "f.b", "f.c"] {
+        let (text, _) = value(&store, key).await.unwrap();
+        assert!(text.starts_with("pending"), "{key} unchanged: {text}");
+    }
+    // A wrong revision on an update is refused the same way.
+    let stale = batch(
+        &client,
+        &[("f.a", last - 2, "done 3"), ("f.b", last - 2, "done 3")],
+    )
+    .await;
+    assert_eq!(stale["error"]["err_code"], 10071, "{stale}");
+    assert!(value(&store, "f.a").await.unwrap().0.starts_with("pending"));
+
+    // The same updates with the right revisions commit together.
+    let done = batch(
+        &client,
+        &[
+            ("f.a", last - 2, "done 4"),
+            ("f.b", last - 1, "done 4"),
+            ("f.c", last, "done 4"),
+        ],
+    )
+    .await;
+    assert!(done.get("error").is_none(), "{done}");
+    for key in ["f.a", "f.b", "f.c"] {
+        assert_eq!(value(&store, key).await.unwrap().0, "done 4");
+    }
+}
+
+#[tokio::test]
+async fn a_committed_atomic_batch_costs_a_few_fsyncs_whatever_its_size() {
+    const N: usize = 64;
+    let (nats, client, store) = provisioned().await;
+    let pid = nats.pid().expect("nats-server runs");
+
+    let singles: Vec<String> = (0..N).map(|i| format!("f.single{i}")).collect();
+    let (single_fsyncs, created) = fsyncs(pid, async {
+        futures::future::join_all(
+            singles
+                .iter()
+                .map(|key| store.create(key, Bytes::from_static(b"pending t 1"))),
+        )
+        .await
+    })
+    .await;
+    assert!(created.iter().all(Result::is_ok));
+
+    let keys: Vec<String> = (0..N).map(|i| format!("f.batched{i}")).collect();
+    let writes: Vec<(&str, u64, &str)> = keys
+        .iter()
+        .map(|key| (key.as_str(), 0, "pending t 1"))
+        .collect();
+    let (batch_fsyncs, ack) = fsyncs(pid, batch(&client, &writes)).await;
+    assert_eq!(ack["count"], N, "{ack}");
+
+    let n = u64::try_from(N).unwrap();
+    // Background work (consumer state files, written at most ten times a second) may add a few.
+    assert!(
+        (n..n + 8).contains(&single_fsyncs),
+        "separate writes: {single_fsyncs} fsyncs for {N} writes"
+    );
+    // 2.15.1: the staging store's directory twice, its block once, the bucket's block once.
+    assert!(
+        batch_fsyncs <= 8,
+        "one batch: {batch_fsyncs} fsyncs for {N} writes"
+    );
+}
+
+/// The fsync and fdatasync calls nats-server (`pid`, all threads) makes while `work` runs, counted by strace.
+async fn fsyncs<T>(pid: u32, work: impl std::future::Future<Output = T>) -> (u64, T) {
+    let out = std::env::temp_dir().join(format!("jetfn-fsyncs-{}.txt", unique()));
+    let mut strace = Command::new("strace")
+        .args(["-f", "-c", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(&out)
+        .args(["-p", &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("strace is installed (the test counts the server's fsyncs)");
+    // strace prints nothing until it is attached to every thread; give it time.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let value = work.await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopped = Command::new("kill")
+        .args(["-INT", &strace.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success(), "stop strace");
+    let status = strace.wait().unwrap();
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let _ = std::fs::remove_file(&out);
+    assert!(
+        text.contains("total"),
+        "strace attached to nats-server ({status}): {text}"
+    );
+    let count = text
+        .lines()
+        .filter(|line| line.ends_with("fsync") || line.ends_with("fdatasync"))
+        .filter_map(|line| line.split_whitespace().nth(3)?.parse::<u64>().ok())
+        .sum();
+    (count, value)
+}
+
+/// 40 events waiting, each also re-published under a new message id, then the real welcome function: its claims
+/// and dones go to the ledger in groups (atomic batches where eight or more are ready), the copies' claims of the
+/// same keys make batches refused and their writes retried alone, and each event still gets exactly one email.
+#[tokio::test]
+async fn events_arriving_together_get_one_email_each_through_batched_ledger_writes() {
+    const EVENTS: usize = 40;
+    let system = crate::support::System::start().await;
+    for index in 0..EVENTS {
+        let event = events::CloudEvent::new(
+            "/signup",
+            crate::support::user(&format!("batch{index}@example.com"), "Batch"),
+        );
+        system.publisher.publish_event(&event).await.unwrap();
+        let bytes = serde_json::to_vec(&event).unwrap();
+        system.publish_raw("events.users.registered", &bytes).await;
+    }
+    let _welcome = system.welcome().await;
+    system
+        .smtp
+        .wait_for_messages(EVENTS, crate::support::WAIT)
+        .await;
+    system.wait_settled("welcome").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut recipients: Vec<String> = system
+        .smtp
+        .messages()
+        .iter()
+        .flat_map(|mail| mail.rcpt_to.clone())
+        .collect();
+    recipients.sort();
+    let count = recipients.len();
+    recipients.dedup();
+    assert_eq!(count, EVENTS, "one email per event");
+    assert_eq!(recipients.len(), EVENTS, "every event's own recipient");
+}
