@@ -81,6 +81,8 @@ pub async fn send_once<T>(
         &idempotency_key,
     )
     .map_err(job_error)?;
+    // The first email of a process (or after every connection closed) connects while the ledger claims.
+    mailer.warm();
     match job
         .once(effect, || async {
             mailer.send(message).await.map_err(job_error)

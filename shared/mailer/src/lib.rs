@@ -34,6 +34,7 @@ mod config;
 mod error;
 pub mod format;
 mod jobs;
+mod pool;
 pub mod snapshot;
 #[cfg(any(test, feature = "testing"))]
 mod stub;

@@ -2,13 +2,12 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use events::pii::Masked;
 use lettre::message::Mailbox;
-use lettre::transport::smtp::{AsyncSmtpTransportBuilder, PoolConfig};
-use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{AsyncFileTransport, AsyncTransport, Message, Tokio1Executor};
 use tracing::Instrument;
 use tracing::field::Empty;
 
@@ -46,38 +45,26 @@ enum Transport {
     Stub(crate::stub::Stub),
 }
 
-/// The SMTP pool, replaced as a whole when a send times out.
+/// SMTP delivery: our pool of lettre connections (every socket with `TCP_NODELAY`; see `pool.rs` for why it is
+/// ours), a cap on concurrent sends, and a limit on each send.
 ///
-/// lettre's pool `max_size` bounds only the idle connections it keeps: under load it opens one connection per
-/// concurrent send, so `sends` (`SMTP_POOL_MAX` permits) caps the transactions, and with them the connections,
-/// one process has open. A server's per-client limit (Postfix: 50) would otherwise answer 421 and open the
-/// breaker.
+/// A pool bounds only the idle connections it keeps: under load it opens one connection per concurrent send, so
+/// `sends` (`SMTP_POOL_MAX` permits) caps the transactions, and with them the connections, one process has open.
+/// A server's per-client limit (Postfix: 50) would otherwise answer 421 and open the breaker.
 ///
 /// lettre applies its timeout only to the TCP connect: a server that stalls later (TLS handshake, any command)
-/// would hold the send forever, so the whole send runs under `SMTP_TIMEOUT_SECS`. Cancelling a send mid-command
-/// hands a connection with an unread reply back to lettre's pool, and the next email on it would read that stale
-/// reply as its own; so a timeout also retires the pool (its connections close once in-flight sends finish).
+/// would hold the send forever, so the whole send runs under `SMTP_TIMEOUT_SECS`. A send cancelled by it drops its
+/// connection instead of parking it: the server may still answer the abandoned command, and the next email on that
+/// connection would read the reply as its own.
 struct Smtp {
-    builder: AsyncSmtpTransportBuilder,
+    pool: crate::pool::Pool,
     timeout: Duration,
     sends: tokio::sync::Semaphore,
-    /// (generation, pool); the generation keeps concurrent timeouts from retiring a pool more than once.
-    current: RwLock<(u64, AsyncSmtpTransport<Tokio1Executor>)>,
+    /// `SMTP_POOL_MAX`: the permits of `sends`.
+    max: usize,
 }
 
 impl Smtp {
-    fn current(&self) -> (u64, AsyncSmtpTransport<Tokio1Executor>) {
-        let guard = self.current.read().unwrap_or_else(PoisonError::into_inner);
-        (guard.0, guard.1.clone())
-    }
-
-    fn retire(&self, generation: u64) {
-        let mut guard = self.current.write().unwrap_or_else(PoisonError::into_inner);
-        if guard.0 == generation {
-            *guard = (generation + 1, self.builder.clone().build());
-        }
-    }
-
     async fn permit(&self) -> tokio::sync::SemaphorePermit<'_> {
         self.sends
             .acquire()
@@ -87,29 +74,56 @@ impl Smtp {
 
     async fn probe(&self) -> Result<(), SendError> {
         let _permit = self.permit().await;
-        let (_, transport) = self.current();
-        match tokio::time::timeout(self.timeout, transport.test_connection()).await {
-            Ok(Ok(true)) => Ok(()),
-            Ok(Ok(false)) => Err(SendError::Connection {
-                detail: "the server did not answer NOOP".to_owned(),
-            }),
-            Ok(Err(e)) => Err(SendError::from_smtp(&e)),
-            Err(_elapsed) => Err(SendError::Timeout),
+        let probe = async {
+            let mut checkout = self.pool.get().await?;
+            if checkout.conn().test_connected().await {
+                checkout.done();
+                Ok(())
+            } else {
+                Err(SendError::Connection {
+                    detail: "the server did not answer NOOP".to_owned(),
+                })
+            }
+        };
+        tokio::time::timeout(self.timeout, probe)
+            .await
+            .unwrap_or(Err(SendError::Timeout))
+    }
+
+    /// Opens a connection ahead of a send when none is open, within a send permit and `SMTP_TIMEOUT_SECS`.
+    async fn warm(&self) {
+        let Ok(_permit) = self.sends.try_acquire() else {
+            return;
+        };
+        match tokio::time::timeout(self.timeout, self.pool.warm()).await {
+            Ok(Ok(())) => {}
+            // The send this precedes opens its own connection and reports what goes wrong.
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, "opening an SMTP connection ahead failed")
+            }
+            Err(_elapsed) => tracing::debug!("opening an SMTP connection ahead timed out"),
         }
+    }
+
+    /// No connection idle and no send under way: the next send would connect first.
+    fn is_cold(&self) -> bool {
+        self.sends.available_permits() == self.max && self.pool.is_empty()
     }
 
     async fn send(&self, message: Message) -> Result<Delivery, SendError> {
         // Waiting for a permit is not part of SMTP_TIMEOUT_SECS: only the server's own slowness is.
         let _permit = self.permit().await;
-        let (generation, transport) = self.current();
-        match tokio::time::timeout(self.timeout, transport.send(message)).await {
-            Ok(Ok(_)) => Ok(Delivery::Smtp),
-            Ok(Err(e)) => Err(SendError::from_smtp(&e)),
-            Err(_elapsed) => {
-                self.retire(generation);
-                Err(SendError::Timeout)
-            }
-        }
+        let raw = message.formatted();
+        let send = async {
+            let mut checkout = self.pool.get().await?;
+            let sent = checkout.conn().send(message.envelope(), &raw).await;
+            checkout.done();
+            sent.map(|_| Delivery::Smtp)
+                .map_err(|e| SendError::from_smtp(&e))
+        };
+        tokio::time::timeout(self.timeout, send)
+            .await
+            .unwrap_or(Err(SendError::Timeout))
     }
 }
 
@@ -163,20 +177,13 @@ impl Mailer {
                     );
                 }
                 let timeout = Duration::from_secs(config.smtp_timeout_secs);
-                let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose())
-                    .map_err(|e| ConfigError::SmtpUrl {
-                        reason: e.to_string(),
-                    })?
-                    .timeout(Some(timeout))
-                    .pool_config(PoolConfig::new().max_size(config.smtp_pool_max));
-                let current = RwLock::new((0, builder.clone().build()));
+                let server = crate::pool::Server::from_url(url.expose(), timeout)?;
+                let max = usize::try_from(config.smtp_pool_max).unwrap_or(usize::MAX);
                 Transport::Smtp(Box::new(Smtp {
-                    builder,
+                    pool: crate::pool::Pool::new(server, max, crate::pool::IDLE_TIMEOUT),
                     timeout,
-                    sends: tokio::sync::Semaphore::new(
-                        usize::try_from(config.smtp_pool_max).unwrap_or(usize::MAX),
-                    ),
-                    current,
+                    sends: tokio::sync::Semaphore::new(max),
+                    max,
                 }))
             }
             None => {
@@ -236,6 +243,24 @@ impl Mailer {
     /// A [`SendError`]; ask it [`is_transient`](SendError::is_transient) to decide between retry and dead-letter.
     pub async fn send(&self, message: Message) -> Result<Delivery, SendError> {
         self.send_inner(message).await
+    }
+
+    /// Starts opening an SMTP connection in the background if none is open, so that a send shortly after finds it
+    /// ready: [`send_once`](crate::send_once) calls it before the ledger's claim, which the connect (and TLS and
+    /// AUTH) then overlaps. A no-op for the file transport and while connections are open or in use.
+    pub(crate) fn warm(&self) {
+        let Transport::Smtp(smtp) = &self.inner.transport else {
+            return;
+        };
+        if !smtp.is_cold() {
+            return;
+        }
+        let mailer = self.clone();
+        tokio::spawn(async move {
+            if let Transport::Smtp(smtp) = &mailer.inner.transport {
+                smtp.warm().await;
+            }
+        });
     }
 
     /// Checks that the SMTP server answers (connect, EHLO, NOOP, QUIT) within `SMTP_TIMEOUT_SECS`; the file
@@ -680,6 +705,29 @@ mod tests {
             server.peak_sessions() <= 2,
             "{} connections were open at once with SMTP_POOL_MAX=2",
             server.peak_sessions()
+        );
+    }
+
+    #[tokio::test]
+    async fn warming_opens_the_connection_the_next_send_uses_and_only_when_none_is_open() {
+        let server = SmtpServer::start();
+        let url = format!("smtp://jetfn:hunter2@{}", server.addr());
+        let mailer = Mailer::new(smtp_config(url, 5)).expect("mailer");
+        mailer.warm();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while server.total_sessions() == 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(server.total_sessions(), 1, "warming connected");
+        mailer.send(message("ada@example.com")).await.expect("sent");
+        mailer.warm();
+        mailer.send(message("bob@example.com")).await.expect("sent");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(server.count(), 2);
+        assert_eq!(
+            server.total_sessions(),
+            1,
+            "both emails went over the warmed connection; warming with one open is a no-op"
         );
     }
 

@@ -132,15 +132,17 @@ struct Faults {
     hidden_extensions: Vec<String>,
 }
 
-/// How many of something are open now, and the most that ever were at once.
+/// How many of something are open now, the most that ever were at once, and how many were ever opened.
 #[derive(Default)]
 struct Gauge {
     now: AtomicUsize,
     peak: AtomicUsize,
+    total: AtomicUsize,
 }
 
 impl Gauge {
     fn enter(&self) -> GaugeGuard<'_> {
+        self.total.fetch_add(1, Ordering::SeqCst);
         let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
         GaugeGuard(self)
@@ -363,6 +365,16 @@ impl SmtpServer {
     /// The most connections that were open at once since the server started: a client's real connection cap.
     pub fn peak_sessions(&self) -> usize {
         self.shared.sessions.peak.load(Ordering::SeqCst)
+    }
+
+    /// The connections open now.
+    pub fn sessions(&self) -> usize {
+        self.shared.sessions.now.load(Ordering::SeqCst)
+    }
+
+    /// How many connections were accepted since the server started: a pool's reuse shows as fewer than emails.
+    pub fn total_sessions(&self) -> usize {
+        self.shared.sessions.total.load(Ordering::SeqCst)
     }
 
     /// The most mail transactions (`MAIL` accepted, end of DATA not yet answered) open at once since the server

@@ -94,6 +94,16 @@ struct Args {
     /// runtime-ledger), for profiling one.
     #[arg(long, value_delimiter = ',')]
     consume: Vec<String>,
+    /// The welcome binary the welcome rows run (default: target/release/welcome), for before/after runs of two
+    /// builds in one session.
+    #[arg(long)]
+    welcome_bin: Option<PathBuf>,
+    /// `SMTP_POOL_MAX` of the welcome function in its emails/s rows (what it ships with: 8).
+    #[arg(long, default_value_t = 8)]
+    welcome_pool: u32,
+    /// `max_ack_pending` of the welcome rows' consumer (default: infra/nats's welcome consumer, unchanged).
+    #[arg(long)]
+    welcome_max_ack_pending: Option<i64>,
     /// The nats-server binary (default: the test kit's lookup: .tools/venv, then PATH).
     #[arg(long, env = "NATS_SERVER_BIN")]
     nats_server: Option<PathBuf>,
@@ -249,8 +259,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             not_measured.extend(skipped);
         }
         let last = Some(&sync) == syncs.last();
-        if (wants(Section::Welcome) || start_only) && last {
-            match phase.welcome(&root, start_only).await {
+        // emails/s under every durability; cold start and memory once, under the last (`always` in a full run).
+        if wants(Section::Welcome) || (start_only && last) {
+            match phase.welcome(&root, start_only, last, &args).await {
                 Ok(welcome) => rows.extend(welcome),
                 Err(err) => {
                     eprintln!("welcome rows failed: {err:#}");
@@ -720,8 +731,17 @@ impl<'a> Phase<'a> {
         Ok((rows, skipped))
     }
 
-    async fn welcome(&self, root: &Path, start_only: bool) -> anyhow::Result<Vec<Row>> {
-        let bin = root.join("target/release/welcome");
+    async fn welcome(
+        &self,
+        root: &Path,
+        start_only: bool,
+        last: bool,
+        args: &Args,
+    ) -> anyhow::Result<Vec<Row>> {
+        let bin = args
+            .welcome_bin
+            .clone()
+            .unwrap_or_else(|| root.join("target/release/welcome"));
         if !bin.exists() {
             bail!(
                 "{} is missing: `cargo build --release -p welcome`",
@@ -729,14 +749,23 @@ impl<'a> Phase<'a> {
             );
         }
         let sink = testkit::SmtpServer::start_sink();
+        let mut template = self.template.clone();
+        if let Some(max) = args.welcome_max_ack_pending {
+            template.max_ack_pending = max;
+        }
         let setup = welcome::Setup {
             bin: &bin,
             url: self.server.url(),
             client: self.client.clone(),
-            template: self.template.clone(),
+            template,
             sink: &sink,
+            server_pid: self.server.pid(),
+            pool: args.welcome_pool,
         };
         let durability = self.sync().label();
+        if !last {
+            return self.welcome_emails(&setup).await;
+        }
         let cold_starts = if start_only {
             self.plan.runs.max(self.plan.cold_starts)
         } else {
@@ -780,33 +809,10 @@ impl<'a> Phase<'a> {
                 ),
             ]);
         }
-        let mut rates = Vec::new();
-        let mut peaks = Vec::new();
-        for run in 0..self.plan.runs {
-            let (rate, memory) = setup.emails(self.plan.emails).await?;
-            eprintln!(
-                "  welcome emails run {}: {rate:.0} emails/s, peak RSS {} KiB",
-                run + 1,
-                memory.peak_kib
-            );
-            rates.push(rate);
-            #[allow(clippy::cast_precision_loss)]
-            peaks.push(memory.peak_kib as f64 / 1024.0);
-        }
+        let mut rows = self.welcome_emails(&setup).await?;
         #[allow(clippy::cast_precision_loss)]
         let idle_mib = idle.rss_kib as f64 / 1024.0;
-        Ok(vec![
-            Row::rate(
-                "welcome/emails".to_owned(),
-                "The welcome function (target/release/welcome)",
-                format!(
-                    "emails/s into a local SMTP sink ({} events; SMTP pool 8; max_ack_pending {})",
-                    self.plan.emails, self.template.max_ack_pending
-                ),
-                &durability,
-                "emails/s",
-                rates,
-            ),
+        rows.extend([
             Row::rate(
                 "welcome/cold-start".to_owned(),
                 "The welcome function (target/release/welcome)",
@@ -823,8 +829,74 @@ impl<'a> Phase<'a> {
                 "MiB",
                 vec![idle_mib],
             ),
+        ]);
+        Ok(rows)
+    }
+
+    /// The emails/s row under this durability, with what each process spent per email and what bounds the rate,
+    /// and the peak memory after it.
+    async fn welcome_emails(&self, setup: &welcome::Setup<'_>) -> anyhow::Result<Vec<Row>> {
+        let durability = self.sync().label();
+        let mut runs = Vec::new();
+        for run in 0..self.plan.runs {
+            let emails = setup.emails(self.plan.emails).await?;
+            eprintln!(
+                "  welcome emails run {}: {:.0} emails/s, peak RSS {} KiB; CPU µs per email: welcome {:.0}, \
+                 nats-server {:.0}, sink {:.0}",
+                run + 1,
+                emails.rate,
+                emails.memory.peak_kib,
+                emails.cpu_us.welcome,
+                emails.cpu_us.nats,
+                emails.cpu_us.sink,
+            );
+            runs.push(emails);
+        }
+        let of = |f: &dyn Fn(&welcome::EmailsRun) -> f64| {
+            stats::median(&runs.iter().map(f).collect::<Vec<_>>())
+        };
+        let cpu = welcome::Cpu {
+            welcome: of(&|r| r.cpu_us.welcome),
+            nats: of(&|r| r.cpu_us.nats),
+            sink: of(&|r| r.cpu_us.sink),
+        };
+        let busy = welcome::Cpu {
+            welcome: of(&|r| r.busy.welcome),
+            nats: of(&|r| r.busy.nats),
+            sink: of(&|r| r.busy.sink),
+        };
+        let mut emails = Row::rate(
+            self.id("welcome/emails"),
+            "The welcome function (target/release/welcome)",
+            format!(
+                "emails/s into a local SMTP sink ({} events; SMTP pool {}; max_ack_pending {})",
+                self.plan.emails, setup.pool, setup.template.max_ack_pending
+            ),
+            &durability,
+            "emails/s",
+            runs.iter().map(|r| r.rate).collect(),
+        );
+        emails.note = format!(
+            "CPU per email: welcome {:.0} µs, nats-server {:.0} µs, sink {:.0} µs; busy: welcome {:.0}%, \
+             nats-server {:.0}%, sink {:.0}% of a core; bound: {}",
+            cpu.welcome,
+            cpu.nats,
+            cpu.sink,
+            busy.welcome * 100.0,
+            busy.nats * 100.0,
+            busy.sink * 100.0,
+            welcome_bound(busy, self.sync()),
+        );
+        emails.cpu_us_per_event = Some((cpu.welcome, cpu.nats));
+        #[allow(clippy::cast_precision_loss)]
+        let peaks = runs
+            .iter()
+            .map(|r| r.memory.peak_kib as f64 / 1024.0)
+            .collect();
+        Ok(vec![
+            emails,
             Row::rate(
-                "welcome/rss-peak".to_owned(),
+                self.id("welcome/rss-peak"),
                 "The welcome function (target/release/welcome)",
                 format!("peak RSS (VmHWM) after {} emails", self.plan.emails),
                 &durability,
@@ -832,6 +904,35 @@ impl<'a> Phase<'a> {
                 peaks,
             ),
         ])
+    }
+}
+
+/// What bounds the welcome rate, read from how busy each process was: one process near a full core is the bound;
+/// the two cores full together make CPU the bound; otherwise the rate waits on something no process is busy with:
+/// fsyncs under `always`, round trips (the sink's replies, the broker's acks) within the pool and
+/// `max_ack_pending` under `1s`.
+fn welcome_bound(busy: welcome::Cpu, sync: Sync) -> String {
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    let processes = [
+        ("welcome", busy.welcome),
+        ("nats-server", busy.nats),
+        ("the sink", busy.sink),
+    ];
+    let (name, most) = processes
+        .iter()
+        .copied()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap_or(("welcome", 0.0));
+    let total = busy.welcome + busy.nats + busy.sink;
+    #[allow(clippy::cast_precision_loss)]
+    if total >= 0.85 * cores as f64 {
+        format!("CPU, all {cores} cores busy (most: {name})")
+    } else if most >= 0.85 {
+        format!("CPU of {name} (one core)")
+    } else if sync == Sync::Always {
+        "the fsyncs each email waits for (no process near a full core)".to_owned()
+    } else {
+        "waits, not CPU: round trips within the pool and max_ack_pending (no process near a full core)".to_owned()
     }
 }
 

@@ -11,7 +11,7 @@ use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::{self};
 use runtime::Publisher;
 
-use crate::consume::{create_ledger, short_id};
+use crate::consume::{cpu_secs, create_ledger, short_id};
 use crate::publish::{self, Via};
 use crate::servers::ChildGuard;
 use crate::workload;
@@ -30,6 +30,35 @@ pub struct Setup<'a> {
     pub template: pull::Config,
     /// The SMTP sink.
     pub sink: &'a SmtpServer,
+    /// nats-server's pid, for its CPU time.
+    pub server_pid: u32,
+    /// `SMTP_POOL_MAX` of the function.
+    pub pool: u32,
+}
+
+/// One emails/s run: the rate, the function's peak memory, and what each process spent per email.
+#[derive(Debug, Clone, Copy)]
+pub struct EmailsRun {
+    /// Emails per second, first to last accepted.
+    pub rate: f64,
+    /// The function's memory at the end.
+    pub memory: Memory,
+    /// CPU microseconds per email (user + system), from start to the last email: the welcome process, nats-server,
+    /// and this process (the SMTP sink; the bench itself only polls the sink's count meanwhile).
+    pub cpu_us: Cpu,
+    /// Share of one core each was busy over the same span.
+    pub busy: Cpu,
+}
+
+/// A figure for each process of the welcome rows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cpu {
+    /// The function.
+    pub welcome: f64,
+    /// The broker.
+    pub nats: f64,
+    /// The SMTP sink (the bench process).
+    pub sink: f64,
 }
 
 /// Memory of a process from `/proc/<pid>/status`, in KiB.
@@ -85,6 +114,7 @@ impl Setup<'_> {
         let child = Command::new(self.bin)
             .env("NATS_URL", &self.url)
             .env("SMTP_URL", self.sink.url())
+            .env("SMTP_POOL_MAX", self.pool.to_string())
             .env("JOB_CONSUMER", consumer)
             .env("JOB_LEDGER_BUCKET", ledger)
             .env("RUST_LOG", "info")
@@ -154,8 +184,9 @@ impl Setup<'_> {
     }
 
     /// Emails per second over `count` events waiting in the consumer, from the first accepted email to the last,
-    /// and the process's peak memory by then. A fresh ledger bucket, so every event is a real send.
-    pub async fn emails(&self, count: u64) -> anyhow::Result<(f64, Memory)> {
+    /// the process's peak memory by then, and the CPU each process spent. A fresh ledger bucket, so every event is
+    /// a real send.
+    pub async fn emails(&self, count: u64) -> anyhow::Result<EmailsRun> {
         let js = jetstream::new(self.client.clone());
         let start = js
             .get_stream("EVENTS")
@@ -175,10 +206,19 @@ impl Setup<'_> {
             })
             .await?;
         self.sink.clear();
+        let nats = self.server_pid.to_string();
+        let before = (cpu_secs(&nats), cpu_secs("self"));
+        let spawned = Instant::now();
         let mut child = self.spawn(&consumer, &ledger)?;
         let received = self
             .wait_for_mail(usize::try_from(count)?, Duration::from_secs(300))
             .await;
+        let wall = spawned.elapsed().as_secs_f64();
+        let spent = Cpu {
+            welcome: cpu_secs(&child.pid().to_string()),
+            nats: cpu_secs(&nats) - before.0,
+            sink: cpu_secs("self") - before.1,
+        };
         let memory = memory(child.pid());
         child.stop();
         self.delete(&consumer).await?;
@@ -188,7 +228,23 @@ impl Setup<'_> {
             bail!("no email received");
         };
         #[allow(clippy::cast_precision_loss)]
-        let rate = (received.len() - 1) as f64 / last.duration_since(*first).as_secs_f64();
-        Ok((rate, memory?))
+        let (rate, per_email) = (
+            (received.len() - 1) as f64 / last.duration_since(*first).as_secs_f64(),
+            1e6 / received.len() as f64,
+        );
+        Ok(EmailsRun {
+            rate,
+            memory: memory?,
+            cpu_us: Cpu {
+                welcome: spent.welcome * per_email,
+                nats: spent.nats * per_email,
+                sink: spent.sink * per_email,
+            },
+            busy: Cpu {
+                welcome: spent.welcome / wall,
+                nats: spent.nats / wall,
+                sink: spent.sink / wall,
+            },
+        })
     }
 }

@@ -1,0 +1,673 @@
+//! Our own SMTP connections and their pool, so that every socket has `TCP_NODELAY`.
+//!
+//! lettre writes a message's body and its `\r\n.\r\n` terminator as two writes and reads the reply only after the
+//! second. Without `TCP_NODELAY`, Nagle's algorithm holds the 5-byte terminator until the body is acknowledged,
+//! and the server delays that acknowledgement (up to 40 ms on Linux) because it has nothing to answer before the
+//! terminator: measured, 44 of the 51 ms from a function's exec to its first email (tests/bench/ANALYSIS.md). lettre
+//! 0.11 has no option for it, and its pooled transport opens its sockets itself, so this module opens them (lettre's
+//! `AsyncSmtpConnection::connect_with_transport` speaks SMTP over a stream it is handed) and keeps its own pool.
+//!
+//! Everything above the socket stays lettre's: the greeting, EHLO, STARTTLS and implicit TLS (lettre's
+//! `TlsParameters`, the same roots and versions), AUTH, and each transaction. The pool does what lettre's did: the
+//! most recently used idle connection is taken first and checked with `NOOP` (a dead one is dropped and the next
+//! tried), a connection lettre marks broken (any failed command: it has sent `QUIT` and closed) is never parked,
+//! idle connections are closed with `QUIT` after [`IDLE_TIMEOUT`], and at most `max_idle` are kept. Unlike lettre's,
+//! a connection whose send was cancelled (the mailer's `SMTP_TIMEOUT_SECS`) is dropped rather than parked: its
+//! server may still answer the abandoned command, and the next email on it would read that reply as its own.
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
+#[allow(deprecated)]
+// lettre's TLS upgrade lives on this type; the deprecation is about its visibility only.
+use lettre::transport::smtp::client::AsyncNetworkStream;
+use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use tokio::io::ReadBuf;
+use tokio::net::TcpStream;
+
+use crate::{ConfigError, SendError};
+
+/// How long an unused connection stays open (lettre's default). Servers drop idle clients after a few minutes
+/// (Postfix: 300 s) with a `421`; closing first keeps the next email from finding a dead connection.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where connections go and how they are secured, from `SMTP_URL` (lettre's URL form).
+#[derive(Clone)]
+pub(crate) struct Server {
+    host: String,
+    port: u16,
+    security: Security,
+    credentials: Option<Credentials>,
+    hello: ClientId,
+    /// Bounds each TCP connect, as lettre's transport timeout did.
+    connect_timeout: Duration,
+}
+
+#[derive(Clone)]
+enum Security {
+    /// `smtp://`: plain text.
+    None,
+    /// `smtp://…?tls=opportunistic`: STARTTLS when the server offers it.
+    Opportunistic(TlsParameters),
+    /// `smtp://…?tls=required`: STARTTLS, or no email.
+    Required(TlsParameters),
+    /// `smtps://`: TLS from the first byte.
+    Implicit(TlsParameters),
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let security = match self.security {
+            Security::None => "none",
+            Security::Opportunistic(_) => "opportunistic",
+            Security::Required(_) => "starttls",
+            Security::Implicit(_) => "implicit",
+        };
+        f.debug_struct("Server")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("security", &security)
+            .field("credentials", &self.credentials.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Reads `SMTP_URL` the way lettre's `from_url` does: `smtp://` (port 25, or 587 with `?tls=required` or
+    /// `?tls=opportunistic`), `smtps://` (port 465), user and password percent-decoded, a path as the EHLO name.
+    ///
+    /// # Errors
+    /// [`ConfigError::SmtpUrl`]; its reason never contains the URL (it may hold the password).
+    pub(crate) fn from_url(url: &str, connect_timeout: Duration) -> Result<Self, ConfigError> {
+        let invalid = |reason: &str| ConfigError::SmtpUrl {
+            reason: reason.to_owned(),
+        };
+        let parsed = url::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
+        let host = match parsed.host() {
+            Some(url::Host::Domain(name)) => name.to_owned(),
+            Some(url::Host::Ipv4(ip)) => ip.to_string(),
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            None => return Err(invalid("smtp host undefined")),
+        };
+        let tls = parsed
+            .query_pairs()
+            .find(|(k, _)| k == "tls")
+            .map(|(_, v)| v.into_owned());
+        let params = || {
+            TlsParameters::new(host.clone())
+                .map_err(|e| invalid(&format!("TLS parameters for the host: {e}")))
+        };
+        use lettre::transport::smtp::{SMTP_PORT, SUBMISSION_PORT, SUBMISSIONS_PORT};
+        let (default_port, security) = match (parsed.scheme(), tls.as_deref()) {
+            ("smtp", None) => (SMTP_PORT, Security::None),
+            ("smtp", Some("required")) => (SUBMISSION_PORT, Security::Required(params()?)),
+            ("smtp", Some("opportunistic")) => {
+                (SUBMISSION_PORT, Security::Opportunistic(params()?))
+            }
+            ("smtps", _) => (SUBMISSIONS_PORT, Security::Implicit(params()?)),
+            (scheme, tls) => {
+                return Err(invalid(&format!(
+                    "unknown scheme '{scheme}' or tls parameter '{}': use smtp://, smtps:// or \
+                     smtp://…?tls=required",
+                    tls.unwrap_or_default()
+                )));
+            }
+        };
+        let path = parsed.path().trim_matches('/');
+        let hello = if path.is_empty() {
+            ClientId::default()
+        } else {
+            ClientId::Domain(path.to_owned())
+        };
+        let credentials = match parsed.password() {
+            Some(password) => {
+                let decode = |s: &str, what: &str| {
+                    percent_encoding::percent_decode_str(s)
+                        .decode_utf8()
+                        .map(std::borrow::Cow::into_owned)
+                        .map_err(|_| invalid(&format!("the {what} is not UTF-8 once decoded")))
+                };
+                Some(Credentials::new(
+                    decode(parsed.username(), "user name")?,
+                    decode(password, "password")?,
+                ))
+            }
+            None => None,
+        };
+        Ok(Self {
+            host,
+            port: parsed.port().unwrap_or(default_port),
+            security,
+            credentials,
+            hello,
+            connect_timeout,
+        })
+    }
+
+    /// A new connection, greeted, secured and authenticated as `SMTP_URL` asks.
+    async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
+        let tcp = self.tcp().await?;
+        let smtp = |e: lettre::transport::smtp::Error| SendError::from_smtp(&e);
+        let mut conn = if let Security::Implicit(params) = &self.security {
+            #[allow(deprecated)]
+            let mut stream = AsyncNetworkStream::use_existing_tokio1(Box::new(tcp));
+            stream.upgrade_tls(params.clone()).await.map_err(smtp)?;
+            AsyncSmtpConnection::connect_with_transport(Box::new(Encrypted(stream)), &self.hello)
+                .await
+        } else {
+            AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello).await
+        }
+        .map_err(smtp)?;
+        match &self.security {
+            Security::Opportunistic(params) if conn.can_starttls() => {
+                conn.starttls(params.clone(), &self.hello)
+                    .await
+                    .map_err(smtp)?;
+            }
+            Security::Required(params) => conn
+                .starttls(params.clone(), &self.hello)
+                .await
+                .map_err(smtp)?,
+            _ => {}
+        }
+        if let Some(credentials) = &self.credentials {
+            conn.auth(DEFAULT_MECHANISMS, credentials)
+                .await
+                .map_err(smtp)?;
+        }
+        Ok(conn)
+    }
+
+    /// The TCP connection, with `TCP_NODELAY`: every address the name resolves to is tried in turn, each within
+    /// the connect timeout, as lettre does.
+    async fn tcp(&self) -> Result<TcpStream, SendError> {
+        let failed = |e: io::Error| SendError::Connection {
+            detail: e.to_string(),
+        };
+        let addrs = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map_err(failed)?;
+        let mut last = None;
+        for addr in addrs {
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => {
+                    stream.set_nodelay(true).map_err(failed)?;
+                    return Ok(stream);
+                }
+                Ok(Err(e)) => last = Some(e),
+                Err(_elapsed) => {
+                    last = Some(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "connection timed out",
+                    ));
+                }
+            }
+        }
+        Err(SendError::Connection {
+            detail: last.map_or_else(
+                || "could not resolve to any supported address".to_owned(),
+                |e| e.to_string(),
+            ),
+        })
+    }
+}
+
+/// A TLS stream lettre set up (implicit TLS), handed back to lettre as the stream its SMTP client speaks over.
+#[allow(deprecated)]
+#[derive(Debug)]
+struct Encrypted(AsyncNetworkStream);
+
+impl tokio::io::AsyncRead for Encrypted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let unfilled = buf.initialize_unfilled();
+        match futures::io::AsyncRead::poll_read(Pin::new(&mut self.0), cx, unfilled) {
+            Poll::Ready(Ok(n)) => {
+                buf.advance(n);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Encrypted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        futures::io::AsyncWrite::poll_write(Pin::new(&mut self.0), cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        futures::io::AsyncWrite::poll_flush(Pin::new(&mut self.0), cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        futures::io::AsyncWrite::poll_close(Pin::new(&mut self.0), cx)
+    }
+}
+
+impl AsyncTokioStream for Encrypted {
+    fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.0.peer_addr()
+    }
+}
+
+/// Connections to one server: the idle ones are shared, a checked-out one belongs to one send.
+///
+/// The pool bounds what it keeps (`max_idle`), not what is checked out: the mailer's semaphore bounds that, and
+/// since a new connection is opened only when none is idle, idle and checked-out connections together never
+/// exceed it either.
+pub(crate) struct Pool {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    server: Server,
+    max_idle: usize,
+    idle_timeout: Duration,
+    /// Most recently parked last.
+    idle: Mutex<Vec<Parked>>,
+    /// Held while [`Pool::warm`] opens a connection: a send that finds nothing idle waits for it rather than open a
+    /// second one beside it.
+    warming: tokio::sync::Mutex<()>,
+}
+
+struct Parked {
+    conn: AsyncSmtpConnection,
+    since: Instant,
+}
+
+impl Pool {
+    /// A pool of at most `max_idle` idle connections to `server`, closed after `idle_timeout` unused. Spawns the
+    /// task that closes them, so it needs a Tokio runtime; the task ends with the pool.
+    pub(crate) fn new(server: Server, max_idle: usize, idle_timeout: Duration) -> Self {
+        let shared = Arc::new(Shared {
+            server,
+            max_idle,
+            idle_timeout,
+            idle: Mutex::new(Vec::new()),
+            warming: tokio::sync::Mutex::new(()),
+        });
+        tokio::spawn(reap(Arc::downgrade(&shared)));
+        Self { shared }
+    }
+
+    /// An idle connection that answers `NOOP`, or a new one.
+    ///
+    /// # Errors
+    /// Opening a new connection failed (connect, TLS, greeting, EHLO or AUTH).
+    pub(crate) async fn get(&self) -> Result<Checkout<'_>, SendError> {
+        let mut waited = false;
+        loop {
+            while let Some(mut conn) = self.shared.take_idle() {
+                if conn.test_connected().await {
+                    return Ok(Checkout::new(conn, &self.shared));
+                }
+                // Closed by the server, or it answered NOOP with an error: QUIT (if it still listens) and close.
+                conn.abort().await;
+            }
+            if waited {
+                break;
+            }
+            // A warm-up under way parks its connection before it lets go; none under way: no wait.
+            drop(self.shared.warming.lock().await);
+            waited = true;
+        }
+        let conn = self.shared.server.connect().await?;
+        Ok(Checkout::new(conn, &self.shared))
+    }
+
+    /// Whether nothing is idle: with no send under way either, the next send would open a connection first.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.shared.lock().is_empty()
+    }
+
+    /// Opens one connection and parks it, so that the send this precedes finds it ready: the connect, TLS, EHLO
+    /// and AUTH overlap with whatever comes first (the ledger's claim). Skipped if another warm-up is under way.
+    ///
+    /// # Errors
+    /// Opening the connection failed; the send will try again and report it.
+    pub(crate) async fn warm(&self) -> Result<(), SendError> {
+        let Ok(_warming) = self.shared.warming.try_lock() else {
+            return Ok(());
+        };
+        let conn = self.shared.server.connect().await?;
+        self.shared.park(conn);
+        Ok(())
+    }
+
+    /// How many idle connections are parked; for tests.
+    #[cfg(test)]
+    fn idle(&self) -> usize {
+        self.shared.lock().len()
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut *self.shared.lock());
+        if !idle.is_empty()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            handle.spawn(quit_all(idle));
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Parked>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The most recently used idle connection still within the idle timeout; older ones are closed on the way.
+    fn take_idle(&self) -> Option<AsyncSmtpConnection> {
+        let mut idle = self.lock();
+        let fresh = idle
+            .iter()
+            .position(|p| p.since.elapsed() < self.idle_timeout);
+        let stale: Vec<Parked> = match fresh {
+            // Parked in order, so everything before the first fresh one is stale.
+            Some(first) => idle.drain(..first).collect(),
+            None => idle.drain(..).collect(),
+        };
+        let taken = idle.pop().map(|p| p.conn);
+        drop(idle);
+        if !stale.is_empty() {
+            tokio::spawn(quit_all(stale));
+        }
+        taken
+    }
+
+    /// Parks a connection after a completed exchange, unless lettre marked it broken or the pool is full.
+    fn park(&self, mut conn: AsyncSmtpConnection) {
+        if conn.has_broken() {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.len() < self.max_idle {
+            idle.push(Parked {
+                conn,
+                since: Instant::now(),
+            });
+        } else {
+            drop(idle);
+            tokio::spawn(async move { conn.abort().await });
+        }
+    }
+}
+
+/// Closes idle connections past the timeout, checking every timeout (as lettre does); ends with the pool.
+async fn reap(shared: Weak<Shared>) {
+    loop {
+        let Some(period) = shared.upgrade().map(|s| s.idle_timeout) else {
+            return;
+        };
+        tokio::time::sleep(period).await;
+        let Some(pool) = shared.upgrade() else {
+            return;
+        };
+        let stale: Vec<Parked> = {
+            let mut idle = pool.lock();
+            let fresh = idle
+                .iter()
+                .position(|p| p.since.elapsed() < pool.idle_timeout)
+                .unwrap_or(idle.len());
+            idle.drain(..fresh).collect()
+        };
+        drop(pool);
+        quit_all(stale).await;
+    }
+}
+
+async fn quit_all(connections: Vec<Parked>) {
+    for mut parked in connections {
+        parked.conn.abort().await;
+    }
+}
+
+/// A connection lent to one send. [`Checkout::done`] hands it back; dropped without that (the send was
+/// cancelled mid-command), it is closed instead, since its next reply may belong to the abandoned command.
+pub(crate) struct Checkout<'a> {
+    conn: Option<AsyncSmtpConnection>,
+    shared: &'a Shared,
+}
+
+impl<'a> Checkout<'a> {
+    fn new(conn: AsyncSmtpConnection, shared: &'a Shared) -> Self {
+        Self {
+            conn: Some(conn),
+            shared,
+        }
+    }
+
+    /// The connection.
+    pub(crate) fn conn(&mut self) -> &mut AsyncSmtpConnection {
+        self.conn
+            .as_mut()
+            .expect("a checkout holds its connection until done")
+    }
+
+    /// The exchange finished (with a reply, or an error lettre has closed the connection for): park it if it
+    /// can carry another email.
+    pub(crate) fn done(mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.shared.park(conn);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use testkit::{Reply, SmtpCommand, SmtpServer};
+
+    fn server(smtp: &SmtpServer) -> Server {
+        Server::from_url(&smtp.url(), Duration::from_secs(5)).expect("url")
+    }
+
+    async fn send(pool: &Pool) -> Result<(), SendError> {
+        let message = lettre::Message::builder()
+            .from("a@example.com".parse().expect("from"))
+            .to("b@example.com".parse().expect("to"))
+            .subject("s")
+            .body("hi".to_owned())
+            .expect("message");
+        let mut checkout = pool.get().await?;
+        let sent = checkout
+            .conn()
+            .send(message.envelope(), &message.formatted())
+            .await;
+        checkout.done();
+        sent.map(drop).map_err(|e| SendError::from_smtp(&e))
+    }
+
+    #[test]
+    fn reads_the_url_as_lettre_does() {
+        let timeout = Duration::from_secs(1);
+        let plain = Server::from_url("smtp://127.0.0.1:2525", timeout).expect("plain");
+        assert_eq!((plain.host.as_str(), plain.port), ("127.0.0.1", 2525));
+        assert!(matches!(plain.security, Security::None));
+        assert!(plain.credentials.is_none());
+        let starttls =
+            Server::from_url("smtp://u%40x:p%2Fw@mail.example.com?tls=required", timeout)
+                .expect("starttls");
+        assert_eq!(starttls.port, 587);
+        assert!(matches!(starttls.security, Security::Required(_)));
+        assert_eq!(
+            starttls.credentials,
+            Some(Credentials::new("u@x".to_owned(), "p/w".to_owned()))
+        );
+        let opportunistic = Server::from_url("smtp://mail.example.com?tls=opportunistic", timeout)
+            .expect("opportunistic");
+        assert!(matches!(opportunistic.security, Security::Opportunistic(_)));
+        let implicit = Server::from_url("smtps://u:p@mail.example.com/jetfn.example", timeout)
+            .expect("implicit");
+        assert_eq!(implicit.port, 465);
+        assert!(matches!(implicit.security, Security::Implicit(_)));
+        assert_eq!(implicit.hello, ClientId::Domain("jetfn.example".to_owned()));
+        let v6 = Server::from_url("smtp://[::1]:2525", timeout).expect("v6");
+        assert_eq!(v6.host, "::1");
+        for bad in [
+            "ftp://u:hunter2@host",
+            "smtp://h?tls=sometimes",
+            "smtp:///x",
+        ] {
+            let err = Server::from_url(bad, timeout).expect_err(bad);
+            assert!(matches!(err, ConfigError::SmtpUrl { .. }), "{bad}: {err}");
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn sockets_have_nodelay() {
+        let smtp = SmtpServer::start();
+        let tcp = server(&smtp).tcp().await.expect("connect");
+        assert!(tcp.nodelay().expect("nodelay"), "TCP_NODELAY is set");
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_after_a_noop() {
+        let smtp = SmtpServer::start();
+        let pool = Pool::new(server(&smtp), 2, IDLE_TIMEOUT);
+        for _ in 0..3 {
+            send(&pool).await.expect("sent");
+        }
+        assert_eq!(smtp.count(), 3);
+        assert_eq!(smtp.total_sessions(), 1, "one connection carried all three");
+        assert_eq!(pool.idle(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_is_dropped_and_replaced() {
+        let smtp = SmtpServer::start();
+        let pool = Pool::new(server(&smtp), 2, IDLE_TIMEOUT);
+        send(&pool).await.expect("first");
+        assert_eq!(pool.idle(), 1);
+        // The server closes every open connection; the parked one fails its NOOP and a new one is opened.
+        smtp.go_down();
+        smtp.come_up();
+        send(&pool).await.expect("second, on a new connection");
+        assert_eq!(smtp.count(), 2);
+        assert_eq!(smtp.total_sessions(), 2);
+        assert_eq!(pool.idle(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_rejected_transaction_breaks_its_connection_as_lettre_does() {
+        let smtp = SmtpServer::start();
+        smtp.fail_next_data([(451, "4.3.0 try again later")]);
+        let pool = Pool::new(server(&smtp), 2, IDLE_TIMEOUT);
+        let err = send(&pool).await.expect_err("451");
+        assert_eq!(err.code(), Some(451));
+        assert_eq!(pool.idle(), 0, "lettre QUIT and closed it: not parked");
+        send(&pool).await.expect("a new connection");
+        assert_eq!(pool.idle(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_send_does_not_park_its_connection() {
+        let smtp = SmtpServer::start();
+        smtp.script(
+            SmtpCommand::EndOfData,
+            [Reply::new(250, "2.0.0 queued").after(Duration::from_secs(30))],
+        );
+        let pool = Pool::new(server(&smtp), 2, IDLE_TIMEOUT);
+        let cancelled = tokio::time::timeout(Duration::from_millis(300), send(&pool)).await;
+        assert!(cancelled.is_err(), "the send stalls on the end of DATA");
+        assert_eq!(pool.idle(), 0, "its connection is closed, not parked");
+        send(&pool)
+            .await
+            .expect("a fresh connection gets its own reply");
+    }
+
+    #[tokio::test]
+    async fn a_send_takes_the_connection_a_warm_up_is_opening() {
+        let smtp = SmtpServer::start();
+        smtp.delay_replies(SmtpCommand::Connect, Duration::from_millis(300));
+        let pool = Arc::new(Pool::new(server(&smtp), 2, IDLE_TIMEOUT));
+        let warming = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move { pool.warm().await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(pool.is_empty(), "still greeting");
+        send(&pool).await.expect("sent");
+        warming.await.expect("task").expect("warmed");
+        assert_eq!(smtp.count(), 1);
+        assert_eq!(
+            smtp.total_sessions(),
+            1,
+            "the send waited for the warm connection instead of opening its own"
+        );
+        assert_eq!(pool.idle(), 1);
+    }
+
+    #[tokio::test]
+    async fn at_most_max_idle_are_kept() {
+        let smtp = SmtpServer::start();
+        smtp.delay_data_reply(Duration::from_millis(200));
+        let pool = Arc::new(Pool::new(server(&smtp), 2, IDLE_TIMEOUT));
+        let mut sends = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let pool = Arc::clone(&pool);
+            sends.spawn(async move { send(&pool).await });
+        }
+        while let Some(sent) = sends.join_next().await {
+            sent.expect("task").expect("sent");
+        }
+        assert_eq!(
+            smtp.peak_sessions(),
+            4,
+            "four sends at once, four connections"
+        );
+        assert_eq!(pool.idle(), 2, "two kept, two closed");
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_after_the_timeout() {
+        let smtp = SmtpServer::start();
+        let pool = Pool::new(server(&smtp), 2, Duration::from_millis(200));
+        send(&pool).await.expect("sent");
+        assert_eq!(pool.idle(), 1);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(pool.idle(), 0, "the reaper closed it");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while smtp.sessions() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(smtp.sessions(), 0, "with QUIT, so the server closed it too");
+    }
+
+    #[tokio::test]
+    async fn a_stale_connection_is_not_taken() {
+        let smtp = SmtpServer::start();
+        // The reaper checks every 60 s: only the check on taking can see this one is stale.
+        let pool = Pool::new(server(&smtp), 2, Duration::from_secs(60));
+        send(&pool).await.expect("sent");
+        if let Some(parked) = pool.shared.lock().first_mut() {
+            parked.since = Instant::now()
+                .checked_sub(Duration::from_secs(61))
+                .expect("the machine is up for a minute");
+        }
+        send(&pool).await.expect("sent");
+        assert_eq!(smtp.count(), 2);
+        assert_eq!(
+            smtp.total_sessions(),
+            2,
+            "the second send opened a new connection"
+        );
+    }
+}
