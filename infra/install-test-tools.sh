@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The system tools some integration tests drive, installed from Debian if missing: `openssl` makes the TLS tests'
 # certificates (tests/it/tls.rs), `ip` (iproute2) builds the network namespaces of the partition test
-# (tests/it/partition.rs, which also needs root). Idempotent; a no-op when both are present.
+# (tests/it/partition.rs, which also needs root), `strace` counts nats-server's fsyncs (tests/it/durable_writes.rs).
+# Idempotent; a no-op when all are present.
 set -euo pipefail
 missing=()
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v strace >/dev/null 2>&1 || missing+=(strace)
 if [ "${#missing[@]}" -eq 0 ]; then
   exit 0
 fi

@@ -233,7 +233,7 @@ async fn fsyncs<T>(pid: u32, work: impl std::future::Future<Output = T>) -> (u64
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("strace is installed (the test counts the server's fsyncs)");
+        .expect("strace is installed (the test counts the server's fsyncs; infra/install-test-tools.sh or apt-get install strace)");
     // strace prints nothing until it is attached to every thread; give it time.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let value = work.await;
