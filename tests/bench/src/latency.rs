@@ -115,12 +115,7 @@ pub async fn run(
     let mut sent = 0u64;
     while started.elapsed() < duration {
         tick.tick().await;
-        #[allow(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            clippy::cast_precision_loss
-        )]
-        let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+        let due = due(started.elapsed(), rate);
         while sent < due {
             let event = workload::event(sent);
             let failures = failures.clone();
@@ -202,6 +197,18 @@ fn find_sent_ns(payload: &[u8]) -> Option<u64> {
         .map(|byte| char::from(*byte))
         .collect();
     digits.parse().ok()
+}
+
+/// How many events an open-loop run at `rate` per second owes `elapsed` after its start: the runs send on a clock,
+/// not when the previous event was handled, so a slow handler shows as latency rather than as a lower rate.
+pub fn due(elapsed: Duration, rate: u64) -> u64 {
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let due = (elapsed.as_secs_f64() * rate as f64) as u64;
+    due
 }
 
 #[cfg(test)]

@@ -3,10 +3,9 @@
 //! and memory.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::{self};
 use runtime::Publisher;
@@ -111,23 +110,14 @@ impl Setup<'_> {
     }
 
     fn spawn(&self, consumer: &str, ledger: &str) -> anyhow::Result<ChildGuard> {
-        let child = Command::new(self.bin)
-            .env("NATS_URL", &self.url)
-            .env("SMTP_URL", self.sink.url())
-            .env("SMTP_POOL_MAX", self.pool.to_string())
-            .env("JOB_CONSUMER", consumer)
-            .env("JOB_LEDGER_BUCKET", ledger)
-            .env("RUST_LOG", "info")
-            .env_remove("JOB_HEALTH_ADDR")
-            .env_remove("LOG_FORMAT")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", self.bin.display()))?;
-        Ok(ChildGuard::new(child, "welcome"))
+        crate::scale::spawn_welcome(
+            self.bin,
+            &self.url,
+            &self.sink.url(),
+            Some(self.pool),
+            consumer,
+            ledger,
+        )
     }
 
     async fn wait_for_mail(&self, count: usize, timeout: Duration) -> anyhow::Result<Vec<Instant>> {

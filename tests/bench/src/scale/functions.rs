@@ -103,6 +103,7 @@ pub async fn run(root: &Path, server: &Server, plan: &Plan) -> anyhow::Result<Ve
                 &bin,
                 &server.url(),
                 &sink.url(),
+                None,
                 name,
                 "jetfn-ledger",
             )?);
@@ -223,12 +224,7 @@ async fn spread(
     let mut acks = Vec::new();
     while started.elapsed() < length {
         tick.tick().await;
-        #[allow(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            clippy::cast_precision_loss
-        )]
-        let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+        let due = crate::latency::due(started.elapsed(), rate);
         while sent < due {
             let event = workload::event(sent);
             let payload = serde_json::to_vec(&event)?;

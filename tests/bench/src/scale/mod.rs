@@ -463,15 +463,18 @@ pub fn nproc() -> usize {
     std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
 }
 
-/// Starts `bin` (the welcome function) bound to `consumer`, sending into `smtp`.
+/// Starts `bin` (the welcome function) bound to `consumer`, sending into `smtp` over at most `pool` connections
+/// (the function's default when `None`); quiet, without health port or exporters, like every bench function.
 pub fn spawn_welcome(
     bin: &Path,
     url: &str,
     smtp: &str,
+    pool: Option<u32>,
     consumer: &str,
     ledger: &str,
 ) -> anyhow::Result<ChildGuard> {
-    let child = Command::new(bin)
+    let mut command = Command::new(bin);
+    command
         .env("NATS_URL", url)
         .env("SMTP_URL", smtp)
         .env("JOB_CONSUMER", consumer)
@@ -483,7 +486,11 @@ pub fn spawn_welcome(
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(pool) = pool {
+        command.env("SMTP_POOL_MAX", pool.to_string());
+    }
+    let child = command
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     Ok(ChildGuard::new(child, "welcome"))

@@ -271,12 +271,7 @@ async fn latency(
     let mut publishes = Vec::new();
     while started.elapsed() < length {
         tick.tick().await;
-        #[allow(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            clippy::cast_precision_loss
-        )]
-        let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+        let due = crate::latency::due(started.elapsed(), rate);
         while sent < due {
             let event = event(data);
             let publisher = publisher.clone();

@@ -129,6 +129,7 @@ async fn once(
                 bin,
                 &server.url(),
                 &sink.url(),
+                None,
                 &name,
                 &ledger,
             )?);
