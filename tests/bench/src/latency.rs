@@ -164,14 +164,7 @@ pub async fn run(
             "latency {pipeline:?} {rate}/s: {lost} of {sent} events not handled, {failed} publishes failed"
         );
     }
-    let mut latencies: Vec<u64> = samples
-        .lock()
-        .map_err(|_| anyhow::anyhow!("a latency recorder panicked"))?
-        .iter()
-        .filter(|(sent_at, _)| *sent_at >= warm_from)
-        .map(|(_, latency)| *latency)
-        .collect();
-    Ok(Quantiles::from_ns(&mut latencies))
+    warm_quantiles(&samples, warm_from)
 }
 
 fn record(samples: &Samples, handled: &AtomicU64, sent: Option<u64>) {
@@ -197,6 +190,21 @@ fn find_sent_ns(payload: &[u8]) -> Option<u64> {
         .map(|byte| char::from(*byte))
         .collect();
     digits.parse().ok()
+}
+
+/// The quantiles of the latencies recorded for events sent at or after `warm_from` (ns): the warm-up's are left out.
+pub fn warm_quantiles(
+    samples: &Mutex<Vec<(u64, u64)>>,
+    warm_from: u64,
+) -> anyhow::Result<Quantiles> {
+    let mut latencies: Vec<u64> = samples
+        .lock()
+        .map_err(|_| anyhow::anyhow!("a latency recorder panicked"))?
+        .iter()
+        .filter(|(sent_at, _)| *sent_at >= warm_from)
+        .map(|(_, latency)| *latency)
+        .collect();
+    Ok(Quantiles::from_ns(&mut latencies))
 }
 
 /// How many events an open-loop run at `rate` per second owes `elapsed` after its start: the runs send on a clock,

@@ -72,14 +72,7 @@ pub struct Memory {
 /// Reads `VmRSS` and `VmHWM`.
 pub fn memory(pid: u32) -> anyhow::Result<Memory> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kib| kib.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let field = |name: &str| crate::scale::status_kib(&status, name);
     Ok(Memory {
         rss_kib: field("VmRSS:"),
         peak_kib: field("VmHWM:"),

@@ -264,14 +264,7 @@ impl Memory {
     /// Reads it; zeros if the process is gone.
     pub fn of(pid: u32) -> Self {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(name))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|kib| kib.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
+        let field = |name: &str| status_kib(&status, name);
         Self {
             rss: field("VmRSS:"),
             peak: field("VmHWM:"),
@@ -279,6 +272,16 @@ impl Memory {
             file: field("RssFile:"),
         }
     }
+}
+
+/// A `/proc/<pid>/status` field in KiB (`name` with its colon, e.g. `VmRSS:`); 0 when absent.
+pub fn status_kib(status: &str, name: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(name))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .unwrap_or(0)
 }
 
 /// KiB to MiB.

@@ -293,14 +293,7 @@ async fn latency(
     let _ = stop.send(());
     task.await??;
     stream.delete_consumer(&name).await?;
-    let mut latencies: Vec<u64> = samples
-        .lock()
-        .map_err(|_| anyhow::anyhow!("a latency recorder panicked"))?
-        .iter()
-        .filter(|(sent_at, _)| *sent_at >= warm_from)
-        .map(|(_, latency)| *latency)
-        .collect();
-    Ok(Quantiles::from_ns(&mut latencies))
+    crate::latency::warm_quantiles(&samples, warm_from)
 }
 
 #[cfg(test)]
