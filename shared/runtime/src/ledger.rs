@@ -30,6 +30,7 @@ use crate::JobError;
 use protocol::{Conflict, Verdict};
 
 mod batch;
+pub(crate) use batch::Disk;
 pub(crate) mod protocol;
 pub mod window;
 
@@ -67,7 +68,8 @@ struct Inner {
     store: kv::Store,
     function: String,
     lease: Duration,
-    /// Admits [`CLAIMS_IN_FLIGHT`] single claim writes at a time; `done` writes never wait for it.
+    /// Admits [`CLAIMS_IN_FLIGHT`] single claim writes at a time where writes wait for the disk; `done` writes
+    /// never wait for it.
     claims: tokio::sync::Semaphore,
     /// Claims, and separately dones, of messages running at the same time committed as one atomic batch each
     /// (`batch.rs`); `None` writes every key alone.
@@ -77,6 +79,7 @@ struct Inner {
 struct Batches {
     claims: batch::Batcher,
     dones: batch::Batcher,
+    disk: std::sync::Arc<batch::Disk>,
 }
 
 /// Single claim writes one process keeps in flight at once (a claim batch is one more, whatever its size). The server appends a bucket's writes one after another (with
@@ -86,6 +89,9 @@ struct Batches {
 /// ended at the same moment. Measured with 256 in flight and `always` (tests/bench, `consume/ledger-window`): the
 /// window's median went from 131 ms to 8 ms and its p99 from 524 ms to 33 ms; the no-op ledger row's throughput
 /// under `always` fell from about 960 to 450 events/s (fewer writes share an fsync), far above an SMTP route's.
+/// Where the disk probe (`batch.rs`) finds writes that do not wait for an fsync, the cap is off: there it halved the
+/// ledger row (13,500 -> 7,300/s at `sync_interval: 1s`, ANALYSIS section 12) to shorten a window whose p99 is
+/// 16 ms without it, while such a server may lose its last second of acknowledged writes in a crash anyway.
 const CLAIMS_IN_FLIGHT: usize = 4;
 
 impl std::fmt::Debug for Ledger {
@@ -137,19 +143,43 @@ impl Ledger {
         lease: Duration,
         client: async_nats::Client,
     ) -> Self {
-        Self::build(store, function, lease, Some(client))
+        Self::build(store, function, lease, Some((client, batch::Disk::new())))
+    }
+
+    /// [`Ledger::batched`], with the disk probe of `disk` (shared by a consumer's ledgers, and run by
+    /// [`Ledger::probe_disk`] before the first pull).
+    pub(crate) fn batched_on(
+        store: kv::Store,
+        function: &str,
+        lease: Duration,
+        client: async_nats::Client,
+        disk: std::sync::Arc<batch::Disk>,
+    ) -> Self {
+        Self::build(store, function, lease, Some((client, disk)))
+    }
+
+    /// Whether `store`'s writes wait for the disk, timed before anything else writes: decides whether concurrent
+    /// claims and dones go as batches (ANALYSIS section 12).
+    pub(crate) async fn probe_disk(
+        store: &kv::Store,
+        function: &str,
+    ) -> std::sync::Arc<batch::Disk> {
+        let disk = batch::Disk::new();
+        disk.probe(store, &clock_key(function)).await;
+        disk
     }
 
     fn build(
         store: kv::Store,
         function: &str,
         lease: Duration,
-        client: Option<async_nats::Client>,
+        batching: Option<(async_nats::Client, std::sync::Arc<batch::Disk>)>,
     ) -> Self {
-        let batches = client.and_then(|client| {
+        let batches = batching.and_then(|(client, disk)| {
             Some(Batches {
-                claims: batch::Batcher::new(client.clone(), &store)?,
-                dones: batch::Batcher::new(client, &store)?,
+                claims: batch::Batcher::new(client.clone(), &store, disk.clone())?,
+                dones: batch::Batcher::new(client, &store, disk.clone())?,
+                disk,
             })
         });
         Self {
@@ -253,6 +283,10 @@ impl Ledger {
     }
 }
 
+fn clock_key(function: &str) -> String {
+    format!("{}.clock", sanitize_token(function))
+}
+
 /// `<function>.<first 16 bytes of sha256(event id, effect), hex>`.
 pub(crate) fn key(function: &str, event_id: &str, effect: &str) -> String {
     let digest = ring::digest::digest(
@@ -320,6 +354,15 @@ impl Inner {
     }
 
     async fn claim(&self, key: &str) -> Result<Claim, JobError> {
+        // Single writes meet the cap unless the probe found writes that do not wait for the disk: there a queue of
+        // them drains in a few ms and the cap halved the row's throughput (ANALYSIS section 12).
+        let capped = match &self.batches {
+            Some(batches) => {
+                batches.disk.start_probe(&self.store, &self.clock_key());
+                batches.disk.maybe_synced()
+            }
+            None => true,
+        };
         for attempt in 0..5 {
             let token = uuid::Uuid::now_v7().simple().to_string();
             let value = self.pending_value(&token);
@@ -329,12 +372,14 @@ impl Inner {
             };
             let created = if let Some(revision) = batched {
                 Ok(revision)
-            } else {
+            } else if capped {
                 let _admitted = self
                     .claims
                     .acquire()
                     .await
                     .map_err(|_| JobError::transient(anyhow::anyhow!("ledger closed")))?;
+                self.store.create(key, value).await
+            } else {
                 self.store.create(key, value).await
             };
             match created {
@@ -397,10 +442,16 @@ impl Inner {
         )))
     }
 
+    /// A key of this function's that holds nothing: written to read the server's clock, and by the probe of the
+    /// disk.
+    fn clock_key(&self) -> String {
+        clock_key(&self.function)
+    }
+
     /// The server's clock now: the `created` time the server stamps on a write of this ledger's clock key. Only
     /// an attempt that found a pending claim pays for it.
     async fn server_now(&self) -> Result<time::OffsetDateTime, JobError> {
-        let clock = format!("{}.clock", sanitize_token(&self.function));
+        let clock = self.clock_key();
         self.store
             .put(&clock, Bytes::new())
             .await

@@ -373,13 +373,19 @@ where
             crate::heartbeat::watch_consumer(&pull);
             let breaker = core.breaker();
             let handler = Arc::new(handler);
+            // The disk probe of the ledger bucket, beside the plan's lookups: both before the first pull.
+            let (plan, disk) = tokio::join!(
+                Plan::of(&core, &consumer, &pull),
+                Ledger::probe_disk(&ledger, &core.name)
+            );
             let stores = Stores {
                 ledger,
                 failures,
                 progress,
                 batches,
+                disk,
             };
-            let plan = match Plan::of(&core, &consumer, &pull).await {
+            let plan = match plan {
                 Ok(plan) => plan,
                 Err(err) => {
                     // A definition the runtime cannot serve as written: serving it otherwise would break a promise
@@ -449,6 +455,8 @@ struct Stores {
     failures: async_nats::jetstream::kv::Store,
     progress: Option<async_nats::jetstream::kv::Store>,
     batches: Option<async_nats::jetstream::kv::Store>,
+    /// Whether the ledger bucket's writes wait for the disk, probed once for all the consumer's classes.
+    disk: Arc<crate::ledger::Disk>,
 }
 
 /// The metadata on a main consumer naming its priority classes' consumers, and its rate limit.
@@ -540,11 +548,12 @@ where
         ),
         validator: core.validator.clone(),
         keyring: core.keyring.clone(),
-        ledger: Ledger::batched(
+        ledger: Ledger::batched_on(
             stores.ledger.clone(),
             &core.name,
             Duration::from_secs(core.job.ledger_lease_secs),
             core.js.client(),
+            stores.disk.clone(),
         ),
         handler: move |job| handler(job),
         shutdown: stop.clone(),

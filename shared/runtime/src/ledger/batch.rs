@@ -8,11 +8,18 @@
 //! stores all of its writes or none (pinned), so a refused batch changes nothing and its writers fall back to
 //! the single writes they would have made anyway, with all their conflict handling. Nothing here decides who owns
 //! a key; only what reaches the server together.
+//!
+//! A batch is not free: the server stages it before the commit, which on a disk that does not sync every write
+//! cost more than the writes it grouped (the ledger row at half the rate of separate writes). So the ledger times
+//! its bucket's writes against its reads once, before its first pull ([`Disk`]), and batches only where a write
+//! waits for the disk.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::kv;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
@@ -40,12 +47,113 @@ pub(crate) struct Batcher {
     prefix: String,
     queue: OnceLock<mpsc::UnboundedSender<Write>>,
     disabled: std::sync::Arc<AtomicBool>,
+    disk: std::sync::Arc<Disk>,
+}
+
+/// Whether the bucket's writes wait for the disk, as the ledger's first writes measured it ([`Disk::probe`]).
+/// Shared by the claims' and the dones' batchers of one ledger.
+pub(crate) struct Disk {
+    state: AtomicU8,
+    probing: AtomicBool,
+}
+
+const UNKNOWN: u8 = 0;
+const SYNCED: u8 = 1;
+const UNSYNCED: u8 = 2;
+
+/// A write slower than a read of the same key by at least this much waits for an fsync (or a replica): there a
+/// batch, which shares one wait among its writes, beats as many separate writes. Below it, separate writes cost
+/// the server less than a batch's staging. Measured on one node (tests/bench/ANALYSIS.md section 12): the ledger
+/// row ran at 13,500/s with separate writes and 7,500/s with batches at `sync_interval: 1s`, and at 4,000 against
+/// 7,500/s at `always`; the floors were a write 55 to 85 µs and a read 50 to 100 µs at `1s`, a write 150 to 190 µs
+/// and a read 70 µs at `always` (an SSD's fsync of ~100 µs; a network disk's costs milliseconds).
+const SYNCED_WRITE_EXTRA: Duration = Duration::from_micros(40);
+/// Write and read pairs the probe times; their floors (minimum) leave out the queueing other traffic adds.
+const PROBE_ROUNDS: usize = 5;
+
+impl Disk {
+    pub(crate) fn new() -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            state: AtomicU8::new(UNKNOWN),
+            probing: AtomicBool::new(false),
+        })
+    }
+
+    /// Not yet known, or synced: single writes then keep the cap that bounds the queue ahead of a `done`.
+    pub(crate) fn maybe_synced(&self) -> bool {
+        self.state.load(Ordering::Relaxed) != UNSYNCED
+    }
+
+    fn unsynced(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == UNSYNCED
+    }
+
+    fn known(&self) -> bool {
+        self.state.load(Ordering::Relaxed) != UNKNOWN
+    }
+
+    /// Starts the probe in the background unless it ran or is running: until it ends, writes go one by one.
+    pub(crate) fn start_probe(self: &std::sync::Arc<Self>, store: &kv::Store, clock: &str) {
+        if self.probing.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let (disk, store, clock) = (self.clone(), store.clone(), clock.to_owned());
+        tokio::spawn(async move { disk.measure(&store, &clock).await });
+    }
+
+    /// Times the bucket's writes against its reads, before the consumer's first pull: a probe that shares the
+    /// server with a flood of this process's own writes would time their queue, not the disk.
+    pub(crate) async fn probe(self: &std::sync::Arc<Self>, store: &kv::Store, clock: &str) {
+        if !self.probing.swap(true, Ordering::Relaxed) {
+            self.measure(store, clock).await;
+        }
+    }
+
+    async fn measure(&self, store: &kv::Store, clock: &str) {
+        let state = match disk_floors(store, clock).await {
+            Some((write, read)) => {
+                // A quarter of a read at least: in a slow client (a debug build, a loaded machine) both floors
+                // carry hundreds of µs of its own time, and their difference its noise.
+                let synced = write.saturating_sub(read) >= SYNCED_WRITE_EXTRA.max(read / 4);
+                tracing::info!(
+                    write_us = write.as_micros(),
+                    read_us = read.as_micros(),
+                    synced,
+                    "ledger writes timed against reads: concurrent claims and dones {}",
+                    if synced {
+                        "go in atomic batches"
+                    } else {
+                        "go one by one"
+                    }
+                );
+                if synced { SYNCED } else { UNSYNCED }
+            }
+            // Unmeasured (the clock key could not be written or read): batches, whose worst case is the better one.
+            None => SYNCED,
+        };
+        self.state.store(state, Ordering::Relaxed);
+    }
+}
+
+/// The fastest of [`PROBE_ROUNDS`] writes of the ledger's clock key, and of as many reads of it.
+async fn disk_floors(store: &kv::Store, clock: &str) -> Option<(Duration, Duration)> {
+    let (mut write, mut read) = (Duration::MAX, Duration::MAX);
+    for _ in 0..PROBE_ROUNDS {
+        let started = Instant::now();
+        store.put(clock, Bytes::new()).await.ok()?;
+        write = write.min(started.elapsed());
+        let started = Instant::now();
+        store.entry(clock).await.ok()?;
+        read = read.min(started.elapsed());
+    }
+    Some((write, read))
 }
 
 impl Batcher {
     pub(crate) fn new(
         client: async_nats::Client,
-        store: &async_nats::jetstream::kv::Store,
+        store: &kv::Store,
+        disk: std::sync::Arc<Disk>,
     ) -> Option<Self> {
         // A bucket behind a JetStream domain prefix writes through other subjects; it keeps single writes.
         if store.use_jetstream_prefix {
@@ -59,6 +167,7 @@ impl Batcher {
                 .unwrap_or_else(|| store.prefix.clone()),
             queue: OnceLock::new(),
             disabled: std::sync::Arc::new(AtomicBool::new(false)),
+            disk,
         })
     }
 
@@ -66,7 +175,7 @@ impl Batcher {
     /// other tasks queued meanwhile. `None`: not written in a batch (too few waiting, batches not allowed, or the
     /// batch refused as a whole); the caller makes the write alone, as it would without batching.
     pub(crate) async fn write(&self, key: &str, expected: u64, value: Bytes) -> Option<u64> {
-        if self.disabled.load(Ordering::Relaxed) {
+        if self.disabled.load(Ordering::Relaxed) || self.disk.unsynced() {
             return None;
         }
         let queue = self.queue.get_or_init(|| {
@@ -76,6 +185,7 @@ impl Batcher {
                 self.prefix.clone(),
                 receiver,
                 self.disabled.clone(),
+                self.disk.clone(),
             ));
             sender
         });
@@ -105,6 +215,7 @@ async fn run(
     prefix: String,
     mut queue: mpsc::UnboundedReceiver<Write>,
     disabled: std::sync::Arc<AtomicBool>,
+    disk: std::sync::Arc<Disk>,
 ) {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(GROUPS_IN_FLIGHT));
     while let Some(first) = queue.recv().await {
@@ -117,9 +228,14 @@ async fn run(
         {
             writes.push(next);
         }
-        let (client, prefix, disabled) = (client.clone(), prefix.clone(), disabled.clone());
+        let (client, prefix, disabled, disk) = (
+            client.clone(),
+            prefix.clone(),
+            disabled.clone(),
+            disk.clone(),
+        );
         tokio::spawn(async move {
-            write_group(&client, &prefix, writes, &disabled).await;
+            write_group(&client, &prefix, writes, &disabled, &disk).await;
             drop(slot);
         });
     }
@@ -130,8 +246,15 @@ async fn write_group(
     prefix: &str,
     writes: Vec<Write>,
     disabled: &AtomicBool,
+    disk: &Disk,
 ) {
-    if writes.len() < MIN_BATCH || disabled.load(Ordering::Relaxed) {
+    // Until the probe has spoken, and once it found writes that do not wait for the disk, a group goes as
+    // separate writes (sent together).
+    if writes.len() < MIN_BATCH
+        || disabled.load(Ordering::Relaxed)
+        || !disk.known()
+        || disk.unsynced()
+    {
         let landed =
             futures::future::join_all(writes.iter().map(|write| single(client, prefix, write)))
                 .await;
