@@ -67,6 +67,8 @@ enum Backend {
 struct Inner {
     store: kv::Store,
     function: String,
+    /// A key of this function's that holds nothing: written to read the server's clock, and by the disk probe.
+    clock: String,
     lease: Duration,
     /// Admits [`CLAIMS_IN_FLIGHT`] single claim writes at a time where writes wait for the disk; `done` writes
     /// never wait for it.
@@ -186,6 +188,7 @@ impl Ledger {
             backend: Backend::Kv(std::sync::Arc::new(Inner {
                 store,
                 function: function.to_owned(),
+                clock: clock_key(function),
                 lease,
                 claims: tokio::sync::Semaphore::new(CLAIMS_IN_FLIGHT),
                 batches,
@@ -358,7 +361,7 @@ impl Inner {
         // them drains in a few ms and the cap halved the row's throughput (ANALYSIS section 12).
         let capped = match &self.batches {
             Some(batches) => {
-                batches.disk.start_probe(&self.store, &self.clock_key());
+                batches.disk.start_probe(&self.store, &self.clock);
                 batches.disk.maybe_synced()
             }
             None => true,
@@ -442,23 +445,17 @@ impl Inner {
         )))
     }
 
-    /// A key of this function's that holds nothing: written to read the server's clock, and by the probe of the
-    /// disk.
-    fn clock_key(&self) -> String {
-        clock_key(&self.function)
-    }
-
     /// The server's clock now: the `created` time the server stamps on a write of this ledger's clock key. Only
     /// an attempt that found a pending claim pays for it.
     async fn server_now(&self) -> Result<time::OffsetDateTime, JobError> {
-        let clock = self.clock_key();
+        let clock = &self.clock;
         self.store
-            .put(&clock, Bytes::new())
+            .put(clock, Bytes::new())
             .await
             .map_err(|err| JobError::transient(anyhow::anyhow!("ledger clock write: {err}")))?;
         let entry = self
             .store
-            .entry(&clock)
+            .entry(clock)
             .await
             .map_err(|err| JobError::transient(anyhow::anyhow!("ledger clock read: {err}")))?
             .ok_or_else(|| JobError::transient(anyhow::anyhow!("ledger clock key vanished")))?;

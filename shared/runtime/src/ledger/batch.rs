@@ -94,7 +94,8 @@ impl Disk {
 
     /// Starts the probe in the background unless it ran or is running: until it ends, writes go one by one.
     pub(crate) fn start_probe(self: &std::sync::Arc<Self>, store: &kv::Store, clock: &str) {
-        if self.probing.swap(true, Ordering::Relaxed) {
+        // Called at every claim: a load first, so the common case writes no shared cache line.
+        if self.probing.load(Ordering::Relaxed) || self.probing.swap(true, Ordering::Relaxed) {
             return;
         }
         let (disk, store, clock) = (self.clone(), store.clone(), clock.to_owned());
