@@ -119,7 +119,7 @@ if [ ! -s /etc/ssl/certs/ca-certificates.crt ]; then
 fi
 
 for name in "${binaries[@]}"; do
-  bin=target/$PROFILE/$name
+  bin=${CARGO_TARGET_DIR:-target}/$PROFILE/$name
   fresh "$name"
   root=$STAGE/$name/rootfs
   cp "$bin" "$root/usr/local/bin/$name"
