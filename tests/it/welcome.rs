@@ -229,6 +229,36 @@ async fn a_5xx_reply_is_dead_lettered_at_the_first_attempt() {
     assert_eq!(system.smtp.attempts().len(), 1, "never retried");
 }
 
+/// The dead-letter record's write outlasting `ack_wait` (400 ms in the tests; here 1.5 s, as a stalled server
+/// would make it): the attempt keeps the message with in-progress acks until its TERM, so the server never gives
+/// it to another attempt, which would send the email the 550 refused (the refusal here is for one DATA only).
+/// Seen in CI before the fix: an email sent on the redelivery of an event being dead-lettered.
+#[tokio::test]
+async fn a_slow_dead_letter_write_keeps_the_message_and_nothing_is_sent_on_a_redelivery() {
+    let system = System::start().await;
+    let _welcome = system
+        .spawn(
+            "welcome",
+            &[("JOB_TEST_DELAY_BEFORE_DEAD_LETTER_MS", "1500".to_owned())],
+        )
+        .await;
+    system
+        .smtp
+        .fail_next_data_to("slow-dlq@example.com", [(550, "5.1.1 no such user")]);
+    system
+        .publisher
+        .publish(user("slow-dlq@example.com", "Slow"))
+        .await
+        .unwrap();
+    let records = system.wait_dlq(1).await;
+    assert_eq!(records[0].1.attempts, 1);
+    let info = system.wait_settled("welcome").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(system.smtp.messages().is_empty(), "no email after the 550");
+    assert_eq!(info.delivered.consumer_sequence, 1, "delivered once");
+    assert_eq!(system.wait_dlq(1).await.len(), 1, "one dead letter");
+}
+
 #[tokio::test]
 async fn transient_failures_on_every_attempt_end_in_the_dlq_with_the_history() {
     let system = System::start().await;

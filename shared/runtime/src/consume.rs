@@ -256,6 +256,30 @@ pub(crate) async fn supervise<F: Future>(
     }
 }
 
+/// Runs `work`, which comes after the handler and before the message's final ack (the outcome event of a dead
+/// letter, a batch item's count, the dead-letter record), keeping the message with in-progress acks while it
+/// runs. On a slow or stalled server that work can outlast what is left of `ack_wait`; the server would then give
+/// the message to another replica, which runs the event again while this one dead-letters it (seen in CI: an
+/// email sent on the redelivery of an event this replica was dead-lettering for a 550). Work that ends at its
+/// first poll costs no timer.
+pub(crate) async fn kept_alive<F: Future>(
+    work: F,
+    message: &jetstream::Message,
+    period: Duration,
+) -> F::Output {
+    let mut work = std::pin::pin!(work);
+    if let std::task::Poll::Ready(output) = futures::poll!(&mut work) {
+        return output;
+    }
+    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        tokio::select! {
+            output = &mut work => return output,
+            _ = progress.tick() => settle::progress(message).await,
+        }
+    }
+}
+
 pub(crate) fn message_id_of(message: &jetstream::Message) -> &str {
     message
         .headers

@@ -108,6 +108,22 @@ pub(crate) const DELAY_BEFORE_DONE: &str = "JOB_TEST_DELAY_BEFORE_DONE_MS";
 /// a `start` and no `end` for a key was killed inside that key's window: only those keys may be sent twice.
 pub(crate) const EFFECT_MARKS: &str = "JOB_TEST_EFFECT_MARKS";
 
+/// `JOB_TEST_DELAY_BEFORE_DEAD_LETTER_MS`: wait this long before writing a dead-letter record, as a slow or
+/// stalled server would make the record's publish: the message must stay with this attempt meanwhile.
+pub(crate) const DELAY_BEFORE_DEAD_LETTER: &str = "JOB_TEST_DELAY_BEFORE_DEAD_LETTER_MS";
+
+/// Waits [`DELAY_BEFORE_DEAD_LETTER`] before a dead-letter record is written.
+pub(crate) async fn before_dead_letter() {
+    #[cfg(feature = "fault-injection")]
+    {
+        static DELAY: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+        let delay = *DELAY.get_or_init(|| millis(DELAY_BEFORE_DEAD_LETTER).unwrap_or_default());
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
 /// Reads the ledger's hooks, kept process-wide since the ledger is built apart from the runtime.
 ///
 /// # Errors
@@ -116,11 +132,13 @@ pub(crate) const EFFECT_MARKS: &str = "JOB_TEST_EFFECT_MARKS";
 pub(crate) fn ledger_hooks_from_env() -> anyhow::Result<()> {
     #[cfg(feature = "fault-injection")]
     {
+        // Checked here, so a bad value stops the start instead of being read as no delay later.
+        millis(DELAY_BEFORE_DEAD_LETTER)?;
         ledger::init(millis(DELAY_BEFORE_DONE)?, std::env::var_os(EFFECT_MARKS))
     }
     #[cfg(not(feature = "fault-injection"))]
     {
-        for name in [DELAY_BEFORE_DONE, EFFECT_MARKS] {
+        for name in [DELAY_BEFORE_DONE, EFFECT_MARKS, DELAY_BEFORE_DEAD_LETTER] {
             if std::env::var_os(name).is_some() {
                 return Err(anyhow::anyhow!(
                     "{name} is a fault-injection hook for the tests, and this binary was built without the \

@@ -282,6 +282,46 @@ impl Settler {
         reason: String,
         prefix: &str,
     ) {
+        // The journal read and the record's publish keep the message: a redelivery meanwhile would run the event
+        // on another replica while this one dead-letters it (`consume::kept_alive`). The TERM, after, ends it.
+        let record = self.write_dead_letter(message, attempt, sequence, kind, &reason, prefix);
+        let published =
+            crate::consume::kept_alive(record, message, self.policy.progress_period()).await;
+        let policy = &self.policy;
+        match published {
+            Ok(ack) => {
+                tracing::error!(kind = kind.as_str(), attempt, reason = %reason, dlq_sequence = ack.sequence, "dead-lettered");
+                self.term(message, kind.as_str()).await;
+                if let Some(failures) = &self.failures {
+                    failures
+                        .clear(&policy.stream, &policy.consumer, sequence)
+                        .await;
+                }
+            }
+            Err(err) => {
+                // The record is not safe yet, so the original must stay: NAK it and try again later. On the last
+                // delivery the router's MAX_DELIVERIES path picks it up.
+                tracing::error!(error = %format!("{err:#}"), "dead-letter publish failed; the original is kept for another try");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(
+                        policy.nak_delay(attempt, policy.delay_after(attempt)),
+                    )))
+                    .await;
+            }
+        }
+    }
+
+    /// Reads the event's failure journal and publishes its dead-letter record.
+    async fn write_dead_letter(
+        &self,
+        message: &jetstream::Message,
+        attempt: u32,
+        sequence: u64,
+        kind: DeathKind,
+        reason: &str,
+        prefix: &str,
+    ) -> anyhow::Result<jetstream::publish::PublishAck> {
+        crate::fault::before_dead_letter().await;
         let policy = &self.policy;
         let (first_failure, failed_attempts) = match &self.failures {
             Some(failures) => {
@@ -291,7 +331,7 @@ impl Settler {
                         &policy.consumer,
                         sequence,
                         u64::from(attempt),
-                        &reason,
+                        reason,
                     )
                     .await;
                 (journal.first(), journal.attempts)
@@ -301,7 +341,7 @@ impl Settler {
                 vec![FailedAttempt {
                     at_ms: crate::ledger::now_ms(),
                     delivery: u64::from(attempt),
-                    reason: reason.clone(),
+                    reason: reason.to_owned(),
                 }],
             ),
         };
@@ -311,7 +351,7 @@ impl Settler {
             sequence,
             consumer: policy.consumer.clone(),
             attempts: u64::from(attempt),
-            reason: reason.clone(),
+            reason: reason.to_owned(),
             kind,
             first_failure,
             last_failure: OffsetDateTime::now_utc(),
@@ -338,31 +378,10 @@ impl Settler {
             "server.address" = server,
             "server.port" = port,
         );
-        let published = letter
+        letter
             .publish(&self.js, prefix)
             .instrument(publish_span)
-            .await;
-        match published {
-            Ok(ack) => {
-                tracing::error!(kind = kind.as_str(), attempt, reason = %reason, dlq_sequence = ack.sequence, "dead-lettered");
-                self.term(message, kind.as_str()).await;
-                if let Some(failures) = &self.failures {
-                    failures
-                        .clear(&policy.stream, &policy.consumer, sequence)
-                        .await;
-                }
-            }
-            Err(err) => {
-                // The record is not safe yet, so the original must stay: NAK it and try again later. On the last
-                // delivery the router's MAX_DELIVERIES path picks it up.
-                tracing::error!(error = %format!("{err:#}"), "dead-letter publish failed; the original is kept for another try");
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(
-                        policy.nak_delay(attempt, policy.delay_after(attempt)),
-                    )))
-                    .await;
-            }
-        }
+            .await
     }
 
     /// Acks as a request, so a lost ack is noticed and retried (JetStream's "exactly once" ack).

@@ -167,16 +167,21 @@ where
             }
             break (outcome, on_dead);
         };
-        let outcome = Box::pin(dead_outcome(outcome, on_dead, attempt, last)).await;
-        let outcome = match &item {
-            Some(item) => {
-                let counted = shared
-                    .batches
-                    .after(item, &message, outcome, &shared.ledger, attempt, last);
-                Box::pin(counted).await
+        let after_handler = async {
+            let outcome = Box::pin(dead_outcome(outcome, on_dead, attempt, last)).await;
+            match &item {
+                Some(item) => {
+                    let counted =
+                        shared
+                            .batches
+                            .after(item, &message, outcome, &shared.ledger, attempt, last);
+                    Box::pin(counted).await
+                }
+                None => outcome,
             }
-            None => outcome,
         };
+        let outcome =
+            consume::kept_alive(after_handler, &message, policy.progress_period()).await;
         Box::pin(
             shared
                 .settler
