@@ -88,8 +88,8 @@ impl Disk {
         self.state.load(Ordering::Relaxed) == UNSYNCED
     }
 
-    fn known(&self) -> bool {
-        self.state.load(Ordering::Relaxed) != UNKNOWN
+    fn synced(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == SYNCED
     }
 
     /// Starts the probe in the background unless it ran or is running: until it ends, writes go one by one.
@@ -251,11 +251,7 @@ async fn write_group(
 ) {
     // Until the probe has spoken, and once it found writes that do not wait for the disk, a group goes as
     // separate writes (sent together).
-    if writes.len() < MIN_BATCH
-        || disabled.load(Ordering::Relaxed)
-        || !disk.known()
-        || disk.unsynced()
-    {
+    if writes.len() < MIN_BATCH || disabled.load(Ordering::Relaxed) || !disk.synced() {
         let landed =
             futures::future::join_all(writes.iter().map(|write| single(client, prefix, write)))
                 .await;
