@@ -6,7 +6,7 @@
 #   jetfn/nats-server:2.15.1
 #
 # then prints each image's size. Steps: the release binaries with production features (no fault-injection hooks;
-# cargo profile `image`: the release profile, symbols stripped), staged under target/images/<binary>/ (the binary,
+# cargo profile `image`: the release profile, symbols stripped; in target/image-build/), staged under target/images/<binary>/ (the binary,
 # the shared libraries `ldd` names and the glibc loader, the CA bundle, a passwd with `nobody`), then one build per
 # image. Warm (nothing changed) it takes seconds.
 #
@@ -24,6 +24,10 @@ ENGINE="${JETFN_IMAGE_ENGINE:-podman}"
 NATS_SERVER_VERSION=2.15.1
 PROFILE=image
 STAGE=target/images
+# The images' binaries build in a target directory of their own, the same for every caller (tests/run.sh builds
+# them in the background while its other cargo steps run in target/; the compose test runs this script again and
+# must find that build warm): a shared one would make every other cargo step wait for its lock.
+IMAGE_TARGET_DIR=${CARGO_TARGET_DIR:-target}/image-build
 export CONTAINERS_CONF="$PWD/infra/containers/containers.conf"
 export CARGO_INCREMENTAL=0
 
@@ -81,7 +85,7 @@ if [ "${#binaries[@]}" -gt 0 ]; then
   packages=()
   for name in "${binaries[@]}"; do packages+=(-p "$name"); done
   start=$SECONDS
-  cargo build --profile "$PROFILE" --locked --bins "${packages[@]}"
+  CARGO_TARGET_DIR=$IMAGE_TARGET_DIR cargo build --profile "$PROFILE" --locked --bins "${packages[@]}"
   echo "    $((SECONDS - start)) s"
 fi
 
@@ -119,7 +123,7 @@ if [ ! -s /etc/ssl/certs/ca-certificates.crt ]; then
 fi
 
 for name in "${binaries[@]}"; do
-  bin=${CARGO_TARGET_DIR:-target}/$PROFILE/$name
+  bin=$IMAGE_TARGET_DIR/$PROFILE/$name
   fresh "$name"
   root=$STAGE/$name/rootfs
   cp "$bin" "$root/usr/local/bin/$name"

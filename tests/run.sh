@@ -23,7 +23,10 @@ step() {
   step_label=$1 step_start=$SECONDS step_cpu=$cpu
   [ -z "$1" ] || echo "==> $1"
 }
-trap 'step ""; rm -f "$step_times"' EXIT
+# A run that stops early (a failed step, ^C) stops the background image build too: its cargo and rustc processes
+# are in a process group of their own (setsid, below).
+images_pid=
+trap 'step ""; rm -f "$step_times"; if [ -n "$images_pid" ]; then kill -- "-$images_pid" 2>/dev/null || true; fi' EXIT
 
 step "tools (nats-server, test tools, kubernetes-validate, podman, chromium)"
 bash infra/install-nats-server.sh
@@ -49,11 +52,41 @@ scan_logs() {
   "${CARGO_TARGET_DIR:-target}/debug/scan-logs" "$JETFN_TEST_LOG_DIR"
 }
 
-# The container images the image tests run (tests/it/images.rs): release binaries of their own cargo profile, so
-# the builds below do not replace them. Warm, a few seconds.
+# The container images the image tests run (tests/it/images.rs): release binaries of their own cargo profile, in
+# a target directory of their own (target/image-build, chosen by infra/images.sh for every caller, the compose test
+# included), so the builds below neither replace them nor wait for their lock. Warm, a few seconds; cold, most of
+# CI's time (12 release binaries, about 1,900 CPU seconds on two cores).
 build_images() {
   step "container images (infra/images.sh)"
   bash infra/images.sh
+}
+
+# The full run builds the images in the background at the lowest CPU priority, from the start: the steps before
+# the integration tests keep both cores busy and yield it little, but the integration tests leave about two thirds
+# of the machine idle (they wait on servers, timeouts and backoffs), and the build takes that instead of running
+# after them. Niced, it cannot starve a test: the scheduler gives a nice-19 process about 1.5% of a core that a
+# nice-0 process wants. Its output goes to a log, shown if it fails.
+images_log="${CARGO_TARGET_DIR:-target}/images-build.log"
+# setsid puts the build in a session of its own (so it can be stopped as a group), and a kernel with autogroups
+# (`kernel.sched_autogroup_enabled`, on here) shares the CPU between sessions before it looks at nice values: the
+# new session's autogroup gets nice 19 as well, or its rustc would get half the machine (seen: 50% each against
+# 44% for the unit tests' build).
+start_images() {
+  mkdir -p "$(dirname "$images_log")"
+  setsid bash -c \
+    '{ echo 19 >/proc/self/autogroup; } 2>/dev/null; exec nice -n 19 bash infra/images.sh' >"$images_log" 2>&1 &
+  images_pid=$!
+}
+wait_images() {
+  step "container images (infra/images.sh, built in the background since the tools step)"
+  local pid=$images_pid
+  images_pid=
+  if ! wait "$pid"; then
+    cat "$images_log" >&2
+    echo "tests/run.sh: infra/images.sh failed (log above, in $images_log)" >&2
+    exit 1
+  fi
+  tail -n 15 "$images_log"
 }
 
 if [ "$#" -gt 0 ]; then
@@ -69,6 +102,7 @@ if [ "$#" -gt 0 ]; then
   exit 0
 fi
 
+start_images
 step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy (production features, then with the fault-injection hooks)"
@@ -95,14 +129,16 @@ bash tests/asyncapi/check.sh
 step "fuzz targets, bounded (envelope decoder and validator, email composition, schedule parser)"
 JETFN_FUZZ_CASES=100000000 JETFN_FUZZ_SECS=12 \
   cargo test --workspace --exclude integration-tests --tests fuzz_ -- --nocapture --test-threads 2
-build_images
 # Built right before the integration tests, so no other step can replace them with a build without the hooks.
 step "building the binaries the integration tests run"
 cargo build --workspace --bins --features "$BIN_FEATURES"
 # `--workspace --test it` rather than `-p integration-tests`: the features resolve as in the unit tests' build, so
 # the test binary links the libraries built there instead of a second build of up to 44 crates with other features.
-step "integration tests (real nats-server, SMTP server, OTLP receiver, function binaries)"
-cargo test --workspace --test it -- --skip compose_
+step "integration tests (real nats-server, SMTP server, OTLP receiver, function binaries), but the images'"
+cargo test --workspace --test it -- --skip compose_ --skip images::
+wait_images
+step "integration tests of the container images"
+cargo test --workspace --test it images::
 # On its own, so its containers do not share the two cores with the tests above (tests/it/compose.rs).
 step "the compose stack (images, podman-compose, a three-node cluster over TLS, every function, maildev, Phoenix)"
 cargo test --workspace --test it compose_ -- --nocapture
