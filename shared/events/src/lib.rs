@@ -21,6 +21,7 @@ pub mod progress;
 mod rules;
 pub mod services;
 mod subscriptions;
+mod tree;
 mod validate;
 
 pub use accounts::{EmailVerificationRequested, PasswordResetRequested};

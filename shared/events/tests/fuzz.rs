@@ -1,6 +1,7 @@
 //! Fuzz targets for the envelope decoder and the validator: arbitrary bytes, mutations of valid events of every
 //! catalog type, and structured envelopes with arbitrary JSON in every attribute. Nothing may panic; what the
-//! validator accepts must survive a round trip; a refusal never quotes a value.
+//! validator accepts must survive a round trip; a refusal never quotes a value; the typed decode over the borrowed
+//! tree agrees with the decode over a `serde_json::Value` it replaced.
 //!
 //! Random and shrinking (proptest), on stable Rust: `cargo test -p events --test fuzz -- --nocapture` runs a few
 //! hundred inputs per target; `tests/run.sh` runs a bounded budget and `just fuzz` a long one (README).
@@ -19,7 +20,25 @@ fn decode_every_way(validator: &Validator, bytes: &[u8]) -> Result<(), TestCaseE
     let _ = validator.check_for_publish(bytes);
     macro_rules! typed {
         ($($ty:ty),+) => {$(
-            if let Ok(event) = validator.decode::<$ty>(bytes) {
+            // The hot path parses into a tree that borrows from the bytes; the path it replaced parses into a
+            // `serde_json::Value`. They must agree on every input: the same event, or the same refusal.
+            let decoded = validator.decode::<$ty>(bytes);
+            match (&decoded, validator.decode_by_value::<$ty>(bytes)) {
+                (Ok(fast), Ok(slow)) => prop_assert_eq!(
+                    serde_json::to_value(fast).expect("serializes"),
+                    serde_json::to_value(&slow).expect("serializes"),
+                    "the two decodes of {} differ", String::from_utf8_lossy(bytes)
+                ),
+                (Err(fast), Err(slow)) => prop_assert_eq!(
+                    fast.to_string(), slow.to_string(),
+                    "the two refusals of {} differ", String::from_utf8_lossy(bytes)
+                ),
+                (fast, slow) => prop_assert!(
+                    false, "one decode of {} took it, one refused it: {:?} against {:?}",
+                    String::from_utf8_lossy(bytes), fast.as_ref().err(), slow.err()
+                ),
+            }
+            if let Ok(event) = decoded {
                 let again = serde_json::to_vec(&event).expect("a decoded event serializes");
                 let back = validator.decode::<$ty>(&again);
                 prop_assert!(back.is_ok(), "a decoded event does not decode again: {:?}", back.err());

@@ -46,7 +46,7 @@ enum Section {
     Welcome,
     /// The same workload on BullMQ and Redis.
     Bullmq,
-    /// Only the two decode rows (also part of `runtime`): no server, no throughput row, so the per-event check
+    /// Only the three decode rows (also part of `runtime`): no server, no throughput row, so the per-event check
     /// can be measured on a machine busy with other work.
     Decode,
     /// Only the welcome function's cold start and idle RSS (`--runs` times each), no emails/s row.
@@ -63,7 +63,7 @@ enum Section {
 )]
 struct Args {
     /// Run only these sections (comma-separated): publish, runtime, latency, welcome, bullmq, and the parts
-    /// decode (the two decode rows) and start (cold start and idle RSS of the welcome function), scale.
+    /// decode (the three decode rows) and start (cold start and idle RSS of the welcome function), scale.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Section>,
     /// Only these parts of the scale section (comma-separated): replicas, functions, backlog, payload.
@@ -1002,11 +1002,25 @@ fn decode_rows(id: &dyn Fn(&str) -> String, runs: usize) -> anyhow::Result<Vec<R
         }
         Ok(started.elapsed().as_secs_f64() * 1e6 / f64::from(COUNT))
     };
+    // The schemas compile on first use (two copies: the borrowed tree's and the `Value` path's), not in a timing.
+    validator.prepare(<events::UserRegistered as events::Event>::TYPE);
+    if validator
+        .decode_by_value::<events::UserRegistered>(&bytes)
+        .is_err()
+    {
+        bail!("the bench event did not decode by value");
+    }
     let mut checked = Vec::new();
+    let mut by_value = Vec::new();
     let mut bare = Vec::new();
     for _ in 0..runs {
         checked.push(time(&|| {
             validator.decode::<events::UserRegistered>(&bytes).is_ok()
+        })?);
+        by_value.push(time(&|| {
+            validator
+                .decode_by_value::<events::UserRegistered>(&bytes)
+                .is_ok()
         })?);
         bare.push(time(&|| {
             serde_json::from_slice::<events::CloudEvent<events::UserRegistered>>(&bytes).is_ok()
@@ -1020,6 +1034,15 @@ fn decode_rows(id: &dyn Fn(&str) -> String, runs: usize) -> anyhow::Result<Vec<R
             "-",
             "µs",
             checked,
+        ),
+        Row::rate(
+            id("decode/by-value"),
+            "Consume",
+            "one event on one thread: the same check through a serde_json::Value (the path the borrowed tree \
+             replaced; its baseline)",
+            "-",
+            "µs",
+            by_value,
         ),
         Row::rate(
             id("decode/bare"),
