@@ -781,37 +781,22 @@ impl<'a> Phase<'a> {
             );
             cold.push(elapsed.as_secs_f64() * 1e3);
         }
-        let idle = setup.idle_memory().await?;
-        eprintln!("  welcome idle: RSS {} KiB", idle.rss_kib);
-        if start_only {
-            let mut idle_mib = vec![kib_to_mib(idle.rss_kib)];
-            for _ in 1..self.plan.runs {
-                let idle = setup.idle_memory().await?;
-                eprintln!("  welcome idle: RSS {} KiB", idle.rss_kib);
-                idle_mib.push(kib_to_mib(idle.rss_kib));
-            }
-            return Ok(vec![
-                Row::rate(
-                    "welcome/cold-start".to_owned(),
-                    "The welcome function (target/release/welcome)",
-                    "cold start: exec → first email accepted by the sink",
-                    &durability,
-                    "ms",
-                    cold,
-                ),
-                Row::rate(
-                    "welcome/rss-idle".to_owned(),
-                    "The welcome function (target/release/welcome)",
-                    "RSS, bound and idle (2 s after start)",
-                    "-",
-                    "MiB",
-                    idle_mib,
-                ),
-            ]);
+        let mut idle_mib = Vec::new();
+        let mut anon_mib = Vec::new();
+        for _ in 0..if start_only { self.plan.runs } else { 1 } {
+            let idle = setup.idle_memory().await?;
+            eprintln!(
+                "  welcome idle: RSS {} KiB (anonymous {} KiB)",
+                idle.rss_kib, idle.anon_kib
+            );
+            idle_mib.push(kib_to_mib(idle.rss_kib));
+            anon_mib.push(kib_to_mib(idle.anon_kib));
         }
-        let mut rows = self.welcome_emails(&setup).await?;
-        #[allow(clippy::cast_precision_loss)]
-        let idle_mib = idle.rss_kib as f64 / 1024.0;
+        let mut rows = if start_only {
+            Vec::new()
+        } else {
+            self.welcome_emails(&setup).await?
+        };
         rows.extend([
             Row::rate(
                 "welcome/cold-start".to_owned(),
@@ -827,7 +812,16 @@ impl<'a> Phase<'a> {
                 "RSS, bound and idle (2 s after start)",
                 "-",
                 "MiB",
-                vec![idle_mib],
+                idle_mib,
+            ),
+            Row::rate(
+                "welcome/anon-idle".to_owned(),
+                "The welcome function (target/release/welcome)",
+                "of that RSS, anonymous memory (heap, stacks): what each further replica on a host adds; the rest \
+                 is code and shared libraries, shared by every process of the binary",
+                "-",
+                "MiB",
+                anon_mib,
             ),
         ]);
         Ok(rows)

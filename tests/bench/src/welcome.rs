@@ -67,15 +67,19 @@ pub struct Memory {
     pub rss_kib: u64,
     /// The peak resident size so far.
     pub peak_kib: u64,
+    /// Of `rss_kib`, the anonymous pages (heap, stacks): what each further process adds. The rest is file pages
+    /// (the binary's code, the shared libraries), which every process of the same binary on a host shares.
+    pub anon_kib: u64,
 }
 
-/// Reads `VmRSS` and `VmHWM`.
+/// Reads `VmRSS`, `VmHWM` and `RssAnon`.
 pub fn memory(pid: u32) -> anyhow::Result<Memory> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| crate::scale::status_kib(&status, name);
     Ok(Memory {
         rss_kib: field("VmRSS:"),
         peak_kib: field("VmHWM:"),
+        anon_kib: field("RssAnon:"),
     })
 }
 
