@@ -40,24 +40,6 @@ pub(crate) enum Tree<'a> {
 }
 
 impl<'a> Tree<'a> {
-    /// A tree over a parsed `Value` (the publish paths, which hold one already): strings are borrowed from it.
-    pub(crate) fn of_value(value: &'a Value) -> Self {
-        match value {
-            Value::Null => Tree::Null,
-            Value::Bool(boolean) => Tree::Bool(*boolean),
-            Value::Number(number) => Tree::Number(number.clone()),
-            Value::String(string) => Tree::String(Cow::Borrowed(string)),
-            Value::Array(items) => Tree::Array(items.iter().map(Tree::of_value).collect()),
-            // A `Map` iterates in key order with each key once: already this tree's order.
-            Value::Object(members) => Tree::Object(
-                members
-                    .iter()
-                    .map(|(key, value)| (Cow::Borrowed(key.as_str()), Tree::of_value(value)))
-                    .collect(),
-            ),
-        }
-    }
-
     fn to_json_value(&self) -> Value {
         match self {
             Tree::Null => Value::Null,

@@ -7,6 +7,8 @@ use std::sync::OnceLock;
 use serde::Deserialize as _;
 use serde_json::Value;
 
+use jsonschema::json::Json;
+
 use crate::tree::{Borrowed, Tree};
 use crate::{CATALOG, CloudEvent, Event};
 
@@ -83,10 +85,11 @@ impl std::error::Error for Invalid {}
 /// one or two types of the catalog's seventeen, and compiling all of them cost start-up time and resident memory
 /// for validators it never uses (tests/bench/ANALYSIS.md, section 5).
 pub struct Validator {
-    /// One slot per [`CATALOG`] row, in the same order. Compiled for [`Tree`], the tree that borrows its strings
-    /// from the event's bytes.
+    /// One slot per [`CATALOG`] row, in the same order, compiled for [`Tree`], the tree that borrows its strings
+    /// from the event's bytes: a function's [`Validator::decode`].
     schemas: Box<[OnceLock<jsonschema::Validator<Borrowed>>]>,
-    /// The same schemas compiled for `serde_json::Value`, only for [`Validator::decode_by_value`].
+    /// The same schemas compiled for `serde_json::Value`: the publish paths and [`Validator::check`], which hold a
+    /// `Value` already. A process compiles a type for both only if it both consumes and checks that type.
     by_value: Box<[OnceLock<jsonschema::Validator>]>,
 }
 
@@ -94,8 +97,8 @@ impl fmt::Debug for Validator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let compiled: Vec<&str> = CATALOG
             .iter()
-            .zip(self.schemas.iter())
-            .filter(|(_, slot)| slot.get().is_some())
+            .zip(self.schemas.iter().zip(self.by_value.iter()))
+            .filter(|(_, (tree, value))| tree.get().is_some() || value.get().is_some())
             .map(|(kind, _)| kind.ty)
             .collect();
         f.debug_struct("Validator")
@@ -125,16 +128,14 @@ impl Validator {
         }
     }
 
-    /// The compiled schema of the catalog row `index`.
+    /// The compiled schema of the catalog row `index`, for the borrowed tree.
     fn compiled(&self, index: usize) -> &jsonschema::Validator<Borrowed> {
-        self.schemas[index].get_or_init(|| {
-            let kind = &CATALOG[index];
-            jsonschema::options_for::<Borrowed>()
-                .should_validate_formats(true)
-                .with_format("idn-email", idn_email)
-                .build(&schema_of(kind))
-                .unwrap_or_else(|err| panic!("schema of {} does not compile: {err}", kind.ty))
-        })
+        self.schemas[index].get_or_init(|| compile(index))
+    }
+
+    /// The compiled schema of the catalog row `index`, for a `serde_json::Value`.
+    fn compiled_by_value(&self, index: usize) -> &jsonschema::Validator {
+        self.by_value[index].get_or_init(|| compile(index))
     }
 
     /// Checks raw bytes as a CloudEvent of any catalog type.
@@ -173,7 +174,7 @@ impl Validator {
         value: &Value,
         event: &CloudEvent<T>,
     ) -> Result<(), Invalid> {
-        let kind = self.check_schema(&Tree::of_value(value))?;
+        let kind = self.check_schema_by_value(value)?;
         if kind.ty != T::TYPE {
             return Err(Invalid::new(
                 "/type",
@@ -185,7 +186,7 @@ impl Validator {
     }
 
     fn check_value_for(&self, value: Value, publishing: bool) -> Result<CloudEvent, Invalid> {
-        let kind = self.check_schema(&Tree::of_value(&value))?;
+        let kind = self.check_schema_by_value(&value)?;
         if let Some(data) = value.get("data") {
             (kind.check_data)(data, publishing)?;
         }
@@ -224,35 +225,7 @@ impl Validator {
     #[doc(hidden)]
     pub fn decode_by_value<T: Event>(&self, bytes: &[u8]) -> Result<CloudEvent<T>, Invalid> {
         let value = parse(bytes)?;
-        let Some(object) = value.as_object() else {
-            return Err(Invalid::new("", "a CloudEvent must be a JSON object"));
-        };
-        let ty = match object.get("type") {
-            Some(Value::String(ty)) => ty.as_str(),
-            Some(_) => return Err(Invalid::new("/type", "must be a string")),
-            None => return Err(Invalid::new("/type", "is required")),
-        };
-        let Some(index) = CATALOG.iter().position(|kind| kind.ty == ty) else {
-            return Err(Invalid::new("/type", "is not an event type in the catalog"));
-        };
-        let kind = &CATALOG[index];
-        let schema = self.by_value[index].get_or_init(|| {
-            jsonschema::options()
-                .should_validate_formats(true)
-                .with_format("idn-email", idn_email)
-                .build(&schema_of(kind))
-                .unwrap_or_else(|err| panic!("schema of {} does not compile: {err}", kind.ty))
-        });
-        if !schema.is_valid(&value) {
-            let mut invalid = Invalid::default();
-            for error in schema.iter_errors(&value) {
-                invalid.push(
-                    error.instance_path().to_string(),
-                    describe_schema_error(&error),
-                );
-            }
-            invalid.into_result()?;
-        }
+        let kind = self.check_schema_by_value(&value)?;
         if kind.ty != T::TYPE {
             return Err(Invalid::new(
                 "/type",
@@ -265,32 +238,28 @@ impl Validator {
         Ok(event)
     }
 
-    /// The envelope and `data` against the type's schema; only when that fails are the errors collected, so a
-    /// valid event costs one validation pass.
-    fn check_schema(&self, value: &Tree<'_>) -> Result<&'static crate::EventKind, Invalid> {
-        if !matches!(value, Tree::Object(_)) {
+    /// The envelope and `data` against the type's schema, on the borrowed tree; only when that fails are the
+    /// errors collected, so a valid event costs one validation pass.
+    fn check_schema(&self, tree: &Tree<'_>) -> Result<&'static crate::EventKind, Invalid> {
+        if !matches!(tree, Tree::Object(_)) {
             return Err(Invalid::new("", "a CloudEvent must be a JSON object"));
         }
-        let ty = match value.get("type") {
-            Some(Tree::String(ty)) => ty.as_ref(),
-            Some(_) => return Err(Invalid::new("/type", "must be a string")),
-            None => return Err(Invalid::new("/type", "is required")),
+        let index = catalog_index(tree.get("type").map(|ty| match ty {
+            Tree::String(ty) => Some(ty.as_ref()),
+            _ => None,
+        }))?;
+        verdict(self.compiled(index), tree)?;
+        Ok(&CATALOG[index])
+    }
+
+    /// As [`Validator::check_schema`], on a `serde_json::Value`.
+    fn check_schema_by_value(&self, value: &Value) -> Result<&'static crate::EventKind, Invalid> {
+        let Some(object) = value.as_object() else {
+            return Err(Invalid::new("", "a CloudEvent must be a JSON object"));
         };
-        let Some(index) = CATALOG.iter().position(|kind| kind.ty == ty) else {
-            return Err(Invalid::new("/type", "is not an event type in the catalog"));
-        };
-        let (schema, kind) = (self.compiled(index), &CATALOG[index]);
-        if schema.is_valid(value) {
-            return Ok(kind);
-        }
-        let mut invalid = Invalid::default();
-        for error in schema.iter_errors(value) {
-            invalid.push(
-                error.instance_path().to_string(),
-                describe_schema_error(&error),
-            );
-        }
-        invalid.into_result().map(|()| kind)
+        let index = catalog_index(object.get("type").map(Value::as_str))?;
+        verdict(self.compiled_by_value(index), value)?;
+        Ok(&CATALOG[index])
     }
 
     /// Converts a checked event to its payload type and runs the payload's own rules.
@@ -416,9 +385,46 @@ fn not_json(err: &serde_json::Error) -> Invalid {
     )
 }
 
-/// A committed schema as the validator compiles it.
-fn schema_of(kind: &crate::EventKind) -> Value {
-    serde_json::from_str(kind.schema_file).expect("committed schema is JSON")
+/// The committed schema of the catalog row `index`, compiled for the representation `F`.
+fn compile<F: Json>(index: usize) -> jsonschema::Validator<F> {
+    let kind = &CATALOG[index];
+    let schema: Value = serde_json::from_str(kind.schema_file).expect("committed schema is JSON");
+    jsonschema::options_for::<F>()
+        .should_validate_formats(true)
+        .with_format("idn-email", idn_email)
+        .build(&schema)
+        .unwrap_or_else(|err| panic!("schema of {} does not compile: {err}", kind.ty))
+}
+
+/// The catalog row of an event's `type`, given as found: absent, not a string, or the string.
+fn catalog_index(ty: Option<Option<&str>>) -> Result<usize, Invalid> {
+    let ty = match ty {
+        Some(Some(ty)) => ty,
+        Some(None) => return Err(Invalid::new("/type", "must be a string")),
+        None => return Err(Invalid::new("/type", "is required")),
+    };
+    CATALOG
+        .iter()
+        .position(|kind| kind.ty == ty)
+        .ok_or_else(|| Invalid::new("/type", "is not an event type in the catalog"))
+}
+
+/// One pass for a valid instance; the errors are collected only when it fails.
+fn verdict<'i, F: Json>(
+    schema: &'i jsonschema::Validator<F>,
+    instance: F::Node<'i>,
+) -> Result<(), Invalid> {
+    if schema.is_valid(instance.clone()) {
+        return Ok(());
+    }
+    let mut invalid = Invalid::default();
+    for error in schema.iter_errors(instance) {
+        invalid.push(
+            error.instance_path().to_string(),
+            describe_schema_error(&error),
+        );
+    }
+    invalid.into_result()
 }
 
 impl Default for Validator {
