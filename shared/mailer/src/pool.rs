@@ -330,6 +330,11 @@ impl Pool {
         Ok(Checkout::new(conn, &self.shared))
     }
 
+    /// Returns once no warm-up is under way (at once when none is): [`Pool::get`] then finds its connection parked.
+    pub(crate) async fn warm_up_ended(&self) {
+        drop(self.shared.warming.lock().await);
+    }
+
     /// Whether nothing is idle: with no send under way either, the next send would open a connection first.
     pub(crate) fn is_empty(&self) -> bool {
         self.shared.lock().is_empty()

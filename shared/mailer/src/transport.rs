@@ -113,6 +113,11 @@ impl Smtp {
     async fn send(&self, message: Message) -> Result<Delivery, SendError> {
         // Waiting for a permit is not part of SMTP_TIMEOUT_SECS: only the server's own slowness is.
         let _permit = self.permit().await;
+        // Nor is waiting for a warm-up under way (it has its own SMTP_TIMEOUT_SECS, and its connection is the one
+        // this send takes): counted in, a warm-up that ended near the limit left this send milliseconds for its own
+        // connect and transaction, and a limit that falls after the end of DATA went out but before the server's
+        // 250 came back sends the email again on the retry (seen in CI: two emails for one event).
+        self.pool.warm_up_ended().await;
         let raw = message.formatted();
         let send = async {
             let mut checkout = self.pool.get().await?;
@@ -728,6 +733,42 @@ mod tests {
             server.total_sessions(),
             1,
             "both emails went over the warmed connection; warming with one open is a no-op"
+        );
+    }
+
+    /// A send that waited for a slow warm-up still has all of `SMTP_TIMEOUT_SECS` for its own transaction: the
+    /// limit cannot fall after the server took the message because the warm-up used most of it.
+    #[tokio::test]
+    async fn a_send_after_a_slow_warm_up_has_its_whole_time_limit() {
+        let server = smtp_server(|s| {
+            s.delay_replies(SmtpCommand::Connect, Duration::from_millis(700));
+            s.delay_data_reply(Duration::from_millis(500));
+        });
+        let mailer = Mailer::new(MailerConfig {
+            smtp_pool_max: 2,
+            ..smtp_config(server.url(), 1)
+        })
+        .expect("mailer");
+        mailer.warm();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while server.total_sessions() == 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let started = std::time::Instant::now();
+        let sent = mailer.send(message("ada@example.com")).await;
+        assert_eq!(
+            sent.expect("sent: 700 ms of warm-up and 500 ms of DATA are each under the 1 s limit"),
+            Delivery::Smtp
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(1_000),
+            "it did wait"
+        );
+        assert_eq!(server.count(), 1);
+        assert_eq!(
+            server.total_sessions(),
+            1,
+            "the send used the warmed connection"
         );
     }
 

@@ -490,6 +490,16 @@ pub fn spawn_welcome(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    // To read what a function decided (the ledger's disk probe, its pool), `JETFN_BENCH_FUNCTION_LOGS=<dir>` keeps
+    // each process's log in `<dir>/<consumer>.log` (appended: a consumer's replicas share one).
+    if let Some(dir) = std::env::var_os("JETFN_BENCH_FUNCTION_LOGS") {
+        std::fs::create_dir_all(&dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(Path::new(&dir).join(format!("{consumer}.log")))?;
+        command.stderr(log.try_clone()?).stdout(log);
+    }
     if let Some(pool) = pool {
         command.env("SMTP_POOL_MAX", pool.to_string());
     }
