@@ -59,10 +59,7 @@ impl<'a> Tree<'a> {
     /// The member `key` of an object.
     pub(crate) fn get(&self, key: &str) -> Option<&Tree<'a>> {
         match self {
-            Tree::Object(members) => members
-                .binary_search_by(|(name, _)| name.as_ref().cmp(key))
-                .ok()
-                .map(|at| &members[at].1),
+            Tree::Object(members) => member(members, key),
             _ => None,
         }
     }
@@ -85,6 +82,14 @@ impl<'a> Tree<'a> {
             Tree::Object(_) => Unexpected::Map,
         }
     }
+}
+
+/// The value of `key` among members sorted by key.
+fn member<'b, 'a>(members: &'b [(Cow<'a, str>, Tree<'a>)], key: &str) -> Option<&'b Tree<'a>> {
+    members
+        .binary_search_by(|(name, _)| name.as_ref().cmp(key))
+        .ok()
+        .map(|at| &members[at].1)
 }
 
 // ---- Parsing: serde_json's parser, this tree's visitor ----
@@ -328,10 +333,7 @@ impl<'a> Object<'a, Borrowed> for Members<'a> {
     }
 
     fn get(&self, key: &Box<str>) -> Option<&'a Tree<'a>> {
-        self.0
-            .binary_search_by(|(name, _)| name.as_ref().cmp(key))
-            .ok()
-            .map(|at| &self.0[at].1)
+        member(self.0, key)
     }
 
     fn members(&self) -> Self::MembersIter {

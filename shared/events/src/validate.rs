@@ -201,19 +201,9 @@ impl Validator {
     pub fn decode<T: Event>(&self, bytes: &[u8]) -> Result<CloudEvent<T>, Invalid> {
         // The hot path of every function: one parse into a tree that borrows from `bytes`, one schema pass, one
         // typed decode out of the tree, one `validate`.
-        check_size(bytes.len())?;
-        let tree: Tree<'_> = serde_json::from_slice(bytes).map_err(|err| not_json(&err))?;
+        let tree: Tree<'_> = parse(bytes)?;
         let kind = self.check_schema(&tree)?;
-        if kind.ty != T::TYPE {
-            return Err(Invalid::new(
-                "/type",
-                format!("this function takes {} events only", T::TYPE),
-            ));
-        }
-        let event = CloudEvent::<T>::deserialize(&tree)
-            .map_err(|err| Invalid::new("/data", describe_json_error(&err)))?;
-        event.data.validate()?;
-        Ok(event)
+        typed_event(kind, &tree)
     }
 
     /// [`Validator::decode`] as it was before [`Tree`]: the bytes parsed into a `serde_json::Value`, the schema
@@ -224,18 +214,9 @@ impl Validator {
     /// As [`Validator::decode`].
     #[doc(hidden)]
     pub fn decode_by_value<T: Event>(&self, bytes: &[u8]) -> Result<CloudEvent<T>, Invalid> {
-        let value = parse(bytes)?;
+        let value: Value = parse(bytes)?;
         let kind = self.check_schema_by_value(&value)?;
-        if kind.ty != T::TYPE {
-            return Err(Invalid::new(
-                "/type",
-                format!("this function takes {} events only", T::TYPE),
-            ));
-        }
-        let event = CloudEvent::<T>::deserialize(value)
-            .map_err(|err| Invalid::new("/data", describe_json_error(&err)))?;
-        event.data.validate()?;
-        Ok(event)
+        typed_event(kind, value)
     }
 
     /// The envelope and `data` against the type's schema, on the borrowed tree; only when that fails are the
@@ -368,21 +349,37 @@ pub fn check_size(len: usize) -> Result<(), Invalid> {
 }
 
 /// Size first, so an oversized event is refused before any parsing work.
-fn parse(bytes: &[u8]) -> Result<Value, Invalid> {
+fn parse<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Invalid> {
     check_size(bytes.len())?;
-    serde_json::from_slice(bytes).map_err(|err| not_json(&err))
+    serde_json::from_slice(bytes).map_err(|err| {
+        Invalid::new(
+            "",
+            format!(
+                "not JSON: {} at line {} column {}",
+                describe_json_error(&err),
+                err.line(),
+                err.column()
+            ),
+        )
+    })
 }
 
-fn not_json(err: &serde_json::Error) -> Invalid {
-    Invalid::new(
-        "",
-        format!(
-            "not JSON: {} at line {} column {}",
-            describe_json_error(err),
-            err.line(),
-            err.column()
-        ),
-    )
+/// A schema-checked event of catalog type `kind` as a `CloudEvent<T>`: refused unless `kind` is `T`'s, then
+/// decoded out of its parsed tree (either representation) and held to `T`'s own rules.
+fn typed_event<'de, T: Event>(
+    kind: &crate::EventKind,
+    tree: impl serde::Deserializer<'de, Error = serde_json::Error>,
+) -> Result<CloudEvent<T>, Invalid> {
+    if kind.ty != T::TYPE {
+        return Err(Invalid::new(
+            "/type",
+            format!("this function takes {} events only", T::TYPE),
+        ));
+    }
+    let event = CloudEvent::<T>::deserialize(tree)
+        .map_err(|err| Invalid::new("/data", describe_json_error(&err)))?;
+    event.data.validate()?;
+    Ok(event)
 }
 
 /// The committed schema of the catalog row `index`, compiled for the representation `F`.
