@@ -749,6 +749,51 @@ async fn the_whole_console_flow_works_in_headless_chromium() {
     assert!(output.contains("step: done"), "{output}");
 }
 
+/// The console seals a new schedule's sensitive fields with its keyring, as `jetfn schedule add` does: a token typed
+/// into the console never sits in `SCHEDULES` in clear while the schedule waits.
+#[tokio::test]
+async fn a_schedule_added_in_the_console_holds_its_sensitive_fields_sealed() {
+    let system = System::start().await;
+    let dir = TempDir::new("console-sealed-schedule");
+    let (file, [_, _, (_, root)]) = tokens_file(&dir);
+    let mut env = system.env();
+    env.push((
+        "JETFN_KEYRING",
+        crate::sealed::ring_json(Some("k1"), &[("k1", crate::sealed::K1)]),
+    ));
+    let console = Console::start(env, &["--tokens-file", &file]).await;
+    let admin = console.signed_in(json!({ "token": root })).await;
+    let token = "consoleTypedToken_0123456789abcdefghijkl";
+    let mut data = (events::kind_by_type("users.password_reset_requested")
+        .unwrap()
+        .example_data)();
+    data["token"] = token.into();
+    let new = json!({
+        "event_type": "users.password_reset_requested", "data": data, "in": "1h", "name": "reset-later"
+    });
+    let (status, added) = console
+        .call(Some(&admin), "POST", "/api/schedules", Some(new))
+        .await;
+    assert_eq!(status, 200, "{added}");
+
+    let schedules = system.js.get_stream("SCHEDULES").await.unwrap();
+    let held = schedules
+        .direct_get_last_for_subject("schedules.reset-later")
+        .await
+        .unwrap();
+    assert_eq!(crate::sealed::key_id(&held.headers).as_deref(), Some("k1"));
+    let stored = String::from_utf8_lossy(&held.payload);
+    assert!(
+        !stored.contains(token) && stored.contains(publish::sealed::PREFIX),
+        "the token is sealed in SCHEDULES: {stored}"
+    );
+    let (_, listed) = console
+        .call(Some(&admin), "GET", "/api/schedules", None)
+        .await;
+    assert!(!listed.to_string().contains(token), "{listed}");
+    assert!(!console.process.output().contains(token));
+}
+
 #[tokio::test]
 async fn schedules_are_listed_by_anyone_and_added_or_cancelled_by_an_admin_and_replicas_show_their_heartbeat()
  {

@@ -16,12 +16,12 @@ use time::format_description::well_known::Rfc3339;
 use crate::support::{System, TempDir, WAIT};
 
 // Test keys (32 bytes each, base64); never used anywhere else.
-const K1: &str = "c2VhbGVkLWZpZWxkcy10ZXN0LWtleS1udW1iZXItMDE=";
+pub(super) const K1: &str = "c2VhbGVkLWZpZWxkcy10ZXN0LWtleS1udW1iZXItMDE=";
 const K2: &str = "c2VhbGVkLWZpZWxkcy10ZXN0LWtleS1udW1iZXItMDI=";
 const K1_IMPOSTOR: &str = "aW1wb3N0b3Ita2V5LWZvci10aGUtaWQtazEtMDAwMDA=";
 const RESET_SUBJECT: &str = "events.users.password_reset_requested";
 
-fn ring_json(current: Option<&str>, keys: &[(&str, &str)]) -> String {
+pub(super) fn ring_json(current: Option<&str>, keys: &[(&str, &str)]) -> String {
     let keys: Vec<String> = keys
         .iter()
         .map(|(id, key)| format!("\"{id}\":\"{key}\""))
@@ -87,7 +87,7 @@ async fn stored(system: &System, sequence: u64) -> (HeaderMap, bytes::Bytes) {
     (message.headers, message.payload)
 }
 
-fn key_id(headers: &HeaderMap) -> Option<String> {
+pub(super) fn key_id(headers: &HeaderMap) -> Option<String> {
     headers
         .get(KEY_ID_HEADER)
         .map(|value| value.as_str().to_owned())

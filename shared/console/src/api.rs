@@ -1062,6 +1062,7 @@ fn span(field: &str, value: &str) -> Result<std::time::Duration, ApiError> {
 }
 
 async fn schedule_add(
+    Extract(state): Extract<Shared>,
     caller: Caller,
     payload: Result<Json<ScheduleBody>, JsonRejection>,
 ) -> Answer {
@@ -1097,7 +1098,8 @@ async fn schedule_add(
         source: "/jetfn-console".to_owned(),
     };
     // ops audits the addition (and a refusal) itself.
-    match ops::schedules::add(&caller.0.js, &caller.0.auditor, new).await {
+    let keyring = state.config.keyring.as_deref();
+    match ops::schedules::add_sealed(&caller.0.js, &caller.0.auditor, new, keyring).await {
         Ok(schedule) => ok(schedule),
         Err(err) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -51,6 +51,10 @@ pub struct Config {
     pub trace_url_template: Option<String>,
     /// The infra definitions an admin may plan and apply (`JETFN_INFRA_DIR`, as `jetfn infra`).
     pub infra_dir: std::path::PathBuf,
+    /// Seals a new schedule's sensitive fields as `jetfn schedule add` and the publisher do (`JETFN_KEYRING` or
+    /// `JETFN_KEYRING_FILE`): a schedule holds its event until it fires, and a token must not sit in the stream in
+    /// clear because it was typed into the console. Without one they are stored as given, as the CLI does.
+    pub keyring: Option<Arc<publish::sealed::Keyring>>,
 }
 
 /// How long a session lasts before signing in again.

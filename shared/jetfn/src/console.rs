@@ -104,6 +104,7 @@ pub(crate) async fn run(
             sign_in,
             trace_url_template: args.trace_url_template,
             infra_dir: args.infra_dir,
+            keyring: publish::sealed::Keyring::from_env()?.map(std::sync::Arc::new),
         },
         listener,
         runtime::shutdown_signal(),
