@@ -66,10 +66,13 @@ impl Event for UserRegistered {
     fn validate(&self) -> Result<(), Invalid> {
         // The schema's `format: idn-email` accepts what RFC 6531 allows; SMTP headers allow less.
         let mut invalid = Invalid::default();
-        if self
-            .email
-            .contains(['\r', '\n', '\0', ' ', '<', '>', ',', ';'])
-        {
+        // A byte scan, as in `rules::bare_address`: every character refused is ASCII.
+        if self.email.bytes().any(|byte| {
+            matches!(
+                byte,
+                b'\r' | b'\n' | b'\0' | b' ' | b'<' | b'>' | b',' | b';'
+            )
+        }) {
             invalid.push(
                 "/data/email",
                 "must be a bare address without spaces, brackets or separators",

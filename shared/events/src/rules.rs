@@ -7,7 +7,14 @@ use crate::Invalid;
 
 /// An address SMTP headers can carry as is: the schema's `format: idn-email` (RFC 6531) allows more than that.
 pub(crate) fn bare_address(invalid: &mut Invalid, field: &str, value: &str) {
-    if value.contains(['\r', '\n', '\0', ' ', '<', '>', ',', ';', '"']) {
+    // Every character refused is ASCII, and UTF-8 never uses an ASCII byte inside another character, so a byte
+    // scan finds what a character scan would, for much less on a path every event takes.
+    if value.bytes().any(|byte| {
+        matches!(
+            byte,
+            b'\r' | b'\n' | b'\0' | b' ' | b'<' | b'>' | b',' | b';' | b'"'
+        )
+    }) {
         invalid.push(
             field,
             "must be a bare address without spaces, quotes, brackets or separators",

@@ -349,9 +349,17 @@ pub fn check_size(len: usize) -> Result<(), Invalid> {
 }
 
 /// Size first, so an oversized event is refused before any parsing work.
+///
+/// Bytes that are UTF-8 as a whole (every event a publisher sends) are checked once and parsed as text, which
+/// spares the parser a UTF-8 check per string; other bytes go to the byte parser, whose error names the first bad
+/// string's place, so a refusal reads as it always did.
 fn parse<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Invalid> {
     check_size(bytes.len())?;
-    serde_json::from_slice(bytes).map_err(|err| {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(bytes),
+    }
+    .map_err(|err| {
         Invalid::new(
             "",
             format!(
@@ -893,6 +901,50 @@ mod tests {
             .build(&serde_json::json!({ "format": "idn-email" }))
             .unwrap()
             .is_valid(&Value::String(address.to_owned()))
+    }
+
+    /// `parse` reads UTF-8 as text and other bytes as bytes: both must give what serde_json's byte parser gives,
+    /// the same value or the same message, on event-like JSON with broken UTF-8, escapes and control characters.
+    #[test]
+    fn parsing_text_gives_what_parsing_bytes_gives() {
+        use proptest::prelude::*;
+        let via_bytes = |bytes: &[u8]| {
+            serde_json::from_slice::<Value>(bytes).map_err(|err| {
+                let message = format!(
+                    "not JSON: {} at line {} column {}",
+                    describe_json_error(&err),
+                    err.line(),
+                    err.column()
+                );
+                Invalid::new("", message).to_string()
+            })
+        };
+        let via_parse = |bytes: &[u8]| parse::<Value>(bytes).map_err(|invalid| invalid.to_string());
+        // Pieces of JSON text and of what breaks it: invalid and truncated UTF-8, surrogate escapes, raw controls.
+        let piece = prop_oneof![
+            Just(b"{\"id\":\"".to_vec()),
+            Just(b"\",\"data\":{\"name\":\"".to_vec()),
+            Just(b"\"}}".to_vec()),
+            Just(b"\"".to_vec()),
+            Just("Ngọc é 例".as_bytes().to_vec()),
+            Just(vec![0xff]),
+            Just(vec![0xc3]),
+            Just(vec![0xe4, 0xbe]),
+            Just(vec![0xed, 0xa0, 0x80]),
+            Just(b"\\ud800".to_vec()),
+            Just(b"\\ud83d\\ude00".to_vec()),
+            Just(b"\\n\\u0041".to_vec()),
+            Just(vec![b'\n']),
+            Just(vec![0x01]),
+            Just(vec![0xef, 0xbb, 0xbf]),
+            Just(b"1e400".to_vec()),
+            Just(b"[1,2".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..4),
+        ];
+        let text = proptest::collection::vec(piece, 1..10).prop_map(|pieces| pieces.concat());
+        proptest!(ProptestConfig::with_cases(3_000), |(bytes in text)| {
+            prop_assert_eq!(via_parse(&bytes), via_bytes(&bytes), "{:?}", String::from_utf8_lossy(&bytes));
+        });
     }
 
     #[test]

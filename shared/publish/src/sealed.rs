@@ -351,7 +351,7 @@ pub fn open_event(
     let Some(key_id) = key_id else {
         // The common case costs a substring search: only an event holding the prefix is parsed, to refuse a sealed
         // field whose header was dropped (it would otherwise reach a handler as ciphertext text).
-        if !contains(payload, PREFIX.as_bytes()) {
+        if !has_prefix(payload) {
             return Ok(None);
         }
         let Ok(value) = serde_json::from_slice::<Value>(payload) else {
@@ -427,9 +427,12 @@ pub fn open_event(
 }
 
 /// Every consumed event is searched for the sealed-field prefix: a byte-window comparison at every offset was 2% of
-/// the runtime's CPU per event (tests/bench/ANALYSIS.md, section 7); memchr's vectorised search is a fraction of it.
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    memchr::memmem::find(haystack, needle).is_some()
+/// the runtime's CPU per event (tests/bench/ANALYSIS.md, section 7); memchr's vectorised search is a fraction of it,
+/// with its searcher built once rather than per event.
+fn has_prefix(payload: &[u8]) -> bool {
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(PREFIX));
+    FINDER.find(payload).is_some()
 }
 
 /// The key id of a stored message's headers, if its fields are sealed.
