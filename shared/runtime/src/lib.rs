@@ -21,6 +21,7 @@ pub mod heartbeat;
 mod job;
 mod lanes;
 mod ledger;
+mod log_fields;
 mod metrics;
 pub mod nats_context;
 pub mod nats_url;

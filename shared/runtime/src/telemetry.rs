@@ -22,6 +22,8 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
+pub use crate::log_fields::LogFields;
+
 /// Flushes and shuts the span exporter down when dropped, so spans of the last messages are not lost on exit.
 #[must_use = "dropping the guard shuts telemetry down"]
 #[derive(Debug)]
@@ -278,12 +280,14 @@ fn install(
             .with_ansi(ansi)
             .compact()
             .with_target(false)
+            .fmt_fields(LogFields)
             .with_filter(filter())
             .boxed(),
         (false, true) => tracing_subscriber::fmt::layer()
             .with_ansi(ansi)
             .compact()
             .with_target(false)
+            .fmt_fields(LogFields)
             .with_writer(std::io::stderr)
             .with_filter(filter())
             .boxed(),

@@ -389,6 +389,7 @@ fn install_log_sink(filter: &str) -> anyhow::Result<()> {
         // A function writes no colour codes into a pipe or a file (runtime::telemetry); neither does the sink.
         .with_ansi(false)
         .with_target(false)
+        .fmt_fields(runtime::telemetry::LogFields)
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(Mutex::new(devnull))
         .try_init()
