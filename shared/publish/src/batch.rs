@@ -287,9 +287,14 @@ pub async fn count(
 
 /// The batch id and item index a message's headers name, when it is a batch item.
 pub fn item_of(headers: Option<&HeaderMap>) -> Option<(String, u64)> {
+    // Every consumed message is asked: a `&str` name would be checked and copied into a new `HeaderName` each time.
+    const ID: async_nats::header::HeaderName =
+        async_nats::header::HeaderName::from_static(BATCH_ID_HEADER);
+    const INDEX: async_nats::header::HeaderName =
+        async_nats::header::HeaderName::from_static(BATCH_INDEX_HEADER);
     let headers = headers?;
-    let id = headers.get(BATCH_ID_HEADER)?.as_str().to_owned();
-    let index = headers.get(BATCH_INDEX_HEADER)?.as_str().parse().ok()?;
+    let id = headers.get(ID)?.as_str().to_owned();
+    let index = headers.get(INDEX)?.as_str().parse().ok()?;
     Some((id, index))
 }
 

@@ -437,8 +437,11 @@ fn has_prefix(payload: &[u8]) -> bool {
 
 /// The key id of a stored message's headers, if its fields are sealed.
 pub fn key_id_of(headers: Option<&async_nats::HeaderMap>) -> Option<&str> {
+    // Every consumed message is asked: a `&str` name would be checked and copied into a new `HeaderName` each time.
+    const KEY_ID: async_nats::header::HeaderName =
+        async_nats::header::HeaderName::from_static(KEY_ID_HEADER);
     headers
-        .and_then(|headers| headers.get(KEY_ID_HEADER))
+        .and_then(|headers| headers.get(KEY_ID))
         .map(|value| value.as_str())
 }
 

@@ -344,8 +344,10 @@ fn is_recurring_firing(message: &jetstream::Message) -> bool {
     let Some(headers) = message.headers.as_ref() else {
         return false;
     };
-    headers.get("Nats-Scheduler").is_some()
+    // The server's header names as `HeaderName` constants: a `&str` name is checked and copied into a new
+    // `HeaderName` on every lookup, for every message.
+    headers.get(async_nats::header::NATS_SCHEDULER).is_some()
         && headers
-            .get("Nats-Schedule-Next")
+            .get(async_nats::header::NATS_SCHEDULE_NEXT)
             .is_some_and(|next| next.as_str() != "purge")
 }
