@@ -17,7 +17,7 @@ async fn a_dead_letter_lists_every_failed_attempt_in_order_with_its_reason() {
         (452, "4.2.2 mailbox busy"),
         (554, "5.7.1 message refused"),
     ]);
-    system
+    let published = system
         .publisher
         .publish(user("thrice@example.com", "Thrice"))
         .await
@@ -56,6 +56,39 @@ async fn a_dead_letter_lists_every_failed_attempt_in_order_with_its_reason() {
         );
     }
     assert!(!show.contains("thrice@example.com"), "{show}");
+
+    // `jetfn event` lists them too, under the function that failed them, in its table and in its JSON.
+    let event = system.jetfn(&["event", &published.id]).await;
+    let rows: Vec<&str> = event
+        .lines()
+        .skip_while(|line| !line.contains("welcome (welcome): failed attempts"))
+        .skip(2)
+        .take(3)
+        .collect();
+    assert_eq!(rows.len(), 3, "{event}");
+    for ((row, delivery), code) in rows.iter().zip(["1", "2", "3"]).zip(["451", "452", "554"]) {
+        assert!(
+            row.trim_start().starts_with(delivery) && row.contains(code),
+            "row {delivery} names {code}: {event}"
+        );
+    }
+    assert!(!event.contains("thrice@example.com"), "{event}");
+    let json = system.jetfn(&["event", &published.id, "--json"]).await;
+    let report: serde_json::Value =
+        serde_json::from_str(&json[json.find('{').expect("a JSON report")..]).unwrap();
+    let welcome = report["copies"][0]["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|fate| fate["function"] == "welcome")
+        .unwrap_or_else(|| panic!("{report}"));
+    let deliveries: Vec<u64> = welcome["failed_attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|attempt| attempt["delivery"].as_u64().unwrap())
+        .collect();
+    assert_eq!(deliveries, [1, 2, 3], "{report}");
 
     // The replayed event carries none of the record's headers.
     let env = system.env();

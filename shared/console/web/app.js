@@ -591,7 +591,12 @@ async function eventLookup(id) {
           h("td", {}, h("span", { class: "badge " + (f.state === "acknowledged" ? "ok" : f.state === "dead-lettered" ? "bad" : "warn") }, f.state + (f.paused ? " (paused)" : ""))),
           h("td", { class: "num" }, f.attempts === null ? "–" : f.attempts),
           h("td", { class: "wrap" }, f.last_error || "–"),
-          h("td", {}, f.dlq_sequence ? h("a", { href: `#/dlq/${f.dlq_sequence}` }, `#${f.dlq_sequence}`) : "–"))), "No consuming function.")));
+          h("td", {}, f.dlq_sequence ? h("a", { href: `#/dlq/${f.dlq_sequence}` }, `#${f.dlq_sequence}`) : "–"))), "No consuming function."),
+      ...c.consumers.filter((f) => (f.failed_attempts || []).length).map((f) => h("div", {},
+        h("h3", {}, `Failed attempts of ${f.function} (oldest first)`),
+        table(["Delivery", "Time", "Reason"], f.failed_attempts.map((a) => h("tr", {},
+          h("td", { class: "num" }, a.delivery), h("td", {}, when(new Date(a.at_ms).toISOString())), h("td", { class: "wrap" }, a.reason))),
+          "None kept.")))));
   }
   parts.push(h("section", { class: "card" }, h("h2", {}, "Effects the ledger recorded"),
     table(["Function", "Effect", "State", "Written"], r.effects.map((e) => h("tr", {}, h("td", {}, e.function), h("td", {}, e.effect), h("td", {}, e.state), h("td", {}, when(e.written)))), "None looked up.")));

@@ -402,15 +402,7 @@ async fn show(js: &async_nats::jetstream::Context, seq: u64, raw: bool) -> anyho
             "failed attempts (the last {} kept, oldest first):",
             runtime::dlq::MAX_ATTEMPTS_KEPT
         );
-        let mut table = output::table(&["delivery", "time", "reason"]);
-        for attempt in &letter.failed_attempts {
-            table.add_row(vec![
-                attempt.delivery.to_string(),
-                attempt.at().format(&Rfc3339).unwrap_or_default(),
-                attempt.reason.clone(),
-            ]);
-        }
-        output::print_table(&table);
+        output::print_table(&attempts_table(&letter.failed_attempts));
     }
     for (name, values) in letter.headers.iter() {
         for value in values {
@@ -450,4 +442,20 @@ fn truncate(text: &str, max: usize) -> String {
     } else {
         text.chars().take(max).collect::<String>() + "…"
     }
+}
+
+/// Failed attempts as `jetfn dlq show` and `jetfn event` print them: delivery, time, masked reason.
+pub(crate) fn attempts_table(attempts: &[runtime::dlq::FailedAttempt]) -> comfy_table::Table {
+    let mut table = output::table(&["delivery", "time", "reason"]);
+    for attempt in attempts {
+        table.add_row(vec![
+            attempt.delivery.to_string(),
+            attempt
+                .at()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            attempt.reason.clone(),
+        ]);
+    }
+    table
 }

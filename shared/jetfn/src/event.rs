@@ -96,6 +96,22 @@ pub(crate) async fn run(client: async_nats::Client, args: EventArgs) -> anyhow::
         for line in table.to_string().lines() {
             println!("  {}", line.trim_end());
         }
+        for fate in copy
+            .consumers
+            .iter()
+            .filter(|f| !f.failed_attempts.is_empty())
+        {
+            println!(
+                "  {} ({}): failed attempts, oldest first",
+                fate.function, fate.consumer
+            );
+            for line in crate::dlq::attempts_table(&fate.failed_attempts)
+                .to_string()
+                .lines()
+            {
+                println!("    {}", line.trim_end());
+            }
+        }
     }
     if !report.dead_letters.is_empty() {
         println!();

@@ -101,6 +101,9 @@ pub struct Fate {
     pub attempts: Option<u64>,
     /// The journal's last error while it is being retried.
     pub last_error: Option<String>,
+    /// Every failed attempt kept (the last [`runtime::dlq::MAX_ATTEMPTS_KEPT`], oldest first): from the DLQ record
+    /// once dead-lettered, else from the journal while it is being retried; empty when none failed or none is known.
+    pub failed_attempts: Vec<runtime::dlq::FailedAttempt>,
     /// Its DLQ sequence, when dead-lettered.
     pub dlq_sequence: Option<u64>,
     /// Whether the consumer is paused now.
@@ -185,6 +188,8 @@ pub async fn lookup(js: &jetstream::Context, query: &Query) -> anyhow::Result<Re
     let mut unknown = Vec::new();
     // The DLQ first: its records name the replays to look for, and hold the payload the effect names come from.
     let mut dead_letters = Vec::new();
+    // Each record's failed attempts, by DLQ sequence (the summaries leave them out: `dlq list` shows many records).
+    let mut attempts_by_record = std::collections::BTreeMap::new();
     let mut payload: Option<serde_json::Value> = None;
     match dlq::stream(js).await {
         Ok(stream) => match dlq::list(&stream, &dlq::Filter::default(), usize::MAX).await {
@@ -195,6 +200,7 @@ pub async fn lookup(js: &jetstream::Context, query: &Query) -> anyhow::Result<Re
                         if payload.is_none() {
                             payload = serde_json::from_slice(&letter.payload).ok();
                         }
+                        attempts_by_record.insert(seq, letter.failed_attempts);
                         dead_letters.push(summary);
                     }
                 }
@@ -341,6 +347,14 @@ pub async fn lookup(js: &jetstream::Context, query: &Query) -> anyhow::Result<Re
                 attempts: dead
                     .map(|d| d.attempts)
                     .or(journal.as_ref().map(|j| j.failures)),
+                failed_attempts: match (dead, &journal) {
+                    (Some(dead), _) => attempts_by_record
+                        .get(&dead.dlq_sequence)
+                        .cloned()
+                        .unwrap_or_default(),
+                    (None, Some(journal)) => journal.attempts.clone(),
+                    (None, None) => Vec::new(),
+                },
                 last_error: journal.map(|j| j.last_error),
                 dlq_sequence: dead.map(|d| d.dlq_sequence),
                 paused: info.paused,
