@@ -42,37 +42,11 @@ async fn a_dead_letter_lists_every_failed_attempt_in_order_with_its_reason() {
     );
 
     let show = system.jetfn(&["dlq", "show", &seq.to_string()]).await;
-    let rows: Vec<&str> = show
-        .lines()
-        .skip_while(|line| !line.starts_with("failed attempts"))
-        .skip(2)
-        .take(3)
-        .collect();
-    assert_eq!(rows.len(), 3, "{show}");
-    for ((row, delivery), code) in rows.iter().zip(["1", "2", "3"]).zip(["451", "452", "554"]) {
-        assert!(
-            row.trim_start().starts_with(delivery) && row.contains(code),
-            "row {delivery} names {code}: {show}"
-        );
-    }
-    assert!(!show.contains("thrice@example.com"), "{show}");
+    assert_attempt_rows(&show, "failed attempts");
 
     // `jetfn event` lists them too, under the function that failed them, in its table and in its JSON.
     let event = system.jetfn(&["event", &published.id]).await;
-    let rows: Vec<&str> = event
-        .lines()
-        .skip_while(|line| !line.contains("welcome (welcome): failed attempts"))
-        .skip(2)
-        .take(3)
-        .collect();
-    assert_eq!(rows.len(), 3, "{event}");
-    for ((row, delivery), code) in rows.iter().zip(["1", "2", "3"]).zip(["451", "452", "554"]) {
-        assert!(
-            row.trim_start().starts_with(delivery) && row.contains(code),
-            "row {delivery} names {code}: {event}"
-        );
-    }
-    assert!(!event.contains("thrice@example.com"), "{event}");
+    assert_attempt_rows(&event, "welcome (welcome): failed attempts");
     let json = system.jetfn(&["event", &published.id, "--json"]).await;
     let report: serde_json::Value =
         serde_json::from_str(&json[json.find('{').expect("a JSON report")..]).unwrap();
@@ -121,4 +95,23 @@ async fn a_dead_letter_lists_every_failed_attempt_in_order_with_its_reason() {
         replayed.headers
     );
     system.smtp.wait_for_messages(1, WAIT).await;
+}
+
+/// The three failed attempts, in order, in the table under the line that starts with `title` (after its header
+/// row): each row's delivery number and SMTP code, and no address in clear anywhere in `output`.
+fn assert_attempt_rows(output: &str, title: &str) {
+    let rows: Vec<&str> = output
+        .lines()
+        .skip_while(|line| !line.trim_start().starts_with(title))
+        .skip(2)
+        .take(3)
+        .collect();
+    assert_eq!(rows.len(), 3, "{output}");
+    for ((row, delivery), code) in rows.iter().zip(["1", "2", "3"]).zip(["451", "452", "554"]) {
+        assert!(
+            row.trim_start().starts_with(delivery) && row.contains(code),
+            "row {delivery} names {code}: {output}"
+        );
+    }
+    assert!(!output.contains("thrice@example.com"), "{output}");
 }

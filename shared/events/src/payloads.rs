@@ -66,13 +66,7 @@ impl Event for UserRegistered {
     fn validate(&self) -> Result<(), Invalid> {
         // The schema's `format: idn-email` accepts what RFC 6531 allows; SMTP headers allow less.
         let mut invalid = Invalid::default();
-        // A byte scan, as in `rules::bare_address`: every character refused is ASCII.
-        if self.email.bytes().any(|byte| {
-            matches!(
-                byte,
-                b'\r' | b'\n' | b'\0' | b' ' | b'<' | b'>' | b',' | b';'
-            )
-        }) {
+        if crate::rules::has_any(&self.email, b"\r\n\0 <>,;") {
             invalid.push(
                 "/data/email",
                 "must be a bare address without spaces, brackets or separators",

@@ -359,17 +359,19 @@ fn parse<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Invalid> {
         Ok(text) => serde_json::from_str(text),
         Err(_) => serde_json::from_slice(bytes),
     }
-    .map_err(|err| {
-        Invalid::new(
-            "",
-            format!(
-                "not JSON: {} at line {} column {}",
-                describe_json_error(&err),
-                err.line(),
-                err.column()
-            ),
-        )
-    })
+    .map_err(|err| not_json(&err))
+}
+
+fn not_json(err: &serde_json::Error) -> Invalid {
+    Invalid::new(
+        "",
+        format!(
+            "not JSON: {} at line {} column {}",
+            describe_json_error(err),
+            err.line(),
+            err.column()
+        ),
+    )
 }
 
 /// A schema-checked event of catalog type `kind` as a `CloudEvent<T>`: refused unless `kind` is `T`'s, then
@@ -909,15 +911,7 @@ mod tests {
     fn parsing_text_gives_what_parsing_bytes_gives() {
         use proptest::prelude::*;
         let via_bytes = |bytes: &[u8]| {
-            serde_json::from_slice::<Value>(bytes).map_err(|err| {
-                let message = format!(
-                    "not JSON: {} at line {} column {}",
-                    describe_json_error(&err),
-                    err.line(),
-                    err.column()
-                );
-                Invalid::new("", message).to_string()
-            })
+            serde_json::from_slice::<Value>(bytes).map_err(|err| not_json(&err).to_string())
         };
         let via_parse = |bytes: &[u8]| parse::<Value>(bytes).map_err(|invalid| invalid.to_string());
         // Pieces of JSON text and of what breaks it: invalid and truncated UTF-8, surrogate escapes, raw controls.
