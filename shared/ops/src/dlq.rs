@@ -585,9 +585,9 @@ struct Sealing {
 /// Brings an edited event's sensitive fields to the form a function opens, or refuses naming the fields (never a
 /// value). `stored` is the record's event, `stored_key` its `Jetfn-Key-Id`.
 ///
-/// - A value in the sealed form must be the record's own ciphertext for that field, which opens under
-///   `stored_key`; any other could not open here (the associated data binds the event and the field), and this
-///   process does not open ciphertexts to find out more.
+/// - A value in the sealed form must be the record's own ciphertext for that field, the one known to belong under
+///   `stored_key`: one pasted from another event or field would not open (the associated data binds them), and
+///   this process does not open ciphertexts to tell which would.
 /// - A value in clear is sealed with `keyring`. One header names the key of every sealed field, so when others stay
 ///   sealed it is sealed under their key, `stored_key`, even if the keyring's current key is newer: re-sealing the
 ///   kept fields with the current key would mean opening them here, and the console has no reason to see them. A
