@@ -794,6 +794,222 @@ async fn a_schedule_added_in_the_console_holds_its_sensitive_fields_sealed() {
     assert!(!console.process.output().contains(token));
 }
 
+/// A password reset sealed with `k1` that a function without the key dead-lettered (kind `permanent`); returns its
+/// DLQ sequence. The keyless function is stopped: the test runs the function with the key when it wants one.
+async fn sealed_dead_reset(system: &System, user: &str, token: &str) -> u64 {
+    use crate::sealed::{K1, keyring, reset};
+    let keyless = system.spawn("password-reset", &[]).await;
+    system
+        .emails()
+        .with_keyring(keyring("k1", &[("k1", K1)]))
+        .send_password_reset(reset(user, token))
+        .await
+        .unwrap();
+    let records = system.wait_dlq(1).await;
+    keyless.sigterm();
+    keyless.wait_exit(WAIT).await;
+    assert_eq!(records.len(), 1);
+    let text = String::from_utf8_lossy(&records[0].1.payload);
+    assert!(!text.contains(token), "the dead letter is sealed: {text}");
+    records[0].0
+}
+
+/// Fails if `secret` is stored in clear anywhere an edited replay writes: the events, the dead letters, the audit
+/// trail (headers and bodies, every message).
+async fn assert_stored_nowhere(system: &System, secret: &str) {
+    for name in ["EVENTS", "DLQ", "AUDIT"] {
+        let mut stream = system.js.get_stream(name).await.unwrap();
+        let state = stream.info().await.unwrap().state.clone();
+        if state.messages == 0 {
+            continue;
+        }
+        for seq in state.first_sequence..=state.last_sequence {
+            let Ok(message) = stream.get_raw_message(seq).await else {
+                continue;
+            };
+            let headers: String = message
+                .headers
+                .iter()
+                .flat_map(|(name, values)| values.iter().map(move |v| format!("{name}: {v}")))
+                .collect();
+            assert!(
+                !String::from_utf8_lossy(&message.payload).contains(secret)
+                    && !headers.contains(secret),
+                "{name} #{seq} holds the secret in clear"
+            );
+        }
+    }
+}
+
+/// An operator who types a new reset token into a sealed dead letter's edit gets it sealed with the console's
+/// keyring, under the key its header names: the function opens it and mails the new token, and the token sits
+/// nowhere in clear (the events, the DLQ, the audit trail, the console's and the function's output).
+#[tokio::test]
+async fn an_edited_dead_letter_whose_token_is_retyped_in_clear_is_replayed_sealed_with_the_consoles_keyring()
+ {
+    use crate::sealed::{K1, key_id, ring_json, token_mailed_to};
+    let system = System::start().await;
+    let seq = sealed_dead_reset(&system, "rhea", "storedEditToken_0123456789abcdefghij").await;
+    let function = system
+        .spawn(
+            "password-reset",
+            &[("JETFN_KEYRING", ring_json(None, &[("k1", K1)]))],
+        )
+        .await;
+    let dir = TempDir::new("console-sealed-edit");
+    let (file, [(_, operator), _, _]) = tokens_file(&dir);
+    let mut env = system.env();
+    env.push(("JETFN_KEYRING", ring_json(Some("k1"), &[("k1", K1)])));
+    let console = Console::start(env, &["--tokens-file", &file]).await;
+    let operator = console.signed_in(json!({ "token": operator })).await;
+    let (status, stored) = console
+        .call(
+            Some(&operator),
+            "GET",
+            &format!("/api/dlq/{seq}/event"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{stored}");
+    let mut event = stored["event"].clone();
+    assert!(
+        publish::sealed::is_sealed(&event["data"]["token"]),
+        "the console shows the sealed form: {event}"
+    );
+    let retyped = "retypedToken_0123456789abcdefghijklmn";
+    event["data"]["token"] = retyped.into();
+    let (status, step) = console
+        .call(
+            Some(&operator),
+            "POST",
+            &format!("/api/dlq/{seq}/replay-edited"),
+            Some(json!({ "event": event })),
+        )
+        .await;
+    assert_eq!(
+        (status, step["result"].as_str()),
+        (200, Some("replayed")),
+        "{step}"
+    );
+
+    let events_stream = system.js.get_stream("EVENTS").await.unwrap();
+    let republished = events_stream
+        .get_raw_message(step["sequence"].as_u64().expect("its sequence"))
+        .await
+        .unwrap();
+    assert_eq!(key_id(&republished.headers).as_deref(), Some("k1"));
+    let text = String::from_utf8_lossy(&republished.payload);
+    assert!(
+        !text.contains(retyped) && text.contains(publish::sealed::PREFIX),
+        "the republished token is sealed: {text}"
+    );
+    assert_eq!(token_mailed_to(&system, "rhea@example.com").await, retyped);
+    system.wait_settled("password-reset").await;
+    assert!(system.dlq().await.is_empty(), "opened, not dead-lettered");
+    assert_stored_nowhere(&system, retyped).await;
+    assert!(!console.process.output().contains(retyped));
+    assert!(!function.output().contains(retyped));
+}
+
+/// Without a keyring the console cannot seal, so an edit that puts a sealed field in clear is refused before
+/// anything is published, naming the field and never its value: `EVENTS` gains nothing and the dead letter stays.
+/// The same dead letter edited with its sealed token left as stored replays, and the function opens it.
+#[tokio::test]
+async fn without_a_keyring_the_console_refuses_an_edit_that_unseals_a_field_and_replays_one_that_keeps_it_sealed()
+ {
+    use crate::sealed::{K1, RESET_SUBJECT, key_id, ring_json, token_mailed_to};
+    let system = System::start().await;
+    let stored_token = "storedEditToken_9876543210zyxwvutsrq";
+    let seq = sealed_dead_reset(&system, "saul", stored_token).await;
+    let dir = TempDir::new("console-unsealed-edit");
+    let (file, [(_, operator), _, _]) = tokens_file(&dir);
+    let console = Console::start(system.env(), &["--tokens-file", &file]).await;
+    let operator = console.signed_in(json!({ "token": operator })).await;
+    let (_, stored) = console
+        .call(
+            Some(&operator),
+            "GET",
+            &format!("/api/dlq/{seq}/event"),
+            None,
+        )
+        .await;
+    let sealed = stored["event"].clone();
+    let mut event = sealed.clone();
+    let retyped = "retypedToken_zyxwvutsrq9876543210abcd";
+    event["data"]["token"] = retyped.into();
+    let mut events_stream = system.js.get_stream("EVENTS").await.unwrap();
+    let before = events_stream.info().await.unwrap().state.last_sequence;
+    let (status, refused) = console
+        .call(
+            Some(&operator),
+            "POST",
+            &format!("/api/dlq/{seq}/replay-edited"),
+            Some(json!({ "event": event })),
+        )
+        .await;
+    assert_eq!(status, 422, "{refused}");
+    let error = refused["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("/data/token: a sensitive field must stay sealed")
+            && error.contains("JETFN_KEYRING"),
+        "names the field and the way out: {error}"
+    );
+    assert!(!error.contains(retyped), "never echoes the value: {error}");
+    assert_eq!(
+        events_stream.info().await.unwrap().state.last_sequence,
+        before,
+        "nothing published"
+    );
+    let records = system.dlq().await;
+    assert_eq!(
+        records.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        [seq],
+        "the dead letter stays"
+    );
+    assert_stored_nowhere(&system, retyped).await;
+    assert!(!console.process.output().contains(retyped));
+
+    // The sealed token left as stored (another field fixed): replayed as it is, under its key.
+    let _function = system
+        .spawn(
+            "password-reset",
+            &[("JETFN_KEYRING", ring_json(None, &[("k1", K1)]))],
+        )
+        .await;
+    let mut event = sealed.clone();
+    event["data"]["name"] = "Saul".into();
+    let (status, step) = console
+        .call(
+            Some(&operator),
+            "POST",
+            &format!("/api/dlq/{seq}/replay-edited"),
+            Some(json!({ "event": event })),
+        )
+        .await;
+    assert_eq!(
+        (status, step["result"].as_str()),
+        (200, Some("replayed")),
+        "{step}"
+    );
+    let last = events_stream
+        .get_last_raw_message_by_subject(RESET_SUBJECT)
+        .await
+        .unwrap();
+    assert!(last.sequence > before);
+    assert_eq!(key_id(&last.headers).as_deref(), Some("k1"));
+    let republished: Value = serde_json::from_slice(&last.payload).unwrap();
+    assert_eq!(
+        republished["data"]["token"], sealed["data"]["token"],
+        "the stored ciphertext"
+    );
+    assert_eq!(
+        token_mailed_to(&system, "saul@example.com").await,
+        stored_token
+    );
+    system.wait_settled("password-reset").await;
+    assert!(system.dlq().await.is_empty());
+}
+
 #[tokio::test]
 async fn schedules_are_listed_by_anyone_and_added_or_cancelled_by_an_admin_and_replicas_show_their_heartbeat()
  {

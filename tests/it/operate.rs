@@ -151,10 +151,16 @@ fn fate<'a>(copy: &'a serde_json::Value, consumer: &str) -> &'a serde_json::Valu
 
 /// The error `replay_edited` refuses `event` with, as the edit of DLQ record `seq`.
 async fn refused_edit(system: &System, seq: u64, event: &serde_json::Value) -> String {
-    ops::dlq::replay_edited(&system.js, seq, &serde_json::to_vec(event).unwrap(), false)
-        .await
-        .unwrap_err()
-        .to_string()
+    ops::dlq::replay_edited(
+        &system.js,
+        seq,
+        &serde_json::to_vec(event).unwrap(),
+        false,
+        None,
+    )
+    .await
+    .unwrap_err()
+    .to_string()
 }
 
 #[tokio::test]
@@ -518,10 +524,15 @@ async fn an_edited_dead_letter_is_checked_against_its_schema_then_replayed() {
     );
 
     event["id"] = published.id.clone().into();
-    let step =
-        ops::dlq::replay_edited(&system.js, seq, &serde_json::to_vec(&event).unwrap(), false)
-            .await
-            .unwrap();
+    let step = ops::dlq::replay_edited(
+        &system.js,
+        seq,
+        &serde_json::to_vec(&event).unwrap(),
+        false,
+        None,
+    )
+    .await
+    .unwrap();
     assert!(
         matches!(step, ops::dlq::Step::Replayed { kept: false, .. }),
         "{step:?}"

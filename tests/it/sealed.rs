@@ -19,7 +19,7 @@ use crate::support::{System, TempDir, WAIT};
 pub(super) const K1: &str = "c2VhbGVkLWZpZWxkcy10ZXN0LWtleS1udW1iZXItMDE=";
 const K2: &str = "c2VhbGVkLWZpZWxkcy10ZXN0LWtleS1udW1iZXItMDI=";
 const K1_IMPOSTOR: &str = "aW1wb3N0b3Ita2V5LWZvci10aGUtaWQtazEtMDAwMDA=";
-const RESET_SUBJECT: &str = "events.users.password_reset_requested";
+pub(super) const RESET_SUBJECT: &str = "events.users.password_reset_requested";
 
 pub(super) fn ring_json(current: Option<&str>, keys: &[(&str, &str)]) -> String {
     let keys: Vec<String> = keys
@@ -32,12 +32,12 @@ pub(super) fn ring_json(current: Option<&str>, keys: &[(&str, &str)]) -> String 
     }
 }
 
-fn keyring(current: &str, keys: &[(&str, &str)]) -> Arc<Keyring> {
+pub(super) fn keyring(current: &str, keys: &[(&str, &str)]) -> Arc<Keyring> {
     Arc::new(Keyring::parse(&ring_json(Some(current), keys), "test").unwrap())
 }
 
 /// A reset request with a token of its own (so every test token is distinct and searchable in the logs).
-fn reset(user: &str, token: &str) -> PasswordResetRequested {
+pub(super) fn reset(user: &str, token: &str) -> PasswordResetRequested {
     let mut request = PasswordResetRequested::example();
     request.user_id = user.to_owned();
     request.email = format!("{user}@example.com");
@@ -55,7 +55,7 @@ fn unescape(html: &str) -> String {
 }
 
 /// Waits for an email to `to` and returns the token its text part links to.
-async fn token_mailed_to(system: &System, to: &str) -> String {
+pub(super) async fn token_mailed_to(system: &System, to: &str) -> String {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         if let Some(mail) = system
@@ -439,6 +439,83 @@ async fn a_sealed_contact_message_is_ciphertext_in_the_stream_and_reaches_suppor
     );
     system.wait_settled("contact").await;
     assert!(!function.output().contains("sealedContactMessage"));
+}
+
+/// `ops::dlq::replay_edited`, where the console's and any other edit of a dead letter goes: a contact message typed
+/// anew in clear (its schema takes a sealed one too, so before this the clear text went out under the key id, sat
+/// in `EVENTS` and was dead-lettered again as not sealed) is refused without a keyring, changing nothing, and with
+/// one is sealed under its current key (here `k2`, after a rotation: nothing else stays sealed under `k1`).
+#[tokio::test]
+async fn an_edited_contact_message_typed_in_clear_is_refused_without_a_keyring_and_sealed_with_one()
+{
+    let system = System::start().await;
+    let keyless = system.spawn("contact", &[]).await;
+    let mut form = events::ContactSubmitted::example();
+    form.message = "sealedContactMessage: the first words".to_owned();
+    form.send_acknowledgement = false;
+    system
+        .emails()
+        .with_keyring(keyring("k1", &[("k1", K1)]))
+        .send_contact_form(form)
+        .await
+        .unwrap();
+    let records = system.wait_dlq(1).await;
+    keyless.sigterm();
+    keyless.wait_exit(WAIT).await;
+    let (seq, letter) = &records[0];
+    assert_eq!(key_id(&letter.headers).as_deref(), Some("k1"));
+    let mut event: serde_json::Value = serde_json::from_slice(&letter.payload).unwrap();
+    let retyped = "retypedContactMessage: the cups arrived broken";
+    event["data"]["message"] = retyped.into();
+    let edit = serde_json::to_vec(&event).unwrap();
+    let mut events_stream = system.js.get_stream("EVENTS").await.unwrap();
+    let before = events_stream.info().await.unwrap().state.last_sequence;
+
+    let err = ops::dlq::replay_edited(&system.js, *seq, &edit, false, None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("/data/message: a sensitive field must stay sealed"),
+        "{err}"
+    );
+    assert!(!err.contains("retypedContactMessage"), "{err}");
+    assert_eq!(
+        events_stream.info().await.unwrap().state.last_sequence,
+        before
+    );
+    assert_eq!(system.dlq().await.len(), 1, "the dead letter stays");
+
+    let rotated = ring_json(Some("k2"), &[("k1", K1), ("k2", K2)]);
+    let function = system
+        .spawn("contact", &[("JETFN_KEYRING", rotated.clone())])
+        .await;
+    let ring = Keyring::parse(&rotated, "test").unwrap();
+    let step = ops::dlq::replay_edited(&system.js, *seq, &edit, false, Some(&ring))
+        .await
+        .unwrap();
+    let ops::dlq::Step::Replayed {
+        sequence: Some(sequence),
+        ..
+    } = step
+    else {
+        panic!("{step:?}");
+    };
+    let (headers, payload) = stored(&system, sequence).await;
+    assert_eq!(key_id(&headers).as_deref(), Some("k2"));
+    let text = String::from_utf8_lossy(&payload);
+    assert!(
+        !text.contains("retypedContactMessage") && text.contains(PREFIX),
+        "{text}"
+    );
+    let mails = system.smtp.wait_for_messages(1, WAIT).await;
+    assert!(
+        mails[0].text_part().unwrap().contains(retyped),
+        "support gets the edited message in clear"
+    );
+    system.wait_settled("contact").await;
+    assert!(system.dlq().await.is_empty());
+    assert!(!function.output().contains("retypedContactMessage"));
 }
 
 /// Runs the jetfn CLI with extra variables; returns its output, asserting it exited 0.

@@ -22,6 +22,10 @@ pub const TEST_SECRETS: &[&str] = &[
     "movedToken_",
     "otherToken_",
     "sealedContactMessage",
+    // tests/it/console.rs: the tokens of an edited sealed dead letter.
+    "storedEditToken_",
+    "retypedToken_",
+    "retypedContactMessage",
     "804913",
 ];
 

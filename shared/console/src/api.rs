@@ -712,6 +712,7 @@ struct EditBody {
 }
 
 async fn dlq_replay_edited(
+    Extract(state): Extract<Shared>,
     caller: Caller,
     Path(seq): Path<u64>,
     payload: Result<Json<EditBody>, JsonRejection>,
@@ -720,7 +721,10 @@ async fn dlq_replay_edited(
     let request = body(payload)?;
     let bytes = serde_json::to_vec(&request.event).map_err(anyhow::Error::from)?;
     let target = format!("dlq #{seq}");
-    match ops::dlq::replay_edited(&caller.0.js, seq, &bytes, request.keep).await {
+    // A sensitive field typed in clear is sealed with the console's keyring; without one it is refused, naming the
+    // field (a 422 as every refused edit): ops decides, so the CLI and the console agree.
+    let keyring = state.config.keyring.as_deref();
+    match ops::dlq::replay_edited(&caller.0.js, seq, &bytes, request.keep, keyring).await {
         Ok(step) => {
             caller
                 .record(

@@ -54,6 +54,8 @@ pub struct Config {
     /// Seals a new schedule's sensitive fields as `jetfn schedule add` and the publisher do (`JETFN_KEYRING` or
     /// `JETFN_KEYRING_FILE`): a schedule holds its event until it fires, and a token must not sit in the stream in
     /// clear because it was typed into the console. Without one they are stored as given, as the CLI does.
+    /// An edited dead letter's sensitive field typed in clear is sealed with it too; without one that edit is
+    /// refused when the dead letter was sealed (`ops::dlq::replay_edited`).
     pub keyring: Option<Arc<publish::sealed::Keyring>>,
 }
 

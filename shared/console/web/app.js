@@ -542,7 +542,8 @@ async function edit(seq, box) {
   const errors = h("div", { class: "errors", id: "edit-errors" });
   put(box, h("section", { class: "card" },
     h("h2", {}, "Edit the event, then replay it"),
-    h("p", { class: "muted" }, "The edit is checked against the event type's JSON Schema before anything is published; the type and id must stay."),
+    h("p", { class: "muted" }, "The edit is checked against the event type's JSON Schema before anything is published; the type and id must stay. " +
+      "Sensitive fields show sealed (jetfn:enc:v1:…): leave them as they are, or type a new value in clear and the console seals it with its keyring (JETFN_KEYRING); without one, that edit is refused."),
     area, errors,
     h("div", { class: "actions" },
       h("button", { type: "button", class: "primary", id: "edit-replay", onclick: async () => {

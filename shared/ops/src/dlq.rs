@@ -480,31 +480,37 @@ async fn republish(
 /// the catalog's schema before anything is published; then as [`replay`], under a message id of its own so a
 /// second edit is not taken for a duplicate.
 ///
+/// Sensitive fields ([`publish::sealed::sensitive_fields`]) are never published in clear where sealing is
+/// expected: one still in the sealed form the record holds goes out as it is, under the record's key; one typed
+/// in clear is sealed with `keyring` (see [`seal_edit`] for which key), and `Jetfn-Key-Id` is set to match.
+/// Without a keyring, a clear value where the record was sealed is refused: published, it would sit in `EVENTS`
+/// in clear and the function would dead-letter it again as not sealed (so again in the DLQ, in clear).
+///
 /// # Errors
 /// No such record, its payload was lost, the edit is invalid (every failing field named) or changes the type or
-/// the id, or the publish fails. Nothing is changed then.
+/// the id, a sensitive field cannot be published sealed (named, never its value), or the publish fails. Nothing
+/// is changed then.
 pub async fn replay_edited(
     js: &jetstream::Context,
     seq: u64,
     edited: &[u8],
     keep: bool,
+    keyring: Option<&publish::sealed::Keyring>,
 ) -> anyhow::Result<Step> {
     let dlq = stream(js).await?;
-    let letter = get(&dlq, seq).await?;
+    let mut letter = get(&dlq, seq).await?;
     if let Some(why) = &letter.payload_lost {
         anyhow::bail!(
             "dlq #{seq} holds no copy of the event (payload lost: {why}); there is nothing to edit"
         );
     }
-    let original = events::Validator::new()
-        .check(&letter.payload)
-        .map_err(|invalid| {
-            anyhow::anyhow!(
-                "dlq #{seq}: the original is not a valid event ({invalid}); replay it as is"
-            )
-        })?;
-    let event = events::Validator::new()
-        .check(edited)
+    let validator = events::Validator::new();
+    let (stored, original) = check_edit(&validator, &letter.payload).map_err(|invalid| {
+        anyhow::anyhow!(
+            "dlq #{seq}: the original is not a valid event ({invalid}); replay it as is"
+        )
+    })?;
+    let (mut value, event) = check_edit(&validator, edited)
         .map_err(|invalid| anyhow::anyhow!("the edited event is invalid: {invalid}"))?;
     anyhow::ensure!(
         event.ty == original.ty,
@@ -516,7 +522,182 @@ pub async fn replay_edited(
         event.id == original.id,
         "/id: the edit changes the event id; an edit keeps it, so the ledger still knows which effects already ran"
     );
-    republish(js, &dlq, seq, letter, Some(edited), keep).await
+    let stored_key = publish::sealed::key_id_of(Some(&letter.headers)).map(str::to_owned);
+    let sealing = seal_edit(&stored, stored_key.as_deref(), &mut value, keyring)?;
+    let payload = if sealing.sealed_anew.is_empty() {
+        edited.to_vec()
+    } else {
+        let bytes = serde_json::to_vec(&value)?;
+        events::check_size(bytes.len()).map_err(|invalid| {
+            anyhow::anyhow!("the edited event, sealed, is too large: {invalid}")
+        })?;
+        bytes
+    };
+    letter.headers = with_key_id(&letter.headers, sealing.key_id.as_deref());
+    republish(js, &dlq, seq, letter, Some(&payload), keep).await
+}
+
+/// Parses and checks an event that may hold sealed fields. The schemas describe the plaintext (a sealed token
+/// breaks its pattern), so each sensitive field still sealed stands in as the catalog example's value for the
+/// check: the publisher checked the plaintext before sealing, and the function checks it again once opened.
+/// Returns the event as given, and what the check read.
+fn check_edit(
+    validator: &events::Validator,
+    bytes: &[u8],
+) -> Result<(serde_json::Value, events::CloudEvent), events::Invalid> {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        // Not JSON: the validator's own refusal names where.
+        return Err(validator
+            .check(bytes)
+            .err()
+            .unwrap_or_else(|| events::Invalid::new("", "not JSON")));
+    };
+    events::check_size(bytes.len())?;
+    let mut checked = value.clone();
+    if let Some(kind) = value
+        .get("type")
+        .and_then(serde_json::Value::as_str)
+        .and_then(events::kind_by_type)
+    {
+        let example = (kind.example_data)();
+        for field in kind.sensitive {
+            if let Some(slot) = checked.pointer_mut(field)
+                && publish::sealed::is_sealed(slot)
+                && let Some(stand_in) = field.strip_prefix("/data").and_then(|f| example.pointer(f))
+            {
+                *slot = stand_in.clone();
+            }
+        }
+    }
+    let event = validator.check_value(checked)?;
+    Ok((value, event))
+}
+
+/// What [`seal_edit`] did to an edited event.
+#[derive(Debug, PartialEq, Eq)]
+struct Sealing {
+    /// The key its sealed fields use, for `Jetfn-Key-Id`; `None` when none is sealed.
+    key_id: Option<String>,
+    /// The fields it sealed (typed in clear).
+    sealed_anew: Vec<&'static str>,
+}
+
+/// Brings an edited event's sensitive fields to the form a function opens, or refuses naming the fields (never a
+/// value). `stored` is the record's event, `stored_key` its `Jetfn-Key-Id`.
+///
+/// - A value in the sealed form must be the record's own ciphertext for that field, the one known to belong under
+///   `stored_key`: one pasted from another event or field would not open (the associated data binds them), and
+///   this process does not open ciphertexts to tell which would.
+/// - A value in clear is sealed with `keyring`. One header names the key of every sealed field, so when others stay
+///   sealed it is sealed under their key, `stored_key`, even if the keyring's current key is newer: re-sealing the
+///   kept fields with the current key would mean opening them here, and the console has no reason to see them. A
+///   keyring without that key is refused, naming both; typing every sensitive field anew seals them all with the
+///   current key. With nothing left sealed, the current key seals.
+/// - Without a keyring, a value in clear is refused when the record held that field sealed or names a key (the
+///   function would refuse it as not sealed). A record stored in clear, by a publisher without a keyring, is
+///   replayed as such: that event was never sealed (the known gap of plaintext publishers).
+fn seal_edit(
+    stored: &serde_json::Value,
+    stored_key: Option<&str>,
+    edit: &mut serde_json::Value,
+    keyring: Option<&publish::sealed::Keyring>,
+) -> anyhow::Result<Sealing> {
+    use publish::sealed::{KEY_ID_HEADER, KEYRING_FILE_VAR, KEYRING_VAR, is_sealed};
+    let ty = edit
+        .get("type")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    let mut kept = Vec::new();
+    let mut clear = Vec::new();
+    for field in publish::sealed::sensitive_fields(ty).iter().copied() {
+        let Some(value) = edit.pointer(field) else {
+            continue;
+        };
+        if !is_sealed(value) {
+            clear.push(field);
+            continue;
+        }
+        anyhow::ensure!(
+            stored.pointer(field) == Some(value),
+            "{field}: not the sealed value the dead letter holds (a sealed value opens only in the event and \
+             field it was made for); keep the stored value, or type the new value in clear to have it sealed"
+        );
+        anyhow::ensure!(
+            stored_key.is_some(),
+            "{field}: sealed, but the dead letter names no key ({KEY_ID_HEADER}), so no function can open it; \
+             type the value in clear to have it sealed anew"
+        );
+        kept.push(field);
+    }
+    let named = |fields: &[&str]| fields.join(", ");
+    if clear.is_empty() {
+        return Ok(Sealing {
+            key_id: stored_key.filter(|_| !kept.is_empty()).map(str::to_owned),
+            sealed_anew: clear,
+        });
+    }
+    let Some(keyring) = keyring else {
+        let was_sealed = |field: &&str| stored.pointer(field).is_some_and(is_sealed);
+        if stored_key.is_some() || clear.iter().any(was_sealed) {
+            anyhow::bail!(
+                "{}: a sensitive field must stay sealed; keep the stored jetfn:enc:v1 value, or set {KEYRING_VAR} \
+                 (or {KEYRING_FILE_VAR}) where the replay runs to seal a new value",
+                named(&clear)
+            );
+        }
+        return Ok(Sealing {
+            key_id: None,
+            sealed_anew: Vec::new(),
+        });
+    };
+    let key_id = match (kept.is_empty(), stored_key) {
+        (false, Some(stored_key)) => {
+            anyhow::ensure!(
+                keyring.contains(stored_key),
+                "{}: cannot be sealed with key `{stored_key}`, which {} still use(s) ({KEY_ID_HEADER} names one \
+                 key for every sealed field), and {KEYRING_VAR} lacks it; add that key, or type {} in clear too \
+                 to seal every field with the current key",
+                named(&clear),
+                named(&kept),
+                named(&kept)
+            );
+            stored_key.to_owned()
+        }
+        _ => keyring
+            .current()
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: {KEYRING_VAR} has no `current` key to seal a new value with; set `current`",
+                    named(&clear)
+                )
+            })?
+            .to_owned(),
+    };
+    publish::sealed::seal_fields(edit, &clear, keyring, &key_id)
+        .map_err(|err| anyhow::anyhow!("{}: {err}", named(&clear)))?;
+    Ok(Sealing {
+        key_id: Some(key_id),
+        sealed_anew: clear,
+    })
+}
+
+/// `headers` with `Jetfn-Key-Id` naming `key_id`, or without it when nothing is sealed: a header naming a key
+/// over a clear field makes the function refuse it, and a stale one keeps `jetfn keys usage` counting a key.
+fn with_key_id(headers: &HeaderMap, key_id: Option<&str>) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (name, values) in headers.iter() {
+        let name_text: &str = name.as_ref();
+        if name_text.eq_ignore_ascii_case(publish::sealed::KEY_ID_HEADER) {
+            continue;
+        }
+        for value in values {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    if let Some(key_id) = key_id {
+        out.insert(publish::sealed::KEY_ID_HEADER, key_id);
+    }
+    out
 }
 
 /// Deletes each selected record for good, going on past one that fails.
@@ -591,6 +772,198 @@ pub fn mask(value: &mut serde_json::Value, key: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use publish::sealed::{Keyring, is_sealed, open_event, seal_event};
+    use serde_json::{Value, json};
+
+    // Test keys (32 bytes each, base64); never used anywhere else.
+    const K1: &str = "b3BzLWRscS1lZGl0LXRlc3Qta2V5LW51bWJlci0wMDE=";
+    const K2: &str = "b3BzLWRscS1lZGl0LXRlc3Qta2V5LW51bWJlci0wMDI=";
+    const STORED_TOKEN: &str = "storedToken_0123456789abcdefghijklmn";
+    const TYPED_TOKEN: &str = "typedAnewToken_0123456789abcdefghijk";
+
+    fn ring(current: &str) -> Keyring {
+        Keyring::parse(
+            &format!(r#"{{"current":"{current}","keys":{{"k1":"{K1}","k2":"{K2}"}}}}"#),
+            "test",
+        )
+        .unwrap()
+    }
+
+    fn reset(token: &str) -> Value {
+        let mut data = (events::kind_by_type("users.password_reset_requested")
+            .unwrap()
+            .example_data)();
+        data["token"] = token.into();
+        json!({
+            "specversion": "1.0", "id": "e-1", "source": "/t", "type": "users.password_reset_requested",
+            "datacontenttype": "application/json", "data": data
+        })
+    }
+
+    /// A dead letter's event as a publisher with key `k1` stored it.
+    fn stored_sealed() -> Value {
+        let mut stored = reset(STORED_TOKEN);
+        assert_eq!(
+            seal_event(&mut stored, &ring("k1")).unwrap().as_deref(),
+            Some("k1")
+        );
+        stored
+    }
+
+    /// The token an edit would hand the function, opened with `key_id` as the runtime opens it.
+    fn opened_token(edit: &Value, key_id: &str) -> String {
+        let bytes = serde_json::to_vec(edit).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains(TYPED_TOKEN));
+        let opened = open_event(&bytes, Some(key_id), Some(&ring("k1")))
+            .unwrap()
+            .unwrap();
+        let opened: Value = serde_json::from_slice(&opened).unwrap();
+        opened["data"]["token"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn a_sealed_value_left_as_stored_is_kept_under_the_stored_key() {
+        let stored = stored_sealed();
+        let mut edit = stored.clone();
+        edit["data"]["email"] = "fixed@example.com".into();
+        let before = edit.clone();
+        for keyring in [None, Some(&ring("k2"))] {
+            let sealing = seal_edit(&stored, Some("k1"), &mut edit, keyring).unwrap();
+            assert_eq!(
+                sealing,
+                Sealing {
+                    key_id: Some("k1".to_owned()),
+                    sealed_anew: Vec::new()
+                }
+            );
+            assert_eq!(edit, before, "the ciphertext goes out as stored");
+        }
+    }
+
+    #[test]
+    fn a_value_typed_in_clear_is_sealed_with_the_keyring_and_named_when_there_is_none() {
+        let stored = stored_sealed();
+        let mut edit = stored.clone();
+        edit["data"]["token"] = TYPED_TOKEN.into();
+        let err = seal_edit(&stored, Some("k1"), &mut edit.clone(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/data/token: a sensitive field must stay sealed")
+                && err.contains("JETFN_KEYRING"),
+            "{err}"
+        );
+        assert!(!err.contains(TYPED_TOKEN), "{err}");
+
+        let sealing = seal_edit(&stored, Some("k1"), &mut edit, Some(&ring("k1"))).unwrap();
+        assert_eq!(sealing.key_id.as_deref(), Some("k1"));
+        assert_eq!(sealing.sealed_anew, ["/data/token"]);
+        assert!(is_sealed(&edit["data"]["token"]), "{edit}");
+        assert_ne!(edit["data"]["token"], stored["data"]["token"]);
+        assert_eq!(opened_token(&edit, "k1"), TYPED_TOKEN);
+    }
+
+    #[test]
+    fn a_value_typed_in_clear_after_a_rotation_is_sealed_with_the_current_key() {
+        // The record names k1; the keyring seals with k2 now and nothing else stays sealed under k1.
+        let stored = stored_sealed();
+        let mut edit = stored.clone();
+        edit["data"]["token"] = TYPED_TOKEN.into();
+        let sealing = seal_edit(&stored, Some("k1"), &mut edit, Some(&ring("k2"))).unwrap();
+        assert_eq!(sealing.key_id.as_deref(), Some("k2"));
+        assert_eq!(opened_token(&edit, "k2"), TYPED_TOKEN);
+        // A keyring that only opens (no current key) cannot seal: refused, naming the field.
+        let open_only = Keyring::parse(&format!(r#"{{"keys":{{"k1":"{K1}"}}}}"#), "test").unwrap();
+        let mut edit = stored.clone();
+        edit["data"]["token"] = TYPED_TOKEN.into();
+        let err = seal_edit(&stored, Some("k1"), &mut edit, Some(&open_only))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/data/token:") && err.contains("current"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_sealed_value_other_than_the_stored_one_or_without_a_key_is_refused() {
+        let stored = stored_sealed();
+        let mut other = reset(STORED_TOKEN);
+        other["id"] = "e-2".into();
+        seal_event(&mut other, &ring("k1")).unwrap();
+        let mut edit = stored.clone();
+        edit["data"]["token"] = other["data"]["token"].clone();
+        let err = seal_edit(&stored, Some("k1"), &mut edit, Some(&ring("k1")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/data/token: not the sealed value"),
+            "{err}"
+        );
+        // The record lost its key header: no function could open what it holds.
+        let err = seal_edit(&stored, None, &mut stored.clone(), Some(&ring("k1")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/data/token: sealed, but"), "{err}");
+    }
+
+    #[test]
+    fn an_event_stored_in_clear_is_sealed_with_a_keyring_and_replayed_as_such_without() {
+        let stored = reset(STORED_TOKEN);
+        let mut edit = reset(TYPED_TOKEN);
+        let sealing = seal_edit(&stored, None, &mut edit, None).unwrap();
+        assert_eq!(sealing.key_id, None);
+        assert_eq!(edit, reset(TYPED_TOKEN));
+        let sealing = seal_edit(&stored, None, &mut edit, Some(&ring("k1"))).unwrap();
+        assert_eq!(sealing.key_id.as_deref(), Some("k1"));
+        assert_eq!(opened_token(&edit, "k1"), TYPED_TOKEN);
+    }
+
+    #[test]
+    fn a_sealed_event_passes_the_schema_check_and_a_clear_value_is_checked_as_typed() {
+        let validator = events::Validator::new();
+        let stored = serde_json::to_vec(&stored_sealed()).unwrap();
+        // The sealed token breaks the schema's pattern for the plaintext; it is not held against the edit.
+        assert!(validator.check(&stored).is_err());
+        let (value, event) = check_edit(&validator, &stored).unwrap();
+        assert_eq!(event.id, "e-1");
+        assert_eq!(
+            serde_json::to_vec(&value).unwrap(),
+            stored,
+            "returned as given"
+        );
+        let err = check_edit(
+            &validator,
+            &serde_json::to_vec(&reset("short token!")).unwrap(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("/data/token") && !err.contains("short token!"),
+            "{err}"
+        );
+        let err = check_edit(&validator, b"{not json")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not JSON"), "{err}");
+    }
+
+    #[test]
+    fn the_key_id_header_is_replaced_or_dropped_and_the_rest_kept() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        );
+        headers.insert(publish::sealed::KEY_ID_HEADER, "k1");
+        let replaced = with_key_id(&headers, Some("k2"));
+        assert_eq!(publish::sealed::key_id_of(Some(&replaced)), Some("k2"));
+        assert_eq!(replaced.get("traceparent"), headers.get("traceparent"));
+        let dropped = with_key_id(&headers, None);
+        assert_eq!(publish::sealed::key_id_of(Some(&dropped)), None);
+        assert_eq!(dropped.len(), 1);
+    }
 
     #[test]
     fn secrets_and_addresses_are_masked() {

@@ -206,6 +206,9 @@ pub enum SealError {
     /// The system's random source failed.
     #[error("no random nonce: the system's random source failed")]
     Random,
+    /// The keyring does not hold the key asked for.
+    #[error("the keyring has no key `{0}` to seal with; add it to {KEYRING_VAR}")]
+    UnknownKey(String),
 }
 
 /// Why a sealed event cannot be opened. Names the field and the key id, never a value.
@@ -303,18 +306,49 @@ fn id_and_type(value: &Value) -> (Option<String>, Option<String>) {
 /// # Errors
 /// No current key, no `id` or `type`, or no randomness.
 pub fn seal_event(value: &mut Value, keyring: &Keyring) -> Result<Option<String>, SealError> {
-    let (id, ty) = id_and_type(value);
+    let (_, ty) = id_and_type(value);
     let ty = ty.ok_or(SealError::Missing("type"))?;
     let fields = sensitive_fields(&ty);
     if !fields.iter().any(|field| value.pointer(field).is_some()) {
         return Ok(None);
     }
-    let id = id.ok_or(SealError::Missing("id"))?;
     let key_id = keyring
         .current()
         .ok_or_else(|| SealError::NoCurrentKey(ty.clone()))?
         .to_owned();
-    let key = &keyring.keys[&key_id];
+    seal_fields(value, fields, keyring, &key_id)?;
+    Ok(Some(key_id))
+}
+
+/// Seals only the given sensitive fields, with the key `key_id` rather than the current one, and leaves every other
+/// field as it is. An edited dead letter needs it: a value the operator typed anew is sealed under the key that
+/// the event's other, still sealed fields use, since one `Jetfn-Key-Id` names the key of them all. A pointer that
+/// is not one of the type's sensitive fields is left alone (no function would open it), as is an absent one.
+///
+/// # Errors
+/// A key the keyring lacks, no `id` or `type`, or no randomness.
+pub fn seal_fields(
+    value: &mut Value,
+    fields: &[&str],
+    keyring: &Keyring,
+    key_id: &str,
+) -> Result<(), SealError> {
+    let (id, ty) = id_and_type(value);
+    let ty = ty.ok_or(SealError::Missing("type"))?;
+    let sensitive = sensitive_fields(&ty);
+    let fields: Vec<&str> = fields
+        .iter()
+        .copied()
+        .filter(|field| sensitive.contains(field) && value.pointer(field).is_some())
+        .collect();
+    if fields.is_empty() {
+        return Ok(());
+    }
+    let id = id.ok_or(SealError::Missing("id"))?;
+    let key = keyring
+        .keys
+        .get(key_id)
+        .ok_or_else(|| SealError::UnknownKey(key_id.to_owned()))?;
     let random = ring::rand::SystemRandom::new();
     for field in fields {
         let Some(slot) = value.pointer_mut(field) else {
@@ -325,7 +359,7 @@ pub fn seal_event(value: &mut Value, keyring: &Keyring) -> Result<Option<String>
         let mut buffer = serde_json::to_vec(slot).unwrap_or_default();
         key.seal_in_place_append_tag(
             Nonce::assume_unique_for_key(nonce),
-            Aad::from(aad(&key_id, &id, &ty, field)),
+            Aad::from(aad(key_id, &id, &ty, field)),
             &mut buffer,
         )
         .map_err(|_| SealError::Random)?;
@@ -333,7 +367,12 @@ pub fn seal_event(value: &mut Value, keyring: &Keyring) -> Result<Option<String>
         sealed.append(&mut buffer);
         *slot = Value::String(format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(sealed)));
     }
-    Ok(Some(key_id))
+    Ok(())
+}
+
+/// Whether a field's value is in the sealed form (`jetfn:enc:v1:...`); says nothing of whether it opens.
+pub fn is_sealed(value: &Value) -> bool {
+    value.as_str().is_some_and(|text| text.starts_with(PREFIX))
 }
 
 /// Opens a stored event's sealed fields, in memory. `key_id` is its `Jetfn-Key-Id` header. Returns the plaintext
@@ -620,6 +659,39 @@ mod tests {
             open_event(b"not json", Some("k1"), Some(&ring)).unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn seal_fields_seals_the_named_sensitive_fields_with_the_key_asked_for() {
+        // k2 is current; the fields are sealed with k1 as asked, and open under k1 only.
+        let ring = keyring("k2");
+        let mut value = reset("e-1");
+        seal_fields(&mut value, &["/data/token", "/data/email"], &ring, "k1").unwrap();
+        assert!(is_sealed(&value["data"]["token"]), "{value}");
+        assert_eq!(
+            value["data"]["email"], "ada@example.com",
+            "not a sensitive field: left as is"
+        );
+        let bytes = serde_json::to_vec(&value).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains(TOKEN));
+        let opened: Value = serde_json::from_slice(
+            &open_event(&bytes, Some("k1"), Some(&ring))
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(opened, reset("e-1"));
+        assert!(matches!(
+            open_event(&bytes, Some("k2"), Some(&ring)),
+            Err(OpenError::Failed { .. })
+        ));
+        let err = seal_fields(&mut reset("e-1"), &["/data/token"], &ring, "k9").unwrap_err();
+        assert_eq!(err, SealError::UnknownKey("k9".to_owned()));
+        assert!(!err.to_string().contains(TOKEN), "{err}");
+        // Nothing asked for, nothing done, even without the key.
+        let mut untouched = reset("e-1");
+        seal_fields(&mut untouched, &[], &ring, "k9").unwrap();
+        assert_eq!(untouched, reset("e-1"));
     }
 
     #[test]
