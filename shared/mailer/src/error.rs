@@ -260,7 +260,7 @@ fn first_io_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a std::io::
     None
 }
 
-fn source_text(err: &lettre::transport::smtp::Error) -> String {
+pub(crate) fn source_text(err: &lettre::transport::smtp::Error) -> String {
     err.source()
         .map_or_else(|| "unknown".to_owned(), ToString::to_string)
 }
