@@ -920,8 +920,9 @@ mod tests {
                 .expect_err("the certificate is not trusted");
             assert!(matches!(err, SendError::Tls { .. }), "{ca:?}: {err:?}");
             assert!(
-                err.to_string().contains("UnknownIssuer"),
-                "the reason is the certificate's issuer: {err}"
+                err.to_string().contains("UnknownIssuer")
+                    && err.to_string().contains("or by a CA of SMTP_TLS_CA_FILE"),
+                "the reason is the certificate's issuer, and the setting to check: {err}"
             );
             assert!(err.is_transient() && err.is_unavailable(), "{err:?}");
             assert!(
