@@ -1,14 +1,15 @@
 //! Secured NATS, the way production runs it: a TLS-only nats-server with certificates this test makes, mutual TLS,
 //! user/password and token auth, and a nats CLI context. A real function (welcome) and the real `jetfn` CLI connect
 //! through the one options builder (`runtime::connect_options`) with the same `NATS_*` variables, and what they
-//! print never holds a password, a token or an email address in clear.
+//! print never holds a password, a token or an email address in clear. And secured SMTP: welcome sending over
+//! STARTTLS to a relay whose certificate a private CA signed (`SMTP_TLS_CA_FILE`).
 
 use std::process::{Command, Output};
 use std::sync::Mutex;
 
 use async_nats::ConnectOptions;
 use integration_tests::scan;
-use testkit::{FunctionProcess, NatsServer, TestCertificates, binary_path};
+use testkit::{FunctionProcess, NatsServer, SmtpServer, SmtpTls, TestCertificates, binary_path};
 
 use crate::support::{System, TempDir, WAIT};
 
@@ -410,6 +411,109 @@ async fn an_email_function_prints_no_password_and_no_address() {
         printed.contains("gr***@example.com") || printed.contains("***@example.com"),
         "the masked recipient is not in the log, so this test checks nothing:\n{printed}"
     );
+}
+
+/// welcome sends through a relay whose certificate a private CA signed: with that CA in `SMTP_TLS_CA_FILE` over
+/// STARTTLS, authenticating only once encrypted; with another CA the event is retried and nothing is sent; and a
+/// file that holds no certificate stops it at start-up, naming the variable.
+#[tokio::test]
+async fn an_email_function_sends_over_starttls_to_a_relay_with_a_private_ca() {
+    let certs = TestCertificates::generate();
+    let system = System::start().await;
+    let relay = SmtpServer::start_tls(SmtpTls::StartTls, &certs.server_cert(), &certs.server_key());
+    let smtp_url = relay
+        .url()
+        .replacen("smtp://", &format!("smtp://mailer:{SMTP_PASSWORD}@"), 1);
+    assert!(smtp_url.ends_with("?tls=required"), "{smtp_url}");
+    let with_ca = |ca: std::path::PathBuf| {
+        [
+            ("SMTP_URL", smtp_url.clone()),
+            ("SMTP_TLS_CA_FILE", ca.display().to_string()),
+        ]
+    };
+
+    let welcome = system.spawn("welcome", &with_ca(certs.ca())).await;
+    system
+        .publisher
+        .publish(crate::support::user("ada.lovelace@example.com", "Ada"))
+        .await
+        .expect("publish");
+    let mail = &relay.wait_for_messages(1, WAIT).await[0];
+    assert!(mail.tls, "the email came over TLS");
+    assert_eq!(mail.rcpt_to, ["ada.lovelace@example.com"]);
+    let in_clear: Vec<String> = relay
+        .commands()
+        .into_iter()
+        .filter(|command| !command.tls)
+        .map(|command| command.verb)
+        .collect();
+    assert!(
+        in_clear
+            .iter()
+            .all(|verb| verb == "EHLO" || verb == "STARTTLS"),
+        "sent in clear: {in_clear:?}"
+    );
+    assert!(
+        relay.commands().iter().any(|c| c.verb == "AUTH" && c.tls),
+        "authenticated over TLS"
+    );
+    let info = system.wait_settled("welcome").await;
+    assert_eq!(
+        info.delivered.consumer_sequence, 1,
+        "one delivery, no retry"
+    );
+    assert!(system.dlq().await.is_empty());
+    stop(&welcome, "welcome over SMTP STARTTLS with a private CA");
+
+    // Another CA: the handshake fails, the attempt is transient and retried, and nothing goes out.
+    let untrusting = system.spawn("welcome", &with_ca(certs.other_ca())).await;
+    system
+        .publisher
+        .publish(crate::support::user("grace.hopper@example.com", "Grace"))
+        .await
+        .expect("publish");
+    let deadline = std::time::Instant::now() + WAIT;
+    while system
+        .consumer_info("EVENTS", "welcome")
+        .await
+        .delivered
+        .consumer_sequence
+        < 3
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the event was not retried"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(relay.tls_failures() >= 2, "{}", relay.tls_failures());
+    assert_eq!(
+        relay.count(),
+        1,
+        "nothing sent with an untrusted certificate"
+    );
+    assert!(
+        system.dlq().await.is_empty(),
+        "not dead-lettered at the first attempt"
+    );
+    stop(&untrusting, "welcome with another CA in SMTP_TLS_CA_FILE");
+
+    // A file with no certificate in it: the function does not start, and says which variable and why.
+    let mut env = system.env();
+    env.extend(with_ca(certs.server_key()));
+    let broken = FunctionProcess::spawn("welcome", &env);
+    let status = broken.wait_exit_blocking(WAIT);
+    let text = broken.output();
+    assert!(
+        !status.success(),
+        "an unusable SMTP_TLS_CA_FILE was accepted:\n{text}"
+    );
+    assert!(
+        text.contains("SMTP_TLS_CA_FILE") && text.contains("holds no PEM certificate"),
+        "{text}"
+    );
+    assert!(!text.contains("serving"), "{text}");
+    keep("welcome with an unusable SMTP_TLS_CA_FILE", &text);
 }
 
 #[test]

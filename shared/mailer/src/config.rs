@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 
 use lettre::message::Mailbox;
+use lettre::transport::smtp::client::{Certificate, TlsParameters};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Deserializer};
 
 /// `SMTP_URL` carries the SMTP password: the runtime's secret type, which prints `***`.
@@ -20,6 +23,12 @@ pub struct MailerConfig {
     /// only for a local test server. An empty value counts as unset.
     #[serde(default, deserialize_with = "non_empty_secret")]
     pub smtp_url: Option<Secret>,
+    /// `SMTP_TLS_CA_FILE` (unset: the public roots only): PEM certificates trusted, besides the public roots, to
+    /// verify the SMTP server's certificate, so a relay behind a private CA keeps TLS on instead of having it
+    /// turned off to send at all. Read and checked by [`Mailer::new`](crate::Mailer::new), at start-up. An empty
+    /// value counts as unset.
+    #[serde(default, deserialize_with = "non_empty_path")]
+    pub smtp_tls_ca_file: Option<PathBuf>,
     /// `SMTP_TIMEOUT_SECS` (default 30): limit for one whole send (connect, TLS, every command, the data); a timeout is
     /// transient. A timeout after the data went out may still have delivered the email; the stable Message-ID lets
     /// receiving systems collapse the retry.
@@ -40,6 +49,7 @@ impl Default for MailerConfig {
     fn default() -> Self {
         Self {
             smtp_url: None,
+            smtp_tls_ca_file: None,
             smtp_timeout_secs: default_timeout_secs(),
             smtp_pool_max: default_pool_max(),
             mail_dir: default_mail_dir(),
@@ -83,6 +93,48 @@ impl MailerConfig {
         }
         Ok(())
     }
+
+    /// The certificates of `SMTP_TLS_CA_FILE` (none when unset), each checked as rustls will use it: a file that
+    /// cannot be read, holds no certificate or one rustls refuses stops the process at start-up rather than fail
+    /// every TLS handshake later.
+    ///
+    /// # Errors
+    /// [`ConfigError::CaFile`], naming the file and why.
+    pub(crate) fn extra_roots(&self) -> Result<Vec<Certificate>, ConfigError> {
+        let Some(path) = &self.smtp_tls_ca_file else {
+            return Ok(Vec::new());
+        };
+        let invalid = |reason: String| ConfigError::CaFile { reason };
+        let pem = std::fs::read(path).map_err(|e| invalid(format!("cannot read {path:?}: {e}")))?;
+        let ders = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(format!("{path:?} is not valid PEM: {e}")))?;
+        if ders.is_empty() {
+            return Err(invalid(format!(
+                "{path:?} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+            )));
+        }
+        let count = ders.len();
+        ders.into_iter()
+            .enumerate()
+            .map(|(i, der)| {
+                let bad = |e: lettre::transport::smtp::Error| {
+                    invalid(format!(
+                        "certificate {} of {count} in {path:?} cannot be a trusted root: {}",
+                        i + 1,
+                        crate::error::source_text(&e)
+                    ))
+                };
+                let cert = Certificate::from_der(der.to_vec()).map_err(bad)?;
+                // lettre parses a certificate only when it builds the TLS parameters: build them once now.
+                TlsParameters::builder("localhost".to_owned())
+                    .add_root_certificate(cert.clone())
+                    .build()
+                    .map_err(bad)?;
+                Ok(cert)
+            })
+            .collect()
+    }
 }
 
 /// A setting that cannot work; the process should stop at start-up rather than fail every email later.
@@ -104,6 +156,12 @@ pub enum ConfigError {
     #[error("SMTP_URL is not a usable SMTP URL: {reason}")]
     SmtpUrl {
         /// Why lettre rejected it.
+        reason: String,
+    },
+    /// `SMTP_TLS_CA_FILE` cannot be read or holds no certificate rustls can trust.
+    #[error("SMTP_TLS_CA_FILE: {reason}")]
+    CaFile {
+        /// Which file, and what is wrong with it.
         reason: String,
     },
     /// `MAIL_DIR` could not be created.
@@ -131,6 +189,11 @@ pub const MAILER: Table = Table {
              unset or empty: write .eml files to MAIL_DIR",
         )
         .secret(),
+        Var::optional(
+            "SMTP_TLS_CA_FILE",
+            "PEM file of one or more CA certificates trusted, besides the public roots, to verify the SMTP \
+             server (a relay with a private CA); unset: the public roots only",
+        ),
         Var::with_default(
             "SMTP_TIMEOUT_SECS",
             "30",
@@ -219,6 +282,11 @@ fn non_empty_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D
     Ok(value.filter(|v| !v.trim().is_empty()).map(Secret::new))
 }
 
+fn non_empty_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let value = Option::<String>::deserialize(d)?;
+    Ok(value.filter(|v| !v.trim().is_empty()).map(PathBuf::from))
+}
+
 fn mailbox<'de, D: Deserializer<'de>>(d: D) -> Result<Mailbox, D::Error> {
     let value = String::deserialize(d)?;
     if value.contains(['\r', '\n', '\0']) {
@@ -234,6 +302,7 @@ fn mailbox<'de, D: Deserializer<'de>>(d: D) -> Result<Mailbox, D::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
@@ -257,6 +326,7 @@ mod tests {
     fn reads_every_variable() {
         let c = MailerConfig::from_vars(vars(&[
             ("SMTP_URL", "smtps://u:hunter2@mail.example.com"),
+            ("SMTP_TLS_CA_FILE", "/etc/jetfn/smtp-ca.pem"),
             ("SMTP_TIMEOUT_SECS", "5"),
             ("SMTP_POOL_MAX", "2"),
             ("MAIL_DIR", "/tmp/x"),
@@ -266,6 +336,10 @@ mod tests {
         assert_eq!(
             c.smtp_url.as_ref().map(Secret::expose),
             Some("smtps://u:hunter2@mail.example.com")
+        );
+        assert_eq!(
+            c.smtp_tls_ca_file,
+            Some(PathBuf::from("/etc/jetfn/smtp-ca.pem"))
         );
         assert_eq!(c.smtp_timeout_secs, 5);
         assert_eq!(c.smtp_pool_max, 2);
@@ -287,6 +361,58 @@ mod tests {
     fn empty_smtp_url_means_file_transport() {
         let c = MailerConfig::from_vars(vars(&[("SMTP_URL", "")])).expect("valid");
         assert!(c.smtp_url.is_none());
+    }
+
+    #[test]
+    fn the_tls_ca_file_holds_one_or_more_certificates_checked_at_start_up() {
+        let certs = testkit::TestCertificates::generate();
+        let file = |name: &str, text: &str| {
+            let path = certs.dir().join(name);
+            std::fs::write(&path, text).expect("write");
+            path.to_string_lossy().into_owned()
+        };
+        let read = |path: &Path| std::fs::read_to_string(path).expect("read");
+        let roots = |path: &str| {
+            MailerConfig::from_vars(vars(&[("SMTP_TLS_CA_FILE", path)]))
+                .expect("a path parses")
+                .extra_roots()
+        };
+
+        let one = certs.ca().to_string_lossy().into_owned();
+        assert_eq!(roots(&one).expect("the test CA").len(), 1);
+        let bundle = file(
+            "bundle.pem",
+            &format!("{}{}", read(&certs.ca()), read(&certs.other_ca())),
+        );
+        assert_eq!(roots(&bundle).expect("two CAs").len(), 2);
+        let unset = MailerConfig::from_vars(vars(&[("SMTP_TLS_CA_FILE", " ")])).expect("valid");
+        assert_eq!(unset.smtp_tls_ca_file, None, "empty counts as unset");
+        assert!(unset.extra_roots().expect("none").is_empty());
+
+        let err = |path: &str| roots(path).expect_err(path).to_string();
+        let missing = err("/nonexistent/smtp-ca.pem");
+        assert!(
+            missing.starts_with(r#"SMTP_TLS_CA_FILE: cannot read "/nonexistent/smtp-ca.pem": "#),
+            "{missing}"
+        );
+        let key = certs.server_key().to_string_lossy().into_owned();
+        assert_eq!(
+            err(&key),
+            format!(
+                "SMTP_TLS_CA_FILE: {key:?} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+            )
+        );
+        let junk = file(
+            "junk.pem",
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+        );
+        let refused = err(&junk);
+        assert!(
+            refused.starts_with(&format!(
+                "SMTP_TLS_CA_FILE: certificate 1 of 1 in {junk:?} cannot be a trusted root: "
+            )),
+            "{refused}"
+        );
     }
 
     #[test]

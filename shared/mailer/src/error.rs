@@ -140,7 +140,7 @@ impl SendError {
         }
         if err.is_tls() {
             return Self::Tls {
-                detail: source_text(err),
+                detail: with_hint(source_text(err)),
             };
         }
         if err.is_response() {
@@ -169,7 +169,7 @@ impl SendError {
         // `InvalidData` I/O error under lettre's connection kind; nothing else in connect produces that kind.
         match first_io_error(err) {
             Some(io) if io.kind() == std::io::ErrorKind::InvalidData => Self::Tls {
-                detail: io.to_string(),
+                detail: with_hint(io.to_string()),
             },
             Some(io) => Self::Connection {
                 detail: io.to_string(),
@@ -260,7 +260,20 @@ fn first_io_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a std::io::
     None
 }
 
-fn source_text(err: &lettre::transport::smtp::Error) -> String {
+/// `detail` with the setting to check, for the certificate failures whose rustls wording names none: an operator
+/// reading "UnknownIssuer" in a dead letter should not have to know that the fix is a mailer variable.
+fn with_hint(detail: String) -> String {
+    let hint = if detail.contains("UnknownIssuer") {
+        "the server's certificate is not signed by a public root or by a CA of SMTP_TLS_CA_FILE"
+    } else if detail.contains("NotValidForName") {
+        "the server's certificate does not name the host of SMTP_URL"
+    } else {
+        return detail;
+    };
+    format!("{detail} ({hint})")
+}
+
+pub(crate) fn source_text(err: &lettre::transport::smtp::Error) -> String {
     err.source()
         .map_or_else(|| "unknown".to_owned(), ToString::to_string)
 }
@@ -268,6 +281,20 @@ fn source_text(err: &lettre::transport::smtp::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificate_failures_name_the_setting_to_check() {
+        assert_eq!(
+            with_hint("invalid peer certificate: UnknownIssuer".to_owned()),
+            "invalid peer certificate: UnknownIssuer (the server's certificate is not signed by a public root \
+             or by a CA of SMTP_TLS_CA_FILE)"
+        );
+        assert!(
+            with_hint("invalid peer certificate: NotValidForName".to_owned())
+                .ends_with("(the server's certificate does not name the host of SMTP_URL)")
+        );
+        assert_eq!(with_hint("handshake".to_owned()), "handshake");
+    }
 
     #[test]
     fn classification_table() {

@@ -8,12 +8,13 @@
 //! `AsyncSmtpConnection::connect_with_transport` speaks SMTP over a stream it is handed) and keeps its own pool.
 //!
 //! Everything above the socket stays lettre's: the greeting, EHLO, STARTTLS and implicit TLS (lettre's
-//! `TlsParameters`, the same roots and versions), AUTH, and each transaction. The pool does what lettre's did: the
-//! most recently used idle connection is taken first and checked with `NOOP` (a dead one is dropped and the next
-//! tried), a connection lettre marks broken (any failed command: it has sent `QUIT` and closed) is never parked,
-//! idle connections are closed with `QUIT` after [`IDLE_TIMEOUT`], and at most `max_idle` are kept. Unlike lettre's,
-//! a connection whose send was cancelled (the mailer's `SMTP_TIMEOUT_SECS`) is dropped rather than parked: its
-//! server may still answer the abandoned command, and the next email on it would read that reply as its own.
+//! `TlsParameters`, the same roots and versions, plus the roots of `SMTP_TLS_CA_FILE`), AUTH, and each
+//! transaction. The pool does what lettre's did: the most recently used idle connection is taken first and checked
+//! with `NOOP` (a dead one is dropped and the next tried), a connection lettre marks broken (any failed command: it
+//! has sent `QUIT` and closed) is never parked, idle connections are closed with `QUIT` after [`IDLE_TIMEOUT`], and
+//! at most `max_idle` are kept. Unlike lettre's, a connection whose send was cancelled (the mailer's
+//! `SMTP_TIMEOUT_SECS`) is dropped rather than parked: its server may still answer the abandoned command, and the
+//! next email on it would read that reply as its own.
 
 use std::fmt;
 use std::io;
@@ -26,7 +27,9 @@ use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
 #[allow(deprecated)]
 // lettre's TLS upgrade lives on this type; the deprecation is about its visibility only.
 use lettre::transport::smtp::client::AsyncNetworkStream;
-use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
+use lettre::transport::smtp::client::{
+    AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters,
+};
 use lettre::transport::smtp::extension::ClientId;
 use tokio::io::ReadBuf;
 use tokio::net::TcpStream;
@@ -81,10 +84,16 @@ impl fmt::Debug for Server {
 impl Server {
     /// Reads `SMTP_URL` the way lettre's `from_url` does: `smtp://` (port 25, or 587 with `?tls=required` or
     /// `?tls=opportunistic`), `smtps://` (port 465), user and password percent-decoded, a path as the EHLO name.
+    /// TLS trusts the public roots and `extra_roots` (`SMTP_TLS_CA_FILE`) alike: a relay may move between a
+    /// public and a private certificate without a change here.
     ///
     /// # Errors
     /// [`ConfigError::SmtpUrl`]; its reason never contains the URL (it may hold the password).
-    pub(crate) fn from_url(url: &str, connect_timeout: Duration) -> Result<Self, ConfigError> {
+    pub(crate) fn from_url(
+        url: &str,
+        connect_timeout: Duration,
+        extra_roots: &[Certificate],
+    ) -> Result<Self, ConfigError> {
         let invalid = |reason: &str| ConfigError::SmtpUrl {
             reason: reason.to_owned(),
         };
@@ -100,7 +109,13 @@ impl Server {
             .find(|(k, _)| k == "tls")
             .map(|(_, v)| v.into_owned());
         let params = || {
-            TlsParameters::new(host.clone())
+            extra_roots
+                .iter()
+                .cloned()
+                .fold(TlsParameters::builder(host.clone()), |builder, root| {
+                    builder.add_root_certificate(root)
+                })
+                .build()
                 .map_err(|e| invalid(&format!("TLS parameters for the host: {e}")))
         };
         use lettre::transport::smtp::{SMTP_PORT, SUBMISSION_PORT, SUBMISSIONS_PORT};
@@ -148,6 +163,11 @@ impl Server {
             hello,
             connect_timeout,
         })
+    }
+
+    /// Whether `SMTP_URL` asks for TLS in any form.
+    pub(crate) fn uses_tls(&self) -> bool {
+        !matches!(self.security, Security::None)
     }
 
     /// A new connection, greeted, secured and authenticated as `SMTP_URL` asks.
@@ -480,7 +500,7 @@ mod tests {
     use testkit::{Reply, SmtpCommand, SmtpServer};
 
     fn server(smtp: &SmtpServer) -> Server {
-        Server::from_url(&smtp.url(), Duration::from_secs(5)).expect("url")
+        Server::from_url(&smtp.url(), Duration::from_secs(5), &[]).expect("url")
     }
 
     async fn send(pool: &Pool) -> Result<(), SendError> {
@@ -502,35 +522,39 @@ mod tests {
     #[test]
     fn reads_the_url_as_lettre_does() {
         let timeout = Duration::from_secs(1);
-        let plain = Server::from_url("smtp://127.0.0.1:2525", timeout).expect("plain");
+        let plain = Server::from_url("smtp://127.0.0.1:2525", timeout, &[]).expect("plain");
         assert_eq!((plain.host.as_str(), plain.port), ("127.0.0.1", 2525));
         assert!(matches!(plain.security, Security::None));
         assert!(plain.credentials.is_none());
-        let starttls =
-            Server::from_url("smtp://u%40x:p%2Fw@mail.example.com?tls=required", timeout)
-                .expect("starttls");
+        let starttls = Server::from_url(
+            "smtp://u%40x:p%2Fw@mail.example.com?tls=required",
+            timeout,
+            &[],
+        )
+        .expect("starttls");
         assert_eq!(starttls.port, 587);
         assert!(matches!(starttls.security, Security::Required(_)));
         assert_eq!(
             starttls.credentials,
             Some(Credentials::new("u@x".to_owned(), "p/w".to_owned()))
         );
-        let opportunistic = Server::from_url("smtp://mail.example.com?tls=opportunistic", timeout)
-            .expect("opportunistic");
+        let opportunistic =
+            Server::from_url("smtp://mail.example.com?tls=opportunistic", timeout, &[])
+                .expect("opportunistic");
         assert!(matches!(opportunistic.security, Security::Opportunistic(_)));
-        let implicit = Server::from_url("smtps://u:p@mail.example.com/jetfn.example", timeout)
+        let implicit = Server::from_url("smtps://u:p@mail.example.com/jetfn.example", timeout, &[])
             .expect("implicit");
         assert_eq!(implicit.port, 465);
         assert!(matches!(implicit.security, Security::Implicit(_)));
         assert_eq!(implicit.hello, ClientId::Domain("jetfn.example".to_owned()));
-        let v6 = Server::from_url("smtp://[::1]:2525", timeout).expect("v6");
+        let v6 = Server::from_url("smtp://[::1]:2525", timeout, &[]).expect("v6");
         assert_eq!(v6.host, "::1");
         for bad in [
             "ftp://u:hunter2@host",
             "smtp://h?tls=sometimes",
             "smtp:///x",
         ] {
-            let err = Server::from_url(bad, timeout).expect_err(bad);
+            let err = Server::from_url(bad, timeout, &[]).expect_err(bad);
             assert!(matches!(err, ConfigError::SmtpUrl { .. }), "{bad}: {err}");
             assert!(!err.to_string().contains("hunter2"), "{err}");
         }

@@ -166,10 +166,12 @@ impl Mailer {
     /// Builds the transport `config` describes. Nothing is sent and no connection is opened yet.
     ///
     /// # Errors
-    /// An unusable `SMTP_URL`, a `MAIL_DIR` that cannot be created, or (with `SMTP_URL`) no Tokio runtime: the
-    /// SMTP pool starts a background task.
+    /// An unusable `SMTP_URL` or `SMTP_TLS_CA_FILE` (checked even without `SMTP_URL`: a bad setting shows where
+    /// it is made, not where it is first used), a `MAIL_DIR` that cannot be created, or (with `SMTP_URL`) no
+    /// Tokio runtime: the SMTP pool starts a background task.
     pub fn new(config: MailerConfig) -> Result<Self, ConfigError> {
         config.check()?;
+        let extra_roots = config.extra_roots()?;
         let transport = match &config.smtp_url {
             Some(url) => {
                 if tokio::runtime::Handle::try_current().is_err() {
@@ -182,7 +184,13 @@ impl Mailer {
                     );
                 }
                 let timeout = Duration::from_secs(config.smtp_timeout_secs);
-                let server = crate::pool::Server::from_url(url.expose(), timeout)?;
+                let server = crate::pool::Server::from_url(url.expose(), timeout, &extra_roots)?;
+                if !extra_roots.is_empty() && !server.uses_tls() {
+                    tracing::warn!(
+                        smtp.tls = false,
+                        "SMTP_TLS_CA_FILE is set but SMTP_URL uses no TLS, so it is not used"
+                    );
+                }
                 let max = usize::try_from(config.smtp_pool_max).unwrap_or(usize::MAX);
                 Transport::Smtp(Box::new(Smtp {
                     pool: crate::pool::Pool::new(server, max, crate::pool::IDLE_TIMEOUT),
@@ -367,7 +375,9 @@ mod tests {
     use crate::{Rendered, compose};
     use events::Locale;
     use std::path::Path;
-    use testkit::{Reply, SmtpCommand, SmtpServer};
+    use testkit::{Reply, SmtpCommand, SmtpServer, SmtpTls, TestCertificates};
+
+    const WAIT: Duration = Duration::from_secs(5);
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("mailer-test-{name}-{}", std::process::id()));
@@ -809,6 +819,185 @@ mod tests {
             .expect_err("tls fails");
         assert!(matches!(err, SendError::Tls { .. }), "{err:?}");
         assert!(err.is_transient());
+    }
+
+    /// `url` with `SMTP_TLS_CA_FILE` set to `ca`.
+    fn tls_config(url: String, ca: Option<PathBuf>) -> MailerConfig {
+        MailerConfig {
+            smtp_tls_ca_file: ca,
+            ..smtp_config(url, 5)
+        }
+    }
+
+    /// A TLS test server as `mode` says, with the certificate the test CA signed for 127.0.0.1.
+    fn tls_server(mode: SmtpTls, certs: &TestCertificates) -> SmtpServer {
+        SmtpServer::start_tls(mode, &certs.server_cert(), &certs.server_key())
+    }
+
+    /// `server`'s URL with a user and password, so that an AUTH sent in clear would show.
+    fn with_password(server: &SmtpServer) -> String {
+        server.url().replacen("://", "://jetfn:Smtp-Pw-5b8d@", 1)
+    }
+
+    /// The verbs `server` received in clear.
+    fn in_clear(server: &SmtpServer) -> Vec<String> {
+        server
+            .commands()
+            .into_iter()
+            .filter(|command| !command.tls)
+            .map(|command| command.verb)
+            .collect()
+    }
+
+    /// Nothing but the greeting's EHLO and the STARTTLS went in clear: no AUTH, no mail transaction.
+    fn assert_nothing_sent_in_clear(server: &SmtpServer) {
+        let clear = in_clear(server);
+        assert!(
+            clear
+                .iter()
+                .all(|verb| ["EHLO", "STARTTLS", "QUIT"].contains(&verb.as_str())),
+            "sent in clear: {clear:?}"
+        );
+    }
+
+    async fn wait_for_tls_failures(server: &SmtpServer, n: usize) {
+        let deadline = std::time::Instant::now() + WAIT;
+        while server.tls_failures() < n && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(server.tls_failures(), n, "failed TLS handshakes");
+    }
+
+    #[tokio::test]
+    async fn starttls_to_a_relay_with_a_private_ca_delivers_over_tls_and_authenticates_after_it() {
+        let certs = TestCertificates::generate();
+        let server = tls_server(SmtpTls::StartTls, &certs);
+        let mailer =
+            Mailer::new(tls_config(with_password(&server), Some(certs.ca()))).expect("mailer");
+        assert_eq!(
+            mailer.send(message("ada@example.com")).await.expect("sent"),
+            Delivery::Smtp
+        );
+        let mail = &server.wait_for_messages(1, WAIT).await[0];
+        assert!(mail.tls, "the message came over TLS");
+        assert_eq!(mail.rcpt_to, ["ada@example.com"]);
+        let commands: Vec<(String, bool)> = server
+            .commands()
+            .into_iter()
+            .map(|command| (command.verb, command.tls))
+            .collect();
+        let expected = [
+            ("EHLO", false),
+            ("STARTTLS", false),
+            ("EHLO", true),
+            ("AUTH", true),
+            ("MAIL", true),
+            ("RCPT", true),
+            ("DATA", true),
+        ]
+        .map(|(verb, tls)| (verb.to_owned(), tls));
+        assert_eq!(commands[..expected.len()], expected, "{commands:?}");
+        assert_eq!(server.tls_handshakes(), 1);
+        mailer
+            .probe()
+            .await
+            .expect("the breaker's probe reaches the relay through the same TLS");
+        assert_nothing_sent_in_clear(&server);
+    }
+
+    #[tokio::test]
+    async fn a_certificate_the_mailer_does_not_trust_is_a_transient_tls_error_and_nothing_goes_in_clear()
+     {
+        let certs = TestCertificates::generate();
+        let server = tls_server(SmtpTls::StartTls, &certs);
+        // Another CA in SMTP_TLS_CA_FILE, then none: the public roots alone do not know the relay's private CA.
+        for ca in [Some(certs.other_ca()), None] {
+            let mailer =
+                Mailer::new(tls_config(with_password(&server), ca.clone())).expect("mailer");
+            let err = mailer
+                .send(message("ada@example.com"))
+                .await
+                .expect_err("the certificate is not trusted");
+            assert!(matches!(err, SendError::Tls { .. }), "{ca:?}: {err:?}");
+            assert!(
+                err.to_string().contains("UnknownIssuer")
+                    && err.to_string().contains("or by a CA of SMTP_TLS_CA_FILE"),
+                "the reason is the certificate's issuer, and the setting to check: {err}"
+            );
+            assert!(err.is_transient() && err.is_unavailable(), "{err:?}");
+            assert!(
+                !crate::job_error(err).is_permanent(),
+                "retried with a delay, never dead-lettered at once"
+            );
+        }
+        wait_for_tls_failures(&server, 2).await;
+        assert_eq!(server.tls_handshakes(), 0);
+        assert_nothing_sent_in_clear(&server);
+        assert!(server.messages().is_empty(), "nothing was delivered");
+    }
+
+    #[tokio::test]
+    async fn implicit_tls_to_a_relay_with_a_private_ca_delivers_over_tls() {
+        let certs = TestCertificates::generate();
+        let server = tls_server(SmtpTls::Implicit, &certs);
+        let url = with_password(&server);
+        assert!(url.starts_with("smtps://"), "{url}");
+        let mailer = Mailer::new(tls_config(url, Some(certs.ca()))).expect("mailer");
+        mailer.send(message("ada@example.com")).await.expect("sent");
+        let mail = &server.wait_for_messages(1, WAIT).await[0];
+        assert!(mail.tls, "the message came over TLS");
+        assert_eq!(
+            in_clear(&server),
+            Vec::<String>::new(),
+            "TLS from the first byte"
+        );
+        assert_eq!(server.tls_handshakes(), 1);
+
+        let other = Mailer::new(tls_config(with_password(&server), Some(certs.other_ca())))
+            .expect("mailer");
+        let err = other
+            .send(message("ada@example.com"))
+            .await
+            .expect_err("another CA");
+        assert!(matches!(err, SendError::Tls { .. }), "{err:?}");
+        wait_for_tls_failures(&server, 1).await;
+        assert_eq!(server.count(), 1, "nothing more was delivered");
+    }
+
+    #[tokio::test]
+    async fn tls_required_against_a_server_without_starttls_sends_nothing_in_clear() {
+        let certs = TestCertificates::generate();
+        // A server with no TLS at all, and one whose STARTTLS is stripped from EHLO (as a man in the middle would).
+        let plain = SmtpServer::start();
+        let stripped = tls_server(SmtpTls::StartTls, &certs);
+        stripped.hide_extension("STARTTLS");
+        for server in [&plain, &stripped] {
+            let url = format!("smtp://jetfn:Smtp-Pw-5b8d@{}?tls=required", server.addr());
+            let mailer = Mailer::new(tls_config(url, Some(certs.ca()))).expect("mailer");
+            let err = mailer
+                .send(message("ada@example.com"))
+                .await
+                .expect_err("no STARTTLS offered");
+            assert!(matches!(err, SendError::Tls { .. }), "{err:?}");
+            assert!(err.is_transient(), "{err:?}");
+            assert_nothing_sent_in_clear(server);
+            assert!(server.messages().is_empty(), "nothing was delivered");
+            assert_eq!(server.tls_handshakes(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unusable_tls_ca_file_stops_the_mailer_at_start_up_even_without_smtp_url() {
+        let dir = temp_dir("ca-file");
+        let err = Mailer::new(MailerConfig {
+            mail_dir: dir.clone(),
+            smtp_tls_ca_file: Some(PathBuf::from("/nonexistent/smtp-ca.pem")),
+            ..MailerConfig::default()
+        })
+        .expect_err("the file is missing");
+        assert!(matches!(err, ConfigError::CaFile { .. }), "{err}");
+        assert!(err.to_string().starts_with("SMTP_TLS_CA_FILE: "), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

@@ -22,6 +22,8 @@ const PASSWORD_DIR: &str = "/var/run/secrets/jetfn/nats";
 const CA_DIR: &str = "/var/run/secrets/jetfn/nats-ca";
 /// Where a mail function finds `SMTP_URL` (it carries the SMTP password).
 const SMTP_DIR: &str = "/var/run/secrets/jetfn/smtp";
+/// Where a mail function finds the CA of a relay with a private certificate (`SMTP_TLS_CA_FILE`).
+const SMTP_CA_DIR: &str = "/var/run/secrets/jetfn/smtp-ca";
 /// The health port every function serves `/livez` and `/readyz` on (`JOB_HEALTH_ADDR`).
 const HEALTH_PORT: u16 = 8080;
 /// The user the images run as.
@@ -48,6 +50,10 @@ pub struct Settings {
     pub otlp_endpoint: String,
     /// `MAIL_FROM` of the mail functions.
     pub mail_from: String,
+    /// The Secret holding `ca.crt`, the CA that signed the SMTP relay's certificate, for a relay a public root
+    /// does not vouch for: mounted into the mail functions as `SMTP_TLS_CA_FILE`. Unset: the public roots only.
+    #[serde(default)]
+    pub smtp_tls_ca_secret: Option<String>,
     /// `JOB_DRAIN_TIMEOUT_SECS`; the grace period is longer.
     pub drain_timeout_secs: u64,
     /// `jetfn infra apply --replicas` in the provisioning Job.
@@ -276,6 +282,15 @@ pub fn objects(
                 json!({"name": "smtp", "secret": {"secretName": "jetfn-smtp", "items": [{"key": "url", "path": "url"}]}}),
                 json!({"name": "smtp", "mountPath": SMTP_DIR, "readOnly": true}),
             ));
+            if let Some(secret) = &settings.smtp_tls_ca_secret {
+                env.push(
+                    json!({"name": "SMTP_TLS_CA_FILE", "value": format!("{SMTP_CA_DIR}/ca.crt")}),
+                );
+                mounts.push((
+                    json!({"name": "smtp-ca", "secret": {"secretName": secret, "items": [{"key": "ca.crt", "path": "ca.crt"}]}}),
+                    json!({"name": "smtp-ca", "mountPath": SMTP_CA_DIR, "readOnly": true}),
+                ));
+            }
         }
         if let Some(volume) = &own.volume {
             env.push(json!({"name": volume.env, "value": volume.path}));

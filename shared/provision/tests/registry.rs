@@ -490,6 +490,44 @@ fn a_pod_outside_the_restricted_profile_or_a_short_grace_period_is_named() {
     );
 }
 
+/// A relay with a private CA: `smtp_tls_ca_secret` mounts its `ca.crt` into every mail function, and only
+/// there, as `SMTP_TLS_CA_FILE`; unset (the shipped settings), no pod has it.
+#[test]
+fn the_smtp_ca_secret_reaches_the_mail_functions_only() {
+    let places = Places::shipped();
+    let mut with_ca = settings();
+    with_ca.smtp_tls_ca_secret = Some("jetfn-smtp-ca".to_owned());
+    let objects =
+        provision::kubernetes::objects(&places.definitions, &with_ca, &places.permissions).unwrap();
+    let mut mailers = 0;
+    for ((name, shipped), (_, configured)) in workloads(&places.kubernetes)
+        .into_iter()
+        .zip(workloads(&objects))
+    {
+        assert_eq!(env(shipped, "SMTP_TLS_CA_FILE"), None, "{name}");
+        let pod = &configured["spec"]["template"]["spec"];
+        let mounted = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|volume| volume["secret"]["secretName"] == "jetfn-smtp-ca");
+        if env(configured, "SMTP_URL_FILE").is_some() {
+            mailers += 1;
+            assert_eq!(
+                env(configured, "SMTP_TLS_CA_FILE"),
+                Some("/var/run/secrets/jetfn/smtp-ca/ca.crt"),
+                "{name}"
+            );
+            assert!(mounted, "{name}: the CA Secret is not mounted");
+            assert!(restricted_problems(&name, &configured["spec"]["template"]).is_empty());
+        } else {
+            assert_eq!(env(configured, "SMTP_TLS_CA_FILE"), None, "{name}");
+            assert!(!mounted, "{name} sends no email");
+        }
+    }
+    assert!(mailers >= 8, "{mailers} mail functions");
+}
+
 /// None can be forgotten: a function the consumer files name gets its workload, budget and scaler with no
 /// entry of its own in the settings, and a settings entry for a function nobody names is refused.
 #[test]

@@ -8,7 +8,7 @@
 //!   JetStream cluster, for fault tests (on the loopback, or each node in a network namespace of its own so a
 //!   test can partition one off).
 //! * [`SmtpServer`] (feature `smtp`): an in-process RFC 5321 server with scripted replies, delays and
-//!   outages, or a counting sink for the bench.
+//!   outages, plain or with STARTTLS or implicit TLS, or a counting sink for the bench.
 //! * [`OtlpReceiver`] (feature `otlp`): an OTLP/HTTP receiver that decodes protobuf exports.
 //! * [`FunctionProcess`] (feature `process`): a workspace binary run as a child process, with captured
 //!   output and signals.
@@ -59,7 +59,9 @@ pub use otlp::{OtlpReceiver, ReceivedMetric, ReceivedSpan};
 #[cfg(feature = "process")]
 pub use process::{FunctionProcess, LOG_DIR_VAR, binary_path};
 #[cfg(feature = "smtp")]
-pub use smtp::{Attempt, AttemptStage, ReceivedMail, Reply, SmtpCommand, SmtpServer};
+pub use smtp::{
+    Attempt, AttemptStage, ReceivedCommand, ReceivedMail, Reply, SmtpCommand, SmtpServer, SmtpTls,
+};
 #[cfg(feature = "nats")]
 pub use tls::TestCertificates;
 

@@ -1,21 +1,28 @@
-//! An in-process SMTP server (RFC 5321 subset, plain TCP) on 127.0.0.1 with scripted replies, delays and
-//! outages, or a counting sink for the bench.
+//! An in-process SMTP server (RFC 5321 subset) on 127.0.0.1 with scripted replies, delays and outages, or a
+//! counting sink for the bench.
 //!
 //! Speaks EHLO/HELO, AUTH (PLAIN, LOGIN; any credentials), MAIL, RCPT, DATA (dot-unstuffing), RSET, NOOP,
-//! QUIT, VRFY, HELP. No TLS or PIPELINING (none advertised). Each connection is its own task on a private
-//! runtime.
+//! QUIT, VRFY, HELP. Plain TCP by default; given a certificate ([`SmtpServer::start_tls`]) it offers STARTTLS
+//! (RFC 3207) or speaks TLS from the first byte (RFC 8314 implicit TLS), so a client's TLS, its certificate checks
+//! and its refusal to fall back to plain text are tested against a real handshake. No PIPELINING (not advertised).
+//! Each connection is its own task on a private runtime.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mail_parser::{HeaderValue, MessageParser, MimeHeaders, PartType};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{AbortHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::bg::BgRuntime;
 use crate::{lock, poll_async, poll_blocking};
@@ -42,6 +49,26 @@ pub struct ReceivedMail {
     pub data: String,
     /// When the server committed the message (just before answering 250).
     pub received_at: Instant,
+    /// Whether it came over TLS (after STARTTLS, or on an implicit-TLS server).
+    pub tls: bool,
+}
+
+/// How a server started with [`SmtpServer::start_tls`] offers TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain TCP first; EHLO offers `STARTTLS` and the conversation starts over in TLS after it (RFC 3207).
+    StartTls,
+    /// TLS from the first byte (`smtps://`, port 465 in production; RFC 8314).
+    Implicit,
+}
+
+/// A command the server received: its verb only (the arguments hold addresses), and whether it came over TLS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceivedCommand {
+    /// The verb, upper-cased (`EHLO`, `STARTTLS`, `AUTH`, `MAIL`, ...).
+    pub verb: String,
+    /// Whether it came over TLS.
+    pub tls: bool,
 }
 
 /// Which command an [`Attempt`] answered.
@@ -81,6 +108,9 @@ pub enum SmtpCommand {
     /// `RCPT TO`. A refusal is recorded as an [`Attempt`]; `{rcpt}` in its text becomes the address, as real
     /// servers echo it.
     Rcpt,
+    /// `STARTTLS` on a server that offers it (220, then the handshake); a refusal (454) leaves the connection
+    /// in plain text.
+    StartTls,
     /// The `DATA` command itself (354).
     Data,
     /// The end of the message (`<CRLF>.<CRLF>`): 250 commits it, anything else refuses it.
@@ -173,6 +203,14 @@ struct Shared {
     /// The `Message-ID` of every accepted message (empty if it had none), sink or not: duplicates are counted
     /// over thousands of messages without keeping their text.
     message_ids: Mutex<Vec<String>>,
+    /// Every command's verb, and whether it came over TLS (none for a sink).
+    commands: Mutex<Vec<ReceivedCommand>>,
+    /// Set by [`SmtpServer::start_tls`].
+    tls: Option<(SmtpTls, TlsAcceptor)>,
+    /// TLS handshakes that completed.
+    tls_handshakes: AtomicUsize,
+    /// TLS handshakes that failed: most often a client that refused the certificate.
+    tls_failures: AtomicUsize,
 }
 
 /// The accept loop of one "up" period. Every task of that period holds a clone of the `mpsc`
@@ -206,6 +244,17 @@ impl SmtpServer {
         })
     }
 
+    /// Starts a server that offers TLS as `mode` says, with the certificate chain in `cert` and its key in `key`
+    /// (PEM files, e.g. the server pair of `TestCertificates`); it records every message and attempt as
+    /// [`SmtpServer::start`] does, and whether each came over TLS. Panics if the files do not hold a usable
+    /// certificate and key.
+    pub fn start_tls(mode: SmtpTls, cert: &Path, key: &Path) -> Self {
+        Self::launch_new(Shared {
+            tls: Some((mode, tls_acceptor(cert, key))),
+            ..Shared::default()
+        })
+    }
+
     fn launch_new(shared: Shared) -> Self {
         let listener =
             StdTcpListener::bind(("127.0.0.1", 0)).expect("bind SMTP test server on 127.0.0.1:0");
@@ -220,9 +269,14 @@ impl SmtpServer {
         server
     }
 
-    /// `smtp://127.0.0.1:<port>` (plain SMTP, no TLS).
+    /// The lettre URL that reaches this server with the TLS it offers: `smtp://127.0.0.1:<port>` (plain),
+    /// `smtp://127.0.0.1:<port>?tls=required` (STARTTLS) or `smtps://127.0.0.1:<port>` (implicit TLS).
     pub fn url(&self) -> String {
-        format!("smtp://{}", self.addr)
+        match &self.shared.tls {
+            None => format!("smtp://{}", self.addr),
+            Some((SmtpTls::StartTls, _)) => format!("smtp://{}?tls=required", self.addr),
+            Some((SmtpTls::Implicit, _)) => format!("smtps://{}", self.addr),
+        }
     }
 
     /// The listening address.
@@ -357,6 +411,22 @@ impl SmtpServer {
         lock(&self.shared.arrivals).clone()
     }
 
+    /// Every command received, in order, by verb and whether it came over TLS (none for a sink): what a client
+    /// said in plain text, e.g. no `AUTH` or `MAIL` before its STARTTLS.
+    pub fn commands(&self) -> Vec<ReceivedCommand> {
+        lock(&self.shared.commands).clone()
+    }
+
+    /// How many TLS handshakes completed.
+    pub fn tls_handshakes(&self) -> usize {
+        self.shared.tls_handshakes.load(Ordering::SeqCst)
+    }
+
+    /// How many TLS handshakes failed (a client that refused the certificate, or that spoke no TLS).
+    pub fn tls_failures(&self) -> usize {
+        self.shared.tls_failures.load(Ordering::SeqCst)
+    }
+
     /// How many messages were delivered.
     pub fn count(&self) -> usize {
         lock(&self.shared.arrivals).len()
@@ -389,6 +459,7 @@ impl SmtpServer {
         lock(&self.shared.attempts).clear();
         lock(&self.shared.arrivals).clear();
         lock(&self.shared.message_ids).clear();
+        lock(&self.shared.commands).clear();
     }
 
     /// Waits until at least `n` messages were delivered; panics with what it has on timeout.
@@ -473,6 +544,7 @@ impl std::fmt::Debug for SmtpServer {
         f.debug_struct("SmtpServer")
             .field("addr", &self.addr)
             .field("sink", &self.shared.sink)
+            .field("tls", &self.shared.tls.as_ref().map(|(mode, _)| mode))
             .field("up", &self.is_up())
             .finish_non_exhaustive()
     }
@@ -498,8 +570,54 @@ async fn accept_loop(listener: StdTcpListener, shared: Arc<Shared>, guard: mpsc:
     }
 }
 
+/// The byte stream a session speaks over: the TCP connection, or TLS over it once upgraded.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+type Stream = Box<dyn Io>;
+
+/// The server side of TLS for `cert` and `key`, on the ring provider (the one lettre uses, so no other is built).
+fn tls_acceptor(cert: &Path, key: &Path) -> TlsAcceptor {
+    let read = |path: &Path| {
+        std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+    };
+    let chain = CertificateDer::pem_slice_iter(&read(cert))
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap_or_else(|e| panic!("certificates in {}: {e}", cert.display()));
+    assert!(!chain.is_empty(), "no certificate in {}", cert.display());
+    let key = PrivateKeyDer::from_pem_slice(&read(key))
+        .unwrap_or_else(|e| panic!("private key in {}: {e}", key.display()));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap_or_else(|e| panic!("the SMTP test server's certificate and key: {e}"));
+    TlsAcceptor::from(Arc::new(config))
+}
+
+/// The TLS handshake on `stream`, counted as completed or failed.
+async fn handshake(
+    shared: &Shared,
+    acceptor: &TlsAcceptor,
+    stream: Stream,
+) -> std::io::Result<Stream> {
+    match acceptor.accept(stream).await {
+        Ok(tls) => {
+            shared.tls_handshakes.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(tls))
+        }
+        Err(e) => {
+            shared.tls_failures.fetch_add(1, Ordering::SeqCst);
+            Err(e)
+        }
+    }
+}
+
 /// Writes a reply; multi-line `text` becomes a multi-line reply (`code-` continuation lines).
-async fn reply(stream: &mut TcpStream, code: u16, text: &str) -> std::io::Result<()> {
+async fn reply(stream: &mut Stream, code: u16, text: &str) -> std::io::Result<()> {
     let lines: Vec<&str> = text.lines().collect();
     let mut out = String::new();
     for (i, line) in lines.iter().enumerate() {
@@ -533,7 +651,7 @@ async fn decide(shared: &Shared, command: SmtpCommand, normal: Reply) -> Reply {
 
 /// [`decide`], then send it; returns the code.
 async fn answer(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     shared: &Shared,
     command: SmtpCommand,
     code: u16,
@@ -545,7 +663,7 @@ async fn answer(
 }
 
 /// Reads one line without its line ending; `None` at EOF.
-async fn read_line(reader: &mut BufReader<TcpStream>) -> std::io::Result<Option<String>> {
+async fn read_line(reader: &mut BufReader<Stream>) -> std::io::Result<Option<String>> {
     let mut line = Vec::new();
     if reader.read_until(b'\n', &mut line).await? == 0 {
         return Ok(None);
@@ -575,11 +693,23 @@ fn mail_parameters_of(arg: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn ehlo_text(shared: &Shared, arg: &str) -> String {
-    let hidden = lock(&shared.faults).hidden_extensions.clone();
+fn is_hidden(shared: &Shared, extension: &str) -> bool {
+    lock(&shared.faults)
+        .hidden_extensions
+        .iter()
+        .any(|h| extension.starts_with(h.as_str()))
+}
+
+/// Whether `STARTTLS` is offered now: on a STARTTLS server, before the upgrade, unless hidden.
+fn offers_starttls(shared: &Shared, tls: bool) -> bool {
+    matches!(shared.tls, Some((SmtpTls::StartTls, _))) && !tls && !is_hidden(shared, "STARTTLS")
+}
+
+fn ehlo_text(shared: &Shared, arg: &str, tls: bool) -> String {
+    let starttls = offers_starttls(shared, tls).then_some("STARTTLS");
     let mut text = format!("127.0.0.1 Hello {arg}");
-    for extension in EXTENSIONS {
-        if !hidden.iter().any(|h| extension.starts_with(h.as_str())) {
+    for extension in EXTENSIONS.iter().copied().chain(starttls) {
+        if !is_hidden(shared, extension) {
             text.push('\n');
             text.push_str(extension);
         }
@@ -589,8 +719,12 @@ fn ehlo_text(shared: &Shared, arg: &str) -> String {
 
 async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let _open = shared.sessions.enter();
-    // Held while a transaction is open; dropped when it ends (or with the session).
-    let mut transaction: Option<GaugeGuard<'_>> = None;
+    let mut stream: Stream = Box::new(stream);
+    let mut tls = false;
+    if let Some((SmtpTls::Implicit, acceptor)) = &shared.tls {
+        stream = handshake(shared, acceptor, stream).await?;
+        tls = true;
+    }
     let mut conn = BufReader::new(stream);
     let greeting = answer(
         conn.get_mut(),
@@ -603,6 +737,28 @@ async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     if greeting >= 400 {
         return conn.get_mut().shutdown().await;
     }
+    loop {
+        let Some(plain) = converse(conn, shared, tls).await? else {
+            return Ok(());
+        };
+        let Some((_, acceptor)) = &shared.tls else {
+            unreachable!("STARTTLS is accepted only on a TLS server")
+        };
+        conn = BufReader::new(handshake(shared, acceptor, plain).await?);
+        tls = true;
+    }
+}
+
+/// The commands of one session, from its start or from a STARTTLS upgrade (RFC 3207: all state is forgotten
+/// and the client must send EHLO again). Returns the connection when STARTTLS was accepted, for the handshake;
+/// `None` when the session ended.
+async fn converse(
+    mut conn: BufReader<Stream>,
+    shared: &Shared,
+    tls: bool,
+) -> std::io::Result<Option<Stream>> {
+    // Held while a transaction is open; dropped when it ends (or with the session).
+    let mut transaction: Option<GaugeGuard<'_>> = None;
     let mut greeted = false;
     let mut mail_from: Option<String> = None;
     let mut mail_parameters: Vec<String> = Vec::new();
@@ -612,6 +768,12 @@ async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             Some((verb, arg)) => (verb.to_ascii_uppercase(), arg.trim().to_owned()),
             None => (line.trim().to_ascii_uppercase(), String::new()),
         };
+        if !shared.sink {
+            lock(&shared.commands).push(ReceivedCommand {
+                verb: verb.clone(),
+                tls,
+            });
+        }
         let arg = arg.as_str();
         match verb.as_str() {
             "EHLO" | "HELO" if arg.is_empty() => {
@@ -619,7 +781,7 @@ async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             }
             "EHLO" | "HELO" => {
                 let text = if verb == "EHLO" {
-                    ehlo_text(shared, arg)
+                    ehlo_text(shared, arg, tls)
                 } else {
                     "127.0.0.1".to_owned()
                 };
@@ -656,7 +818,7 @@ async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 for prompt in prompts {
                     reply(conn.get_mut(), 334, prompt).await?;
                     let Some(response) = read_line(&mut conn).await? else {
-                        return Ok(());
+                        return Ok(None);
                     };
                     cancelled |= response.trim() == "*";
                 }
@@ -727,7 +889,7 @@ async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 let mut in_header = true;
                 loop {
                     let Some(line) = read_line(&mut conn).await? else {
-                        return Ok(()); // EOF inside DATA: abandoned transaction
+                        return Ok(None); // EOF inside DATA: abandoned transaction
                     };
                     if line == "." {
                         break;
@@ -784,6 +946,7 @@ async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                             rcpt_to: rcpts.clone(),
                             data,
                             received_at: at,
+                            tls,
                         });
                     }
                     lock(&shared.attempts).push(Attempt {
@@ -814,15 +977,27 @@ async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 let out = conn.get_mut();
                 reply(out, 221, "2.0.0 Bye").await?;
                 out.shutdown().await?;
-                return Ok(());
+                return Ok(None);
             }
+            "STARTTLS" if offers_starttls(shared, tls) && !arg.is_empty() => {
+                reply(conn.get_mut(), 501, "5.5.4 Syntax: STARTTLS").await?
+            }
+            "STARTTLS" if offers_starttls(shared, tls) => {
+                let text = "2.0.0 Ready to start TLS";
+                if answer(conn.get_mut(), shared, SmtpCommand::StartTls, 220, text).await? == 220 {
+                    // Without the reader: plain text the client sent after STARTTLS is dropped unread, as
+                    // RFC 3207 asks (a man in the middle could have put commands there).
+                    return Ok(Some(conn.into_inner()));
+                }
+            }
+            "STARTTLS" if tls => reply(conn.get_mut(), 503, "5.5.1 TLS already active").await?,
             "STARTTLS" | "EXPN" | "TURN" | "ETRN" | "BDAT" => {
                 reply(conn.get_mut(), 502, "5.5.1 Command not implemented").await?
             }
             _ => reply(conn.get_mut(), 500, "5.5.2 Command unrecognized").await?,
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 impl ReceivedMail {

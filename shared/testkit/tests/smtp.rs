@@ -1,12 +1,19 @@
 //! Self-tests of the scripted SMTP server, observed by a real lettre client: per-command and per-message
-//! replies, delays, outages, AUTH, hidden extensions and the counting sink.
+//! replies, delays, outages, AUTH, hidden extensions, STARTTLS and implicit TLS, and the counting sink.
 
 use std::time::{Duration, Instant};
 
 use lettre::message::{Mailbox, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use testkit::{AttemptStage, Reply, SmtpCommand, SmtpServer};
+use std::sync::Arc;
+
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use testkit::{AttemptStage, Reply, SmtpCommand, SmtpServer, SmtpTls, TestCertificates};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -253,4 +260,165 @@ async fn the_sink_counts_arrivals_and_keeps_no_text() {
     assert!(sink.messages().is_empty() && sink.attempts().is_empty());
     sink.clear();
     assert_eq!(sink.count(), 0);
+}
+
+/// Sends `command` (if any) and reads the whole reply: its code and its lines' texts.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut BufReader<S>,
+    command: Option<&str>,
+) -> (u16, Vec<String>) {
+    if let Some(command) = command {
+        let out = conn.get_mut();
+        out.write_all(format!("{command}\r\n").as_bytes())
+            .await
+            .expect("write");
+        out.flush().await.expect("flush");
+    }
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        let read = tokio::time::timeout(WAIT, conn.read_line(&mut line))
+            .await
+            .expect("a reply in time")
+            .expect("read");
+        assert!(
+            read > 0,
+            "the server closed the connection after {command:?}"
+        );
+        let code = line[..3].parse::<u16>().expect("a reply code");
+        lines.push(line[4..].trim_end().to_owned());
+        if line.as_bytes()[3] == b' ' {
+            return (code, lines);
+        }
+    }
+}
+
+#[tokio::test]
+async fn starttls_is_offered_and_the_conversation_starts_over_in_tls() {
+    let certs = TestCertificates::generate();
+    let smtp = SmtpServer::start_tls(SmtpTls::StartTls, &certs.server_cert(), &certs.server_key());
+    assert_eq!(smtp.url(), format!("smtp://{}?tls=required", smtp.addr()));
+    smtp.script(
+        SmtpCommand::StartTls,
+        [(454, "4.7.0 TLS not available now")],
+    );
+    let tcp = tokio::net::TcpStream::connect(smtp.addr())
+        .await
+        .expect("connect");
+    let mut plain = BufReader::new(tcp);
+    assert_eq!(exchange(&mut plain, None).await.0, 220);
+    let (code, ehlo) = exchange(&mut plain, Some("EHLO client.test")).await;
+    assert_eq!(code, 250);
+    assert!(ehlo.iter().any(|line| line == "STARTTLS"), "{ehlo:?}");
+    assert_eq!(
+        exchange(&mut plain, Some("STARTTLS now")).await.0,
+        501,
+        "STARTTLS takes no argument"
+    );
+    assert_eq!(
+        exchange(&mut plain, Some("STARTTLS")).await.0,
+        454,
+        "the scripted refusal leaves the connection in plain text"
+    );
+    assert_eq!(exchange(&mut plain, Some("NOOP")).await.0, 250);
+    assert_eq!(exchange(&mut plain, Some("STARTTLS")).await.0, 220);
+
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(certs.ca()).expect("CA file");
+    for cert in CertificateDer::pem_slice_iter(&ca) {
+        roots.add(cert.expect("CA PEM")).expect("CA certificate");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            ServerName::try_from("127.0.0.1").expect("an IP name"),
+            plain.into_inner(),
+        )
+        .await
+        .expect("the handshake, verified against the test CA");
+    let mut tls = BufReader::new(tls);
+    assert_eq!(
+        exchange(&mut tls, Some("MAIL FROM:<a@example.com>"))
+            .await
+            .0,
+        503,
+        "the upgrade forgets the EHLO"
+    );
+    let (code, ehlo) = exchange(&mut tls, Some("EHLO client.test")).await;
+    assert_eq!(code, 250);
+    assert!(
+        !ehlo.iter().any(|line| line == "STARTTLS"),
+        "not offered twice: {ehlo:?}"
+    );
+    assert_eq!(exchange(&mut tls, Some("STARTTLS")).await.0, 503);
+    assert_eq!(exchange(&mut tls, Some("QUIT")).await.0, 221);
+    assert_eq!(smtp.tls_handshakes(), 1);
+    let commands: Vec<(String, bool)> = smtp
+        .commands()
+        .into_iter()
+        .map(|command| (command.verb, command.tls))
+        .collect();
+    let expected = [
+        ("EHLO", false),
+        ("STARTTLS", false),
+        ("STARTTLS", false),
+        ("NOOP", false),
+        ("STARTTLS", false),
+        ("MAIL", true),
+        ("EHLO", true),
+        ("STARTTLS", true),
+        ("QUIT", true),
+    ]
+    .map(|(verb, tls)| (verb.to_owned(), tls));
+    assert_eq!(commands, expected);
+}
+
+#[tokio::test]
+async fn implicit_tls_delivers_and_marks_the_message_and_a_client_without_the_ca_is_refused() {
+    let certs = TestCertificates::generate();
+    let smtp = SmtpServer::start_tls(SmtpTls::Implicit, &certs.server_cert(), &certs.server_key());
+    assert_eq!(smtp.url(), format!("smtps://{}", smtp.addr()));
+    let with_roots = |ca: Option<Vec<u8>>| {
+        let mut params = TlsParameters::builder("127.0.0.1".to_owned());
+        if let Some(pem) = ca {
+            params = params.add_root_certificate(Certificate::from_pem(&pem).expect("CA PEM"));
+        }
+        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+            .port(smtp.port())
+            .tls(Tls::Wrapper(params.build().expect("TLS parameters")))
+            .timeout(Some(WAIT))
+            .build()
+    };
+    let ca = std::fs::read(certs.ca()).expect("CA file");
+    with_roots(Some(ca))
+        .send(message("a@example.com", "tls"))
+        .await
+        .expect("sent over TLS");
+    let mails = smtp.wait_for_messages(1, WAIT).await;
+    assert!(mails[0].tls);
+    assert!(smtp.commands().iter().all(|command| command.tls));
+    with_roots(None)
+        .send(message("a@example.com", "untrusted"))
+        .await
+        .expect_err("the public roots do not know the test CA");
+    let deadline = Instant::now() + WAIT;
+    while smtp.tls_failures() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!((smtp.tls_handshakes(), smtp.tls_failures()), (1, 1));
+    assert_eq!(smtp.count(), 1);
+
+    // A plain server records its messages as not over TLS.
+    let plain = SmtpServer::start();
+    transport(&plain)
+        .send(message("a@example.com", "plain"))
+        .await
+        .expect("sent");
+    assert!(!plain.wait_for_messages(1, WAIT).await[0].tls);
 }
