@@ -50,13 +50,12 @@ async fn a_dead_letter_lists_every_failed_attempt_in_order_with_its_reason() {
     // The output is stdout and stderr together, and the client's `closed` notice (async_nats at info in the test
     // environment) may land after the JSON: read the one JSON value that starts at the first brace.
     let output = system.jetfn(&["event", &published.id, "--json"]).await;
-    let report: serde_json::Value = serde_json::Deserializer::from_str(
-        &output[output.find('{').expect("a JSON report")..],
-    )
-    .into_iter()
-    .next()
-    .expect("a JSON report")
-    .unwrap_or_else(|err| panic!("{err}: {output}"));
+    let report: serde_json::Value =
+        serde_json::Deserializer::from_str(&output[output.find('{').expect("a JSON report")..])
+            .into_iter()
+            .next()
+            .expect("a JSON report")
+            .unwrap_or_else(|err| panic!("{err}: {output}"));
     let welcome = report["copies"][0]["consumers"]
         .as_array()
         .unwrap()
