@@ -73,6 +73,8 @@ struct Inner {
     /// Admits [`CLAIMS_IN_FLIGHT`] single claim writes at a time where writes wait for the disk; `done` writes
     /// never wait for it.
     claims: tokio::sync::Semaphore,
+    /// The bucket keeps copies on other nodes (R3 in a cluster): its single claims are never capped.
+    replicated: bool,
     /// Claims, and separately dones, of messages running at the same time committed as one atomic batch each
     /// (`batch.rs`); `None` writes every key alone.
     batches: Option<Batches>,
@@ -94,6 +96,10 @@ struct Batches {
 /// Where the disk probe (`batch.rs`) finds writes that do not wait for an fsync, the cap is off: there it halved the
 /// ledger row (13,500 -> 7,300/s at `sync_interval: 1s`, ANALYSIS section 12) to shorten a window whose p99 is
 /// 16 ms without it, while such a server may lose its last second of acknowledged writes in a crash anyway.
+/// Nor is a replicated bucket capped (R3 on a cluster, where the probe sees the followers' round trip as a wait):
+/// its leader replicates the writes that arrive together as pipelined proposals, no write waits behind another's
+/// fsync, and on a three-node cluster the cap cut the ledger row from about 6,000 to 7,000 events/s to 1,400
+/// (tests/bench/ANALYSIS.md section 19).
 const CLAIMS_IN_FLIGHT: usize = 4;
 
 impl std::fmt::Debug for Ledger {
@@ -184,8 +190,10 @@ impl Ledger {
                 disk,
             })
         });
+        let replicated = store.stream.cached_info().config.num_replicas > 1;
         Self {
             backend: Backend::Kv(std::sync::Arc::new(Inner {
+                replicated,
                 store,
                 function: function.to_owned(),
                 clock: clock_key(function),
@@ -359,13 +367,14 @@ impl Inner {
     async fn claim(&self, key: &str) -> Result<Claim, JobError> {
         // Single writes meet the cap unless the probe found writes that do not wait for the disk: there a queue of
         // them drains in a few ms and the cap halved the row's throughput (ANALYSIS section 12).
-        let capped = match &self.batches {
-            Some(batches) => {
-                batches.disk.start_probe(&self.store, &self.clock);
-                batches.disk.maybe_synced()
-            }
-            None => true,
-        };
+        let capped = !self.replicated
+            && match &self.batches {
+                Some(batches) => {
+                    batches.disk.start_probe(&self.store, &self.clock);
+                    batches.disk.maybe_synced()
+                }
+                None => true,
+            };
         for attempt in 0..5 {
             let token = uuid::Uuid::now_v7().simple().to_string();
             let value = self.pending_value(&token);
