@@ -105,12 +105,14 @@ pub struct Setup {
     pub window: Window,
     /// A row stops at this much wall time even if the window is not fully acked.
     pub cap: Duration,
-    /// nats-server's process id, for its CPU time.
-    pub server_pid: u32,
+    /// nats-server's process ids (one, or a cluster's nodes), for their CPU time.
+    pub server_pids: Vec<u32>,
     /// The ledger bucket allows atomic batches: as `infra/nats/kv/jetfn-ledger.json` advises, where the server
     /// runs `sync_interval: always` (each write an fsync), not with a periodic sync (where a batch costs the server
     /// more CPU than it saves).
     pub atomic_batches: bool,
+    /// Copies of the ledger bucket: 1 on one node, 3 on a cluster (as `jetfn infra apply --replicas 3` makes it).
+    pub ledger_replicas: usize,
 }
 
 /// Runs one row once and returns its rate.
@@ -129,11 +131,11 @@ pub async fn run(setup: &Setup, kind: Kind) -> anyhow::Result<Rate> {
         .create_consumer(config)
         .await
         .with_context(|| format!("creating consumer {name}"))?;
-    let cpu_before = (cpu_secs("self"), cpu_secs(&setup.server_pid.to_string()));
+    let cpu_before = (cpu_secs("self"), servers_cpu_secs(&setup.server_pids));
 
     let result = match kind {
         Kind::RawAck | Kind::RawDoubleAck | Kind::RawRequestAck => {
-            let client = async_nats::connect(&setup.url).await?;
+            let client = connect(&setup.url).await?;
             let consumer: PullConsumer = jetstream::new(client.clone())
                 .get_stream("EVENTS")
                 .await?
@@ -170,7 +172,13 @@ pub async fn run(setup: &Setup, kind: Kind) -> anyhow::Result<Rate> {
             // A fresh ledger per run: the same events are read again, and a ledger that remembered them would
             // skip every effect.
             let bucket = format!("bench-ledger-{}", short_id());
-            create_ledger(&setup.js, &bucket, setup.atomic_batches).await?;
+            create_ledger_with(
+                &setup.js,
+                &bucket,
+                setup.atomic_batches,
+                setup.ledger_replicas,
+            )
+            .await?;
             let runtime = runtime_for(setup, &name, &bucket, "confirmed").await?;
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(runtime.serve(
@@ -192,7 +200,7 @@ pub async fn run(setup: &Setup, kind: Kind) -> anyhow::Result<Rate> {
     };
     let (client_cpu, server_cpu) = (
         cpu_secs("self") - cpu_before.0,
-        cpu_secs(&setup.server_pid.to_string()) - cpu_before.1,
+        servers_cpu_secs(&setup.server_pids) - cpu_before.1,
     );
     let acked = stream
         .consumer_info(&name)
@@ -229,6 +237,22 @@ pub fn cpu_secs(pid: &str) -> f64 {
     secs
 }
 
+/// A connection to `url`, one server or a cluster's comma-separated list (async-nats parses only a single URL
+/// from a string).
+pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
+    let servers = url
+        .split(',')
+        .map(str::parse::<async_nats::ServerAddr>)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing the server list {url}"))?;
+    Ok(async_nats::connect(servers).await?)
+}
+
+/// The CPU seconds of several processes together (a cluster's nodes).
+pub fn servers_cpu_secs(pids: &[u32]) -> f64 {
+    pids.iter().map(|pid| cpu_secs(&pid.to_string())).sum()
+}
+
 /// A bucket configured like `infra/nats/kv/jetfn-ledger.json`, with `atomic_batches` as given;
 /// `JETFN_BENCH_LEDGER_BATCHES=on` or `off` overrides it (the A/B of tests/bench/ANALYSIS.md, section 8).
 pub async fn create_ledger(
@@ -236,11 +260,22 @@ pub async fn create_ledger(
     bucket: &str,
     atomic_batches: bool,
 ) -> anyhow::Result<()> {
+    create_ledger_with(js, bucket, atomic_batches, 1).await
+}
+
+/// [`create_ledger`] with `replicas` copies (a cluster's R3).
+pub async fn create_ledger_with(
+    js: &jetstream::Context,
+    bucket: &str,
+    atomic_batches: bool,
+    replicas: usize,
+) -> anyhow::Result<()> {
     js.create_key_value(kv::Config {
         bucket: bucket.to_owned(),
         history: 1,
         max_age: Duration::from_secs(7_948_800),
         storage: stream::StorageType::File,
+        num_replicas: replicas,
         ..Default::default()
     })
     .await

@@ -66,7 +66,7 @@ struct Args {
     /// decode (the three decode rows) and start (cold start and idle RSS of the welcome function), scale.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Section>,
-    /// Only these parts of the scale section (comma-separated): replicas, functions, backlog, payload.
+    /// Only these parts of the scale section (comma-separated): replicas, functions, backlog, payload, cluster.
     #[arg(long, value_delimiter = ',')]
     scale: Vec<scale::Part>,
     /// Small counts and one run per row: a smoke run of a minute or two.
@@ -518,8 +518,9 @@ impl<'a> Phase<'a> {
             template: self.template.clone(),
             window,
             cap: self.plan.consume_cap,
-            server_pid: self.server.pid(),
+            server_pids: vec![self.server.pid()],
             atomic_batches: self.sync() == Sync::Always,
+            ledger_replicas: 1,
         };
         let kinds = [
             (
@@ -671,8 +672,9 @@ impl<'a> Phase<'a> {
             template: self.template.clone(),
             window: Window { start: 1, count: 1 },
             cap: self.plan.consume_cap,
-            server_pid: self.server.pid(),
+            server_pids: vec![self.server.pid()],
             atomic_batches: self.sync() == Sync::Always,
+            ledger_replicas: 1,
         };
         let durability = self.sync().label();
         let mut rows = Vec::new();

@@ -8,6 +8,7 @@
 //! it, from those: the share of the machine's cores the measured processes kept busy.
 
 mod backlog;
+mod cluster;
 mod functions;
 mod payload;
 mod replicas;
@@ -37,6 +38,8 @@ pub enum Part {
     Backlog,
     /// 1 KiB to 256 KiB events: publish, no-op consume, latency.
     Payload,
+    /// The consume rows on a three-node cluster (R3), every node on this machine.
+    Cluster,
 }
 
 /// Counts for the scale rows; the full section is sized to take about eight minutes on two cores.
@@ -67,6 +70,10 @@ pub struct Plan {
     pub payload_rate: u64,
     /// The latency rows' length (the first half second is warm-up).
     pub payload_latency: Duration,
+    /// Events the cluster's consume rows read (each row from the first, until the cap).
+    pub cluster_events: u64,
+    /// A cluster consume row stops here.
+    pub cluster_cap: Duration,
 }
 
 impl Plan {
@@ -93,6 +100,8 @@ impl Plan {
                 ],
                 payload_rate: 100,
                 payload_latency: Duration::from_secs(2),
+                cluster_events: 30_000,
+                cluster_cap: Duration::from_secs(2),
             }
         } else {
             Self {
@@ -113,6 +122,8 @@ impl Plan {
                 ],
                 payload_rate: 200,
                 payload_latency: Duration::from_secs(4),
+                cluster_events: 100_000,
+                cluster_cap: Duration::from_secs(4),
             }
         }
     }
@@ -133,25 +144,14 @@ pub async fn run(
         Part::Functions,
         Part::Backlog,
         Part::Payload,
+        Part::Cluster,
     ] {
         if !wants(part) {
             continue;
         }
-        eprintln!("==> scale: {part:?} (nats-server with sync_interval: 1s, fresh store)");
+        eprintln!("==> scale: {part:?}");
         let started = Instant::now();
-        let result = match Server::start(root, nats_bin).await {
-            Ok(server) => {
-                let result = match part {
-                    Part::Replicas => replicas::run(root, &server, plan).await,
-                    Part::Functions => functions::run(root, &server, plan).await,
-                    Part::Backlog => backlog::run(&server, plan).await,
-                    Part::Payload => payload::run(&server, plan).await,
-                };
-                server.stop();
-                result
-            }
-            Err(err) => Err(err),
-        };
+        let result = part_rows(root, nats_bin, plan, part).await;
         eprintln!(
             "  scale {part:?} took {:.0} s",
             started.elapsed().as_secs_f64()
@@ -167,8 +167,64 @@ pub async fn run(
     (rows, not_measured)
 }
 
+/// One part's rows: the cluster part starts its three nodes, every other part one server of its own.
+async fn part_rows(
+    root: &Path,
+    nats_bin: &Path,
+    plan: &Plan,
+    part: Part,
+) -> anyhow::Result<Vec<Row>> {
+    match part {
+        Part::Replicas => {
+            on_own_server(root, nats_bin, async |server| {
+                replicas::run(root, server, plan).await
+            })
+            .await
+        }
+        Part::Functions => {
+            on_own_server(root, nats_bin, async |server| {
+                functions::run(root, server, plan).await
+            })
+            .await
+        }
+        Part::Backlog => {
+            on_own_server(root, nats_bin, async |server| {
+                backlog::run(server, plan).await
+            })
+            .await
+        }
+        Part::Payload => {
+            on_own_server(root, nats_bin, async |server| {
+                payload::run(server, plan).await
+            })
+            .await
+        }
+        Part::Cluster => {
+            eprintln!("  three nats-servers, R3, fresh stores");
+            cluster::run(root, nats_bin, plan).await
+        }
+    }
+}
+
+/// Runs `measure` on a fresh server of its own, stopped afterwards.
+async fn on_own_server(
+    root: &Path,
+    nats_bin: &Path,
+    measure: impl AsyncFnOnce(&Server) -> anyhow::Result<Vec<Row>>,
+) -> anyhow::Result<Vec<Row>> {
+    eprintln!("  nats-server with sync_interval: 1s, fresh store");
+    let server = Server::start(root, nats_bin).await?;
+    let result = measure(&server).await;
+    server.stop();
+    result
+}
+
 /// The durability every scale row runs under.
 pub const DURABILITY: &str = "nats sync_interval: 1s";
+
+/// The cluster part's: three copies of every write, each node with nats-server's default periodic sync (as the
+/// compose stack's nodes run).
+pub const DURABILITY_CLUSTER: &str = "3 nodes, R3, nats sync_interval: default (2m)";
 
 /// A nats-server for one part: `sync_interval: 1s`, a fresh store, monitoring on a free port.
 pub struct Server {

@@ -195,8 +195,9 @@ fn setup(server: &Server, window: Window) -> consume::Setup {
         template: server.template.clone(),
         window,
         cap: Duration::from_secs(30),
-        server_pid: server.pid(),
+        server_pids: vec![server.pid()],
         atomic_batches: false,
+        ledger_replicas: 1,
     }
 }
 
