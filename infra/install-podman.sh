@@ -13,16 +13,27 @@ cd "$(dirname "$0")/.."
 PODMAN_COMPOSE_VERSION=1.6.0
 export CONTAINERS_CONF="$PWD/infra/containers/containers.conf"
 
-if ! command -v podman >/dev/null || ! command -v runc >/dev/null; then
+# The compose stack's containers find each other by name (nats-1, mail, traces): with Debian 12's podman (CNI
+# networks) that is the dnsname plugin, only a Recommends of podman, so a machine that installed podman without its
+# recommends has networks without DNS (provisioning then fails with "failed to lookup address information").
+DNSNAME_PLUGIN=/usr/lib/cni/dnsname
+packages=()
+command -v podman >/dev/null || packages+=(podman)
+command -v runc >/dev/null || packages+=(runc)
+if [ ! -x "$DNSNAME_PLUGIN" ] && { [ ${#packages[@]} -gt 0 ] ||
+  [ "$(podman info --format '{{.Host.NetworkBackend}}' 2>/dev/null)" = cni ]; }; then
+  packages+=(golang-github-containernetworking-plugin-dnsname)
+fi
+if [ ${#packages[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
-    echo "infra/install-podman.sh: podman and runc are missing; install them as root, then run this again:" >&2
-    echo "  sudo apt-get update && sudo apt-get install -y podman runc" >&2
+    echo "infra/install-podman.sh: ${packages[*]} missing; install them as root, then run this again:" >&2
+    echo "  sudo apt-get update && sudo apt-get install -y ${packages[*]}" >&2
     exit 1
   fi
-  echo "==> installing podman and runc (apt-get)"
+  echo "==> installing ${packages[*]} (apt-get)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends podman runc >/dev/null
+  apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
 
 if ! .tools/venv/bin/podman-compose --version 2>/dev/null | grep -q "podman-compose version ${PODMAN_COMPOSE_VERSION}\b"; then
