@@ -68,6 +68,17 @@ impl Console {
         (status, value)
     }
 
+    /// `POST /api/dlq/{seq}/replay-edited` with `event` (the console's "edit and replay"), as `session`.
+    async fn replay_edited(&self, session: &Session, seq: u64, event: &Value) -> (u16, Value) {
+        self.call(
+            Some(session),
+            "POST",
+            &format!("/api/dlq/{seq}/replay-edited"),
+            Some(json!({ "event": event })),
+        )
+        .await
+    }
+
     async fn sign_in(&self, body: Value) -> (u16, Value, Option<Session>) {
         let response = self
             .http
@@ -338,28 +349,14 @@ async fn the_console_api_signs_in_with_tokens_enforces_roles_and_audits_every_ch
     assert_eq!(status, 200, "{stored}");
     let mut event = stored["event"].clone();
     event["data"]["email"] = "not an address".into();
-    let (status, refused) = console
-        .call(
-            Some(&operator),
-            "POST",
-            &format!("/api/dlq/{seq}/replay-edited"),
-            Some(json!({ "event": event })),
-        )
-        .await;
+    let (status, refused) = console.replay_edited(&operator, seq, &event).await;
     assert_eq!(status, 422, "{refused}");
     assert!(
         refused["error"].as_str().unwrap().contains("/data/email"),
         "names the field: {refused}"
     );
     event["data"]["email"] = "typo@example.com".into();
-    let (status, step) = console
-        .call(
-            Some(&operator),
-            "POST",
-            &format!("/api/dlq/{seq}/replay-edited"),
-            Some(json!({ "event": event })),
-        )
-        .await;
+    let (status, step) = console.replay_edited(&operator, seq, &event).await;
     assert_eq!(
         (status, step["result"].as_str()),
         (200, Some("replayed")),
@@ -878,14 +875,7 @@ async fn an_edited_dead_letter_whose_token_is_retyped_in_clear_is_replayed_seale
     );
     let retyped = "retypedToken_0123456789abcdefghijklmn";
     event["data"]["token"] = retyped.into();
-    let (status, step) = console
-        .call(
-            Some(&operator),
-            "POST",
-            &format!("/api/dlq/{seq}/replay-edited"),
-            Some(json!({ "event": event })),
-        )
-        .await;
+    let (status, step) = console.replay_edited(&operator, seq, &event).await;
     assert_eq!(
         (status, step["result"].as_str()),
         (200, Some("replayed")),
@@ -939,14 +929,7 @@ async fn without_a_keyring_the_console_refuses_an_edit_that_unseals_a_field_and_
     event["data"]["token"] = retyped.into();
     let mut events_stream = system.js.get_stream("EVENTS").await.unwrap();
     let before = events_stream.info().await.unwrap().state.last_sequence;
-    let (status, refused) = console
-        .call(
-            Some(&operator),
-            "POST",
-            &format!("/api/dlq/{seq}/replay-edited"),
-            Some(json!({ "event": event })),
-        )
-        .await;
+    let (status, refused) = console.replay_edited(&operator, seq, &event).await;
     assert_eq!(status, 422, "{refused}");
     let error = refused["error"].as_str().unwrap();
     assert!(
@@ -978,14 +961,7 @@ async fn without_a_keyring_the_console_refuses_an_edit_that_unseals_a_field_and_
         .await;
     let mut event = sealed.clone();
     event["data"]["name"] = "Saul".into();
-    let (status, step) = console
-        .call(
-            Some(&operator),
-            "POST",
-            &format!("/api/dlq/{seq}/replay-edited"),
-            Some(json!({ "event": event })),
-        )
-        .await;
+    let (status, step) = console.replay_edited(&operator, seq, &event).await;
     assert_eq!(
         (status, step["result"].as_str()),
         (200, Some("replayed")),

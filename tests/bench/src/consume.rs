@@ -17,6 +17,9 @@ use futures::StreamExt as _;
 use runtime::config::{JobConfig, NatsConfig};
 use runtime::{Job, JobError, Runtime};
 use serde_json::json;
+
+use crate::report::Row;
+use crate::stats::Quantiles;
 use tokio::sync::{Semaphore, oneshot};
 
 /// The pull batch and the cap on unacked messages, for every consumer row alike. The runtime pulls batches of
@@ -235,6 +238,34 @@ pub fn cpu_secs(pid: &str) -> f64 {
     #[allow(clippy::cast_precision_loss)]
     let secs = ticks as f64 / 100.0;
     secs
+}
+
+/// A duplicate-window row (effect end to `done` acknowledged) from what the ledger recorded in this process.
+pub fn window_row(
+    id: String,
+    section: &'static str,
+    label: String,
+    durability: &str,
+    window: runtime::ledger_window::Window,
+) -> Row {
+    let ms = |duration: Duration| duration.as_secs_f64() * 1e3;
+    let mut row = Row::latency(
+        id,
+        section,
+        label,
+        durability,
+        Quantiles {
+            p50: ms(window.p50),
+            p99: ms(window.p99),
+            max: ms(window.max),
+            count: usize::try_from(window.count).unwrap_or(usize::MAX),
+        },
+    );
+    row.note = format!(
+        "mean {:.2} ms; quantiles are bucket bounds (within 19%)",
+        ms(window.mean)
+    );
+    row
 }
 
 /// A connection to `url`, one server or a cluster's comma-separated list (async-nats parses only a single URL

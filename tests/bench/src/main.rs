@@ -623,8 +623,7 @@ impl<'a> Phase<'a> {
         if window.count == 0 {
             return None;
         }
-        let ms = |duration: Duration| duration.as_secs_f64() * 1e3;
-        let mut row = Row::latency(
+        let row = consume::window_row(
             self.id("consume/ledger-window"),
             "Consume",
             format!(
@@ -632,16 +631,7 @@ impl<'a> Phase<'a> {
                 consume::IN_FLIGHT
             ),
             durability,
-            Quantiles {
-                p50: ms(window.p50),
-                p99: ms(window.p99),
-                max: ms(window.max),
-                count: usize::try_from(window.count).unwrap_or(usize::MAX),
-            },
-        );
-        row.note = format!(
-            "mean {:.2} ms; quantiles are bucket bounds (within 19%)",
-            ms(window.mean)
+            window,
         );
         eprintln!("  ledger window: {}; {}", row.figure(), row.note);
         Some(row)

@@ -19,7 +19,7 @@ use super::{DURABILITY_CLUSTER, Plan};
 use crate::consume::{self, Kind, Setup, Window};
 use crate::publish::{self, Via};
 use crate::report::Row;
-use crate::stats::{self, Quantiles};
+use crate::stats;
 
 const SECTION: &str =
     "Scale: a three-node cluster on this machine (R3 streams, consumers and ledger)";
@@ -195,8 +195,7 @@ pub async fn run(root: &Path, nats_bin: &Path, plan: &Plan) -> anyhow::Result<Ve
 
 /// The duplicate window of a ledger row's last run.
 fn window_row(row: &Measured, window: runtime::ledger_window::Window) -> Row {
-    let ms = |duration: std::time::Duration| duration.as_secs_f64() * 1e3;
-    let mut out = Row::latency(
+    consume::window_row(
         format!("scale/cluster/window/{}", row.slug),
         SECTION,
         format!(
@@ -204,18 +203,8 @@ fn window_row(row: &Measured, window: runtime::ledger_window::Window) -> Row {
             consume::IN_FLIGHT
         ),
         DURABILITY_CLUSTER,
-        Quantiles {
-            p50: ms(window.p50),
-            p99: ms(window.p99),
-            max: ms(window.max),
-            count: usize::try_from(window.count).unwrap_or(usize::MAX),
-        },
-    );
-    out.note = format!(
-        "mean {:.2} ms; quantiles are bucket bounds (within 19%)",
-        ms(window.mean)
-    );
-    out
+        window,
+    )
 }
 
 /// Puts each runtime row beside its raw baseline, as the one-node rows do.
