@@ -144,18 +144,8 @@ impl Ledger {
     }
 
     /// A ledger whose claims and dones of concurrent messages go to the server as atomic batches over `client`
-    /// (when the bucket allows them; otherwise one by one, as [`Ledger::new`] writes).
-    pub fn batched(
-        store: kv::Store,
-        function: &str,
-        lease: Duration,
-        client: async_nats::Client,
-    ) -> Self {
-        Self::build(store, function, lease, Some((client, batch::Disk::new())))
-    }
-
-    /// [`Ledger::batched`], with the disk probe of `disk` (shared by a consumer's ledgers, and run by
-    /// [`Ledger::probe_disk`] before the first pull).
+    /// (when the bucket allows them; otherwise one by one, as [`Ledger::new`] writes), with the disk probe of
+    /// `disk` (shared by a consumer's ledgers, and run by [`Ledger::probe_disk`] before the first pull).
     pub(crate) fn batched_on(
         store: kv::Store,
         function: &str,
