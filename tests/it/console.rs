@@ -68,6 +68,12 @@ impl Console {
         (status, value)
     }
 
+    /// `GET /api/dlq/{seq}/event`: the stored event an operator edits, as `session`.
+    async fn stored_event(&self, session: &Session, seq: u64) -> (u16, Value) {
+        self.call(Some(session), "GET", &format!("/api/dlq/{seq}/event"), None)
+            .await
+    }
+
     /// `POST /api/dlq/{seq}/replay-edited` with `event` (the console's "edit and replay"), as `session`.
     async fn replay_edited(&self, session: &Session, seq: u64, event: &Value) -> (u16, Value) {
         self.call(
@@ -331,21 +337,12 @@ async fn the_console_api_signs_in_with_tokens_enforces_roles_and_audits_every_ch
         list[0]["reason"].as_str().unwrap().contains("550") && list[0]["at"].is_string(),
         "{shown}"
     );
-    let (status, refused) = console
-        .call(Some(&viewer), "GET", &format!("/api/dlq/{seq}/event"), None)
-        .await;
+    let (status, refused) = console.stored_event(&viewer, seq).await;
     assert_eq!(
         (status, refused["role_needed"].as_str()),
         (403, Some("operator"))
     );
-    let (status, stored) = console
-        .call(
-            Some(&operator),
-            "GET",
-            &format!("/api/dlq/{seq}/event"),
-            None,
-        )
-        .await;
+    let (status, stored) = console.stored_event(&operator, seq).await;
     assert_eq!(status, 200, "{stored}");
     let mut event = stored["event"].clone();
     event["data"]["email"] = "not an address".into();
@@ -859,14 +856,7 @@ async fn an_edited_dead_letter_whose_token_is_retyped_in_clear_is_replayed_seale
     env.push(("JETFN_KEYRING", ring_json(Some("k1"), &[("k1", K1)])));
     let console = Console::start(env, &["--tokens-file", &file]).await;
     let operator = console.signed_in(json!({ "token": operator })).await;
-    let (status, stored) = console
-        .call(
-            Some(&operator),
-            "GET",
-            &format!("/api/dlq/{seq}/event"),
-            None,
-        )
-        .await;
+    let (status, stored) = console.stored_event(&operator, seq).await;
     assert_eq!(status, 200, "{stored}");
     let mut event = stored["event"].clone();
     assert!(
@@ -915,14 +905,7 @@ async fn without_a_keyring_the_console_refuses_an_edit_that_unseals_a_field_and_
     let (file, [(_, operator), _, _]) = tokens_file(&dir);
     let console = Console::start(system.env(), &["--tokens-file", &file]).await;
     let operator = console.signed_in(json!({ "token": operator })).await;
-    let (_, stored) = console
-        .call(
-            Some(&operator),
-            "GET",
-            &format!("/api/dlq/{seq}/event"),
-            None,
-        )
-        .await;
+    let (_, stored) = console.stored_event(&operator, seq).await;
     let sealed = stored["event"].clone();
     let mut event = sealed.clone();
     let retyped = "retypedToken_zyxwvutsrq9876543210abcd";

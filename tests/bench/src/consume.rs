@@ -268,14 +268,11 @@ pub fn window_row(
     row
 }
 
-/// A connection to `url`, one server or a cluster's comma-separated list (async-nats parses only a single URL
-/// from a string).
+/// A connection to `url`, one server or a cluster's comma-separated list, read as a function reads `NATS_URL`
+/// (async-nats parses only a single URL from a string).
 pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
-    let servers = url
-        .split(',')
-        .map(str::parse::<async_nats::ServerAddr>)
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing the server list {url}"))?;
+    let servers = runtime::nats_url::parse(url)
+        .map_err(|err| anyhow::anyhow!("parsing the server list {url}: {err}"))?;
     Ok(async_nats::connect(servers).await?)
 }
 
