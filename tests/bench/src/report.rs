@@ -82,6 +82,26 @@ impl Row {
         }
     }
 
+    /// A latency row run more than once: headlined by the run whose p99 is the median of the runs' (its p50 and
+    /// max shown with it, so the three figures come from one run), every run's p99 listed.
+    pub fn latency_runs(
+        id: String,
+        section: &'static str,
+        label: impl Into<String>,
+        durability: impl Into<String>,
+        mut runs: Vec<Quantiles>,
+    ) -> Self {
+        let p99s: Vec<f64> = runs.iter().map(|run| run.p99).collect();
+        runs.sort_by(|a, b| a.p99.total_cmp(&b.p99));
+        let middle = runs.swap_remove(runs.len().saturating_sub(1) / 2);
+        let mut row = Self::latency(id, section, label, durability, middle);
+        if p99s.len() > 1 {
+            row.runs = p99s;
+            row.note = "figures of the run with the median p99; runs: each one's p99".to_owned();
+        }
+        row
+    }
+
     /// The figure as the table shows it.
     pub fn figure(&self) -> String {
         match &self.latency {
@@ -100,9 +120,10 @@ impl Row {
         if self.runs.len() < 2 {
             return String::new();
         }
+        let show = if self.latency.is_some() { ms } else { number };
         self.runs
             .iter()
-            .map(|run| number(*run))
+            .map(|run| show(*run))
             .collect::<Vec<_>>()
             .join(", ")
     }
