@@ -521,6 +521,7 @@ impl<'a> Phase<'a> {
             server_pids: vec![self.server.pid()],
             atomic_batches: self.sync() == Sync::Always,
             ledger_replicas: 1,
+            tls_ca: None,
         };
         let kinds = [
             (
@@ -665,6 +666,7 @@ impl<'a> Phase<'a> {
             server_pids: vec![self.server.pid()],
             atomic_batches: self.sync() == Sync::Always,
             ledger_replicas: 1,
+            tls_ca: None,
         };
         let durability = self.sync().label();
         let mut rows = Vec::new();
