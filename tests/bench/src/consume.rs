@@ -6,6 +6,7 @@
 //! time cap). So a row counts only events whose ack the server has recorded, and start-up (connect, bind, the
 //! first pull) is outside every row alike.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -116,6 +117,9 @@ pub struct Setup {
     pub atomic_batches: bool,
     /// Copies of the ledger bucket: 1 on one node, 3 on a cluster (as `jetfn infra apply --replicas 3` makes it).
     pub ledger_replicas: usize,
+    /// The CA that signed the certificate of a server that serves only TLS: the raw consumers then require TLS and
+    /// trust it, and the runtime gets it as `NATS_TLS_CA_FILE`, so both pay what a deployed function pays.
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// Runs one row once and returns its rate.
@@ -138,7 +142,7 @@ pub async fn run(setup: &Setup, kind: Kind) -> anyhow::Result<Rate> {
 
     let result = match kind {
         Kind::RawAck | Kind::RawDoubleAck | Kind::RawRequestAck => {
-            let client = connect(&setup.url).await?;
+            let client = connect(&setup.url, setup.tls_ca.as_deref()).await?;
             let consumer: PullConsumer = jetstream::new(client.clone())
                 .get_stream("EVENTS")
                 .await?
@@ -269,11 +273,18 @@ pub fn window_row(
 }
 
 /// A connection to `url`, one server or a cluster's comma-separated list, read as a function reads `NATS_URL`
-/// (async-nats parses only a single URL from a string).
-pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
+/// (async-nats parses only a single URL from a string). With `tls_ca`, TLS is required and the server's certificate
+/// verified against that CA, so a raw baseline never falls back to plain text.
+pub async fn connect(url: &str, tls_ca: Option<&Path>) -> anyhow::Result<async_nats::Client> {
     let servers = runtime::nats_url::parse(url)
         .map_err(|err| anyhow::anyhow!("parsing the server list {url}: {err}"))?;
-    Ok(async_nats::connect(servers).await?)
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some(ca) = tls_ca {
+        options = options
+            .add_root_certificates(ca.to_path_buf())
+            .require_tls(true);
+    }
+    Ok(options.connect(servers).await?)
 }
 
 /// The CPU seconds of several processes together (a cluster's nodes).
@@ -344,7 +355,12 @@ pub async fn runtime_for(
         "failures_bucket": "jetfn-failures",
         "drain_timeout_secs": 10,
     }))?;
-    Runtime::new("bench", &NatsConfig::local(setup.url.clone()), job).await
+    // The CA goes through the runtime's own configuration, the path `NATS_TLS_CA_FILE` takes in a function.
+    let nats = NatsConfig {
+        tls_ca_file: setup.tls_ca.clone(),
+        ..NatsConfig::local(setup.url.clone())
+    };
+    Runtime::new("bench", &nats, job).await
 }
 
 async fn raw_consume(

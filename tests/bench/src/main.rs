@@ -66,7 +66,8 @@ struct Args {
     /// decode (the three decode rows) and start (cold start and idle RSS of the welcome function), scale.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Section>,
-    /// Only these parts of the scale section (comma-separated): replicas, functions, backlog, payload, cluster.
+    /// Only these parts of the scale section (comma-separated): replicas, functions, backlog, payload, cluster,
+    /// tls.
     #[arg(long, value_delimiter = ',')]
     scale: Vec<scale::Part>,
     /// Small counts and one run per row: a smoke run of a minute or two.
@@ -521,6 +522,7 @@ impl<'a> Phase<'a> {
             server_pids: vec![self.server.pid()],
             atomic_batches: self.sync() == Sync::Always,
             ledger_replicas: 1,
+            tls_ca: None,
         };
         let kinds = [
             (
@@ -665,6 +667,7 @@ impl<'a> Phase<'a> {
             server_pids: vec![self.server.pid()],
             atomic_batches: self.sync() == Sync::Always,
             ledger_replicas: 1,
+            tls_ca: None,
         };
         let durability = self.sync().label();
         let mut rows = Vec::new();

@@ -1,5 +1,5 @@
 //! How cost grows with scale (issue 13): replicas of one function, 100 functions on one server, a backlog of a
-//! million events, and payloads up to the 256 KiB limit. Every part starts its own nats-server with
+//! million events, payloads up to the 256 KiB limit, a three-node cluster, and TLS to the server. Every part starts its own nats-server with
 //! `sync_interval: 1s` on a fresh store (removed afterwards, so the backlog's gigabyte does not linger), with the
 //! monitoring port on, and applies `infra/nats` as the other rows do.
 //!
@@ -12,6 +12,7 @@ mod cluster;
 mod functions;
 mod payload;
 mod replicas;
+mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -40,6 +41,8 @@ pub enum Part {
     Payload,
     /// The consume rows on a three-node cluster (R3), every node on this machine.
     Cluster,
+    /// Publish and consume rows over TLS, beside the same rows in plain text on a twin server.
+    Tls,
 }
 
 /// Counts for the scale rows; the full section is sized to take about eight minutes on two cores.
@@ -74,6 +77,10 @@ pub struct Plan {
     pub cluster_events: u64,
     /// A cluster consume row stops here.
     pub cluster_cap: Duration,
+    /// Events each TLS row publishes and each consume row reads, on either server.
+    pub tls_events: u64,
+    /// A TLS or plain consume row stops here.
+    pub tls_cap: Duration,
 }
 
 impl Plan {
@@ -102,6 +109,8 @@ impl Plan {
                 payload_latency: Duration::from_secs(2),
                 cluster_events: 30_000,
                 cluster_cap: Duration::from_secs(2),
+                tls_events: 30_000,
+                tls_cap: Duration::from_secs(2),
             }
         } else {
             Self {
@@ -124,6 +133,8 @@ impl Plan {
                 payload_latency: Duration::from_secs(4),
                 cluster_events: 100_000,
                 cluster_cap: Duration::from_secs(4),
+                tls_events: 100_000,
+                tls_cap: Duration::from_secs(4),
             }
         }
     }
@@ -145,6 +156,7 @@ pub async fn run(
         Part::Backlog,
         Part::Payload,
         Part::Cluster,
+        Part::Tls,
     ] {
         if !wants(part) {
             continue;
@@ -167,7 +179,8 @@ pub async fn run(
     (rows, not_measured)
 }
 
-/// One part's rows: the cluster part starts its three nodes, every other part one server of its own.
+/// One part's rows: the cluster part starts its three nodes, the TLS part a plain and a TLS server, every other
+/// part one server of its own.
 async fn part_rows(
     root: &Path,
     nats_bin: &Path,
@@ -202,6 +215,12 @@ async fn part_rows(
         Part::Cluster => {
             eprintln!("  three nats-servers, R3, fresh stores");
             cluster::run(root, nats_bin, plan).await
+        }
+        Part::Tls => {
+            eprintln!(
+                "  two nats-servers with sync_interval: 1s, fresh stores: one plain, one TLS only"
+            );
+            tls::run(root, nats_bin, plan).await
         }
     }
 }
@@ -240,8 +259,22 @@ pub struct Server {
 
 impl Server {
     async fn start(root: &Path, bin: &Path) -> anyhow::Result<Self> {
+        Self::start_with(root, bin, None).await
+    }
+
+    /// [`Self::start`], serving only TLS with `certs`' server certificate when given (no client certificate
+    /// asked), so the TLS part's two servers differ in nothing else.
+    async fn start_with(
+        root: &Path,
+        bin: &Path,
+        certs: Option<&testkit::TestCertificates>,
+    ) -> anyhow::Result<Self> {
         let dir = TempDir::new("scale")?;
-        let server = testkit::NatsServer::builder()
+        let mut builder = testkit::NatsServer::builder();
+        if let Some(certs) = certs {
+            builder = builder.tls(certs, false);
+        }
+        let server = builder
             .bin(bin)
             .store_dir(dir.path().join("store"))
             .sync_interval(crate::servers::Sync::OneSecond.interval())
@@ -251,7 +284,8 @@ impl Server {
             .jetstream_config("max_file_store: 16GB\nmax_memory_store: 256MB")
             .quiet()
             .try_start()?;
-        let client = async_nats::connect(server.url()).await?;
+        let ca = certs.map(testkit::TestCertificates::ca);
+        let client = crate::consume::connect(&server.url(), ca.as_deref()).await?;
         let js = jetstream::new(client.clone());
         let mut definitions = Definitions::load(&root.join("infra/nats"))?;
         definitions.schedules.clear();

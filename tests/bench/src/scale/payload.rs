@@ -198,6 +198,7 @@ fn setup(server: &Server, window: Window) -> consume::Setup {
         server_pids: vec![server.pid()],
         atomic_batches: false,
         ledger_replicas: 1,
+        tls_ca: None,
     }
 }
 
