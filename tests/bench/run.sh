@@ -9,7 +9,7 @@
 #   bash tests/bench/run.sh --only runtime,publish  a subset (publish, runtime, latency, welcome, bullmq)
 #   bash tests/bench/run.sh --only start --sync always   only the welcome function's cold start and idle RSS
 #   bash tests/bench/run.sh --only decode           only the three decode rows (no server)
-#   bash tests/bench/run.sh --only scale --quick    the scale rows of issue 13 (replicas, functions, backlog, payload)
+#   bash tests/bench/run.sh --only scale --quick    the scale rows of issue 13 (replicas, functions, backlog, payload, cluster, tls)
 #   bash tests/bench/run.sh --only scale --scale backlog   one of them
 set -euo pipefail
 cd "$(dirname "$0")/../.."

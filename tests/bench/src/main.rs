@@ -51,8 +51,8 @@ enum Section {
     Decode,
     /// Only the welcome function's cold start and idle RSS (`--runs` times each), no emails/s row.
     Start,
-    /// How cost grows (issue 13): replicas, 100 functions, a backlog, payload sizes; on its own server at
-    /// `sync_interval: 1s`. `--scale` picks parts.
+    /// How cost grows (issue 13): replicas, 100 functions, a backlog, payload sizes, a three-node cluster, TLS; on
+    /// servers of its own (`sync_interval: 1s` on one node). `--scale` picks parts.
     Scale,
 }
 
