@@ -10,6 +10,8 @@
 //! - On one node with `sync_interval: always`, N separate KV writes cost the server N fsyncs, and a committed batch
 //!   of N writes a few, whatever N: the batch is staged in a store of its own (created, synced and removed per
 //!   batch), and the commit appends the N messages to the bucket's block and syncs it once (`strace` counts it).
+//! - A KV write the server refuses for its expected revision costs no fsync and stores nothing: the ledger's disk
+//!   probe times writes against such refusals.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -223,10 +225,70 @@ async fn a_committed_atomic_batch_costs_a_few_fsyncs_whatever_its_size() {
     );
 }
 
+/// The ledger's disk probe (`ledger::batch::Disk`) times a write of its clock key against the same write refused:
+/// revision 0 on a key that has one. It relies on the refusal taking the write's path and stopping before the store
+/// and its sync: here, under `sync_interval: always`, 32 writes cost the server at least 32 fsyncs and 32 refusals
+/// none, each refusal comes back as a wrong last revision (the kind the probe asks for), and the key keeps the last
+/// write's revision and value.
+#[tokio::test]
+async fn a_write_the_server_refuses_for_its_revision_costs_no_fsync_and_stores_nothing() {
+    const N: usize = 32;
+    let (nats, _client, store) = provisioned().await;
+    let pid = nats.pid().expect("nats-server runs");
+    let key = format!("f.clock{}", unique());
+    let first = store.put(&key, Bytes::from_static(b"kept")).await.unwrap();
+
+    let (write_fsyncs, written) = fsyncs(pid, async {
+        let mut revisions = Vec::new();
+        for _ in 0..N {
+            revisions.push(store.put(&key, Bytes::from_static(b"kept")).await.unwrap());
+        }
+        revisions
+    })
+    .await;
+    let last = *written.last().unwrap();
+    assert!(last > first);
+
+    let (refusal_fsyncs, refusals) = fsyncs(pid, async {
+        let mut refusals = Vec::new();
+        for _ in 0..N {
+            refusals.push(store.update(&key, Bytes::from_static(b"lost"), 0).await);
+        }
+        refusals
+    })
+    .await;
+    for refusal in &refusals {
+        match refusal {
+            Err(err) => assert_eq!(err.kind(), kv::UpdateErrorKind::WrongLastRevision, "{err}"),
+            Ok(revision) => panic!("a write expecting no revision was stored as {revision}"),
+        }
+    }
+    let n = u64::try_from(N).unwrap();
+    assert!(
+        write_fsyncs >= n,
+        "writes: {write_fsyncs} fsyncs for {N} writes"
+    );
+    // Background work (consumer state files, written at most ten times a second) may add a few.
+    assert!(
+        refusal_fsyncs < 8,
+        "refusals: {refusal_fsyncs} fsyncs for {N} refused writes"
+    );
+    assert_eq!(
+        value(&store, &key).await,
+        Some(("kept".to_owned(), last)),
+        "the refusals stored nothing"
+    );
+    let stream = store.stream.get_info().await.unwrap();
+    assert_eq!(
+        stream.state.last_sequence, last,
+        "nothing appended after the last write"
+    );
+}
+
 /// The fsync and fdatasync calls nats-server (`pid`, all threads) makes while `work` runs, counted by strace.
 async fn fsyncs<T>(pid: u32, work: impl std::future::Future<Output = T>) -> (u64, T) {
     let out = std::env::temp_dir().join(format!("jetfn-fsyncs-{}.txt", unique()));
-    let mut strace = Command::new("strace")
+    let strace = Command::new("strace")
         .args(["-f", "-c", "-e", "trace=fsync,fdatasync", "-o"])
         .arg(&out)
         .args(["-p", &pid.to_string()])
@@ -243,12 +305,16 @@ async fn fsyncs<T>(pid: u32, work: impl std::future::Future<Output = T>) -> (u64
         .status()
         .unwrap();
     assert!(stopped.success(), "stop strace");
-    let status = strace.wait().unwrap();
+    let output = strace.wait_with_output().unwrap();
     let text = std::fs::read_to_string(&out).unwrap_or_default();
     let _ = std::fs::remove_file(&out);
+    // With no call to count, `-c` writes no table at all; strace's own "attached" line then tells zero from a
+    // failure to attach.
+    let log = String::from_utf8_lossy(&output.stderr);
     assert!(
-        text.contains("total"),
-        "strace attached to nats-server ({status}): {text}"
+        text.contains("total") || log.contains("attached"),
+        "strace attached to nats-server ({}): {text} {log}",
+        output.status
     );
     let count = text
         .lines()
@@ -268,12 +334,15 @@ async fn events_arriving_together_get_one_email_each_on_a_server_syncing_every_w
     // The test server syncs every write (`always`); whether the probe chose batches depends on the disk and on
     // the build (a debug client's floors are noisy), so the test asks only that it decided before the first pull.
     welcome
-        .wait_for_output("ledger writes timed against reads", crate::support::WAIT)
+        .wait_for_output(
+            "ledger writes timed against refused writes",
+            crate::support::WAIT,
+        )
         .await;
 }
 
 /// The same on a server that syncs once a second, where the ledger's probe usually finds writes about as fast as
-/// reads and writes each key alone, without the cap on claims in flight (in a debug build on a loaded machine its
+/// their refusals and writes each key alone, without the cap on claims in flight (in a debug build on a loaded machine its
 /// floors are noisy and it may choose batches): one email per event either way.
 #[tokio::test]
 async fn events_arriving_together_get_one_email_each_on_a_server_syncing_once_a_second() {
@@ -282,7 +351,10 @@ async fn events_arriving_together_get_one_email_each_on_a_server_syncing_once_a_
         .start();
     let welcome = one_email_per_event_arriving_together(nats).await;
     welcome
-        .wait_for_output("ledger writes timed against reads", crate::support::WAIT)
+        .wait_for_output(
+            "ledger writes timed against refused writes",
+            crate::support::WAIT,
+        )
         .await;
 }
 
