@@ -150,7 +150,7 @@ fn waits_for_disk(write: Duration, refused: Duration, margins: u32) -> bool {
 /// The fastest of up to [`PROBE_ROUNDS`] writes of the ledger's clock key, and of as many writes of it the server
 /// refuses. The refusal is the reference because it takes the write's own path (the subject, the headers, the
 /// stream's compare-and-set, the reply) and stops before the store and its sync: a read's path is another, and at
-/// `1s` some processes found their writes 40 to 110 µs slower than their reads with no fsync at all (section 21),
+/// `1s` some processes found their writes 40 to 110 µs slower than their reads with no fsync at all (ANALYSIS 21),
 /// against at most 72 µs slower than their refusals.
 async fn disk_floors(store: &kv::Store, clock: &str) -> Option<(Duration, Duration)> {
     let (mut write, mut refused) = (Duration::MAX, Duration::MAX);
