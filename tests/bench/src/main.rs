@@ -8,6 +8,7 @@
 mod bullmq;
 mod consume;
 mod latency;
+mod probe;
 mod publish;
 mod report;
 mod scale;
@@ -384,15 +385,26 @@ fn install_log_sink(filter: &str) -> anyhow::Result<()> {
     if filter == "off" {
         return Ok(());
     }
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
     let devnull = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
-    tracing_subscriber::fmt()
+    let sink = tracing_subscriber::fmt::layer()
         .compact()
         // A function writes no colour codes into a pipe or a file (runtime::telemetry); neither does the sink.
         .with_ansi(false)
         .with_target(false)
         .fmt_fields(runtime::telemetry::LogFields)
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(Mutex::new(devnull))
+        .with_filter(tracing_subscriber::EnvFilter::new(filter));
+    let verdicts = probe::Verdicts.with_filter(
+        tracing_subscriber::filter::Targets::new()
+            .with_target("runtime::ledger::batch", tracing::Level::INFO),
+    );
+    tracing_subscriber::registry()
+        .with(sink)
+        .with(verdicts)
         .try_init()
         .map_err(|err| anyhow::anyhow!("installing the log sink: {err}"))
 }
@@ -565,12 +577,20 @@ impl<'a> Phase<'a> {
             .collect();
         let mut runs: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
         let mut cpu: Vec<Vec<(f64, f64)>> = vec![Vec::new(); kinds.len()];
+        let mut verdicts: Vec<Vec<Option<bool>>> = vec![Vec::new(); kinds.len()];
         // Only the ledger row records `done` writes in this process; its windows are read after the loop.
         runtime::ledger_window::reset();
         // Rows interleave run by run, so drift (page cache, a neighbour's build) spreads over all of them.
         for run in 0..self.plan.runs {
-            for (((kind, _), runs), cpu) in kinds.iter().zip(runs.iter_mut()).zip(cpu.iter_mut()) {
+            for ((((kind, _), runs), cpu), verdicts) in kinds
+                .iter()
+                .zip(runs.iter_mut())
+                .zip(cpu.iter_mut())
+                .zip(verdicts.iter_mut())
+            {
+                let before = probe::counts();
                 let rate = consume::run(&setup, *kind).await?;
+                verdicts.push(probe::chose_batches(before, probe::counts()));
                 eprintln!(
                     "  consume {} run {}: {:.0} events/s ({} events in {:.2} s; CPU per event: bench {:.1} µs, \
                      nats-server {:.1} µs)",
@@ -591,30 +611,28 @@ impl<'a> Phase<'a> {
         if let Some(row) = self.ledger_window_row(&durability) {
             rows.push(row);
         }
-        rows.extend(
-            kinds
-                .into_iter()
-                .zip(runs)
-                .zip(cpu)
-                .map(|(((kind, label), runs), cpu)| {
-                    let mut row = Row::rate(
-                        self.id(&format!("consume/{}", kind.slug())),
-                        "Consume",
-                        label,
-                        &durability,
-                        "events/s",
-                        runs,
-                    );
-                    let client: Vec<f64> = cpu.iter().map(|(client, _)| client * 1e6).collect();
-                    let server: Vec<f64> = cpu.iter().map(|(_, server)| server * 1e6).collect();
-                    let (client, server) = (stats::median(&client), stats::median(&server));
-                    row.cpu_us_per_event = Some((client, server));
-                    row.note = format!(
-                        "CPU per event: consumer {client:.1} µs, nats-server {server:.1} µs"
-                    );
-                    row
-                }),
-        );
+        rows.extend(kinds.into_iter().zip(runs).zip(cpu).zip(verdicts).map(
+            |((((kind, label), runs), cpu), verdicts)| {
+                let mut row = Row::rate(
+                    self.id(&format!("consume/{}", kind.slug())),
+                    "Consume",
+                    label,
+                    &durability,
+                    "events/s",
+                    runs,
+                );
+                let client: Vec<f64> = cpu.iter().map(|(client, _)| client * 1e6).collect();
+                let server: Vec<f64> = cpu.iter().map(|(_, server)| server * 1e6).collect();
+                let (client, server) = (stats::median(&client), stats::median(&server));
+                row.cpu_us_per_event = Some((client, server));
+                row.note =
+                    format!("CPU per event: consumer {client:.1} µs, nats-server {server:.1} µs");
+                if kind == Kind::RuntimeLedger {
+                    row.note = format!("{}; {}", row.note, probe::note(&verdicts));
+                }
+                row
+            },
+        ));
         Ok(rows)
     }
 
