@@ -18,10 +18,10 @@ use futures::StreamExt as _;
 use runtime::config::{JobConfig, NatsConfig};
 use runtime::{Job, JobError, Runtime};
 use serde_json::json;
+use tokio::sync::{Semaphore, oneshot};
 
 use crate::report::Row;
 use crate::stats::Quantiles;
-use tokio::sync::{Semaphore, oneshot};
 
 /// The pull batch and the cap on unacked messages, for every consumer row alike. The runtime pulls batches of
 /// `min(max_ack_pending, 256)` and runs at most `max_ack_pending` handlers.

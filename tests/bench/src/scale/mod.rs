@@ -1,7 +1,7 @@
 //! How cost grows with scale (issue 13): replicas of one function, 100 functions on one server, a backlog of a
-//! million events, payloads up to the 256 KiB limit, a three-node cluster, and TLS to the server. Every part starts its own nats-server with
-//! `sync_interval: 1s` on a fresh store (removed afterwards, so the backlog's gigabyte does not linger), with the
-//! monitoring port on, and applies `infra/nats` as the other rows do.
+//! million events, payloads up to the 256 KiB limit, a three-node cluster, and TLS to the server. Every part starts
+//! its own nats-server with `sync_interval: 1s` on a fresh store (removed afterwards, so the backlog's gigabyte does
+//! not linger), with the monitoring port on, and applies `infra/nats` as the other rows do.
 //!
 //! Figures that load on a shared machine does not distort are recorded beside every rate: CPU per event of each
 //! process (from /proc), resident memory, and request counts seen on the wire. Each row's note says what bounds

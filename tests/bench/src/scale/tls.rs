@@ -11,7 +11,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use super::{DURABILITY, Plan, Server, machine_ticks};
+use super::{CpuWindow, DURABILITY, Plan, Server};
 use crate::consume::{self, Kind, Setup, Window};
 use crate::publish::{self, Via};
 use crate::report::Row;
@@ -71,15 +71,6 @@ impl Sides {
     }
 }
 
-/// The machine's busy share between two `machine_ticks` readings.
-fn busy_between(before: (u64, u64), after: (u64, u64)) -> f64 {
-    let busy = after.0.saturating_sub(before.0);
-    let total = after.1.saturating_sub(before.1).max(1);
-    #[allow(clippy::cast_precision_loss)]
-    let share = busy as f64 / total as f64;
-    share
-}
-
 pub async fn run(root: &Path, nats_bin: &Path, plan: &Plan) -> anyhow::Result<Vec<Row>> {
     let certs = testkit::TestCertificates::try_generate()
         .map_err(|err| anyhow::anyhow!("making the test certificates: {err}"))?;
@@ -124,18 +115,11 @@ async fn measure(
     for run in 0..plan.runs {
         for transport in order(run) {
             let server = server(transport);
-            let before = (
-                consume::cpu_secs("self"),
-                consume::cpu_secs(&server.pid().to_string()),
-                machine_ticks(),
-            );
+            let window = CpuWindow::start(&[], server.pid());
             let rate = publish::pipelined(&server.client, Via::Raw, plan.tls_events).await?;
-            let (bench, nats) = per_event_us(
-                consume::cpu_secs("self") - before.0,
-                consume::cpu_secs(&server.pid().to_string()) - before.1,
-                plan.tls_events,
-            );
-            let machine_busy = busy_between(before.2, machine_ticks());
+            let spent = window.end(&[], server.pid());
+            let (bench, nats) = per_event_us(spent.bench, spent.server, plan.tls_events);
+            let machine_busy = spent.machine_busy;
             eprintln!(
                 "  tls: raw publish pipelined, {} run {}: {rate:.0} events/s; CPU per event: bench {bench:.1} µs, \
                  nats-server {nats:.1} µs; machine {:.0}% busy",
@@ -193,9 +177,9 @@ async fn measure(
     for run in 0..plan.runs {
         for ((kind, _), sides) in kinds.iter().zip(&mut consumed) {
             for transport in order(run) {
-                let before = machine_ticks();
+                let window = CpuWindow::start(&[], server(transport).pid());
                 let rate = consume::run(&setup(transport), *kind).await?;
-                let machine_busy = busy_between(before, machine_ticks());
+                let machine_busy = window.end(&[], server(transport).pid()).machine_busy;
                 let (bench, nats) = (
                     rate.client_cpu_per_event * 1e6,
                     rate.server_cpu_per_event * 1e6,
