@@ -4,7 +4,9 @@
 //! Speaks EHLO/HELO, AUTH (PLAIN, LOGIN; any credentials), MAIL, RCPT, DATA (dot-unstuffing), RSET, NOOP,
 //! QUIT, VRFY, HELP. Plain TCP by default; given a certificate ([`SmtpServer::start_tls`]) it offers STARTTLS
 //! (RFC 3207) or speaks TLS from the first byte (RFC 8314 implicit TLS), so a client's TLS, its certificate checks
-//! and its refusal to fall back to plain text are tested against a real handshake. No PIPELINING (not advertised).
+//! and its refusal to fall back to plain text are tested against a real handshake. PIPELINING (RFC 2920) is
+//! offered: commands that arrive together are read and answered in order, and each received command records
+//! whether it arrived before the reply to the one before it.
 //! Each connection is its own task on a private runtime.
 
 use std::collections::{HashMap, VecDeque};
@@ -29,6 +31,7 @@ use crate::{lock, poll_async, poll_blocking};
 
 const GO_DOWN_TIMEOUT: Duration = Duration::from_secs(5);
 const EXTENSIONS: &[&str] = &[
+    "PIPELINING",
     "8BITMIME",
     "SMTPUTF8",
     "ENHANCEDSTATUSCODES",
@@ -69,6 +72,9 @@ pub struct ReceivedCommand {
     pub verb: String,
     /// Whether it came over TLS.
     pub tls: bool,
+    /// Whether it was already read, in one piece with the command before it, when that one's reply was written: the
+    /// client sent it without waiting (RFC 2920 pipelining).
+    pub pipelined: bool,
 }
 
 /// Which command an [`Attempt`] answered.
@@ -160,6 +166,8 @@ struct Faults {
     /// Added before every reply to the command.
     delays: HashMap<SmtpCommand, Duration>,
     hidden_extensions: Vec<String>,
+    /// Each reply waits until this long after its command arrived, as from a server this far away.
+    round_trip: Option<Duration>,
 }
 
 /// How many of something are open now, the most that ever were at once, and how many were ever opened.
@@ -308,6 +316,14 @@ impl SmtpServer {
     /// [`SmtpServer::clear_faults`]. `Connect` with a long delay is a server that accepts and never speaks.
     pub fn delay_replies(&self, command: SmtpCommand, delay: Duration) {
         lock(&self.shared.faults).delays.insert(command, delay);
+    }
+
+    /// Every reply is written `round_trip` after its command arrived (the greeting after the connection, the reply
+    /// to the message after its last line), as by a server that far away, until [`SmtpServer::clear_faults`].
+    /// Commands that arrive together (pipelined) are answered together, as over a real network; a client that
+    /// waits for each reply pays one `round_trip` per command.
+    pub fn set_round_trip(&self, round_trip: Duration) {
+        lock(&self.shared.faults).round_trip = Some(round_trip);
     }
 
     /// EHLO no longer offers `extension` (e.g. `"SMTPUTF8"`, `"AUTH"`), until [`SmtpServer::clear_faults`].
@@ -649,6 +665,14 @@ async fn decide(shared: &Shared, command: SmtpCommand, normal: Reply) -> Reply {
     reply
 }
 
+/// Waits out [`SmtpServer::set_round_trip`] for a command that arrived at `arrived`.
+async fn far_away(shared: &Shared, arrived: Instant) {
+    let round_trip = lock(&shared.faults).round_trip;
+    if let Some(round_trip) = round_trip {
+        tokio::time::sleep_until((arrived + round_trip).into()).await;
+    }
+}
+
 /// [`decide`], then send it; returns the code.
 async fn answer(
     stream: &mut Stream,
@@ -726,6 +750,7 @@ async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         tls = true;
     }
     let mut conn = BufReader::new(stream);
+    far_away(shared, Instant::now()).await;
     let greeting = answer(
         conn.get_mut(),
         shared,
@@ -763,7 +788,17 @@ async fn converse(
     let mut mail_from: Option<String> = None;
     let mut mail_parameters: Vec<String> = Vec::new();
     let mut rcpt_to: Vec<String> = Vec::new();
-    while let Some(line) = read_line(&mut conn).await? {
+    let mut arrived = Instant::now();
+    loop {
+        // Bytes still buffered here came in the same read as the command answered last.
+        let pipelined = !conn.buffer().is_empty();
+        let Some(line) = read_line(&mut conn).await? else {
+            break;
+        };
+        if !pipelined {
+            arrived = Instant::now();
+        }
+        far_away(shared, arrived).await;
         let (verb, arg) = match line.split_once(' ') {
             Some((verb, arg)) => (verb.to_ascii_uppercase(), arg.trim().to_owned()),
             None => (line.trim().to_ascii_uppercase(), String::new()),
@@ -772,6 +807,7 @@ async fn converse(
             lock(&shared.commands).push(ReceivedCommand {
                 verb: verb.clone(),
                 tls,
+                pipelined,
             });
         }
         let arg = arg.as_str();
@@ -892,6 +928,7 @@ async fn converse(
                         return Ok(None); // EOF inside DATA: abandoned transaction
                     };
                     if line == "." {
+                        far_away(shared, Instant::now()).await;
                         break;
                     }
                     if in_header {

@@ -793,8 +793,15 @@ impl<'a> Phase<'a> {
             pool: args.welcome_pool,
         };
         let durability = self.sync().label();
+        let far = if !start_only && self.sync() == Sync::OneSecond {
+            self.welcome_far(&setup).await?
+        } else {
+            Vec::new()
+        };
         if !last {
-            return self.welcome_emails(&setup).await;
+            let mut rows = self.welcome_emails(&setup).await?;
+            rows.extend(far);
+            return Ok(rows);
         }
         let cold_starts = if start_only {
             self.plan.runs.max(self.plan.cold_starts)
@@ -827,6 +834,7 @@ impl<'a> Phase<'a> {
         } else {
             self.welcome_emails(&setup).await?
         };
+        rows.extend(far);
         rows.extend([
             Row::rate(
                 "welcome/cold-start".to_owned(),
@@ -855,6 +863,87 @@ impl<'a> Phase<'a> {
             ),
         ]);
         Ok(rows)
+    }
+
+    /// Emails/s into a relay [`FAR`] away (a round trip), the way a function meets a hosted relay: one sink offers
+    /// PIPELINING, the other (the baseline) does not, so the function sends each command after the last one's
+    /// reply and checks a pooled connection with `NOOP` before each email, as lettre does. The two take turns.
+    async fn welcome_far(&self, near: &welcome::Setup<'_>) -> anyhow::Result<Vec<Row>> {
+        let durability = self.sync().label();
+        let pipelining = testkit::SmtpServer::start_sink();
+        let baseline = testkit::SmtpServer::start_sink();
+        baseline.hide_extension("PIPELINING");
+        let mut rates = [Vec::new(), Vec::new()];
+        for run in 0..self.plan.runs {
+            for (i, sink) in [&pipelining, &baseline].into_iter().enumerate() {
+                sink.set_round_trip(FAR);
+                let setup = welcome::Setup {
+                    sink,
+                    client: near.client.clone(),
+                    url: near.url.clone(),
+                    template: near.template.clone(),
+                    ..*near
+                };
+                let emails = setup.emails(self.plan.emails).await?;
+                eprintln!(
+                    "  welcome emails run {}, relay {} ms away, PIPELINING {}: {:.0} emails/s",
+                    run + 1,
+                    FAR.as_millis(),
+                    if i == 0 { "offered" } else { "not offered" },
+                    emails.rate,
+                );
+                rates[i].push(emails.rate);
+            }
+        }
+        let [offered, not_offered] = rates;
+        let label = |what: &str| {
+            format!(
+                "emails/s into a sink {} ms away (round trip), {what} ({} events; SMTP pool {}; max_ack_pending {})",
+                FAR.as_millis(),
+                self.plan.emails,
+                near.pool,
+                near.template.max_ack_pending
+            )
+        };
+        let mut pipelined = Row::rate(
+            self.id("welcome/far-pipelining"),
+            "The welcome function (target/release/welcome)",
+            label(
+                "the sink offers PIPELINING: envelope in one write, no NOOP, two round trips per email",
+            ),
+            &durability,
+            "emails/s",
+            offered,
+        );
+        let mut sequential = Row::rate(
+            self.id("welcome/far-sequential"),
+            "The welcome function (target/release/welcome)",
+            label(
+                "the sink does not offer PIPELINING (baseline): NOOP, MAIL, RCPT, DATA and the message each wait \
+                 for a reply, five round trips",
+            ),
+            &durability,
+            "emails/s",
+            not_offered,
+        );
+        let (a, b) = (
+            stats::median(&pipelined.runs),
+            stats::median(&sequential.runs),
+        );
+        pipelined.note = format!(
+            "{:.1}× the baseline; bound: round trips within the pool ({} connections × 1 / (2 × {} ms) = {:.0}/s)",
+            a / b,
+            near.pool,
+            FAR.as_millis(),
+            f64::from(near.pool) / (2.0 * FAR.as_secs_f64()),
+        );
+        sequential.note = format!(
+            "bound: round trips within the pool ({} connections × 1 / (5 × {} ms) = {:.0}/s)",
+            near.pool,
+            FAR.as_millis(),
+            f64::from(near.pool) / (5.0 * FAR.as_secs_f64()),
+        );
+        Ok(vec![pipelined, sequential])
     }
 
     /// The emails/s row under this durability, with what each process spent per email and what bounds the rate,
@@ -930,6 +1019,9 @@ impl<'a> Phase<'a> {
         ])
     }
 }
+
+/// How far the relay of the `welcome/far-*` rows is: a hosted relay in the same region is a few milliseconds away.
+const FAR: Duration = Duration::from_millis(5);
 
 /// What bounds the welcome rate, read from how busy each process was: one process near a full core is the bound;
 /// the two cores full together make CPU the bound; otherwise the rate waits on something no process is busy with:
