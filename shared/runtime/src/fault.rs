@@ -14,6 +14,26 @@ pub(crate) const CLOCK_SKEW: &str = "JOB_TEST_CLOCK_SKEW_MS";
 /// progress reports keep alive.
 pub(crate) const SLOW_JOB: &str = "JOB_TEST_SLOW_JOB";
 
+/// `JOB_TEST_DISK_VERDICT`: `synced` or `unsynced`: the ledger's start-up probe of the disk decides this instead
+/// of what it measured, as a start that fell in a slow moment of the server did; the checks while the function
+/// runs must put it right.
+pub(crate) const DISK_VERDICT: &str = "JOB_TEST_DISK_VERDICT";
+
+/// The disk-verdict hook: `Some(true)` for `synced`.
+#[cfg(feature = "fault-injection")]
+pub(crate) fn disk_verdict() -> Option<bool> {
+    parse_disk_verdict(&std::env::var(DISK_VERDICT).ok()?)
+}
+
+#[cfg(feature = "fault-injection")]
+fn parse_disk_verdict(value: &str) -> Option<bool> {
+    match value {
+        "synced" => Some(true),
+        "unsynced" => Some(false),
+        _ => None,
+    }
+}
+
 /// The slow-job hook's steps and gap, read once.
 #[cfg(feature = "fault-injection")]
 pub(crate) fn slow_job() -> Option<(u64, std::time::Duration)> {
@@ -51,8 +71,14 @@ impl Faults {
         let delay = std::env::var_os(DELAY_BEFORE_ACK);
         let skew = std::env::var_os(CLOCK_SKEW);
         let slow = std::env::var_os(SLOW_JOB);
+        let verdict = std::env::var_os(DISK_VERDICT);
         #[cfg(feature = "fault-injection")]
         {
+            if let Some(verdict) = verdict
+                && verdict.to_str().and_then(parse_disk_verdict).is_none()
+            {
+                anyhow::bail!("{DISK_VERDICT}: expected synced or unsynced, got {verdict:?}");
+            }
             if let Some(slow) = slow
                 && slow.to_str().and_then(parse_slow_job).is_none()
             {
@@ -89,6 +115,7 @@ impl Faults {
                 .map(|_| DELAY_BEFORE_ACK)
                 .or(skew.map(|_| CLOCK_SKEW))
                 .or(slow.map(|_| SLOW_JOB))
+                .or(verdict.map(|_| DISK_VERDICT))
             else {
                 return Ok(Self::default());
             };

@@ -577,7 +577,7 @@ impl<'a> Phase<'a> {
             .collect();
         let mut runs: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
         let mut cpu: Vec<Vec<(f64, f64)>> = vec![Vec::new(); kinds.len()];
-        let mut verdicts: Vec<Vec<Option<bool>>> = vec![Vec::new(); kinds.len()];
+        let mut verdicts: Vec<Vec<probe::Run>> = vec![Vec::new(); kinds.len()];
         // Only the ledger row records `done` writes in this process; its windows are read after the loop.
         runtime::ledger_window::reset();
         // Rows interleave run by run, so drift (page cache, a neighbour's build) spreads over all of them.
@@ -590,7 +590,7 @@ impl<'a> Phase<'a> {
             {
                 let before = probe::counts();
                 let rate = consume::run(&setup, *kind).await?;
-                verdicts.push(probe::chose_batches(before, probe::counts()));
+                verdicts.push(probe::run(before, probe::counts()));
                 eprintln!(
                     "  consume {} run {}: {:.0} events/s ({} events in {:.2} s; CPU per event: bench {:.1} µs, \
                      nats-server {:.1} µs)",

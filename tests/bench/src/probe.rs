@@ -1,7 +1,8 @@
 //! What the in-process runtimes' ledger probes chose (`runtime::ledger::batch`, logged once per consumer before its
 //! first pull): at `sync_interval: 1s` about one start in six or seven finds writes slower than their refusals and
 //! batches, at about half the ledger row's rate (ANALYSIS 21 and 22), so the ledger rows say how many of their runs
-//! did rather than leave a slow run unexplained.
+//! did rather than leave a slow run unexplained; and in how many the ledger's checks while it ran changed the
+//! verdict (ANALYSIS 23).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -12,61 +13,102 @@ use tracing_subscriber::layer::Context;
 
 static BATCHES: AtomicUsize = AtomicUsize::new(0);
 static ONE_BY_ONE: AtomicUsize = AtomicUsize::new(0);
+static CHANGES: AtomicUsize = AtomicUsize::new(0);
 
-/// Counts the probe's verdicts; installed beside the log sink with a filter on the probe's module, so no other
-/// event reaches it.
+/// Counts the probe's verdicts, and the changes the ledger's checks while it runs made to them (the events with a
+/// `gap_us`); installed beside the log sink with a filter on the probe's module at `info`, so no other event
+/// reaches it.
 pub struct Verdicts;
 
 impl<S: Subscriber> Layer<S> for Verdicts {
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
-        let mut synced = Synced(None);
-        event.record(&mut synced);
-        match synced.0 {
-            Some(true) => BATCHES.fetch_add(1, Ordering::Relaxed),
-            Some(false) => ONE_BY_ONE.fetch_add(1, Ordering::Relaxed),
-            None => 0,
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        match (fields.synced, fields.gap) {
+            (Some(_), true) => CHANGES.fetch_add(1, Ordering::Relaxed),
+            (Some(true), false) => BATCHES.fetch_add(1, Ordering::Relaxed),
+            (Some(false), false) => ONE_BY_ONE.fetch_add(1, Ordering::Relaxed),
+            (None, _) => 0,
         };
     }
 }
 
-struct Synced(Option<bool>);
+#[derive(Default)]
+struct Fields {
+    synced: Option<bool>,
+    gap: bool,
+}
 
-impl Visit for Synced {
+impl Visit for Fields {
     fn record_bool(&mut self, field: &Field, value: bool) {
         if field.name() == "synced" {
-            self.0 = Some(value);
+            self.synced = Some(value);
         }
     }
 
-    fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
-}
+    fn record_u128(&mut self, field: &Field, _: u128) {
+        self.gap |= field.name() == "gap_us";
+    }
 
-/// The verdicts counted so far: (batches, one by one).
-pub fn counts() -> (usize, usize) {
-    (
-        BATCHES.load(Ordering::Relaxed),
-        ONE_BY_ONE.load(Ordering::Relaxed),
-    )
-}
+    fn record_u64(&mut self, field: &Field, _: u64) {
+        self.gap |= field.name() == "gap_us";
+    }
 
-/// What one run's runtime chose, from the counts before and after it: `None` when it logged no verdict (the log
-/// is off, or its probe did not run).
-pub fn chose_batches(before: (usize, usize), after: (usize, usize)) -> Option<bool> {
-    match (after.0 - before.0, after.1 - before.1) {
-        (0, 0) => None,
-        (batches, one_by_one) => Some(batches > one_by_one),
+    fn record_debug(&mut self, field: &Field, _: &dyn std::fmt::Debug) {
+        self.gap |= field.name() == "gap_us";
     }
 }
 
-/// "the ledger's probe chose batches in 1 of 3 runs", or why it is not known.
-pub fn note(verdicts: &[Option<bool>]) -> String {
-    let known: Vec<bool> = verdicts.iter().flatten().copied().collect();
+/// The events counted so far.
+#[derive(Debug, Clone, Copy)]
+pub struct Counts {
+    batches: usize,
+    one_by_one: usize,
+    changes: usize,
+}
+
+pub fn counts() -> Counts {
+    Counts {
+        batches: BATCHES.load(Ordering::Relaxed),
+        one_by_one: ONE_BY_ONE.load(Ordering::Relaxed),
+        changes: CHANGES.load(Ordering::Relaxed),
+    }
+}
+
+/// What one run's runtime did: what its start-up probe chose (`None` when it logged no verdict: the log is off, or
+/// its probe did not run), and how often its checks while it ran changed that.
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    batches: Option<bool>,
+    changes: usize,
+}
+
+/// One run's [`Run`], from the counts before and after it.
+pub fn run(before: Counts, after: Counts) -> Run {
+    let batches = match (
+        after.batches - before.batches,
+        after.one_by_one - before.one_by_one,
+    ) {
+        (0, 0) => None,
+        (batches, one_by_one) => Some(batches > one_by_one),
+    };
+    Run {
+        batches,
+        changes: after.changes - before.changes,
+    }
+}
+
+/// "the ledger's probe chose batches in 1 of 3 runs, and its checks while running changed that in 1", or why it is
+/// not known.
+pub fn note(runs: &[Run]) -> String {
+    let known: Vec<&Run> = runs.iter().filter(|run| run.batches.is_some()).collect();
     if known.is_empty() {
         return "the ledger's probe verdict not logged (--log off)".to_owned();
     }
-    let batches = known.iter().filter(|batches| **batches).count();
+    let batches = known.iter().filter(|run| run.batches == Some(true)).count();
+    let changed = known.iter().filter(|run| run.changes > 0).count();
     format!(
-        "the ledger's probe chose batches in {batches} of {} runs",
+        "the ledger's probe chose batches in {batches} of {} runs, and its checks while running changed that in {changed}",
         known.len()
     )
 }

@@ -11,8 +11,11 @@
 //!
 //! A batch is not free: the server stages it before the commit, which on a disk that does not sync every write
 //! cost more than the writes it grouped (the ledger row at half the rate of separate writes). So the ledger times
-//! its bucket's writes against its reads once, before its first pull ([`Disk`]), and batches only where a write
-//! waits for the disk.
+//! its bucket's writes against refused writes before its first pull ([`Disk`]), and batches only where a write
+//! waits for the disk. That first verdict can be wrong: about one start in seven at `sync_interval: 1s` fell in a
+//! moment when the server's writes were slow (ANALYSIS 21), and ran its whole life in batches at half the rate. So
+//! the verdict is timed again while the function runs ([`Disk::keep_checking`]), by a measure the server takes
+//! itself and its own traffic does not blur, and put right.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -72,6 +75,11 @@ const SYNCED_WRITE_EXTRA: Duration = Duration::from_micros(40);
 /// Pairs of a write and its refusal the probe times at most; their floors (minimum) leave out the queueing other
 /// traffic adds.
 const PROBE_ROUNDS: usize = 6;
+/// The first re-check after the start-up probe; each later one waits twice as long, up to [`RECHECK_MAX`].
+const RECHECK_FIRST: Duration = Duration::from_millis(500);
+const RECHECK_MAX: Duration = Duration::from_secs(60);
+/// Rounds of one re-check (two writes and two reads each).
+const RECHECK_ROUNDS: usize = 12;
 /// From this round on, a gap of three margins ends the probe: a disk that syncs shows it in every round, and each
 /// of its rounds costs start-up an fsync.
 const PROBE_EARLY: usize = 3;
@@ -107,11 +115,69 @@ impl Disk {
         tokio::spawn(async move { disk.measure(&store, &clock).await });
     }
 
-    /// Times the bucket's writes against its reads, before the consumer's first pull: a probe that shares the
-    /// server with a flood of this process's own writes would time their queue, not the disk.
+    /// Times the bucket's writes against refused writes, before the consumer's first pull (a probe that shares
+    /// the server with a flood of this process's own writes would time their queue, not the disk), then keeps
+    /// timing them while the consumer runs ([`Disk::keep_checking`]).
     pub(crate) async fn probe(self: &std::sync::Arc<Self>, store: &kv::Store, clock: &str) {
         if !self.probing.swap(true, Ordering::Relaxed) {
             self.measure(store, clock).await;
+            let keys = (format!("{clock}.a"), format!("{clock}.b"));
+            tokio::spawn(Self::keep_checking(
+                std::sync::Arc::downgrade(self),
+                store.clone(),
+                keys,
+            ));
+        }
+    }
+
+    /// Times the verdict again after [`RECHECK_FIRST`], then at doubling intervals up to [`RECHECK_MAX`], for as
+    /// long as the consumer's ledgers hold the `Disk`. A check runs beside the consumer's own writes, so it does
+    /// not time replies (their floors carry the queue of the process's own flood: 0.3 to 5 ms, ANALYSIS 12) but
+    /// reads the server's own stamps ([`stamp_gap`]). One check that finds two writes closer than an fsync proves
+    /// the disk did not sync between them, and makes the writes go one by one at once; a slow moment of the
+    /// server only widens gaps, so it takes two checks in a row to turn batches on.
+    async fn keep_checking(disk: std::sync::Weak<Self>, store: kv::Store, keys: (String, String)) {
+        let mut wait = RECHECK_FIRST;
+        let mut disagreed = false;
+        loop {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(RECHECK_MAX);
+            if disk.strong_count() == 0 {
+                return;
+            }
+            let Some(gap) = stamp_gap(&store, &keys).await else {
+                continue;
+            };
+            let Some(disk) = disk.upgrade() else {
+                return;
+            };
+            let synced = gap >= SYNCED_WRITE_EXTRA;
+            tracing::debug!(
+                gap_us = gap.as_micros(),
+                synced,
+                "ledger writes timed again"
+            );
+            if synced == disk.synced() {
+                disagreed = false;
+                continue;
+            }
+            if synced && !disagreed {
+                disagreed = true;
+                continue;
+            }
+            disagreed = false;
+            disk.state
+                .store(if synced { SYNCED } else { UNSYNCED }, Ordering::Relaxed);
+            tracing::info!(
+                gap_us = gap.as_micros(),
+                synced,
+                "ledger writes timed again against the verdict: concurrent claims and dones now {}",
+                if synced {
+                    "go in atomic batches"
+                } else {
+                    "go one by one"
+                }
+            );
         }
     }
 
@@ -135,6 +201,18 @@ impl Disk {
             // Unmeasured (the clock key could not be written, or a refusal did not come): batches, whose worst case
             // is the better one.
             None => SYNCED,
+        };
+        #[cfg(feature = "fault-injection")]
+        let state = match crate::fault::disk_verdict() {
+            Some(synced) => {
+                tracing::warn!(
+                    synced,
+                    "the disk probe's verdict is forced by {}",
+                    crate::fault::DISK_VERDICT
+                );
+                if synced { SYNCED } else { UNSYNCED }
+            }
+            None => state,
         };
         self.state.store(state, Ordering::Relaxed);
     }
@@ -170,6 +248,32 @@ async fn disk_floors(store: &kv::Store, clock: &str) -> Option<(Duration, Durati
         }
     }
     Some((write, refused))
+}
+
+/// The smallest gap, over [`RECHECK_ROUNDS`] rounds, between the server's stamps (the entries' `created`) of two
+/// keys written together: the bucket's stream stores one write after the other, so the gap is the first one's own
+/// time, its fsync included where the disk syncs every write (192 µs and more at `always` on this host, 2 to 15 µs
+/// at `1s`, measured under the ledger row's flood: ANALYSIS 23). A queue in front of the pair delays both alike
+/// and this process's pace does not enter, which is why the check may run beside the consumer's own writes; a
+/// write that lands between the two only widens that round's gap, which the minimum leaves out. A round whose
+/// entries are not its own writes (another replica's check on the same keys) is left out. `None`: no round
+/// counted, or a write or read failed.
+async fn stamp_gap(store: &kv::Store, (a, b): &(String, String)) -> Option<Duration> {
+    let mut gap: Option<Duration> = None;
+    for _ in 0..RECHECK_ROUNDS {
+        let (first, second) = tokio::join!(store.put(a, Bytes::new()), store.put(b, Bytes::new()));
+        let (first, second) = (first.ok()?, second.ok()?);
+        let (x, y) = tokio::join!(store.entry(a), store.entry(b));
+        let (Some(x), Some(y)) = (x.ok()?, y.ok()?) else {
+            return None;
+        };
+        if x.revision != first || y.revision != second {
+            continue;
+        }
+        let apart = (y.created - x.created).abs().unsigned_abs();
+        gap = Some(gap.map_or(apart, |gap| gap.min(apart)));
+    }
+    gap
 }
 
 impl Batcher {
