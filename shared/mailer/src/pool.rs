@@ -487,7 +487,9 @@ impl Pool {
         checkout.done();
         match sent {
             Err(Failed::Unsent(err)) if unchecked => {
-                tracing::debug!(error = %err, "an idle SMTP connection was closed; sending on a new one");
+                // The classified error, not lettre's: its text may quote the server's reply, addresses and all.
+                let error = SendError::from_smtp(&err);
+                tracing::debug!(%error, "an idle SMTP connection was closed; sending on a new one");
                 let mut fresh = Checkout::new(self.shared.server.connect().await?, &self.shared);
                 let sent = fresh.transact(envelope, email).await;
                 fresh.done();
