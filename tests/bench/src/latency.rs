@@ -71,7 +71,7 @@ pub async fn run(
             })
         }
         Pipeline::Raw => {
-            let client = async_nats::connect(&setup.url).await?;
+            let client = consume::connect(&setup.url, setup.tls_ca.as_deref()).await?;
             let consumer: PullConsumer = jetstream::new(client)
                 .get_stream("EVENTS")
                 .await?
@@ -104,7 +104,7 @@ pub async fn run(
         }
     };
 
-    let client = async_nats::connect(&setup.url).await?;
+    let client = consume::connect(&setup.url, setup.tls_ca.as_deref()).await?;
     let js = jetstream::new(client.clone());
     let publisher = Publisher::new(client.clone(), "/signup-api");
     let failures = Arc::new(AtomicU64::new(0));

@@ -81,6 +81,8 @@ pub struct Plan {
     pub tls_events: u64,
     /// A TLS or plain consume row stops here.
     pub tls_cap: Duration,
+    /// How long each TLS or plain latency row offers its rate (after half a second of warm-up).
+    pub tls_latency: Duration,
 }
 
 impl Plan {
@@ -111,6 +113,7 @@ impl Plan {
                 cluster_cap: Duration::from_secs(2),
                 tls_events: 30_000,
                 tls_cap: Duration::from_secs(2),
+                tls_latency: Duration::from_secs(2),
             }
         } else {
             Self {
@@ -135,6 +138,7 @@ impl Plan {
                 cluster_cap: Duration::from_secs(4),
                 tls_events: 100_000,
                 tls_cap: Duration::from_secs(4),
+                tls_latency: Duration::from_secs(5),
             }
         }
     }

@@ -6,13 +6,18 @@
 //! On the loopback the network costs nothing, so what TLS adds is CPU: encryption and decryption in the bench (or
 //! the runtime) and in nats-server. The CPU per event of each side is the figure a deployment carries over; the
 //! rate follows from it only while the two cores are the bound.
+//!
+//! The latency rows offer 5,000 events/s through the validating publisher into the runtime (the latency target's
+//! jetfn row), on each side in turns: what TLS adds to publish-to-handler time.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context as _;
 
 use super::{CpuWindow, DURABILITY, Plan, Server};
 use crate::consume::{self, Kind, Setup, Window};
+use crate::latency::{self, Pipeline};
 use crate::publish::{self, Via};
 use crate::report::Row;
 
@@ -206,6 +211,29 @@ async fn measure(
         }
     }
 
+    // Publish to handler at the rate of the latency target, through the runtime, on each side in turns.
+    let mut latencies = [Vec::new(), Vec::new()];
+    for run in 0..plan.runs {
+        for transport in order(run) {
+            let quantiles = latency::run(
+                &setup(transport),
+                Pipeline::Jetfn,
+                LATENCY_RATE,
+                plan.tls_latency,
+                Duration::from_millis(500),
+            )
+            .await?;
+            eprintln!(
+                "  tls latency {} run {}: p50 {:.2} / p99 {:.2} ms",
+                transport.slug(),
+                run + 1,
+                quantiles.p50,
+                quantiles.p99,
+            );
+            latencies[usize::from(transport == Transport::Tls)].push(quantiles);
+        }
+    }
+
     let mut rows = pair(
         "publish-raw-pipelined",
         &format!(
@@ -224,8 +252,27 @@ async fn measure(
             sides,
         ));
     }
+    let [plain_latency, tls_latency] = latencies;
+    for (transport, runs) in [
+        (Transport::Plain, plain_latency),
+        (Transport::Tls, tls_latency),
+    ] {
+        rows.push(Row::latency_runs(
+            format!("scale/tls/e2e-{LATENCY_RATE}/{}", transport.slug()),
+            SECTION,
+            format!(
+                "Publisher → jetfn runtime (no-op), {LATENCY_RATE} events/s, {}",
+                transport.label()
+            ),
+            DURABILITY,
+            runs,
+        ));
+    }
     Ok(rows)
 }
+
+/// The rate of the latency target's rows (issue 13): publish to handler at 5,000 events/s.
+const LATENCY_RATE: u64 = 5_000;
 
 /// The plain row and the TLS row of one measurement, the TLS row's note relating it to the plain one.
 fn pair(slug: &str, label: &str, client: &str, sides: &Sides) -> Vec<Row> {
