@@ -481,19 +481,18 @@ impl Pool {
     /// # Errors
     /// Opening a connection failed, or the server refused or broke off the transaction.
     pub(crate) async fn send(&self, envelope: &Envelope, email: &[u8]) -> Result<(), SendError> {
-        let mut checkout = self.get().await?;
-        let sent = checkout.transact(envelope, email).await;
+        let checkout = self.get().await?;
         let unchecked = checkout.unchecked;
-        checkout.done();
-        match sent {
+        match checkout.transact(envelope, email).await {
             Err(Failed::Unsent(err)) if unchecked => {
                 // The classified error, not lettre's: its text may quote the server's reply, addresses and all.
                 let error = SendError::from_smtp(&err);
                 tracing::debug!(%error, "an idle SMTP connection was closed; sending on a new one");
-                let mut fresh = Checkout::new(self.shared.server.connect().await?, &self.shared);
-                let sent = fresh.transact(envelope, email).await;
-                fresh.done();
-                sent.map_err(Failed::into_send_error)
+                let fresh = Checkout::new(self.shared.server.connect().await?, &self.shared);
+                fresh
+                    .transact(envelope, email)
+                    .await
+                    .map_err(Failed::into_send_error)
             }
             sent => sent.map_err(Failed::into_send_error),
         }
@@ -669,8 +668,9 @@ impl<'a> Checkout<'a> {
             .smtp
     }
 
-    /// [`Conn::transact`]; a connection left in the server's DATA phase (see there) is dropped here.
-    async fn transact(&mut self, envelope: &Envelope, email: &[u8]) -> Result<(), Failed> {
+    /// [`Conn::transact`], then [`Checkout::done`]; a connection left in the server's DATA phase (see there) is
+    /// dropped instead.
+    async fn transact(mut self, envelope: &Envelope, email: &[u8]) -> Result<(), Failed> {
         let conn = self
             .conn
             .as_mut()
@@ -679,6 +679,7 @@ impl<'a> Checkout<'a> {
         if sent.is_err() && !conn.smtp.has_broken() {
             self.conn = None;
         }
+        self.done();
         sent
     }
 

@@ -60,15 +60,24 @@ struct Run {
     machine_busy: f64,
 }
 
-/// Both sides of one row.
-#[derive(Debug, Default)]
-struct Sides {
-    plain: Vec<Run>,
-    tls: Vec<Run>,
+/// Both sides of one row: its runs (or a latency row's quantiles).
+#[derive(Debug)]
+struct Sides<T = Run> {
+    plain: Vec<T>,
+    tls: Vec<T>,
 }
 
-impl Sides {
-    fn push(&mut self, transport: Transport, run: Run) {
+impl<T> Default for Sides<T> {
+    fn default() -> Self {
+        Self {
+            plain: Vec::new(),
+            tls: Vec::new(),
+        }
+    }
+}
+
+impl<T> Sides<T> {
+    fn push(&mut self, transport: Transport, run: T) {
         match transport {
             Transport::Plain => self.plain.push(run),
             Transport::Tls => self.tls.push(run),
@@ -116,7 +125,7 @@ async fn measure(
 
     // Publishing fills each stream: the first run's events are the window every consume row reads, later runs only
     // add to the stream behind it.
-    let mut published = Sides::default();
+    let mut published: Sides = Sides::default();
     for run in 0..plan.runs {
         for transport in order(run) {
             let server = server(transport);
@@ -212,7 +221,7 @@ async fn measure(
     }
 
     // Publish to handler at the rate of the latency target, through the runtime, on each side in turns.
-    let mut latencies = [Vec::new(), Vec::new()];
+    let mut latencies = Sides::default();
     for run in 0..plan.runs {
         for transport in order(run) {
             let quantiles = latency::run(
@@ -230,7 +239,7 @@ async fn measure(
                 quantiles.p50,
                 quantiles.p99,
             );
-            latencies[usize::from(transport == Transport::Tls)].push(quantiles);
+            latencies.push(transport, quantiles);
         }
     }
 
@@ -252,10 +261,9 @@ async fn measure(
             sides,
         ));
     }
-    let [plain_latency, tls_latency] = latencies;
     for (transport, runs) in [
-        (Transport::Plain, plain_latency),
-        (Transport::Tls, tls_latency),
+        (Transport::Plain, latencies.plain),
+        (Transport::Tls, latencies.tls),
     ] {
         rows.push(Row::latency_runs(
             format!("scale/tls/e2e-{LATENCY_RATE}/{}", transport.slug()),
