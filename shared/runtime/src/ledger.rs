@@ -312,7 +312,7 @@ impl Inner {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, JobError>>,
     {
-        let (token, revision) = match self.claim(key).await? {
+        let (token, revision) = match self.claim_boxed(key).await? {
             Claim::Claimed { token, revision } => (token, revision),
             Claim::Done(decision) => return Ok(Outcome::AlreadyDone(decision)),
             Claim::Busy(remaining) => {
@@ -337,12 +337,12 @@ impl Inner {
                     crate::fault::before_done().await;
                     let decision = decision(&value).map(|text| protocol::decision_token(&text));
                     let ended = Instant::now();
-                    self.mark_done(&held, decision.as_deref()).await;
+                    self.mark_done_boxed(&held, decision.as_deref()).await;
                     window::record(ended.elapsed());
                     Ok(Outcome::Done(value))
                 }
                 Err(err) => {
-                    self.release(&held).await;
+                    self.release_boxed(&held).await;
                     Err(err)
                 }
             }
@@ -350,8 +350,36 @@ impl Inner {
         tokio::select! {
             biased;
             result = work => result,
-            never = self.renew(&held) => match never {},
+            never = self.renew_boxed(&held) => match never {},
         }
+    }
+
+    // The steps `once` awaits, each boxed behind a pointer by a function of this crate. `once` is generic over the
+    // effect, so it is compiled in each function binary, and a crate that awaits a future compiles its state
+    // machine and those of everything it awaits: unboxed, every binary compiled the claim, the batches and the
+    // async-nats KV calls again. An allocation per step is nothing beside the step's write to the server.
+    #[inline(never)]
+    fn claim_boxed<'a>(&'a self, key: &'a str) -> Step<'a, Result<Claim, JobError>> {
+        Box::pin(self.claim(key))
+    }
+
+    #[inline(never)]
+    fn mark_done_boxed<'a>(
+        &'a self,
+        held: &'a Held<'_>,
+        decision: Option<&'a str>,
+    ) -> Step<'a, ()> {
+        Box::pin(self.mark_done(held, decision))
+    }
+
+    #[inline(never)]
+    fn release_boxed<'a>(&'a self, held: &'a Held<'_>) -> Step<'a, ()> {
+        Box::pin(self.release(held))
+    }
+
+    #[inline(never)]
+    fn renew_boxed<'a>(&'a self, held: &'a Held<'_>) -> Step<'a, std::convert::Infallible> {
+        Box::pin(self.renew(held))
     }
 
     async fn claim(&self, key: &str) -> Result<Claim, JobError> {
@@ -588,6 +616,9 @@ impl Inner {
 }
 
 /// A claim this attempt holds: the revision moves with each renewal.
+/// A step of the ledger's protocol, boxed (see `Inner::claim_boxed`).
+type Step<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
 struct Held<'a> {
     key: &'a str,
     token: &'a str,

@@ -3,6 +3,8 @@
 //! cannot ack the message itself: settle does, as for every other consumer.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -65,29 +67,27 @@ impl RawConsumer {
     }
 }
 
+/// A raw handler behind a pointer, its future boxed: so the raw layer, like the typed one, is compiled once in this
+/// crate and not again in each function binary (see `crate::typed::Typed`). Raw consumers carry advisories and
+/// other low-rate traffic, where the allocation per message is nothing beside the message's round trips.
+pub(crate) type RawHandler =
+    Arc<dyn Fn(RawJob) -> Pin<Box<dyn Future<Output = Outcome> + Send>> + Send + Sync>;
+
 /// One raw consumer's state, shared by its message tasks.
-pub(crate) struct Raw<H> {
+pub(crate) struct Raw {
     pub(crate) settler: Settler,
-    pub(crate) handler: H,
+    pub(crate) handler: RawHandler,
     pub(crate) shutdown: CancellationToken,
     pub(crate) handler_timeout: Duration,
 }
 
-impl<H, Fut> Process for Raw<H>
-where
-    H: Fn(RawJob) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Outcome> + Send + 'static,
-{
+impl Process for Raw {
     fn process(&self, message: jetstream::Message) -> impl Future<Output = ()> + Send {
         process(self, message)
     }
 }
 
-async fn process<H, Fut>(shared: &Raw<H>, message: jetstream::Message)
-where
-    H: Fn(RawJob) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Outcome> + Send + 'static,
-{
+async fn process(shared: &Raw, message: jetstream::Message) {
     let Some((attempt, sequence)) = consume::delivery(&message) else {
         return;
     };

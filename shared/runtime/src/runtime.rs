@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::raw::{Raw, RawConsumer, RawJob};
 use crate::settle::{DeadLetters, Outcome, Settler};
-use crate::typed::Typed;
+use crate::typed::{Handler, RunAttempt, Typed};
 use crate::{Job, JobError};
 
 /// A connected function process, serving one or more consumers.
@@ -74,17 +74,33 @@ impl Runtime {
     ///
     /// # Errors
     /// A configuration variable that does not parse, or a connection option that cannot be used.
-    pub async fn from_env(name: &str) -> anyhow::Result<Self> {
-        let nats = NatsConfig::from_env().context("reading NATS_* configuration")?;
-        let job = JobConfig::from_env().context("reading JOB_* configuration")?;
-        Self::new(name, &nats, job).await
+    pub fn from_env(name: &str) -> Pin<Box<dyn Future<Output = anyhow::Result<Self>> + Send + '_>> {
+        // Boxed, as `new` is.
+        Box::pin(async move {
+            let nats = NatsConfig::from_env().context("reading NATS_* configuration")?;
+            let job = JobConfig::from_env().context("reading JOB_* configuration")?;
+            Self::new(name, &nats, job).await
+        })
     }
 
     /// Connects with explicit configuration.
     ///
+    /// The future is boxed behind a pointer, as are those of [`Runtime::run`] and [`Runtime::serve`]: a crate that
+    /// awaits a future of another crate compiles its state machine (and those of everything it awaits) itself, so
+    /// each function binary would otherwise compile the connect and start-up path again.
+    ///
     /// # Errors
     /// As [`Runtime::from_env`], or a fault-injection variable this build does not accept.
-    pub async fn new(name: &str, nats: &NatsConfig, job: JobConfig) -> anyhow::Result<Self> {
+    #[inline(never)]
+    pub fn new<'a>(
+        name: &'a str,
+        nats: &'a NatsConfig,
+        job: JobConfig,
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<Self>> + Send + 'a>> {
+        Box::pin(Self::start(name, nats, job))
+    }
+
+    async fn start(name: &str, nats: &NatsConfig, job: JobConfig) -> anyhow::Result<Self> {
         let faults = Faults::from_env()?;
         crate::fault::ledger_hooks_from_env()?;
         #[cfg(not(feature = "fault-injection"))]
@@ -192,18 +208,18 @@ impl Runtime {
     ///
     /// # Errors
     /// As [`Runtime::run`].
-    pub async fn serve<T, H, Fut>(
+    pub fn serve<'a, T, H, Fut>(
         self,
         handler: H,
-        shutdown: impl Future<Output = ()>,
-    ) -> anyhow::Result<()>
+        shutdown: impl Future<Output = ()> + Send + 'a,
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>>
     where
         T: Event,
         H: Fn(Job<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), JobError>> + Send + 'static,
     {
         let consumer = self.default_consumer().to_owned();
-        self.consume(consumer, handler).run(shutdown).await
+        self.consume(consumer, handler).run(shutdown)
     }
 
     /// Serves every added consumer until `shutdown` resolves, then drains: stops pulling, lets in-flight
@@ -213,7 +229,26 @@ impl Runtime {
     /// # Errors
     /// Only start-up failures (no consumer was added, the health address cannot be bound); once messages flow,
     /// errors are handled per message and never end the loop.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    pub fn run<'a>(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'a,
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>> {
+        self.run_until(Box::pin(shutdown))
+    }
+
+    /// [`Runtime::run`], not generic (see [`Runtime::new`]).
+    #[inline(never)]
+    fn run_until<'a>(
+        self,
+        shutdown: Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>> {
+        Box::pin(self.serve_until(shutdown))
+    }
+
+    async fn serve_until(
+        self,
+        shutdown: Pin<Box<dyn Future<Output = ()> + Send + '_>>,
+    ) -> anyhow::Result<()> {
         let Self {
             core,
             health,
@@ -324,129 +359,156 @@ where
         stop: CancellationToken,
         bound: Bound,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(async move {
-            let Self {
-                consumer, handler, ..
-            } = *self;
-            let stream = core.job.stream.as_str();
-            // The consumer, then the ledger and journal buckets: all must exist before a message is taken.
-            // The one schema this consumer checks, compiled before the first pull (the rest of the catalog's are
-            // compiled only if an event of their type is ever checked).
-            core.validator.prepare(T::TYPE);
-            let bind = || async {
-                // Five independent lookups sent together: start-up waits for one round trip, not five in a row.
-                let (pull, ledger, failures, progress, batches) = tokio::join!(
-                    consume::get_consumer(&core.js, stream, &consumer),
-                    core.bucket(&core.job.ledger_bucket),
-                    core.bucket(&core.job.failures_bucket),
-                    core.js.get_key_value(events::PROGRESS_BUCKET),
-                    core.js.get_key_value(events::BATCH_BUCKET),
-                );
-                let (pull, ledger, failures) = (pull?, ledger?, failures?);
-                // Optional: without the bucket (a deployment not yet applied) progress is an in-progress ack only.
-                let progress = match progress {
-                    Ok(store) => Some(store),
-                    Err(err) => {
-                        tracing::warn!(bucket = events::PROGRESS_BUCKET, error = %err, "progress bucket not found; job progress will not be recorded");
-                        None
-                    }
-                };
-                // Optional too: without it, batch items are retried until it exists.
-                let batches = match batches {
-                    Ok(store) => Some(store),
-                    Err(err) => {
-                        tracing::warn!(bucket = events::BATCH_BUCKET, error = %err, "batch bucket not found; batch items will wait for it");
-                        None
-                    }
-                };
-                anyhow::Ok((pull, ledger, failures, progress, batches))
-            };
-            let bound_parts = tokio::select! {
-                () = stop.cancelled() => None,
-                parts = bind_with_backoff(stream, &consumer, bind) => Some(parts),
-            };
-            let Some((pull, ledger, failures, progress, batches)) = bound_parts else {
-                tracing::info!(consumer = %consumer, "stopped before the consumer was bound");
-                return;
-            };
-            let policy = Policy::of(stream, &consumer, &pull);
-            crate::heartbeat::watch_consumer(&pull);
-            let breaker = core.breaker();
-            let handler = Arc::new(handler);
-            // The disk probe of the ledger bucket, beside the plan's lookups: both before the first pull.
-            let (plan, disk) = tokio::join!(
-                Plan::of(&core, &consumer, &pull),
-                Ledger::probe_disk(&ledger, &core.name)
+        let Self {
+            consumer, handler, ..
+        } = *self;
+        let handler: Arc<dyn RunAttempt> = Arc::new(Handler {
+            handler,
+            _event: PhantomData::<fn() -> T>,
+        });
+        serve_typed(core, stop, bound, consumer, T::TYPE, handler)
+    }
+}
+
+/// Binds a typed consumer and serves it. Not generic, and its future is built here: a function binary that
+/// awaited this crate's futures would compile their state machines (the pull loop, settle, the ledger, and the
+/// async-nats calls under them) again, as it does every generic it instantiates. Here they are compiled once.
+#[inline(never)]
+fn serve_typed(
+    core: Arc<Core>,
+    stop: CancellationToken,
+    bound: Bound,
+    consumer: String,
+    event_type: &'static str,
+    handler: Arc<dyn RunAttempt>,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let stream = core.job.stream.as_str();
+        // The consumer, then the ledger and journal buckets: all must exist before a message is taken.
+        // The one schema this consumer checks, compiled before the first pull (the rest of the catalog's are
+        // compiled only if an event of their type is ever checked).
+        core.validator.prepare(event_type);
+        let bind = || async {
+            // Five independent lookups sent together: start-up waits for one round trip, not five in a row.
+            let (pull, ledger, failures, progress, batches) = tokio::join!(
+                consume::get_consumer(&core.js, stream, &consumer),
+                core.bucket(&core.job.ledger_bucket),
+                core.bucket(&core.job.failures_bucket),
+                core.js.get_key_value(events::PROGRESS_BUCKET),
+                core.js.get_key_value(events::BATCH_BUCKET),
             );
-            let stores = Stores {
-                ledger,
-                failures,
-                progress,
-                batches,
-                disk,
-            };
-            let plan = match plan {
-                Ok(plan) => plan,
+            let (pull, ledger, failures) = (pull?, ledger?, failures?);
+            // Optional: without the bucket (a deployment not yet applied) progress is an in-progress ack only.
+            let progress = match progress {
+                Ok(store) => Some(store),
                 Err(err) => {
-                    // A definition the runtime cannot serve as written: serving it otherwise would break a promise
-                    // (a limit not kept, a class not served), so the consumer stays unbound and says why.
-                    tracing::error!(consumer = %consumer, error = %format!("{err:#}"), "cannot serve this consumer");
-                    stop.cancelled().await;
-                    return;
+                    tracing::warn!(bucket = events::PROGRESS_BUCKET, error = %err, "progress bucket not found; job progress will not be recorded");
+                    None
                 }
             };
-            if plan.is_plain() {
-                let typed = typed_for(&core, &stores, policy.clone(), &breaker, &stop, &handler);
-                consume::pull(
-                    pull,
-                    &policy,
-                    typed,
-                    Some(&breaker),
-                    &stop,
-                    &bound,
-                    core.job.drain_timeout(),
-                )
-                .await;
+            // Optional too: without it, batch items are retried until it exists.
+            let batches = match batches {
+                Ok(store) => Some(store),
+                Err(err) => {
+                    tracing::warn!(bucket = events::BATCH_BUCKET, error = %err, "batch bucket not found; batch items will wait for it");
+                    None
+                }
+            };
+            anyhow::Ok((pull, ledger, failures, progress, batches))
+        };
+        let bound_parts = tokio::select! {
+            () = stop.cancelled() => None,
+            parts = bind_with_backoff(stream, &consumer, bind) => Some(parts),
+        };
+        let Some((pull, ledger, failures, progress, batches)) = bound_parts else {
+            tracing::info!(consumer = %consumer, "stopped before the consumer was bound");
+            return;
+        };
+        let policy = Policy::of(stream, &consumer, &pull);
+        crate::heartbeat::watch_consumer(&pull);
+        let breaker = core.breaker();
+        // The disk probe of the ledger bucket, beside the plan's lookups: both before the first pull.
+        let (plan, disk) = tokio::join!(
+            Plan::of(&core, &consumer, &pull),
+            Ledger::probe_disk(&ledger, &core.name)
+        );
+        let stores = Stores {
+            ledger,
+            failures,
+            progress,
+            batches,
+            disk,
+        };
+        let plan = match plan {
+            Ok(plan) => plan,
+            Err(err) => {
+                // A definition the runtime cannot serve as written: serving it otherwise would break a promise
+                // (a limit not kept, a class not served), so the consumer stays unbound and says why.
+                tracing::error!(consumer = %consumer, error = %format!("{err:#}"), "cannot serve this consumer");
+                stop.cancelled().await;
                 return;
             }
-            let mut lanes = Vec::new();
-            for (class, name) in plan.classes {
-                let lane_pull = if name == consumer {
-                    pull.clone()
-                } else {
-                    let bind = || consume::get_consumer(&core.js, stream, &name);
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        bound = bind_with_backoff(stream, &name, bind) => bound,
-                    }
-                };
-                let lane_policy = Policy::of(stream, &name, &lane_pull);
-                lanes.push(crate::lanes::Lane {
-                    class,
-                    consumer: lane_pull,
-                    processor: typed_for(
-                        &core,
-                        &stores,
-                        lane_policy.clone(),
-                        &breaker,
-                        &stop,
-                        &handler,
-                    ),
-                    policy: lane_policy,
-                });
-            }
-            crate::lanes::pull(
-                lanes,
-                core.job.priority_every,
-                plan.limiter,
+        };
+        if plan.is_plain() {
+            let typed = typed_for(
+                &core,
+                &stores,
+                policy.clone(),
+                &breaker,
+                &stop,
+                &handler,
+                event_type,
+            );
+            consume::pull(
+                pull,
+                &policy,
+                typed,
                 Some(&breaker),
                 &stop,
                 &bound,
                 core.job.drain_timeout(),
             )
             .await;
-        })
-    }
+            return;
+        }
+        let mut lanes = Vec::new();
+        for (class, name) in plan.classes {
+            let lane_pull = if name == consumer {
+                pull.clone()
+            } else {
+                let bind = || consume::get_consumer(&core.js, stream, &name);
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    bound = bind_with_backoff(stream, &name, bind) => bound,
+                }
+            };
+            let lane_policy = Policy::of(stream, &name, &lane_pull);
+            lanes.push(crate::lanes::Lane {
+                class,
+                consumer: lane_pull,
+                processor: typed_for(
+                    &core,
+                    &stores,
+                    lane_policy.clone(),
+                    &breaker,
+                    &stop,
+                    &handler,
+                    event_type,
+                ),
+                policy: lane_policy,
+            });
+        }
+        crate::lanes::pull(
+            lanes,
+            core.job.priority_every,
+            plan.limiter,
+            Some(&breaker),
+            &stop,
+            &bound,
+            core.job.drain_timeout(),
+        )
+        .await;
+    })
 }
 
 /// The buckets a typed consumer's jobs write.
@@ -514,25 +576,20 @@ impl Plan {
 
 /// The typed layer of one of a function's consumers; every class of a function shares its handler, breaker and
 /// ledger, each has its own policy (its backoff, its name on dead letters).
-fn typed_for<T, H, Fut>(
+fn typed_for(
     core: &Arc<Core>,
     stores: &Stores,
     policy: Policy,
     breaker: &Arc<Breaker>,
     stop: &CancellationToken,
-    handler: &Arc<H>,
-) -> Arc<Typed<T, impl Fn(Job<T>) -> Fut + Send + Sync + 'static>>
-where
-    T: Event,
-    H: Fn(Job<T>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), JobError>> + Send + 'static,
-{
+    handler: &Arc<dyn RunAttempt>,
+    event_type: &'static str,
+) -> Arc<Typed> {
     let metrics = Arc::new(Metrics::new(
         &core.name,
-        events::subject_for(T::TYPE),
+        events::subject_for(event_type),
         &policy.consumer,
     ));
-    let handler = handler.clone();
     let publisher = Arc::new(
         publish::Publisher::new(core.client.clone(), format!("/{}", core.name))
             .with_validator(core.validator.clone()),
@@ -555,7 +612,7 @@ where
             core.js.client(),
             stores.disk.clone(),
         ),
-        handler: move |job| handler(job),
+        handler: handler.clone(),
         shutdown: stop.clone(),
         breaker: breaker.clone(),
         metrics,
@@ -571,7 +628,6 @@ where
             store: stores.progress.clone(),
             client: core.client.clone(),
         }),
-        _event: PhantomData::<fn() -> T>,
     })
 }
 
@@ -591,56 +647,69 @@ where
         stop: CancellationToken,
         bound: Bound,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(async move {
-            let Self { consumer, handler } = *self;
-            let RawConsumer {
-                stream,
-                consumer,
-                dead_letters,
-            } = consumer;
-            let bind = || async {
-                let pull = consume::get_consumer(&core.js, &stream, &consumer).await?;
-                let failures = if dead_letters {
-                    Some(Failures::new(core.bucket(&core.job.failures_bucket).await?))
-                } else {
-                    None
-                };
-                anyhow::Ok((pull, failures))
-            };
-            let bound_parts = tokio::select! {
-                () = stop.cancelled() => None,
-                parts = bind_with_backoff(&stream, &consumer, bind) => Some(parts),
-            };
-            let Some((pull, failures)) = bound_parts else {
-                tracing::info!(consumer = %consumer, "stopped before the consumer was bound");
-                return;
-            };
-            let policy = Policy::of(&stream, &consumer, &pull);
-            crate::heartbeat::watch_consumer(&pull);
-            let dead_letters = if dead_letters {
-                DeadLetters::Record {
-                    prefix: core.job.dlq_prefix.clone(),
-                }
-            } else {
-                DeadLetters::TermOnly
-            };
-            let metrics = Arc::new(Metrics::new(&core.name, stream.clone(), &consumer));
-            let raw = Arc::new(Raw {
-                settler: core.settler(policy.clone(), failures, dead_letters, metrics),
-                handler,
-                shutdown: stop.clone(),
-                handler_timeout: Duration::from_secs(core.job.handler_timeout_secs),
-            });
-            consume::pull(
-                pull,
-                &policy,
-                raw,
-                None,
-                &stop,
-                &bound,
-                core.job.drain_timeout(),
-            )
-            .await;
-        })
+        let Self { consumer, handler } = *self;
+        let handler: crate::raw::RawHandler = Arc::new(move |job| Box::pin(handler(job)));
+        serve_raw(core, stop, bound, consumer, handler)
     }
+}
+
+/// Binds a raw consumer and serves it; not generic, for the reason `serve_typed` gives.
+#[inline(never)]
+fn serve_raw(
+    core: Arc<Core>,
+    stop: CancellationToken,
+    bound: Bound,
+    consumer: RawConsumer,
+    handler: crate::raw::RawHandler,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let RawConsumer {
+            stream,
+            consumer,
+            dead_letters,
+        } = consumer;
+        let bind = || async {
+            let pull = consume::get_consumer(&core.js, &stream, &consumer).await?;
+            let failures = if dead_letters {
+                Some(Failures::new(core.bucket(&core.job.failures_bucket).await?))
+            } else {
+                None
+            };
+            anyhow::Ok((pull, failures))
+        };
+        let bound_parts = tokio::select! {
+            () = stop.cancelled() => None,
+            parts = bind_with_backoff(&stream, &consumer, bind) => Some(parts),
+        };
+        let Some((pull, failures)) = bound_parts else {
+            tracing::info!(consumer = %consumer, "stopped before the consumer was bound");
+            return;
+        };
+        let policy = Policy::of(&stream, &consumer, &pull);
+        crate::heartbeat::watch_consumer(&pull);
+        let dead_letters = if dead_letters {
+            DeadLetters::Record {
+                prefix: core.job.dlq_prefix.clone(),
+            }
+        } else {
+            DeadLetters::TermOnly
+        };
+        let metrics = Arc::new(Metrics::new(&core.name, stream.clone(), &consumer));
+        let raw = Arc::new(Raw {
+            settler: core.settler(policy.clone(), failures, dead_letters, metrics),
+            handler,
+            shutdown: stop.clone(),
+            handler_timeout: Duration::from_secs(core.job.handler_timeout_secs),
+        });
+        consume::pull(
+            pull,
+            &policy,
+            raw,
+            None,
+            &stop,
+            &bound,
+            core.job.drain_timeout(),
+        )
+        .await;
+    })
 }

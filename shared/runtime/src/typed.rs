@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,13 +22,17 @@ use crate::progress::Reporter;
 use crate::settle::{Outcome, Settler};
 use crate::{Job, JobError, telemetry};
 
-/// One typed consumer's state, shared by its message tasks.
-pub(crate) struct Typed<T, H> {
+/// One typed consumer's state, shared by its message tasks. Not generic: the pull loop, the attempt's span,
+/// the breaker, batches and settle are compiled once, in this crate. Were they generic over the handler, every
+/// function binary would compile all of them again (with the async-nats calls they await: a crate that awaits
+/// another crate's future compiles that future's state machine itself), about half of each binary's build.
+pub(crate) struct Typed {
     pub(crate) settler: Settler,
     pub(crate) validator: Arc<Validator>,
     pub(crate) keyring: Option<Arc<publish::sealed::Keyring>>,
     pub(crate) ledger: Ledger,
-    pub(crate) handler: H,
+    /// The function's handler with its event type: the one generic step, called once per attempt.
+    pub(crate) handler: Arc<dyn RunAttempt>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) breaker: Arc<Breaker>,
     pub(crate) metrics: Arc<Metrics>,
@@ -40,26 +45,54 @@ pub(crate) struct Typed<T, H> {
     pub(crate) progress: Arc<Reporter>,
     /// Gates and counts batch items (`crate::batch`).
     pub(crate) batches: Arc<crate::batch::Batches>,
+}
+
+/// What an attempt returns: its outcome, and the outcome events the handler registered for a dead letter.
+type Attempted = (Outcome, Vec<(String, crate::job::DeadOutcome)>);
+
+/// Decodes the event into its type and runs the handler: the part of an attempt that depends on the function.
+/// Its future was boxed before it was behind this trait (a task's size is its largest state), so the dynamic
+/// call adds no allocation.
+pub(crate) trait RunAttempt: Send + Sync + 'static {
+    fn run<'a>(
+        &'a self,
+        shared: &'a Typed,
+        message: &'a jetstream::Message,
+        attempt: u32,
+        sequence: u64,
+    ) -> Pin<Box<dyn Future<Output = Attempted> + Send + 'a>>;
+}
+
+/// A handler of events of type `T`.
+pub(crate) struct Handler<T, H> {
+    pub(crate) handler: H,
     pub(crate) _event: PhantomData<fn() -> T>,
 }
 
-impl<T, H, Fut> Process for Typed<T, H>
+impl<T, H, Fut> RunAttempt for Handler<T, H>
 where
     T: Event,
     H: Fn(Job<T>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), JobError>> + Send + 'static,
 {
+    fn run<'a>(
+        &'a self,
+        shared: &'a Typed,
+        message: &'a jetstream::Message,
+        attempt: u32,
+        sequence: u64,
+    ) -> Pin<Box<dyn Future<Output = Attempted> + Send + 'a>> {
+        Box::pin(run_attempt(self, shared, message, attempt, sequence))
+    }
+}
+
+impl Process for Typed {
     fn process(&self, message: jetstream::Message) -> impl Future<Output = ()> + Send {
         process(self, message)
     }
 }
 
-async fn process<T, H, Fut>(shared: &Typed<T, H>, message: jetstream::Message)
-where
-    T: Event,
-    H: Fn(Job<T>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), JobError>> + Send + 'static,
-{
+async fn process(shared: &Typed, message: jetstream::Message) {
     let Some((attempt, sequence)) = consume::delivery(&message) else {
         return;
     };
@@ -146,10 +179,13 @@ where
                 }
                 Box::pin(hold_while_open(shared, &message)).await;
             }
-            // Boxed, like `settle` below: a task's size is its largest state, and the handler's future and the
-            // settle paths' publish futures inline would make every message's task several KiB to copy.
-            let (outcome, on_dead) =
-                Box::pin(run_attempt(shared, &message, attempt, sequence)).await;
+            // Boxed (by `RunAttempt::run`), like `settle` below: a task's size is its largest state, and the
+            // handler's future and the settle paths' publish futures inline would make every message's task
+            // several KiB to copy.
+            let (outcome, on_dead) = shared
+                .handler
+                .run(shared, &message, attempt, sequence)
+                .await;
             match &outcome {
                 // The breaker is (now) open: the route, not this event, failed. Give the message to a replica whose
                 // route works; on its last delivery keep it and try again when the breaker closes.
@@ -230,7 +266,7 @@ async fn dead_outcome(
 /// Waits for the breaker to close, keeping the message (on its last delivery) with in-progress acks. A shutdown
 /// does not end the wait: releasing the message would dead-letter it, so the drain keeps it until the breaker
 /// closes or the drain's deadline passes (then the server, with no delivery left, raises MAX_DELIVERIES).
-async fn hold_while_open<T, H>(shared: &Typed<T, H>, message: &jetstream::Message) {
+async fn hold_while_open(shared: &Typed, message: &jetstream::Message) {
     let mut progress = tokio::time::interval(shared.settler.policy.progress_period());
     loop {
         tokio::select! {
@@ -241,11 +277,12 @@ async fn hold_while_open<T, H>(shared: &Typed<T, H>, message: &jetstream::Messag
 }
 
 async fn run_attempt<T, H, Fut>(
-    shared: &Typed<T, H>,
+    handler: &Handler<T, H>,
+    shared: &Typed,
     message: &jetstream::Message,
     attempt: u32,
     sequence: u64,
-) -> (Outcome, Vec<(String, crate::job::DeadOutcome)>)
+) -> Attempted
 where
     T: Event,
     H: Fn(Job<T>) -> Fut + Send + Sync + 'static,
@@ -324,7 +361,7 @@ where
         }
     }
     let outcome = consume::supervise(
-        (shared.handler)(job),
+        (handler.handler)(job),
         message,
         &shared.settler.policy,
         shared.handler_timeout,
