@@ -1,7 +1,9 @@
 //! Delivery over SMTP, or into `.eml` files when no SMTP server is configured.
 
 use std::fmt;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -249,10 +251,17 @@ impl Mailer {
     /// The `smtp send` span carries the transport, the recipient count and masked recipients, and on failure the
     /// error kind and SMTP reply code; never a full address, the subject or the body.
     ///
+    /// The future is boxed here, not in the caller: a crate that awaits another crate's future compiles its state
+    /// machine itself, and every email function awaits this one (the pool, lettre's SMTP client, TLS).
+    ///
     /// # Errors
     /// A [`SendError`]; ask it [`is_transient`](SendError::is_transient) to decide between retry and dead-letter.
-    pub async fn send(&self, message: Message) -> Result<Delivery, SendError> {
-        self.send_inner(message).await
+    #[inline(never)]
+    pub fn send(
+        &self,
+        message: Message,
+    ) -> Pin<Box<dyn Future<Output = Result<Delivery, SendError>> + Send + '_>> {
+        Box::pin(self.send_inner(message))
     }
 
     /// Starts opening an SMTP connection in the background if none is open, so that a send shortly after finds it
@@ -278,13 +287,17 @@ impl Mailer {
     ///
     /// # Errors
     /// The server cannot be reached or does not answer.
-    pub async fn probe(&self) -> Result<(), SendError> {
-        match &self.inner.transport {
-            Transport::Smtp(smtp) => smtp.probe().await,
-            Transport::File { .. } => Ok(()),
-            #[cfg(any(test, feature = "testing"))]
-            Transport::Stub(stub) => stub.probe(),
-        }
+    #[inline(never)]
+    pub fn probe(&self) -> Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + '_>> {
+        // Boxed, as `send` is.
+        Box::pin(async move {
+            match &self.inner.transport {
+                Transport::Smtp(smtp) => smtp.probe().await,
+                Transport::File { .. } => Ok(()),
+                #[cfg(any(test, feature = "testing"))]
+                Transport::Stub(stub) => stub.probe(),
+            }
+        })
     }
 
     async fn send_inner(&self, message: Message) -> Result<Delivery, SendError> {
