@@ -392,37 +392,15 @@ async fn infra(
         if !plan.impossible().is_empty() {
             println!("{plan}");
         }
-        let target = args.dir.display().to_string();
-        let applied = definitions
-            .apply_plan(&js, &plan, |change| println!("{change}"))
-            .await;
-        let [created, updated, unchanged, impossible] = plan.counts();
-        let counts = format!("{created} created, {updated} updated, {unchanged} unchanged");
-        match &applied {
-            Ok(()) => {
-                audit
-                    .record(
-                        ops::audit::Action::InfraApply,
-                        &target,
-                        ops::audit::Outcome::Ok,
-                        &counts,
-                    )
-                    .await;
-            }
-            Err(err) => {
-                audit
-                    .record(
-                        ops::audit::Action::InfraApply,
-                        &target,
-                        ops::audit::Outcome::Error,
-                        &format!(
-                            "{impossible} change(s) the server cannot make, or a refusal: {err:#}"
-                        ),
-                    )
-                    .await;
-            }
-        }
-        applied?;
+        let counts = ops::infra::apply_planned(
+            &js,
+            audit.auditor(),
+            &args.dir.display().to_string(),
+            &definitions,
+            &plan,
+            |change| println!("{change}"),
+        )
+        .await?;
         client.flush().await.ok();
         println!("applied {}: {counts}", args.dir.display());
     } else {

@@ -115,22 +115,48 @@ pub async fn apply(
     dir: &Path,
 ) -> anyhow::Result<(PlanView, String)> {
     let (definitions, plan) = plan(js, dir).await?;
-    let target = dir.display().to_string();
-    let applied = definitions.apply_plan(js, &plan, |_| {}).await;
+    let counts = apply_planned(
+        js,
+        auditor,
+        &dir.display().to_string(),
+        &definitions,
+        &plan,
+        |_| {},
+    )
+    .await?;
+    Ok((PlanView::of(dir, &plan), counts))
+}
+
+/// Applies `plan`, made from `definitions`, calling `applied` after each change, and records the result in the
+/// audit trail as `infra-apply` on `target`: the one apply-and-record that the console ([`apply`]) and
+/// `jetfn infra apply` (which may first change the definitions' replicas) share, so both leave the same entry.
+/// Returns the counts line.
+///
+/// # Errors
+/// A change the server cannot make (nothing applied), or the first object the server refuses.
+pub async fn apply_planned(
+    js: &jetstream::Context,
+    auditor: &Auditor,
+    target: &str,
+    definitions: &provision::Definitions,
+    plan: &Plan,
+    applied: impl FnMut(&provision::Change),
+) -> anyhow::Result<String> {
+    let result = definitions.apply_plan(js, plan, applied).await;
     let [created, updated, unchanged, impossible] = plan.counts();
     let counts = format!("{created} created, {updated} updated, {unchanged} unchanged");
-    match applied {
+    match result {
         Ok(()) => {
             auditor
-                .record_reported(Action::InfraApply, &target, Outcome::Ok, &counts)
+                .record_reported(Action::InfraApply, target, Outcome::Ok, &counts)
                 .await;
-            Ok((PlanView::of(dir, &plan), counts))
+            Ok(counts)
         }
         Err(err) => {
             auditor
                 .record_reported(
                     Action::InfraApply,
-                    &target,
+                    target,
                     Outcome::Error,
                     &format!(
                         "{impossible} change(s) the server cannot make, or a refusal: {err:#}"

@@ -17,8 +17,9 @@ use crate::health::Bound;
 use crate::policy::Policy;
 use crate::settle;
 
-/// One message's work, from receipt to settle. Implemented once per layer and called through a type parameter,
-/// so the per-message path has no dynamic dispatch.
+/// One message's work, from receipt to settle. Implemented once per layer and called through a type parameter;
+/// the layers are not generic over the handler, which the typed layer reaches through one dynamic call per attempt
+/// (`typed::RunAttempt`), so this crate compiles the pull loop once for all function binaries.
 pub(crate) trait Process: Send + Sync + 'static {
     fn process(&self, message: jetstream::Message) -> impl Future<Output = ()> + Send;
 }
