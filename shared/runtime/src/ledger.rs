@@ -615,10 +615,10 @@ impl Inner {
     }
 }
 
-/// A claim this attempt holds: the revision moves with each renewal.
 /// A step of the ledger's protocol, boxed (see `Inner::claim_boxed`).
 type Step<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// A claim this attempt holds: the revision moves with each renewal.
 struct Held<'a> {
     key: &'a str,
     token: &'a str,
