@@ -112,11 +112,20 @@ step "unit tests and doc tests"
 cargo test --workspace --exclude integration-tests
 # The committed manifests are the generator's output (shared/provision/tests/registry.rs, in the step above);
 # here they are checked against the Kubernetes schemas of the oldest and newest release we claim, and the
-# ScaledObjects against KEDA's. A few seconds.
+# ScaledObjects against KEDA's. A few seconds. Beside them, the same render with the one optional setting the
+# shipped settings leave out (`smtp_tls_ca_secret`: a volume and a variable more in every mail function), from the
+# jetfn binary the step above built.
 step "Kubernetes manifests against the Kubernetes and KEDA schemas (offline)"
+k8s_python="${JETFN_TOOLS_VENV:-.tools/venv}/bin/python"
+k8s_dir=$(mktemp -d)
+"$k8s_python" -c 'import json, sys; s = json.load(open(sys.argv[1])); s["smtp_tls_ca_secret"] = "jetfn-smtp-ca"; json.dump(s, open(sys.argv[2], "w"))' \
+  infra/deploy/kubernetes.json "$k8s_dir/kubernetes.json"
+"${CARGO_TARGET_DIR:-target}/debug/jetfn" infra kubernetes --settings "$k8s_dir/kubernetes.json" >"$k8s_dir/kubernetes.yaml"
+grep -q 'secretName: jetfn-smtp-ca' "$k8s_dir/kubernetes.yaml" || { echo "the render with smtp_tls_ca_secret mounts no CA" >&2; exit 1; }
 for version in 1.30.0 1.37.0; do
-  "${JETFN_TOOLS_VENV:-.tools/venv}/bin/python" tests/kubernetes/validate.py "$version" infra/deploy/kubernetes.yaml
+  "$k8s_python" tests/kubernetes/validate.py "$version" infra/deploy/kubernetes.yaml "$k8s_dir/kubernetes.yaml"
 done
+rm -rf "$k8s_dir"
 # The events crate's tests (above) keep shared/events/asyncapi.json equal to the catalog; here the AsyncAPI project's
 # own parser (pinned in tests/asyncapi/package-lock.json, installed from npm on first use) says it is valid AsyncAPI 3.
 step "the AsyncAPI document against @asyncapi/parser"
