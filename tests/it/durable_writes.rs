@@ -14,7 +14,8 @@
 //!   probe times writes against such refusals.
 //! - Two KV writes sent together are stored one after the other, and the server's stamps (`created`) of the two
 //!   are an fsync apart under `always` and a few microseconds apart under `1s`, whatever else the server is doing:
-//!   the ledger's checks while a function runs read that gap, and put a wrong start-up verdict right.
+//!   the ledger's checks while a function runs read that gap, and put a wrong start-up verdict right, also when the
+//!   checks of two replicas (which share their keys) meet.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -492,5 +493,91 @@ async fn a_wrong_start_up_verdict_on_the_disk_is_put_right_while_the_function_ru
             .await
             .unwrap();
         system.smtp.wait_for_messages(1, crate::support::WAIT).await;
+    }
+}
+
+/// Every replica of a function checks the disk on the same two keys (`<function>.clock.a` and `.b` in the ledger's
+/// bucket), so checks can meet. A round whose entries another writer overwrote between the write and the read is
+/// left out, never read as a gap; another writer's write between the two of a round only widens that round's gap.
+/// Forced here: two replicas started together with a wrong verdict, and beside them a writer in the test making a
+/// check's rounds on the same keys every few milliseconds for as long as the replicas run. Both replicas are put
+/// right as one alone is, and their logs show rounds left out, so the checks did meet.
+#[tokio::test]
+async fn two_replicas_checking_the_disk_at_once_are_both_put_right() {
+    let cases = [
+        (
+            SyncInterval::Every(Duration::from_secs(1)),
+            "synced",
+            "go one by one",
+        ),
+        (SyncInterval::Always, "unsynced", "go in atomic batches"),
+    ];
+    for (sync, forced, corrected) in cases {
+        let nats = NatsServer::builder().sync_interval(sync).start();
+        let system =
+            crate::support::System::start_on(nats, async_nats::ConnectOptions::new(), |_| {}).await;
+        let store = system.js.get_key_value(LEDGER).await.unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let intruder = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let (a, b) = ("welcome.clock.a", "welcome.clock.b");
+                let mut rounds = 0_u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (first, second) =
+                        tokio::join!(store.put(a, Bytes::new()), store.put(b, Bytes::new()));
+                    first.unwrap();
+                    second.unwrap();
+                    let (x, y) = tokio::join!(store.entry(a), store.entry(b));
+                    x.unwrap().unwrap();
+                    y.unwrap().unwrap();
+                    rounds += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                rounds
+            }
+        });
+        let env = [("JOB_TEST_DISK_VERDICT", forced.to_owned())];
+        let (first, second) =
+            tokio::join!(system.spawn("welcome", &env), system.spawn("welcome", &env));
+        for replica in [&first, &second] {
+            replica
+                .wait_for_output(
+                    &format!("concurrent claims and dones now {corrected}"),
+                    crate::support::WAIT,
+                )
+                .await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let rounds = intruder.await.unwrap();
+        assert!(
+            rounds > 10,
+            "{sync:?}: the test's writer made {rounds} rounds"
+        );
+        let left_out = [&first, &second]
+            .iter()
+            .map(|replica| {
+                replica
+                    .output()
+                    .matches("met another writer of its keys; left out")
+                    .count()
+            })
+            .sum::<usize>();
+        assert!(
+            left_out > 0,
+            "{sync:?}: no check met another writer, so this test did not test a meeting"
+        );
+        // Both still do their work.
+        for n in 0..4 {
+            system
+                .publisher
+                .publish_event(&events::CloudEvent::new(
+                    "/signup",
+                    crate::support::user(&format!("replica-{n}@example.com"), "Checked"),
+                ))
+                .await
+                .unwrap();
+        }
+        system.smtp.wait_for_messages(4, crate::support::WAIT).await;
     }
 }

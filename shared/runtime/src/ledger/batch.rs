@@ -274,6 +274,7 @@ async fn stamp_gap(store: &kv::Store, (a, b): &(String, String)) -> Option<Durat
             return None;
         };
         if x.revision != first || y.revision != second {
+            tracing::debug!("a round of the disk check met another writer of its keys; left out");
             continue;
         }
         let apart = (y.created - x.created).abs().unsigned_abs();
