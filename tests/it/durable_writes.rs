@@ -6,7 +6,7 @@
 //! - Inside a batch each write may carry its own `Nats-Expected-Last-Subject-Sequence` (the KV CAS: 0 for a
 //!   create, the revision for an update), checked at the commit against the stream as it was before the batch.
 //! - One write whose expectation fails rejects the whole batch with that write's error (10071, wrong last
-//!   sequence) and stores none of it.
+//!   sequence) and stores none of it; so do two creates of one key in a batch, though each alone would pass.
 //! - On one node with `sync_interval: always`, N separate KV writes cost the server N fsyncs, and a committed batch
 //!   of N writes a few, whatever N: the batch is staged in a store of its own (created, synced and removed per
 //!   batch), and the commit appends the N messages to the bucket's block and syncs it once (`strace` counts it).
@@ -165,6 +165,22 @@ async fn an_atomic_batch_of_ledger_writes_checks_each_key_and_stores_all_or_noth
         let (text, _) = value(&store, key).await.unwrap();
         assert!(text.starts_with("pending"), "{key} unchanged: {text}");
     }
+    // Two creates of one new key in one batch (two messages claiming it in the same group): each expects the key to
+    // have no revision, which is true of the stream before the batch, yet the server refuses the batch rather than
+    // storing both, and stores nothing of it.
+    let twice = batch(
+        &client,
+        &[
+            ("f.twice", 0, "pending t 1"),
+            ("f.other", 0, "pending o 1"),
+            ("f.twice", 0, "pending u 1"),
+        ],
+    )
+    .await;
+    assert!(twice.get("error").is_some(), "refused: {twice}");
+    assert_eq!(twice["error"]["code"], 400, "{twice}");
+    assert_eq!(value(&store, "f.twice").await, None);
+    assert_eq!(value(&store, "f.other").await, None);
     // A wrong revision on an update is refused the same way.
     let stale = batch(
         &client,

@@ -75,14 +75,13 @@ struct Inner {
     claims: tokio::sync::Semaphore,
     /// The bucket keeps copies on other nodes (R3 in a cluster): its single claims are never capped.
     replicated: bool,
-    /// Claims, and separately dones, of messages running at the same time committed as one atomic batch each
+    /// Claims and dones of messages running at the same time committed together as atomic batches
     /// (`batch.rs`); `None` writes every key alone.
     batches: Option<Batches>,
 }
 
 struct Batches {
-    claims: batch::Batcher,
-    dones: batch::Batcher,
+    writes: batch::Batcher,
     disk: std::sync::Arc<batch::Disk>,
 }
 
@@ -175,8 +174,7 @@ impl Ledger {
     ) -> Self {
         let batches = batching.and_then(|(client, disk)| {
             Some(Batches {
-                claims: batch::Batcher::new(client.clone(), &store, disk.clone())?,
-                dones: batch::Batcher::new(client, &store, disk.clone())?,
+                writes: batch::Batcher::new(client, &store, disk.clone())?,
                 disk,
             })
         });
@@ -397,7 +395,7 @@ impl Inner {
             let token = uuid::Uuid::now_v7().simple().to_string();
             let value = self.pending_value(&token);
             let batched = match &self.batches {
-                Some(batches) if attempt == 0 => batches.claims.write(key, 0, value.clone()).await,
+                Some(batches) if attempt == 0 => batches.writes.write(key, 0, value.clone()).await,
                 _ => None,
             };
             let created = if let Some(revision) = batched {
@@ -533,7 +531,7 @@ impl Inner {
         if let Some(batches) = &self.batches {
             let current = held.revision.load(Ordering::Acquire);
             if batches
-                .dones
+                .writes
                 .write(held.key, current, value.clone())
                 .await
                 .is_some()
