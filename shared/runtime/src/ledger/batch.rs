@@ -11,8 +11,8 @@
 //! once) make the server refuse the batch (pinned), never store both; a `done` and a claim of one key cannot meet
 //! in a batch from one process, since a `done` is queued only after its claim landed.
 //!
-//! Claims and dones share one queue: the server's cost of a batch is mostly its staging, whatever the batch's size
-//! (see [`GROUPS_IN_FLIGHT`]), so one group of both kinds costs it about half of what a group of each did.
+//! Claims and dones share one queue: each batch costs the server a staging store, whatever the batch's size (see
+//! [`GROUPS_IN_FLIGHT`]), so one group of both kinds saves the store a group of each would take.
 //!
 //! A batch is not free: the server stages it before the commit, which on a disk that does not sync every write
 //! cost more than the writes it grouped (the ledger row at half the rate of separate writes). So the ledger times
