@@ -475,18 +475,8 @@ async fn two_writes_sent_together_are_stamped_an_fsync_apart_only_where_every_wr
 /// second in a row that finds them an fsync apart.
 #[tokio::test]
 async fn a_wrong_start_up_verdict_on_the_disk_is_put_right_while_the_function_runs() {
-    let cases = [
-        (
-            SyncInterval::Every(Duration::from_secs(1)),
-            "synced",
-            "go one by one",
-        ),
-        (SyncInterval::Always, "unsynced", "go in atomic batches"),
-    ];
-    for (sync, forced, corrected) in cases {
-        let nats = NatsServer::builder().sync_interval(sync).start();
-        let system =
-            crate::support::System::start_on(nats, async_nats::ConnectOptions::new(), |_| {}).await;
+    for (sync, forced, corrected) in WRONG_VERDICTS {
+        let system = system_syncing(sync).await;
         let welcome = system
             .spawn("welcome", &[("JOB_TEST_DISK_VERDICT", forced.to_owned())])
             .await;
@@ -494,22 +484,51 @@ async fn a_wrong_start_up_verdict_on_the_disk_is_put_right_while_the_function_ru
             .wait_for_output("the disk probe's verdict is forced", crate::support::WAIT)
             .await;
         welcome
-            .wait_for_output(
-                &format!("concurrent claims and dones now {corrected}"),
-                crate::support::WAIT,
-            )
+            .wait_for_output(&now_going(corrected), crate::support::WAIT)
             .await;
         // And the function still does its work.
+        still_sends(&system, 1).await;
+    }
+}
+
+/// A server syncing as `sync` with every definition applied (the ledger's bucket allowing atomic batches).
+async fn system_syncing(sync: SyncInterval) -> crate::support::System {
+    let nats = NatsServer::builder().sync_interval(sync).start();
+    crate::support::System::start_on(nats, async_nats::ConnectOptions::new(), |_| {}).await
+}
+
+/// Each server setting, the start-up verdict that is wrong there (forced by `JOB_TEST_DISK_VERDICT`), and how the
+/// checks while the function runs put it right.
+const WRONG_VERDICTS: [(SyncInterval, &str, &str); 2] = [
+    (
+        SyncInterval::Every(Duration::from_secs(1)),
+        "synced",
+        "go one by one",
+    ),
+    (SyncInterval::Always, "unsynced", "go in atomic batches"),
+];
+
+/// The log line of a check that put the verdict right.
+fn now_going(corrected: &str) -> String {
+    format!("concurrent claims and dones now {corrected}")
+}
+
+/// Publishes `count` sign-ups and waits for their emails.
+async fn still_sends(system: &crate::support::System, count: usize) {
+    for n in 0..count {
         system
             .publisher
             .publish_event(&events::CloudEvent::new(
                 "/signup",
-                crate::support::user("after-check@example.com", "Checked"),
+                crate::support::user(&format!("after-check-{n}@example.com"), "Checked"),
             ))
             .await
             .unwrap();
-        system.smtp.wait_for_messages(1, crate::support::WAIT).await;
     }
+    system
+        .smtp
+        .wait_for_messages(count, crate::support::WAIT)
+        .await;
 }
 
 /// Every replica of a function checks the disk on the same two keys (`<function>.clock.a` and `.b` in the ledger's
@@ -520,18 +539,8 @@ async fn a_wrong_start_up_verdict_on_the_disk_is_put_right_while_the_function_ru
 /// right as one alone is, and their logs show rounds left out, so the checks did meet.
 #[tokio::test]
 async fn two_replicas_checking_the_disk_at_once_are_both_put_right() {
-    let cases = [
-        (
-            SyncInterval::Every(Duration::from_secs(1)),
-            "synced",
-            "go one by one",
-        ),
-        (SyncInterval::Always, "unsynced", "go in atomic batches"),
-    ];
-    for (sync, forced, corrected) in cases {
-        let nats = NatsServer::builder().sync_interval(sync).start();
-        let system =
-            crate::support::System::start_on(nats, async_nats::ConnectOptions::new(), |_| {}).await;
+    for (sync, forced, corrected) in WRONG_VERDICTS {
+        let system = system_syncing(sync).await;
         let store = system.js.get_key_value(LEDGER).await.unwrap();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let intruder = tokio::spawn({
@@ -558,10 +567,7 @@ async fn two_replicas_checking_the_disk_at_once_are_both_put_right() {
             tokio::join!(system.spawn("welcome", &env), system.spawn("welcome", &env));
         for replica in [&first, &second] {
             replica
-                .wait_for_output(
-                    &format!("concurrent claims and dones now {corrected}"),
-                    crate::support::WAIT,
-                )
+                .wait_for_output(&now_going(corrected), crate::support::WAIT)
                 .await;
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -584,16 +590,6 @@ async fn two_replicas_checking_the_disk_at_once_are_both_put_right() {
             "{sync:?}: no check met another writer, so this test did not test a meeting"
         );
         // Both still do their work.
-        for n in 0..4 {
-            system
-                .publisher
-                .publish_event(&events::CloudEvent::new(
-                    "/signup",
-                    crate::support::user(&format!("replica-{n}@example.com"), "Checked"),
-                ))
-                .await
-                .unwrap();
-        }
-        system.smtp.wait_for_messages(4, crate::support::WAIT).await;
+        still_sends(&system, 4).await;
     }
 }

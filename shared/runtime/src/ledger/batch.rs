@@ -346,8 +346,10 @@ impl Batcher {
 /// the same whatever its size. Measured with the ledger row under `sync_interval: always` on one node (interleaved
 /// runs, ANALYSIS 25): claims and dones in queues of their own with 4 groups each, 7,642 to 9,605 events/s; one
 /// queue with 8 groups, 8,089 to 8,218; with 4, 8,818 to 10,348; with 2, 9,635 to 11,060; with 1, 10,121 to 10,624.
-/// On a three-node cluster (R3) 2 groups did not fall behind 4 per kind. Batches are only formed where the disk
-/// probe found writes that wait for the disk; elsewhere every write goes alone.
+/// 1 is no faster than 2, and it once left the stream idle during a group's round trip (at `1s`, before the probe
+/// kept batches off there, the row ran at a quarter of its single-write rate). On a three-node cluster (R3) 2 groups
+/// did not fall behind 4 per kind. Groups go as batches only where the probe found writes waiting for the disk;
+/// before it has spoken they go as single writes sent together, and after a verdict of no wait each write goes alone.
 const GROUPS_IN_FLIGHT: usize = 2;
 
 /// Writes the queue in groups (a batch, or a few single writes sent together): whatever queued while the groups in
