@@ -15,6 +15,10 @@ installed() {
 import sys
 from importlib.metadata import version
 ok = version("kubernetes-validate") == sys.argv[1] and version("cloudcoil.models.keda") == sys.argv[2]
+# What tests/kubernetes/validate.py imports: a dependency removed by another install into the same venv is caught
+# here, and pip's install below puts it back.
+import jsonschema, kubernetes_validate, yaml
+from cloudcoil.models.keda.v1alpha1 import ScaledObject
 sys.exit(0 if ok else 1)
 PY
 }
