@@ -266,6 +266,67 @@ async fn images_welcome_sends_a_published_event_logs_json_and_answers_its_probes
     assert_no_address(&logs, "ada.lovelace@example.com");
 }
 
+/// Every function binary the images carry was linked with the code start-up and an attempt run placed first and its
+/// relative relocations packed (`infra/link/ordered_link.py`), by a list that still names what the binary holds. A
+/// stale list (after a dependency, toolchain or start-up change) still builds, but an idle function would keep about
+/// twice the memory (`tests/bench/ANALYSIS.md`, section 26): record it again.
+#[test]
+fn images_function_binaries_are_linked_with_their_hot_code_first() {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    let deps = target.join("image-build/image/deps");
+    let mail = email_functions();
+    for name in binaries().into_iter().filter(|name| name != "jetfn") {
+        let prefix = format!("{}-", name.replace('-', "_"));
+        let newest = std::fs::read_dir(&deps)
+            .unwrap_or_else(|e| panic!("{}: {e} (build the images: bash infra/images.sh)", deps.display()))
+            .map(|entry| entry.expect("a deps entry").path())
+            .filter(|path| {
+                path.file_name()
+                    .and_then(|file| file.to_str())
+                    .is_some_and(|file| file.starts_with(&prefix) && file.ends_with(".link-order-stats"))
+            })
+            .max_by_key(|path| path.metadata().and_then(|meta| meta.modified()).ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{name}: no {prefix}*.link-order-stats in {}: the image build did not link it through \
+                     infra/link/cc (.cargo/config.toml) with infra/link/build.rs",
+                    deps.display()
+                )
+            });
+        let stats = std::fs::read_to_string(&newest).expect("read the link statistics");
+        let field = |key: &str| -> u64 {
+            let words: Vec<&str> = stats.split_whitespace().collect();
+            let at = words
+                .iter()
+                .position(|word| *word == key)
+                .unwrap_or_else(|| panic!("{name}: no {key} in {}: {stats}", newest.display()));
+            words[at + 1]
+                .parse()
+                .unwrap_or_else(|e| panic!("{name}: {key} in {stats}: {e}"))
+        };
+        let (listed, found) = (field("listed"), field("found"));
+        assert!(
+            stats.contains("relr True"),
+            "{name}: relocations not packed: {stats}"
+        );
+        // welcome is what the list was recorded from; the other email functions share its runtime and mailer, the
+        // rest the runtime only.
+        let least = if name == "welcome" {
+            90
+        } else if mail.contains(&name) {
+            85
+        } else {
+            70
+        };
+        assert!(
+            found * 100 >= listed * least,
+            "{name}: only {found} of the {listed} functions in infra/link/hot-functions.txt are in the binary \
+             (at least {least}% expected): the list is stale; record it again with `bash infra/link/record.sh`"
+        );
+    }
+}
+
 #[tokio::test]
 async fn images_run_as_nobody_without_a_shell_and_email_images_are_small() {
     let tag = tag();
