@@ -54,3 +54,9 @@ schemas:
 # regenerates BENCHMARKS.md. `just bench --quick`, `just bench --only runtime,publish`.
 bench *args:
     bash tests/bench/run.sh {{args}}
+
+# Record again which functions start-up and the first email run (infra/link/hot-functions.txt), which the function
+# binaries' optimised links place first: after a dependency or toolchain update, or when the images test says the
+# list is stale. Needs valgrind. `just link-order --check` shows how much of the list the release welcome holds.
+link-order *args:
+    bash infra/link/record.sh {{args}}
