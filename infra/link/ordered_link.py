@@ -105,29 +105,46 @@ def text_symbols(binary):
     return symbols
 
 
-def record(binary, callgrind_outs):
-    """For `record.sh`: the keys of the binary's functions that callgrind's dumps of a run name, the first dump's
-    first (start-up), each dump's in the order callgrind lists them."""
-    present = set(text_symbols(binary))
-    names = []
-    seen = set()
-    for callgrind_out in callgrind_outs:
-        with open(callgrind_out, encoding="utf-8", errors="replace") as file:
-            for line in file:
-                if line.startswith(("fn=", "cfn=")):
-                    name = re.sub(r"'\d+$", "", line.split("=", 1)[1].strip())
-                    if name in present and name not in seen:
-                        seen.add(name)
-                        names.append(name)
-    unique = dict.fromkeys(keys(names))
-    sys.stdout.writelines(key + "\n" for key in unique)
+def record(runs):
+    """For `record.sh`: `runs` is a list of (binary, start-up dump, later dump) from callgrind runs of functions. The
+    keys of the functions each binary ran, every binary's start-up first, then what each ran later; within a dump in
+    the order callgrind lists them."""
+    keys_seen = {}
+    for phase in (1, 2):
+        for run in runs:
+            present = set(text_symbols(run[0]))
+            names = []
+            seen = set()
+            with open(run[phase], encoding="utf-8", errors="replace") as file:
+                for line in file:
+                    if line.startswith(("fn=", "cfn=")):
+                        name = re.sub(r"'\d+$", "", line.split("=", 1)[1].strip())
+                        if name in present and name not in seen:
+                            seen.add(name)
+                            names.append(name)
+            keys_seen.update(dict.fromkeys(keys(names)))
+    sys.stdout.writelines(key + "\n" for key in keys_seen)
+    return 0
+
+
+def count(listing, binaries):
+    """For `record.sh`: how many of the list's names each binary holds, as the images test reads them back."""
+    with open(listing, encoding="utf-8") as file:
+        wanted = {line.rstrip("\n") for line in file if line.strip() and not line.startswith("#")}
+    for binary in binaries:
+        symbols = text_symbols(binary)
+        found = len(wanted.intersection(keys(symbols)))
+        print(f"# matched {os.path.basename(binary)} {found}")
     return 0
 
 
 def main():
     args = sys.argv[1:]
+    if args[:1] == ["--count"]:
+        return count(args[1], args[2:])
     if args[:1] == ["--keys-of-callgrind"]:
-        return record(args[1], args[2:])
+        runs = args[1:]
+        return record([tuple(runs[at : at + 3]) for at in range(0, len(runs) - 2, 3)])
     listing = os.environ.get("JETFN_LINK_ORDER")
     output = output_path(args)
     if not listing or output is None or not os.path.isfile(listing):

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Records which functions the welcome function runs from exec to its first email sent, and a little idle time after,
-# into infra/link/hot-functions.txt: the list infra/link/ordered_link.py places first in every function binary's `.text`.
+# Records which functions the email functions run from exec to their first email sent into
+# infra/link/hot-functions.txt: the list infra/link/ordered_link.py places first in every function binary's `.text`.
 #
 #   bash infra/link/record.sh          record the list again (after a dependency update, a new toolchain, or a
 #                                      change to start-up or the attempt path), then rebuild
 #   bash infra/link/record.sh --check  how much of the list the release welcome binary holds (nothing recorded)
 #
-# It runs the release build of welcome under valgrind's callgrind (apt install valgrind) against a nats-server of its
-# own (the one infra/install-nats-server.sh installs) and a small SMTP sink that accepts everything, both on free
-# ports of 127.0.0.1; the definitions come from infra/nats through target/debug/jetfn (built if missing).
+# It runs the release build of each email function in turn under valgrind's callgrind (apt-get install valgrind),
+# against a nats-server of its own (the one infra/install-nats-server.sh installs) and a small SMTP sink that accepts
+# everything, both on free ports of 127.0.0.1; the definitions come from infra/nats through target/debug/jetfn (or
+# $JETFN; built if missing).
 # A stale list is never a failed build: what it no longer names is linked where it would have been anyway.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,7 +27,22 @@ command -v valgrind > /dev/null || { echo "record.sh needs valgrind: apt-get ins
 NATS_SERVER=${NATS_SERVER:-$ROOT/.tools/venv/bin/nats-server}
 [ -x "$NATS_SERVER" ] || { echo "record.sh needs nats-server: bash infra/install-nats-server.sh" >&2; exit 1; }
 
-cargo build --release -p welcome --locked
+# Each email function and the event type it consumes (infra/nats/consumers/EVENTS), published with the catalog's
+# example data (shared/events/schemas).
+FUNCTIONS=(
+  welcome:users.registered
+  order-confirmation:orders.placed
+  shipping-notification:orders.shipped
+  order-status:orders.status_changed
+  password-reset:users.password_reset_requested
+  email-verification:users.email_verification_requested
+  contact:contact.submitted
+  subscription-notification:subscription.created
+)
+# Every function binary, for the count of the list's names each holds (the images test holds the images to it).
+packages=()
+for dir in functions/*/; do packages+=(-p "$(basename "$dir")"); done
+cargo build --release --locked "${packages[@]}"
 JETFN=${JETFN:-target/debug/jetfn}
 [ -x "$JETFN" ] || cargo build -p jetfn --locked
 
@@ -90,40 +106,72 @@ export NATS_URL=nats://127.0.0.1:$NATS_PORT
 "$JETFN" infra apply --wait-secs 10 > "$WORK/apply.log"
 
 export SMTP_URL=smtp://127.0.0.1:$SMTP_PORT RUST_LOG=info
+# What two functions require, as `jetfn dev` sets it.
+export PASSWORD_RESET_URL=http://localhost:3000/reset-password CONTACT_SUPPORT_TO=support@jetfn.local
 unset JOB_HEALTH_ADDR LOG_FORMAT OTEL_EXPORTER_OTLP_ENDPOINT OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
-valgrind --tool=callgrind --dump-instr=no --compress-strings=no --demangle=no \
-  --callgrind-out-file="$WORK/callgrind.out" target/release/welcome > "$WORK/welcome.log" 2>&1 &
-welcome=$!
-pids+=("$welcome")
 
 wait_for() {
-  local what=$1 seconds=$2
+  local what=$1 seconds=$2 log=$3
   for _ in $(seq $((seconds * 10))); do
     if eval "$what"; then return 0; fi
     sleep 0.1
   done
   echo "record.sh: gave up waiting for: $what" >&2
-  tail -20 "$WORK/welcome.log" >&2
+  tail -20 "$log" >&2
   exit 1
 }
-wait_for 'grep -q "consumer bound" "$WORK/welcome.log"' 120
-# What start-up ran goes first in the list, then what the first email added: an idle function keeps only the first
-# part resident, and the email path joins it when it runs.
-sleep 2
-callgrind_control --dump=start-up "$welcome" > /dev/null 2>&1
-wait_for 'ls "$WORK"/callgrind.out.* > /dev/null 2>&1' 60
-"$JETFN" publish users.registered \
-  --data '{"user_id":"u-record","email":"ada@example.com","name":"Ada Lovelace"}' > /dev/null
-wait_for '[ -s "$WORK/mails" ]' 120
-sleep 3
-kill -TERM "$welcome"
-wait "$welcome" || true
+
+runs=()
+for entry in "${FUNCTIONS[@]}"; do
+  name=${entry%%:*}
+  type=${entry#*:}
+  out=$WORK/$name.callgrind
+  valgrind --tool=callgrind --dump-instr=no --compress-strings=no --demangle=no --callgrind-out-file="$out" \
+    "target/release/$name" > "$WORK/$name.log" 2>&1 &
+  pid=$!
+  pids+=("$pid")
+  wait_for 'grep -q "consumer bound" "$WORK/$name.log"' 120 "$WORK/$name.log"
+  # What start-up ran is dumped apart, to go first in the list; what the first email adds follows it. An idle
+  # function then keeps only the first part resident, and the email path joins it when it runs.
+  sleep 2
+  callgrind_control --dump=start-up "$pid" > /dev/null 2>&1
+  wait_for '[ -s "$out.1" ]' 60 "$WORK/$name.log"
+  sent=$(cat "$WORK/mails" 2> /dev/null || echo 0)
+  # The catalog's example, with an expiry an hour from now (the examples' own have passed, and an expired link is
+  # refused before the email path runs).
+  data=$(python3 - "shared/events/schemas/$type.json" << 'EOF'
+import datetime, json, sys
+schema = json.load(open(sys.argv[1]))
+data = next(d["examples"][0] for d in schema["$defs"].values() if d.get("type") == "object" and "examples" in d)
+if "expires_at" in data:
+    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+    data["expires_at"] = later.strftime("%Y-%m-%dT%H:%M:%SZ")
+print(json.dumps(data))
+EOF
+  )
+  "$JETFN" publish "$type" --data "$data" > /dev/null
+  wait_for '[ "$(cat "$WORK/mails" 2> /dev/null || echo 0)" -gt "$sent" ]' 120 "$WORK/$name.log"
+  sleep 1
+  kill -TERM "$pid"
+  wait "$pid" || true
+  runs+=("target/release/$name" "$out.1" "$out")
+  echo "record.sh: $name recorded"
+done
 
 {
-  echo "# The functions the welcome function ran from exec to its first email and a moment idle after, recorded by"
-  echo "# infra/link/record.sh ($(rustc --version)); infra/link/ordered_link.py places them first in every function"
-  echo "# binary. Demangled v0 names without crate hashes (and the crate that instantiated a generic, after @): first what"
-  echo "# start-up ran (to the consumer bound and two seconds idle), then what the first email added."
-  python3 infra/link/ordered_link.py --keys-of-callgrind target/release/welcome "$WORK"/callgrind.out.* "$WORK/callgrind.out"
+  echo "# The functions the email functions ran from exec to their first email, recorded by"
+  echo "# infra/link/record.sh ($(rustc --version)); infra/link/ordered_link.py places them first in every"
+  echo "# function binary. Demangled v0 names without crate hashes (and the crate that instantiated a generic, after"
+  echo "# @): first what each function's start-up ran (to its consumer bound and two seconds idle), then what its first"
+  echo "# email added."
+  python3 infra/link/ordered_link.py --keys-of-callgrind "${runs[@]}"
+} > "$WORK/list"
+binaries=()
+for dir in functions/*/; do binaries+=("target/release/$(basename "$dir")"); done
+{
+  head -5 "$WORK/list"
+  echo "# How many of these names each function binary held when they were recorded (tests/it/images.rs):"
+  python3 infra/link/ordered_link.py --count "$WORK/list" "${binaries[@]}"
+  tail -n +6 "$WORK/list"
 } > "$LIST"
 echo "record.sh: $(grep -vc '^#' "$LIST") functions in $LIST; rebuild for them to take effect"
