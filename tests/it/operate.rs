@@ -397,6 +397,17 @@ async fn dlq_replay_by_filter_dry_runs_goes_on_past_a_failure_and_sums_up() {
     );
 }
 
+/// `jetfn publish <type> --example` is how the README and `jetfn new` say to try a function out: every type's example
+/// is accepted today, including those whose data must expire ahead (a reset link, a verification code).
+#[tokio::test]
+async fn every_catalog_example_publishes() {
+    let system = System::start().await;
+    for kind in events::CATALOG {
+        let (code, output) = cli(&system, &["publish", kind.ty, "--example"], &[]).await;
+        assert_eq!(code, 0, "{}: {output}", kind.ty);
+    }
+}
+
 #[tokio::test]
 async fn errors_are_one_line_a_person_can_act_on() {
     let system = System::start().await;

@@ -547,6 +547,20 @@ async fn connect(config: &runtime::config::NatsConfig) -> anyhow::Result<async_n
     runtime::connect_once(config, "jetfn-cli").await
 }
 
+/// The catalog's examples are fixed documents (the schemas and the AsyncAPI document show them), so an expiry in one
+/// has passed by now and the type's rule refuses it. `--example` is for trying a function out: an `expires_at` is
+/// moved to an hour from now.
+fn example_for_now(mut data: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    if let Some(expires) = data.get_mut("expires_at") {
+        let later =
+            time::OffsetDateTime::now_utc().replace_nanosecond(0)? + time::Duration::hours(1);
+        *expires = serde_json::Value::String(
+            later.format(&time::format_description::well_known::Rfc3339)?,
+        );
+    }
+    Ok(data)
+}
+
 async fn publish(config: &runtime::config::NatsConfig, args: PublishArgs) -> anyhow::Result<()> {
     let body = match (&args.event, &args.data, &args.r#type) {
         (Some(event), _, _) => read_arg(event)?,
@@ -564,7 +578,7 @@ async fn publish(config: &runtime::config::NatsConfig, args: PublishArgs) -> any
                         "give the event's data with --data (JSON, @file.json or - for stdin), or --example to \
                          publish the catalog's example {ty}"
                     );
-                    (kind.example_data)()
+                    example_for_now((kind.example_data)())?
                 }
             };
             let event = serde_json::json!({
