@@ -30,6 +30,8 @@ const STAFF: &str = "orders@jetfn.local";
 const SUPPORT: &str = "support@jetfn.local";
 /// Phoenix's project for the stack's spans (OTEL_RESOURCE_ATTRIBUTES in compose.yaml).
 const TRACE_PROJECT: &str = "jetfn";
+/// How long the stack gets for each thing the test waits for.
+const WAIT: Duration = Duration::from_secs(120);
 
 #[test]
 fn compose_stack_handles_every_event_once_through_a_node_and_a_function_kill() {
@@ -358,7 +360,7 @@ impl Stack {
     }
 
     fn wait_until(&self, what: &str, mut done: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = Instant::now() + WAIT;
         while !done() {
             assert!(
                 Instant::now() < deadline,
@@ -399,11 +401,26 @@ impl Stack {
         (to, ids)
     }
 
+    /// Fails naming the recipients still without mail and what maildev holds, so a failure says which function
+    /// to look at.
     fn wait_for_mail(&self, expected: &[String]) {
-        self.wait_until("every email in maildev", || {
+        let deadline = Instant::now() + WAIT;
+        loop {
             let (to, _) = self.mail();
-            expected.iter().all(|address| to.contains_key(address))
-        });
+            let missing: Vec<&String> = expected
+                .iter()
+                .filter(|address| !to.contains_key(*address))
+                .collect();
+            if missing.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "compose: gave up waiting for mail to {missing:?} in maildev (it holds, by recipient: {to:?})\n{}",
+                self.diagnostics()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     fn assert_mail_exactly(&self, expected: &[String]) {
@@ -512,6 +529,20 @@ impl Stack {
             .output()
         {
             text.push_str(&String::from_utf8_lossy(&output.stdout));
+        }
+        // What each function's consumer holds: waiting, in flight or redelivered says where an email stopped.
+        let mut status = Command::new(binary_path("jetfn"));
+        for (name, _) in std::env::vars() {
+            if name.starts_with("NATS_") || name.starts_with("OTEL_") {
+                status.env_remove(name);
+            }
+        }
+        if let Ok(output) = status.arg("status").envs(self.nats_env("viewer")).output() {
+            text.push_str(&format!(
+                "--- jetfn status\n{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ));
         }
         for service in self.services() {
             if let Ok(output) = self
