@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Records which functions the email functions run from exec to their first email sent into
+# Records which functions each function binary runs from exec to its first job done (the email functions to their
+# first email sent, indexing and cleanup to their first job, dlq-router its start-up) into
 # infra/link/hot-functions.txt: the list infra/link/ordered_link.py places first in every function binary's `.text`.
 #
 #   bash infra/link/record.sh          record the list again (after a dependency update, a new toolchain, or a
 #                                      change to start-up or the attempt path), then rebuild
 #   bash infra/link/record.sh --check  how much of the list the release welcome binary holds (nothing recorded)
 #
-# It runs the release build of each email function in turn under valgrind's callgrind (apt-get install valgrind),
+# It runs the release build of each function in turn under valgrind's callgrind (apt-get install valgrind),
 # against a nats-server of its own (the one infra/install-nats-server.sh installs) and a small SMTP sink that accepts
 # everything, both on free ports of 127.0.0.1; the definitions come from infra/nats through target/debug/jetfn,
 # built first (or $JETFN).
@@ -38,6 +39,13 @@ FUNCTIONS=(
   email-verification:users.email_verification_requested
   contact:contact.submitted
   subscription-notification:subscription.created
+)
+# The functions that send no email, each with the event type of its first job (none: start-up alone) and the log line
+# that says the job is done.
+OTHERS=(
+  "indexing:messages.created:indexed"
+  "cleanup:cleanup.requested:cleanup.completed published"
+  "dlq-router::"
 )
 # Every function binary, for the count of the list's names each holds (the images test holds the images to it).
 packages=()
@@ -109,8 +117,9 @@ export NATS_URL=nats://127.0.0.1:$NATS_PORT
 "$JETFN" infra apply --wait-secs 10 > "$WORK/apply.log"
 
 export SMTP_URL=smtp://127.0.0.1:$SMTP_PORT RUST_LOG=info
-# What two functions require, as `jetfn dev` sets it.
+# What three functions require, as `jetfn dev` sets it.
 export PASSWORD_RESET_URL=http://localhost:3000/reset-password CONTACT_SUPPORT_TO=support@jetfn.local
+export INDEX_DIR=$WORK/index
 unset JOB_HEALTH_ADDR LOG_FORMAT OTEL_EXPORTER_OTLP_ENDPOINT OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
 
 wait_for() {
@@ -125,37 +134,54 @@ wait_for() {
 }
 
 runs=()
-for entry in "${FUNCTIONS[@]}"; do
-  name=${entry%%:*}
-  type=${entry#*:}
-  out=$WORK/$name.callgrind
+# Runs one function under callgrind: its start-up, then (with a type) its first job, the catalog's example of the
+# type, until `done` (a shell test) holds. `--example` moves an expiry ahead, as an expired link is refused before
+# the email path.
+record() {
+  local name=$1 type=$2 done=$3
+  local out=$WORK/$name.callgrind
   valgrind --tool=callgrind --dump-instr=no --compress-strings=no --demangle=no --callgrind-out-file="$out" \
     "target/release/$name" > "$WORK/$name.log" 2>&1 &
-  pid=$!
+  local pid=$!
   pids+=("$pid")
   wait_for 'grep -q "consumer bound" "$WORK/$name.log"' 120 "$WORK/$name.log"
-  # What start-up ran is dumped apart, to go first in the list; what the first email adds follows it. An idle
-  # function then keeps only the first part resident, and the email path joins it when it runs.
+  # What start-up ran is dumped apart, to go first in the list; what the first job adds follows it. An idle
+  # function then keeps only the first part resident, and the job's path joins it when it runs.
   sleep 2
   callgrind_control --dump=start-up "$pid" > /dev/null 2>&1
   wait_for '[ -s "$out.1" ]' 60 "$WORK/$name.log"
-  sent=$(cat "$WORK/mails" 2> /dev/null || echo 0)
-  # The catalog's example (`--example` moves an expiry ahead, as an expired link is refused before the email path).
-  "$JETFN" publish "$type" --example > /dev/null
-  wait_for '[ "$(cat "$WORK/mails" 2> /dev/null || echo 0)" -gt "$sent" ]' 120 "$WORK/$name.log"
-  sleep 1
+  if [ -n "$type" ]; then
+    "$JETFN" publish "$type" --example > /dev/null
+    wait_for "$done" 120 "$WORK/$name.log"
+    sleep 1
+  fi
   kill -TERM "$pid"
   wait "$pid" || true
   runs+=("target/release/$name" "$out.1" "$out")
   echo "record.sh: $name recorded"
+}
+for entry in "${FUNCTIONS[@]}"; do
+  sent=$(cat "$WORK/mails" 2> /dev/null || echo 0)
+  record "${entry%%:*}" "${entry#*:}" '[ "$(cat "$WORK/mails" 2> /dev/null || echo 0)" -gt "$sent" ]'
+done
+for entry in "${OTHERS[@]}"; do
+  IFS=: read -r name type line <<< "$entry"
+  if [ "$name" = cleanup ]; then
+    # Its example purges the search index too, through the indexing function's service: one runs beside it
+    # (natively, with an index of its own).
+    INDEX_DIR=$WORK/index-service target/release/indexing > "$WORK/indexing-service.log" 2>&1 &
+    pids+=($!)
+    wait_for 'grep -q "search service started" "$WORK/indexing-service.log"' 60 "$WORK/indexing-service.log"
+  fi
+  record "$name" "$type" "grep -qF '$line' \"\$WORK/$name.log\""
 done
 
 {
-  echo "# The functions the email functions ran from exec to their first email, recorded by"
-  echo "# infra/link/record.sh ($(rustc --version)); infra/link/ordered_link.py places them first in every"
-  echo "# function binary. Demangled v0 names without crate hashes (and the crate that instantiated a generic, after"
-  echo "# @): first what each function's start-up ran (to its consumer bound and two seconds idle), then what its first"
-  echo "# email added."
+  echo "# The functions the function binaries ran from exec to their first job done (an email sent, a message indexed,"
+  echo "# a cleanup; dlq-router: start-up only), recorded by infra/link/record.sh ($(rustc --version));"
+  echo "# infra/link/ordered_link.py places them first in every function binary. Demangled v0 names without crate hashes"
+  echo "# (and the crate that instantiated a generic, after @): first what each function's start-up ran (to its consumer"
+  echo "# bound and two seconds idle), then what its first job added."
   python3 infra/link/ordered_link.py --keys-of-callgrind "${runs[@]}"
 } > "$WORK/list"
 binaries=()
