@@ -7,7 +7,7 @@
 #                                      change to start-up or the attempt path), then rebuild
 #   bash infra/link/record.sh --check  how much of the list the release welcome binary holds (nothing recorded)
 #
-# It runs the release build of each function in turn under valgrind's callgrind (apt-get install valgrind),
+# It runs the release build of each function in turn under valgrind's callgrind (Debian's; installed when missing),
 # against a nats-server of its own (the one infra/install-nats-server.sh installs) and a small SMTP sink that accepts
 # everything, both on free ports of 127.0.0.1; the definitions come from infra/nats through target/debug/jetfn,
 # built first (or $JETFN).
@@ -24,7 +24,18 @@ if [ "${1:-}" = --check ]; then
   exit 0
 fi
 
-command -v valgrind > /dev/null || { echo "record.sh needs valgrind: apt-get install valgrind" >&2; exit 1; }
+# valgrind (callgrind and callgrind_control) from Debian, installed here when missing (as root; otherwise named).
+if ! command -v valgrind > /dev/null || ! command -v callgrind_control > /dev/null; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "record.sh needs valgrind; install it as root, then run this again:" >&2
+    echo "  sudo apt-get update && sudo apt-get install -y valgrind" >&2
+    exit 1
+  fi
+  echo "==> installing valgrind (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends valgrind > /dev/null
+fi
 NATS_SERVER=${NATS_SERVER:-$ROOT/.tools/venv/bin/nats-server}
 [ -x "$NATS_SERVER" ] || { echo "record.sh needs nats-server: bash infra/install-nats-server.sh" >&2; exit 1; }
 
