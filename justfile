@@ -57,7 +57,7 @@ bench *args:
 
 # Record again which functions the function binaries run at start-up and for their first job
 # (infra/link/hot-functions.txt), which the function binaries' optimised links place first: after a dependency or
-# toolchain update, or when the images test says the list is stale. Installs valgrind (Debian) when missing. `just link-order --check` shows
-# how much of the list the release welcome binary holds.
+# toolchain update, or when the images test says the list is stale. Installs valgrind (Debian) when missing.
+# `just link-order --check` shows how much of the list the release welcome binary holds.
 link-order *args:
     bash infra/link/record.sh {{args}}
