@@ -230,3 +230,76 @@ async fn a_limit_in_the_consumer_definition_holds_without_any_variable() {
     );
     assert!(system.dlq().await.is_empty());
 }
+
+/// On an R3 bucket a KV read is a direct get that any replica may answer (NATS prefers a responder on the
+/// client's own node), and a follower that has not applied a write yet answers with the revision before it, or
+/// none. The limiter reads its own write back to learn the server's time of it: answered by a stale follower, that
+/// read once made a contact form's first grant "unknown", and the form was dead-lettered as rate-limited (the
+/// compose test, in CI). Here limiters connected to each follower of the bucket's stream take a first grant for
+/// many senders: every one is granted.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_three_node_cluster_every_first_take_is_granted() {
+    const SENDERS: usize = 3000;
+    let cluster = testkit::NatsCluster::start();
+    let js = async_nats::jetstream::new(
+        async_nats::connect(cluster.urls())
+            .await
+            .expect("the cluster accepts a client"),
+    );
+    js.create_key_value(async_nats::jetstream::kv::Config {
+        bucket: "jetfn-ratelimit".to_owned(),
+        history: 1,
+        max_age: Duration::from_secs(86_400),
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .expect("an R3 bucket");
+    let leader = {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut stream = js.get_stream("KV_jetfn-ratelimit").await.unwrap();
+            let info = stream.info().await.unwrap();
+            if let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone()) {
+                break leader;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the bucket's stream has no leader"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let mut limiters = Vec::new();
+    for node in cluster.nodes().iter().filter(|node| node.name() != leader) {
+        let js = async_nats::jetstream::new(async_nats::connect(node.url()).await.unwrap());
+        limiters.push(
+            RateLimiter::bind(
+                &js,
+                "jetfn-ratelimit",
+                "contact",
+                3,
+                Duration::from_secs(600),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    assert_eq!(limiters.len(), 2, "two followers of {leader}");
+    let mut refused = Vec::new();
+    for n in 0..SENDERS {
+        let sender = format!("sender-{n}@example.com");
+        if !limiters[n % 2]
+            .take(&sender)
+            .await
+            .expect("the take reaches the bucket")
+        {
+            refused.push(n);
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "{} of {SENDERS} senders refused at their first form: {refused:?}",
+        refused.len()
+    );
+}

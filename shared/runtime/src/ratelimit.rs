@@ -244,15 +244,7 @@ impl RateLimiter {
         let Some(revision) = written else {
             return Ok(Attempt::Raced);
         };
-        let before = local_ms();
-        let back = self
-            .store
-            .entry(kv_key)
-            .await
-            .map_err(|err| transient("read back", &err))?;
-        let Some(back) = back else {
-            return Ok(Attempt::Unknown);
-        };
+        let (back, before) = self.read_back(kv_key, revision).await?;
         if back.revision == revision {
             let created = server_ms(&back);
             self.offset_ms
@@ -272,6 +264,32 @@ impl RateLimiter {
         } else {
             Attempt::Unknown
         })
+    }
+
+    /// Reads `kv_key` at `revision` or later, with the local time just before the read that returned it. A KV
+    /// read is a direct get, which any replica of an R3 bucket may answer, and a follower that has not applied the
+    /// write yet answers with an older revision or none; a revision below the one just written can only be such a
+    /// stale answer, so it is read again. Taken as the answer, it once turned a sender's first grant into
+    /// "unknown", refused (tests/it/rate_limits.rs).
+    ///
+    /// # Errors
+    /// A KV error, or no replica caught up within about 1.5 s: a transient job error.
+    async fn read_back(&self, kv_key: &str, revision: u64) -> Result<(kv::Entry, i64), JobError> {
+        let mut pause = Duration::from_millis(1);
+        for _ in 0..READ_BACK_TRIES {
+            let before = local_ms();
+            let back = self.store.entry(kv_key).await.map_err(|err| {
+                JobError::transient(anyhow::anyhow!("rate limit read back: {err}"))
+            })?;
+            if let Some(back) = back.filter(|back| back.revision >= revision) {
+                return Ok((back, before));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+        Err(JobError::transient(anyhow::anyhow!(
+            "rate limit read back: no replica answered with revision {revision} or later"
+        )))
     }
 
     fn limit_len(&self) -> usize {
@@ -301,6 +319,9 @@ impl RateLimiter {
         granted
     }
 }
+
+/// Reads of a write just made before it counts as lost: 1 + 2 + 4 + ... ms, then 100 ms each, about 1.5 s.
+const READ_BACK_TRIES: u32 = 20;
 
 enum Attempt {
     Granted,
