@@ -32,11 +32,6 @@ const SUPPORT: &str = "support@jetfn.local";
 const TRACE_PROJECT: &str = "jetfn";
 /// How long the stack gets for each thing the test waits for.
 const WAIT: Duration = Duration::from_secs(120);
-/// How long the emails get: an attempt that fails on something transient (a container's name not yet resolvable,
-/// a server slow to accept right after start on a loaded host) is retried after the email consumers' backoff of 5,
-/// 30 and 120 s (infra/nats/consumers/EVENTS), which is correct behaviour, so the wait covers the third retry. A
-/// duplicate still fails `assert_mail_exactly`.
-const MAIL_WAIT: Duration = Duration::from_secs(240);
 
 #[test]
 fn compose_stack_handles_every_event_once_through_a_node_and_a_function_kill() {
@@ -409,7 +404,7 @@ impl Stack {
     /// Fails naming the recipients still without mail and what maildev holds, so a failure says which function
     /// to look at.
     fn wait_for_mail(&self, expected: &[String]) {
-        let deadline = Instant::now() + MAIL_WAIT;
+        let deadline = Instant::now() + WAIT;
         loop {
             let (to, _) = self.mail();
             let missing: Vec<&String> = expected
