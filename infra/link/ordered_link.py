@@ -110,16 +110,16 @@ def record(runs):
     keys of the functions each binary ran, every binary's start-up first, then what each ran later; within a dump in
     the order callgrind lists them."""
     keys_seen = {}
+    present = {run[0]: set(text_symbols(run[0])) for run in runs}
     for phase in (1, 2):
         for run in runs:
-            present = set(text_symbols(run[0]))
             names = []
             seen = set()
             with open(run[phase], encoding="utf-8", errors="replace") as file:
                 for line in file:
                     if line.startswith(("fn=", "cfn=")):
                         name = re.sub(r"'\d+$", "", line.split("=", 1)[1].strip())
-                        if name in present and name not in seen:
+                        if name in present[run[0]] and name not in seen:
                             seen.add(name)
                             names.append(name)
             keys_seen.update(dict.fromkeys(keys(names)))

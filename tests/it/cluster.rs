@@ -323,19 +323,9 @@ impl ClusterSystem {
         function
     }
 
-    /// The node names the stream's leader as (`$JS.API.STREAM.INFO` `cluster.leader`), once there is one.
+    /// The node names the stream's leader as, once there is one.
     pub async fn stream_leader(&self, stream: &str) -> String {
-        let deadline = Instant::now() + FAILOVER;
-        loop {
-            if let Ok(mut stream) = self.js.get_stream(stream).await
-                && let Ok(info) = stream.info().await
-                && let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone())
-            {
-                return leader;
-            }
-            assert!(Instant::now() < deadline, "{stream} has no leader");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        stream_leader(&self.js, stream).await
     }
 
     /// Waits until every address in `expected` got at least one welcome email.
@@ -640,6 +630,21 @@ async fn a_cluster_loses_no_event_and_sends_none_twice_through_leader_and_follow
 }
 
 /// Every running node holds the same last sequence of `stream` (from each node's `/jsz`).
+/// The node `stream`'s leader is (`$JS.API.STREAM.INFO` `cluster.leader`), once there is one.
+pub async fn stream_leader(js: &jetstream::Context, stream: &str) -> String {
+    let deadline = Instant::now() + FAILOVER;
+    loop {
+        if let Ok(mut stream) = js.get_stream(stream).await
+            && let Ok(info) = stream.info().await
+            && let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone())
+        {
+            return leader;
+        }
+        assert!(Instant::now() < deadline, "{stream} has no leader");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 pub async fn wait_replicas_agree(cluster: &NatsCluster, stream: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -315,17 +315,24 @@ impl Stack {
         );
     }
 
-    fn try_cli_publish(&self, data: &UserRegistered, id: &str) -> Output {
+    /// The CLI as `user` against the stack's published ports, with none of this process's NATS or OpenTelemetry
+    /// settings.
+    fn jetfn(&self, user: &str) -> Command {
         let mut command = Command::new(binary_path("jetfn"));
         for (name, _) in std::env::vars() {
             if name.starts_with("NATS_") || name.starts_with("OTEL_") {
                 command.env_remove(name);
             }
         }
+        command.envs(self.nats_env(user));
+        command
+    }
+
+    fn try_cli_publish(&self, data: &UserRegistered, id: &str) -> Output {
+        let mut command = self.jetfn("publisher-users");
         command
             .args(["publish", "users.registered", "--id", id, "--data"])
             .arg(serde_json::to_string(data).expect("serializes"))
-            .envs(self.nats_env("publisher-users"))
             .env(
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
                 format!("http://127.0.0.1:{}", self.trace_port),
@@ -531,13 +538,7 @@ impl Stack {
             text.push_str(&String::from_utf8_lossy(&output.stdout));
         }
         // What each function's consumer holds: waiting, in flight or redelivered says where an email stopped.
-        let mut status = Command::new(binary_path("jetfn"));
-        for (name, _) in std::env::vars() {
-            if name.starts_with("NATS_") || name.starts_with("OTEL_") {
-                status.env_remove(name);
-            }
-        }
-        if let Ok(output) = status.arg("status").envs(self.nats_env("viewer")).output() {
+        if let Ok(output) = self.jetfn("viewer").arg("status").output() {
             text.push_str(&format!(
                 "--- jetfn status\n{}{}",
                 String::from_utf8_lossy(&output.stdout),

@@ -255,21 +255,7 @@ async fn on_a_three_node_cluster_every_first_take_is_granted() {
     })
     .await
     .expect("an R3 bucket");
-    let leader = {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let mut stream = js.get_stream("KV_jetfn-ratelimit").await.unwrap();
-            let info = stream.info().await.unwrap();
-            if let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone()) {
-                break leader;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the bucket's stream has no leader"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
+    let leader = crate::cluster::stream_leader(&js, "KV_jetfn-ratelimit").await;
     let mut limiters = Vec::new();
     for node in cluster.nodes().iter().filter(|node| node.name() != leader) {
         let js = async_nats::jetstream::new(async_nats::connect(node.url()).await.unwrap());
