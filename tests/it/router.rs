@@ -380,27 +380,49 @@ async fn router_killed_between_record_and_ack_leaves_one_record_and_finishes_on_
 }
 
 /// The DLQ's records, read through any client.
-async fn records(js: &jetstream::Context) -> Vec<runtime::dlq::DeadLetter> {
-    let Ok(mut dlq) = js.get_stream("DLQ").await else {
-        return Vec::new();
-    };
-    let Ok(info) = dlq.info().await else {
-        return Vec::new();
-    };
-    let state = info.state.clone();
+/// Every DLQ record, or why they could not all be read. An error is never read as "none": while a node is down
+/// the DLQ (R3) may be electing a leader, and an empty answer then would pass or fail an assertion by luck.
+async fn try_records(js: &jetstream::Context) -> Result<Vec<runtime::dlq::DeadLetter>, String> {
+    let mut dlq = js
+        .get_stream("DLQ")
+        .await
+        .map_err(|error| format!("DLQ lookup: {error}"))?;
+    let state = dlq
+        .info()
+        .await
+        .map_err(|error| format!("DLQ info: {error}"))?
+        .state
+        .clone();
     let mut records = Vec::new();
     if state.messages == 0 {
-        return records;
+        return Ok(records);
     }
     for seq in state.first_sequence..=state.last_sequence {
-        if let Ok(message) = dlq.get_raw_message(seq).await {
-            records.push(
-                runtime::dlq::DeadLetter::from_stored(Some(&message.headers), message.payload)
-                    .expect("a DLQ record"),
-            );
-        }
+        let message = dlq
+            .get_raw_message(seq)
+            .await
+            .map_err(|error| format!("DLQ record {seq}: {error}"))?;
+        records.push(
+            runtime::dlq::DeadLetter::from_stored(Some(&message.headers), message.payload)
+                .expect("a DLQ record"),
+        );
     }
-    records
+    Ok(records)
+}
+
+/// The DLQ's records as soon as they can be read in full.
+async fn records(js: &jetstream::Context) -> Vec<runtime::dlq::DeadLetter> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match try_records(js).await {
+            Ok(records) => return records,
+            Err(error) => assert!(
+                Instant::now() < deadline,
+                "the DLQ could not be read: {error}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn wait_records(
@@ -410,13 +432,15 @@ async fn wait_records(
 ) -> Vec<runtime::dlq::DeadLetter> {
     let deadline = Instant::now() + within;
     loop {
-        let records = records(js).await;
-        if records.len() >= count {
-            return records;
+        let read = try_records(js).await;
+        if let Ok(records) = &read
+            && records.len() >= count
+        {
+            return records.clone();
         }
         assert!(
             Instant::now() < deadline,
-            "expected {count} DLQ records, have {records:?}"
+            "expected {count} DLQ records, have {read:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
