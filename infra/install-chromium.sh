@@ -7,17 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v chromium >/dev/null; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "infra/install-chromium.sh: chromium is missing; install it as root, then run this again:" >&2
-    echo "  sudo apt-get update && sudo apt-get install -y chromium" >&2
-    exit 1
-  fi
-  echo "==> installing chromium (apt-get)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
-fi
+. infra/lib/apt.sh
+command -v chromium >/dev/null || apt_install infra/install-chromium.sh chromium fonts-dejavu-core
 
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   echo "infra/install-chromium.sh: node and npm are missing (the console's browser test runs Playwright on node):" >&2

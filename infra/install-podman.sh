@@ -24,17 +24,8 @@ if [ ! -x "$DNSNAME_PLUGIN" ] && { [ ${#packages[@]} -gt 0 ] ||
   [ "$(podman info --format '{{.Host.NetworkBackend}}' 2>/dev/null)" = cni ]; }; then
   packages+=(golang-github-containernetworking-plugin-dnsname)
 fi
-if [ ${#packages[@]} -gt 0 ]; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "infra/install-podman.sh: ${packages[*]} missing; install them as root, then run this again:" >&2
-    echo "  sudo apt-get update && sudo apt-get install -y ${packages[*]}" >&2
-    exit 1
-  fi
-  echo "==> installing ${packages[*]} (apt-get)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
-fi
+. infra/lib/apt.sh
+[ ${#packages[@]} -eq 0 ] || apt_install infra/install-podman.sh "${packages[@]}"
 
 if ! .tools/venv/bin/podman-compose --version 2>/dev/null | grep -q "podman-compose version ${PODMAN_COMPOSE_VERSION}\b"; then
   echo "==> installing podman-compose ${PODMAN_COMPOSE_VERSION} into .tools/venv (PyPI)"

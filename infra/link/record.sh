@@ -25,17 +25,8 @@ if [ "${1:-}" = --check ]; then
 fi
 
 # valgrind (callgrind and callgrind_control) from Debian, installed here when missing (as root; otherwise named).
-if ! command -v valgrind > /dev/null || ! command -v callgrind_control > /dev/null; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "record.sh needs valgrind; install it as root, then run this again:" >&2
-    echo "  sudo apt-get update && sudo apt-get install -y valgrind" >&2
-    exit 1
-  fi
-  echo "==> installing valgrind (apt-get)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends valgrind > /dev/null
-fi
+. "$ROOT/infra/lib/apt.sh"
+command -v valgrind > /dev/null && command -v callgrind_control > /dev/null || apt_install infra/link/record.sh valgrind
 NATS_SERVER=${NATS_SERVER:-$ROOT/.tools/venv/bin/nats-server}
 [ -x "$NATS_SERVER" ] || { echo "record.sh needs nats-server: bash infra/install-nats-server.sh" >&2; exit 1; }
 
