@@ -19,7 +19,7 @@ async fn completions(system: &System) -> Vec<serde_json::Value> {
     let mut found = Vec::new();
     let last = stream.clone().info().await.unwrap().state.last_sequence;
     for seq in 1..=last {
-        if let Ok(message) = stream.get_raw_message(seq).await
+        if let Some(message) = crate::support::stored_message(&stream, seq).await
             && message.subject.as_str() == COMPLETED
         {
             let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();

@@ -398,10 +398,28 @@ impl ClusterSystem {
         );
     }
 
-    /// Messages the stream holds.
-    pub async fn stored(&self, stream: &str) -> u64 {
-        let mut stream = self.js.get_stream(stream).await.expect("stream exists");
-        stream.info().await.expect("stream info").state.messages
+    /// Messages the stream holds, once its (R3) group answers: after a restart or a heal, a stream other than the
+    /// ones the test waited on may still be electing its leader.
+    pub async fn stored(&self, name: &str) -> u64 {
+        let deadline = Instant::now() + FAILOVER;
+        loop {
+            let read = match self.js.get_stream(name).await {
+                Ok(mut stream) => stream
+                    .info()
+                    .await
+                    .map(|info| info.state.messages)
+                    .map_err(|e| e.to_string()),
+                Err(error) => Err(error.to_string()),
+            };
+            match read {
+                Ok(messages) => return messages,
+                Err(error) => assert!(
+                    Instant::now() < deadline,
+                    "{name} could not be read: {error}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     async fn wait_settled(&self, name: &str) {
@@ -426,37 +444,64 @@ impl ClusterSystem {
 
 /// Every stream (the KV buckets' included) and every consumer on the server is R3 with two peers.
 async fn assert_everything_r3(js: &jetstream::Context) {
-    let mut names = Vec::new();
-    let mut streams = js.streams();
-    while let Some(info) = streams.next().await {
-        let info = info.expect("stream list");
-        let name = info.config.name.clone();
-        assert_eq!(info.config.num_replicas, 3, "stream {name} is R3");
-        names.push(name.clone());
-        let stream = js.get_stream(&name).await.expect("stream");
-        let mut consumers = stream.consumers();
-        while let Some(consumer) = consumers.next().await {
-            let consumer = consumer.expect("consumer list");
-            // 0 means "as the stream"; the CLI writes 3 explicitly.
-            assert_eq!(
-                consumer.config.num_replicas, 3,
-                "consumer {name}/{} is R3",
-                consumer.name
-            );
-        }
-    }
-    for bucket in [
+    const EXPECTED: [&str; 5] = [
         "KV_jetfn-ledger",
         "KV_jetfn-failures",
         "KV_jetfn-ratelimit",
         "EVENTS",
         "DLQ",
-    ] {
-        assert!(
-            names.iter().any(|n| n == bucket),
-            "{bucket} exists: {names:?}"
-        );
+    ];
+    // The server leaves a stream out of its list when the stream's leader does not answer the meta leader in time,
+    // and a slow answer fails the list: both are read again, never taken as the server's state.
+    let deadline = Instant::now() + FAILOVER;
+    let listed = loop {
+        let listed = list_replicas(js).await;
+        match &listed {
+            Ok(streams)
+                if EXPECTED
+                    .iter()
+                    .all(|name| streams.iter().any(|(stream, ..)| stream == name)) =>
+            {
+                break listed.unwrap();
+            }
+            _ => assert!(
+                Instant::now() < deadline,
+                "the streams {EXPECTED:?} were not all listed: {listed:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for (name, replicas, consumers) in listed {
+        assert_eq!(replicas, 3, "stream {name} is R3");
+        for (consumer, replicas) in consumers {
+            // 0 means "as the stream"; the CLI writes 3 explicitly.
+            assert_eq!(replicas, 3, "consumer {name}/{consumer} is R3");
+        }
     }
+}
+
+/// Each stream's name and replicas, with its consumers' names and replicas.
+type Placement = Vec<(String, usize, Vec<(String, usize)>)>;
+
+async fn list_replicas(js: &jetstream::Context) -> Result<Placement, String> {
+    let mut listed = Vec::new();
+    let mut streams = js.streams();
+    while let Some(info) = streams.next().await {
+        let info = info.map_err(|error| format!("stream list: {error}"))?;
+        let name = info.config.name.clone();
+        let stream = js
+            .get_stream(&name)
+            .await
+            .map_err(|error| format!("stream {name}: {error}"))?;
+        let mut consumers = Vec::new();
+        let mut list = stream.consumers();
+        while let Some(consumer) = list.next().await {
+            let consumer = consumer.map_err(|error| format!("consumer list of {name}: {error}"))?;
+            consumers.push((consumer.name.clone(), consumer.config.num_replicas));
+        }
+        listed.push((name, info.config.num_replicas, consumers));
+    }
+    Ok(listed)
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

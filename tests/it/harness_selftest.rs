@@ -79,6 +79,9 @@ async fn harness_nats_jetstream_publish_survives_restart_and_kill() {
     );
     nats.restart();
     assert_eq!(stream_messages(&nats.url(), "SELFTEST").await, 2);
+    // A new client: the one from before the kill may still be in its reconnect backoff.
+    let client = async_nats::connect(nats.url()).await.expect("reconnect");
+    let js = async_nats::jetstream::new(client);
     let stream = js.get_stream("SELFTEST").await.expect("get stream");
     let message = stream.get_raw_message(2).await.expect("get message 2");
     assert_eq!(&message.payload[..], b"world");

@@ -162,7 +162,7 @@ impl System {
             return records;
         }
         for seq in state.first_sequence..=state.last_sequence {
-            if let Ok(message) = stream.get_raw_message(seq).await {
+            if let Some(message) = stored_message(&stream, seq).await {
                 let letter = DeadLetter::from_stored(Some(&message.headers), message.payload)
                     .expect("a DLQ record");
                 records.push((seq, letter));
@@ -404,5 +404,30 @@ pub fn deletion(
         message_id: created.message_id.clone(),
         conversation_id: created.conversation_id.clone(),
         deleted_at,
+    }
+}
+
+/// The message at `seq`, or `None` when the stream no longer holds it (acked off a work queue, replayed, purged).
+/// Any other error is retried until [`WAIT`], then fails the test: a timeout read as "gone" would pass or fail an
+/// exact assertion by luck.
+pub async fn stored_message(
+    stream: &jetstream::stream::Stream,
+    seq: u64,
+) -> Option<jetstream::message::StreamMessage> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match stream.get_raw_message(seq).await {
+            Ok(message) => return Some(message),
+            Err(error)
+                if error.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound =>
+            {
+                return None;
+            }
+            Err(error) => assert!(
+                Instant::now() < deadline,
+                "message {seq} could not be read: {error}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

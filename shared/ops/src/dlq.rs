@@ -187,12 +187,15 @@ pub async fn get(dlq: &stream::Stream, seq: u64) -> anyhow::Result<DeadLetter> {
     DeadLetter::from_stored(Some(&message.headers), message.payload)
 }
 
+/// How long [`list`] waits for the next record the server said it has.
+const LIST_STALL: Duration = Duration::from_secs(5);
+
 /// Records that pass `filter`, oldest first, at most `limit`. Reads with an ordered consumer (filtered on the
 /// server by consumer when given): no state is left on the server. What is on the DLQ's subjects but is no dead
 /// letter is returned apart, so a caller can say so rather than skip it silently.
 ///
 /// # Errors
-/// The stream cannot be read.
+/// The stream cannot be read, or stops answering before every record it holds has been read.
 pub async fn list(
     dlq: &stream::Stream,
     filter: &Filter,
@@ -211,18 +214,25 @@ pub async fn list(
         .await?;
     let mut records = Vec::new();
     let mut unreadable = Vec::new();
-    if ordered.info().await?.num_pending == 0 {
+    let mut pending = ordered.info().await?.num_pending;
+    if pending == 0 {
         return Ok((records, unreadable));
     }
     let mut messages = ordered.messages().await?;
     while records.len() < limit {
-        let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await
-        else {
-            break;
+        // A stall with records still to come is an error, never a shorter list: a replay or purge of "every record
+        // matching" acts on what this returns, and a listing that silently stops short hides dead events.
+        let message = match tokio::time::timeout(LIST_STALL, messages.next()).await {
+            Ok(Some(message)) => message?,
+            Ok(None) | Err(_) => anyhow::bail!(
+                "the DLQ stopped answering with {pending} record(s) still to read (after {} read); nothing was \
+                 changed, try again",
+                records.len() + unreadable.len()
+            ),
         };
-        let message = message?;
         let info = message.info().map_err(|err| anyhow::anyhow!("{err}"))?;
-        let (seq, pending) = (info.stream_sequence, info.pending);
+        let seq = info.stream_sequence;
+        pending = info.pending;
         match DeadLetter::from_stored(message.headers.as_ref(), message.payload.clone()) {
             Ok(letter) if filter.matches(&letter) => records.push((seq, letter)),
             Ok(_) => {}
