@@ -387,3 +387,71 @@ async fn pin_atomic_batches_are_all_or_none_and_kv_compare_and_set_refuses_stale
     }
     store.update("pin", "3".into(), second).await.unwrap();
 }
+
+/// An item is published only after its batch record exists, so its gate must never read "no record" for a batch
+/// being submitted. On an R3 bucket a KV read is a direct get that a follower may answer before it has applied the
+/// record's creation: records are created through the leader here and each gate asks at once through a follower.
+/// Before the gate asked the leader again on "none", such items were acked unhandled ("never submitted").
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_three_node_cluster_a_gate_never_skips_an_item_of_a_batch_just_created() {
+    const BATCHES: usize = 2000;
+    let cluster = testkit::NatsCluster::start();
+    let js = async_nats::jetstream::new(
+        async_nats::connect(cluster.urls())
+            .await
+            .expect("the cluster accepts a client"),
+    );
+    js.create_key_value(kv::Config {
+        bucket: BATCH_BUCKET.to_owned(),
+        history: 1,
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .expect("an R3 bucket");
+    let leader = crate::cluster::stream_leader(&js, &format!("KV_{BATCH_BUCKET}")).await;
+    let writer_url = cluster
+        .nodes()
+        .iter()
+        .find(|node| node.name() == leader)
+        .map(testkit::NatsServer::url)
+        .expect("the leader is a node");
+    let writer = batch::bucket(&async_nats::jetstream::new(
+        async_nats::connect(writer_url).await.unwrap(),
+    ))
+    .await
+    .unwrap();
+    let mut gates = Vec::new();
+    for node in cluster.nodes().iter().filter(|node| node.name() != leader) {
+        let js = async_nats::jetstream::new(async_nats::connect(node.url()).await.unwrap());
+        gates.push(batch::bucket(&js).await.unwrap());
+    }
+    assert_eq!(gates.len(), 2, "two followers of {leader}");
+    let mut skipped = Vec::new();
+    for n in 0..BATCHES {
+        let id = format!("b-{n}");
+        let record = events::batches::BatchRecord::pending(
+            &id,
+            "users.registered",
+            1,
+            "2026-11-30T00:00:00Z".to_owned(),
+        );
+        writer
+            .create(&id, serde_json::to_vec(&record).unwrap().into())
+            .await
+            .expect("the record is created");
+        match batch::gate(&gates[n % 2], &id, 0)
+            .await
+            .expect("the gate reads")
+        {
+            batch::Gate::Wait => {}
+            other => skipped.push((n, other)),
+        }
+    }
+    assert!(
+        skipped.is_empty(),
+        "{} of {BATCHES} items of a batch being submitted were not told to wait: {:?}",
+        skipped.len(),
+        &skipped[..skipped.len().min(10)]
+    );
+}

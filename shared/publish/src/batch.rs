@@ -126,13 +126,21 @@ pub async fn bucket(js: &jetstream::Context) -> Result<kv::Store, BatchError> {
 }
 
 /// A record and the revision it was read at.
+///
+/// A KV read is a direct get, which any replica of an R3 bucket may answer, and a follower that has not applied
+/// the record's creation yet answers "none". An item is published only after its record exists, so "none" would
+/// skip a live batch's item unhandled: it is asked again of the stream's leader, whose answer is final.
 async fn read(store: &kv::Store, id: &str) -> Result<Option<(BatchRecord, kv::Entry)>, BatchError> {
-    let Some(entry) = store
+    let entry = match store
         .entry(id)
         .await
         .map_err(|err| nats("reading the batch record", err))?
-    else {
-        return Ok(None);
+    {
+        Some(entry) => entry,
+        None => match read_from_leader(store, id).await? {
+            Some(entry) => entry,
+            None => return Ok(None),
+        },
     };
     if entry.operation != kv::Operation::Put {
         return Ok(None);
@@ -140,6 +148,40 @@ async fn read(store: &kv::Store, id: &str) -> Result<Option<(BatchRecord, kv::En
     let record = serde_json::from_slice(&entry.value)
         .map_err(|err| nats("a batch record that is not a batch record", err))?;
     Ok(Some((record, entry)))
+}
+
+/// The key's last entry as the bucket stream's leader holds it (`STREAM.MSG.GET`, never a direct get).
+async fn read_from_leader(store: &kv::Store, id: &str) -> Result<Option<kv::Entry>, BatchError> {
+    const OPERATION: &str = "KV-Operation";
+    const MARKER: &str = "Nats-Marker-Reason";
+    let message = match store
+        .stream
+        .get_last_raw_message_by_subject(&format!("{}{id}", store.prefix))
+        .await
+    {
+        Ok(message) => message,
+        Err(err) if err.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+            return Ok(None);
+        }
+        Err(err) => return Err(nats("reading the batch record from the leader", err)),
+    };
+    // As async-nats reads an entry: a server's marker (a TTL's removal) is a purge.
+    let operation = match message.headers.get(OPERATION).map(|value| value.as_str()) {
+        Some("DEL") => kv::Operation::Delete,
+        Some("PURGE") => kv::Operation::Purge,
+        _ if message.headers.get(MARKER).is_some() => kv::Operation::Purge,
+        _ => kv::Operation::Put,
+    };
+    Ok(Some(kv::Entry {
+        bucket: store.name.clone(),
+        key: id.to_owned(),
+        value: message.payload,
+        revision: message.sequence,
+        delta: 0,
+        created: message.time,
+        operation,
+        seen_current: false,
+    }))
 }
 
 /// Writes `record` over `revision`; `Ok(false)` when another write came first (read again and retry).
