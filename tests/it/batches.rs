@@ -455,3 +455,31 @@ async fn on_a_three_node_cluster_a_gate_never_skips_an_item_of_a_batch_just_crea
         &skipped[..skipped.len().min(10)]
     );
 }
+
+/// Without the batch and progress buckets (a deployment whose infra is not yet applied) a function still binds and
+/// handles ordinary events: only the server's "no such bucket" means absent. Any other lookup error fails the bind,
+/// which is tried again, rather than leaving the process without batches for its lifetime.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_function_without_the_batch_and_progress_buckets_binds_and_sends() {
+    let system = System::start_with(|definitions| {
+        definitions.buckets.retain(|bucket| {
+            bucket.bucket != BATCH_BUCKET && bucket.bucket != events::PROGRESS_BUCKET
+        });
+    })
+    .await;
+    assert!(system.js.get_key_value(BATCH_BUCKET).await.is_err());
+    let welcome = system.welcome().await;
+    for absent in ["batch bucket not found", "progress bucket not found"] {
+        assert!(
+            welcome.output().contains(absent),
+            "{absent}: {}",
+            welcome.output()
+        );
+    }
+    system
+        .publisher
+        .publish(user("ada@example.com", "Ada"))
+        .await
+        .unwrap();
+    system.smtp.wait_for_messages(1, WAIT).await;
+}

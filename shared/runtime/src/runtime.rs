@@ -341,6 +341,18 @@ impl Core {
     }
 }
 
+/// Whether a bucket lookup failed because the server has no such bucket (its stream is not found), the one
+/// answer that means "absent" rather than "not answered".
+fn bucket_missing(err: &async_nats::jetstream::context::KeyValueError) -> bool {
+    use async_nats::jetstream::context::{GetStreamError, GetStreamErrorKind};
+    std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<GetStreamError>())
+        .is_some_and(|inner| {
+            matches!(inner.kind(), GetStreamErrorKind::JetStream(error)
+                if error.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND)
+        })
+}
+
 struct TypedConsumer<T, H> {
     consumer: String,
     handler: H,
@@ -399,20 +411,25 @@ fn serve_typed(
             );
             let (pull, ledger, failures) = (pull?, ledger?, failures?);
             // Optional: without the bucket (a deployment not yet applied) progress is an in-progress ack only.
+            // Only the server's "no such bucket" means that: any other error (a timeout, a bucket electing its
+            // leader) fails this bind, which is tried again, rather than leaving the process without the bucket
+            // for its lifetime.
             let progress = match progress {
                 Ok(store) => Some(store),
-                Err(err) => {
+                Err(err) if bucket_missing(&err) => {
                     tracing::warn!(bucket = events::PROGRESS_BUCKET, error = %err, "progress bucket not found; job progress will not be recorded");
                     None
                 }
+                Err(err) => return Err(err).context(events::PROGRESS_BUCKET),
             };
             // Optional too: without it, batch items are retried until it exists.
             let batches = match batches {
                 Ok(store) => Some(store),
-                Err(err) => {
+                Err(err) if bucket_missing(&err) => {
                     tracing::warn!(bucket = events::BATCH_BUCKET, error = %err, "batch bucket not found; batch items will wait for it");
                     None
                 }
+                Err(err) => return Err(err).context(events::BATCH_BUCKET),
             };
             anyhow::Ok((pull, ledger, failures, progress, batches))
         };
