@@ -383,8 +383,28 @@ async fn purge_dlq(
     }
     let keep_from = match first_stored_since(&dlq, before).await? {
         Some(seq) => seq,
-        // Nothing newer than the cut-off: everything that existed before we looked is past retention.
-        None => state.last_sequence + 1,
+        // Nothing newer than the cut-off: everything that existed before we looked is past retention, if so. The
+        // probe is an R1 consumer the server may place on a follower that lags (or a fetch that ended without an
+        // answer), and a purge cannot be undone: the newest record is read from the leader, and only one stored
+        // before the cut-off lets everything go.
+        None => {
+            let newest = dlq
+                .get_raw_message(state.last_sequence)
+                .await
+                .with_context(|| {
+                    format!(
+                        "confirming that {name}'s newest record #{} is past retention; nothing purged",
+                        state.last_sequence
+                    )
+                })?;
+            anyhow::ensure!(
+                newest.time < before,
+                "{name}'s newest record #{} is within retention but the probe found none: nothing purged, the step is \
+                 retried",
+                state.last_sequence
+            );
+            state.last_sequence + 1
+        }
     };
     if keep_from <= state.first_sequence {
         return Ok(0);

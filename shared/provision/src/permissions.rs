@@ -493,6 +493,9 @@ const EXTRAS: &[(&str, ExtraFn)] = &[
             (context.subject_of)("cleanup.completed")?.to_owned(),
             format!("$JS.API.STREAM.INFO.{DLQ_STREAM}"),
             format!("$JS.API.STREAM.PURGE.{DLQ_STREAM}"),
+            // The newest record's time, from the leader, before a purge of everything: its probe consumer may sit
+            // on a follower that lags. It can read the records through that consumer already.
+            format!("$JS.API.STREAM.MSG.GET.{DLQ_STREAM}"),
             format!("$JS.API.CONSUMER.CREATE.{DLQ_STREAM}"),
             format!("$JS.API.CONSUMER.MSG.NEXT.{DLQ_STREAM}.*"),
             format!("$JS.API.CONSUMER.DELETE.{DLQ_STREAM}.*"),
@@ -508,7 +511,7 @@ const EXTRAS: &[(&str, ExtraFn)] = &[
         );
         Ok(Extra {
             why: "Retention: asks indexing to purge (the only function that may), purges old DLQ records (a probe \
-                  consumer finds the cut-off) and orphan failure-journal records of every consumer (listing their \
+                  consumer finds the cut-off; the leader confirms a purge of all) and orphan failure-journal records of every consumer (listing their \
                   keys takes an ordered consumer; it purges them, it reads none), then publishes cleanup.completed.",
             publish,
             subscribe: Vec::new(),
