@@ -570,9 +570,17 @@ impl Inner {
     }
 
     /// After a CAS write met another revision: reads the key and, when the claim is still ours, adopts the
-    /// revision found. `None` when the read itself failed.
+    /// revision found. `None` when the read itself failed, or answered from before the revision this claim last
+    /// wrote: on an R3 bucket a KV read is a direct get any replica may answer, and a follower that has not applied
+    /// that write shows an older value (the previous holder's claim) or none. Neither is a takeover, which only
+    /// moves the revision on; taken as `Lost` it stopped the renewals (the effect could then be taken over and run
+    /// twice) or gave up the `done` write. The callers read again later.
     async fn settle_conflict(&self, held: &Held<'_>) -> Option<Conflict> {
         let entry = self.store.entry(held.key).await.ok()?;
+        let written = held.revision.load(Ordering::Acquire);
+        if entry.as_ref().is_none_or(|entry| entry.revision < written) {
+            return None;
+        }
         let found = entry
             .as_ref()
             .filter(|entry| entry.operation == Operation::Put)
