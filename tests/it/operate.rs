@@ -123,6 +123,27 @@ async fn status_aligns_any_name_shows_age_and_fill_and_hides_what_is_internal() 
             .any(|s| s["name"] == "KV_jetfn-ledger"),
         "--all shows the buckets: {all}"
     );
+
+    // Heartbeats read: a function with no replica running has zero. Heartbeats unreadable (here the bucket is
+    // gone): no count at all, and why, never a zero for every function.
+    assert!(status["replicas_unknown"].is_null(), "{status}");
+    assert_eq!(status["replicas"]["welcome"]["count"], 0, "{status}");
+    system
+        .js
+        .delete_key_value(ops::replicas::BUCKET)
+        .await
+        .unwrap();
+    let status = cli_json(&system, &["status", "--json"]).await;
+    assert!(
+        status["replicas_unknown"]
+            .as_str()
+            .is_some_and(|why| why.contains(ops::replicas::BUCKET)),
+        "{status}"
+    );
+    assert_eq!(status["replicas"], serde_json::json!({}), "{status}");
+    let (code, output) = cli(&system, &["status"], &[]).await;
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("replicas ?: "), "{output}");
 }
 
 /// Publishes a registration whose address the SMTP server refuses for good; returns it and the DLQ once its dead

@@ -236,3 +236,169 @@ async fn pause_names_what_is_wrong() {
         "the unknown function and the past time; an unreadable --until is refused before anything: {audit}"
     );
 }
+
+/// A consumer the server cannot read during a node loss (an R1 consumer on the lost node; its name still listed by
+/// the meta layer) might be one of the function's: pause refuses and pauses nothing, naming it, rather than pause
+/// the others and report success; `status` shows the others and names it as unknown rather than leave it out.
+/// Once the node is back, every one is paused.
+#[tokio::test(flavor = "multi_thread")]
+async fn pause_refuses_and_status_names_a_consumer_that_cannot_be_read() {
+    use async_nats::jetstream::{self, consumer, stream};
+    let cluster = testkit::NatsCluster::start();
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(cluster.urls())
+        .await
+        .expect("connect to the cluster");
+    let js = jetstream::new(client);
+    let work = js
+        .create_stream(stream::Config {
+            name: "WORK".to_owned(),
+            subjects: vec!["work.>".to_owned()],
+            num_replicas: 3,
+            ..Default::default()
+        })
+        .await
+        .expect("an R3 stream");
+    // R1 consumers of one function, until they sit on more than one node and one node that is not the meta leader
+    // holds some but not all of them.
+    let meta = cluster.meta_leader();
+    let mut placed: Vec<(String, usize)> = Vec::new();
+    let victim = loop {
+        let name = format!("f-{}", placed.len());
+        let info = work
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                num_replicas: 1,
+                metadata: [(ops::functions::FUNCTION_KEY.to_owned(), "f".to_owned())].into(),
+                ..Default::default()
+            })
+            .await
+            .expect("an R1 consumer")
+            .cached_info()
+            .clone();
+        let leader = info
+            .cluster
+            .and_then(|c| c.leader)
+            .and_then(|leader| cluster.index_of(&leader))
+            .expect("the consumer's node");
+        placed.push((name, leader));
+        let candidate = (0..3).find(|&node| {
+            Some(node) != meta
+                && placed.iter().any(|(_, on)| *on == node)
+                && placed.iter().any(|(_, on)| *on != node)
+        });
+        if let Some(node) = candidate {
+            break node;
+        }
+        assert!(
+            placed.len() < 12,
+            "the consumers all sit on one node: {placed:?}"
+        );
+    };
+    let lost: Vec<&str> = placed
+        .iter()
+        .filter(|(_, on)| *on == victim)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    cluster.node(victim).kill();
+
+    let err = ops::pause::pause(&js, "f", None)
+        .await
+        .expect_err("a consumer could not be read");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("nothing was paused") && lost.iter().any(|name| text.contains(name)),
+        "names the consumer it could not read: {text}"
+    );
+    for (name, on) in &placed {
+        if *on != victim {
+            let info = work.consumer_info(name).await.expect("a readable consumer");
+            assert!(!info.paused, "{name} was paused: {info:?}");
+        }
+    }
+    let status = ops::status::read(&js, false)
+        .await
+        .expect("status reads what it can");
+    for name in &lost {
+        assert!(
+            status
+                .consumers_unknown
+                .iter()
+                .any(|unknown| unknown.starts_with(&format!("WORK/{name}: "))),
+            "{name} is named unknown: {:?}",
+            status.consumers_unknown
+        );
+        assert!(
+            status.consumers.iter().all(|row| row.consumer != *name),
+            "{name} is not shown as if read"
+        );
+    }
+    assert_eq!(
+        status.consumers.len() + lost.len(),
+        placed.len(),
+        "every readable consumer is shown: {:?}",
+        status.consumers
+    );
+
+    cluster.restart_node(victim);
+    let deadline = std::time::Instant::now() + crate::cluster::FAILOVER;
+    let states = loop {
+        match ops::pause::pause(&js, "f", None).await {
+            Ok(states) => break states,
+            Err(err) => assert!(std::time::Instant::now() < deadline, "{err:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(states.len(), placed.len(), "{states:?}");
+    assert!(states.iter().all(|state| state.paused), "{states:?}");
+}
+
+/// A pause that fails part-way (here the user may pause one consumer of the function and not the other) says
+/// which consumers it did pause and which failed: the server keeps the first, and "error" alone would hide a
+/// function left half paused.
+#[tokio::test]
+async fn a_pause_that_fails_part_way_names_what_it_already_paused() {
+    use async_nats::jetstream::{self, consumer, stream};
+    let nats = testkit::NatsServer::start_with(
+        "authorization {\n  users: [\n    { user: admin, password: admin }\n    { user: limited, password: \
+         limited, permissions: { publish: [\"$JS.API.STREAM.NAMES\", \"$JS.API.CONSUMER.NAMES.S\", \
+         \"$JS.API.CONSUMER.INFO.S.*\", \"$JS.API.CONSUMER.PAUSE.S.f-a\"], subscribe: [\"_INBOX.>\"] } }\n  ]\n}\n",
+    );
+    let connect = |user: &str| {
+        async_nats::ConnectOptions::with_user_and_password(user.to_owned(), user.to_owned())
+            .connect(nats.url())
+    };
+    let admin = jetstream::new(connect("admin").await.unwrap());
+    let work = admin
+        .create_stream(stream::Config {
+            name: "S".to_owned(),
+            subjects: vec!["s.>".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for name in ["f-a", "f-b"] {
+        work.create_consumer(consumer::pull::Config {
+            durable_name: Some(name.to_owned()),
+            metadata: [(ops::functions::FUNCTION_KEY.to_owned(), "f".to_owned())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let mut limited = jetstream::new(connect("limited").await.unwrap());
+    // The refused request is dropped by the server: only a timeout ends it.
+    limited.set_timeout(Duration::from_secs(1));
+
+    let err = ops::pause::pause(&limited, "f", None)
+        .await
+        .expect_err("f-b may not be paused");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("S/f-a already paused") && text.contains("pausing S/f-b failed"),
+        "{text}"
+    );
+    assert!(work.consumer_info("f-a").await.unwrap().paused);
+    assert!(!work.consumer_info("f-b").await.unwrap().paused);
+}

@@ -323,6 +323,7 @@ async function overview() {
       table(["Function (stream / consumer)", h("th", { class: "num" }, "Waiting"), h("th", { class: "num" }, "In flight / max"),
         h("th", { class: "num" }, "Redelivered"), h("th", { class: "num" }, "Oldest waiting"), h("th", { class: "num" }, "Dead letters"),
         "Replicas", "Processed · failed per min (1 h)", "State", h("th", { "data-role": "operator" }, "Actions")], rows, "No function on the server (run `jetfn infra apply`).")),
+    (data.status.consumers_unknown || []).map((why) => h("p", { class: "warn" }, `Consumer unknown: ${why}`)),
     data.dead_letters_unknown ? h("p", { class: "warn" }, `Dead letters unknown: ${data.dead_letters_unknown}`) : null,
     h("section", { class: "card" }, h("h2", {}, "Replicas"),
       data.replicas_unknown ? h("p", { class: "warn" }, `Replicas unknown: ${data.replicas_unknown}`) : null,

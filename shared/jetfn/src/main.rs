@@ -451,13 +451,15 @@ async fn ready(
 
 /// An event published at a class no consumer pulls from would wait in the stream unseen, so `--priority` is refused
 /// unless some consumer on EVENTS filters that class's subject. A user who may not list consumers (a
-/// `publisher-<domain>`) is not checked here: the generated permissions grant it only served classes.
+/// `publisher-<domain>`) cannot be checked here (the generated permissions grant it only served classes), so when
+/// the consumers cannot be read the event is published unchecked, with a warning that says so: refusing would
+/// lock those users out, and a silent skip would let a person believe the class was checked. A refusal needs
+/// every consumer read: one that could not be may be the class's.
 async fn refuse_unserved_class(
     client: &async_nats::Client,
     body: &[u8],
     priority: events::Priority,
 ) -> anyhow::Result<()> {
-    use futures::TryStreamExt as _;
     let Some(ty) = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|event| {
@@ -471,18 +473,21 @@ async fn refuse_unserved_class(
     };
     let subject = priority.subject(&ty);
     let js = async_nats::jetstream::new(client.clone());
-    let Ok(stream) = js
-        .get_stream_no_info(provision::permissions::EVENTS_STREAM)
-        .await
-    else {
-        return Ok(());
+    let events = provision::permissions::EVENTS_STREAM;
+    let read = match js.get_stream_no_info(events).await {
+        Ok(stream) => ops::functions::infos(&stream, events).await,
+        Err(err) => Err(err.into()),
     };
-    let Ok(consumers) = stream
-        .consumers()
-        .try_collect::<Vec<async_nats::jetstream::consumer::Info>>()
-        .await
-    else {
-        return Ok(());
+    let consumers = match read {
+        Ok(consumers) => consumers,
+        Err(err) => {
+            eprintln!(
+                "warning: --priority {priority} not checked: the consumers of {events} could not be read ({}); \
+                 publishing anyway",
+                render_error(&err)
+            );
+            return Ok(());
+        }
     };
     let served = consumers.iter().any(|info| {
         info.config.filter_subject == subject || info.config.filter_subjects.contains(&subject)

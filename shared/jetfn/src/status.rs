@@ -143,6 +143,14 @@ fn print(status: &ops::status::Status, json: bool, compact: bool) -> anyhow::Res
         output::align_right(&mut replicas, &[1, 2, 3]);
         output::print_table(&replicas);
     }
+    if let Some(why) = &status.replicas_unknown {
+        println!();
+        println!("replicas ?: {why}");
+    }
+    for unreadable in &status.consumers_unknown {
+        println!();
+        println!("consumer ?: {unreadable}");
+    }
     if let Some(why) = unknown {
         println!();
         println!("oldest ?: {why}");

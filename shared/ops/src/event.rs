@@ -179,10 +179,13 @@ pub fn trace_id(traceparent: &str) -> Option<String> {
     (parts.len() == 4 && parts[1].len() == 32).then(|| parts[1].to_owned())
 }
 
+/// How long [`lookup`] waits for the next message of its scan that the server said it has.
+const SCAN_STALL: Duration = Duration::from_secs(5);
+
 /// Looks the event up.
 ///
 /// # Errors
-/// The event stream cannot be read.
+/// The event stream or one of its consumers cannot be read, or the scan stops before it reaches the stream's end.
 pub async fn lookup(js: &jetstream::Context, query: &Query) -> anyhow::Result<Report> {
     anyhow::ensure!(!query.id.is_empty(), "the event id is empty");
     let mut unknown = Vec::new();
@@ -237,15 +240,30 @@ pub async fn lookup(js: &jetstream::Context, query: &Query) -> anyhow::Result<Re
         .context("reading EVENTS (headers only)")?;
     let mut copies: Vec<Copy> = Vec::new();
     let mut scanned = 0;
-    if ordered.info().await?.num_pending > 0 {
-        let mut messages = ordered.messages().await?;
-        while let Ok(Some(message)) =
-            tokio::time::timeout(Duration::from_secs(5), messages.next()).await
-        {
-            let message = message?;
+    let mut pending = ordered
+        .info()
+        .await
+        .context("reading EVENTS (headers only)")?
+        .num_pending;
+    if pending > 0 {
+        let mut messages = ordered
+            .messages()
+            .await
+            .context("reading EVENTS (headers only)")?;
+        loop {
+            // A stall with messages still to scan is an error: a scan cut short would report the event as never
+            // published, and a person would publish it again.
+            let message = match tokio::time::timeout(SCAN_STALL, messages.next()).await {
+                Ok(Some(message)) => message.context("reading EVENTS (headers only)")?,
+                Ok(None) | Err(_) => anyhow::bail!(
+                    "{EVENTS} stopped answering after {scanned} message(s) scanned with {pending} more to scan; \
+                     whether and where the event is stored is unknown, try again"
+                ),
+            };
             scanned += 1;
             let info = message.info().map_err(|err| anyhow::anyhow!("{err}"))?;
-            let (seq, pending, stored) = (info.stream_sequence, info.pending, info.published);
+            let (seq, stored) = (info.stream_sequence, info.published);
+            pending = info.pending;
             let header = |name: &str| {
                 message
                     .headers
@@ -290,16 +308,16 @@ pub async fn lookup(js: &jetstream::Context, query: &Query) -> anyhow::Result<Re
         ));
     }
 
-    let consumers: Vec<consumer::Info> = {
-        use futures::TryStreamExt as _;
-        events
-            .consumers()
-            .try_collect::<Vec<_>>()
-            .await?
-            .into_iter()
-            .filter(crate::functions::is_durable)
-            .collect()
-    };
+    let (consumers, unreadable) = crate::functions::infos_or_unreadable(&events, EVENTS).await?;
+    let consumers: Vec<consumer::Info> = consumers
+        .into_iter()
+        .filter(crate::functions::is_durable)
+        .collect();
+    for (consumer, why) in unreadable {
+        unknown.push(format!(
+            "consumer {consumer} could not be read, so whether it has handled the event is unknown: {why}"
+        ));
+    }
     let failures = js
         .get_key_value("jetfn-failures")
         .await

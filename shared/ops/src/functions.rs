@@ -3,8 +3,8 @@
 //! its three consumers.
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, consumer};
-use futures::TryStreamExt as _;
+use async_nats::jetstream::{self, consumer, stream};
+use futures::{StreamExt as _, TryStreamExt as _};
 use serde::Serialize;
 
 /// The metadata key naming a consumer's function.
@@ -36,10 +36,71 @@ pub fn is_durable(info: &consumer::Info) -> bool {
     info.config.durable_name.is_some()
 }
 
+/// How many consumer info requests [`infos`] has in flight at once.
+const INFO_REQUESTS: usize = 16;
+
+/// Every consumer of the stream `name` (durable or not), with its info, in name order.
+///
+/// The names come from the meta layer (`CONSUMER.NAMES`), which knows every consumer; each info is then asked of
+/// the consumer itself. The server's own info listing (`CONSUMER.LIST`, async-nats's `Stream::consumers`) leaves
+/// out a consumer whose leader does not answer in time and names it only under `missing`, which async-nats drops:
+/// a pause built on it would pause some of a function's consumers and report success. A consumer deleted between
+/// the two reads is gone, and is left out.
+///
+/// # Errors
+/// The names cannot be listed, or a consumer's info cannot be read (the error names the consumer).
+pub async fn infos<I>(
+    stream: &stream::Stream<I>,
+    name: &str,
+) -> anyhow::Result<Vec<consumer::Info>> {
+    let (read, unreadable) = infos_or_unreadable(stream, name).await?;
+    if let Some((consumer, why)) = unreadable.into_iter().next() {
+        anyhow::bail!(
+            "consumer {consumer} could not be read (its leader may be down or electing): {why}"
+        );
+    }
+    Ok(read)
+}
+
+/// [`infos`], with the consumers that could not be read named apart (`stream/consumer`, why) rather than failing
+/// the whole read: a status taken during a node loss still shows every consumer it can, and says which it cannot.
+///
+/// # Errors
+/// The names cannot be listed.
+pub async fn infos_or_unreadable<I>(
+    stream: &stream::Stream<I>,
+    name: &str,
+) -> anyhow::Result<(Vec<consumer::Info>, Vec<(String, String)>)> {
+    let mut names: Vec<String> = stream
+        .consumer_names()
+        .try_collect()
+        .await
+        .with_context(|| format!("listing the consumers of {name}"))?;
+    names.sort();
+    let answers: Vec<(String, Result<consumer::Info, _>)> = futures::stream::iter(names)
+        .map(|consumer| async move {
+            let answer = stream.consumer_info(&consumer).await;
+            (consumer, answer)
+        })
+        .buffered(INFO_REQUESTS)
+        .collect()
+        .await;
+    let mut read = Vec::new();
+    let mut unreadable = Vec::new();
+    for (consumer, answer) in answers {
+        match answer {
+            Ok(info) => read.push(info),
+            Err(err) if err.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {}
+            Err(err) => unreadable.push((format!("{name}/{consumer}"), err.to_string())),
+        }
+    }
+    Ok((read, unreadable))
+}
+
 /// Every durable consumer on the server, with its info, stream by stream in name order.
 ///
 /// # Errors
-/// The server cannot list streams or consumers.
+/// The server cannot list streams or consumers, or a consumer cannot be read.
 pub async fn all(js: &jetstream::Context) -> anyhow::Result<Vec<consumer::Info>> {
     let mut names: Vec<String> = js
         .stream_names()
@@ -53,13 +114,8 @@ pub async fn all(js: &jetstream::Context) -> anyhow::Result<Vec<consumer::Info>>
             .get_stream_no_info(&name)
             .await
             .with_context(|| format!("stream {name}"))?;
-        let mut consumers: Vec<consumer::Info> = stream
-            .consumers()
-            .try_collect()
-            .await
-            .with_context(|| format!("listing the consumers of {name}"))?;
+        let mut consumers = infos(&stream, &name).await?;
         consumers.retain(is_durable);
-        consumers.sort_by(|a, b| a.name.cmp(&b.name));
         found.extend(consumers);
     }
     Ok(found)
@@ -68,7 +124,8 @@ pub async fn all(js: &jetstream::Context) -> anyhow::Result<Vec<consumer::Info>>
 /// The consumers of `function` (by its `jetfn.function` metadata, or a consumer of that name).
 ///
 /// # Errors
-/// No consumer belongs to it (the error lists the functions there are), or the server cannot be read.
+/// No consumer belongs to it (the error lists the functions there are), or the server cannot be read: a consumer
+/// that cannot be read may be one of the function's, so nothing short of every consumer is an answer.
 pub async fn consumers_of(
     js: &jetstream::Context,
     function: &str,

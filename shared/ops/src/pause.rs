@@ -40,8 +40,9 @@ pub struct PauseState {
 /// Pauses every consumer of `function` until `until` (`None`: until resumed).
 ///
 /// # Errors
-/// `until` is not in the future, the function has no consumer, or the server refuses (permissions, a server
-/// before 2.11).
+/// `until` is not in the future, the function has no consumer, one of the server's consumers cannot be read (then
+/// nothing is paused), or the server refuses (permissions, a server before 2.11; the error names the consumers
+/// paused before it).
 pub async fn pause(
     js: &jetstream::Context,
     function: &str,
@@ -55,13 +56,23 @@ pub async fn pause(
         );
     }
     let until = until.unwrap_or(UNTIL_RESUMED);
+    let consumers = consumers_of(js, function)
+        .await
+        .context("nothing was paused")?;
     let mut states = Vec::new();
-    for consumer in consumers_of(js, function).await? {
+    for consumer in consumers {
         let stream = js.get_stream_no_info(&consumer.stream).await?;
         let response = stream
             .pause_consumer(&consumer.consumer, until)
             .await
-            .with_context(|| format!("pausing {}/{}", consumer.stream, consumer.consumer))?;
+            .with_context(|| {
+                format!(
+                    "{}; pausing {}/{} failed",
+                    done_before("paused", &states),
+                    consumer.stream,
+                    consumer.consumer
+                )
+            })?;
         states.push(PauseState {
             consumer,
             paused: response.paused,
@@ -75,15 +86,26 @@ pub async fn pause(
 /// Resumes every consumer of `function`; resuming one that is not paused changes nothing.
 ///
 /// # Errors
-/// The function has no consumer, or the server refuses.
+/// The function has no consumer, one of the server's consumers cannot be read (then nothing is resumed), or the
+/// server refuses (the error names the consumers resumed before it).
 pub async fn resume(js: &jetstream::Context, function: &str) -> anyhow::Result<Vec<PauseState>> {
+    let consumers = consumers_of(js, function)
+        .await
+        .context("nothing was resumed")?;
     let mut states = Vec::new();
-    for consumer in consumers_of(js, function).await? {
+    for consumer in consumers {
         let stream = js.get_stream_no_info(&consumer.stream).await?;
         let response = stream
             .resume_consumer(&consumer.consumer)
             .await
-            .with_context(|| format!("resuming {}/{}", consumer.stream, consumer.consumer))?;
+            .with_context(|| {
+                format!(
+                    "{}; resuming {}/{} failed",
+                    done_before("resumed", &states),
+                    consumer.stream,
+                    consumer.consumer
+                )
+            })?;
         states.push(PauseState {
             consumer,
             paused: response.paused,
@@ -91,4 +113,17 @@ pub async fn resume(js: &jetstream::Context, function: &str) -> anyhow::Result<V
         });
     }
     Ok(states)
+}
+
+/// What a pause or resume that failed part-way had already done: the server keeps those changes, and an error
+/// that reads as "nothing happened" would hide a function left half paused.
+fn done_before(verb: &str, done: &[PauseState]) -> String {
+    if done.is_empty() {
+        return format!("no consumer was {verb}");
+    }
+    let names: Vec<String> = done
+        .iter()
+        .map(|state| format!("{}/{}", state.consumer.stream, state.consumer.consumer))
+        .collect();
+    format!("{} already {verb} (and left so)", names.join(", "))
 }

@@ -81,8 +81,17 @@ pub struct Status {
     /// Consumers, by stream then name.
     pub consumers: Vec<ConsumerStatus>,
     /// Per function (every function with a consumer, and any other that sends heartbeats): its live replicas,
-    /// from their heartbeats (`ops::replicas`). Empty when the `jetfn-replicas` bucket is missing or unreadable.
+    /// from their heartbeats (`ops::replicas`). Empty when the `jetfn-replicas` bucket is missing or unreadable:
+    /// see `replicas_unknown`.
     pub replicas: std::collections::BTreeMap<String, crate::replicas::Summary>,
+    /// Why the replicas could not be read, if so. Then `replicas` is empty rather than a zero per function: during
+    /// an incident "no replicas" and "the heartbeats could not be read" call for different actions.
+    pub replicas_unknown: Option<String>,
+    /// Consumers the server names but whose state could not be read (`stream/consumer: why`), say while their
+    /// leader is down or electing: listed apart, so a status taken during a node loss shows everything else and
+    /// never reads a missing consumer as one with nothing waiting.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub consumers_unknown: Vec<String>,
 }
 
 /// Which streams are the system's own plumbing rather than something an operator watches.
@@ -93,13 +102,15 @@ pub fn is_internal(stream: &str) -> bool {
 /// Reads the status. `all` keeps internal streams and temporary consumers.
 ///
 /// # Errors
-/// The server cannot list streams or consumers.
+/// The server cannot list streams or consumers' names. A consumer that cannot be read is named in
+/// `consumers_unknown`.
 pub async fn read(js: &jetstream::Context, all: bool) -> anyhow::Result<Status> {
     let at = OffsetDateTime::now_utc();
     let mut names: Vec<String> = js.stream_names().try_collect().await?;
     names.sort();
     let mut streams = Vec::new();
     let mut consumers = Vec::new();
+    let mut consumers_unknown = Vec::new();
     // Reading the oldest event needs read access to the stream's messages, which a viewer lacks; after one refusal
     // (a request the server drops, so a short timeout) the rest of that stream is not tried.
     let mut probe = js.clone();
@@ -107,9 +118,13 @@ pub async fn read(js: &jetstream::Context, all: bool) -> anyhow::Result<Status> 
     for name in names.iter().filter(|name| all || !is_internal(name)) {
         let mut handle = js.get_stream(name).await?;
         let info = handle.info().await?.clone();
-        let mut infos: Vec<consumer::Info> = handle.consumers().try_collect().await?;
+        let (mut infos, unreadable) = crate::functions::infos_or_unreadable(&handle, name).await?;
+        consumers_unknown.extend(
+            unreadable
+                .into_iter()
+                .map(|(consumer, why)| format!("{consumer}: {why}")),
+        );
         infos.retain(|info| all || is_durable(info));
-        infos.sort_by(|a, b| a.name.cmp(&b.name));
         streams.push(stream_status(&info, infos.len(), at));
         let probe_stream = probe.get_stream_no_info(name).await?;
         let mut refused: Option<String> = None;
@@ -148,18 +163,23 @@ pub async fn read(js: &jetstream::Context, all: bool) -> anyhow::Result<Status> 
             });
         }
     }
-    let mut replicas = crate::replicas::list(js)
-        .await
-        .map(|live| crate::replicas::summarize(&live))
-        .unwrap_or_default();
-    for consumer in &consumers {
-        replicas.entry(consumer.function.clone()).or_default();
-    }
+    let (replicas, replicas_unknown) = match crate::replicas::list(js).await {
+        Ok(live) => {
+            let mut replicas = crate::replicas::summarize(&live);
+            for consumer in &consumers {
+                replicas.entry(consumer.function.clone()).or_default();
+            }
+            (replicas, None)
+        }
+        Err(err) => (std::collections::BTreeMap::new(), Some(format!("{err:#}"))),
+    };
     Ok(Status {
         at,
         streams,
         consumers,
         replicas,
+        replicas_unknown,
+        consumers_unknown,
     })
 }
 
