@@ -589,3 +589,42 @@ async fn jetfn_publish_seals_a_verification_code_and_keys_new_and_list_make_and_
     system.wait_settled("email-verification").await;
     assert!(!function.output().contains("804913"));
 }
+
+/// `keys usage` counts a stream that does not exist as holding nothing, but a stream it cannot read is an error,
+/// never the zero that says "it can be retired": here an account without JetStream, whose every stream request is
+/// refused.
+#[tokio::test]
+async fn keys_usage_counts_a_missing_stream_as_none_and_an_unreadable_one_as_an_error() {
+    let nats = testkit::NatsServer::start_with(
+        "accounts {\n  JS: { jetstream: enabled, users: [{user: js, password: js}] }\n  \
+         NOJS: { users: [{user: nojs, password: nojs}] }\n}\n",
+    );
+    let usage = |user: &str| {
+        let url = format!("nats://{user}:{user}@127.0.0.1:{}", nats.port());
+        testkit::FunctionProcess::spawn_with_args(
+            "jetfn",
+            &["keys", "usage", "k1"],
+            &[("NATS_URL", url)],
+        )
+    };
+
+    let missing = usage("js");
+    let status = missing.wait_exit(WAIT).await;
+    let output = missing.output();
+    assert_eq!(status.code(), Some(0), "{output}");
+    assert!(
+        output.contains("EVENTS     0")
+            && output.contains("DLQ        0")
+            && output.contains("can be retired"),
+        "no stream: nothing names the key: {output}"
+    );
+
+    let unreadable = usage("nojs");
+    let status = unreadable.wait_exit(WAIT).await;
+    let output = unreadable.output();
+    assert_ne!(status.code(), Some(0), "{output}");
+    assert!(
+        output.contains("EVENTS: cannot read the stream") && !output.contains("can be retired"),
+        "an unreadable stream is an error: {output}"
+    );
+}

@@ -100,15 +100,25 @@ pub(crate) async fn run(
     }
 }
 
+/// How long [`usage`] waits for the next message the server said it has.
+const READ_STALL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Counts the messages of `stream` whose `Jetfn-Key-Id` is `id`, reading headers only (an ordered consumer with
-/// `headers_only`: the bodies never cross the wire). A stream that does not exist counts none.
+/// `headers_only`: the bodies never cross the wire). A stream that does not exist counts none; any other failure to
+/// read it is an error, since a zero here tells the operator the key can be retired.
 async fn usage(
     js: &jetstream::Context,
     stream: &str,
     id: &str,
 ) -> anyhow::Result<(u64, Option<(u64, u64)>)> {
-    let Ok(mut handle) = js.get_stream(stream).await else {
-        return Ok((0, None));
+    let mut handle = match js.get_stream(stream).await {
+        Ok(handle) => handle,
+        Err(err) if stream_not_found(&err) => return Ok((0, None)),
+        Err(err) => {
+            return Err(err).with_context(|| {
+                format!("{stream}: cannot read the stream, so the key's use there is unknown")
+            });
+        }
     };
     let state = handle
         .info()
@@ -119,7 +129,7 @@ async fn usage(
     if state.messages == 0 {
         return Ok((0, None));
     }
-    let consumer = handle
+    let mut consumer = handle
         .create_consumer(consumer::pull::OrderedConfig {
             headers_only: true,
             deliver_policy: consumer::DeliverPolicy::All,
@@ -127,17 +137,34 @@ async fn usage(
         })
         .await
         .with_context(|| format!("{stream}: an ordered consumer"))?;
+    let mut pending = consumer
+        .info()
+        .await
+        .with_context(|| format!("{stream}: an ordered consumer's info"))?
+        .num_pending;
+    if pending == 0 {
+        return Ok((0, None));
+    }
     let mut messages = consumer
         .messages()
         .await
         .with_context(|| format!("{stream}: reading"))?;
     let (mut count, mut first, mut last) = (0u64, None, 0u64);
-    while let Some(message) = messages.next().await {
-        let message = message.with_context(|| format!("{stream}: reading"))?;
+    loop {
+        // A stall with messages still to read is an error, never a smaller count: the count decides whether a key
+        // can be retired.
+        let message = match tokio::time::timeout(READ_STALL, messages.next()).await {
+            Ok(Some(message)) => message.with_context(|| format!("{stream}: reading"))?,
+            Ok(None) | Err(_) => anyhow::bail!(
+                "{stream}: the stream stopped answering with {pending} message(s) still to read, so the key's \
+                 use there is unknown; try again"
+            ),
+        };
         let info = message
             .info()
             .map_err(|err| anyhow::anyhow!("{stream}: {err}"))?;
-        let (sequence, pending) = (info.stream_sequence, info.pending);
+        let sequence = info.stream_sequence;
+        pending = info.pending;
         let names = message
             .headers
             .as_ref()
@@ -153,4 +180,14 @@ async fn usage(
         }
     }
     Ok((count, first.map(|first| (first, last))))
+}
+
+/// Only the server's own "stream not found" (JetStream error 10059) means the stream holds nothing; a timeout or a
+/// leader election says nothing about what it holds.
+fn stream_not_found(err: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        err.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(inner)
+            if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
 }

@@ -257,11 +257,14 @@ pub struct Stored {
     pub entry: Entry,
 }
 
+/// How long [`list`] waits for the next entry the server said it has.
+const LIST_STALL: Duration = Duration::from_secs(5);
+
 /// The entries that match, oldest first. Reads with an ordered consumer from `since` (the server skips the rest)
 /// filtered to the action's subjects, so a long trail is not read whole for a recent question.
 ///
 /// # Errors
-/// The stream is missing or cannot be read.
+/// The stream is missing or cannot be read, or stops answering before every entry asked for has been read.
 pub async fn list(js: &jetstream::Context, filter: &Filter) -> anyhow::Result<Vec<Stored>> {
     let stream = js
         .get_stream(STREAM)
@@ -283,16 +286,33 @@ pub async fn list(js: &jetstream::Context, filter: &Filter) -> anyhow::Result<Ve
         .await
         .context("reading the AUDIT stream")?;
     let mut found = Vec::new();
-    if ordered.info().await?.num_pending == 0 {
+    let mut pending = ordered
+        .info()
+        .await
+        .context("reading the AUDIT stream")?
+        .num_pending;
+    if pending == 0 {
         return Ok(found);
     }
-    let mut messages = ordered.messages().await?;
-    while let Ok(Some(message)) =
-        tokio::time::timeout(Duration::from_secs(5), messages.next()).await
-    {
-        let message = message?;
+    let mut messages = ordered
+        .messages()
+        .await
+        .context("reading the AUDIT stream")?;
+    let mut read = 0usize;
+    loop {
+        // A stall with entries still to come is an error, never a shorter trail: "who changed this" answered from
+        // part of the trail reads as "nobody".
+        let message = match tokio::time::timeout(LIST_STALL, messages.next()).await {
+            Ok(Some(message)) => message.context("reading the AUDIT stream")?,
+            Ok(None) | Err(_) => anyhow::bail!(
+                "the AUDIT stream stopped answering after {read} entries read with {pending} more to read; the \
+                 trail would be incomplete, try again"
+            ),
+        };
+        read += 1;
         let info = message.info().map_err(|err| anyhow::anyhow!("{err}"))?;
-        let (sequence, pending, stored) = (info.stream_sequence, info.pending, info.published);
+        let (sequence, stored) = (info.stream_sequence, info.published);
+        pending = info.pending;
         if filter.until.is_some_and(|until| stored >= until) {
             break;
         }
