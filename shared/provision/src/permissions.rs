@@ -406,8 +406,10 @@ fn viewer_rights() -> Vec<String> {
         format!("$JS.API.DIRECT.GET.KV_{PROGRESS_BUCKET}.>"),
         // The replicas' heartbeats (`jetfn status`, the console): readiness, breaker, counts; no event data.
         format!("$JS.API.DIRECT.GET.KV_{REPLICAS_BUCKET}.>"),
-        // Batch progress (`jetfn batch status`): counters, no personal data.
+        // Batch progress (`jetfn batch status`): counters, no personal data; a record read as absent is asked
+        // again of the leader.
         format!("$JS.API.DIRECT.GET.KV_{BATCH_BUCKET}.>"),
+        format!("$JS.API.STREAM.MSG.GET.KV_{BATCH_BUCKET}"),
     ]);
     // The audit trail, read the same ways.
     rights.extend([
@@ -433,12 +435,15 @@ fn own_keys(bucket: &str, prefixes: &[String]) -> Vec<String> {
     rights
 }
 
-/// Reading and writing any batch record (compare-and-set writes; the bucket's info binds the store).
+/// Reading and writing any batch record (compare-and-set writes; the bucket's info binds the store). A record
+/// read as absent, or a submitter's own, is read again from the leader (`STREAM.MSG.GET`): on an R3 bucket a
+/// follower may answer a direct get from before the record's last write.
 fn batch_rights() -> Vec<String> {
     vec![
         format!("$JS.API.STREAM.INFO.KV_{BATCH_BUCKET}"),
         format!("$KV.{BATCH_BUCKET}.>"),
         format!("$JS.API.DIRECT.GET.KV_{BATCH_BUCKET}.>"),
+        format!("$JS.API.STREAM.MSG.GET.KV_{BATCH_BUCKET}"),
     ]
 }
 

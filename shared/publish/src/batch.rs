@@ -136,15 +136,25 @@ async fn read(store: &kv::Store, id: &str) -> Result<Option<(BatchRecord, kv::En
         .await
         .map_err(|err| nats("reading the batch record", err))?
     {
-        Some(entry) => entry,
-        None => match read_from_leader(store, id).await? {
-            Some(entry) => entry,
-            None => return Ok(None),
-        },
+        Some(entry) => Some(entry),
+        None => read_from_leader(store, id).await?,
     };
-    if entry.operation != kv::Operation::Put {
+    record_of(entry)
+}
+
+/// A record as the leader holds it: for a submitter deciding what its own earlier writes left, where a
+/// follower's older answer ("pending" for a batch already open) would make it report a failure that is none.
+async fn read_at_leader(
+    store: &kv::Store,
+    id: &str,
+) -> Result<Option<(BatchRecord, kv::Entry)>, BatchError> {
+    record_of(read_from_leader(store, id).await?)
+}
+
+fn record_of(entry: Option<kv::Entry>) -> Result<Option<(BatchRecord, kv::Entry)>, BatchError> {
+    let Some(entry) = entry.filter(|entry| entry.operation == kv::Operation::Put) else {
         return Ok(None);
-    }
+    };
     let record = serde_json::from_slice(&entry.value)
         .map_err(|err| nats("a batch record that is not a batch record", err))?;
     Ok(Some((record, entry)))
@@ -390,7 +400,7 @@ impl Publisher {
         let revision = match store.create(batch_id, value.into()).await {
             Ok(revision) => revision,
             Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
-                let (found, entry) = read(&store, batch_id)
+                let (found, entry) = read_at_leader(&store, batch_id)
                     .await?
                     .ok_or_else(|| nats("the batch record", "vanished"))?;
                 if found.item_type != item_type || found.total != total {
@@ -435,9 +445,20 @@ impl Publisher {
         let mut open = pending;
         open.state = BatchState::Open;
         if !replace(&store, &open, revision).await? {
-            let state = read(&store, batch_id)
+            let state = read_at_leader(&store, batch_id)
                 .await?
                 .map(|(record, _)| record.state);
+            // Opened (then maybe cancelled) by another submission of the same id: the batch was accepted whole,
+            // and every chunk this one sent was a duplicate of that one's.
+            if matches!(state, Some(BatchState::Open | BatchState::Cancelled)) {
+                return Ok(Submitted {
+                    id: batch_id.to_owned(),
+                    item_type: item_type.to_owned(),
+                    total,
+                    chunks,
+                    duplicate: true,
+                });
+            }
             return Err(BatchError::Conflict {
                 id: batch_id.to_owned(),
                 reason: format!(
