@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
+use async_nats::jetstream::stream::DirectGetErrorKind;
 use futures::TryStreamExt as _;
 use provision::schedule::{SCHEDULE_PREFIX, STREAM, TARGET_PREFIX};
 use publish::schedule::Delay;
@@ -89,8 +90,13 @@ pub async fn list(js: &jetstream::Context, next: usize) -> anyhow::Result<Vec<Sc
     let mut listed = Vec::new();
     for (subject, _) in subjects {
         // Gone between the listing and the read (cancelled, or a one-off that fired): not a schedule any more.
-        let Ok(message) = stream.direct_get_last_for_subject(subject.as_str()).await else {
-            continue;
+        // Any other failure is an error: a schedule left out of the list reads as one that does not exist.
+        let message = match stream.direct_get_last_for_subject(subject.as_str()).await {
+            Ok(message) => message,
+            Err(err) if err.kind() == DirectGetErrorKind::NotFound => continue,
+            Err(err) => {
+                return Err(err).with_context(|| format!("reading the schedule on {subject}"));
+            }
         };
         let header = |name: &str| {
             message
