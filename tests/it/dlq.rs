@@ -282,3 +282,53 @@ async fn two_consumers_dead_lettering_one_sequence_keep_a_record_each() {
         .collect();
     assert_eq!(consumers, ["welcome", "audit"]);
 }
+
+/// A listing the server stops answering part-way is an error, never a shorter list: a replay or purge of "every
+/// record matching" acts on what the listing returns. The server is paused (SIGSTOP) while the records are being
+/// read, for longer than the listing waits for the next one, then resumed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dlq_listing_the_server_stops_answering_is_an_error_never_a_shorter_list() {
+    // 160 MiB in all: more than the client buffers ahead of the reader, so the pause meets the read.
+    const RECORDS: usize = 20_000;
+    let system = System::start().await;
+    let record = bytes::Bytes::from(vec![b'x'; 8192]);
+    // Not dead letters (listed apart as unreadable), which reads as fast as the server sends. Acked a thousand at
+    // a time: async-nats holds back a publish while too many acks are outstanding.
+    for chunk in 0..RECORDS / 1000 {
+        let mut acks = Vec::with_capacity(1000);
+        for n in chunk * 1000..(chunk + 1) * 1000 {
+            acks.push(
+                system
+                    .js
+                    .publish(format!("dlq.EVENTS.welcome.{n}"), record.clone())
+                    .await
+                    .unwrap(),
+            );
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+    }
+    let dlq = system.js.get_stream("DLQ").await.unwrap();
+    let listing = tokio::spawn({
+        let dlq = dlq.clone();
+        async move { ops::dlq::list(&dlq, &ops::dlq::Filter::default(), usize::MAX).await }
+    });
+    // Paused once the listing's consumer exists, so the stall meets the read, not its set-up.
+    let deadline = Instant::now() + WAIT;
+    while dlq.clone().info().await.unwrap().state.consumer_count == 0 {
+        assert!(Instant::now() < deadline, "the listing made no consumer");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    system.nats.pause();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    system.nats.resume();
+    match listing.await.unwrap() {
+        Ok((records, unreadable)) => assert_eq!(
+            records.len() + unreadable.len(),
+            RECORDS,
+            "a listing that returns is whole"
+        ),
+        Err(err) => eprintln!("the listing failed, as it should: {err:#}"),
+    }
+}
