@@ -4,7 +4,6 @@
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer};
-use futures::StreamExt as _;
 use publish::sealed::{KEY_ID_HEADER, Keyring, valid_key_id};
 
 /// The streams a sealed event can be stored in, in the order they are reported.
@@ -100,9 +99,6 @@ pub(crate) async fn run(
     }
 }
 
-/// How long [`usage`] waits for the next message the server said it has.
-const READ_STALL: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// Counts the messages of `stream` whose `Jetfn-Key-Id` is `id`, reading headers only (an ordered consumer with
 /// `headers_only`: the bodies never cross the wire). A stream that does not exist counts none; any other failure to
 /// read it is an error, since a zero here tells the operator the key can be retired.
@@ -113,7 +109,8 @@ async fn usage(
 ) -> anyhow::Result<(u64, Option<(u64, u64)>)> {
     let mut handle = match js.get_stream(stream).await {
         Ok(handle) => handle,
-        Err(err) if stream_not_found(&err) => return Ok((0, None)),
+        // Only the server's own "stream not found" means it holds nothing; a timeout or an election says nothing.
+        Err(err) if provision::stream_not_found(&err) => return Ok((0, None)),
         Err(err) => {
             return Err(err).with_context(|| {
                 format!("{stream}: cannot read the stream, so the key's use there is unknown")
@@ -153,13 +150,13 @@ async fn usage(
     loop {
         // A stall with messages still to read is an error, never a smaller count: the count decides whether a key
         // can be retired.
-        let message = match tokio::time::timeout(READ_STALL, messages.next()).await {
-            Ok(Some(message)) => message.with_context(|| format!("{stream}: reading"))?,
-            Ok(None) | Err(_) => anyhow::bail!(
+        let Some(message) = ops::ordered::next(&mut messages).await else {
+            anyhow::bail!(
                 "{stream}: the stream stopped answering with {pending} message(s) still to read, so the key's \
                  use there is unknown; try again"
-            ),
+            );
         };
+        let message = message.with_context(|| format!("{stream}: reading"))?;
         let info = message
             .info()
             .map_err(|err| anyhow::anyhow!("{stream}: {err}"))?;
@@ -180,14 +177,4 @@ async fn usage(
         }
     }
     Ok((count, first.map(|first| (first, last))))
-}
-
-/// Only the server's own "stream not found" (JetStream error 10059) means the stream holds nothing; a timeout or a
-/// leader election says nothing about what it holds.
-fn stream_not_found(err: &jetstream::context::GetStreamError) -> bool {
-    matches!(
-        err.kind(),
-        jetstream::context::GetStreamErrorKind::JetStream(inner)
-            if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-    )
 }

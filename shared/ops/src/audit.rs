@@ -6,11 +6,8 @@
 //! under their own user token only, so an entry's `user` is the identity the server authenticated (for the
 //! generated users), while `actor` is who the caller says acted (`--actor`, a console's signed-in person).
 
-use std::time::Duration;
-
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer};
-use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -257,9 +254,6 @@ pub struct Stored {
     pub entry: Entry,
 }
 
-/// How long [`list`] waits for the next entry the server said it has.
-const LIST_STALL: Duration = Duration::from_secs(5);
-
 /// The entries that match, oldest first. Reads with an ordered consumer from `since` (the server skips the rest)
 /// filtered to the action's subjects, so a long trail is not read whole for a recent question.
 ///
@@ -302,13 +296,13 @@ pub async fn list(js: &jetstream::Context, filter: &Filter) -> anyhow::Result<Ve
     loop {
         // A stall with entries still to come is an error, never a shorter trail: "who changed this" answered from
         // part of the trail reads as "nobody".
-        let message = match tokio::time::timeout(LIST_STALL, messages.next()).await {
-            Ok(Some(message)) => message.context("reading the AUDIT stream")?,
-            Ok(None) | Err(_) => anyhow::bail!(
+        let Some(message) = crate::ordered::next(&mut messages).await else {
+            anyhow::bail!(
                 "the AUDIT stream stopped answering after {read} entries read with {pending} more to read; the \
                  trail would be incomplete, try again"
-            ),
+            );
         };
+        let message = message.context("reading the AUDIT stream")?;
         read += 1;
         let info = message.info().map_err(|err| anyhow::anyhow!("{err}"))?;
         let (sequence, stored) = (info.stream_sequence, info.published);

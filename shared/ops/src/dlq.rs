@@ -1,8 +1,6 @@
 //! Dead letters: list with a filter, show one masked, replay or purge a selection, going on past a record that
 //! fails and ending with a summary of what did.
 
-use std::time::Duration;
-
 use anyhow::Context as _;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer, stream};
@@ -187,9 +185,6 @@ pub async fn get(dlq: &stream::Stream, seq: u64) -> anyhow::Result<DeadLetter> {
     DeadLetter::from_stored(Some(&message.headers), message.payload)
 }
 
-/// How long [`list`] waits for the next record the server said it has.
-const LIST_STALL: Duration = Duration::from_secs(5);
-
 /// Records that pass `filter`, oldest first, at most `limit`. Reads with an ordered consumer (filtered on the
 /// server by consumer when given): no state is left on the server. What is on the DLQ's subjects but is no dead
 /// letter is returned apart, so a caller can say so rather than skip it silently.
@@ -222,14 +217,14 @@ pub async fn list(
     while records.len() < limit {
         // A stall with records still to come is an error, never a shorter list: a replay or purge of "every record
         // matching" acts on what this returns, and a listing that silently stops short hides dead events.
-        let message = match tokio::time::timeout(LIST_STALL, messages.next()).await {
-            Ok(Some(message)) => message?,
-            Ok(None) | Err(_) => anyhow::bail!(
+        let Some(message) = crate::ordered::next(&mut messages).await else {
+            anyhow::bail!(
                 "the DLQ stopped answering with {pending} record(s) still to read (after {} read); nothing was \
                  changed, try again",
                 records.len() + unreadable.len()
-            ),
+            );
         };
+        let message = message?;
         let info = message.info().map_err(|err| anyhow::anyhow!("{err}"))?;
         let seq = info.stream_sequence;
         pending = info.pending;

@@ -25,7 +25,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, kv};
-use futures::StreamExt as _;
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -179,9 +178,6 @@ pub fn trace_id(traceparent: &str) -> Option<String> {
     (parts.len() == 4 && parts[1].len() == 32).then(|| parts[1].to_owned())
 }
 
-/// How long [`lookup`] waits for the next message of its scan that the server said it has.
-const SCAN_STALL: Duration = Duration::from_secs(5);
-
 /// Looks the event up.
 ///
 /// # Errors
@@ -253,13 +249,13 @@ pub async fn lookup(js: &jetstream::Context, query: &Query) -> anyhow::Result<Re
         loop {
             // A stall with messages still to scan is an error: a scan cut short would report the event as never
             // published, and a person would publish it again.
-            let message = match tokio::time::timeout(SCAN_STALL, messages.next()).await {
-                Ok(Some(message)) => message.context("reading EVENTS (headers only)")?,
-                Ok(None) | Err(_) => anyhow::bail!(
+            let Some(message) = crate::ordered::next(&mut messages).await else {
+                anyhow::bail!(
                     "{EVENTS} stopped answering after {scanned} message(s) scanned with {pending} more to scan; \
                      whether and where the event is stored is unknown, try again"
-                ),
+                );
             };
+            let message = message.context("reading EVENTS (headers only)")?;
             scanned += 1;
             let info = message.info().map_err(|err| anyhow::anyhow!("{err}"))?;
             let (seq, stored) = (info.stream_sequence, info.published);

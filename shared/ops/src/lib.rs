@@ -14,6 +14,7 @@ pub mod dlq;
 pub mod event;
 pub mod functions;
 pub mod infra;
+pub mod ordered;
 pub mod pause;
 pub mod replicas;
 pub mod schedules;

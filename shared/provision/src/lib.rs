@@ -21,7 +21,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{consumer, stream};
 use serde::Deserialize;
 
-pub use plan::{Action, Change, FieldChange, Kind, Plan};
+pub use plan::{Action, Change, FieldChange, Kind, Plan, stream_not_found};
 
 /// The consumer metadata key naming the function (the binary) that serves the consumer. A function may serve
 /// several consumers (indexing serves three); `jetfn dev` and the deployment checks read this registry.

@@ -338,7 +338,9 @@ impl Definitions {
     }
 }
 
-fn stream_not_found(err: &jetstream::context::GetStreamError) -> bool {
+/// Whether a stream lookup failed because the server has no such stream (JetStream error 10059): the one answer
+/// that means absent, where a timeout or an election says nothing.
+pub fn stream_not_found(err: &jetstream::context::GetStreamError) -> bool {
     matches!(err.kind(), GetStreamErrorKind::JetStream(inner) if inner.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }
 
