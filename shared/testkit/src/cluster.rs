@@ -9,6 +9,9 @@ use crate::netns::Netns;
 use crate::{Error, free_port, poll_blocking};
 
 const NODES: usize = 3;
+/// How many times a loopback cluster is started on fresh ports when one of its ports was taken meanwhile.
+const PORT_TRIES: u32 = 3;
+
 /// Forming a cluster is a meta leader election over routes that retry every second or so.
 const FORM_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -37,9 +40,21 @@ impl NatsCluster {
         adjust: impl Fn(NatsServerBuilder) -> NatsServerBuilder,
     ) -> Result<Self, Error> {
         let hosts = [IpAddr::from([127, 0, 0, 1]); NODES];
-        let cluster_ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
-        let ports: Vec<(u16, u16)> = (0..NODES).map(|_| (free_port(), free_port())).collect();
-        Self::start_nodes(&hosts, &cluster_ports, &ports, None, adjust)
+        // The ports are picked before the nodes bind them (the routes name each other's), so another process
+        // (a parallel test) may take one in between: such a start is tried again on fresh ports.
+        let mut tries = 1;
+        loop {
+            let cluster_ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
+            let ports: Vec<(u16, u16)> = (0..NODES).map(|_| (free_port(), free_port())).collect();
+            match Self::start_nodes(&hosts, &cluster_ports, &ports, None, &adjust) {
+                Err(err)
+                    if tries < PORT_TRIES && err.to_string().contains("address already in use") =>
+                {
+                    tries += 1;
+                }
+                started => return started,
+            }
+        }
     }
 
     /// Like [`NatsCluster::start`], each node in a network namespace of its own (made here, removed on drop)
