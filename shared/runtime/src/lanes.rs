@@ -259,12 +259,12 @@ async fn round<P: Process>(
                 for message in messages {
                     turns.started(lane);
                     let permit = held.pop().expect("no more messages than held slots");
-                    let processor = shared.lanes[lane].processor.clone();
                     started += 1;
-                    tracker.spawn(async move {
-                        processor.process(message).await;
-                        drop(permit);
-                    });
+                    tracker.spawn(crate::consume::attempt(
+                        shared.lanes[lane].processor.clone(),
+                        message,
+                        Some(permit),
+                    ));
                 }
             }
             Err(err) => {
