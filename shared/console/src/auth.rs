@@ -132,7 +132,7 @@ impl fmt::Debug for Tokens {
 /// The SHA-256 of a token, hex: what a tokens file holds.
 pub fn hash_token(token: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    events::hex::lower(digest.as_ref())
 }
 
 /// A new random token (32 bytes, hex).

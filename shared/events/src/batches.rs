@@ -156,7 +156,7 @@ impl BatchRecord {
             bytes.resize(byte + 1, 0);
         }
         bytes[byte] |= 1 << bit;
-        self.done = hex_encode(&bytes);
+        self.done = crate::hex::lower(&bytes);
         match outcome {
             ItemOutcome::Succeeded => self.succeeded += 1,
             ItemOutcome::Failed => self.failed += 1,
@@ -199,10 +199,6 @@ fn hex_decode(text: &str) -> Vec<u8> {
                 .unwrap_or(0)
         })
         .collect()
-}
-
-fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// Checks a batch id: 1 to 40 characters of `A-Z a-z 0-9 _ -`, so it is a KV key, a subject token, and (with a

@@ -12,6 +12,7 @@ mod catalog;
 mod commerce;
 mod contact;
 mod envelope;
+pub mod hex;
 mod messaging;
 mod outcomes;
 mod payloads;

@@ -443,12 +443,13 @@ fn random_traceparent() -> String {
         bytes[..16].copy_from_slice(&nanos.to_le_bytes());
         bytes[16..].copy_from_slice(&nanos.to_be_bytes()[..8]);
     }
-    let hex = |part: &[u8]| {
-        part.iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect::<String>()
-    };
-    format!("00-{}-{}-01", hex(&bytes[..16]), hex(&bytes[16..]))
+    let mut traceparent = String::with_capacity(55);
+    traceparent.push_str("00-");
+    events::hex::push_lower(&mut traceparent, &bytes[..16]);
+    traceparent.push('-');
+    events::hex::push_lower(&mut traceparent, &bytes[16..]);
+    traceparent.push_str("-01");
+    traceparent
 }
 
 /// NATS header names are case-sensitive (ADR-4); W3C names are lowercase, so write them lowercase.
@@ -467,6 +468,25 @@ mod tests {
     use tracing_subscriber::layer::SubscriberExt as _;
 
     use super::*;
+
+    /// Without an exporter each event still gets a W3C `traceparent`: version 00, 16 random bytes of trace id and
+    /// 8 of parent id in lower-case hex, sampled.
+    #[test]
+    fn a_random_traceparent_is_a_valid_w3c_header() {
+        let first = random_traceparent();
+        let parts: Vec<&str> = first.split('-').collect();
+        assert_eq!(first.len(), 55, "{first}");
+        assert_eq!(parts.len(), 4, "{first}");
+        assert_eq!((parts[0], parts[3]), ("00", "01"));
+        assert_eq!((parts[1].len(), parts[2].len()), (32, 16));
+        assert!(
+            parts[1..3]
+                .iter()
+                .all(|id| id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))),
+            "{first}"
+        );
+        assert_ne!(random_traceparent(), first);
+    }
 
     fn traceparent(headers: &HeaderMap) -> String {
         headers

@@ -118,11 +118,9 @@ pub(crate) fn rfc3339(at: OffsetDateTime) -> String {
 /// subject token cannot), so the same event scheduled twice is one schedule and can be cancelled by its id.
 pub fn name_for_event(event_id: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, event_id.as_bytes());
-    let hex: String = digest.as_ref()[..12]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
-    format!("delayed-{hex}")
+    let mut name = "delayed-".to_owned();
+    events::hex::push_lower(&mut name, &digest.as_ref()[..12]);
+    name
 }
 
 /// A schedule name is one subject token.

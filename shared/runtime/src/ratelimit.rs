@@ -199,11 +199,11 @@ impl RateLimiter {
             return format!("{}.all", self.name);
         }
         let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
-        let hex: String = digest.as_ref()[..12]
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect();
-        format!("{}.{hex}", self.name)
+        let mut name = String::with_capacity(self.name.len() + 1 + 24);
+        name.push_str(&self.name);
+        name.push('.');
+        events::hex::push_lower(&mut name, &digest.as_ref()[..12]);
+        name
     }
 
     /// One read, one CAS write, one read back.
@@ -349,7 +349,7 @@ fn token() -> String {
     use ring::rand::SecureRandom as _;
     let mut bytes = [0u8; 8];
     let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    events::hex::lower(&bytes)
 }
 
 /// A few milliseconds, different per call, so racing replicas fall out of step.

@@ -398,10 +398,7 @@ fn event_id(natural: &str) -> String {
 
 fn digest(text: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-    digest.as_ref()[..12]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    events::hex::lower(&digest.as_ref()[..12])
 }
 
 #[cfg(test)]
