@@ -424,7 +424,8 @@ async fn on_a_three_node_cluster_a_gate_never_skips_an_item_of_a_batch_just_crea
     let mut gates = Vec::new();
     for node in cluster.nodes().iter().filter(|node| node.name() != leader) {
         let js = async_nats::jetstream::new(async_nats::connect(node.url()).await.unwrap());
-        gates.push(batch::bucket(&js).await.unwrap());
+        let store = batch::bucket(&js).await.unwrap();
+        gates.push((js, store));
     }
     assert_eq!(gates.len(), 2, "two followers of {leader}");
     let mut skipped = Vec::new();
@@ -440,7 +441,8 @@ async fn on_a_three_node_cluster_a_gate_never_skips_an_item_of_a_batch_just_crea
             .create(&id, serde_json::to_vec(&record).unwrap().into())
             .await
             .expect("the record is created");
-        match batch::gate(&gates[n % 2], &id, 0)
+        let (js, store) = &gates[n % 2];
+        match batch::gate(js, store, &id, 0)
             .await
             .expect("the gate reads")
         {

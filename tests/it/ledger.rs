@@ -238,3 +238,60 @@ async fn a_claim_left_by_a_replica_whose_clock_runs_ahead_is_taken_over_after_th
     assert_eq!(system.smtp.messages().len(), 1, "one mail for one event");
     assert!(system.dlq().await.is_empty(), "nothing dead-lettered");
 }
+
+/// Before: judging a found claim's age wrote the ledger's clock key and read it back by a direct get, which a
+/// follower of an R3 bucket that had not applied the write answered with an older stamp, so a stale claim looked
+/// younger than it was. Now the age is the claim's stamp against the `ts` of the bucket stream's STREAM.INFO: the
+/// server's clock still (a claim younger than the lease is busy, an older one is taken over), and no write.
+#[tokio::test]
+async fn a_found_claim_is_aged_by_the_servers_clock_without_a_write() {
+    use async_nats::jetstream::{self, kv};
+
+    let nats = testkit::NatsServer::start();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let store = js
+        .create_key_value(kv::Config {
+            bucket: "jetfn-ledger".to_owned(),
+            history: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(2);
+    let claimant = runtime::Ledger::new(js.clone(), store.clone(), "welcome", lease);
+    let key = claimant.key("event-1", "send");
+    // The claimant stops once its effect began, before its first renewal (a quarter lease): its claim stays,
+    // unrenewed.
+    let (started, began) = tokio::sync::oneshot::channel();
+    let effect = claimant.once(&key, || async move {
+        let _ = started.send(());
+        std::future::pending::<Result<(), runtime::JobError>>().await
+    });
+    tokio::select! {
+        _ = effect => panic!("the effect never ends"),
+        _ = began => {}
+    }
+    let claimed = Instant::now();
+    let mut stream = js.get_stream(&store.stream_name).await.unwrap();
+    let written = stream.info().await.unwrap().state.last_sequence;
+
+    let other = runtime::Ledger::new(js.clone(), store.clone(), "welcome", lease);
+    let busy = other.once(&key, || async { Ok(()) }).await;
+    assert!(
+        busy.is_err(),
+        "a claim younger than the lease is busy: {busy:?}"
+    );
+    assert_eq!(
+        stream.info().await.unwrap().state.last_sequence,
+        written,
+        "judging the claim's age wrote nothing"
+    );
+
+    tokio::time::sleep((claimed + lease).saturating_duration_since(Instant::now())).await;
+    let taken = other.once(&key, || async { Ok(7) }).await.unwrap();
+    assert_eq!(
+        taken,
+        runtime::Effect::Done(7),
+        "a claim past the lease is taken over"
+    );
+}

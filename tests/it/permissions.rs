@@ -406,6 +406,44 @@ async fn the_other_email_functions_send_with_their_own_rights_only() {
     }
 }
 
+/// The dlq-router's ledger claims batch completions only and writes no key of its own: a claim it finds held is
+/// aged by the ledger stream's STREAM.INFO (the server's clock), which its user holds. Before, the age was read
+/// by writing `dlq-router.clock`, a right the router no longer has.
+#[tokio::test]
+async fn the_routers_ledger_ages_a_held_claim_with_its_own_rights_only() {
+    let system = secured_system().await;
+    let lease = Duration::from_secs(60);
+    let key = "batches.permission-probe";
+    let admin_store = system.js.get_key_value("jetfn-ledger").await.unwrap();
+    let holder = runtime::Ledger::new(system.js.clone(), admin_store, "holder", lease);
+    let (started, began) = tokio::sync::oneshot::channel();
+    let effect = holder.once(key, || async move {
+        let _ = started.send(());
+        std::future::pending::<Result<(), runtime::JobError>>().await
+    });
+    tokio::select! {
+        _ = effect => panic!("the holder's effect never ends"),
+        _ = began => {}
+    }
+
+    let router = async_nats::jetstream::new(connect_as(&system, "dlq-router").await);
+    let store = router.get_key_value("jetfn-ledger").await.unwrap();
+    let ledger = runtime::Ledger::new(router, store, "dlq-router", lease);
+    let busy = ledger
+        .once(key, || async { Ok(()) })
+        .await
+        .expect_err("the claim is held");
+    assert!(
+        busy.to_string().contains("another attempt"),
+        "a held claim, not a failed read: {busy:?}"
+    );
+    assert!(
+        !system.nats.log().contains(" Violation"),
+        "the router needed a right it does not have: {}",
+        system.nats.log()
+    );
+}
+
 /// Waits until the server logged that `user` was refused a publish to `subject`.
 pub(crate) async fn assert_refused(system: &System, user: &str, subject: &str) {
     // nats-server 2.15: `... - "$G/user:welcome" - Publish Violation - Subject "events.orders.placed"`.

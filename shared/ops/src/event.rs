@@ -426,6 +426,7 @@ pub async fn lookup(js: &jetstream::Context, query: &Query) -> anyhow::Result<Re
         match js.get_key_value("jetfn-ledger").await {
             Ok(store) => {
                 ledger_entries(
+                    js,
                     &store,
                     &functions,
                     &query.id,
@@ -457,6 +458,7 @@ pub async fn lookup(js: &jetstream::Context, query: &Query) -> anyhow::Result<Re
 }
 
 async fn ledger_entries(
+    js: &jetstream::Context,
     store: &kv::Store,
     functions: &[String],
     id: &str,
@@ -466,7 +468,12 @@ async fn ledger_entries(
 ) -> Vec<Effect> {
     let mut entries = Vec::new();
     for function in functions {
-        let ledger = runtime::Ledger::new(store.clone(), function, Duration::from_secs(120));
+        let ledger = runtime::Ledger::new(
+            js.clone(),
+            store.clone(),
+            function,
+            Duration::from_secs(120),
+        );
         let mut names = known_effects(function, data);
         names.extend(extra.iter().cloned());
         names.dedup();

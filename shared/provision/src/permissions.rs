@@ -5,10 +5,11 @@
 //!
 //! Every function gets its own consumer(s) (INFO, MSG.NEXT and both ack subject forms: v1
 //! `$JS.ACK.<stream>.<consumer>...` and v2 `$JS.ACK.<domain>.<hash>.<stream>.<consumer>...`), its own dead-letter
-//! subjects, its own key prefix in the ledger (`<function>.`, which also holds its `<function>.clock`) and in the
-//! failure journal (`<stream>.<consumer>.`, one per consumer), reads of those keys by DIRECT.GET with the key in
-//! the subject (never `STREAM.MSG.GET`, whose subject names no key and so would open every function's keys), and
-//! replies on its own inbox prefix. What a function needs beyond that is read from its code and listed in
+//! subjects, its own key prefix in the ledger (`<function>.`, which also holds the disk probe's `<function>.clock`
+//! keys; the dlq-router, which claims only batch completions, has none) and in the failure journal
+//! (`<stream>.<consumer>.`, one per consumer), reads of those keys by DIRECT.GET with the key in the subject (never
+//! `STREAM.MSG.GET`, whose subject names no key and so would open every function's keys), and replies on its own
+//! inbox prefix. What a function needs beyond that is read from its code and listed in
 //! [`extras`], each with why.
 
 use std::fmt::Write as _;
@@ -216,14 +217,16 @@ pub fn users(
             ]);
             comment.push_str(
                 " A dead message that is a batch item counts failed in its batch's record, and when it finishes the \
-                 batch the router publishes batch.completed, claimed in the ledger under the batches' prefix (its \
-                 own prefix holds its ledger clock).",
+                 batch the router publishes batch.completed, claimed in the ledger under the batches' prefix (no key \
+                 of its own: it judges a claim's age by the ledger stream's info).",
             );
             publish.extend(batch_rights());
             publish.push(subject_of(BATCH_COMPLETED)?.to_owned());
+            // Its ledger makes no write of its own (no disk probe: that is the typed consumers'), and reads the
+            // server's clock from the bucket's STREAM.INFO, which `own_keys` grants.
             publish.extend(own_keys(
                 LEDGER_BUCKET,
-                &[name.to_owned(), COMPLETED_LEDGER_PREFIX.to_owned()],
+                &[COMPLETED_LEDGER_PREFIX.to_owned()],
             ));
         } else {
             comment.push_str(

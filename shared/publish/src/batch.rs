@@ -269,13 +269,40 @@ pub enum Gate {
     Skip(&'static str),
 }
 
-/// Where item `index` of batch `id` stands. A `pending` record older than the open deadline (by the server's
-/// time of its write) is marked `abandoned` here, with a compare-and-set on that revision, so exactly one of the
-/// submitter's open and this abandonment wins.
+/// Where item `index` of batch `id` stands. A `pending` record older than the open deadline by the server's clock
+/// (its `ts` now against its stamp on the record's write) is marked `abandoned` here, with a compare-and-set on
+/// that revision, so exactly one of the submitter's open and this abandonment wins. `js` is the context the
+/// bucket was bound on: the server's clock is read through it.
 ///
 /// # Errors
-/// [`BatchError::Nats`].
-pub async fn gate(store: &kv::Store, id: &str, index: u64) -> Result<Gate, BatchError> {
+/// [`BatchError::Nats`], also when the server's clock could not be read for a record that may be abandoned.
+pub async fn gate(
+    js: &jetstream::Context,
+    store: &kv::Store,
+    id: &str,
+    index: u64,
+) -> Result<Gate, BatchError> {
+    gate_at(
+        js,
+        store,
+        id,
+        index,
+        OffsetDateTime::now_utc(),
+        time::Duration::seconds(OPEN_DEADLINE_SECS.cast_signed()),
+    )
+    .await
+}
+
+/// [`gate`] with this host's clock read as `local_now` and the deadline as `deadline`, so a test can set a host's
+/// clock off and wait out a short deadline on the real server's clock.
+async fn gate_at(
+    js: &jetstream::Context,
+    store: &kv::Store,
+    id: &str,
+    index: u64,
+    local_now: OffsetDateTime,
+    deadline: time::Duration,
+) -> Result<Gate, BatchError> {
     loop {
         let Some((mut record, entry)) = read(store, id).await? else {
             return Ok(Gate::Skip("no batch record: the batch was never submitted"));
@@ -296,8 +323,16 @@ pub async fn gate(store: &kv::Store, id: &str, index: u64) -> Result<Gate, Batch
                 ));
             }
             BatchState::Pending => {
-                let age = OffsetDateTime::now_utc() - entry.created;
-                if age < time::Duration::seconds(OPEN_DEADLINE_SECS.cast_signed()) {
+                // This host's clock only spares the server a request while the record is young by it too: a
+                // host minutes ahead of the server would abandon a batch still being submitted (its submitter
+                // then reports it could not be opened).
+                if local_now - entry.created < deadline {
+                    return Ok(Gate::Wait);
+                }
+                let server_now = crate::clock::server_now(js, &store.stream_name)
+                    .await
+                    .map_err(|err| nats("judging the batch record's age", err))?;
+                if server_now - entry.created < deadline {
                     return Ok(Gate::Wait);
                 }
                 record.state = BatchState::Abandoned;
@@ -622,4 +657,118 @@ fn uuid_like() -> String {
     let mut bytes = [0u8; 8];
     let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEADLINE: time::Duration = time::Duration::seconds(OPEN_DEADLINE_SECS.cast_signed());
+
+    /// The batch bucket on a real server (R1, history 1, as `infra/nats/kv/jetfn-batches.json` has it on one node).
+    async fn bucket_on(nats: &testkit::NatsServer) -> (jetstream::Context, kv::Store) {
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let js = jetstream::new(client);
+        let store = js
+            .create_key_value(kv::Config {
+                bucket: BATCH_BUCKET.to_owned(),
+                history: 1,
+                ..Default::default()
+            })
+            .await
+            .expect("the batch bucket");
+        (js, store)
+    }
+
+    /// A record as a submitter creates it before its first chunk; its revision.
+    async fn pending(store: &kv::Store, id: &str) -> (BatchRecord, u64) {
+        let record =
+            BatchRecord::pending(id, "users.registered", 2, "2026-11-30T00:00:00Z".to_owned());
+        let revision = store
+            .create(id, serde_json::to_vec(&record).unwrap().into())
+            .await
+            .expect("the record is created");
+        (record, revision)
+    }
+
+    async fn state(store: &kv::Store, id: &str) -> BatchState {
+        read(store, id).await.unwrap().expect("the record").0.state
+    }
+
+    /// Before: the age was this host's clock against the server's stamp, so a host ten minutes ahead abandoned a
+    /// batch whose submission had just begun, and its submitter's open then failed ("could not be opened").
+    #[tokio::test]
+    async fn a_host_whose_clock_runs_ahead_does_not_abandon_a_batch_being_submitted() {
+        let nats = testkit::NatsServer::start();
+        let (js, store) = bucket_on(&nats).await;
+        let (record, revision) = pending(&store, "ahead").await;
+        let ahead = OffsetDateTime::now_utc() + time::Duration::minutes(10);
+        assert_eq!(
+            gate_at(&js, &store, "ahead", 0, ahead, DEADLINE)
+                .await
+                .unwrap(),
+            Gate::Wait
+        );
+        assert_eq!(state(&store, "ahead").await, BatchState::Pending);
+        let mut open = record;
+        open.state = BatchState::Open;
+        assert!(
+            replace(&store, &open, revision).await.unwrap(),
+            "the submitter's open lands on the revision it created"
+        );
+        assert_eq!(
+            gate_at(&js, &store, "ahead", 0, ahead, DEADLINE)
+                .await
+                .unwrap(),
+            Gate::Run
+        );
+    }
+
+    /// The server's clock decides both ways: a record young by it waits whatever this host says, and one past the
+    /// deadline by it is abandoned (a short deadline here, on the real server's clock).
+    #[tokio::test]
+    async fn a_record_past_the_deadline_by_the_servers_clock_is_abandoned() {
+        let nats = testkit::NatsServer::start();
+        let (js, store) = bucket_on(&nats).await;
+        let deadline = time::Duration::seconds(2);
+        pending(&store, "stalled").await;
+        let ahead = OffsetDateTime::now_utc() + time::Duration::minutes(10);
+        assert_eq!(
+            gate_at(&js, &store, "stalled", 0, ahead, deadline)
+                .await
+                .unwrap(),
+            Gate::Wait
+        );
+        tokio::time::sleep(Duration::from_millis(2_300)).await;
+        let gate = gate_at(
+            &js,
+            &store,
+            "stalled",
+            1,
+            OffsetDateTime::now_utc(),
+            deadline,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            gate,
+            Gate::Skip("the batch was abandoned before all its items landed")
+        );
+        assert_eq!(state(&store, "stalled").await, BatchState::Abandoned);
+    }
+
+    /// A record past the deadline by this host's clock, whose server cannot be asked: an error (the item is
+    /// retried), never an abandonment.
+    #[tokio::test]
+    async fn an_unreadable_server_clock_is_an_error_not_an_abandonment() {
+        let nats = testkit::NatsServer::start();
+        let (js, store) = bucket_on(&nats).await;
+        pending(&store, "unasked").await;
+        // The bucket's server under a JetStream domain no server serves: the clock's request finds no one.
+        let elsewhere = jetstream::with_domain(js.client(), "nowhere");
+        let ahead = OffsetDateTime::now_utc() + time::Duration::minutes(10);
+        let gate = gate_at(&elsewhere, &store, "unasked", 0, ahead, DEADLINE).await;
+        assert!(matches!(gate, Err(BatchError::Nats(_))), "{gate:?}");
+        assert_eq!(state(&store, "unasked").await, BatchState::Pending);
+    }
 }

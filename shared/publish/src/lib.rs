@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod clock;
 pub mod progress;
 pub mod schedule;
 pub mod sealed;
@@ -480,9 +481,9 @@ mod tests {
         assert_eq!((parts[0], parts[3]), ("00", "01"));
         assert_eq!((parts[1].len(), parts[2].len()), (32, 16));
         assert!(
-            parts[1..3]
-                .iter()
-                .all(|id| id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))),
+            parts[1..3].iter().all(|id| id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))),
             "{first}"
         );
         assert_ne!(random_traceparent(), first);

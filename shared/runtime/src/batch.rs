@@ -28,6 +28,8 @@ const WAIT_STEP: Duration = Duration::from_millis(250);
 pub(crate) struct Batches {
     /// `None` when the bucket does not exist: batch items are then retried until it does.
     pub(crate) store: Option<kv::Store>,
+    /// The context `store` was bound on: the gate reads the server's clock through it.
+    pub(crate) js: jetstream::Context,
     pub(crate) publisher: Arc<publish::Publisher>,
     pub(crate) function: Arc<str>,
 }
@@ -74,7 +76,7 @@ impl Batches {
         let step = WAIT_STEP.min(progress_every);
         let mut last_progress = tokio::time::Instant::now();
         loop {
-            match batches::gate(store, &item.batch, item.index).await {
+            match batches::gate(&self.js, store, &item.batch, item.index).await {
                 Ok(Gate::Run) => return Admission::Run,
                 Ok(Gate::Skip(why)) => {
                     tracing::warn!(batch = %item.batch, index = item.index, reason = why, "batch item skipped unhandled");
@@ -214,8 +216,7 @@ pub enum DeadItem {
 }
 
 impl DeadItems {
-    /// Binds the batch and ledger buckets; `writer` names the process (the `batch.completed` source, its ledger
-    /// clock key).
+    /// Binds the batch and ledger buckets; `writer` names the process (the `batch.completed` source).
     ///
     /// # Errors
     /// A bucket that does not exist, or NATS not answering.
@@ -234,13 +235,14 @@ impl DeadItems {
         Ok(Self {
             batches: Batches {
                 store: Some(store),
+                js: js.clone(),
                 publisher: Arc::new(publish::Publisher::new(
                     client.clone(),
                     format!("/{writer}"),
                 )),
                 function: writer.into(),
             },
-            ledger: Ledger::new(ledger, writer, lease),
+            ledger: Ledger::new(js, ledger, writer, lease),
         })
     }
 
@@ -265,7 +267,7 @@ impl DeadItems {
             .store
             .as_ref()
             .ok_or_else(|| format!("no {} bucket", events::BATCH_BUCKET))?;
-        match batches::gate(store, &item.batch, item.index)
+        match batches::gate(&self.batches.js, store, &item.batch, item.index)
             .await
             .map_err(|err| err.to_string())?
         {

@@ -9,8 +9,9 @@
 //!    `done <ms> [<decision>]`, retrying until the write lands or the key shows the claim is no longer ours; on
 //!    failure it deletes the claim so the next attempt can run it.
 //! 3. Another attempt that finds `done` skips the effect. One that finds a `pending` entry judges its age by the
-//!    server's clock only: the entry's `created` time against the `created` time of a write it makes now. Younger
-//!    than the lease, it backs off (a replica is running it now); older, it takes it over with a CAS update.
+//!    server's clock only: the entry's `created` time against the time the bucket stream's leader reports now
+//!    ([`publish::clock`]). Younger than the lease, it backs off (a replica is running it now); older, it takes it
+//!    over with a CAS update.
 //!
 //! **The window no queue can close:** a process that dies after the effect happened (the SMTP server said 250)
 //! and before step 2 recorded `done` leaves a stale claim. After the lease the effect runs again. The window is
@@ -23,7 +24,10 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
+use async_nats::jetstream::{
+    self,
+    kv::{self, CreateErrorKind, Operation, UpdateErrorKind},
+};
 use bytes::Bytes;
 
 use crate::JobError;
@@ -66,8 +70,10 @@ enum Backend {
 
 struct Inner {
     store: kv::Store,
+    /// The context `store` was bound on: the server's clock is read through it.
+    js: jetstream::Context,
     function: String,
-    /// A key of this function's that holds nothing: written to read the server's clock, and by the disk probe.
+    /// A key of this function's that holds nothing, written by the disk probe (`batch.rs`) only.
     clock: String,
     lease: Duration,
     /// Admits [`CLAIMS_IN_FLIGHT`] single claim writes at a time where writes wait for the disk; `done` writes
@@ -137,22 +143,22 @@ impl<T> Outcome<T> {
 }
 
 impl Ledger {
-    /// A ledger for `function` on an existing bucket.
-    pub fn new(store: kv::Store, function: &str, lease: Duration) -> Self {
-        Self::build(store, function, lease, None)
+    /// A ledger for `function` on an existing bucket, `store`, bound on `js`.
+    pub fn new(js: jetstream::Context, store: kv::Store, function: &str, lease: Duration) -> Self {
+        Self::build(js, store, function, lease, None)
     }
 
-    /// A ledger whose claims and dones of concurrent messages go to the server as atomic batches over `client`
-    /// (when the bucket allows them; otherwise one by one, as [`Ledger::new`] writes), with the disk probe of
-    /// `disk` (shared by a consumer's ledgers, and run by [`Ledger::probe_disk`] before the first pull).
+    /// A ledger whose claims and dones of concurrent messages go to the server as atomic batches over `js`'s
+    /// client (when the bucket allows them; otherwise one by one, as [`Ledger::new`] writes), with the disk probe
+    /// of `disk` (shared by a consumer's ledgers, and run by [`Ledger::probe_disk`] before the first pull).
     pub(crate) fn batched_on(
+        js: jetstream::Context,
         store: kv::Store,
         function: &str,
         lease: Duration,
-        client: async_nats::Client,
         disk: std::sync::Arc<batch::Disk>,
     ) -> Self {
-        Self::build(store, function, lease, Some((client, disk)))
+        Self::build(js, store, function, lease, Some(disk))
     }
 
     /// Whether `store`'s writes wait for the disk, timed before anything else writes: decides whether concurrent
@@ -167,14 +173,15 @@ impl Ledger {
     }
 
     fn build(
+        js: jetstream::Context,
         store: kv::Store,
         function: &str,
         lease: Duration,
-        batching: Option<(async_nats::Client, std::sync::Arc<batch::Disk>)>,
+        batching: Option<std::sync::Arc<batch::Disk>>,
     ) -> Self {
-        let batches = batching.and_then(|(client, disk)| {
+        let batches = batching.and_then(|disk| {
             Some(Batches {
-                writes: batch::Batcher::new(client, &store, disk.clone())?,
+                writes: batch::Batcher::new(js.client(), &store, disk.clone())?,
                 disk,
             })
         });
@@ -183,6 +190,7 @@ impl Ledger {
             backend: Backend::Kv(std::sync::Arc::new(Inner {
                 replicated,
                 store,
+                js,
                 function: function.to_owned(),
                 clock: clock_key(function),
                 lease,
@@ -476,21 +484,14 @@ impl Inner {
         )))
     }
 
-    /// The server's clock now: the `created` time the server stamps on a write of this ledger's clock key. Only
-    /// an attempt that found a pending claim pays for it.
+    /// The server's clock now, as the bucket stream's leader (which stamps every write) reports it. Only an
+    /// attempt that found a pending claim pays for it: one request, no write. It was a write of a clock key read
+    /// back by a direct get, which a lagging follower could answer with an older stamp, making a stale claim look
+    /// younger than it was.
     async fn server_now(&self) -> Result<time::OffsetDateTime, JobError> {
-        let clock = &self.clock;
-        self.store
-            .put(clock, Bytes::new())
+        publish::clock::server_now(&self.js, &self.store.stream_name)
             .await
-            .map_err(|err| JobError::transient(anyhow::anyhow!("ledger clock write: {err}")))?;
-        let entry = self
-            .store
-            .entry(clock)
-            .await
-            .map_err(|err| JobError::transient(anyhow::anyhow!("ledger clock read: {err}")))?
-            .ok_or_else(|| JobError::transient(anyhow::anyhow!("ledger clock key vanished")))?;
-        Ok(entry.created)
+            .map_err(|err| JobError::transient(anyhow::anyhow!("ledger clock: {err}")))
     }
 
     /// Rewrites the pending entry every quarter lease so its server `created` time stays young. Never returns:

@@ -623,10 +623,10 @@ fn typed_for(
         validator: core.validator.clone(),
         keyring: core.keyring.clone(),
         ledger: Ledger::batched_on(
+            core.js.clone(),
             stores.ledger.clone(),
             &core.name,
             Duration::from_secs(core.job.ledger_lease_secs),
-            core.js.client(),
             stores.disk.clone(),
         ),
         handler: handler.clone(),
@@ -638,6 +638,7 @@ fn typed_for(
         publisher: publisher.clone(),
         batches: Arc::new(crate::batch::Batches {
             store: stores.batches.clone(),
+            js: core.js.clone(),
             publisher,
             function: core.name.as_str().into(),
         }),

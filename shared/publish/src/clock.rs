@@ -1,0 +1,93 @@
+//! The server's clock, for rules that compare it with the time the server stamped on a stored message (a batch
+//! record's write, a ledger claim's): a host's own clock may be minutes off, and a rule judged by it abandons a
+//! live batch or takes over a live claim.
+//!
+//! Read from the `ts` of the stream's `STREAM.INFO` answer (the answering server's clock; async-nats does not
+//! deserialize it): the stream's leader answers that request, and the leader is what stamps each write, so both
+//! times come from one clock. Nothing is written, so reading it needs no key of the caller's own, and no
+//! follower's older copy of anything is involved.
+
+use async_nats::jetstream;
+use async_nats::jetstream::response::Response;
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+/// Why the server's clock could not be read. Never a time: a caller deciding by it must not decide.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the server's clock (STREAM.INFO of {stream}): {reason}")]
+pub struct ClockError {
+    stream: String,
+    reason: String,
+}
+
+/// The part of a `STREAM.INFO` answer read here.
+#[derive(Deserialize)]
+struct Stamp {
+    #[serde(with = "time::serde::rfc3339")]
+    ts: OffsetDateTime,
+}
+
+/// The time now by the server that leads `stream` (for a KV bucket, `kv::Store::stream_name`).
+///
+/// # Errors
+/// [`ClockError`] when the request fails or times out, the server answers with a JetStream API error (no such
+/// stream, no leader), or its answer carries no `ts` (a server that does not send it).
+pub async fn server_now(
+    js: &jetstream::Context,
+    stream: &str,
+) -> Result<OffsetDateTime, ClockError> {
+    let error = |reason: String| ClockError {
+        stream: stream.to_owned(),
+        reason,
+    };
+    let answer: Response<Stamp> = js
+        .request(format!("STREAM.INFO.{stream}"), &serde_json::json!({}))
+        .await
+        .map_err(|err| error(err.to_string()))?;
+    match answer {
+        Response::Ok(stamp) => Ok(stamp.ts),
+        Response::Err { error: err } => Err(error(err.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use async_nats::jetstream::kv;
+
+    use super::*;
+
+    /// The time is the server's, after the stamp of a write acknowledged before the request, and a JetStream API
+    /// error is an error naming the stream.
+    #[tokio::test]
+    async fn the_time_is_the_servers_and_an_error_reply_is_an_error() {
+        let nats = testkit::NatsServer::start();
+        let js = jetstream::new(async_nats::connect(nats.url()).await.expect("connect"));
+        let store = js
+            .create_key_value(kv::Config {
+                bucket: "clock-test".to_owned(),
+                ..Default::default()
+            })
+            .await
+            .expect("a bucket");
+        store.put("k", "v".into()).await.expect("a write");
+        let stamped = store.entry("k").await.unwrap().expect("the entry").created;
+        let now = server_now(&js, &store.stream_name)
+            .await
+            .expect("the server's time");
+        assert!(
+            now >= stamped,
+            "{now} is before the stamp {stamped} of an earlier write"
+        );
+        // The server runs on this host: the same clock, within a request's time.
+        let local = OffsetDateTime::now_utc();
+        assert!(
+            (local - now).abs() < time::Duration::seconds(5),
+            "{now} against {local}"
+        );
+
+        let err = server_now(&js, "NO_SUCH_STREAM")
+            .await
+            .expect_err("no such stream");
+        assert!(err.to_string().contains("NO_SUCH_STREAM"), "{err}");
+    }
+}
