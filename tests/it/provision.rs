@@ -284,6 +284,32 @@ async fn applied_definitions_plan_as_unchanged_through_the_library() {
     assert!(plan.is_unchanged(), "{plan}");
 }
 
+/// Before: an applied schedule was looked up by a direct get, and a replica that had not applied it answered
+/// "none": the plan re-created it, and the apply's rewrite restarted an `@every` interval. Here every direct get
+/// of SCHEDULES is answered "none" by a stand-in for such a replica (the stream's own direct gets are off, so the
+/// stand-in always answers); the plan reads the leader and finds every schedule unchanged.
+#[tokio::test]
+async fn a_replicas_stale_none_never_plans_an_applied_schedule_again() {
+    let nats = NatsServer::start();
+    let js = context(&nats).await;
+    let mut definitions =
+        ::provision::Definitions::load(&workspace_root().join("infra/nats")).unwrap();
+    assert!(
+        !definitions.schedules.is_empty(),
+        "infra/nats defines schedules"
+    );
+    definitions
+        .streams
+        .iter_mut()
+        .find(|stream| stream.name == "SCHEDULES")
+        .expect("the SCHEDULES stream")
+        .allow_direct = false;
+    definitions.apply(&js).await.unwrap();
+    crate::support::stale_replica(&nats.url(), "SCHEDULES");
+    let plan = definitions.plan(&js).await.unwrap();
+    assert!(plan.is_unchanged(), "{plan}");
+}
+
 /// The server rule the loader's `ack_wait` check stands on: given a backoff list, nats-server 2.15 stores
 /// `backoff[0]` as the consumer's ack wait whatever the request said, without an error.
 #[tokio::test]

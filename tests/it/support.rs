@@ -431,3 +431,59 @@ pub async fn stored_message(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A subscriber to `stream`'s direct gets (both forms) that answers each with the status a replica sends when it
+/// holds no such message, as one that has not applied the latest writes does. Where the stream serves direct gets
+/// too, the first answer wins (the stand-in has a thread of its own, so the test's runtime does not slow it). Connects as the admin of a secured server (a server without users ignores the credentials). Raw
+/// protocol: a client library publishes no status line. It ends with the server's connection.
+pub fn stale_replica(url: &str, stream: &str) {
+    use std::io::{BufRead as _, Read as _, Write as _};
+
+    let address = url.trim_start_matches("nats://");
+    let mut write = std::net::TcpStream::connect(address).unwrap();
+    write.set_nodelay(true).unwrap();
+    let mut read = std::io::BufReader::new(write.try_clone().unwrap());
+    let mut line = String::new();
+    read.read_line(&mut line).unwrap();
+    assert!(line.starts_with("INFO"), "{line}");
+    write!(
+        write,
+        "CONNECT {{\"verbose\":false,\"headers\":true,\"user\":\"admin\",\"pass\":\"admin-secret\"}}\r\n\
+         SUB $JS.API.DIRECT.GET.{stream} 1\r\nSUB $JS.API.DIRECT.GET.{stream}.> 2\r\nPING\r\n"
+    )
+    .unwrap();
+    loop {
+        line.clear();
+        read.read_line(&mut line).unwrap();
+        assert!(!line.starts_with("-ERR"), "{line}");
+        if line.starts_with("PONG") {
+            break;
+        }
+    }
+    std::thread::spawn(move || {
+        const NOT_FOUND: &str = "NATS/1.0 404 Message Not Found\r\n\r\n";
+        loop {
+            line.clear();
+            if read.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line.starts_with("PING") {
+                let _ = write.write_all(b"PONG\r\n");
+                continue;
+            }
+            // `MSG <subject> <sid> [<reply>] <size>` or `HMSG <subject> <sid> [<reply>] <header size> <size>`.
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let (reply, size) = match words.first().copied() {
+                Some("MSG") if words.len() == 5 => (words[3], words[4]),
+                Some("HMSG") if words.len() == 6 => (words[3], words[5]),
+                _ => continue,
+            };
+            let mut body = vec![0; size.parse::<usize>().unwrap() + 2];
+            if read.read_exact(&mut body).is_err() {
+                return;
+            }
+            let publish = format!("HPUB {reply} {0} {0}\r\n{NOT_FOUND}\r\n", NOT_FOUND.len());
+            let _ = write.write_all(publish.as_bytes());
+        }
+    });
+}

@@ -240,44 +240,60 @@ async fn oldest_unfinished(
     let mut oldest: Option<OffsetDateTime> = None;
     for filter in filters {
         let found = if config.allow_direct {
-            stream
+            match stream
                 .direct_get_builder()
                 .sequence(from)
-                .next_by_subject(filter)
+                .next_by_subject(filter.clone())
                 .send()
                 .await
-                .map_err(|err| {
-                    (
-                        matches!(err.kind(), stream::DirectGetErrorKind::NotFound),
-                        err.to_string(),
-                    )
-                })
+            {
+                Ok(message) => Some(message),
+                // Any replica may answer a direct get, and one that has not applied the latest writes finds
+                // nothing past the ack floor: "-" for a backlog. Only the leader's "none" means none.
+                Err(err) if matches!(err.kind(), stream::DirectGetErrorKind::NotFound) => {
+                    first_from_leader(stream, from, filter).await.map_err(|err| {
+                        format!(
+                            "a replica, which may lag behind, found nothing unfinished in {}, and the stream's \
+                             leader could not be asked ({err})",
+                            config.name
+                        )
+                    })?
+                }
+                Err(err) => return Err(refused(&config.name, &err)),
+            }
         } else {
-            stream
-                .raw_message_builder()
-                .sequence(from)
-                .next_by_subject(filter)
-                .send()
+            first_from_leader(stream, from, filter)
                 .await
-                .map_err(|err| {
-                    (
-                        matches!(err.kind(), stream::RawMessageErrorKind::NoMessageFound),
-                        err.to_string(),
-                    )
-                })
+                .map_err(|err| refused(&config.name, &err))?
         };
-        match found {
-            Ok(message) => {
-                oldest = Some(oldest.map_or(message.time, |old| old.min(message.time)));
-            }
-            Err((true, _)) => {}
-            Err((false, err)) => {
-                return Err(format!(
-                    "reading {}'s messages was refused or timed out ({err}); a viewer may not read them",
-                    config.name
-                ));
-            }
+        if let Some(message) = found {
+            oldest = Some(oldest.map_or(message.time, |old| old.min(message.time)));
         }
     }
     Ok(oldest)
+}
+
+/// The first message from `from` on that `filter` takes, as the stream's leader holds it (`STREAM.MSG.GET`).
+async fn first_from_leader(
+    stream: &stream::Stream<()>,
+    from: u64,
+    filter: String,
+) -> Result<Option<jetstream::message::StreamMessage>, stream::RawMessageError> {
+    match stream
+        .raw_message_builder()
+        .sequence(from)
+        .next_by_subject(filter)
+        .send()
+        .await
+    {
+        Ok(message) => Ok(Some(message)),
+        Err(err) if matches!(err.kind(), stream::RawMessageErrorKind::NoMessageFound) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+fn refused(stream: &str, err: &dyn std::fmt::Display) -> String {
+    format!(
+        "reading {stream}'s messages was refused or timed out ({err}); a viewer may not read them"
+    )
 }

@@ -346,11 +346,13 @@ pub fn users(
         events::services::index::SEARCH_SUBJECT.to_owned(),
         // Its own audit entries only: the subject's user token is the one the server authenticated.
         format!("{AUDIT_PREFIX}.operator.>"),
-        // jetfn event and the oldest age in jetfn status: the event stream's messages by sequence, an unnamed
-        // ephemeral consumer (the named form would also let it change a function's durable), and the ledger's and
-        // failure journal's entries by key (hashes and reasons, no personal data).
+        // jetfn event and the oldest age in jetfn status: the event stream's messages by sequence (a direct get's
+        // "none" confirmed by the leader, STREAM.MSG.GET: the same messages), an unnamed ephemeral consumer (the
+        // named form would also let it change a function's durable), and the ledger's and failure journal's
+        // entries by key (hashes and reasons, no personal data).
         format!("$JS.API.DIRECT.GET.{EVENTS_STREAM}"),
         format!("$JS.API.DIRECT.GET.{EVENTS_STREAM}.>"),
+        format!("$JS.API.STREAM.MSG.GET.{EVENTS_STREAM}"),
         format!("$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}"),
         format!("$JS.API.CONSUMER.MSG.NEXT.{EVENTS_STREAM}.*"),
         format!("$JS.API.DIRECT.GET.KV_{LEDGER_BUCKET}.>"),

@@ -9,7 +9,7 @@ use std::fmt;
 use anyhow::Context as _;
 use async_nats::jetstream::consumer::IntoConsumerConfig as _;
 use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
-use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, ErrorCode};
 use serde_json::{Map, Value, json};
 
@@ -218,11 +218,19 @@ impl Definitions {
             Err(err) => return Err(err).context("reading the SCHEDULES stream"),
         };
         for (index, spec) in self.schedules.iter().enumerate() {
+            // From the stream's leader (STREAM.MSG.GET), never a direct get: on an R3 stream a follower that has
+            // not applied the schedule's write answers "none" (or an older copy), and the apply would then write
+            // it again, which restarts an `@every` interval (or leave a changed one as it is).
             let action = match &schedules {
                 None => Action::Create,
-                Some(stream) => match stream.direct_get_last_for_subject(spec.subject()).await {
+                Some(stream) => match stream
+                    .get_last_raw_message_by_subject(&spec.subject())
+                    .await
+                {
                     Ok(current) => compare_schedule(spec, &current),
-                    Err(err) if err.kind() == DirectGetErrorKind::NotFound => Action::Create,
+                    Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                        Action::Create
+                    }
                     Err(err) => {
                         return Err(err).with_context(|| format!("reading schedule {}", spec.name));
                     }
