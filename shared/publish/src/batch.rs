@@ -656,7 +656,7 @@ fn uuid_like() -> String {
     use ring::rand::SecureRandom as _;
     let mut bytes = [0u8; 8];
     let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    events::hex::lower(&bytes)
 }
 
 #[cfg(test)]
