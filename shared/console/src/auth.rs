@@ -150,7 +150,7 @@ pub(crate) fn random_hex(bytes: usize) -> anyhow::Result<String> {
     ring::rand::SystemRandom::new()
         .fill(&mut buffer)
         .map_err(|_| anyhow::anyhow!("the system's random source failed"))?;
-    Ok(buffer.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(events::hex::lower(&buffer))
 }
 
 fn parse_hex32(text: &str) -> Option<[u8; 32]> {
