@@ -284,6 +284,36 @@ async fn applied_definitions_plan_as_unchanged_through_the_library() {
     assert!(plan.is_unchanged(), "{plan}");
 }
 
+/// `jetfn schedule list` reads each schedule from the stream's leader as well: a replica's stale "none" left the
+/// schedule out of the list, where it reads as one that does not exist. The same stand-in as above.
+#[tokio::test]
+async fn a_replicas_stale_none_never_leaves_a_schedule_out_of_the_list() {
+    let nats = NatsServer::start();
+    let js = context(&nats).await;
+    let mut definitions =
+        ::provision::Definitions::load(&workspace_root().join("infra/nats")).unwrap();
+    definitions
+        .streams
+        .iter_mut()
+        .find(|stream| stream.name == "SCHEDULES")
+        .expect("the SCHEDULES stream")
+        .allow_direct = false;
+    definitions.apply(&js).await.unwrap();
+    crate::support::stale_replica(&nats.url(), "SCHEDULES");
+    let listed = ops::schedules::list(&js, 1).await.unwrap();
+    let names: Vec<&str> = listed
+        .iter()
+        .map(|schedule| schedule.name.as_str())
+        .collect();
+    for spec in &definitions.schedules {
+        assert!(
+            names.contains(&spec.name.as_str()),
+            "{} is listed: {names:?}",
+            spec.name
+        );
+    }
+}
+
 /// Before: an applied schedule was looked up by a direct get, and a replica that had not applied it answered
 /// "none": the plan re-created it, and the apply's rewrite restarted an `@every` interval. Here every direct get
 /// of SCHEDULES is answered "none" by a stand-in for such a replica (the stream's own direct gets are off, so the

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
-use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use futures::TryStreamExt as _;
 use provision::schedule::{SCHEDULE_PREFIX, STREAM, TARGET_PREFIX};
 use publish::schedule::Delay;
@@ -89,11 +89,16 @@ pub async fn list(js: &jetstream::Context, next: usize) -> anyhow::Result<Vec<Sc
     let now = OffsetDateTime::now_utc();
     let mut listed = Vec::new();
     for (subject, _) in subjects {
+        // From the stream's leader (STREAM.MSG.GET), never a direct get: a follower that has not applied the
+        // schedule's write answers "none", which would leave it out of the list, or an older copy of it.
         // Gone between the listing and the read (cancelled, or a one-off that fired): not a schedule any more.
         // Any other failure is an error: a schedule left out of the list reads as one that does not exist.
-        let message = match stream.direct_get_last_for_subject(subject.as_str()).await {
+        let message = match stream
+            .get_last_raw_message_by_subject(subject.as_str())
+            .await
+        {
             Ok(message) => message,
-            Err(err) if err.kind() == DirectGetErrorKind::NotFound => continue,
+            Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => continue,
             Err(err) => {
                 return Err(err).with_context(|| format!("reading the schedule on {subject}"));
             }
@@ -162,7 +167,8 @@ async fn server_next(
     target: &str,
     subject: &str,
 ) -> Option<Anchor> {
-    let fired = stream.direct_get_last_for_subject(target).await.ok()?;
+    // From the leader too: a follower's older copy would show a run already past as the next.
+    let fired = stream.get_last_raw_message_by_subject(target).await.ok()?;
     let by = fired.headers.get("Nats-Scheduler")?;
     if by.as_str() != subject {
         return None;
