@@ -615,3 +615,62 @@ async fn status_confirms_a_direct_gets_none_with_the_leader() {
         system.nats.log()
     );
 }
+
+/// `jetfn event` takes a ledger key's "none" only from the bucket's leader (a replica that has not applied the
+/// write answers a direct get "none", and "absent" reads as "the email was never sent"). A lagging replica is not
+/// reproduced here (on one node the server's own direct get answers first, even beside a stand-in or a
+/// `mirror_direct` mirror); this holds what the leader's read decides and that the operator may make it: a key
+/// written `done` is done, a deleted one and a missing one are absent, and the server refused nothing.
+#[tokio::test]
+async fn event_reads_a_ledger_keys_absence_from_the_leader_with_the_operators_rights() {
+    let system = crate::permissions::secured_system().await;
+    let published = system
+        .publisher
+        .publish(user("sent@example.com", "Sent"))
+        .await
+        .unwrap();
+    let ledger_bucket = system.js.get_key_value("jetfn-ledger").await.unwrap();
+    let ledger = runtime::Ledger::new(
+        system.js.clone(),
+        ledger_bucket.clone(),
+        "welcome",
+        std::time::Duration::from_secs(60),
+    );
+    let done = ledger.key(&published.id, "probe-done");
+    let deleted = ledger.key(&published.id, "probe-deleted");
+    let missing = ledger.key(&published.id, "probe-missing");
+    ledger_bucket.put(&done, "done 1".into()).await.unwrap();
+    ledger_bucket.put(&deleted, "done 1".into()).await.unwrap();
+    ledger_bucket.delete(&deleted).await.unwrap();
+    let operator =
+        async_nats::jetstream::new(crate::permissions::connect_as(&system, "operator").await);
+    let query = ops::event::Query {
+        id: published.id.clone(),
+        event_type: Some("users.registered".to_owned()),
+        effects: ["probe-done", "probe-deleted", "probe-missing"]
+            .map(str::to_owned)
+            .to_vec(),
+        trace_url_template: None,
+    };
+    let report = ops::event::lookup(&operator, &query).await.unwrap();
+    let state = |key: &str| {
+        report
+            .effects
+            .iter()
+            .find(|effect| effect.key == key)
+            .map(|effect| effect.state.clone())
+            .unwrap_or_else(|| panic!("{key} is looked up: {report:?}"))
+    };
+    assert_eq!(state(&done), "done", "{report:?}");
+    assert_eq!(state(&deleted), "absent", "{report:?}");
+    assert_eq!(state(&missing), "absent", "{report:?}");
+    assert!(
+        !report.unknown.iter().any(|why| why.contains("leader")),
+        "the leader was asked: {report:?}"
+    );
+    assert!(
+        !system.nats.log().contains(" Violation"),
+        "the operator needed a right it does not have: {}",
+        system.nats.log()
+    );
+}

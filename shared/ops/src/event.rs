@@ -118,7 +118,7 @@ pub struct Effect {
     pub effect: String,
     /// The KV key.
     pub key: String,
-    /// `done`, `pending`, or `absent`.
+    /// `done`, `pending`, `absent`, or `unknown` (a replica found nothing and the leader could not be asked).
     pub state: String,
     /// When the entry was written.
     #[serde(with = "time::serde::rfc3339::option")]
@@ -457,6 +457,34 @@ pub async fn lookup(js: &jetstream::Context, query: &Query) -> anyhow::Result<Re
     })
 }
 
+/// A ledger key's state and write time as the bucket stream's leader holds it (`STREAM.MSG.GET`); `None` when the
+/// key holds nothing or was deleted.
+async fn from_leader(
+    store: &kv::Store,
+    key: &str,
+) -> Result<Option<(String, OffsetDateTime)>, async_nats::jetstream::stream::LastRawMessageError> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let message = match store
+        .stream
+        .get_last_raw_message_by_subject(&format!("{}{key}", store.prefix))
+        .await
+    {
+        Ok(message) => message,
+        Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    let removed = message
+        .headers
+        .get("KV-Operation")
+        .is_some_and(|operation| matches!(operation.as_str(), "DEL" | "PURGE"));
+    if removed {
+        return Ok(None);
+    }
+    let value = String::from_utf8_lossy(&message.payload);
+    let state = value.split_whitespace().next().unwrap_or("").to_owned();
+    Ok(Some((state, message.time)))
+}
+
 async fn ledger_entries(
     js: &jetstream::Context,
     store: &kv::Store,
@@ -485,7 +513,20 @@ async fn ledger_entries(
                     let state = value.split_whitespace().next().unwrap_or("").to_owned();
                     (state, Some(entry.created))
                 }
-                Ok(_) => ("absent".to_owned(), None),
+                // A direct get may be answered by a follower that has not applied the write yet: its "none" for
+                // an effect that ran would read as "the email was never sent". Only the leader's "none" is absent.
+                Ok(_) => match from_leader(store, &key).await {
+                    Ok(Some((state, written))) => (state, Some(written)),
+                    Ok(None) => ("absent".to_owned(), None),
+                    Err(err) => {
+                        unknown.push(format!(
+                            "effects: a replica found no ledger entry for {} and the bucket's leader could not \
+                             be asked ({err})",
+                            mask_effect(&effect)
+                        ));
+                        ("unknown".to_owned(), None)
+                    }
+                },
                 Err(err) => {
                     unknown.push(format!("effects: the ledger could not be read ({err})"));
                     return entries;

@@ -349,13 +349,15 @@ pub fn users(
         // jetfn event and the oldest age in jetfn status: the event stream's messages by sequence (a direct get's
         // "none" confirmed by the leader, STREAM.MSG.GET: the same messages), an unnamed ephemeral consumer (the
         // named form would also let it change a function's durable), and the ledger's and failure journal's
-        // entries by key (hashes and reasons, no personal data).
+        // entries by key (hashes and reasons, no personal data; a ledger key's "none" confirmed by the leader:
+        // every key its direct gets already read).
         format!("$JS.API.DIRECT.GET.{EVENTS_STREAM}"),
         format!("$JS.API.DIRECT.GET.{EVENTS_STREAM}.>"),
         format!("$JS.API.STREAM.MSG.GET.{EVENTS_STREAM}"),
         format!("$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}"),
         format!("$JS.API.CONSUMER.MSG.NEXT.{EVENTS_STREAM}.*"),
         format!("$JS.API.DIRECT.GET.KV_{LEDGER_BUCKET}.>"),
+        format!("$JS.API.STREAM.MSG.GET.KV_{LEDGER_BUCKET}"),
         format!("$JS.API.DIRECT.GET.KV_{FAILURES_BUCKET}.>"),
         // jetfn batch cancel: a compare-and-set write of the batch's record.
         format!("$KV.{BATCH_BUCKET}.>"),
