@@ -284,14 +284,18 @@ async fn applied_definitions_plan_as_unchanged_through_the_library() {
     assert!(plan.is_unchanged(), "{plan}");
 }
 
-/// `jetfn schedule list` reads each schedule from the stream's leader as well: a replica's stale "none" left the
-/// schedule out of the list, where it reads as one that does not exist. The same stand-in as above.
-#[tokio::test]
-async fn a_replicas_stale_none_never_leaves_a_schedule_out_of_the_list() {
-    let nats = NatsServer::start();
-    let js = context(&nats).await;
+/// `infra/nats` applied, with every direct get of SCHEDULES answered "none" by a stand-in for a replica that has not
+/// applied the schedules' writes (the stream's own direct gets are off, so the stand-in always answers).
+async fn applied_behind_a_stale_replica(
+    nats: &NatsServer,
+) -> (jetstream::Context, ::provision::Definitions) {
+    let js = context(nats).await;
     let mut definitions =
         ::provision::Definitions::load(&workspace_root().join("infra/nats")).unwrap();
+    assert!(
+        !definitions.schedules.is_empty(),
+        "infra/nats defines schedules"
+    );
     definitions
         .streams
         .iter_mut()
@@ -300,6 +304,15 @@ async fn a_replicas_stale_none_never_leaves_a_schedule_out_of_the_list() {
         .allow_direct = false;
     definitions.apply(&js).await.unwrap();
     crate::support::stale_replica(&nats.url(), "SCHEDULES");
+    (js, definitions)
+}
+
+/// `jetfn schedule list` reads each schedule from the stream's leader as well: a replica's stale "none" left the
+/// schedule out of the list, where it reads as one that does not exist.
+#[tokio::test]
+async fn a_replicas_stale_none_never_leaves_a_schedule_out_of_the_list() {
+    let nats = NatsServer::start();
+    let (js, definitions) = applied_behind_a_stale_replica(&nats).await;
     let listed = ops::schedules::list(&js, 1).await.unwrap();
     let names: Vec<&str> = listed
         .iter()
@@ -315,27 +328,12 @@ async fn a_replicas_stale_none_never_leaves_a_schedule_out_of_the_list() {
 }
 
 /// Before: an applied schedule was looked up by a direct get, and a replica that had not applied it answered
-/// "none": the plan re-created it, and the apply's rewrite restarted an `@every` interval. Here every direct get
-/// of SCHEDULES is answered "none" by a stand-in for such a replica (the stream's own direct gets are off, so the
-/// stand-in always answers); the plan reads the leader and finds every schedule unchanged.
+/// "none": the plan re-created it, and the apply's rewrite restarted an `@every` interval. Behind the stand-in for
+/// such a replica, the plan reads the leader and finds every schedule unchanged.
 #[tokio::test]
 async fn a_replicas_stale_none_never_plans_an_applied_schedule_again() {
     let nats = NatsServer::start();
-    let js = context(&nats).await;
-    let mut definitions =
-        ::provision::Definitions::load(&workspace_root().join("infra/nats")).unwrap();
-    assert!(
-        !definitions.schedules.is_empty(),
-        "infra/nats defines schedules"
-    );
-    definitions
-        .streams
-        .iter_mut()
-        .find(|stream| stream.name == "SCHEDULES")
-        .expect("the SCHEDULES stream")
-        .allow_direct = false;
-    definitions.apply(&js).await.unwrap();
-    crate::support::stale_replica(&nats.url(), "SCHEDULES");
+    let (js, definitions) = applied_behind_a_stale_replica(&nats).await;
     let plan = definitions.plan(&js).await.unwrap();
     assert!(plan.is_unchanged(), "{plan}");
 }
