@@ -284,6 +284,47 @@ async fn applied_definitions_plan_as_unchanged_through_the_library() {
     assert!(plan.is_unchanged(), "{plan}");
 }
 
+/// A schedule the plan would create but that appeared before the apply (another apply, `jetfn schedule add`) is not
+/// rewritten: a rewrite restarts an `@every` interval in a change the plan did not show. The apply refuses, says
+/// to plan again, and the schedule is the one that appeared.
+#[tokio::test]
+async fn an_apply_never_rewrites_a_schedule_that_appeared_after_its_plan() {
+    let nats = NatsServer::start();
+    let js = context(&nats).await;
+    let definitions = ::provision::Definitions::load(&workspace_root().join("infra/nats")).unwrap();
+    definitions.apply(&js).await.unwrap();
+    let spec = definitions
+        .schedules
+        .first()
+        .expect("infra/nats defines schedules");
+    assert!(publish::schedule::cancel(&js, &spec.name).await.unwrap());
+    let plan = definitions.plan(&js).await.unwrap();
+    assert!(
+        !plan.is_unchanged(),
+        "the cancelled schedule is to be created: {plan}"
+    );
+    let appeared = ::provision::schedule::put(&js, spec, false).await.unwrap();
+    let err = definitions
+        .apply_plan(&js, &plan, |_| {})
+        .await
+        .expect_err("the apply refuses");
+    assert!(
+        format!("{err:#}").contains("appeared after the plan was made"),
+        "{err:#}"
+    );
+    let stored = js
+        .get_stream("SCHEDULES")
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject(&publish::schedule::subject(&spec.name))
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.sequence, appeared,
+        "the schedule that appeared stays as it was"
+    );
+}
+
 /// `infra/nats` applied, with every direct get of SCHEDULES answered "none" by a stand-in for a replica that has not
 /// applied the schedules' writes (the stream's own direct gets are off, so the stand-in always answers).
 async fn applied_behind_a_stale_replica(

@@ -335,9 +335,24 @@ impl Definitions {
                 }
                 Kind::Schedule => {
                     let spec = &self.schedules[change.index];
-                    schedule::put(js, spec, true)
-                        .await
-                        .with_context(|| format!("applying schedule {}", spec.name))?;
+                    // Only a planned update replaces. A create refuses a schedule that appeared after the plan was
+                    // made (another apply, `jetfn schedule add`): rewriting it would restart an `@every` interval
+                    // in a change the plan did not show.
+                    schedule::put(js, spec, update).await.map_err(|err| {
+                        let appeared = matches!(
+                            err.downcast_ref::<publish::schedule::ScheduleError>(),
+                            Some(publish::schedule::ScheduleError::Exists(_))
+                        );
+                        if appeared {
+                            anyhow::anyhow!(
+                                "applying schedule {}: one of that name appeared after the plan was made; \
+                                 run `jetfn infra plan` again",
+                                spec.name
+                            )
+                        } else {
+                            err.context(format!("applying schedule {}", spec.name))
+                        }
+                    })?;
                 }
             }
             applied(change);
