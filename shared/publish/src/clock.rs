@@ -90,4 +90,39 @@ mod tests {
             .expect_err("no such stream");
         assert!(err.to_string().contains("NO_SUCH_STREAM"), "{err}");
     }
+
+    /// The server behaviour this stands on, on a three-node cluster with an R3 bucket: its STREAM.INFO answer
+    /// carries `ts` whichever node the client is connected to (the stream's leader answers it), and `ts` is not
+    /// before the stamp of a write acknowledged earlier.
+    #[tokio::test]
+    async fn on_a_three_node_cluster_every_node_reads_the_time() {
+        let cluster = testkit::NatsCluster::start();
+        let admin = jetstream::new(async_nats::connect(cluster.urls()).await.expect("connect"));
+        let store = admin
+            .create_key_value(kv::Config {
+                bucket: "clock-r3".to_owned(),
+                num_replicas: 3,
+                ..Default::default()
+            })
+            .await
+            .expect("an R3 bucket");
+        let revision = store.put("k", "v".into()).await.expect("a write");
+        let stamped = store
+            .stream
+            .get_raw_message(revision)
+            .await
+            .expect("the write, from the leader")
+            .time;
+        for node in cluster.nodes() {
+            let js = jetstream::new(async_nats::connect(node.url()).await.expect("connect"));
+            let now = server_now(&js, &store.stream_name)
+                .await
+                .unwrap_or_else(|err| panic!("through {}: {err}", node.url()));
+            assert!(
+                now >= stamped,
+                "through {}: {now} is before the stamp {stamped} of an earlier write",
+                node.url()
+            );
+        }
+    }
 }
