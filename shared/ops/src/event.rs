@@ -457,32 +457,22 @@ pub async fn lookup(js: &jetstream::Context, query: &Query) -> anyhow::Result<Re
     })
 }
 
-/// A ledger key's state and write time as the bucket stream's leader holds it (`STREAM.MSG.GET`); `None` when the
-/// key holds nothing or was deleted.
+/// A ledger key's state and write time as the bucket stream's leader holds it; `None` when the key holds nothing
+/// or was removed.
 async fn from_leader(
     store: &kv::Store,
     key: &str,
 ) -> Result<Option<(String, OffsetDateTime)>, async_nats::jetstream::stream::LastRawMessageError> {
-    use async_nats::jetstream::stream::LastRawMessageErrorKind;
-    let message = match store
-        .stream
-        .get_last_raw_message_by_subject(&format!("{}{key}", store.prefix))
-        .await
-    {
-        Ok(message) => message,
-        Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
-        Err(err) => return Err(err),
-    };
-    let removed = message
-        .headers
-        .get("KV-Operation")
-        .is_some_and(|operation| matches!(operation.as_str(), "DEL" | "PURGE"));
-    if removed {
-        return Ok(None);
-    }
-    let value = String::from_utf8_lossy(&message.payload);
-    let state = value.split_whitespace().next().unwrap_or("").to_owned();
-    Ok(Some((state, message.time)))
+    Ok(publish::leader::kv_entry(store, key)
+        .await?
+        .filter(|entry| entry.operation == kv::Operation::Put)
+        .map(|entry| (state_of(&entry.value), entry.created)))
+}
+
+/// A ledger value's state: its first word (`done <ms> [<decision>]`, `pending <token> ...`).
+fn state_of(value: &[u8]) -> String {
+    let value = String::from_utf8_lossy(value);
+    value.split_whitespace().next().unwrap_or("").to_owned()
 }
 
 async fn ledger_entries(
@@ -509,9 +499,7 @@ async fn ledger_entries(
             let key = ledger.key(id, &effect);
             let (state, written) = match store.entry(&key).await {
                 Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
-                    let value = String::from_utf8_lossy(&entry.value).into_owned();
-                    let state = value.split_whitespace().next().unwrap_or("").to_owned();
-                    (state, Some(entry.created))
+                    (state_of(&entry.value), Some(entry.created))
                 }
                 // A direct get may be answered by a follower that has not applied the write yet: its "none" for
                 // an effect that ran would read as "the email was never sent". Only the leader's "none" is absent.

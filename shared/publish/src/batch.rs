@@ -162,36 +162,9 @@ fn record_of(entry: Option<kv::Entry>) -> Result<Option<(BatchRecord, kv::Entry)
 
 /// The key's last entry as the bucket stream's leader holds it (`STREAM.MSG.GET`, never a direct get).
 async fn read_from_leader(store: &kv::Store, id: &str) -> Result<Option<kv::Entry>, BatchError> {
-    const OPERATION: &str = "KV-Operation";
-    const MARKER: &str = "Nats-Marker-Reason";
-    let message = match store
-        .stream
-        .get_last_raw_message_by_subject(&format!("{}{id}", store.prefix))
+    crate::leader::kv_entry(store, id)
         .await
-    {
-        Ok(message) => message,
-        Err(err) if err.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
-            return Ok(None);
-        }
-        Err(err) => return Err(nats("reading the batch record from the leader", err)),
-    };
-    // As async-nats reads an entry: a server's marker (a TTL's removal) is a purge.
-    let operation = match message.headers.get(OPERATION).map(|value| value.as_str()) {
-        Some("DEL") => kv::Operation::Delete,
-        Some("PURGE") => kv::Operation::Purge,
-        _ if message.headers.get(MARKER).is_some() => kv::Operation::Purge,
-        _ => kv::Operation::Put,
-    };
-    Ok(Some(kv::Entry {
-        bucket: store.name.clone(),
-        key: id.to_owned(),
-        value: message.payload,
-        revision: message.sequence,
-        delta: 0,
-        created: message.time,
-        operation,
-        seen_current: false,
-    }))
+        .map_err(|err| nats("reading the batch record from the leader", err))
 }
 
 /// Writes `record` over `revision`; `Ok(false)` when another write came first (read again and retry).

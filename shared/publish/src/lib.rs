@@ -10,6 +10,7 @@
 
 pub mod batch;
 pub mod clock;
+pub mod leader;
 pub mod progress;
 pub mod schedule;
 pub mod sealed;
