@@ -261,19 +261,22 @@ pub async fn gate(
         id,
         index,
         OffsetDateTime::now_utc(),
+        &crate::clock::OFFSET,
         time::Duration::seconds(OPEN_DEADLINE_SECS.cast_signed()),
     )
     .await
 }
 
-/// [`gate`] with this host's clock read as `local_now` and the deadline as `deadline`, so a test can set a host's
-/// clock off and wait out a short deadline on the real server's clock.
+/// [`gate`] with this host's clock read as `local_now`, the server's clock estimated from it by `offset`, and the
+/// deadline as `deadline`, so a test can set a host's clock off (with an offset of its own: the process's is shared
+/// by tests with other clocks) and wait out a short deadline on the real server's clock.
 async fn gate_at(
     js: &jetstream::Context,
     store: &kv::Store,
     id: &str,
     index: u64,
     local_now: OffsetDateTime,
+    offset: &crate::clock::Offset,
     deadline: time::Duration,
 ) -> Result<Gate, BatchError> {
     loop {
@@ -296,15 +299,20 @@ async fn gate_at(
                 ));
             }
             BatchState::Pending => {
-                // This host's clock only spares the server a request while the record is young by it too: a
-                // host minutes ahead of the server would abandon a batch still being submitted (its submitter
-                // then reports it could not be opened).
-                if local_now - entry.created < deadline {
+                // Only the server's clock may abandon: a host minutes ahead of it would abandon a batch still
+                // being submitted (its submitter then reports it could not be opened). This host's clock, set to
+                // the server's by the last reading's offset, only spares the request while the record is young
+                // by it too; uncorrected, a host minutes behind would abandon that many minutes late.
+                if offset
+                    .server_time_at(local_now)
+                    .is_some_and(|estimate| estimate - entry.created < deadline)
+                {
                     return Ok(Gate::Wait);
                 }
                 let server_now = crate::clock::server_now(js, &store.stream_name)
                     .await
                     .map_err(|err| nats("judging the batch record's age", err))?;
+                offset.learn(local_now, server_now);
                 if server_now - entry.created < deadline {
                     return Ok(Gate::Wait);
                 }
@@ -635,6 +643,7 @@ fn uuid_like() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Offset;
 
     const DEADLINE: time::Duration = time::Duration::seconds(OPEN_DEADLINE_SECS.cast_signed());
 
@@ -676,8 +685,9 @@ mod tests {
         let (js, store) = bucket_on(&nats).await;
         let (record, revision) = pending(&store, "ahead").await;
         let ahead = OffsetDateTime::now_utc() + time::Duration::minutes(10);
+        let offset = Offset::new();
         assert_eq!(
-            gate_at(&js, &store, "ahead", 0, ahead, DEADLINE)
+            gate_at(&js, &store, "ahead", 0, ahead, &offset, DEADLINE)
                 .await
                 .unwrap(),
             Gate::Wait
@@ -690,7 +700,7 @@ mod tests {
             "the submitter's open lands on the revision it created"
         );
         assert_eq!(
-            gate_at(&js, &store, "ahead", 0, ahead, DEADLINE)
+            gate_at(&js, &store, "ahead", 0, ahead, &offset, DEADLINE)
                 .await
                 .unwrap(),
             Gate::Run
@@ -707,7 +717,7 @@ mod tests {
         pending(&store, "stalled").await;
         let ahead = OffsetDateTime::now_utc() + time::Duration::minutes(10);
         assert_eq!(
-            gate_at(&js, &store, "stalled", 0, ahead, deadline)
+            gate_at(&js, &store, "stalled", 0, ahead, &Offset::new(), deadline)
                 .await
                 .unwrap(),
             Gate::Wait
@@ -719,6 +729,7 @@ mod tests {
             "stalled",
             1,
             OffsetDateTime::now_utc(),
+            &Offset::new(),
             deadline,
         )
         .await
@@ -728,6 +739,35 @@ mod tests {
             Gate::Skip("the batch was abandoned before all its items landed")
         );
         assert_eq!(state(&store, "stalled").await, BatchState::Abandoned);
+    }
+
+    /// Before: this host's clock filtered first, so a host ten minutes behind the server kept a stalled batch
+    /// waiting ten minutes past its deadline, never asking the server. The offset its first reading of the server's
+    /// clock taught it moves its clock to the server's, and the batch is abandoned as soon as it is due.
+    #[tokio::test]
+    async fn a_host_whose_clock_runs_behind_abandons_a_stalled_batch_promptly() {
+        let nats = testkit::NatsServer::start();
+        let (js, store) = bucket_on(&nats).await;
+        let deadline = time::Duration::seconds(2);
+        pending(&store, "behind").await;
+        let behind = || OffsetDateTime::now_utc() - time::Duration::minutes(10);
+        let offset = Offset::new();
+        // Young by the server's clock: it waits, and the reading teaches the offset.
+        assert_eq!(
+            gate_at(&js, &store, "behind", 0, behind(), &offset, deadline)
+                .await
+                .unwrap(),
+            Gate::Wait
+        );
+        tokio::time::sleep(Duration::from_millis(2_300)).await;
+        let gate = gate_at(&js, &store, "behind", 1, behind(), &offset, deadline)
+            .await
+            .unwrap();
+        assert_eq!(
+            gate,
+            Gate::Skip("the batch was abandoned before all its items landed")
+        );
+        assert_eq!(state(&store, "behind").await, BatchState::Abandoned);
     }
 
     /// A record past the deadline by this host's clock, whose server cannot be asked: an error (the item is
@@ -740,7 +780,16 @@ mod tests {
         // The bucket's server under a JetStream domain no server serves: the clock's request finds no one.
         let elsewhere = jetstream::with_domain(js.client(), "nowhere");
         let ahead = OffsetDateTime::now_utc() + time::Duration::minutes(10);
-        let gate = gate_at(&elsewhere, &store, "unasked", 0, ahead, DEADLINE).await;
+        let gate = gate_at(
+            &elsewhere,
+            &store,
+            "unasked",
+            0,
+            ahead,
+            &Offset::new(),
+            DEADLINE,
+        )
+        .await;
         assert!(matches!(gate, Err(BatchError::Nats(_))), "{gate:?}");
         assert_eq!(state(&store, "unasked").await, BatchState::Pending);
     }

@@ -7,6 +7,9 @@
 //! times come from one clock. Nothing is written, so reading it needs no key of the caller's own, and no
 //! follower's older copy of anything is involved.
 
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
 use async_nats::jetstream;
 use async_nats::jetstream::response::Response;
 use serde::Deserialize;
@@ -47,6 +50,50 @@ pub async fn server_now(
     match answer {
         Response::Ok(stamp) => Ok(stamp.ts),
         Response::Err { error: err } => Err(error(err.to_string())),
+    }
+}
+
+/// How long a learned offset is used before the server is asked again. A reading goes stale when the stream's
+/// leader moves to a node with another clock or this host's clock is stepped; a stale offset can make its user
+/// late, and this bounds by how much (the server is asked, and the offset learned again, once it runs out).
+const OFFSET_TRUSTED_FOR: Duration = Duration::from_secs(120);
+
+/// How far the server's clock runs ahead of this host's (negative when behind), from the last reading of it.
+///
+/// For a rule that the server's clock decides, but that would rather not ask the server while the answer is plainly
+/// "not yet": judged by this host's own clock instead, a host X behind the server would answer "not yet" X too
+/// long, and never ask. Corrected by the offset, the host's clock only spares requests; the server still decides.
+pub(crate) struct Offset {
+    /// When the offset was learned (monotonic: a stepped host clock cannot make it look fresh), and the offset.
+    learned: Mutex<Option<(Instant, time::Duration)>>,
+}
+
+/// The process's offset: every gate of this process reads the same servers, and each reading corrects it for all.
+pub(crate) static OFFSET: Offset = Offset::new();
+
+impl Offset {
+    /// None learned yet: the first user asks the server.
+    pub(crate) const fn new() -> Self {
+        Self {
+            learned: Mutex::new(None),
+        }
+    }
+
+    /// The server's time when this host's clock reads `local_now`, by the offset learned less than
+    /// [`OFFSET_TRUSTED_FOR`] ago; `None` without one (ask the server, then [`Offset::learn`]).
+    pub(crate) fn server_time_at(&self, local_now: OffsetDateTime) -> Option<OffsetDateTime> {
+        let learned = *self.learned.lock().unwrap_or_else(PoisonError::into_inner);
+        learned
+            .filter(|(at, _)| at.elapsed() < OFFSET_TRUSTED_FOR)
+            .map(|(_, offset)| local_now + offset)
+    }
+
+    /// Learns the offset from `server_now`, a reading requested after this host's clock read `local_now`. The
+    /// time the request took counts as offset, so the estimate runs ahead of the server's clock, never behind:
+    /// it makes its user ask the server early (a request more), not late.
+    pub(crate) fn learn(&self, local_now: OffsetDateTime, server_now: OffsetDateTime) {
+        *self.learned.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((Instant::now(), server_now - local_now));
     }
 }
 
