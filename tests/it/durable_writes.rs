@@ -470,9 +470,10 @@ async fn two_writes_sent_together_are_stamped_an_fsync_apart_only_where_every_wr
 }
 
 /// A start whose disk probe decided wrongly (forced here by `JOB_TEST_DISK_VERDICT`, as a start that fell in a slow
-/// moment of the server did about once in seven at `1s`) is put right by the checks while the function runs, within
-/// a few seconds of the start: at `1s` by the first check (two writes closer than an fsync), at `always` by the
-/// second in a row that finds them an fsync apart.
+/// moment of the server did about once in seven at `1s`) is put right by the checks once the function has work,
+/// within a few seconds of its first event: at `1s` by the first check (two writes closer than an fsync), at
+/// `always` by the second in a row that finds them an fsync apart. One event is enough: the checks go on for two
+/// minutes after a claim.
 #[tokio::test]
 async fn a_wrong_start_up_verdict_on_the_disk_is_put_right_while_the_function_runs() {
     for (sync, forced, corrected) in WRONG_VERDICTS {
@@ -483,11 +484,52 @@ async fn a_wrong_start_up_verdict_on_the_disk_is_put_right_while_the_function_ru
         welcome
             .wait_for_output("the disk probe's verdict is forced", crate::support::WAIT)
             .await;
+        still_sends(&system, "first", 1).await;
         welcome
             .wait_for_output(&now_going(corrected), crate::support::WAIT)
             .await;
         // And the function still does its work.
-        still_sends(&system, 1).await;
+        still_sends(&system, "after-check", 1).await;
+    }
+}
+
+/// An idle function does not time its disk: the checks are two dozen writes of the clock keys each, which 100 idle
+/// functions made once a minute each for as long as they ran (more ledger writes than their heartbeats). Nothing
+/// writes to the ledger between the start-up probe and the first event, and the checks start with that event.
+#[tokio::test]
+async fn an_idle_function_makes_no_ledger_writes_after_its_start_up_probe() {
+    for (sync, _, _) in WRONG_VERDICTS {
+        let system = system_syncing(sync).await;
+        let welcome = system.spawn("welcome", &[]).await;
+        welcome
+            .wait_for_output(
+                "ledger writes timed against refused writes",
+                crate::support::WAIT,
+            )
+            .await;
+        let ledger = || async {
+            let mut stream = system.js.get_stream(format!("KV_{LEDGER}")).await.unwrap();
+            stream.info().await.unwrap().state.last_sequence
+        };
+        let after_probe = ledger().await;
+        // The checks used to start 0.5 s after the probe and come again at 1.5, 3.5 and 7.5 s.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(
+            ledger().await,
+            after_probe,
+            "{sync:?}: an idle function wrote to the ledger after its start-up probe"
+        );
+        // "timed again gap_us": the check's own line ("timed again" alone also matches the probe's "timed against").
+        assert!(
+            !welcome
+                .output()
+                .contains("ledger writes timed again gap_us"),
+            "{sync:?}: an idle function timed its disk again"
+        );
+        still_sends(&system, "wakes", 1).await;
+        welcome
+            .wait_for_output("ledger writes timed again gap_us", crate::support::WAIT)
+            .await;
     }
 }
 
@@ -513,22 +555,44 @@ fn now_going(corrected: &str) -> String {
     format!("concurrent claims and dones now {corrected}")
 }
 
-/// Publishes `count` sign-ups and waits for their emails.
-async fn still_sends(system: &crate::support::System, count: usize) {
-    for n in 0..count {
-        system
-            .publisher
-            .publish_event(&events::CloudEvent::new(
-                "/signup",
-                crate::support::user(&format!("after-check-{n}@example.com"), "Checked"),
-            ))
-            .await
-            .unwrap();
+/// Publishes `count` sign-ups, to addresses `<tag>-<n>@example.com`, and waits for their emails.
+async fn still_sends(system: &crate::support::System, tag: &str, count: usize) {
+    let addresses: Vec<String> = (0..count)
+        .map(|n| format!("{tag}-{n}@example.com"))
+        .collect();
+    for address in &addresses {
+        sign_up(system, address).await;
     }
+    let deadline = std::time::Instant::now() + crate::support::WAIT;
+    loop {
+        let received = system.smtp.messages();
+        let arrived = |address: &String| {
+            received
+                .iter()
+                .any(|mail| mail.rcpt_to.iter().any(|to| to == address))
+        };
+        if addresses.iter().all(arrived) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no email to every one of {addresses:?} within {:?}",
+            crate::support::WAIT
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Publishes one sign-up for `address`.
+async fn sign_up(system: &crate::support::System, address: &str) {
     system
-        .smtp
-        .wait_for_messages(count, crate::support::WAIT)
-        .await;
+        .publisher
+        .publish_event(&events::CloudEvent::new(
+            "/signup",
+            crate::support::user(address, "Checked"),
+        ))
+        .await
+        .unwrap();
 }
 
 /// Every replica of a function checks the disk on the same two keys (`<function>.clock.a` and `.b` in the ledger's
@@ -565,12 +629,24 @@ async fn two_replicas_checking_the_disk_at_once_are_both_put_right() {
         let env = [("JOB_TEST_DISK_VERDICT", forced.to_owned())];
         let (first, second) =
             tokio::join!(system.spawn("welcome", &env), system.spawn("welcome", &env));
-        for replica in [&first, &second] {
-            replica
-                .wait_for_output(&now_going(corrected), crate::support::WAIT)
-                .await;
-        }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // The checks run only while a replica has work: a sign-up every 50 ms, which both replicas share.
+        let corrected_both = async {
+            for replica in [&first, &second] {
+                replica
+                    .wait_for_output(&now_going(corrected), crate::support::WAIT)
+                    .await;
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        };
+        let trickle = async {
+            let mut n = 0_u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                sign_up(&system, &format!("trickle-{n}@example.com")).await;
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::join!(corrected_both, trickle);
         let rounds = intruder.await.unwrap();
         assert!(
             rounds > 10,
@@ -590,6 +666,6 @@ async fn two_replicas_checking_the_disk_at_once_are_both_put_right() {
             "{sync:?}: no check met another writer, so this test did not test a meeting"
         );
         // Both still do their work.
-        still_sends(&system, 4).await;
+        still_sends(&system, "after-check", 4).await;
     }
 }

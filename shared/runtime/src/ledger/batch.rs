@@ -20,7 +20,8 @@
 //! waits for the disk. That first verdict can be wrong: about one start in seven at `sync_interval: 1s` fell in a
 //! moment when the server's writes were slow (ANALYSIS 21), and ran its whole life in batches at half the rate. So
 //! the verdict is timed again while the function runs ([`Disk::keep_checking`]), by a measure the server takes
-//! itself and its own traffic does not blur, and put right.
+//! itself and its own traffic does not blur, and put right. Only while the function writes: an idle function's
+//! verdict decides nothing, and its checks would be the only writes it makes (ANALYSIS 29).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -63,6 +64,8 @@ pub(crate) struct Batcher {
 pub(crate) struct Disk {
     state: AtomicU8,
     probing: AtomicBool,
+    /// A claim was made since the running checks last looked: they time the disk only while the ledger is used.
+    claimed: AtomicBool,
 }
 
 const UNKNOWN: u8 = 0;
@@ -83,6 +86,10 @@ const PROBE_ROUNDS: usize = 6;
 /// The first re-check after the start-up probe; each later one waits twice as long, up to [`RECHECK_MAX`].
 const RECHECK_FIRST: Duration = Duration::from_millis(500);
 const RECHECK_MAX: Duration = Duration::from_secs(60);
+/// The running checks pause this long after the last claim, and go on with the next.
+/// Every check is 24 writes of the clock keys: a function that had no event for hours would otherwise keep
+/// writing them once a minute, and 100 idle functions made more ledger writes than heartbeats (ANALYSIS 29).
+const IDLE_AFTER: Duration = Duration::from_secs(120);
 /// Rounds of one re-check (two writes and two reads each).
 const RECHECK_ROUNDS: usize = 12;
 /// From this round on, a gap of three margins ends the probe: a disk that syncs shows it in every round, and each
@@ -94,6 +101,7 @@ impl Disk {
         std::sync::Arc::new(Self {
             state: AtomicU8::new(UNKNOWN),
             probing: AtomicBool::new(false),
+            claimed: AtomicBool::new(false),
         })
     }
 
@@ -112,7 +120,10 @@ impl Disk {
 
     /// Starts the probe in the background unless it ran or is running: until it ends, writes go one by one.
     pub(crate) fn start_probe(self: &std::sync::Arc<Self>, store: &kv::Store, clock: &str) {
-        // Called at every claim: a load first, so the common case writes no shared cache line.
+        // Called at every claim: loads first, so the common case writes no shared cache line.
+        if !self.claimed.load(Ordering::Relaxed) {
+            self.claimed.store(true, Ordering::Relaxed);
+        }
         if self.probing.load(Ordering::Relaxed) || self.probing.swap(true, Ordering::Relaxed) {
             return;
         }
@@ -141,21 +152,34 @@ impl Disk {
         }
     }
 
-    /// Times the verdict again after [`RECHECK_FIRST`], then at doubling intervals up to [`RECHECK_MAX`], for as
-    /// long as the consumer's ledgers hold the `Disk`. A check runs beside the consumer's own writes, so it does
-    /// not time replies (their floors carry the queue of the process's own flood: 0.3 to 5 ms, ANALYSIS 12) but
-    /// reads the server's own stamps ([`stamp_gap`]). One check that finds two writes closer than an fsync proves
-    /// the disk did not sync between them, and makes the writes go one by one at once; a slow moment of the
-    /// server only widens gaps, so it takes two checks in a row to turn batches on.
+    /// Times the verdict again about [`RECHECK_FIRST`] after the first claim, then at doubling intervals up to
+    /// [`RECHECK_MAX`], for as long as the consumer's ledgers hold the `Disk`; from [`IDLE_AFTER`] after the last
+    /// claim to the next there is no check: the verdict only shapes claims and dones, and a check is itself two
+    /// dozen writes. A check runs beside the consumer's own writes, so it does not time replies (their floors
+    /// carry the queue of the process's own flood: 0.3 to 5 ms, ANALYSIS 12) but reads the server's own stamps
+    /// ([`stamp_gap`]). One check that finds two writes closer than an fsync proves the disk did not sync between
+    /// them, and makes the writes go one by one at once; a slow moment of the server only widens gaps, so it takes
+    /// two checks in a row to turn batches on.
     async fn keep_checking(disk: std::sync::Weak<Self>, store: kv::Store, keys: (String, String)) {
         let mut wait = RECHECK_FIRST;
         let mut disagreed = false;
+        let mut last_claim: Option<Instant> = None;
         loop {
             tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(RECHECK_MAX);
-            if disk.strong_count() == 0 {
+            let Some(strong) = disk.upgrade() else {
                 return;
+            };
+            if strong.claimed.swap(false, Ordering::Relaxed) {
+                last_claim = Some(Instant::now());
             }
+            drop(strong);
+            if last_claim.is_none_or(|at| at.elapsed() >= IDLE_AFTER) {
+                // Idle: no check, and the schedule stays where it was, so the first claims of a function that never
+                // had work get the quick checks a wrong start-up verdict needs, and a function waking from a quiet
+                // night does not repeat them. Looking is a load, not a write.
+                continue;
+            }
+            wait = (wait * 2).min(RECHECK_MAX);
             let Some(gap) = stamp_gap(&store, &keys).await else {
                 continue;
             };

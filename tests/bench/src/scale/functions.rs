@@ -29,6 +29,8 @@ struct Counters {
     pulls: AtomicU64,
     heartbeats: AtomicU64,
     ledger: AtomicU64,
+    /// The ledger writes of the functions' disk checks (`<function>.clock.a` and `.b`), among `ledger`.
+    disk_checks: AtomicU64,
     api_advisories: AtomicU64,
     advisories: AtomicU64,
 }
@@ -38,6 +40,7 @@ struct Counts {
     pulls: u64,
     heartbeats: u64,
     ledger: u64,
+    disk_checks: u64,
     api_advisories: u64,
     advisories: u64,
     api: u64,
@@ -51,6 +54,7 @@ impl Counters {
             pulls: self.pulls.load(Ordering::Relaxed),
             heartbeats: self.heartbeats.load(Ordering::Relaxed),
             ledger: self.ledger.load(Ordering::Relaxed),
+            disk_checks: self.disk_checks.load(Ordering::Relaxed),
             api_advisories: self.api_advisories.load(Ordering::Relaxed),
             advisories: self.advisories.load(Ordering::Relaxed),
             api,
@@ -65,6 +69,7 @@ impl Counts {
             pulls: self.pulls - before.pulls,
             heartbeats: self.heartbeats - before.heartbeats,
             ledger: self.ledger - before.ledger,
+            disk_checks: self.disk_checks - before.disk_checks,
             api_advisories: self.api_advisories - before.api_advisories,
             advisories: self.advisories - before.advisories,
             api: self.api.saturating_sub(before.api),
@@ -135,7 +140,12 @@ pub async fn run(root: &Path, server: &Server, plan: &Plan) -> anyhow::Result<Ve
                     let counter = match counter {
                         0 => &counters.pulls,
                         1 => &counters.heartbeats,
-                        2 => &counters.ledger,
+                        2 => {
+                            if message.subject.contains(".clock.") {
+                                counters.disk_checks.fetch_add(1, Ordering::Relaxed);
+                            }
+                            &counters.ledger
+                        }
                         _ if message.subject.starts_with("$JS.EVENT.ADVISORY.API") => {
                             &counters.api_advisories
                         }
@@ -380,14 +390,16 @@ fn rows(
             per_sec(c.pulls, window),
             format!(
                 "pull requests {:.1}/s; JetStream API requests {:.1}/s ({} errors); heartbeats written to \
-                 jetfn-replicas {:.1}/s (one per function per 5 s is {:.1}/s); ledger writes {:.1}/s; API audit \
-                 advisories {:.1}/s; other advisories {}",
+                 jetfn-replicas {:.1}/s (one per function per 5 s is {:.1}/s); ledger writes {:.1}/s (of them the disk \
+                 checks' {:.1}/s, which run while a function has claims); API audit advisories {:.1}/s; other \
+                 advisories {}",
                 per_sec(c.pulls, window),
                 per_sec(c.api, window),
                 c.api_errors,
                 per_sec(c.heartbeats, window),
                 n as f64 / 5.0,
                 per_sec(c.ledger, window),
+                per_sec(c.disk_checks, window),
                 per_sec(c.api_advisories, window),
                 c.advisories
             ),
