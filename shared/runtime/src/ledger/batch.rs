@@ -291,8 +291,9 @@ async fn disk_floors(store: &kv::Store, clock: &str) -> Option<(Duration, Durati
 /// at `1s`, measured under the ledger row's flood: ANALYSIS 23). A queue in front of the pair delays both alike
 /// and this process's pace does not enter, which is why the check may run beside the consumer's own writes; a
 /// write that lands between the two only widens that round's gap, which the minimum leaves out. A round whose
-/// entries are not its own writes (another replica's check on the same keys) is left out. `None`: no round
-/// counted, or a write or read failed.
+/// entries are not its own writes (another replica's check on the same keys) is left out. The first round closer
+/// than [`SYNCED_WRITE_EXTRA`] ends the check: the minimum could only fall further. `None`: no round counted, or a
+/// write or read failed.
 async fn stamp_gap(store: &kv::Store, (a, b): &(String, String)) -> Option<Duration> {
     let mut gap: Option<Duration> = None;
     for _ in 0..RECHECK_ROUNDS {
@@ -307,6 +308,11 @@ async fn stamp_gap(store: &kv::Store, (a, b): &(String, String)) -> Option<Durat
             continue;
         }
         let apart = (y.created - x.created).abs().unsigned_abs();
+        if apart < SYNCED_WRITE_EXTRA {
+            // Proof enough that the disk did not sync between the two, and no later round can undo it: the rest
+            // would only be writes (twelve times the check's cost at `1s`, ANALYSIS 29).
+            return Some(apart);
+        }
         gap = Some(gap.map_or(apart, |gap| gap.min(apart)));
     }
     gap
