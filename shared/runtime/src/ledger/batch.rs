@@ -87,8 +87,9 @@ const PROBE_ROUNDS: usize = 6;
 const RECHECK_FIRST: Duration = Duration::from_millis(500);
 const RECHECK_MAX: Duration = Duration::from_secs(60);
 /// The running checks pause this long after the last claim, and go on with the next.
-/// Every check is 24 writes of the clock keys: a function that had no event for hours would otherwise keep
-/// writing them once a minute, and 100 idle functions made more ledger writes than heartbeats (ANALYSIS 29).
+/// A check is up to 24 writes of the clock keys (all of them where every write syncs): a function that had no
+/// event for hours would otherwise keep writing them once a minute, and 100 idle functions made more ledger writes
+/// than heartbeats (ANALYSIS 29).
 const IDLE_AFTER: Duration = Duration::from_secs(120);
 /// Rounds of one re-check (two writes and two reads each).
 const RECHECK_ROUNDS: usize = 12;
@@ -154,8 +155,8 @@ impl Disk {
 
     /// Times the verdict again about [`RECHECK_FIRST`] after the first claim, then at doubling intervals up to
     /// [`RECHECK_MAX`], for as long as the consumer's ledgers hold the `Disk`; from [`IDLE_AFTER`] after the last
-    /// claim to the next there is no check: the verdict only shapes claims and dones, and a check is itself two
-    /// dozen writes. A check runs beside the consumer's own writes, so it does not time replies (their floors
+    /// claim to the next there is no check: the verdict only shapes claims and dones, and a check is itself up to
+    /// two dozen writes. A check runs beside the consumer's own writes, so it does not time replies (their floors
     /// carry the queue of the process's own flood: 0.3 to 5 ms, ANALYSIS 12) but reads the server's own stamps
     /// ([`stamp_gap`]). One check that finds two writes closer than an fsync proves the disk did not sync between
     /// them, and makes the writes go one by one at once; a slow moment of the server only widens gaps, so it takes
