@@ -583,8 +583,8 @@ async fn an_edited_dead_letter_is_checked_against_its_schema_then_replayed() {
 /// Before: the oldest unfinished event was read by a direct get alone, which any replica may answer, and one that
 /// had not applied the latest writes found nothing past the ack floor: `status` showed "-" for a backlog. Here a
 /// stand-in for such a replica answers every direct get of the event stream "404 Message Not Found", and often
-/// first (without the leader's confirmation, 4 runs in 5 showed "-" within 20 reads); each "none" is asked again
-/// of the stream's leader, which the operator's user may read (STREAM.MSG.GET on the event stream).
+/// first (without the leader's confirmation, 4 runs in 5 showed "-" within 20 reads); the oldest age is now read
+/// from the stream's leader alone, which the operator's user may read (STREAM.MSG.GET on the event stream).
 #[tokio::test]
 async fn status_confirms_a_direct_gets_none_with_the_leader() {
     let system = crate::permissions::secured_system().await;
@@ -614,6 +614,48 @@ async fn status_confirms_a_direct_gets_none_with_the_leader() {
         "the operator needed a right it does not have: {}",
         system.nats.log()
     );
+}
+
+/// Before: a direct get's answer was taken when it found a message, and any replica may answer one. A replica that
+/// has not applied a deletion (interest retention removes a message once every function acknowledged it) still
+/// returns the message the leader no longer holds, and `status` showed its age: older than the truth. Here a
+/// stand-in answers every direct get of the event stream with a message stamped an hour ago (without the leader's
+/// read, 3,600 s by the second read); the oldest age must be the waiting event's, seconds old.
+#[tokio::test]
+async fn status_takes_the_oldest_age_from_the_leader_not_from_a_replica_behind_a_deletion() {
+    let system = crate::permissions::secured_system().await;
+    let hour_ago = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    crate::support::stale_replica_holding(
+        &system.nats.url(),
+        "EVENTS",
+        "events.users.registered",
+        1,
+        hour_ago,
+        "{}",
+    );
+    system
+        .publisher
+        .publish(user("backlog@example.com", "Backlog"))
+        .await
+        .unwrap();
+    let operator =
+        async_nats::jetstream::new(crate::permissions::connect_as(&system, "operator").await);
+    for read in 0..20 {
+        let status = ops::status::read(&operator, false).await.unwrap();
+        let welcome = status
+            .consumers
+            .iter()
+            .find(|c| c.stream == "EVENTS" && c.consumer == "welcome")
+            .expect("the welcome consumer");
+        assert_eq!(welcome.waiting, 1, "read {read}: {welcome:?}");
+        let age = welcome
+            .oldest_age_secs
+            .unwrap_or_else(|| panic!("read {read}: no oldest age: {welcome:?}"));
+        assert!(
+            age < 600,
+            "read {read}: the oldest age came from a replica's deleted message: {welcome:?}"
+        );
+    }
 }
 
 /// `jetfn event` takes a ledger key's "none" only from the bucket's leader (a replica that has not applied the

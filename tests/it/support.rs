@@ -437,6 +437,33 @@ pub async fn stored_message(
 /// too, the first answer wins (the stand-in has a thread of its own, so the test's runtime does not slow it). Connects as the admin of a secured server (a server without users ignores the credentials). Raw
 /// protocol: a client library publishes no status line. It ends with the server's connection.
 pub fn stale_replica(url: &str, stream: &str) {
+    stale_replica_answering(url, stream, "NATS/1.0 404 Message Not Found\r\n\r\n", "");
+}
+
+/// As [`stale_replica`], but the stand-in answers every direct get with one stored message, `subject` at
+/// `sequence` stamped `time`: what a replica that has not applied a deletion still returns (a message the leader
+/// no longer holds, interest retention having removed it once acknowledged).
+pub fn stale_replica_holding(
+    url: &str,
+    stream: &str,
+    subject: &str,
+    sequence: u64,
+    time: time::OffsetDateTime,
+    payload: &str,
+) {
+    let stamp = time
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let headers = format!(
+        "NATS/1.0\r\nNats-Stream: {stream}\r\nNats-Subject: {subject}\r\nNats-Sequence: {sequence}\r\n\
+         Nats-Time-Stamp: {stamp}\r\nNats-Num-Pending: 0\r\nNats-Last-Sequence: 0\r\n\r\n"
+    );
+    stale_replica_answering(url, stream, &headers, payload);
+}
+
+/// The stand-in of [`stale_replica`] and [`stale_replica_holding`]: every direct get of `stream` is answered with
+/// `headers` (a `NATS/1.0` block) and `payload`.
+fn stale_replica_answering(url: &str, stream: &str, headers: &str, payload: &str) {
     use std::io::{BufRead as _, Read as _, Write as _};
 
     let address = url.trim_start_matches("nats://");
@@ -460,8 +487,9 @@ pub fn stale_replica(url: &str, stream: &str) {
             break;
         }
     }
+    let answer = format!("{headers}{payload}\r\n");
+    let sizes = format!("{} {}", headers.len(), headers.len() + payload.len());
     std::thread::spawn(move || {
-        const NOT_FOUND: &str = "NATS/1.0 404 Message Not Found\r\n\r\n";
         loop {
             line.clear();
             if read.read_line(&mut line).unwrap_or(0) == 0 {
@@ -482,7 +510,7 @@ pub fn stale_replica(url: &str, stream: &str) {
             if read.read_exact(&mut body).is_err() {
                 return;
             }
-            let publish = format!("HPUB {reply} {0} {0}\r\n{NOT_FOUND}\r\n", NOT_FOUND.len());
+            let publish = format!("HPUB {reply} {sizes}\r\n{answer}");
             let _ = write.write_all(publish.as_bytes());
         }
     });

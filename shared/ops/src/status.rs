@@ -239,33 +239,14 @@ async fn oldest_unfinished(
     let from = consumer.ack_floor.stream_sequence + 1;
     let mut oldest: Option<OffsetDateTime> = None;
     for filter in filters {
-        let found = if config.allow_direct {
-            match stream
-                .direct_get_builder()
-                .sequence(from)
-                .next_by_subject(filter.clone())
-                .send()
-                .await
-            {
-                Ok(message) => Some(message),
-                // Any replica may answer a direct get, and one that has not applied the latest writes finds
-                // nothing past the ack floor: "-" for a backlog. Only the leader's "none" means none.
-                Err(err) if matches!(err.kind(), stream::DirectGetErrorKind::NotFound) => {
-                    first_from_leader(stream, from, filter).await.map_err(|err| {
-                        format!(
-                            "a replica, which may lag behind, found nothing unfinished in {}, and the stream's \
-                             leader could not be asked ({err})",
-                            config.name
-                        )
-                    })?
-                }
-                Err(err) => return Err(refused(&config.name, &err)),
-            }
-        } else {
-            first_from_leader(stream, from, filter)
-                .await
-                .map_err(|err| refused(&config.name, &err))?
-        };
+        // From the stream's leader only (STREAM.MSG.GET). A direct get may be answered by any replica: one that has
+        // not applied the latest writes finds nothing past the ack floor ("-" for a backlog), and one that has not
+        // applied a deletion (interest retention, an age limit, a purge) returns a message the leader no longer
+        // holds, an oldest age older than the truth. One request per consumer's filter, on a command an operator
+        // runs, so the leader's extra load is nothing.
+        let found = first_from_leader(stream, from, filter)
+            .await
+            .map_err(|err| refused(&config.name, &err))?;
         if let Some(message) = found {
             oldest = Some(oldest.map_or(message.time, |old| old.min(message.time)));
         }

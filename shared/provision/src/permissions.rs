@@ -346,8 +346,9 @@ pub fn users(
         events::services::index::SEARCH_SUBJECT.to_owned(),
         // Its own audit entries only: the subject's user token is the one the server authenticated.
         format!("{AUDIT_PREFIX}.operator.>"),
-        // jetfn event and the oldest age in jetfn status: the event stream's messages by sequence (a direct get's
-        // "none" confirmed by the leader, STREAM.MSG.GET: the same messages), an unnamed ephemeral consumer (the
+        // jetfn event and the oldest age in jetfn status: the event stream's messages by sequence (jetfn event's
+        // direct get has its "none" confirmed by the leader, and the oldest age is read from the leader alone,
+        // STREAM.MSG.GET: the same messages), an unnamed ephemeral consumer (the
         // named form would also let it change a function's durable), and the ledger's and failure journal's
         // entries by key (hashes and reasons, no personal data; a ledger key's "none" confirmed by the leader:
         // every key its direct gets already read).
