@@ -1,9 +1,13 @@
 //! Delays from code (issue 12, item 4): the SDK and the publisher put an event on a one-off schedule NATS holds,
-//! fired at its time and not before, once; cancelled, it never fires; a time in the past is refused.
+//! fired at its time and not before, once; cancelled, it never fires; a time in the past is refused; a retried call
+//! is told it is a duplicate, on a three-node cluster too.
 
 use std::time::Duration;
 
+use futures::StreamExt as _;
+use provision::Definitions;
 use sdk::{Delay, DelayError, PublishError};
+use testkit::{NatsCluster, workspace_root};
 use time::OffsetDateTime;
 
 use crate::schedules::last_stored;
@@ -139,5 +143,81 @@ async fn a_time_in_the_past_is_refused_naming_the_field_and_nothing_is_stored() 
             && process.output().contains("in the past"),
         "{}",
         process.output()
+    );
+}
+
+/// A retried call (the same event id) finds the schedule its first call stored, and is told it is that schedule,
+/// whichever node it is connected to. The schedule stream is R3 with direct gets allowed, as provisioned: each
+/// publisher is connected to a follower of its leader, where a direct get may be answered by a replica that has not
+/// applied the first call's write yet. Before the held schedule was read from the leader, such retries failed
+/// ("no message found") although the schedule existed.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_three_node_cluster_a_retried_delayed_event_is_always_told_it_is_a_duplicate() {
+    const EVENTS: usize = 2000;
+    const PARALLEL: usize = 16;
+    let cluster = NatsCluster::start();
+    let js = async_nats::jetstream::new(
+        async_nats::connect(cluster.urls())
+            .await
+            .expect("the cluster accepts a client"),
+    );
+    let mut definitions =
+        Definitions::load(&workspace_root().join("infra/nats")).expect("infra/nats loads");
+    definitions.set_replicas(3);
+    definitions
+        .streams
+        .retain(|stream| stream.name == publish::schedule::STREAM);
+    definitions.consumers.clear();
+    definitions.buckets.clear();
+    definitions.schedules.clear();
+    definitions
+        .apply(&js)
+        .await
+        .expect("the schedule stream applies with three replicas");
+    let config = js
+        .get_stream(publish::schedule::STREAM)
+        .await
+        .expect("the schedule stream exists")
+        .cached_info()
+        .config
+        .clone();
+    assert_eq!(config.num_replicas, 3);
+    assert!(config.allow_direct, "provisioned with direct gets allowed");
+    let leader = crate::cluster::stream_leader(&js, publish::schedule::STREAM).await;
+    let mut publishers = Vec::new();
+    for node in cluster.nodes().iter().filter(|node| node.name() != leader) {
+        let client = async_nats::connect(node.url()).await.unwrap();
+        publishers.push(publish::Publisher::new(client, "/integration-tests"));
+    }
+    assert_eq!(publishers.len(), 2, "two followers of {leader}");
+    let delay = Delay::In(Duration::from_secs(3600));
+    let failed: Vec<(usize, String)> = futures::stream::iter(0..EVENTS)
+        .map(|n| {
+            let publisher = publishers[n % 2].clone();
+            async move {
+                let event = events::CloudEvent::new(
+                    "/integration-tests",
+                    user(&format!("retry-{n}@example.com"), "Retry"),
+                );
+                let first = publisher
+                    .publish_delayed(&event, delay)
+                    .await
+                    .expect("the first call schedules");
+                assert!(!first.duplicate, "{first:?}");
+                match publisher.publish_delayed(&event, delay).await {
+                    Ok(again) if again.duplicate && again.sequence == first.sequence => None,
+                    other => Some((n, format!("{other:?}"))),
+                }
+            }
+        })
+        .buffer_unordered(PARALLEL)
+        .filter_map(std::future::ready)
+        .collect()
+        .await;
+    assert!(
+        failed.is_empty(),
+        "{} of {EVENTS} retried calls were not told they were a duplicate: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
     );
 }

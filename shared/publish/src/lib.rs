@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use events::{CloudEvent, Event, Invalid, Validator};
 use opentelemetry::propagation::Injector;
 use opentelemetry::trace::TraceContextExt as _;
@@ -206,7 +207,9 @@ impl Publisher {
     ///
     /// # Errors
     /// [`PublishError::Invalid`] or [`PublishError::Delay`] before anything is sent; [`PublishError::Schedule`]
-    /// when the server refused or did not confirm (call again: the name is the same).
+    /// when the server refused or did not confirm (call again: the name is the same), or the name holds another
+    /// event; [`PublishError::Nats`] when a retried call could not read the schedule it found from the stream's
+    /// leader, or found it gone (fired or cancelled meanwhile).
     pub async fn publish_delayed<T: Event>(
         &self,
         event: &CloudEvent<T>,
@@ -249,16 +252,36 @@ impl Publisher {
         match put {
             Ok(sequence) => Ok(scheduled(sequence, false)),
             Err(schedule::ScheduleError::Exists(_)) => {
-                // A retried call finds its own schedule: the same event id is the same event.
+                // A retried call finds its own schedule: the same event id is the same event. What the schedule
+                // holds is read from the stream's leader (`STREAM.MSG.GET`), never a direct get: on an R3 stream a
+                // follower that has not applied the first call's write answers "none", and the retry would fail
+                // although its event is scheduled.
+                let reading = |err: &dyn std::fmt::Display| {
+                    PublishError::Nats(format!(
+                        "schedule {name} exists; reading it from the {} stream's leader: {err}",
+                        schedule::STREAM
+                    ))
+                };
                 let stream = self
                     .js
                     .get_stream(schedule::STREAM)
                     .await
-                    .map_err(|err| PublishError::Nats(err.to_string()))?;
-                let held = stream
-                    .direct_get_last_for_subject(schedule::subject(&name))
+                    .map_err(|err| reading(&err))?;
+                let held = match stream
+                    .get_last_raw_message_by_subject(&schedule::subject(&name))
                     .await
-                    .map_err(|err| PublishError::Nats(err.to_string()))?;
+                {
+                    Ok(held) => held,
+                    Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                        // The leader refused the write because the schedule was there: it fired or was cancelled
+                        // since. Not written again, which would fire the event a second time.
+                        return Err(PublishError::Nats(format!(
+                            "schedule {name} existed when this call wrote it, and is gone now: it fired or was \
+                             cancelled meanwhile; not scheduled again"
+                        )));
+                    }
+                    Err(err) => return Err(reading(&err)),
+                };
                 let id = serde_json::from_slice::<serde_json::Value>(&held.payload)
                     .ok()
                     .and_then(|value| {
