@@ -69,7 +69,11 @@ enum Backend {
 }
 
 struct Inner {
-    store: kv::Store,
+    /// Shared with the writes handed to `outbox`, which run in its task.
+    store: std::sync::Arc<kv::Store>,
+    /// The single claim and `done` writes go through it, so those of concurrent messages leave in one write
+    /// (`crate::outbox`); `None` (a ledger built outside a runtime) writes from the caller's task.
+    outbox: Option<crate::outbox::Outbox>,
     /// The context `store` was bound on: the server's clock is read through it.
     js: jetstream::Context,
     function: String,
@@ -145,7 +149,7 @@ impl<T> Outcome<T> {
 impl Ledger {
     /// A ledger for `function` on an existing bucket, `store`, bound on `js`.
     pub fn new(js: jetstream::Context, store: kv::Store, function: &str, lease: Duration) -> Self {
-        Self::build(js, store, function, lease, None)
+        Self::build(js, store, function, lease, None, None)
     }
 
     /// A ledger whose claims and dones of concurrent messages go to the server as atomic batches over `js`'s
@@ -157,8 +161,9 @@ impl Ledger {
         function: &str,
         lease: Duration,
         disk: std::sync::Arc<batch::Disk>,
+        outbox: crate::outbox::Outbox,
     ) -> Self {
-        Self::build(js, store, function, lease, Some(disk))
+        Self::build(js, store, function, lease, Some(disk), Some(outbox))
     }
 
     /// Whether `store`'s writes wait for the disk, timed before anything else writes: decides whether concurrent
@@ -178,6 +183,7 @@ impl Ledger {
         function: &str,
         lease: Duration,
         batching: Option<std::sync::Arc<batch::Disk>>,
+        outbox: Option<crate::outbox::Outbox>,
     ) -> Self {
         let batches = batching.and_then(|disk| {
             Some(Batches {
@@ -189,7 +195,8 @@ impl Ledger {
         Self {
             backend: Backend::Kv(std::sync::Arc::new(Inner {
                 replicated,
-                store,
+                store: std::sync::Arc::new(store),
+                outbox,
                 js,
                 function: function.to_owned(),
                 clock: clock_key(function),
@@ -420,9 +427,9 @@ impl Inner {
                     .acquire()
                     .await
                     .map_err(|_| JobError::transient(anyhow::anyhow!("ledger closed")))?;
-                self.store.create(key, value).await
+                self.create(key, value).await
             } else {
-                self.store.create(key, value).await
+                self.create(key, value).await
             };
             match created {
                 Ok(revision) => return Ok(Claim::Claimed { token, revision }),
@@ -550,7 +557,7 @@ impl Inner {
         let mut failures = 0_u32;
         loop {
             let current = held.revision.load(Ordering::Acquire);
-            let error = match self.store.update(held.key, value.clone(), current).await {
+            let error = match self.update(held.key, value.clone(), current).await {
                 Ok(_) => return,
                 Err(err) if err.kind() == UpdateErrorKind::WrongLastRevision => {
                     match self.settle_conflict(held).await {
@@ -574,6 +581,31 @@ impl Inner {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(1));
         }
+    }
+
+    /// `store.create`, through the outbox when there is one. A write whose outcome is unknown (the outbox's task
+    /// ended with it unfinished) is an error, as a timeout is.
+    async fn create(&self, key: &str, value: Bytes) -> Result<u64, kv::CreateError> {
+        let Some(outbox) = &self.outbox else {
+            return self.store.create(key, value).await;
+        };
+        let (store, key) = (self.store.clone(), key.to_owned());
+        outbox
+            .run(async move { store.create(key, value).await })
+            .await
+            .unwrap_or_else(|| Err(kv::CreateError::new(CreateErrorKind::Other)))
+    }
+
+    /// `store.update`, through the outbox when there is one (as [`Inner::create`]).
+    async fn update(&self, key: &str, value: Bytes, revision: u64) -> Result<u64, kv::UpdateError> {
+        let Some(outbox) = &self.outbox else {
+            return self.store.update(key, value, revision).await;
+        };
+        let (store, key) = (self.store.clone(), key.to_owned());
+        outbox
+            .run(async move { store.update(key, value, revision).await })
+            .await
+            .unwrap_or_else(|| Err(kv::UpdateError::new(UpdateErrorKind::Other)))
     }
 
     /// After a CAS write met another revision: reads the key and, when the claim is still ours, adopts the

@@ -25,6 +25,7 @@ mod log_fields;
 mod metrics;
 pub mod nats_context;
 pub mod nats_url;
+mod outbox;
 mod policy;
 mod progress;
 mod ratelimit;

@@ -39,6 +39,8 @@ pub struct Runtime {
 struct Core {
     name: String,
     client: async_nats::Client,
+    /// What the attempts send, gathered so concurrent acks leave in one write (`outbox`).
+    outbox: crate::outbox::Outbox,
     js: jetstream::Context,
     job: JobConfig,
     validator: Arc<Validator>,
@@ -134,6 +136,7 @@ impl Runtime {
         Ok(Self {
             core: Core {
                 name: name.to_owned(),
+                outbox: crate::outbox::Outbox::start(client.clone()),
                 client,
                 js,
                 job,
@@ -287,9 +290,14 @@ impl Runtime {
         if let Some(beating) = beating {
             beating.stop().await;
         }
-        // A client that never connected answers a flush only once it connects, which may be never: bounded, so
+        // The acks the last attempts queued are handed to the client first, then the client's buffer leaves. A
+        // client that never connected answers a flush only once it connects, which may be never: bounded, so
         // SIGTERM ends such a process too.
-        match tokio::time::timeout(Duration::from_secs(2), core.client.flush()).await {
+        let flushed = async {
+            core.outbox.flush().await;
+            core.client.flush().await
+        };
+        match tokio::time::timeout(Duration::from_secs(2), flushed).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => tracing::warn!(error = %err, "flushing the NATS connection failed"),
             Err(_) => tracing::warn!("flushing the NATS connection did not finish in 2 s"),
@@ -321,7 +329,7 @@ impl Core {
     ) -> Settler {
         Settler {
             function: self.name.clone(),
-            client: self.client.clone(),
+            outbox: self.outbox.clone(),
             js: self.js.clone(),
             policy,
             ack: self.job.ack,
@@ -628,6 +636,7 @@ fn typed_for(
             &core.name,
             Duration::from_secs(core.job.ledger_lease_secs),
             stores.disk.clone(),
+            core.outbox.clone(),
         ),
         handler: handler.clone(),
         shutdown: stop.clone(),

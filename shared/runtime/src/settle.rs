@@ -122,7 +122,8 @@ pub(crate) enum DeadLetters {
 #[derive(Debug)]
 pub(crate) struct Settler {
     pub(crate) function: String,
-    pub(crate) client: async_nats::Client,
+    /// Acks go through it: those of concurrent attempts leave in one write (`crate::outbox`).
+    pub(crate) outbox: crate::outbox::Outbox,
     pub(crate) js: jetstream::Context,
     pub(crate) policy: Policy,
     pub(crate) ack: AckMode,
@@ -178,7 +179,16 @@ impl Settler {
         match self.ack {
             AckMode::Confirmed => self.double_ack(message).await,
             AckMode::Plain => {
-                if let Err(err) = message.ack().await {
+                // What `message.ack()` sends, through the outbox.
+                let sent = match message.reply.clone() {
+                    Some(reply) => self
+                        .outbox
+                        .publish(reply, bytes::Bytes::from_static(b"+ACK"))
+                        .await
+                        .map_err(|err| err.to_string()),
+                    None => Err("the message has no reply subject".to_owned()),
+                };
+                if let Err(err) = sent {
                     tracing::warn!(error = %err, "ack not sent; the event will be redelivered and the ledger will absorb it");
                 }
             }
@@ -421,10 +431,11 @@ impl Settler {
             return false;
         };
         for attempt in 1..=3u64 {
-            let request = async_nats::Request::new()
-                .payload(body.clone())
-                .timeout(Some(Duration::from_secs(5)));
-            match self.client.send_request(reply.clone(), request).await {
+            match self
+                .outbox
+                .request(reply.clone(), body.clone(), Duration::from_secs(5))
+                .await
+            {
                 Ok(_) => return true,
                 Err(err) => {
                     tracing::warn!(error = %err, attempt, "{what} not confirmed; retrying");
