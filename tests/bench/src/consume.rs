@@ -81,6 +81,11 @@ pub struct Rate {
     pub client_cpu_per_event: f64,
     /// The same for nats-server.
     pub server_cpu_per_event: f64,
+    /// `write` calls of this process per acked event (`/proc/self/io` `syscw`): how many sends the connection
+    /// wrote together (ANALYSIS section 30).
+    pub client_writes_per_event: f64,
+    /// `read` calls of nats-server per acked event (`syscr`): each one a wake-up and a parse of what came in.
+    pub server_reads_per_event: f64,
 }
 
 impl Rate {
@@ -139,6 +144,7 @@ pub async fn run(setup: &Setup, kind: Kind) -> anyhow::Result<Rate> {
         .await
         .with_context(|| format!("creating consumer {name}"))?;
     let cpu_before = (cpu_secs("self"), servers_cpu_secs(&setup.server_pids));
+    let io_before = (io_calls("self").1, servers_reads(&setup.server_pids));
 
     let result = match kind {
         Kind::RawAck | Kind::RawDoubleAck | Kind::RawRequestAck => {
@@ -209,6 +215,10 @@ pub async fn run(setup: &Setup, kind: Kind) -> anyhow::Result<Rate> {
         cpu_secs("self") - cpu_before.0,
         servers_cpu_secs(&setup.server_pids) - cpu_before.1,
     );
+    let (client_writes, server_reads) = (
+        io_calls("self").1.saturating_sub(io_before.0),
+        servers_reads(&setup.server_pids).saturating_sub(io_before.1),
+    );
     let acked = stream
         .consumer_info(&name)
         .await?
@@ -219,14 +229,35 @@ pub async fn run(setup: &Setup, kind: Kind) -> anyhow::Result<Rate> {
     stream.delete_consumer(&name).await?;
     #[allow(clippy::cast_precision_loss)]
     let acked = acked as f64;
+    #[allow(clippy::cast_precision_loss)]
+    let (client_writes, server_reads) = (client_writes as f64, server_reads as f64);
     result.map(|rate| Rate {
         client_cpu_per_event: client_cpu / acked,
         server_cpu_per_event: server_cpu / acked,
+        client_writes_per_event: client_writes / acked,
+        server_reads_per_event: server_reads / acked,
         ..rate
     })
 }
 
 /// User + system CPU seconds of a process (`self` or a pid) from /proc, in clock ticks of 10 ms; 0 if unreadable.
+/// A process's `read` and `write` system calls so far (`syscr`, `syscw` of `/proc/<pid>/io`, every thread);
+/// zeros where the file cannot be read.
+pub fn io_calls(pid: &str) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field("syscr:"), field("syscw:"))
+}
+
+fn servers_reads(pids: &[u32]) -> u64 {
+    pids.iter().map(|pid| io_calls(&pid.to_string()).0).sum()
+}
+
 pub fn cpu_secs(pid: &str) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
@@ -431,6 +462,8 @@ pub async fn measure(
                     secs: (now - at).as_secs_f64(),
                     client_cpu_per_event: 0.0,
                     server_cpu_per_event: 0.0,
+                    client_writes_per_event: 0.0,
+                    server_reads_per_event: 0.0,
                 });
             }
             _ => {}

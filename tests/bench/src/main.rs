@@ -577,15 +577,17 @@ impl<'a> Phase<'a> {
             .collect();
         let mut runs: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
         let mut cpu: Vec<Vec<(f64, f64)>> = vec![Vec::new(); kinds.len()];
+        let mut io: Vec<Vec<(f64, f64)>> = vec![Vec::new(); kinds.len()];
         let mut verdicts: Vec<Vec<probe::Run>> = vec![Vec::new(); kinds.len()];
         // Only the ledger row records `done` writes in this process; its windows are read after the loop.
         runtime::ledger_window::reset();
         // Rows interleave run by run, so drift (page cache, a neighbour's build) spreads over all of them.
         for run in 0..self.plan.runs {
-            for ((((kind, _), runs), cpu), verdicts) in kinds
+            for (((((kind, _), runs), cpu), io), verdicts) in kinds
                 .iter()
                 .zip(runs.iter_mut())
                 .zip(cpu.iter_mut())
+                .zip(io.iter_mut())
                 .zip(verdicts.iter_mut())
             {
                 let before = probe::counts();
@@ -593,7 +595,7 @@ impl<'a> Phase<'a> {
                 verdicts.push(probe::run(before, probe::counts()));
                 eprintln!(
                     "  consume {} run {}: {:.0} events/s ({} events in {:.2} s; CPU per event: bench {:.1} µs, \
-                     nats-server {:.1} µs)",
+                     nats-server {:.1} µs; per event: bench writes {:.3}, nats-server reads {:.3})",
                     kind.slug(),
                     run + 1,
                     rate.per_sec(),
@@ -601,9 +603,12 @@ impl<'a> Phase<'a> {
                     rate.secs,
                     rate.client_cpu_per_event * 1e6,
                     rate.server_cpu_per_event * 1e6,
+                    rate.client_writes_per_event,
+                    rate.server_reads_per_event,
                 );
                 runs.push(rate.per_sec());
                 cpu.push((rate.client_cpu_per_event, rate.server_cpu_per_event));
+                io.push((rate.client_writes_per_event, rate.server_reads_per_event));
             }
         }
         let durability = self.sync().label();
@@ -611,8 +616,8 @@ impl<'a> Phase<'a> {
         if let Some(row) = self.ledger_window_row(&durability) {
             rows.push(row);
         }
-        rows.extend(kinds.into_iter().zip(runs).zip(cpu).zip(verdicts).map(
-            |((((kind, label), runs), cpu), verdicts)| {
+        rows.extend(kinds.into_iter().zip(runs).zip(cpu).zip(io).zip(verdicts).map(
+            |(((((kind, label), runs), cpu), io), verdicts)| {
                 let mut row = Row::rate(
                     self.id(&format!("consume/{}", kind.slug())),
                     "Consume",
@@ -625,8 +630,14 @@ impl<'a> Phase<'a> {
                 let server: Vec<f64> = cpu.iter().map(|(_, server)| server * 1e6).collect();
                 let (client, server) = (stats::median(&client), stats::median(&server));
                 row.cpu_us_per_event = Some((client, server));
-                row.note =
-                    format!("CPU per event: consumer {client:.1} µs, nats-server {server:.1} µs");
+                let writes: Vec<f64> = io.iter().map(|(writes, _)| *writes).collect();
+                let reads: Vec<f64> = io.iter().map(|(_, reads)| *reads).collect();
+                row.note = format!(
+                    "CPU per event: consumer {client:.1} µs, nats-server {server:.1} µs; system calls per event: \
+                     consumer writes {:.3}, nats-server reads {:.3}",
+                    stats::median(&writes),
+                    stats::median(&reads)
+                );
                 if kind == Kind::RuntimeLedger {
                     row.note = format!("{}; {}", row.note, probe::note(&verdicts));
                 }
