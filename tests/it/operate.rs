@@ -589,21 +589,9 @@ async fn an_edited_dead_letter_is_checked_against_its_schema_then_replayed() {
 async fn status_confirms_a_direct_gets_none_with_the_leader() {
     let system = crate::permissions::secured_system().await;
     crate::support::stale_replica(&system.nats.url(), "EVENTS");
-    system
-        .publisher
-        .publish(user("backlog@example.com", "Backlog"))
-        .await
-        .unwrap();
-    let operator =
-        async_nats::jetstream::new(crate::permissions::connect_as(&system, "operator").await);
+    let operator = one_waiting_event_read_by_the_operator(&system).await;
     for read in 0..60 {
-        let status = ops::status::read(&operator, false).await.unwrap();
-        let welcome = status
-            .consumers
-            .iter()
-            .find(|c| c.stream == "EVENTS" && c.consumer == "welcome")
-            .expect("the welcome consumer");
-        assert_eq!(welcome.waiting, 1, "read {read}: {welcome:?}");
+        let welcome = waiting_welcome(&operator, read).await;
         assert!(
             welcome.oldest_age_secs.is_some() && welcome.oldest_unknown.is_none(),
             "read {read}: the backlog's oldest event, from the leader: {welcome:?}"
@@ -633,21 +621,9 @@ async fn status_takes_the_oldest_age_from_the_leader_not_from_a_replica_behind_a
         hour_ago,
         "{}",
     );
-    system
-        .publisher
-        .publish(user("backlog@example.com", "Backlog"))
-        .await
-        .unwrap();
-    let operator =
-        async_nats::jetstream::new(crate::permissions::connect_as(&system, "operator").await);
+    let operator = one_waiting_event_read_by_the_operator(&system).await;
     for read in 0..20 {
-        let status = ops::status::read(&operator, false).await.unwrap();
-        let welcome = status
-            .consumers
-            .iter()
-            .find(|c| c.stream == "EVENTS" && c.consumer == "welcome")
-            .expect("the welcome consumer");
-        assert_eq!(welcome.waiting, 1, "read {read}: {welcome:?}");
+        let welcome = waiting_welcome(&operator, read).await;
         let age = welcome
             .oldest_age_secs
             .unwrap_or_else(|| panic!("read {read}: no oldest age: {welcome:?}"));
@@ -656,6 +632,33 @@ async fn status_takes_the_oldest_age_from_the_leader_not_from_a_replica_behind_a
             "read {read}: the oldest age came from a replica's deleted message: {welcome:?}"
         );
     }
+}
+
+/// Publishes one event for the welcome function (which is not running) and connects as the operator.
+async fn one_waiting_event_read_by_the_operator(
+    system: &crate::support::System,
+) -> async_nats::jetstream::Context {
+    system
+        .publisher
+        .publish(user("backlog@example.com", "Backlog"))
+        .await
+        .unwrap();
+    async_nats::jetstream::new(crate::permissions::connect_as(system, "operator").await)
+}
+
+/// The welcome function's line of `status` as `js` reads it, with its one waiting event.
+async fn waiting_welcome(
+    js: &async_nats::jetstream::Context,
+    read: usize,
+) -> ops::status::ConsumerStatus {
+    let status = ops::status::read(js, false).await.unwrap();
+    let welcome = status
+        .consumers
+        .into_iter()
+        .find(|c| c.stream == "EVENTS" && c.consumer == "welcome")
+        .expect("the welcome consumer");
+    assert_eq!(welcome.waiting, 1, "read {read}: {welcome:?}");
+    welcome
 }
 
 /// `jetfn event` takes a ledger key's "none" only from the bucket's leader (a replica that has not applied the
