@@ -47,15 +47,8 @@ async fn a_dead_letter_lists_every_failed_attempt_in_order_with_its_reason() {
     // `jetfn event` lists them too, under the function that failed them, in its table and in its JSON.
     let event = system.jetfn(&["event", &published.id]).await;
     assert_attempt_rows(&event, "welcome (welcome): failed attempts");
-    // The output is stdout and stderr together, and the client's `closed` notice (async_nats at info in the test
-    // environment) may land after the JSON: read the one JSON value that starts at the first brace.
-    let output = system.jetfn(&["event", &published.id, "--json"]).await;
-    let report: serde_json::Value =
-        serde_json::Deserializer::from_str(&output[output.find('{').expect("a JSON report")..])
-            .into_iter()
-            .next()
-            .expect("a JSON report")
-            .unwrap_or_else(|err| panic!("{err}: {output}"));
+    // As a person runs it (no RUST_LOG, so no client log line beside the JSON), and nothing but the JSON printed.
+    let report = crate::pause::cli_json(&system, &["event", &published.id, "--json"]).await;
     let welcome = report["copies"][0]["consumers"]
         .as_array()
         .unwrap()
