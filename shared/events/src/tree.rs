@@ -7,9 +7,11 @@
 //!
 //! It must give the same verdicts as the `serde_json::Value` it replaces, so it is built by serde_json's own
 //! parser (same syntax errors, numbers, recursion limit) and keeps `Value`'s object semantics: the last of
-//! repeated keys wins and members are ordered by key (the order `Value`'s `BTreeMap` iterates in, so the schema
-//! pass reports errors in the same order). `tests/fuzz.rs` holds the two paths to the same verdict and message on
-//! random and mutated events.
+//! repeated keys wins. A small object keeps its members in the text's order, which no verdict depends on: sorting
+//! them cost a twentieth of a no-op attempt (tests/bench/ANALYSIS.md, section 31). The order of *errors* does
+//! depend on it (`Value`'s `BTreeMap` iterates by key), so a refused event is checked again after
+//! [`Tree::sort_members`], and its message is the one `Value` gives. `tests/fuzz.rs` holds the two paths to the
+//! same verdict and message on random and mutated events.
 
 use std::{borrow::Cow, fmt};
 
@@ -35,7 +37,8 @@ pub(crate) enum Tree<'a> {
     Number(Number),
     String(Cow<'a, str>),
     Array(Vec<Tree<'a>>),
-    /// Sorted by key, each key once.
+    /// Each key once. Up to [`SCANNED_MEMBERS`] members in any order (the text's, or by key after
+    /// [`Tree::sort_members`]); more are sorted by key.
     Object(Vec<(Cow<'a, str>, Tree<'a>)>),
 }
 
@@ -64,6 +67,21 @@ impl<'a> Tree<'a> {
         }
     }
 
+    /// Orders every object's members by key, as `Value`'s map iterates them: for the second check of a refused
+    /// event, whose errors must come in `Value`'s order.
+    pub(crate) fn sort_members(&mut self) {
+        match self {
+            Tree::Array(items) => items.iter_mut().for_each(Tree::sort_members),
+            Tree::Object(members) => {
+                members.sort_unstable_by(|(a, _), (b, _)| key_order(a, b));
+                members
+                    .iter_mut()
+                    .for_each(|(_, value)| value.sort_members());
+            }
+            _ => {}
+        }
+    }
+
     fn unexpected(&self) -> Unexpected<'_> {
         match self {
             Tree::Null => Unexpected::Unit,
@@ -84,12 +102,28 @@ impl<'a> Tree<'a> {
     }
 }
 
-/// The value of `key` among members sorted by key.
+/// Objects of up to this many members are kept in the text's order and searched from the start; larger ones are
+/// sorted and searched by halves, so an object of many thousand members (a 256 KiB event can hold 40,000) costs
+/// no quadratic scan. A CloudEvent's attributes and a typical payload stay under it.
+const SCANNED_MEMBERS: usize = 16;
+
+/// The value of `key` among an object's members.
 fn member<'b, 'a>(members: &'b [(Cow<'a, str>, Tree<'a>)], key: &str) -> Option<&'b Tree<'a>> {
+    if members.len() <= SCANNED_MEMBERS {
+        return members
+            .iter()
+            .find(|(name, _)| same_key(name, key))
+            .map(|(_, value)| value);
+    }
     members
         .binary_search_by(|(name, _)| key_order(name, key))
         .ok()
         .map(|at| &members[at].1)
+}
+
+/// Names of other lengths are told apart without reading their bytes.
+fn same_key(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.as_bytes() == b.as_bytes()
 }
 
 /// `str`'s order (bytes, then length), compared in place: member names are short and mostly differ in their first
@@ -171,20 +205,30 @@ impl<'de> Visitor<'de> for TreeVisitor {
         let mut members: Vec<(Cow<'de, str>, Tree<'de>)> =
             Vec::with_capacity(map.size_hint().unwrap_or(16).min(64));
         while let Some(Key(key)) = map.next_key()? {
-            members.push((key, map.next_value()?));
-        }
-        // `Value`'s map: ordered by key, and a repeated key keeps its last value. The sort is stable, so of equal
-        // keys the last in the text is the last in the run; `dedup_by` keeps the run's first entry, so it takes
-        // the value of each later one.
-        members.sort_by(|(a, _), (b, _)| key_order(a, b));
-        members.dedup_by(|later, kept| {
-            if later.0 == kept.0 {
-                std::mem::swap(&mut later.1, &mut kept.1);
-                true
-            } else {
-                false
+            let value = map.next_value()?;
+            // As `Value`'s map, a repeated key keeps its last value: among the first members, in place.
+            if members.len() <= SCANNED_MEMBERS
+                && let Some(kept) = members.iter_mut().find(|(name, _)| same_key(name, &key))
+            {
+                kept.1 = value;
+                continue;
             }
-        });
+            members.push((key, value));
+        }
+        if members.len() > SCANNED_MEMBERS {
+            // Sorted by key, and of a repeated key the last value. The sort is stable, so of equal keys the last
+            // in the text is the last in the run; `dedup_by` keeps the run's first entry, so it takes the value of
+            // each later one.
+            members.sort_by(|(a, _), (b, _)| key_order(a, b));
+            members.dedup_by(|later, kept| {
+                if later.0 == kept.0 {
+                    std::mem::swap(&mut later.1, &mut kept.1);
+                    true
+                } else {
+                    false
+                }
+            });
+        }
         Ok(Tree::Object(members))
     }
 }
@@ -224,7 +268,7 @@ impl Json for Borrowed {
     type PreparedKey = Box<str>;
     type StringBuffer = ();
 
-    // Members are sorted and found by binary search, as in `Value`'s `BTreeMap`.
+    // A lookup scans a small object's members and searches a large one's by halves.
     const KEYS_PER_LOOKUP: usize = 2;
     const ACYCLIC: bool = true;
 
@@ -628,19 +672,55 @@ mod tests {
         serde_json::from_str(text).unwrap()
     }
 
-    #[test]
-    fn repeated_keys_keep_the_last_value_and_members_are_in_key_order() {
-        let tree = parse(r#"{"b": 1, "a": 2, "b": 3, "c": {"z": 1, "y": 2}, "a": 4}"#);
-        let value: Value =
-            serde_json::from_str(r#"{"b": 1, "a": 2, "b": 3, "c": {"z": 1, "y": 2}, "a": 4}"#)
-                .unwrap();
-        assert_eq!(tree.to_json_value(), value);
-        let Tree::Object(members) = &tree else {
+    fn keys<'t>(tree: &'t Tree<'_>) -> Vec<&'t str> {
+        let Tree::Object(members) = tree else {
             panic!("an object")
         };
-        let keys: Vec<&str> = members.iter().map(|(key, _)| key.as_ref()).collect();
-        assert_eq!(keys, ["a", "b", "c"]);
+        members.iter().map(|(key, _)| key.as_ref()).collect()
+    }
+
+    #[test]
+    fn repeated_keys_keep_the_last_value_and_small_objects_keep_the_text_order() {
+        let text = r#"{"b": 1, "a": 2, "b": 3, "c": {"z": 1, "y": 2}, "a": 4}"#;
+        let mut tree = parse(text);
+        let value: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(tree.to_json_value(), value);
+        assert_eq!(keys(&tree), ["b", "a", "c"]);
         assert_eq!(tree.get("a"), Some(&Tree::Number(4.into())));
+        assert_eq!(tree.get("b"), Some(&Tree::Number(3.into())));
+        assert_eq!(tree.get("d"), None);
+
+        tree.sort_members();
+        assert_eq!(keys(&tree), ["a", "b", "c"]);
+        assert_eq!(keys(tree.get("c").unwrap()), ["y", "z"]);
+        assert_eq!(tree.get("a"), Some(&Tree::Number(4.into())));
+        assert_eq!(tree.to_json_value(), value);
+    }
+
+    #[test]
+    fn large_objects_are_sorted_and_keep_the_last_of_repeated_keys() {
+        for count in [SCANNED_MEMBERS, SCANNED_MEMBERS + 1, 200] {
+            // Every key twice, in descending order, the second time with its final value; then the first key
+            // once more, past the scanned members.
+            let mut members: Vec<String> = (0..count)
+                .rev()
+                .flat_map(|n| [format!(r#""k{n:03}": 0"#), format!(r#""k{n:03}": {n}"#)])
+                .collect();
+            members.push(format!(r#""k{:03}": {}"#, count - 1, count - 1));
+            let text = format!("{{{}}}", members.join(","));
+            let tree = parse(&text);
+            let value: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(tree.to_json_value(), value, "{count} keys");
+            assert_eq!(keys(&tree).len(), count);
+            if count > SCANNED_MEMBERS {
+                assert!(keys(&tree).is_sorted(), "{count} keys");
+            }
+            for n in 0..count {
+                let key = format!("k{n:03}");
+                assert_eq!(tree.get(&key), Some(&Tree::Number(n.into())), "{key}");
+            }
+            assert_eq!(tree.get("k"), None);
+        }
     }
 
     #[test]
@@ -649,10 +729,10 @@ mod tests {
         let Tree::Object(members) = &tree else {
             panic!("an object")
         };
-        assert!(matches!(members[0].0, Cow::Owned(_)), "{members:?}");
-        assert!(matches!(members[0].1, Tree::String(Cow::Owned(_))));
-        assert!(matches!(members[1].0, Cow::Borrowed("plain")));
-        assert!(matches!(members[1].1, Tree::String(Cow::Borrowed("ada"))));
+        assert!(matches!(members[0].0, Cow::Borrowed("plain")));
+        assert!(matches!(members[0].1, Tree::String(Cow::Borrowed("ada"))));
+        assert!(matches!(members[1].0, Cow::Owned(_)), "{members:?}");
+        assert!(matches!(members[1].1, Tree::String(Cow::Owned(_))));
     }
 
     #[test]
