@@ -3,10 +3,9 @@
 //! Every attempt's span formats its fields into text when it is created: the log layer keeps that text for the
 //! attempt's log lines. `DefaultFields` paints each field name through `nu_ansi_term` even with colours off and
 //! formats it with `write!`, which cost about 6,700 instructions per attempt, an eighth of a no-op attempt
-//! (tests/bench/ANALYSIS.md, section 17). Here an ordinary name and its value are written directly (numbers and
-//! booleans reach `record_debug` through `Visit`'s defaults, as in `DefaultVisitor`); everything else (the message,
-//! errors, `r#` names, colours on) goes to a `DefaultVisitor`, so the text is the same byte for byte (a unit test
-//! holds the two to that).
+//! (tests/bench/ANALYSIS.md, section 17). Here an ordinary name and its value are written directly: a string that
+//! needs no escape in one write (section 31), numbers and booleans through `record_debug` as in `DefaultVisitor`; everything else (the message, errors, `r#` names, colours on) goes to a `DefaultVisitor`, so
+//! the text is the same byte for byte (a unit test holds the two to that).
 
 use std::fmt;
 
@@ -53,14 +52,32 @@ impl LogVisitor<'_> {
         if self.result.is_err() {
             return;
         }
-        let separator = if self.is_empty { "" } else { " " };
-        self.is_empty = false;
+        let separator = self.separator();
         self.result = (|| {
             self.writer.write_str(separator)?;
             self.writer.write_str(name)?;
             self.writer.write_char('=')?;
             value(&mut self.writer)
         })();
+    }
+
+    /// `name=` and a string that needs no escape, in one write rather than six: each write to the span's text
+    /// costs a call through `dyn fmt::Write` and a capacity check.
+    fn write_plain(&mut self, name: &str, value: &str) {
+        if self.result.is_err() {
+            return;
+        }
+        let separator = self.separator();
+        self.result = write_joined(
+            &mut self.writer,
+            &[separator, name, "=\"", value, "\""],
+        );
+    }
+
+    fn separator(&mut self) -> &'static str {
+        let separator = if self.is_empty { "" } else { " " };
+        self.is_empty = false;
+        separator
     }
 
     /// The field as `DefaultVisitor` writes it, continuing this visitor's output.
@@ -76,18 +93,27 @@ impl LogVisitor<'_> {
     }
 }
 
-/// A string as `Debug` writes it: in quotes, escaped. Printable ASCII without a quote or backslash needs no escape.
-fn quoted(writer: &mut Writer<'_>, value: &str) -> fmt::Result {
-    if value
-        .bytes()
-        .all(|byte| (b' '..=b'~').contains(&byte) && byte != b'"' && byte != b'\\')
-    {
-        writer.write_char('"')?;
-        writer.write_str(value)?;
-        writer.write_char('"')
-    } else {
-        write!(writer, "{value:?}")
+/// Whether `Debug` writes `value` between quotes as it is: printable ASCII without a quote or backslash. Every
+/// byte is read (no early exit), which lets the compiler check many at once.
+fn needs_no_escape(value: &str) -> bool {
+    value.bytes().fold(true, |plain, byte| {
+        plain & (b' '..=b'~').contains(&byte) & (byte != b'"') & (byte != b'\\')
+    })
+}
+
+/// `parts` written end to end in one `write_str`, through a buffer on the stack when they fit in it.
+fn write_joined(writer: &mut Writer<'_>, parts: &[&str]) -> fmt::Result {
+    let mut buffer = [0_u8; 128];
+    let mut len = 0;
+    for part in parts {
+        let Some(room) = buffer.get_mut(len..len + part.len()) else {
+            return parts.iter().try_for_each(|part| writer.write_str(part));
+        };
+        room.copy_from_slice(part.as_bytes());
+        len += part.len();
     }
+    // Whole `str`s end to end: valid UTF-8, so the check cannot fail.
+    std::str::from_utf8(&buffer[..len]).map_or(Err(fmt::Error), |text| writer.write_str(text))
 }
 
 impl Visit for LogVisitor<'_> {
@@ -95,7 +121,10 @@ impl Visit for LogVisitor<'_> {
         match field.name() {
             // `DefaultVisitor` skips the `log` crate's metadata fields, which the event already shows.
             name if name.starts_with("log.") => {}
-            name if self.ordinary(name) => self.write(name, |writer| quoted(writer, value)),
+            name if self.ordinary(name) && needs_no_escape(value) => {
+                self.write_plain(name, value);
+            }
+            name if self.ordinary(name) => self.write(name, |writer| write!(writer, "{value:?}")),
             _ => self.delegate(|inner| inner.record_str(field, value)),
         }
     }
@@ -194,6 +223,10 @@ mod tests {
                 "messaging.message.id" = odd,
                 r#type = "users.registered",
                 negative = -7_i64,
+                zero = 0_u64,
+                largest = u64::MAX,
+                smallest = i64::MIN,
+                long = "a plain value longer than the buffer on the stack: ".repeat(8).as_str(),
                 ratio = 0.5_f64,
                 flag = true,
                 shown = %"display value",
@@ -214,6 +247,7 @@ mod tests {
                 odd
             );
             tracing::info!(note = "plain", count = 1_u64, "done");
+            tracing::info!(message = 42_i64, r#loop = -42_i64, "log.line" = 7_u64);
             tracing::info!(message = odd, big = u128::MAX, bytes = &b"ab"[..]);
             tracing::info!("");
         };
@@ -237,6 +271,10 @@ mod tests {
         let plain = write_lines(false, true);
         assert!(
             plain.contains(r#"subject="events.users.registered" seq=42 attempt=3"#),
+            "{plain}"
+        );
+        assert!(
+            plain.contains("zero=0 largest=18446744073709551615 smallest=-9223372036854775808 long=\"a plain"),
             "{plain}"
         );
     }
