@@ -353,17 +353,29 @@ pub async fn count(
     }
 }
 
+/// [`BATCH_ID_HEADER`] as a header name: every consumed message is asked for it, and a `&str` name would be
+/// checked and copied into a new `HeaderName` each time.
+pub const BATCH_ID: async_nats::header::HeaderName =
+    async_nats::header::HeaderName::from_static(BATCH_ID_HEADER);
+/// [`BATCH_INDEX_HEADER`] as a header name.
+pub const BATCH_INDEX: async_nats::header::HeaderName =
+    async_nats::header::HeaderName::from_static(BATCH_INDEX_HEADER);
+
 /// The batch id and item index a message's headers name, when it is a batch item.
 pub fn item_of(headers: Option<&HeaderMap>) -> Option<(String, u64)> {
-    // Every consumed message is asked: a `&str` name would be checked and copied into a new `HeaderName` each time.
-    const ID: async_nats::header::HeaderName =
-        async_nats::header::HeaderName::from_static(BATCH_ID_HEADER);
-    const INDEX: async_nats::header::HeaderName =
-        async_nats::header::HeaderName::from_static(BATCH_INDEX_HEADER);
     let headers = headers?;
-    let id = headers.get(ID)?.as_str().to_owned();
-    let index = headers.get(INDEX)?.as_str().parse().ok()?;
-    Some((id, index))
+    item_from(
+        headers.get(BATCH_ID).map(async_nats::HeaderValue::as_str),
+        headers
+            .get(BATCH_INDEX)
+            .map(async_nats::HeaderValue::as_str),
+    )
+}
+
+/// [`item_of`] from the two headers' values, for a caller that has read them already.
+pub fn item_from(id: Option<&str>, index: Option<&str>) -> Option<(String, u64)> {
+    let index = index?.parse().ok()?;
+    Some((id?.to_owned(), index))
 }
 
 /// One item ready to publish.

@@ -25,6 +25,10 @@ use serde_json::Value;
 
 /// The header naming the key an event's sealed fields use.
 pub const KEY_ID_HEADER: &str = "Jetfn-Key-Id";
+/// [`KEY_ID_HEADER`] as a header name: every consumed message is asked for it, and a `&str` name would be checked
+/// and copied into a new `HeaderName` each time.
+pub const KEY_ID: async_nats::header::HeaderName =
+    async_nats::header::HeaderName::from_static(KEY_ID_HEADER);
 /// What a sealed field's string starts with.
 pub const PREFIX: &str = "jetfn:enc:v1:";
 /// The variable holding the keyring's JSON.
@@ -476,9 +480,6 @@ fn has_prefix(payload: &[u8]) -> bool {
 
 /// The key id of a stored message's headers, if its fields are sealed.
 pub fn key_id_of(headers: Option<&async_nats::HeaderMap>) -> Option<&str> {
-    // Every consumed message is asked: a `&str` name would be checked and copied into a new `HeaderName` each time.
-    const KEY_ID: async_nats::header::HeaderName =
-        async_nats::header::HeaderName::from_static(KEY_ID_HEADER);
     headers
         .and_then(|headers| headers.get(KEY_ID))
         .map(|value| value.as_str())

@@ -41,8 +41,8 @@ pub(crate) struct Item {
 }
 
 impl Item {
-    pub(crate) fn of(message: &jetstream::Message) -> Option<Self> {
-        let (batch, index) = batches::item_of(message.headers.as_ref())?;
+    pub(crate) fn of(known: &crate::consume::Known<'_>) -> Option<Self> {
+        let (batch, index) = batches::item_from(known.batch_id, known.batch_index)?;
         Some(Self { batch, index })
     }
 }

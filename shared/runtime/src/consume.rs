@@ -293,12 +293,54 @@ pub(crate) async fn kept_alive<F: Future>(
     }
 }
 
-pub(crate) fn message_id_of(message: &jetstream::Message) -> &str {
-    message
-        .headers
-        .as_ref()
-        .and_then(|headers| headers.get(async_nats::header::NATS_MESSAGE_ID))
-        .map_or("", async_nats::HeaderValue::as_str)
+/// The headers an attempt of a typed handler reads, found in one pass over the message's header map. A lookup by
+/// name hashes the name (SipHash, the map's hasher) and probes the map; five of them per attempt cost about 1,500
+/// instructions, 2% of a no-op attempt (tests/bench/ANALYSIS.md, section 31), where a pass over a message's few
+/// headers compares names. Each value is a header's first, as `HeaderMap::get` gives it.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Known<'m> {
+    /// `Nats-Msg-Id`, or empty.
+    pub(crate) message_id: &'m str,
+    pub(crate) batch_id: Option<&'m str>,
+    pub(crate) batch_index: Option<&'m str>,
+    /// The key of the event's sealed fields.
+    pub(crate) key_id: Option<&'m str>,
+    /// `Nats-Scheduler`: the server set it on a message a schedule generated.
+    scheduler: bool,
+    /// `Nats-Schedule-Next`: the next firing, or `purge` after a one-off `@at`.
+    schedule_next: Option<&'m str>,
+}
+
+impl<'m> Known<'m> {
+    pub(crate) fn of(headers: Option<&'m async_nats::HeaderMap>) -> Self {
+        use async_nats::header::{NATS_MESSAGE_ID, NATS_SCHEDULE_NEXT, NATS_SCHEDULER};
+        let mut known = Self::default();
+        for (name, values) in headers.into_iter().flat_map(async_nats::HeaderMap::iter) {
+            let Some(value) = values.first().map(async_nats::HeaderValue::as_str) else {
+                continue;
+            };
+            if *name == NATS_MESSAGE_ID {
+                known.message_id = value;
+            } else if *name == publish::batch::BATCH_ID {
+                known.batch_id = Some(value);
+            } else if *name == publish::batch::BATCH_INDEX {
+                known.batch_index = Some(value);
+            } else if *name == publish::sealed::KEY_ID {
+                known.key_id = Some(value);
+            } else if *name == NATS_SCHEDULER {
+                known.scheduler = true;
+            } else if *name == NATS_SCHEDULE_NEXT {
+                known.schedule_next = Some(value);
+            }
+        }
+        known
+    }
+
+    /// A message a recurring NATS message schedule generated: the server sets `Nats-Scheduler` (the schedule's
+    /// subject) and `Nats-Schedule-Next` (the next firing, or `purge` after a one-off `@at`).
+    pub(crate) fn is_recurring_firing(&self) -> bool {
+        self.scheduler && self.schedule_next.is_some_and(|next| next != "purge")
+    }
 }
 
 /// The delivery count and stream sequence of a JetStream message; `None` (logged) for one without metadata.
@@ -312,5 +354,78 @@ pub(crate) fn delivery(message: &jetstream::Message) -> Option<(u32, u64)> {
             tracing::error!(error = %err, "message without JetStream metadata; ignoring it");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use async_nats::HeaderMap;
+    use async_nats::header::{NATS_MESSAGE_ID, NATS_SCHEDULE_NEXT, NATS_SCHEDULER};
+
+    use super::Known;
+
+    /// What the lookups by name that [`Known::of`] replaced read from `headers`.
+    fn by_lookup(headers: &HeaderMap) -> (String, Option<(String, u64)>, Option<&str>, bool) {
+        let message_id = headers
+            .get(NATS_MESSAGE_ID)
+            .map_or("", async_nats::HeaderValue::as_str)
+            .to_owned();
+        let recurring = headers.get(NATS_SCHEDULER).is_some()
+            && headers
+                .get(NATS_SCHEDULE_NEXT)
+                .is_some_and(|next| next.as_str() != "purge");
+        (
+            message_id,
+            publish::batch::item_of(Some(headers)),
+            publish::sealed::key_id_of(Some(headers)),
+            recurring,
+        )
+    }
+
+    fn by_pass(headers: &HeaderMap) -> (String, Option<(String, u64)>, Option<&str>, bool) {
+        let known = Known::of(Some(headers));
+        (
+            known.message_id.to_owned(),
+            publish::batch::item_from(known.batch_id, known.batch_index),
+            known.key_id,
+            known.is_recurring_firing(),
+        )
+    }
+
+    #[test]
+    fn one_pass_over_the_headers_reads_what_the_lookups_by_name_read() {
+        let names = [
+            "Nats-Msg-Id",
+            "nats-msg-id",
+            events::batches::BATCH_ID_HEADER,
+            events::batches::BATCH_INDEX_HEADER,
+            publish::sealed::KEY_ID_HEADER,
+            "Nats-Scheduler",
+            "Nats-Schedule-Next",
+            "traceparent",
+            "content-type",
+        ];
+        let values = ["evt-1", "7", "not a number", "purge", "@every 5m", ""];
+        // Every subset of the names (some with a second value, which neither path reads), values rotating.
+        for mask in 0_u32..(1 << names.len()) {
+            let mut headers = HeaderMap::new();
+            for (at, name) in names.iter().enumerate() {
+                if mask & (1 << at) != 0 {
+                    let pick = (at + mask as usize) % values.len();
+                    headers.append(*name, values[pick]);
+                    if (mask >> at) % 3 == 0 {
+                        headers.append(*name, values[(pick + 1) % values.len()]);
+                    }
+                }
+            }
+            assert_eq!(
+                by_pass(&headers),
+                by_lookup(&headers),
+                "headers {headers:?}"
+            );
+        }
+        let none = Known::of(None);
+        assert_eq!(none.message_id, "");
+        assert!(none.batch_id.is_none() && none.key_id.is_none() && !none.is_recurring_firing());
     }
 }

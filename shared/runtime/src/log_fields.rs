@@ -68,10 +68,7 @@ impl LogVisitor<'_> {
             return;
         }
         let separator = self.separator();
-        self.result = write_joined(
-            &mut self.writer,
-            &[separator, name, "=\"", value, "\""],
-        );
+        self.result = write_joined(&mut self.writer, &[separator, name, "=\"", value, "\""]);
     }
 
     fn separator(&mut self) -> &'static str {
@@ -274,7 +271,9 @@ mod tests {
             "{plain}"
         );
         assert!(
-            plain.contains("zero=0 largest=18446744073709551615 smallest=-9223372036854775808 long=\"a plain"),
+            plain.contains(
+                "zero=0 largest=18446744073709551615 smallest=-9223372036854775808 long=\"a plain"
+            ),
             "{plain}"
         );
     }

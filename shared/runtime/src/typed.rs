@@ -58,6 +58,7 @@ pub(crate) trait RunAttempt: Send + Sync + 'static {
         &'a self,
         shared: &'a Typed,
         message: &'a jetstream::Message,
+        known: consume::Known<'a>,
         attempt: u32,
         sequence: u64,
     ) -> Pin<Box<dyn Future<Output = Attempted> + Send + 'a>>;
@@ -79,10 +80,11 @@ where
         &'a self,
         shared: &'a Typed,
         message: &'a jetstream::Message,
+        known: consume::Known<'a>,
         attempt: u32,
         sequence: u64,
     ) -> Pin<Box<dyn Future<Output = Attempted> + Send + 'a>> {
-        Box::pin(run_attempt(self, shared, message, attempt, sequence))
+        Box::pin(run_attempt(self, shared, message, known, attempt, sequence))
     }
 }
 
@@ -98,7 +100,8 @@ async fn process(shared: &Typed, message: jetstream::Message) {
     };
     let policy = &shared.settler.policy;
     let subject = message.subject.as_str();
-    let message_id = consume::message_id_of(&message);
+    let known = consume::Known::of(message.headers.as_ref());
+    let message_id = known.message_id;
     // The full set of OpenTelemetry attributes only when spans are exported. The log layer formats every span
     // field into text when it is created or recorded, so the logged span carries only what a log line needs, all
     // set at creation: recording fields afterwards was a measurable share of the runtime's CPU per event.
@@ -147,12 +150,13 @@ async fn process(shared: &Typed, message: jetstream::Message) {
         telemetry::attach_log_ids(&span, message.headers.as_ref());
         span
     };
-    async move {
+    // Borrows the message (and `known`, read from it) rather than moving it: it is awaited right here.
+    async {
         let started = std::time::Instant::now();
         // A NAK on the last delivery would make the server dead-letter the message: that one is held instead.
         let last = policy.is_last(attempt);
         // A batch item runs only once its batch is open, and is counted before it is settled (`crate::batch`).
-        let item = crate::batch::Item::of(&message);
+        let item = crate::batch::Item::of(&known);
         if let Some(item) = &item {
             let admission = shared.batches.admit(
                 item,
@@ -184,7 +188,7 @@ async fn process(shared: &Typed, message: jetstream::Message) {
             // several KiB to copy.
             let (outcome, on_dead) = shared
                 .handler
-                .run(shared, &message, attempt, sequence)
+                .run(shared, &message, known, attempt, sequence)
                 .await;
             match &outcome {
                 // The breaker is (now) open: the route, not this event, failed. Give the message to a replica whose
@@ -280,6 +284,7 @@ async fn run_attempt<T, H, Fut>(
     handler: &Handler<T, H>,
     shared: &Typed,
     message: &jetstream::Message,
+    known: consume::Known<'_>,
     attempt: u32,
     sequence: u64,
 ) -> Attempted
@@ -291,19 +296,21 @@ where
     // Sealed fields open here, in memory, before validation: the schema describes the plaintext. The stored
     // message (and so a dead letter of it) keeps the ciphertext. A missing key dead-letters naming the key, so the
     // record replays once the key is deployed; an altered or moved ciphertext is an invalid event.
-    let key_id = publish::sealed::key_id_of(message.headers.as_ref());
-    let opened =
-        match publish::sealed::open_event(&message.payload, key_id, shared.keyring.as_deref()) {
-            Ok(opened) => opened,
-            Err(err) if err.is_missing_key() => {
-                let reason = format!("cannot decrypt: {err}");
-                return (Outcome::Permanent { reason }, Vec::new());
-            }
-            Err(err) => {
-                let reason = format!("invalid event: cannot decrypt: {err}");
-                return (Outcome::Invalid { reason }, Vec::new());
-            }
-        };
+    let opened = match publish::sealed::open_event(
+        &message.payload,
+        known.key_id,
+        shared.keyring.as_deref(),
+    ) {
+        Ok(opened) => opened,
+        Err(err) if err.is_missing_key() => {
+            let reason = format!("cannot decrypt: {err}");
+            return (Outcome::Permanent { reason }, Vec::new());
+        }
+        Err(err) => {
+            let reason = format!("invalid event: cannot decrypt: {err}");
+            return (Outcome::Invalid { reason }, Vec::new());
+        }
+    };
     let payload = opened.as_deref().unwrap_or(&message.payload);
     let mut event = match shared.validator.decode::<T>(payload) {
         Ok(event) => event,
@@ -312,12 +319,12 @@ where
             return (Outcome::Invalid { reason }, Vec::new());
         }
     };
-    if is_recurring_firing(message) {
+    if known.is_recurring_firing() {
         // Every firing of a recurring schedule carries the same stored event; each is its own occurrence, so its
         // id (and with it every ledger key) gets the firing's stream sequence, stable across redeliveries.
         event.id = format!("{}:{sequence}", event.id);
     }
-    if event.id.as_str() != consume::message_id_of(message) {
+    if event.id.as_str() != known.message_id {
         tracing::Span::current().record("messaging.message.id", event.id.as_str());
     }
     let extras = Extras {
@@ -373,18 +380,4 @@ where
         .map(|mut slot| std::mem::take(&mut *slot))
         .unwrap_or_default();
     (outcome, on_dead)
-}
-
-/// A message a recurring NATS message schedule generated: the server sets `Nats-Scheduler` (the schedule's
-/// subject) and `Nats-Schedule-Next` (the next firing, or `purge` after a one-off `@at`).
-fn is_recurring_firing(message: &jetstream::Message) -> bool {
-    let Some(headers) = message.headers.as_ref() else {
-        return false;
-    };
-    // The server's header names as `HeaderName` constants: a `&str` name is checked and copied into a new
-    // `HeaderName` on every lookup, for every message.
-    headers.get(async_nats::header::NATS_SCHEDULER).is_some()
-        && headers
-            .get(async_nats::header::NATS_SCHEDULE_NEXT)
-            .is_some_and(|next| next.as_str() != "purge")
 }
