@@ -8,8 +8,8 @@
 //! It must give the same verdicts as the `serde_json::Value` it replaces, so it is built by serde_json's own
 //! parser (same syntax errors, numbers, recursion limit) and keeps `Value`'s object semantics: the last of
 //! repeated keys wins. A small object keeps its members in the text's order, which no verdict depends on: sorting
-//! them cost a twentieth of a no-op attempt (tests/bench/ANALYSIS.md, section 31). The order of *errors* does
-//! depend on it (`Value`'s `BTreeMap` iterates by key), so a refused event is checked again after
+//! them cost about 6% of a no-op attempt's instructions (tests/bench/ANALYSIS.md, section 31). The order of
+//! *errors* does depend on it (`Value`'s `BTreeMap` iterates by key), so a refused event is checked again after
 //! [`Tree::sort_members`], and its message is the one `Value` gives. `tests/fuzz.rs` holds the two paths to the
 //! same verdict and message on random and mutated events.
 

@@ -4,8 +4,9 @@
 //! attempt's log lines. `DefaultFields` paints each field name through `nu_ansi_term` even with colours off and
 //! formats it with `write!`, which cost about 6,700 instructions per attempt, an eighth of a no-op attempt
 //! (tests/bench/ANALYSIS.md, section 17). Here an ordinary name and its value are written directly: a string that
-//! needs no escape in one write (section 31), numbers and booleans through `record_debug` as in `DefaultVisitor`; everything else (the message, errors, `r#` names, colours on) goes to a `DefaultVisitor`, so
-//! the text is the same byte for byte (a unit test holds the two to that).
+//! needs no escape in one write (section 31), numbers and booleans through `record_debug` as in `DefaultVisitor`;
+//! everything else (the message, errors, `r#` names, colours on) goes to a `DefaultVisitor`, so the text is the
+//! same byte for byte (a unit test holds the two to that).
 
 use std::fmt;
 
