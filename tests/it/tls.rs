@@ -538,6 +538,19 @@ fn the_secret_scan_tells_masked_from_clear() {
         Some("mailer:***@127.0.0.1:25".to_owned())
     );
     assert!(scan::find("nats://app:pw@host", &[]).is_some());
+    // A code of digits counts as a whole number, never inside a timestamp's fraction or a longer number.
+    let code = &["804913"];
+    assert!(scan::find("2026-11-30T19:04:13.804913Z DEBUG published seq=1338", code).is_none());
+    assert!(scan::find("sequence=18049130 took 0.804913s", code).is_none());
+    for leak in [
+        "code=804913",
+        r#"{"code":"804913"}"#,
+        "your code is 804913.",
+        "804913",
+    ] {
+        assert!(scan::find(leak, code).is_some(), "{leak}");
+    }
+    assert!(scan::find("token=T0ken-7f3a9c1e2", &["T0ken-7f3a9c1e"]).is_some());
     assert!(scan::find("pass=hunter2", scan::TEST_SECRETS).is_some());
     assert_eq!(scan::find("to=ad***@example.com", scan::TEST_SECRETS), None);
 }

@@ -35,10 +35,10 @@ pub const SYSTEM_DOMAINS: &[&str] = &["jetfn.local", "shop.test"];
 
 /// The first thing in `text` that should not be there, described without repeating a secret.
 pub fn find(text: &str, secrets: &[&str]) -> Option<String> {
-    if let Some(secret) = secrets.iter().find(|secret| text.contains(**secret)) {
+    if let Some(secret) = secrets.iter().find(|secret| holds(text, secret)) {
         let line = text
             .lines()
-            .position(|line| line.contains(*secret))
+            .position(|line| holds(line, secret))
             .unwrap_or(0)
             + 1;
         return Some(format!("a test secret in clear on line {line}"));
@@ -47,6 +47,23 @@ pub fn find(text: &str, secrets: &[&str]) -> Option<String> {
         return Some(format!("a URL with its password in clear: {url}"));
     }
     clear_email(text).map(|email| format!("the email address {email} in clear"))
+}
+
+/// Whether `secret` is in `text`. A secret of digits only (a verification code) counts as a whole number: not
+/// inside a longer run of digits, and not as the fraction of a decimal such as a log line's timestamp
+/// (`19:04:13.804913Z` once held the code `804913`, failing a run whose logs were clean).
+fn holds(text: &str, secret: &str) -> bool {
+    if secret.is_empty() || !secret.bytes().all(|byte| byte.is_ascii_digit()) {
+        return text.contains(secret);
+    }
+    let bytes = text.as_bytes();
+    text.match_indices(secret).any(|(at, _)| {
+        let end = at + secret.len();
+        let digit_before = at > 0 && bytes[at - 1].is_ascii_digit();
+        let fraction = at > 1 && bytes[at - 1] == b'.' && bytes[at - 2].is_ascii_digit();
+        let digit_after = bytes.get(end).is_some_and(u8::is_ascii_digit);
+        !(digit_before || fraction || digit_after)
+    })
 }
 
 /// The first `local@domain.tld` in `text` whose local part is not masked and whose domain is not a system one.
