@@ -112,18 +112,13 @@ fn member<'b, 'a>(members: &'b [(Cow<'a, str>, Tree<'a>)], key: &str) -> Option<
     if members.len() <= SCANNED_MEMBERS {
         return members
             .iter()
-            .find(|(name, _)| same_key(name, key))
+            .find(|(name, _)| name == key)
             .map(|(_, value)| value);
     }
     members
         .binary_search_by(|(name, _)| key_order(name, key))
         .ok()
         .map(|at| &members[at].1)
-}
-
-/// Names of other lengths are told apart without reading their bytes.
-fn same_key(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.as_bytes() == b.as_bytes()
 }
 
 /// `str`'s order (bytes, then length), compared in place: member names are short and mostly differ in their first
@@ -208,7 +203,7 @@ impl<'de> Visitor<'de> for TreeVisitor {
             let value = map.next_value()?;
             // As `Value`'s map, a repeated key keeps its last value: among the first members, in place.
             if members.len() <= SCANNED_MEMBERS
-                && let Some(kept) = members.iter_mut().find(|(name, _)| same_key(name, &key))
+                && let Some(kept) = members.iter_mut().find(|(name, _)| *name == key)
             {
                 kept.1 = value;
                 continue;
