@@ -402,27 +402,46 @@ pub fn run_delay(pids: &[String]) -> f64 {
     pids.iter().map(|pid| sched(pid).1).sum()
 }
 
-/// (run time, run delay) in seconds, from schedstat; (stat's CPU time, 0) without it.
-fn sched(pid: &str) -> (f64, f64) {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return (0.0, 0.0);
-    };
-    let (mut ns, mut delay) = (0u64, 0u64);
+/// Times the live threads of these processes were put on a core (schedstat's third field): about one per
+/// wake-up, so per event it says how many times a process slept and was woken to handle it.
+pub fn slices(pids: &[u32]) -> u64 {
+    pids.iter()
+        .map(|pid| schedstat(&pid.to_string()).map_or(0, |(_, _, slices)| slices))
+        .sum()
+}
+
+/// The sums over a process's live threads of schedstat's three fields: run time and run delay in nanoseconds,
+/// and the times a thread was put on a core. `None` where no thread's schedstat can be read.
+fn schedstat(pid: &str) -> Option<(u64, u64, u64)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let (mut ns, mut delay, mut slices) = (0u64, 0u64, 0u64);
     let mut found = false;
     for task in tasks.flatten() {
         let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
             continue;
         };
         let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().ok());
-        if let (Some(Some(run)), Some(Some(wait))) = (fields.next(), fields.next()) {
+        if let (Some(Some(run)), Some(Some(wait)), Some(Some(count))) =
+            (fields.next(), fields.next(), fields.next())
+        {
             ns += run;
             delay += wait;
+            slices += count;
             found = true;
         }
     }
-    if !found {
-        return (cpu_secs(pid), 0.0);
-    }
+    found.then_some((ns, delay, slices))
+}
+
+/// (run time, run delay) in seconds, from schedstat; (stat's CPU time, 0) without it.
+fn sched(pid: &str) -> (f64, f64) {
+    let Some((ns, delay, _)) = schedstat(pid) else {
+        return if std::fs::metadata(format!("/proc/{pid}")).is_ok() {
+            (cpu_secs(pid), 0.0)
+        } else {
+            (0.0, 0.0)
+        };
+    };
     #[allow(clippy::cast_precision_loss)]
     let secs = (ns as f64 / 1e9, delay as f64 / 1e9);
     secs

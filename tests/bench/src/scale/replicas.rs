@@ -23,6 +23,8 @@ const SECTION: &str = "Scale: replicas of one function (welcome, one shared cons
 struct Run {
     rate: f64,
     cpu: CpuSpent,
+    /// Per email counted: what the processes did besides compute (see [`Calls`]).
+    calls: Calls,
     emails: u64,
     replica_rss: Vec<Memory>,
     server_rss: Memory,
@@ -37,12 +39,15 @@ pub async fn run(root: &Path, server: &Server, plan: &Plan) -> anyhow::Result<Ve
             let measured = once(&bin, server, &sink, replicas, plan.replica_emails).await?;
             eprintln!(
                 "  replicas {replicas} run {}: {:.0} emails/s; CPU per email: replicas {:.1} µs, nats-server {:.1} \
-                 µs, bench+sink {:.1} µs; machine {:.0}% busy; replica RSS {:.1} MiB; nats-server RSS {:.1} MiB",
+                 µs, bench+sink {:.1} µs; wake-ups per email: replicas {:.1}, nats-server {:.1}; machine {:.0}% \
+                 busy; replica RSS {:.1} MiB; nats-server RSS {:.1} MiB",
                 run + 1,
                 measured.rate,
                 per_email(measured.cpu.function, measured.emails),
                 per_email(measured.cpu.server, measured.emails),
                 per_email(measured.cpu.bench, measured.emails),
+                measured.calls.replica_wakeups,
+                measured.calls.server_wakeups,
                 measured.cpu.machine_busy * 100.0,
                 stats::median(&rss(&measured.replica_rss)),
                 mib(measured.server_rss.rss),
@@ -82,12 +87,18 @@ pub async fn run(root: &Path, server: &Server, plan: &Plan) -> anyhow::Result<Ve
         let speedup = one.map_or(String::new(), |one| {
             format!("{:.2}× one replica; ", median_rate / one.max(1e-9))
         });
+        let calls = typical.calls;
         row.note = format!(
-            "{speedup}CPU per email: replicas {:.0} µs, nats-server {:.0} µs, bench+sink {:.0} µs; RSS per replica \
-             {:.1} MiB (peak {:.1}), nats-server {:.0} MiB; {}",
+            "{speedup}CPU per email: replicas {:.0} µs, nats-server {:.0} µs, bench+sink {:.0} µs; per email, the \
+             replicas woke {:.1} times and made {:.1} write calls (log lines, NATS sends), nats-server woke {:.1} \
+             times and made {:.1} reads; RSS per replica {:.1} MiB (peak {:.1}), nats-server {:.0} MiB; {}",
             per_email(typical.cpu.function, typical.emails),
             per_email(typical.cpu.server, typical.emails),
             per_email(typical.cpu.bench, typical.emails),
+            calls.replica_wakeups,
+            calls.replica_writes,
+            calls.server_wakeups,
+            calls.server_reads,
             stats::median(&rss),
             stats::median(&peaks),
             mib(typical.server_rss.rss),
@@ -96,6 +107,52 @@ pub async fn run(root: &Path, server: &Server, plan: &Plan) -> anyhow::Result<Ve
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// How often, per email, the replicas and nats-server were woken (put on a core), the replicas' `write` calls
+/// (their log lines and their NATS sends; the SMTP client's `sendto` is not counted by `/proc/<pid>/io`) and
+/// nats-server's `read` calls: a replica with fewer emails in flight gathers fewer into each wake-up and each
+/// write, which is part of what a row's extra CPU per email with more replicas is made of (ANALYSIS section 32).
+#[derive(Debug, Clone, Copy, Default)]
+struct Calls {
+    replica_wakeups: f64,
+    replica_writes: f64,
+    server_wakeups: f64,
+    server_reads: f64,
+}
+
+/// The counters [`Calls`] is the difference of, at one moment.
+struct Counters {
+    replica_slices: u64,
+    replica_writes: u64,
+    server_slices: u64,
+    server_reads: u64,
+}
+
+impl Counters {
+    fn read(replicas: &[u32], server: u32) -> Self {
+        Self {
+            replica_slices: super::slices(replicas),
+            replica_writes: replicas
+                .iter()
+                .map(|pid| crate::consume::io_calls(&pid.to_string()).1)
+                .sum(),
+            server_slices: super::slices(&[server]),
+            server_reads: crate::consume::io_calls(&server.to_string()).0,
+        }
+    }
+
+    #[allow(clippy::cast_precision_loss)]
+    fn per_email(&self, later: &Self, emails: u64) -> Calls {
+        let per =
+            |before: u64, after: u64| after.saturating_sub(before) as f64 / emails.max(1) as f64;
+        Calls {
+            replica_wakeups: per(self.replica_slices, later.replica_slices),
+            replica_writes: per(self.replica_writes, later.replica_writes),
+            server_wakeups: per(self.server_slices, later.server_slices),
+            server_reads: per(self.server_reads, later.server_reads),
+        }
+    }
 }
 
 fn rss(memory: &[Memory]) -> Vec<f64> {
@@ -142,6 +199,7 @@ async fn once(
             .map(crate::servers::ChildGuard::pid)
             .collect();
         let window = CpuWindow::start(&pids, server.pid());
+        let counters = Counters::read(&pids, server.pid());
         let (published_at, before) = (Instant::now(), sink.count());
         let total = usize::try_from(emails)?;
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -154,6 +212,7 @@ async fn once(
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let cpu = window.end(&pids, server.pid());
+        let counted_at_end = Counters::read(&pids, server.pid());
         let last = sink.arrivals().last().copied().unwrap_or_else(Instant::now);
         let mut counted = u64::try_from(total - before)?;
         #[allow(clippy::cast_precision_loss)]
@@ -172,6 +231,7 @@ async fn once(
         Ok(Run {
             rate,
             cpu,
+            calls: counters.per_email(&counted_at_end, counted),
             emails: counted,
             replica_rss,
             server_rss: Memory::of(server.pid()),
