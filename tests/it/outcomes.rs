@@ -206,3 +206,103 @@ async fn a_welcome_failing_on_every_attempt_publishes_one_exhausted_email_failed
     );
     assert_eq!(system.count_on(SENT).await, 0);
 }
+
+/// Every write to the ledger bucket's subjects, as (key, value) in the order the server routed them.
+async fn ledger_writes(
+    system: &System,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use futures::StreamExt as _;
+    let mut writes = system.client.subscribe("$KV.jetfn-ledger.>").await.unwrap();
+    system.client.flush().await.unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let into = seen.clone();
+    let task = tokio::spawn(async move {
+        while let Some(message) = writes.next().await {
+            let key = message
+                .subject
+                .trim_start_matches("$KV.jetfn-ledger.")
+                .to_owned();
+            let value = String::from_utf8_lossy(&message.payload).into_owned();
+            into.lock().unwrap().push((key, value));
+        }
+    });
+    (seen, task)
+}
+
+#[tokio::test]
+async fn an_email_sent_outcome_is_recorded_without_a_claim_and_a_claim_on_it_holds_nothing_back() {
+    let system = System::start().await;
+    let (writes, listener) = ledger_writes(&system).await;
+    let _welcome = system.spawn("welcome", &[]).await;
+    let event = CloudEvent::new("/signup", user("claimless@example.com", "Cla"));
+    system.publisher.publish_event(&event).await.unwrap();
+    system.wait_on(SENT, 1, WAIT).await;
+    system.wait_settled("welcome").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The email's effect: a claim, then its `done`. The outcome: its `done` alone, on a key of its own.
+    let seen: Vec<(String, String)> = writes
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, value)| value.starts_with("pending ") || value.starts_with("done "))
+        .cloned()
+        .collect();
+    let claims: Vec<&(String, String)> = seen
+        .iter()
+        .filter(|(_, value)| value.starts_with("pending "))
+        .collect();
+    assert_eq!(claims.len(), 1, "one claim, the email's: {seen:?}");
+    let effect_key = claims[0].0.clone();
+    let outcome_keys: Vec<&String> = seen
+        .iter()
+        .filter(|(key, value)| value.starts_with("done ") && *key != effect_key)
+        .map(|(key, _)| key)
+        .collect();
+    assert_eq!(
+        outcome_keys.len(),
+        1,
+        "one `done` besides the email's, the outcome's: {seen:?}"
+    );
+    let outcome_key = outcome_keys[0].clone();
+    assert_eq!(seen.len(), 3, "three ledger writes per email: {seen:?}");
+
+    // A claim on the outcome's key (an earlier build claimed outcomes, and one may be mid-publish in a rolling
+    // update) does not hold a redelivery's outcome back: the repeat goes out under the same id, the duplicate
+    // window keeps one, and its `done` is written over the claim.
+    let ledger = system.js.get_key_value("jetfn-ledger").await.unwrap();
+    ledger
+        .put(
+            &outcome_key,
+            "pending 0123456789abcdef0123456789abcdef 1".into(),
+        )
+        .await
+        .unwrap();
+    system
+        .publish_raw(
+            "events.users.registered",
+            &serde_json::to_vec(&event).unwrap(),
+        )
+        .await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let value = ledger.get(&outcome_key).await.unwrap().unwrap_or_default();
+        if value.starts_with(b"done ") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outcome's key still holds {:?}",
+            String::from_utf8_lossy(&value)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    system.wait_settled("welcome").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(system.count_on(SENT).await, 1, "one email.sent");
+    assert_eq!(system.smtp.messages().len(), 1, "the email went once");
+    listener.abort();
+}

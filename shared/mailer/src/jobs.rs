@@ -83,19 +83,19 @@ pub async fn send_once<T>(
     .map_err(job_error)?;
     // The first email of a process (or after every connection closed) connects while the ledger claims.
     mailer.warm();
-    match job
+    let sent = job
         .once(effect, || async {
             mailer.send(message).await.map_err(job_error)
         })
-        .await?
-    {
+        .await?;
+    match sent {
         Effect::Done(_) => tracing::info!(email = kind, to = %Masked(&recipient), "email sent"),
         Effect::AlreadyDone => {
             tracing::info!(email = kind, to = %Masked(&recipient), "email already sent for this event; skipped");
         }
     }
     job.forget_dead_letter(&failed_outcome(effect));
-    let sent = events::EmailSent {
+    let outcome = events::EmailSent {
         source_id,
         source_type,
         function,
@@ -104,7 +104,7 @@ pub async fn send_once<T>(
         message_id: crate::compose::message_id(&idempotency_key),
     };
     match job
-        .publish_outcome(&format!("email.sent:{effect}"), sent)
+        .publish_outcome_of(&sent, &format!("email.sent:{effect}"), outcome)
         .await
     {
         Ok(_) => Ok(()),

@@ -128,9 +128,10 @@ impl<T> Job<T> {
 
     /// Publishes `data` as an outcome of this event (an `email.sent` after the send), once for this event and
     /// `name` across redeliveries, replicas, kills and replays. The event's id derives from this event's id and
-    /// `name` ([`events::outcome_id`]) and is its `Nats-Msg-Id`; the publish runs as a ledger effect, so a `done`
-    /// skips it and a publish whose `done` was lost is repeated with the same id, which the stream's duplicate
-    /// window absorbs (ARCHITECTURE.md, "Outcome events"). `name` may hold an address: it is only hashed.
+    /// `name` ([`events::outcome_id`]) and is its `Nats-Msg-Id`; the ledger records the publish `done` (without
+    /// claiming it first), so a `done` skips it, and a publish whose `done` was lost, or one a replica makes at
+    /// the same time, goes again with the same id, which the stream's duplicate window absorbs (ARCHITECTURE.md,
+    /// "Outcome events"). `name` may hold an address: it is only hashed.
     ///
     /// # Errors
     /// A transient error when the stream did not ack (the redelivery publishes it), or a permanent one when
@@ -140,8 +141,39 @@ impl<T> Job<T> {
         name: &str,
         data: O,
     ) -> Result<Effect<()>, JobError> {
+        self.publish_outcome_once(name, data, true).await
+    }
+
+    /// [`Job::publish_outcome`] for the outcome of `effect`, an effect of this event that this attempt ran through
+    /// [`Job::once`] just before. Where this attempt performed it ([`Effect::Done`]), no earlier attempt got past
+    /// it to publish the outcome, so the ledger is not read first: the outcome costs its publish and one ledger
+    /// write. Where an earlier attempt had ([`Effect::AlreadyDone`]), it reads as [`Job::publish_outcome`] does.
+    ///
+    /// # Errors
+    /// As [`Job::publish_outcome`].
+    pub async fn publish_outcome_of<R, O: Event + Sync>(
+        &self,
+        effect: &Effect<R>,
+        name: &str,
+        data: O,
+    ) -> Result<Effect<()>, JobError> {
+        let may_have_run = matches!(effect, Effect::AlreadyDone);
+        self.publish_outcome_once(name, data, may_have_run).await
+    }
+
+    async fn publish_outcome_once<O: Event + Sync>(
+        &self,
+        name: &str,
+        data: O,
+        may_have_run: bool,
+    ) -> Result<Effect<()>, JobError> {
         let publish = outcome_publisher(&self.extras, self.idempotency_id(), name, data);
-        self.once(&format!("outcome:{name}"), publish).await
+        let key = self
+            .ledger
+            .key(self.idempotency_id(), &format!("outcome:{name}"));
+        self.ledger
+            .once_deduplicated(&key, may_have_run, publish)
+            .await
     }
 
     /// Registers the outcome `name` to publish if this attempt dead-letters the event (an `email.failed`): `make`
@@ -169,7 +201,10 @@ impl<T> Job<T> {
                 let kind = events::FailureKind::from_dlq_kind(kind.as_str())
                     .unwrap_or(events::FailureKind::Permanent);
                 let publish = outcome_publisher(&extras, &event_id, &name, make(kind));
-                ledger.once(&key, publish).await.map(|_| ())
+                ledger
+                    .once_deduplicated(&key, true, publish)
+                    .await
+                    .map(|_| ())
             })
         });
         if let Ok(mut slot) = self.extras.on_dead.lock() {

@@ -259,6 +259,34 @@ impl Ledger {
         })
     }
 
+    /// Runs `effect` unless the ledger records it done, then records it done: for an effect whose repeats are
+    /// absorbed downstream, a publish whose `Nats-Msg-Id` derives from `key` (an outcome event), where a claim
+    /// would exclude only a second copy that the stream's duplicate window drops anyway. It saves the claim's
+    /// write, a durable write (an fsync under `sync_interval: always`) per outcome. `may_have_run` is false only
+    /// where the caller knows no earlier attempt can have run it (an outcome that follows an effect this
+    /// attempt performed: outcomes come after their effect's `done`); then the read before it is skipped too.
+    /// ARCHITECTURE.md ("Outcome events") gives the argument for each crash point.
+    ///
+    /// # Errors
+    /// The effect's own error, or a KV error reading the key (transient).
+    pub(crate) async fn once_deduplicated<T, F, Fut>(
+        &self,
+        key: &str,
+        may_have_run: bool,
+        effect: F,
+    ) -> Result<Effect<T>, JobError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, JobError>>,
+    {
+        match &self.backend {
+            Backend::Kv(inner) => inner.once_deduplicated(key, may_have_run, effect).await,
+            #[cfg(feature = "testing")]
+            Backend::Memory(memory) => memory.once(key, effect, |_| None).await,
+        }
+        .map(Outcome::effect)
+    }
+
     async fn run<T, F, Fut>(
         &self,
         key: &str,
@@ -370,6 +398,102 @@ impl Inner {
             biased;
             result = work => result,
             never = self.renew_boxed(&held) => match never {},
+        }
+    }
+
+    async fn once_deduplicated<T, F, Fut>(
+        &self,
+        key: &str,
+        may_have_run: bool,
+        effect: F,
+    ) -> Result<Outcome<T>, JobError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, JobError>>,
+    {
+        if may_have_run && let Some(decision) = self.done_boxed(key).await? {
+            return Ok(Outcome::AlreadyDone(decision));
+        }
+        let value = effect().await?;
+        self.record_done_boxed(key).await;
+        Ok(Outcome::Done(value))
+    }
+
+    #[inline(never)]
+    fn done_boxed<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> Step<'a, Result<Option<Option<String>>, JobError>> {
+        Box::pin(self.done(key))
+    }
+
+    #[inline(never)]
+    fn record_done_boxed<'a>(&'a self, key: &'a str) -> Step<'a, ()> {
+        Box::pin(self.record_done(key))
+    }
+
+    /// `Some(decision)` when the key records the effect done. A pending claim (an older build's, which claimed
+    /// outcomes too) is not done: the effect runs, and its copy is absorbed as any other repeat.
+    async fn done(&self, key: &str) -> Result<Option<Option<String>>, JobError> {
+        let entry = self
+            .store
+            .entry(key)
+            .await
+            .map_err(|err| JobError::transient(anyhow::anyhow!("ledger read: {err}")))?;
+        Ok(entry
+            .filter(|entry| entry.operation == Operation::Put)
+            .and_then(|entry| match protocol::parse(&entry.value) {
+                protocol::Value::Done(decision) => Some(decision),
+                protocol::Value::Pending(_) | protocol::Value::Unknown => None,
+            }))
+    }
+
+    /// Records `done` on a key no claim of this attempt holds: created where it is absent, written over a
+    /// pending claim (whose holder then finds it done), left alone where another attempt recorded it. Retries
+    /// as [`Inner::mark_done`] does, bounded by the handler's timeout; a `done` that never lands only lets a
+    /// later attempt repeat the effect, which its key makes a duplicate the stream drops.
+    async fn record_done(&self, key: &str) {
+        let value = Bytes::from(protocol::done(now_ms(), None));
+        if let Some(batches) = &self.batches
+            && batches.writes.write(key, 0, value.clone()).await.is_some()
+        {
+            return;
+        }
+        let mut delay = Duration::from_millis(20);
+        let mut failures = 0_u32;
+        loop {
+            let error = match self.create(key, value.clone()).await {
+                Ok(_) => return,
+                Err(err) if err.kind() == CreateErrorKind::AlreadyExists => {
+                    match self.store.entry(key).await {
+                        Ok(Some(entry))
+                            if entry.operation == Operation::Put
+                                && matches!(
+                                    protocol::parse(&entry.value),
+                                    protocol::Value::Done(_)
+                                ) =>
+                        {
+                            return;
+                        }
+                        Ok(Some(entry)) => {
+                            match self.update(key, value.clone(), entry.revision).await {
+                                Ok(_) => return,
+                                Err(err) => err.to_string(),
+                            }
+                        }
+                        // Deleted between the two, or a lagging replica answered: the next round sees.
+                        Ok(None) => "the key was not found on reading it back".to_owned(),
+                        Err(err) => err.to_string(),
+                    }
+                }
+                Err(err) => err.to_string(),
+            };
+            failures += 1;
+            if failures == 3 || failures.is_multiple_of(20) {
+                tracing::error!(error = %error, failures, "outcome published but the ledger has not recorded it yet; still trying");
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(1));
         }
     }
 
