@@ -96,8 +96,8 @@ struct Args {
     /// runtime-ledger), for profiling one.
     #[arg(long, value_delimiter = ',')]
     consume: Vec<String>,
-    /// The welcome binary the welcome rows run (default: target/release/welcome), for before/after runs of two
-    /// builds in one session.
+    /// The welcome binary the welcome rows and the scale rows of welcome processes (replicas, functions) run
+    /// (default: target/release/welcome), for before/after runs of two builds in one session.
     #[arg(long)]
     welcome_bin: Option<PathBuf>,
     /// `SMTP_POOL_MAX` of the welcome function in its emails/s rows (what it ships with: 8).
@@ -278,7 +278,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         not_measured.push("welcome rows under sync_interval: always (not selected)".to_owned());
     }
     if wants(Section::Scale) {
-        let scale_plan = scale::Plan::new(args.quick, plan.runs);
+        let mut scale_plan = scale::Plan::new(args.quick, plan.runs);
+        scale_plan.welcome_bin.clone_from(&args.welcome_bin);
         let (scale_rows, skipped) = scale::run(&root, &nats_bin, &scale_plan, &args.scale).await;
         rows.extend(scale_rows);
         not_measured.extend(skipped);

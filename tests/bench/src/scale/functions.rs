@@ -86,7 +86,7 @@ struct Window {
 }
 
 pub async fn run(root: &Path, server: &Server, plan: &Plan) -> anyhow::Result<Vec<Row>> {
-    let bin = super::welcome_bin(root)?;
+    let bin = super::welcome_bin(root, plan)?;
     let sink = testkit::SmtpServer::start_sink();
     let stream = server.js.get_stream("EVENTS").await?;
     let names: Vec<String> = (0..plan.functions)

@@ -48,6 +48,8 @@ pub enum Part {
 /// Counts for the scale rows; the full section is sized to take about eight minutes on two cores.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// The welcome binary the replica and function rows run (`--welcome-bin`); `None`: as [`welcome_bin`] says.
+    pub welcome_bin: Option<PathBuf>,
     /// Runs of each replica count.
     pub runs: usize,
     /// Replica counts.
@@ -92,6 +94,7 @@ impl Plan {
         let limit = payload::LIMIT_TARGET;
         if quick {
             Self {
+                welcome_bin: None,
                 runs,
                 replicas: vec![1, 2, 4, 8],
                 replica_emails: 1_000,
@@ -117,6 +120,7 @@ impl Plan {
             }
         } else {
             Self {
+                welcome_bin: None,
                 runs: runs.min(2),
                 replicas: vec![1, 2, 4, 8],
                 replica_emails: 3_000,
@@ -622,11 +626,13 @@ pub fn spawn_welcome(
     Ok(ChildGuard::new(child, "welcome"))
 }
 
-/// `target/release/welcome` (or `$JETFN_BENCH_WELCOME_BIN`, to compare two builds in one session), or an error
-/// saying how to build it.
-pub fn welcome_bin(root: &Path) -> anyhow::Result<PathBuf> {
-    let bin = std::env::var_os("JETFN_BENCH_WELCOME_BIN")
-        .map_or_else(|| root.join("target/release/welcome"), PathBuf::from);
+/// The plan's `--welcome-bin`, else `$JETFN_BENCH_WELCOME_BIN`, else `target/release/welcome` (to compare two builds
+/// in one session), or an error saying how to build it.
+pub fn welcome_bin(root: &Path, plan: &Plan) -> anyhow::Result<PathBuf> {
+    let bin = plan.welcome_bin.clone().unwrap_or_else(|| {
+        std::env::var_os("JETFN_BENCH_WELCOME_BIN")
+            .map_or_else(|| root.join("target/release/welcome"), PathBuf::from)
+    });
     anyhow::ensure!(
         bin.exists(),
         "{} is missing: `cargo build --release -p welcome`",

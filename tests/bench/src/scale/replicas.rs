@@ -31,7 +31,7 @@ struct Run {
 }
 
 pub async fn run(root: &Path, server: &Server, plan: &Plan) -> anyhow::Result<Vec<Row>> {
-    let bin = super::welcome_bin(root)?;
+    let bin = super::welcome_bin(root, plan)?;
     let sink = testkit::SmtpServer::start_sink();
     let mut runs: Vec<Vec<Run>> = plan.replicas.iter().map(|_| Vec::new()).collect();
     for run in 0..plan.runs {
