@@ -440,12 +440,7 @@ impl Inner {
             .entry(key)
             .await
             .map_err(|err| JobError::transient(anyhow::anyhow!("ledger read: {err}")))?;
-        Ok(entry
-            .filter(|entry| entry.operation == Operation::Put)
-            .and_then(|entry| match protocol::parse(&entry.value) {
-                protocol::Value::Done(decision) => Some(decision),
-                protocol::Value::Pending(_) | protocol::Value::Unknown => None,
-            }))
+        Ok(entry.as_ref().and_then(recorded_done))
     }
 
     /// Records `done` on a key no claim of this attempt holds: created where it is absent, written over a
@@ -459,22 +454,13 @@ impl Inner {
         {
             return;
         }
-        let mut delay = Duration::from_millis(20);
-        let mut failures = 0_u32;
+        let mut retry = DoneRetry::new();
         loop {
             let error = match self.create(key, value.clone()).await {
                 Ok(_) => return,
                 Err(err) if err.kind() == CreateErrorKind::AlreadyExists => {
                     match self.store.entry(key).await {
-                        Ok(Some(entry))
-                            if entry.operation == Operation::Put
-                                && matches!(
-                                    protocol::parse(&entry.value),
-                                    protocol::Value::Done(_)
-                                ) =>
-                        {
-                            return;
-                        }
+                        Ok(Some(entry)) if recorded_done(&entry).is_some() => return,
                         Ok(Some(entry)) => {
                             match self.update(key, value.clone(), entry.revision).await {
                                 Ok(_) => return,
@@ -488,12 +474,12 @@ impl Inner {
                 }
                 Err(err) => err.to_string(),
             };
-            failures += 1;
-            if failures == 3 || failures.is_multiple_of(20) {
-                tracing::error!(error = %error, failures, "outcome published but the ledger has not recorded it yet; still trying");
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(1));
+            retry
+                .after(
+                    &error,
+                    "outcome published but the ledger has not recorded it yet; still trying",
+                )
+                .await;
         }
     }
 
@@ -677,8 +663,7 @@ impl Inner {
                 return;
             }
         }
-        let mut delay = Duration::from_millis(20);
-        let mut failures = 0_u32;
+        let mut retry = DoneRetry::new();
         loop {
             let current = held.revision.load(Ordering::Acquire);
             let error = match self.update(held.key, value.clone(), current).await {
@@ -698,12 +683,12 @@ impl Inner {
                 }
                 Err(err) => err.to_string(),
             };
-            failures += 1;
-            if failures == 3 || failures.is_multiple_of(20) {
-                tracing::error!(error = %error, failures, "side effect done but the ledger has not recorded it yet; still trying");
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(1));
+            retry
+                .after(
+                    &error,
+                    "side effect done but the ledger has not recorded it yet; still trying",
+                )
+                .await;
         }
     }
 
@@ -786,6 +771,42 @@ impl Inner {
 
 /// A step of the ledger's protocol, boxed (see `Inner::claim_boxed`).
 type Step<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// `Some(decision)` where `entry` records its effect done (a pending claim, a deletion or an unknown value do not).
+fn recorded_done(entry: &kv::Entry) -> Option<Option<String>> {
+    if entry.operation != Operation::Put {
+        return None;
+    }
+    match protocol::parse(&entry.value) {
+        protocol::Value::Done(decision) => Some(decision),
+        protocol::Value::Pending(_) | protocol::Value::Unknown => None,
+    }
+}
+
+/// The pace of a `done` write that must land (after the effect happened, giving up would let it run again): 20 ms
+/// doubling to a second between tries, the error logged at the third failure and every twentieth.
+struct DoneRetry {
+    delay: Duration,
+    failures: u32,
+}
+
+impl DoneRetry {
+    fn new() -> Self {
+        Self {
+            delay: Duration::from_millis(20),
+            failures: 0,
+        }
+    }
+
+    async fn after(&mut self, error: &str, message: &'static str) {
+        self.failures += 1;
+        if self.failures == 3 || self.failures.is_multiple_of(20) {
+            tracing::error!(error = %error, failures = self.failures, "{message}");
+        }
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Duration::from_secs(1));
+    }
+}
 
 /// A claim this attempt holds: the revision moves with each renewal.
 struct Held<'a> {
