@@ -3,8 +3,10 @@
 //! the confirmed ack), `max_ack_pending` 256 as the consume rows. The drainer is `jetfn-bench` itself started as
 //! a function ([`super::FUNCTION_ENV`]), so its memory is a function's alone. Every second the consumer's ack
 //! floor, the function's and nats-server's memory are sampled; the rows give the rate per 10 s window, memory at
-//! the start and the end of the drain, and the total time.
+//! the start and the end of the drain, and the total time. Then nats-server is restarted on the drained store,
+//! once with the ledger bucket and once without it, for what each ledger key keeps in the server's memory.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -35,7 +37,7 @@ struct Sample {
     server: Memory,
 }
 
-pub async fn run(server: &Server, plan: &Plan) -> anyhow::Result<Vec<Row>> {
+pub async fn run(root: &Path, server: &Server, plan: &Plan) -> anyhow::Result<Vec<Row>> {
     let count = plan.backlog;
     let start = server.last_sequence().await? + 1;
     eprintln!("  publishing {count} events (raw, pipelined)");
@@ -97,15 +99,91 @@ pub async fn run(server: &Server, plan: &Plan) -> anyhow::Result<Vec<Row>> {
     let cpu = cpu.end(&[pid], server.pid());
     child.stop();
     let _ = stream.delete_consumer(&name).await;
+    let held = held(server, &ledger).await;
     let _ = server.js.delete_key_value(&ledger).await;
-    Ok(rows(
+    let mut rows = rows(
         count,
         fill,
         first.unwrap_or(0.0),
         &samples,
         server_before,
         &cpu,
-    ))
+    );
+    rows.push(held?.row(root)?);
+    Ok(rows)
+}
+
+/// nats-server's memory restarted on the drained store with the ledger bucket, then without it.
+struct Held {
+    keys: u64,
+    with: Memory,
+    without: Memory,
+}
+
+/// Restarts drop what the drain left behind (block caches, garbage the Go runtime had not given back), so the
+/// difference between the two is what the keys themselves keep while the bucket holds them: the server's index
+/// of subjects, which a file store keeps in memory for every key. The drain's own peak says nothing about that.
+async fn held(server: &Server, ledger: &str) -> anyhow::Result<Held> {
+    let keys = server
+        .js
+        .get_stream(format!("KV_{ledger}"))
+        .await?
+        .info()
+        .await?
+        .state
+        .subjects_count;
+    eprintln!("  restarting nats-server on the drained store ({keys} ledger keys)");
+    let with = server.restarted().await?;
+    server.js.delete_key_value(ledger).await?;
+    eprintln!("  restarting nats-server again, the ledger bucket deleted");
+    let without = server.restarted().await?;
+    Ok(Held {
+        keys,
+        with,
+        without,
+    })
+}
+
+impl Held {
+    /// Bytes per key, and what the shipped ledger's retention makes of it for a steady flow of emails.
+    #[allow(clippy::cast_precision_loss)]
+    fn row(&self, root: &Path) -> anyhow::Result<Row> {
+        let definitions = provision::Definitions::load(&root.join("infra/nats"))?;
+        let kept_days = definitions
+            .buckets
+            .iter()
+            .find(|bucket| bucket.bucket == "jetfn-ledger")
+            .map(|bucket| bucket.max_age_secs as f64 / 86_400.0)
+            .context("infra/nats has no jetfn-ledger bucket")?;
+        let per_key = self.with.rss.saturating_sub(self.without.rss) as f64 * 1024.0
+            / self.keys.max(1) as f64;
+        // A welcome email writes two keys: its send and its `email.sent` outcome.
+        let daily = 100_000.0;
+        let held_gib = daily * 2.0 * kept_days * per_key / f64::from(1u32 << 30);
+        let mut row = Row::rate(
+            "scale/backlog/server-bytes-per-ledger-key".to_owned(),
+            SECTION,
+            "nats-server's memory per ledger key the bucket holds (restarted on the drained store, with the \
+             bucket and without it)"
+                .to_owned(),
+            DURABILITY,
+            "bytes",
+            vec![per_key],
+        );
+        row.note = format!(
+            "{:.0} MiB restarted with the ledger's {} keys, {:.0} MiB without them (private memory {:.0} and {:.0} \
+             MiB); the ledger keeps a key {kept_days:.0} days after its last write, and an email function writes \
+             two per email (the send and its `email.sent`): {} emails a day hold about {held_gib:.1} GiB of the \
+             server's memory",
+            mib(self.with.rss),
+            number(self.keys as f64),
+            mib(self.without.rss),
+            mib(self.with.anon),
+            mib(self.without.anon),
+            number(daily),
+        );
+        Ok(row)
+    }
 }
 
 #[allow(clippy::cast_precision_loss)]

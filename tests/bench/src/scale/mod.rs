@@ -210,7 +210,7 @@ async fn part_rows(
         }
         Part::Backlog => {
             on_own_server(root, nats_bin, async |server| {
-                backlog::run(server, plan).await
+                backlog::run(root, server, plan).await
             })
             .await
         }
@@ -342,6 +342,22 @@ impl Server {
 
     fn stop(self) {
         self.server.stop();
+    }
+
+    /// Stops the server, starts it again on the same port and store, waits until JetStream answers on the
+    /// (reconnected) client, and gives the server a few seconds to settle before reading its memory.
+    pub async fn restarted(&self) -> anyhow::Result<Memory> {
+        tokio::task::block_in_place(|| self.server.try_restart())?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.js.query_account().await.is_err() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "JetStream did not answer within 60 s of the restart"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Ok(Memory::of(self.pid()))
     }
 }
 
