@@ -111,7 +111,8 @@ impl Definitions {
     ///
     /// # Errors
     /// Every problem found, each line naming the file and the key: an unreadable file, a key no list knows (with
-    /// the closest known one), a value of the wrong type, a name that differs from the file's.
+    /// the closest known one), a value of the wrong type, a name that differs from the file's, a ledger or batch
+    /// bucket kept shorter than a dead letter can wait for its replay.
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
         let mut problems = Vec::new();
         let mut streams = Vec::new();
@@ -164,6 +165,16 @@ impl Definitions {
         for path in json_files(&dir.join("kv"))? {
             if let Some(bucket) = read::<Bucket>(&path, schema::BUCKET, &mut problems) {
                 check_name(&path, "bucket", &bucket.bucket, &mut problems);
+                if let Some(dlq) = streams.iter().find(|stream| stream.name == DLQ_STREAM) {
+                    check_outlives_dead_letters(
+                        &path,
+                        &bucket,
+                        dlq,
+                        &dir.join("streams").join(format!("{DLQ_STREAM}.json")),
+                        &consumers,
+                        &mut problems,
+                    );
+                }
                 buckets.push(bucket);
             }
         }
@@ -316,6 +327,81 @@ fn check_ack_wait(path: &Path, config: &consumer::pull::Config, problems: &mut V
              when a backoff list is given, so write them equal (or leave `ack_wait` out)",
             path.display(),
             config.ack_wait
+        ));
+    }
+}
+
+/// The dead-letter stream a replay reads from.
+const DLQ_STREAM: &str = "DLQ";
+
+/// Buckets whose records a replayed dead letter must still find: the ledger (an effect recorded at the first
+/// attempt, before the event died, is not repeated by its replay) and the batch records (a replayed item counts
+/// against its batch).
+const OUTLIVE_DEAD_LETTERS: [&str; 2] = ["jetfn-ledger", "jetfn-batches"];
+
+/// The longest an event can spend being retried before it is dead-lettered, over `consumers`: its effects may be
+/// recorded at the first attempt and the dead letter written at the last. A consumer without a `max_deliver`
+/// retries without end and is dead-lettered only by a permanent error, which no retention can bound; it adds
+/// nothing here.
+pub fn longest_retry_span(consumers: &[(String, consumer::pull::Config)]) -> Duration {
+    consumers
+        .iter()
+        .map(|(_, consumer)| {
+            let attempts = u32::try_from(consumer.max_deliver.max(1)).unwrap_or(u32::MAX);
+            (1..attempts)
+                .map(|n| {
+                    let step = usize::try_from(n - 1).unwrap_or(usize::MAX);
+                    consumer
+                        .backoff
+                        .get(step)
+                        .or(consumer.backoff.last())
+                        .copied()
+                        .unwrap_or(consumer.ack_wait)
+                })
+                .sum::<Duration>()
+        })
+        .max()
+        .unwrap_or_default()
+}
+
+/// An operator who shortens the ledger to hold less of the server's memory (each key costs a few hundred bytes
+/// there while it is kept; README, "Sizing the server's memory") must shorten the DLQ with it, or a late replay repeats
+/// an email. Refused here, at load, so `jetfn infra plan` says so before anything is applied.
+fn check_outlives_dead_letters(
+    path: &Path,
+    bucket: &Bucket,
+    dlq: &stream::Config,
+    dlq_path: &Path,
+    consumers: &[(String, consumer::pull::Config)],
+    problems: &mut Vec<String>,
+) {
+    if !OUTLIVE_DEAD_LETTERS.contains(&bucket.bucket.as_str()) || bucket.max_age_secs == 0 {
+        return;
+    }
+    let kept = Duration::from_secs(bucket.max_age_secs);
+    if dlq.max_age.is_zero() {
+        problems.push(format!(
+            "{}: `max_age_secs` is {} but the DLQ keeps dead letters forever (`max_age` 0 in {}): a replay after \
+             the record expired repeats its effect; keep it forever too (0), or give the DLQ a `max_age`",
+            path.display(),
+            kept.as_secs(),
+            dlq_path.display()
+        ));
+        return;
+    }
+    let retries = longest_retry_span(consumers);
+    let needed = dlq.max_age + retries;
+    if kept < needed {
+        problems.push(format!(
+            "{}: `max_age_secs` is {}, less than a dead letter can wait for its replay: up to {} s of retries, \
+             then the DLQ keeps it {} s (`max_age` in {}); a replay after the record expired repeats its effect. \
+             Keep at least {} s, or lower the DLQ's `max_age` with it",
+            path.display(),
+            kept.as_secs(),
+            retries.as_secs(),
+            dlq.max_age.as_secs(),
+            dlq_path.display(),
+            needed.as_secs()
         ));
     }
 }
@@ -521,6 +607,48 @@ mod tests {
                 "{}: `history`: expected a whole number, 0 or more, got \"one\"",
                 file.display()
             )
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_ledger_kept_shorter_than_a_dead_letter_can_wait_is_refused_and_a_shorter_dlq_allows_it() {
+        let dir = temp_copy("retention");
+        let ledger = dir.join("kv/jetfn-ledger.json");
+        let dlq = dir.join("streams/DLQ.json");
+        // 16 days, as an operator might set it to hold fewer keys in the server's memory.
+        edit(
+            &ledger,
+            "\"max_age_secs\": 7948800",
+            "\"max_age_secs\": 1382400",
+        );
+        let err = Definitions::load(&dir).unwrap_err().to_string();
+        let retries = longest_retry_span(&Definitions::load(&shipped()).unwrap().consumers);
+        assert_eq!(
+            err,
+            format!(
+                "{}: `max_age_secs` is 1382400, less than a dead letter can wait for its replay: up to {} s of \
+                 retries, then the DLQ keeps it 7776000 s (`max_age` in {}); a replay after the record expired \
+                 repeats its effect. Keep at least {} s, or lower the DLQ's `max_age` with it",
+                ledger.display(),
+                retries.as_secs(),
+                dlq.display(),
+                7_776_000 + retries.as_secs()
+            )
+        );
+        // 14 days of dead letters fit in 16 days of ledger.
+        edit(
+            &dlq,
+            "\"max_age\": 7776000000000000",
+            "\"max_age\": 1209600000000000",
+        );
+        Definitions::load(&dir).expect("a DLQ shortened with the ledger");
+        edit(&dlq, "\"max_age\": 1209600000000000", "\"max_age\": 0");
+        let err = Definitions::load(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("jetfn-ledger.json: `max_age_secs` is 1382400 but the DLQ keeps dead letters forever")
+                && err.contains("jetfn-batches.json: `max_age_secs` is 7948800 but the DLQ"),
+            "{err}"
         );
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -12,30 +12,6 @@ fn shipped() -> Definitions {
         .expect("infra/nats loads")
 }
 
-/// The longest an event can spend being retried before it is dead-lettered: its effects may be recorded at the
-/// first attempt and the dead letter written at the last.
-fn longest_retry_span(definitions: &Definitions) -> Duration {
-    definitions
-        .consumers
-        .iter()
-        .map(|(_, consumer)| {
-            let attempts = u32::try_from(consumer.max_deliver.max(1)).unwrap_or(u32::MAX);
-            (1..attempts)
-                .map(|n| {
-                    let step = usize::try_from(n - 1).unwrap_or(usize::MAX);
-                    consumer
-                        .backoff
-                        .get(step)
-                        .or(consumer.backoff.last())
-                        .copied()
-                        .unwrap_or(consumer.ack_wait)
-                })
-                .sum::<Duration>()
-        })
-        .max()
-        .unwrap_or_default()
-}
-
 #[test]
 fn the_ledger_outlives_every_dead_letter_and_its_retries() {
     let definitions = shipped();
@@ -54,7 +30,7 @@ fn the_ledger_outlives_every_dead_letter_and_its_retries() {
         ledger.max_age_secs > 0,
         "a ledger kept forever outlives anything, but grows forever"
     );
-    let needed = dlq.max_age + longest_retry_span(&definitions);
+    let needed = dlq.max_age + provision::longest_retry_span(&definitions.consumers);
     let kept = Duration::from_secs(ledger.max_age_secs);
     assert!(
         kept >= needed,
