@@ -17,7 +17,7 @@ use runtime::config::{JobConfig, NatsConfig};
 use runtime::{Job, JobError, Runtime};
 use serde_json::json;
 
-use super::{CpuWindow, DURABILITY, Memory, Plan, Server, mib};
+use super::{CpuWindow, DURABILITY, Memory, Plan, Restarted, Server, mib};
 use crate::consume::{IN_FLIGHT, create_ledger, short_id};
 use crate::publish::{self, Via};
 use crate::report::{Row, number};
@@ -116,8 +116,8 @@ pub async fn run(root: &Path, server: &Server, plan: &Plan) -> anyhow::Result<Ve
 /// nats-server's memory restarted on the drained store with the ledger bucket, then without it.
 struct Held {
     keys: u64,
-    with: Memory,
-    without: Memory,
+    with: Restarted,
+    without: Restarted,
 }
 
 /// Restarts drop what the drain left behind (block caches, garbage the Go runtime had not given back), so the
@@ -155,8 +155,9 @@ impl Held {
             .find(|bucket| bucket.bucket == "jetfn-ledger")
             .map(|bucket| bucket.max_age_secs as f64 / 86_400.0)
             .context("infra/nats has no jetfn-ledger bucket")?;
-        let per_key = self.with.rss.saturating_sub(self.without.rss) as f64 * 1024.0
-            / self.keys.max(1) as f64;
+        let (with, without) = (self.with.memory, self.without.memory);
+        let per_key =
+            with.rss.saturating_sub(without.rss) as f64 * 1024.0 / self.keys.max(1) as f64;
         // A welcome email writes two keys: its send and its `email.sent` outcome.
         let daily = 100_000.0;
         let held_gib = daily * 2.0 * kept_days * per_key / f64::from(1u32 << 30);
@@ -172,14 +173,16 @@ impl Held {
         );
         row.note = format!(
             "{:.0} MiB restarted with the ledger's {} keys, {:.0} MiB without them (private memory {:.0} and {:.0} \
-             MiB); the ledger keeps a key {kept_days:.0} days after its last write, and an email function writes \
-             two per email (the send and its `email.sent`): {} emails a day hold about {held_gib:.1} GiB of the \
-             server's memory",
-            mib(self.with.rss),
+             MiB); JetStream answered {:.2} s and {:.2} s after the start; the ledger keeps a key {kept_days:.0} \
+             days after its last write, and an email function writes two per email (the send and its \
+             `email.sent`): {} emails a day hold about {held_gib:.1} GiB of the server's memory",
+            mib(with.rss),
             number(self.keys as f64),
-            mib(self.without.rss),
-            mib(self.with.anon),
-            mib(self.without.anon),
+            mib(without.rss),
+            mib(with.anon),
+            mib(without.anon),
+            self.with.ready.as_secs_f64(),
+            self.without.ready.as_secs_f64(),
             number(daily),
         );
         Ok(row)
