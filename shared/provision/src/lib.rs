@@ -365,8 +365,8 @@ pub fn longest_retry_span(consumers: &[(String, consumer::pull::Config)]) -> Dur
 }
 
 /// An operator who shortens the ledger to hold less of the server's memory (each key costs a few hundred bytes
-/// there while it is kept; README, "Sizing the server's memory") must shorten the DLQ with it, or a late replay repeats
-/// an email. Refused here, at load, so `jetfn infra plan` says so before anything is applied.
+/// there while it is kept; README, "Sizing the server's memory") must shorten the DLQ with it, or a late replay
+/// repeats an email. Refused here, at load, so `jetfn infra plan` says so before anything is applied.
 fn check_outlives_dead_letters(
     path: &Path,
     bucket: &Bucket,

@@ -122,7 +122,8 @@ struct Held {
 
 /// Restarts drop what the drain left behind (block caches, garbage the Go runtime had not given back), so the
 /// difference between the two is what the keys themselves keep while the bucket holds them: the server's index
-/// of subjects, which a file store keeps in memory for every key. The drain's own peak says nothing about that.
+/// of subjects, which a file store keeps in memory for every key, and its record of the claims each `done`
+/// replaced. The drain's own peak says nothing about that.
 async fn held(server: &Server, ledger: &str) -> anyhow::Result<Held> {
     let keys = server
         .js
