@@ -344,9 +344,10 @@ impl Server {
         self.server.stop();
     }
 
-    /// Stops the server, starts it again on the same port and store, waits until JetStream answers on the
-    /// (reconnected) client, and gives the server a few seconds to settle before reading its memory. The time
-    /// from the start to JetStream's first answer is the store's recovery as a node's restart pays it.
+    /// Stops the server, starts it again on the same port and store, waits until JetStream answers (on a
+    /// connection of its own, then on the reconnected shared client), and gives the server a few seconds to
+    /// settle before reading its memory. The time from the start to JetStream's first answer is the store's
+    /// recovery as a node's restart pays it.
     pub async fn restarted(&self) -> anyhow::Result<Restarted> {
         let begun = tokio::task::block_in_place(|| {
             self.server.stop();
@@ -357,7 +358,7 @@ impl Server {
         // A connection of its own per try: the shared client reconnects on its own schedule, whose backoff
         // would be counted as the server's.
         loop {
-            if let Ok(client) = async_nats::connect(self.url()).await
+            if let Ok(client) = crate::consume::connect(&self.url(), None).await
                 && jetstream::new(client).query_account().await.is_ok()
             {
                 break;
