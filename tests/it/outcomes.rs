@@ -233,7 +233,8 @@ async fn ledger_writes(
 }
 
 #[tokio::test]
-async fn an_email_sent_outcome_is_recorded_without_a_claim_and_a_claim_on_it_holds_nothing_back() {
+async fn an_email_sent_outcome_is_a_mark_on_its_email_s_key_and_an_older_build_s_record_is_honoured()
+ {
     let system = System::start().await;
     let (writes, listener) = ledger_writes(&system).await;
     let _welcome = system.spawn("welcome", &[]).await;
@@ -243,7 +244,20 @@ async fn an_email_sent_outcome_is_recorded_without_a_claim_and_a_claim_on_it_hol
     system.wait_settled("welcome").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    // The email's effect: a claim, then its `done`. The outcome: its `done` alone, on a key of its own.
+    // The email's effect: a claim, then its `done`, then the outcome's mark on the same key. One key per email:
+    // nats-server holds every key of the bucket in memory.
+    let bucket = system.js.get_key_value("jetfn-ledger").await.unwrap();
+    let keys = runtime::Ledger::new(
+        system.js.clone(),
+        bucket.clone(),
+        "welcome",
+        Duration::from_secs(120),
+    );
+    let effect_key = keys.key(&event.id, "welcome-email:claimless@example.com");
+    let legacy_key = keys.key(
+        &event.id,
+        "outcome:email.sent:welcome-email:claimless@example.com",
+    );
     let seen: Vec<(String, String)> = writes
         .lock()
         .unwrap()
@@ -251,51 +265,64 @@ async fn an_email_sent_outcome_is_recorded_without_a_claim_and_a_claim_on_it_hol
         .filter(|(_, value)| value.starts_with("pending ") || value.starts_with("done "))
         .cloned()
         .collect();
-    let claims: Vec<&(String, String)> = seen
-        .iter()
-        .filter(|(_, value)| value.starts_with("pending "))
-        .collect();
-    assert_eq!(claims.len(), 1, "one claim, the email's: {seen:?}");
-    let effect_key = claims[0].0.clone();
-    let outcome_keys: Vec<&String> = seen
-        .iter()
-        .filter(|(key, value)| value.starts_with("done ") && *key != effect_key)
-        .map(|(key, _)| key)
-        .collect();
-    assert_eq!(
-        outcome_keys.len(),
-        1,
-        "one `done` besides the email's, the outcome's: {seen:?}"
-    );
-    let outcome_key = outcome_keys[0].clone();
     assert_eq!(seen.len(), 3, "three ledger writes per email: {seen:?}");
+    assert!(
+        seen.iter().all(|(key, _)| *key == effect_key),
+        "every write is on the email's key {effect_key}: {seen:?}"
+    );
+    assert!(seen[0].1.starts_with("pending "), "{seen:?}");
+    let marked = &seen[2].1;
+    assert!(
+        marked.starts_with("done ") && marked.contains(" +"),
+        "the last write marks the outcome: {seen:?}"
+    );
+    assert_eq!(
+        bucket.get(&legacy_key).await.unwrap(),
+        None,
+        "the outcome has no key of its own"
+    );
 
-    // A claim on the outcome's key (an earlier build claimed outcomes, and one may be mid-publish in a rolling
+    // An older build recorded the outcome on a key of its own and no mark: a redelivery honours it and
+    // publishes nothing (it would write the mark if it had).
+    bucket.put(&effect_key, "done 1".into()).await.unwrap();
+    bucket.put(&legacy_key, "done 1".into()).await.unwrap();
+    let redeliver = || async {
+        system
+            .publish_raw(
+                "events.users.registered",
+                &serde_json::to_vec(&event).unwrap(),
+            )
+            .await;
+    };
+    redeliver().await;
+    system.wait_settled("welcome").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        bucket.get(&effect_key).await.unwrap().as_deref(),
+        Some(&b"done 1"[..]),
+        "nothing published again, so no mark"
+    );
+
+    // A claim on the outcome's own key (an older build claimed outcomes, and one may be mid-publish in a rolling
     // update) does not hold a redelivery's outcome back: the repeat goes out under the same id, the duplicate
-    // window keeps one, and its `done` is written over the claim.
-    let ledger = system.js.get_key_value("jetfn-ledger").await.unwrap();
-    ledger
+    // window keeps one, and the mark is written.
+    bucket
         .put(
-            &outcome_key,
+            &legacy_key,
             "pending 0123456789abcdef0123456789abcdef 1".into(),
         )
         .await
         .unwrap();
-    system
-        .publish_raw(
-            "events.users.registered",
-            &serde_json::to_vec(&event).unwrap(),
-        )
-        .await;
+    redeliver().await;
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let value = ledger.get(&outcome_key).await.unwrap().unwrap_or_default();
-        if value.starts_with(b"done ") {
+        let value = bucket.get(&effect_key).await.unwrap().unwrap_or_default();
+        if value.starts_with(b"done 1 +") {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the outcome's key still holds {:?}",
+            "the email's key still holds {:?}",
             String::from_utf8_lossy(&value)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;

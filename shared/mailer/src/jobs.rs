@@ -104,7 +104,7 @@ pub async fn send_once<T>(
         message_id: crate::compose::message_id(&idempotency_key),
     };
     match job
-        .publish_outcome_of(&sent, &format!("email.sent:{effect}"), outcome)
+        .publish_outcome_of(effect, &sent, &format!("email.sent:{effect}"), outcome)
         .await
     {
         Ok(_) => Ok(()),

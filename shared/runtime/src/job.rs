@@ -141,38 +141,39 @@ impl<T> Job<T> {
         name: &str,
         data: O,
     ) -> Result<Effect<()>, JobError> {
-        self.publish_outcome_once(name, data, true).await
+        let publish = outcome_publisher(&self.extras, self.idempotency_id(), name, data);
+        let key = self
+            .ledger
+            .key(self.idempotency_id(), &format!("outcome:{name}"));
+        self.ledger.once_deduplicated(&key, publish).await
     }
 
     /// [`Job::publish_outcome`] for the outcome of `effect`, an effect of this event that this attempt ran through
-    /// [`Job::once`] just before. Where this attempt performed it ([`Effect::Done`]), no earlier attempt got past
-    /// it to publish the outcome, so the ledger is not read first: the outcome costs its publish and one ledger
-    /// write. Where an earlier attempt had ([`Effect::AlreadyDone`]), it reads as [`Job::publish_outcome`] does.
+    /// [`Job::once`] just before (`ran` is what it returned). The outcome is recorded as a mark on the effect's key
+    /// rather than on a key of its own, so the effect and its outcome hold one key in the ledger, where
+    /// nats-server keeps every key in memory (ARCHITECTURE.md, "Outcome events"). Where this attempt performed
+    /// the effect ([`Effect::Done`]), no earlier attempt got past it to publish the outcome, so the ledger is not
+    /// read first: the outcome costs its publish and one ledger write. Where an earlier attempt had
+    /// ([`Effect::AlreadyDone`]), the effect's key is read for the mark, and where it has none, the outcome's own
+    /// key, which builds before the marks wrote.
     ///
     /// # Errors
     /// As [`Job::publish_outcome`].
     pub async fn publish_outcome_of<R, O: Event + Sync>(
         &self,
-        effect: &Effect<R>,
+        effect: &str,
+        ran: &Effect<R>,
         name: &str,
         data: O,
     ) -> Result<Effect<()>, JobError> {
-        let may_have_run = matches!(effect, Effect::AlreadyDone);
-        self.publish_outcome_once(name, data, may_have_run).await
-    }
-
-    async fn publish_outcome_once<O: Event + Sync>(
-        &self,
-        name: &str,
-        data: O,
-        may_have_run: bool,
-    ) -> Result<Effect<()>, JobError> {
+        let may_have_run = matches!(ran, Effect::AlreadyDone);
         let publish = outcome_publisher(&self.extras, self.idempotency_id(), name, data);
-        let key = self
+        let effect_key = self.ledger.key(self.idempotency_id(), effect);
+        let legacy_key = self
             .ledger
             .key(self.idempotency_id(), &format!("outcome:{name}"));
         self.ledger
-            .once_deduplicated(&key, may_have_run, publish)
+            .once_marked(&effect_key, &legacy_key, may_have_run, publish)
             .await
     }
 
@@ -201,10 +202,7 @@ impl<T> Job<T> {
                 let kind = events::FailureKind::from_dlq_kind(kind.as_str())
                     .unwrap_or(events::FailureKind::Permanent);
                 let publish = outcome_publisher(&extras, &event_id, &name, make(kind));
-                ledger
-                    .once_deduplicated(&key, true, publish)
-                    .await
-                    .map(|_| ())
+                ledger.once_deduplicated(&key, publish).await.map(|_| ())
             })
         });
         if let Ok(mut slot) = self.extras.on_dead.lock() {

@@ -262,16 +262,43 @@ impl Ledger {
     /// Runs `effect` unless the ledger records it done, then records it done: for an effect whose repeats are
     /// absorbed downstream, a publish whose `Nats-Msg-Id` derives from `key` (an outcome event), where a claim
     /// would exclude only a second copy that the stream's duplicate window drops anyway. It saves the claim's
-    /// write, a durable write (an fsync under `sync_interval: always`) per outcome. `may_have_run` is false only
-    /// where the caller knows no earlier attempt can have run it (an outcome that follows an effect this
-    /// attempt performed: outcomes come after their effect's `done`); then the read before it is skipped too.
-    /// ARCHITECTURE.md ("Outcome events") gives the argument for each crash point.
+    /// write, a durable write (an fsync under `sync_interval: always`) per outcome. An outcome of an effect is
+    /// recorded on the effect's key instead ([`Ledger::once_marked`]). ARCHITECTURE.md ("Outcome events") gives
+    /// the argument for each crash point.
     ///
     /// # Errors
     /// The effect's own error, or a KV error reading the key (transient).
     pub(crate) async fn once_deduplicated<T, F, Fut>(
         &self,
         key: &str,
+        effect: F,
+    ) -> Result<Effect<T>, JobError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, JobError>>,
+    {
+        match &self.backend {
+            Backend::Kv(inner) => inner.once_deduplicated(key, effect).await,
+            #[cfg(feature = "testing")]
+            Backend::Memory(memory) => memory.once(key, effect, |_| None).await,
+        }
+        .map(Outcome::effect)
+    }
+
+    /// [`Ledger::once_deduplicated`] for an outcome of the effect at `effect_key`, recorded as a mark on that key
+    /// rather than as a key of its own, and not read first where `may_have_run` is false (the caller knows no
+    /// earlier attempt got to it: this attempt performed the effect, and outcomes come after its `done`): an email then holds one key in the bucket, not two, and nats-server keeps
+    /// an index entry of every key in memory (about half its memory per email, tests/bench/ANALYSIS.md section 34).
+    /// `legacy_key` is where builds before the mark recorded this outcome: it is read where the mark is missing, so
+    /// an outcome one of them published is not published again. The mark is the first 16 hex digits of
+    /// `legacy_key`'s hash: it tells the outcomes of one effect apart without a second digest.
+    ///
+    /// # Errors
+    /// As [`Ledger::once_deduplicated`].
+    pub(crate) async fn once_marked<T, F, Fut>(
+        &self,
+        effect_key: &str,
+        legacy_key: &str,
         may_have_run: bool,
         effect: F,
     ) -> Result<Effect<T>, JobError>
@@ -280,9 +307,15 @@ impl Ledger {
         Fut: Future<Output = Result<T, JobError>>,
     {
         match &self.backend {
-            Backend::Kv(inner) => inner.once_deduplicated(key, may_have_run, effect).await,
+            Backend::Kv(inner) => {
+                let mark = outcome_mark(legacy_key);
+                inner
+                    .once_marked(effect_key, legacy_key, mark, may_have_run, effect)
+                    .await
+            }
+            // The memory ledger keeps the rules, not the layout: the outcome stays on a key of its own.
             #[cfg(feature = "testing")]
-            Backend::Memory(memory) => memory.once(key, effect, |_| None).await,
+            Backend::Memory(memory) => memory.once(legacy_key, effect, |_| None).await,
         }
         .map(Outcome::effect)
     }
@@ -323,6 +356,12 @@ impl Ledger {
             Backend::Kv(_) => None,
         }
     }
+}
+
+/// The mark of the outcome whose own key, before marks, was `legacy_key`: its hash's first 16 hex digits.
+fn outcome_mark(legacy_key: &str) -> &str {
+    let hash = legacy_key.rsplit('.').next().unwrap_or(legacy_key);
+    hash.get(..16).unwrap_or(hash)
 }
 
 fn clock_key(function: &str) -> String {
@@ -404,6 +443,25 @@ impl Inner {
     async fn once_deduplicated<T, F, Fut>(
         &self,
         key: &str,
+        effect: F,
+    ) -> Result<Outcome<T>, JobError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, JobError>>,
+    {
+        if let Some(decision) = self.done_boxed(key).await? {
+            return Ok(Outcome::AlreadyDone(decision));
+        }
+        let value = effect().await?;
+        self.record_done_boxed(key).await;
+        Ok(Outcome::Done(value))
+    }
+
+    async fn once_marked<T, F, Fut>(
+        &self,
+        effect_key: &str,
+        legacy_key: &str,
+        mark: &str,
         may_have_run: bool,
         effect: F,
     ) -> Result<Outcome<T>, JobError>
@@ -411,12 +469,72 @@ impl Inner {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, JobError>>,
     {
-        if may_have_run && let Some(decision) = self.done_boxed(key).await? {
-            return Ok(Outcome::AlreadyDone(decision));
+        let mut found = None;
+        if may_have_run {
+            found = self.value_boxed(effect_key).await?;
+            if found
+                .as_deref()
+                .is_some_and(|value| protocol::has_mark(value, mark))
+            {
+                return Ok(Outcome::AlreadyDone(None));
+            }
+            // Published by a build from before the marks, which recorded it on a key of its own.
+            if let Some(decision) = self.done_boxed(legacy_key).await? {
+                return Ok(Outcome::AlreadyDone(decision));
+            }
         }
         let value = effect().await?;
-        self.record_done_boxed(key).await;
+        let marked = protocol::marked(found.as_deref(), mark, now_ms());
+        self.mark_boxed(effect_key, Bytes::from(marked)).await;
         Ok(Outcome::Done(value))
+    }
+
+    #[inline(never)]
+    fn value_boxed<'a>(&'a self, key: &'a str) -> Step<'a, Result<Option<Bytes>, JobError>> {
+        Box::pin(async move {
+            let entry = self
+                .store
+                .entry(key)
+                .await
+                .map_err(|err| JobError::transient(anyhow::anyhow!("ledger read: {err}")))?;
+            Ok(entry
+                .filter(|entry| entry.operation == Operation::Put)
+                .map(|entry| entry.value))
+        })
+    }
+
+    #[inline(never)]
+    fn mark_boxed<'a>(&'a self, key: &'a str, value: Bytes) -> Step<'a, ()> {
+        Box::pin(self.mark(key, value))
+    }
+
+    /// Writes an outcome's mark on its effect's key whatever the key holds: a `done` is never written again but
+    /// by a mark, so there is no claim to lose (where the ledger lost the key, the mark's `done` is true: the effect
+    /// ran). Retries as [`Inner::record_done`] does; a mark that never lands lets a later attempt publish the
+    /// outcome again under its id, a duplicate the stream drops within its window.
+    async fn mark(&self, key: &str, value: Bytes) {
+        if let Some(batches) = &self.batches
+            && batches
+                .writes
+                .write(key, None, value.clone())
+                .await
+                .is_some()
+        {
+            return;
+        }
+        let mut retry = DoneRetry::new();
+        loop {
+            let error = match self.put(key, value.clone()).await {
+                Ok(_) => return,
+                Err(err) => err.to_string(),
+            };
+            retry
+                .after(
+                    &error,
+                    "outcome published but the ledger has not recorded it yet; still trying",
+                )
+                .await;
+        }
     }
 
     #[inline(never)]
@@ -450,7 +568,11 @@ impl Inner {
     async fn record_done(&self, key: &str) {
         let value = Bytes::from(protocol::done(now_ms(), None));
         if let Some(batches) = &self.batches
-            && batches.writes.write(key, 0, value.clone()).await.is_some()
+            && batches
+                .writes
+                .write(key, Some(0), value.clone())
+                .await
+                .is_some()
         {
             return;
         }
@@ -526,7 +648,9 @@ impl Inner {
             let token = uuid::Uuid::now_v7().simple().to_string();
             let value = self.pending_value(&token);
             let batched = match &self.batches {
-                Some(batches) if attempt == 0 => batches.writes.write(key, 0, value.clone()).await,
+                Some(batches) if attempt == 0 => {
+                    batches.writes.write(key, Some(0), value.clone()).await
+                }
                 _ => None,
             };
             let created = if let Some(revision) = batched {
@@ -656,7 +780,7 @@ impl Inner {
             let current = held.revision.load(Ordering::Acquire);
             if batches
                 .writes
-                .write(held.key, current, value.clone())
+                .write(held.key, Some(current), value.clone())
                 .await
                 .is_some()
             {
@@ -703,6 +827,18 @@ impl Inner {
             .run(async move { store.create(key, value).await })
             .await
             .unwrap_or_else(|| Err(kv::CreateError::new(CreateErrorKind::Other)))
+    }
+
+    /// `store.put`, through the outbox when there is one (as [`Inner::create`]).
+    async fn put(&self, key: &str, value: Bytes) -> Result<u64, kv::PutError> {
+        let Some(outbox) = &self.outbox else {
+            return self.store.put(key, value).await;
+        };
+        let (store, key) = (self.store.clone(), key.to_owned());
+        outbox
+            .run(async move { store.put(key, value).await })
+            .await
+            .unwrap_or_else(|| Err(kv::PutError::new(kv::PutErrorKind::Publish)))
     }
 
     /// `store.update`, through the outbox when there is one (as [`Inner::create`]).

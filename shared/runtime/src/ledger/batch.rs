@@ -43,7 +43,8 @@ const DISABLED: u64 = 10174;
 /// One write waiting for the next batch.
 struct Write {
     key: String,
-    expected: u64,
+    /// `None`: written whatever the key holds (an outcome's mark on a `done` key, [`super::Inner::mark`]).
+    expected: Option<u64>,
     value: Bytes,
     /// The revision the write got, or `None` when it was not committed in a batch and the writer must make it alone.
     landed: oneshot::Sender<Option<u64>>,
@@ -341,10 +342,15 @@ impl Batcher {
         })
     }
 
-    /// Writes `value` to `key` if its last revision is `expected` (0: the key has none), together with the writes
+    /// Writes `value` to `key` if its last revision is `expected` (0: the key has none; `None`: any), together with the writes
     /// other tasks queued meanwhile. `None`: not written in a batch (too few waiting, batches not allowed, or the
     /// batch refused as a whole); the caller makes the write alone, as it would without batching.
-    pub(crate) async fn write(&self, key: &str, expected: u64, value: Bytes) -> Option<u64> {
+    pub(crate) async fn write(
+        &self,
+        key: &str,
+        expected: Option<u64>,
+        value: Bytes,
+    ) -> Option<u64> {
         if self.disabled.load(Ordering::Relaxed) || self.disk.unsynced() {
             return None;
         }
@@ -462,10 +468,12 @@ async fn write_group(
 /// and handles what it finds).
 async fn single(client: &async_nats::Client, prefix: &str, write: &Write) -> Option<u64> {
     let mut headers = HeaderMap::new();
-    headers.insert(
-        "Nats-Expected-Last-Subject-Sequence",
-        write.expected.to_string().as_str(),
-    );
+    if let Some(expected) = write.expected {
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            expected.to_string().as_str(),
+        );
+    }
     let reply = client
         .request_with_headers(
             format!("{prefix}{}", write.key),
@@ -503,10 +511,12 @@ async fn commit(
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Batch-Id", id.as_str());
         headers.insert("Nats-Batch-Sequence", (index + 1).to_string().as_str());
-        headers.insert(
-            "Nats-Expected-Last-Subject-Sequence",
-            write.expected.to_string().as_str(),
-        );
+        if let Some(expected) = write.expected {
+            headers.insert(
+                "Nats-Expected-Last-Subject-Sequence",
+                expected.to_string().as_str(),
+            );
+        }
         let subject = format!("{prefix}{}", write.key);
         if index + 1 < last {
             client

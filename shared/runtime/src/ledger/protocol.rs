@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-/// A ledger value, as stored: `pending <token> <ms>` or `done <ms> [<decision>]`. The milliseconds are the
+/// A ledger value, as stored: `pending <token> <ms>` or `done <ms> [<decision>] [+<outcome mark>...]`. The marks
+/// record the outcomes of the effect that were published ([`marked`]). The milliseconds are the
 /// writer's wall clock, for a person reading the bucket only: no rule reads them, because two hosts' clocks
 /// disagree. Lease age is the server's `created` time of the entry against a server timestamp of now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +21,13 @@ pub(crate) fn parse(value: &[u8]) -> Value {
     let text = std::str::from_utf8(value).unwrap_or_default();
     let mut parts = text.split(' ');
     match parts.next() {
-        Some("done") => Value::Done(parts.nth(1).map(str::to_owned)),
+        // A mark is never a decision: `decision_token` keeps no `+`.
+        Some("done") => Value::Done(
+            parts
+                .nth(1)
+                .filter(|decision| !decision.starts_with('+'))
+                .map(str::to_owned),
+        ),
         Some("pending") => parts
             .next()
             .filter(|token| !token.is_empty())
@@ -38,6 +45,30 @@ pub(crate) fn done(wall_ms: u64, decision: Option<&str>) -> String {
         Some(decision) => format!("done {wall_ms} {decision}"),
         None => format!("done {wall_ms}"),
     }
+}
+
+/// The value that records the outcome `mark` published, on its effect's key: `found` (the key's value, read
+/// before the publish) with the mark added where it records the effect done, or a `done` of its own otherwise (the
+/// effect ran in this attempt, which wrote `done` without marks, or the ledger lost the key meanwhile). An
+/// outcome's record sits on its effect's key rather than a key of its own, so an email holds one key in the
+/// bucket, not two: nats-server keeps every key in memory (tests/bench/ANALYSIS.md, section 34).
+pub(crate) fn marked(found: Option<&[u8]>, mark: &str, wall_ms: u64) -> String {
+    let kept = found
+        .and_then(|value| std::str::from_utf8(value).ok())
+        .filter(|text| matches!(parse(text.as_bytes()), Value::Done(_)));
+    match kept {
+        Some(text) => format!("{text} +{mark}"),
+        None => format!("done {wall_ms} +{mark}"),
+    }
+}
+
+/// Whether `value` records the outcome `mark` published ([`marked`]).
+pub(crate) fn has_mark(value: &[u8], mark: &str) -> bool {
+    let text = std::str::from_utf8(value).unwrap_or_default();
+    matches!(parse(value), Value::Done(_))
+        && text
+            .split(' ')
+            .any(|part| part.strip_prefix('+') == Some(mark))
 }
 
 /// A decision is stored in the value as one token: short, and nothing a person's data could hide in.
@@ -118,6 +149,28 @@ mod tests {
         assert_eq!(parse(b"done 12"), Value::Done(None));
         assert_eq!(parse(b"garbage"), Value::Unknown);
         assert_eq!(parse(b"pending"), Value::Unknown);
+    }
+
+    #[test]
+    fn an_outcome_mark_joins_a_done_and_is_never_read_as_its_decision() {
+        let first = marked(Some(done(12, None).as_bytes()), "aa11", 99);
+        assert_eq!(first, "done 12 +aa11");
+        assert_eq!(parse(first.as_bytes()), Value::Done(None));
+        assert!(has_mark(first.as_bytes(), "aa11"));
+        assert!(!has_mark(first.as_bytes(), "aa1"));
+        assert!(!has_mark(first.as_bytes(), "bb22"));
+        let second = marked(Some(first.as_bytes()), "bb22", 99);
+        assert!(has_mark(second.as_bytes(), "aa11") && has_mark(second.as_bytes(), "bb22"));
+        let decided = marked(Some(done(12, Some("allowed")).as_bytes()), "aa11", 99);
+        assert_eq!(
+            parse(decided.as_bytes()),
+            Value::Done(Some("allowed".into()))
+        );
+        // Nothing read, a claim, or a value no build wrote: a `done` of its own, which the effect's run earned.
+        for found in [None, Some(&b"pending t 1"[..]), Some(&b"garbage"[..])] {
+            assert_eq!(marked(found, "aa11", 99), "done 99 +aa11");
+        }
+        assert!(!has_mark(b"pending t 1 +aa11", "aa11"));
     }
 
     #[test]
