@@ -492,12 +492,9 @@ impl Inner {
     #[inline(never)]
     fn value_boxed<'a>(&'a self, key: &'a str) -> Step<'a, Result<Option<Bytes>, JobError>> {
         Box::pin(async move {
-            let entry = self
-                .store
+            Ok(self
                 .entry(key)
-                .await
-                .map_err(|err| JobError::transient(anyhow::anyhow!("ledger read: {err}")))?;
-            Ok(entry
+                .await?
                 .filter(|entry| entry.operation == Operation::Put)
                 .map(|entry| entry.value))
         })
@@ -513,13 +510,7 @@ impl Inner {
     /// ran). Retries as [`Inner::record_done`] does; a mark that never lands lets a later attempt publish the
     /// outcome again under its id, a duplicate the stream drops within its window.
     async fn mark(&self, key: &str, value: Bytes) {
-        if let Some(batches) = &self.batches
-            && batches
-                .writes
-                .write(key, None, value.clone())
-                .await
-                .is_some()
-        {
+        if self.batched(key, None, &value).await {
             return;
         }
         let mut retry = DoneRetry::new();
@@ -553,12 +544,28 @@ impl Inner {
     /// `Some(decision)` when the key records the effect done. A pending claim (an older build's, which claimed
     /// outcomes too) is not done: the effect runs, and its copy is absorbed as any other repeat.
     async fn done(&self, key: &str) -> Result<Option<Option<String>>, JobError> {
-        let entry = self
-            .store
+        Ok(self.entry(key).await?.as_ref().and_then(recorded_done))
+    }
+
+    /// Whether `value` landed on `key` in a batch with the writes of other messages ([`batch::Batcher::write`]);
+    /// `false`: the caller writes it alone.
+    async fn batched(&self, key: &str, expected: Option<u64>, value: &Bytes) -> bool {
+        match &self.batches {
+            Some(batches) => batches
+                .writes
+                .write(key, expected, value.clone())
+                .await
+                .is_some(),
+            None => false,
+        }
+    }
+
+    /// A read of `key`, its failure a transient error.
+    async fn entry(&self, key: &str) -> Result<Option<kv::Entry>, JobError> {
+        self.store
             .entry(key)
             .await
-            .map_err(|err| JobError::transient(anyhow::anyhow!("ledger read: {err}")))?;
-        Ok(entry.as_ref().and_then(recorded_done))
+            .map_err(|err| JobError::transient(anyhow::anyhow!("ledger read: {err}")))
     }
 
     /// Records `done` on a key no claim of this attempt holds: created where it is absent, written over a
@@ -567,13 +574,7 @@ impl Inner {
     /// later attempt repeat the effect, which its key makes a duplicate the stream drops.
     async fn record_done(&self, key: &str) {
         let value = Bytes::from(protocol::done(now_ms(), None));
-        if let Some(batches) = &self.batches
-            && batches
-                .writes
-                .write(key, Some(0), value.clone())
-                .await
-                .is_some()
-        {
+        if self.batched(key, Some(0), &value).await {
             return;
         }
         let mut retry = DoneRetry::new();

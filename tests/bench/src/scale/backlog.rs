@@ -159,9 +159,9 @@ impl Held {
         let (with, without) = (self.with.memory, self.without.memory);
         let per_key =
             with.rss.saturating_sub(without.rss) as f64 * 1024.0 / self.keys.max(1) as f64;
-        // A welcome email writes two keys: its send and its `email.sent` outcome.
+        // A welcome email holds one key: its send, with its `email.sent` outcome marked on it (ANALYSIS 34).
         let daily = 100_000.0;
-        let held_gib = daily * 2.0 * kept_days * per_key / f64::from(1u32 << 30);
+        let held_gib = daily * kept_days * per_key / f64::from(1u32 << 30);
         let mut row = Row::rate(
             "scale/backlog/server-bytes-per-ledger-key".to_owned(),
             SECTION,
@@ -175,8 +175,9 @@ impl Held {
         row.note = format!(
             "{:.0} MiB restarted with the ledger's {} keys, {:.0} MiB without them (private memory {:.0} and {:.0} \
              MiB); JetStream answered {:.2} s and {:.2} s after the start; the ledger keeps a key {kept_days:.0} \
-             days after its last write, and an email function writes two per email (the send and its \
-             `email.sent`): {} emails a day hold about {held_gib:.1} GiB of the server's memory",
+             days after its last write, and an email function holds one per email (the send, its `email.sent` \
+             marked on it: one replaced write more than these keys): {} emails a day hold about \
+             {held_gib:.1} GiB of the server's memory",
             mib(with.rss),
             number(self.keys as f64),
             mib(without.rss),
