@@ -88,6 +88,65 @@ async fn one_email_sent_per_email_under_a_sigkill_redelivery_and_a_lost_ledger()
 }
 
 #[tokio::test]
+async fn a_sigkill_between_the_outcome_s_publish_and_its_record_still_yields_one_email_sent_and_one_email()
+ {
+    let system = System::start().await;
+    let doomed = system
+        .spawn(
+            "welcome",
+            &[(
+                "JOB_TEST_DELAY_BEFORE_OUTCOME_RECORD_MS",
+                "60000".to_owned(),
+            )],
+        )
+        .await;
+    let event = CloudEvent::new("/signup", user("between@example.com", "Bet"));
+    system.publisher.publish_event(&event).await.unwrap();
+    // The outcome's publish was acked; its mark on the email's key waits.
+    system.wait_on(SENT, 1, WAIT).await;
+    let bucket = system.js.get_key_value("jetfn-ledger").await.unwrap();
+    let effect_key = runtime::Ledger::new(
+        system.js.clone(),
+        bucket.clone(),
+        "welcome",
+        Duration::from_secs(120),
+    )
+    .key(&event.id, "welcome-email:between@example.com");
+    let before = bucket.get(&effect_key).await.unwrap().unwrap_or_default();
+    let before = String::from_utf8_lossy(&before).into_owned();
+    assert!(
+        before.starts_with("done ") && !before.contains(" +"),
+        "the email is recorded sent and its outcome not yet: {before:?}"
+    );
+
+    doomed.sigkill();
+    doomed.wait_exit(WAIT).await;
+    let survivor = system.welcome().await;
+    survivor.wait_for_output("already sent", WAIT).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let value = bucket.get(&effect_key).await.unwrap().unwrap_or_default();
+        if value.starts_with(b"done ") && value.windows(2).any(|pair| pair == b" +") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the redelivery never recorded the outcome: {:?}",
+            String::from_utf8_lossy(&value)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    system.wait_settled("welcome").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        system.count_on(SENT).await,
+        1,
+        "the redelivery published again under the same id and the duplicate window kept one"
+    );
+    assert_eq!(system.smtp.messages().len(), 1, "the email went once");
+}
+
+#[tokio::test]
 async fn a_dead_lettered_password_reset_publishes_one_email_failed() {
     let system = System::start().await;
     let process = system.spawn("password-reset", &[]).await;

@@ -130,6 +130,10 @@ impl Faults {
 /// `JOB_TEST_DELAY_BEFORE_DONE_MS`: wait this long after a ledger effect succeeded (the SMTP server said 250)
 /// and before the ledger records it "done": widens the window in which a crash makes the effect run twice.
 pub(crate) const DELAY_BEFORE_DONE: &str = "JOB_TEST_DELAY_BEFORE_DONE_MS";
+/// `JOB_TEST_DELAY_BEFORE_OUTCOME_RECORD_MS`: wait this long after an outcome event's publish was acked and before
+/// the ledger records it (the mark on its effect's key, or the outcome's own `done`): the crash point where a
+/// redelivery publishes the outcome again and the stream's duplicate window must drop the copy.
+pub(crate) const DELAY_BEFORE_OUTCOME_RECORD: &str = "JOB_TEST_DELAY_BEFORE_OUTCOME_RECORD_MS";
 /// `JOB_TEST_EFFECT_MARKS`: a file to which every ledger effect appends `start <key>` once its claim is taken
 /// (before the effect runs) and `end <key>` once "done" is recorded or the attempt gave up. A process killed with
 /// a `start` and no `end` for a key was killed inside that key's window: only those keys may be sent twice.
@@ -161,11 +165,20 @@ pub(crate) fn ledger_hooks_from_env() -> anyhow::Result<()> {
     {
         // Checked here, so a bad value stops the start instead of being read as no delay later.
         millis(DELAY_BEFORE_DEAD_LETTER)?;
-        ledger::init(millis(DELAY_BEFORE_DONE)?, std::env::var_os(EFFECT_MARKS))
+        ledger::init(
+            millis(DELAY_BEFORE_DONE)?,
+            millis(DELAY_BEFORE_OUTCOME_RECORD)?,
+            std::env::var_os(EFFECT_MARKS),
+        )
     }
     #[cfg(not(feature = "fault-injection"))]
     {
-        for name in [DELAY_BEFORE_DONE, EFFECT_MARKS, DELAY_BEFORE_DEAD_LETTER] {
+        for name in [
+            DELAY_BEFORE_DONE,
+            DELAY_BEFORE_OUTCOME_RECORD,
+            EFFECT_MARKS,
+            DELAY_BEFORE_DEAD_LETTER,
+        ] {
             if std::env::var_os(name).is_some() {
                 return Err(anyhow::anyhow!(
                     "{name} is a fault-injection hook for the tests, and this binary was built without the \
@@ -230,6 +243,21 @@ pub(crate) async fn before_done() {
     }
 }
 
+/// Waits [`DELAY_BEFORE_OUTCOME_RECORD`] between an outcome's acked publish and the ledger's record of it.
+pub(crate) async fn before_outcome_record() {
+    #[cfg(feature = "fault-injection")]
+    {
+        let delay = ledger::HOOKS
+            .get()
+            .map_or(std::time::Duration::ZERO, |hooks| {
+                hooks.delay_before_outcome_record
+            });
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
 #[cfg(feature = "fault-injection")]
 mod ledger {
     use std::io::Write as _;
@@ -240,6 +268,7 @@ mod ledger {
 
     pub(super) struct Hooks {
         pub(super) delay_before_done: Duration,
+        pub(super) delay_before_outcome_record: Duration,
         marks: Option<Mutex<std::fs::File>>,
     }
 
@@ -247,6 +276,7 @@ mod ledger {
 
     pub(super) fn init(
         delay_before_done: Duration,
+        delay_before_outcome_record: Duration,
         marks: Option<std::ffi::OsString>,
     ) -> anyhow::Result<()> {
         let marks = marks
@@ -262,6 +292,7 @@ mod ledger {
         // One runtime per process; a second one (a test building two) keeps the first's hooks.
         let _ = HOOKS.set(Hooks {
             delay_before_done,
+            delay_before_outcome_record,
             marks,
         });
         Ok(())

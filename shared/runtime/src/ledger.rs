@@ -453,6 +453,7 @@ impl Inner {
             return Ok(Outcome::AlreadyDone(decision));
         }
         let value = effect().await?;
+        crate::fault::before_outcome_record().await;
         self.record_done_boxed(key).await;
         Ok(Outcome::Done(value))
     }
@@ -484,6 +485,7 @@ impl Inner {
             }
         }
         let value = effect().await?;
+        crate::fault::before_outcome_record().await;
         let marked = protocol::marked(found.as_deref(), mark, now_ms());
         self.mark_boxed(effect_key, Bytes::from(marked)).await;
         Ok(Outcome::Done(value))
