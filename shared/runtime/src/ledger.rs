@@ -285,10 +285,11 @@ impl Ledger {
         .map(Outcome::effect)
     }
 
-    /// [`Ledger::once_deduplicated`] for an outcome of the effect at `effect_key`, recorded as a mark on that key
-    /// rather than as a key of its own, and not read first where `may_have_run` is false (the caller knows no
-    /// earlier attempt got to it: this attempt performed the effect, and outcomes come after its `done`): an email then holds one key in the bucket, not two, and nats-server keeps
-    /// an index entry of every key in memory (about half its memory per email, tests/bench/ANALYSIS.md section 34).
+    /// [`Ledger::once_deduplicated`] for an outcome of the effect at `effect_key` (a name given to `once`),
+    /// recorded as a mark on that key rather than as a key of its own, and not read first where `may_have_run` is
+    /// false (the caller knows no earlier attempt got to it: this attempt performed the effect, and outcomes come
+    /// after its `done`). An email then holds one key in the bucket, not two, and nats-server keeps an index entry
+    /// of every key in memory (a third to a half of its memory per email, tests/bench/ANALYSIS.md section 34).
     /// `legacy_key` is where builds before the mark recorded this outcome: it is read where the mark is missing, so
     /// an outcome one of them published is not published again. The mark is the first 16 hex digits of
     /// `legacy_key`'s hash: it tells the outcomes of one effect apart without a second digest.
