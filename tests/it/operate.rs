@@ -213,6 +213,10 @@ async fn event_tells_where_an_event_is_what_each_function_did_its_effects_and_it
         !output.contains("found@example.com"),
         "the address is masked: {output}"
     );
+    assert!(
+        output.contains("email.sent") && output.contains("recorded"),
+        "the table says whether the email's email.sent is recorded: {output}"
+    );
     let report = {
         let (code, output) = cli(&system, &["event", &published.id, "--json"], &trace).await;
         assert_eq!(code, 0, "{output}");
@@ -237,6 +241,22 @@ async fn event_tells_where_an_event_is_what_each_function_did_its_effects_and_it
     assert_eq!(
         effect["effect"], "welcome-email:fo***@example.com",
         "{report}"
+    );
+    assert_eq!(
+        effect["email_sent"], true,
+        "the ledger records the email's email.sent: {report}"
+    );
+    // Without the mark (an outcome that never went out), the report says so.
+    let bucket = system.js.get_key_value("jetfn-ledger").await.unwrap();
+    let key = effect["key"].as_str().unwrap().to_owned();
+    bucket.put(&key, "done 1".into()).await.unwrap();
+    let (code, output) = cli(&system, &["event", &published.id, "--json"], &trace).await;
+    assert_eq!(code, 0, "{output}");
+    let unmarked: serde_json::Value = serde_json::from_str(&output).unwrap();
+    assert_eq!(unmarked["effects"][0]["state"], "done", "{unmarked}");
+    assert_eq!(
+        unmarked["effects"][0]["email_sent"], false,
+        "no mark, no record of email.sent: {unmarked}"
     );
     assert!(
         !report["unknown"].as_array().unwrap().is_empty(),

@@ -601,7 +601,7 @@ async function eventLookup(id) {
           "None kept.")))));
   }
   parts.push(h("section", { class: "card" }, h("h2", {}, "Effects the ledger recorded"),
-    table(["Function", "Effect", "State", "Written"], r.effects.map((e) => h("tr", {}, h("td", {}, e.function), h("td", {}, e.effect), h("td", {}, e.state), h("td", {}, when(e.written)))), "None looked up.")));
+    table(["Function", "Effect", "State", "email.sent", "Written"], r.effects.map((e) => h("tr", {}, h("td", {}, e.function), h("td", {}, e.effect), h("td", {}, e.state), h("td", {}, e.email_sent == null ? "-" : e.email_sent ? "recorded" : "not recorded"), h("td", {}, when(e.written)))), "None looked up.")));
   if (r.dead_letters.length) parts.push(h("section", { class: "card" }, h("h2", {}, "Dead letters"),
     h("ul", {}, r.dead_letters.map((d) => h("li", {}, h("a", { href: `#/dlq/${d.dlq_sequence}` }, `#${d.dlq_sequence}`), ` ${d.consumer}: ${d.kind}, ${d.reason}`)))));
   parts.push(h("section", { class: "card" }, h("h2", {}, "What cannot be told"), h("ul", { class: "muted" }, r.unknown.map((u) => h("li", {}, u)))));

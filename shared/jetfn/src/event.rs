@@ -126,12 +126,25 @@ pub(crate) async fn run(client: async_nats::Client, args: EventArgs) -> anyhow::
     if !report.effects.is_empty() {
         println!();
         println!("effects (ledger)");
-        let mut table = output::table(&["function", "effect", "state", "written", "key"]);
+        let mut table = output::table(&[
+            "function",
+            "effect",
+            "state",
+            "email.sent",
+            "written",
+            "key",
+        ]);
         for effect in &report.effects {
             table.add_row(vec![
                 effect.function.clone(),
                 effect.effect.clone(),
                 effect.state.clone(),
+                match effect.email_sent {
+                    Some(true) => "recorded",
+                    Some(false) => "not recorded",
+                    None => "-",
+                }
+                .to_owned(),
                 effect.written.map(ops::rfc3339).unwrap_or_default(),
                 effect.key.clone(),
             ]);

@@ -123,6 +123,10 @@ pub struct Effect {
     /// When the entry was written.
     #[serde(with = "time::serde::rfc3339::option")]
     pub written: Option<OffsetDateTime>,
+    /// For an email (an effect whose name holds the address, as `mailer::send_once` names them): whether the ledger
+    /// records its `email.sent` published; `false` while the email is not done, or when its outcome never went out
+    /// (a full `EVENTS` on the last delivery). `None` for other effects.
+    pub email_sent: Option<bool>,
 }
 
 /// The effect names the shipped functions give an event's side effects (kept beside their code: see each
@@ -462,11 +466,10 @@ pub async fn lookup(js: &jetstream::Context, query: &Query) -> anyhow::Result<Re
 async fn from_leader(
     store: &kv::Store,
     key: &str,
-) -> Result<Option<(String, OffsetDateTime)>, async_nats::jetstream::stream::LastRawMessageError> {
+) -> Result<Option<kv::Entry>, async_nats::jetstream::stream::LastRawMessageError> {
     Ok(publish::leader::kv_entry(store, key)
         .await?
-        .filter(|entry| entry.operation == kv::Operation::Put)
-        .map(|entry| (state_of(&entry.value), entry.created)))
+        .filter(|entry| entry.operation == kv::Operation::Put))
 }
 
 /// A ledger value's state: its first word (`done <ms> [<decision>]`, `pending <token> ...`).
@@ -497,22 +500,27 @@ async fn ledger_entries(
         names.dedup();
         for effect in names {
             let key = ledger.key(id, &effect);
-            let (state, written) = match store.entry(&key).await {
-                Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
-                    (state_of(&entry.value), Some(entry.created))
-                }
+            let found = match store.entry(&key).await {
+                Ok(Some(entry)) if entry.operation == kv::Operation::Put => Some(entry),
                 // A direct get may be answered by a follower that has not applied the write yet: its "none" for
                 // an effect that ran would read as "the email was never sent". Only the leader's "none" is absent.
                 Ok(_) => match from_leader(store, &key).await {
-                    Ok(Some((state, written))) => (state, Some(written)),
-                    Ok(None) => ("absent".to_owned(), None),
+                    Ok(found) => found,
                     Err(err) => {
                         unknown.push(format!(
                             "effects: a replica found no ledger entry for {} and the bucket's leader could not \
                              be asked ({err})",
                             mask_effect(&effect)
                         ));
-                        ("unknown".to_owned(), None)
+                        entries.push(Effect {
+                            function: function.clone(),
+                            effect: mask_effect(&effect),
+                            key,
+                            state: "unknown".to_owned(),
+                            written: None,
+                            email_sent: None,
+                        });
+                        continue;
                     }
                 },
                 Err(err) => {
@@ -520,16 +528,43 @@ async fn ledger_entries(
                     return entries;
                 }
             };
+            let email_sent = if effect.contains('@') {
+                Some(email_sent(store, &ledger, id, &effect, found.as_ref()).await)
+            } else {
+                None
+            };
             entries.push(Effect {
                 function: function.clone(),
                 effect: mask_effect(&effect),
                 key,
-                state,
-                written,
+                state: found
+                    .as_ref()
+                    .map_or_else(|| "absent".to_owned(), |entry| state_of(&entry.value)),
+                written: found.map(|entry| entry.created),
+                email_sent,
             });
         }
     }
     entries
+}
+
+/// Whether the ledger records the `email.sent` of the email `effect` published: the mark on the email's own key
+/// (`found`), or, written by builds from before the marks, the outcome's own key.
+async fn email_sent(
+    store: &kv::Store,
+    ledger: &runtime::Ledger,
+    id: &str,
+    effect: &str,
+    found: Option<&kv::Entry>,
+) -> bool {
+    let outcome = format!("email.sent:{effect}");
+    if found.is_some_and(|entry| ledger.records_outcome(&entry.value, id, &outcome)) {
+        return true;
+    }
+    matches!(
+        store.entry(ledger.outcome_key(id, &outcome)).await,
+        Ok(Some(entry)) if entry.operation == kv::Operation::Put && state_of(&entry.value) == "done"
+    )
 }
 
 /// An effect name with the address in it masked.

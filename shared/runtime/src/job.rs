@@ -142,9 +142,7 @@ impl<T> Job<T> {
         data: O,
     ) -> Result<Effect<()>, JobError> {
         let publish = outcome_publisher(&self.extras, self.idempotency_id(), name, data);
-        let key = self
-            .ledger
-            .key(self.idempotency_id(), &format!("outcome:{name}"));
+        let key = self.ledger.outcome_key(self.idempotency_id(), name);
         self.ledger.once_deduplicated(&key, publish).await
     }
 
@@ -169,9 +167,7 @@ impl<T> Job<T> {
         let may_have_run = matches!(ran, Effect::AlreadyDone);
         let publish = outcome_publisher(&self.extras, self.idempotency_id(), name, data);
         let effect_key = self.ledger.key(self.idempotency_id(), effect);
-        let legacy_key = self
-            .ledger
-            .key(self.idempotency_id(), &format!("outcome:{name}"));
+        let legacy_key = self.ledger.outcome_key(self.idempotency_id(), name);
         self.ledger
             .once_marked(&effect_key, &legacy_key, may_have_run, publish)
             .await
@@ -191,9 +187,7 @@ impl<T> Job<T> {
     {
         let extras = self.extras.clone();
         let ledger = self.ledger.clone();
-        let key = self
-            .ledger
-            .key(self.idempotency_id(), &format!("outcome:{name}"));
+        let key = self.ledger.outcome_key(self.idempotency_id(), name);
         let registered = key.clone();
         let event_id = self.idempotency_id().to_owned();
         let name = name.to_owned();
@@ -213,9 +207,7 @@ impl<T> Job<T> {
 
     /// Withdraws the dead-letter outcome `name` (its effect succeeded after all).
     pub fn forget_dead_letter(&self, name: &str) {
-        let key = self
-            .ledger
-            .key(self.idempotency_id(), &format!("outcome:{name}"));
+        let key = self.ledger.outcome_key(self.idempotency_id(), name);
         if let Ok(mut slot) = self.extras.on_dead.lock() {
             slot.retain(|(registered, _)| *registered != key);
         }

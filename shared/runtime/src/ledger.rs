@@ -225,6 +225,19 @@ impl Ledger {
         key(function, event_id, effect)
     }
 
+    /// Whether `value`, read from the key of effect `effect` of event `event_id`, records its outcome `name` as
+    /// published ([`crate::Job::publish_outcome_of`]'s mark), for an operator's report. `false` says only that the
+    /// mark is missing: a build from before the marks recorded the outcome on [`Ledger::outcome_key`] instead.
+    pub fn records_outcome(&self, value: &[u8], event_id: &str, name: &str) -> bool {
+        protocol::has_mark(value, outcome_mark(&self.outcome_key(event_id, name)))
+    }
+
+    /// The key of outcome `name` of event `event_id` when it is recorded on a key of its own
+    /// ([`crate::Job::publish_outcome`], and every outcome in builds from before the marks).
+    pub fn outcome_key(&self, event_id: &str, name: &str) -> String {
+        self.key(event_id, &format!("outcome:{name}"))
+    }
+
     /// Runs `effect` unless it already ran for this key.
     ///
     /// # Errors
