@@ -123,19 +123,10 @@ async fn a_sigkill_between_the_outcome_s_publish_and_its_record_still_yields_one
     doomed.wait_exit(WAIT).await;
     let survivor = system.welcome().await;
     survivor.wait_for_output("already sent", WAIT).await;
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let value = bucket.get(&effect_key).await.unwrap().unwrap_or_default();
-        if value.starts_with(b"done ") && value.windows(2).any(|pair| pair == b" +") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the redelivery never recorded the outcome: {:?}",
-            String::from_utf8_lossy(&value)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_value(&bucket, &effect_key, |value| {
+        value.starts_with("done ") && value.contains(" +")
+    })
+    .await;
     system.wait_settled("welcome").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -266,6 +257,27 @@ async fn a_welcome_failing_on_every_attempt_publishes_one_exhausted_email_failed
     assert_eq!(system.count_on(SENT).await, 0);
 }
 
+/// Waits until the ledger's `key` holds a value `wanted` accepts (an outcome's mark written by a redelivery).
+async fn wait_for_value(
+    bucket: &async_nats::jetstream::kv::Store,
+    key: &str,
+    wanted: impl Fn(&str) -> bool,
+) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let value = bucket.get(key).await.unwrap().unwrap_or_default();
+        let value = String::from_utf8_lossy(&value);
+        if wanted(&value) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ledger's {key} still holds {value:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Every write to the ledger bucket's subjects, as (key, value) in the order the server routed them.
 async fn ledger_writes(
     system: &System,
@@ -373,19 +385,7 @@ async fn an_email_sent_outcome_is_a_mark_on_its_email_s_key_and_an_older_build_s
         .await
         .unwrap();
     redeliver().await;
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let value = bucket.get(&effect_key).await.unwrap().unwrap_or_default();
-        if value.starts_with(b"done 1 +") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the email's key still holds {:?}",
-            String::from_utf8_lossy(&value)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_value(&bucket, &effect_key, |value| value.starts_with("done 1 +")).await;
     system.wait_settled("welcome").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(system.count_on(SENT).await, 1, "one email.sent");

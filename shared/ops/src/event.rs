@@ -125,7 +125,8 @@ pub struct Effect {
     pub written: Option<OffsetDateTime>,
     /// For an email (an effect whose name holds the address, as `mailer::send_once` names them): whether the ledger
     /// records its `email.sent` published; `false` while the email is not done, or when its outcome never went out
-    /// (a full `EVENTS` on the last delivery). `None` for other effects.
+    /// (a full `EVENTS` on the last delivery). `None` for other effects, and where the ledger could not be read
+    /// (said under `unknown`).
     pub email_sent: Option<bool>,
 }
 
@@ -529,7 +530,16 @@ async fn ledger_entries(
                 }
             };
             let email_sent = if effect.contains('@') {
-                Some(email_sent(store, &ledger, id, &effect, found.as_ref()).await)
+                match email_sent(store, &ledger, id, &effect, found.as_ref()).await {
+                    Ok(recorded) => Some(recorded),
+                    Err(err) => {
+                        unknown.push(format!(
+                            "effects: whether the email.sent of {} is recorded (reading the ledger failed: {err})",
+                            mask_effect(&effect)
+                        ));
+                        None
+                    }
+                }
             } else {
                 None
             };
@@ -556,15 +566,15 @@ async fn email_sent(
     id: &str,
     effect: &str,
     found: Option<&kv::Entry>,
-) -> bool {
+) -> Result<bool, kv::EntryError> {
     let outcome = format!("email.sent:{effect}");
     if found.is_some_and(|entry| ledger.records_outcome(&entry.value, id, &outcome)) {
-        return true;
+        return Ok(true);
     }
-    matches!(
-        store.entry(ledger.outcome_key(id, &outcome)).await,
-        Ok(Some(entry)) if entry.operation == kv::Operation::Put && state_of(&entry.value) == "done"
-    )
+    Ok(matches!(
+        store.entry(ledger.outcome_key(id, &outcome)).await?,
+        Some(entry) if entry.operation == kv::Operation::Put && state_of(&entry.value) == "done"
+    ))
 }
 
 /// An effect name with the address in it masked.
