@@ -529,19 +529,13 @@ impl Inner {
         if self.batched(key, None, &value).await {
             return;
         }
-        let mut retry = DoneRetry::new();
-        loop {
-            let error = match self.put(key, value.clone()).await {
-                Ok(_) => return,
-                Err(err) => err.to_string(),
-            };
-            retry
-                .after(
-                    &error,
-                    "outcome published but the ledger has not recorded it yet; still trying",
-                )
-                .await;
-        }
+        until_landed(OUTCOME_UNRECORDED, || async {
+            self.put(key, value.clone())
+                .await
+                .map(|_| ())
+                .map_err(|err| err.to_string())
+        })
+        .await;
     }
 
     #[inline(never)]
@@ -593,33 +587,26 @@ impl Inner {
         if self.batched(key, Some(0), &value).await {
             return;
         }
-        let mut retry = DoneRetry::new();
-        loop {
-            let error = match self.create(key, value.clone()).await {
-                Ok(_) => return,
+        until_landed(OUTCOME_UNRECORDED, || async {
+            match self.create(key, value.clone()).await {
+                Ok(_) => Ok(()),
                 Err(err) if err.kind() == CreateErrorKind::AlreadyExists => {
                     match self.store.entry(key).await {
-                        Ok(Some(entry)) if recorded_done(&entry).is_some() => return,
-                        Ok(Some(entry)) => {
-                            match self.update(key, value.clone(), entry.revision).await {
-                                Ok(_) => return,
-                                Err(err) => err.to_string(),
-                            }
-                        }
+                        Ok(Some(entry)) if recorded_done(&entry).is_some() => Ok(()),
+                        Ok(Some(entry)) => self
+                            .update(key, value.clone(), entry.revision)
+                            .await
+                            .map(|_| ())
+                            .map_err(|err| err.to_string()),
                         // Deleted between the two, or a lagging replica answered: the next round sees.
-                        Ok(None) => "the key was not found on reading it back".to_owned(),
-                        Err(err) => err.to_string(),
+                        Ok(None) => Err("the key was not found on reading it back".to_owned()),
+                        Err(err) => Err(err.to_string()),
                     }
                 }
-                Err(err) => err.to_string(),
-            };
-            retry
-                .after(
-                    &error,
-                    "outcome published but the ledger has not recorded it yet; still trying",
-                )
-                .await;
-        }
+                Err(err) => Err(err.to_string()),
+            }
+        })
+        .await;
     }
 
     // The steps `once` awaits, each boxed behind a pointer by a function of this crate. `once` is generic over the
@@ -833,41 +820,50 @@ impl Inner {
         }
     }
 
-    /// `store.create`, through the outbox when there is one. A write whose outcome is unknown (the outbox's task
-    /// ended with it unfinished) is an error, as a timeout is.
+    /// `store.create`, through the outbox when there is one.
     async fn create(&self, key: &str, value: Bytes) -> Result<u64, kv::CreateError> {
-        let Some(outbox) = &self.outbox else {
-            return self.store.create(key, value).await;
-        };
         let (store, key) = (self.store.clone(), key.to_owned());
-        outbox
-            .run(async move { store.create(key, value).await })
-            .await
-            .unwrap_or_else(|| Err(kv::CreateError::new(CreateErrorKind::Other)))
+        self.through_outbox(async move { store.create(key, value).await }, || {
+            kv::CreateError::new(CreateErrorKind::Other)
+        })
+        .await
     }
 
-    /// `store.put`, through the outbox when there is one (as [`Inner::create`]).
+    /// `store.put`, through the outbox when there is one.
     async fn put(&self, key: &str, value: Bytes) -> Result<u64, kv::PutError> {
-        let Some(outbox) = &self.outbox else {
-            return self.store.put(key, value).await;
-        };
         let (store, key) = (self.store.clone(), key.to_owned());
-        outbox
-            .run(async move { store.put(key, value).await })
-            .await
-            .unwrap_or_else(|| Err(kv::PutError::new(kv::PutErrorKind::Publish)))
+        self.through_outbox(async move { store.put(key, value).await }, || {
+            kv::PutError::new(kv::PutErrorKind::Publish)
+        })
+        .await
     }
 
-    /// `store.update`, through the outbox when there is one (as [`Inner::create`]).
+    /// `store.update`, through the outbox when there is one.
     async fn update(&self, key: &str, value: Bytes, revision: u64) -> Result<u64, kv::UpdateError> {
-        let Some(outbox) = &self.outbox else {
-            return self.store.update(key, value, revision).await;
-        };
         let (store, key) = (self.store.clone(), key.to_owned());
-        outbox
-            .run(async move { store.update(key, value, revision).await })
-            .await
-            .unwrap_or_else(|| Err(kv::UpdateError::new(UpdateErrorKind::Other)))
+        self.through_outbox(
+            async move { store.update(key, value, revision).await },
+            || kv::UpdateError::new(UpdateErrorKind::Other),
+        )
+        .await
+    }
+
+    /// Runs a single KV write in the outbox's task when there is one, so the writes of concurrent messages leave
+    /// in one write (`crate::outbox`); without one, here. A write whose outcome is unknown (the outbox's task ended
+    /// with it unfinished) is the error `lost` makes, as a timeout is.
+    async fn through_outbox<T, E>(
+        &self,
+        write: impl Future<Output = Result<T, E>> + Send + 'static,
+        lost: impl FnOnce() -> E,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        match &self.outbox {
+            Some(outbox) => outbox.run(write).await.unwrap_or_else(|| Err(lost())),
+            None => write.await,
+        }
     }
 
     /// After a CAS write met another revision: reads the key and, when the claim is still ours, adopts the
@@ -933,6 +929,23 @@ fn recorded_done(entry: &kv::Entry) -> Option<Option<String>> {
     match protocol::parse(&entry.value) {
         protocol::Value::Done(decision) => Some(decision),
         protocol::Value::Pending(_) | protocol::Value::Unknown => None,
+    }
+}
+
+/// What [`until_landed`] logs while an outcome's record has not landed.
+const OUTCOME_UNRECORDED: &str =
+    "outcome published but the ledger has not recorded it yet; still trying";
+
+/// Makes `write` again until it lands, paced and logged by [`DoneRetry`] with `pending`: for a record whose loss
+/// would let a later attempt repeat what it records (bounded by the handler's timeout, which drops the future).
+async fn until_landed<F, Fut>(pending: &'static str, mut write: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let mut retry = DoneRetry::new();
+    while let Err(error) = write().await {
+        retry.after(&error, pending).await;
     }
 }
 
