@@ -91,6 +91,31 @@ fn a_bad_setting_is_reported_by_its_variable() {
     );
 }
 
+/// `JOB_THREADS` is read before the tokio runtime exists (runtime::threads), so its error cannot come from the
+/// runtime's own reading of the settings: it must still name the variable, and nothing may connect first.
+#[test]
+fn a_thread_count_that_does_not_parse_is_reported_by_its_variable_before_anything_connects() {
+    for bin in ["welcome", "indexing"] {
+        let output = Command::new(bin_dir().join(bin))
+            .env("NATS_URL", "nats://127.0.0.1:1")
+            .env("JOB_THREADS", "0")
+            .env("MAIL_DIR", std::env::temp_dir())
+            .env("INDEX_DIR", std::env::temp_dir().join("jetfn-threads-cli"))
+            .output()
+            .expect("the binary runs (build the bins first)");
+        assert_ne!(output.status.code(), Some(0), "{bin}: {output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("JOB_THREADS") && stderr.contains("at least 1"),
+            "{bin}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("127.0.0.1:1"),
+            "{bin} tried to connect: {stderr}"
+        );
+    }
+}
+
 /// Every function the consumer files name (the registry `jetfn dev` runs), not only the two above: a new function
 /// that forgets `answer_args` fails here.
 #[test]

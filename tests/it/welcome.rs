@@ -54,6 +54,64 @@ async fn a_registered_user_gets_one_welcome_email_with_escaped_html() {
     assert_no_address(&welcome.output(), "ada.lovelace@example.com");
 }
 
+/// The threads tokio names its workers: `JOB_THREADS` must change what the process runs, not only what it reads.
+fn tokio_workers(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the function's threads in /proc")
+        .filter_map(Result::ok)
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|name| name.trim() == "tokio-rt-worker")
+        })
+        .count()
+}
+
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the function's threads in /proc")
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect()
+}
+
+/// An email function runs every task on one thread unless `JOB_THREADS` asks for workers (runtime::threads); both
+/// ways it sends each email once and settles every event.
+#[tokio::test]
+async fn welcome_runs_on_one_thread_unless_job_threads_asks_for_workers_and_sends_alike() {
+    let system = System::start().await;
+    for (threads, workers) in [(None, 0), (Some("3"), 3)] {
+        let extra: Vec<(&'static str, String)> = threads
+            .map(|count| ("JOB_THREADS", count.to_owned()))
+            .into_iter()
+            .collect();
+        let welcome = system.spawn("welcome", &extra).await;
+        assert_eq!(
+            tokio_workers(welcome.pid()),
+            workers,
+            "JOB_THREADS={threads:?}: {:?}",
+            thread_names(welcome.pid())
+        );
+        let before = system.smtp.messages().len();
+        for n in 0..5 {
+            system
+                .publisher
+                .publish(user(&format!("t{workers}-{n}@example.com"), "Ada"))
+                .await
+                .expect("a valid event publishes");
+        }
+        let mails = system.smtp.wait_for_messages(before + 5, WAIT).await;
+        assert_eq!(mails.len(), before + 5, "JOB_THREADS={threads:?}");
+        system.wait_settled("welcome").await;
+        welcome.sigterm();
+        assert!(
+            welcome.wait_exit(WAIT).await.success(),
+            "JOB_THREADS={threads:?}"
+        );
+    }
+    assert!(system.dlq().await.is_empty());
+}
+
 #[tokio::test]
 async fn vietnamese_locale_is_used_when_asked() {
     let system = System::start().await;

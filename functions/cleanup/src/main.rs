@@ -200,8 +200,8 @@ struct Context {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// One thread: the handlers wait on I/O, so a second scheduler thread only adds wake-ups (runtime::threads).
+fn main() -> anyhow::Result<()> {
     runtime::config::answer_args(
         &runtime::binary!(),
         &[
@@ -211,6 +211,10 @@ async fn main() -> anyhow::Result<()> {
             &runtime::config::TELEMETRY,
         ],
     );
+    runtime::threads::build(runtime::Threads::One)?.block_on(serve())
+}
+
+async fn serve() -> anyhow::Result<()> {
     let telemetry = runtime::telemetry::init("cleanup")?;
     let config: CleanupConfig = runtime::config::from_env()?;
     config.check()?;

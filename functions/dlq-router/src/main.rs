@@ -208,12 +208,16 @@ fn faults() -> Faults {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// One thread: the handlers wait on I/O, so a second scheduler thread only adds wake-ups (runtime::threads).
+fn main() -> anyhow::Result<()> {
     runtime::config::answer_args(
         &runtime::binary!(),
         &[&CONFIG, &runtime::config::NATS, &runtime::config::TELEMETRY],
     );
+    runtime::threads::build(runtime::Threads::One)?.block_on(serve())
+}
+
+async fn serve() -> anyhow::Result<()> {
     let telemetry = runtime::telemetry::init("dlq-router")?;
     let config: RouterConfig = runtime::config::from_env()?;
     faults_from_env()?;

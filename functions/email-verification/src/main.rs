@@ -16,9 +16,13 @@ const EMAILS: &[mailer::EmailTemplate] = mailer::templates!["email_verification"
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// One thread: the handlers wait on I/O, so a second scheduler thread only adds wake-ups (runtime::threads).
+fn main() -> anyhow::Result<()> {
     runtime::config::answer_args(&runtime::binary!(), &mailer::SETTINGS);
+    runtime::threads::build(runtime::Threads::One)?.block_on(serve())
+}
+
+async fn serve() -> anyhow::Result<()> {
     let telemetry = runtime::telemetry::init("email-verification")?;
     mailer::serve("email-verification", EMAILS, |mailer, templates| {
         move |job| send_code(job, mailer.clone(), templates.clone())

@@ -166,8 +166,8 @@ fn default_max_searches() -> usize {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Per core: its handlers parse and index (tantivy), work that needs every core (runtime::threads).
+fn main() -> anyhow::Result<()> {
     runtime::config::answer_args(
         &runtime::binary!(),
         &[
@@ -177,6 +177,10 @@ async fn main() -> anyhow::Result<()> {
             &runtime::config::TELEMETRY,
         ],
     );
+    runtime::threads::build(runtime::Threads::PerCore)?.block_on(serve())
+}
+
+async fn serve() -> anyhow::Result<()> {
     let telemetry = runtime::telemetry::init("indexing")?;
     let config: IndexConfig = runtime::config::from_env()?;
     #[cfg_attr(not(feature = "fault-injection"), allow(unused_variables))]

@@ -37,9 +37,13 @@ impl runtime::config::Settings for Config {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// One thread: the handlers wait on I/O, so a second scheduler thread only adds wake-ups (runtime::threads).
+fn main() -> anyhow::Result<()> {
     runtime::config::answer_args(&runtime::binary!(), &mailer::settings_with(&CONFIG));
+    runtime::threads::build(runtime::Threads::One)?.block_on(serve())
+}
+
+async fn serve() -> anyhow::Result<()> {
     let telemetry = runtime::telemetry::init("order-status")?;
     let config: Arc<Config> = Arc::new(runtime::config::from_env()?);
     mailer::serve("order-status", EMAILS, |mailer, templates| {

@@ -46,9 +46,13 @@ const EMAILS: &[mailer::EmailTemplate] = mailer::templates![
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// One thread: the handlers wait on I/O, so a second scheduler thread only adds wake-ups (runtime::threads).
+fn main() -> anyhow::Result<()> {
     runtime::config::answer_args(&runtime::binary!(), &mailer::SETTINGS);
+    runtime::threads::build(runtime::Threads::One)?.block_on(serve())
+}
+
+async fn serve() -> anyhow::Result<()> {
     let telemetry = runtime::telemetry::init("subscription-notification")?;
     // `mailer::serve` binds one consumer; this function has three, so it wires the same parts itself.
     let templates = Arc::new(Templates::new(EMAILS).context("parsing the email templates")?);

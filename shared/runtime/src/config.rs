@@ -377,6 +377,10 @@ pub struct JobConfig {
     /// out after the bucket's `max_age`, 15 s: keep this well under it); 0: no heartbeat.
     #[serde(default = "default_heartbeat")]
     pub heartbeat_secs: u64,
+    /// `JOB_THREADS`: the threads that run the process's tasks (read by [`crate::threads::build`] before the
+    /// runtime exists); unset, the function's own choice.
+    #[serde(default)]
+    pub threads: Option<crate::Threads>,
 }
 
 /// How the runtime acks an event its handler finished. Neither mode can lose an event: an ack that never reaches
@@ -505,6 +509,12 @@ pub const JOB: Table = Table {
             "JOB_HEARTBEAT_SECS",
             "5",
             "how often the replica writes its state to the jetfn-replicas bucket (entries expire after 15 s); 0: none",
+        ),
+        Var::optional(
+            "JOB_THREADS",
+            "threads that run the function's tasks: `1` runs them all on one thread (a quarter less CPU per event \
+             where handlers wait on I/O; a handler must not block it), more are worker threads; unset: the \
+             function's choice (one thread for the email functions, one per core for indexing)",
         ),
     ],
 };

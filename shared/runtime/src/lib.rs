@@ -36,6 +36,7 @@ mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod threads;
 mod typed;
 
 pub use batch::{DeadItem, DeadItems};
@@ -52,3 +53,4 @@ pub use raw::{RawConsumer, RawJob};
 pub use runtime::Runtime;
 pub use settle::Outcome;
 pub use shutdown::shutdown_signal;
+pub use threads::Threads;
