@@ -5,9 +5,9 @@
 //! workers and steals tasks between them (tests/bench/ANALYSIS.md, sections 31 and 35: the welcome function's CPU
 //! per email fell by a quarter to a third at the same emails/s, and each replica keeps less memory). A function
 //! whose handler computes (indexing: tantivy's parse and commit) needs every core. So each function names its
-//! own default, and an operator can override it per deployment: one thread holds a handler that blocks the
-//! thread responsible for everything else in the process (its lease renewals, heartbeats and acks), so a
-//! function of one's own that calls blocking code belongs on [`Threads::PerCore`], or in `spawn_blocking`.
+//! own default, and an operator can override it per deployment. On one thread, a handler that blocks it holds up
+//! everything else the process does (its acks, lease renewals and heartbeats), so a function of one's own that
+//! calls blocking code belongs on [`Threads::PerCore`], or puts that call in `spawn_blocking`.
 
 use std::num::NonZeroU16;
 
