@@ -1,10 +1,12 @@
 //! Turns a [`Rendered`] email into a MIME message.
 
+use email_encoding::body::Encoding;
 use events::Locale;
 use lettre::Message;
 use lettre::address::Envelope;
+use lettre::message::header::ContentTransferEncoding;
 use lettre::message::header::{Header, HeaderName, HeaderValue};
-use lettre::message::{Mailbox, MultiPart};
+use lettre::message::{Body, Mailbox, MultiPart};
 
 use crate::{Rendered, SendError};
 
@@ -53,9 +55,22 @@ pub fn compose(
         builder = builder.reply_to(reply_to.clone());
     }
     Ok(builder.multipart(MultiPart::alternative_plain_html(
-        rendered.text.clone(),
-        rendered.html.clone(),
+        body(&rendered.text),
+        body(&rendered.html),
     ))?)
+}
+
+/// A part's body in the transfer encoding lettre would choose for it, encoded by [`crate::qp`] where that is
+/// quoted-printable: lettre's own encoder was an eighth of the welcome function's instructions per email
+/// (tests/bench/ANALYSIS.md, section 36).
+fn body(text: &str) -> Body {
+    match Encoding::choose(text, false) {
+        Encoding::QuotedPrintable => Body::dangerous_pre_encoded(
+            crate::qp::encode(text),
+            ContentTransferEncoding::QuotedPrintable,
+        ),
+        _ => Body::new(text.to_owned()),
+    }
 }
 
 pub(crate) fn message_id(idempotency_key: &str) -> String {
@@ -122,6 +137,46 @@ mod tests {
     fn header_count(message: &str, name: &str) -> usize {
         let prefix = format!("{name}:");
         message.lines().filter(|l| l.starts_with(&prefix)).count()
+    }
+
+    /// Only the quoted-printable encoder is the mailer's own: a part keeps lettre's headers (its choice of transfer
+    /// encoding with them), a 7bit or base64 body is lettre's byte for byte, and a quoted-printable one decodes to
+    /// what lettre's decodes to.
+    #[test]
+    fn a_part_keeps_lettre_s_headers_and_encoding_and_decodes_to_lettre_s_text() {
+        use lettre::message::SinglePart;
+        let long = format!("<p>{}</p>\n<p>x = y</p>\n", "word ".repeat(40));
+        for (text, encoding) in [
+            ("Hi\nthere", "7bit"),
+            (long.as_str(), "quoted-printable"),
+            (
+                "Welcome, Ngọc Anh! Your account is ready. \nSee you soon\t\n",
+                "quoted-printable",
+            ),
+            ("📬📬📬📬📬📬📬📬📬📬 hi", "base64"),
+        ] {
+            let split = |part: SinglePart| {
+                let raw = String::from_utf8(part.formatted()).expect("ascii part");
+                let (headers, body) = raw.split_once("\r\n\r\n").expect("headers, then the body");
+                (headers.to_owned(), body.to_owned())
+            };
+            let (lettre_headers, lettre_body) = split(SinglePart::html(text.to_owned()));
+            let (headers, body) = split(SinglePart::html(super::body(text)));
+            assert_eq!(headers, lettre_headers, "{text:?}");
+            assert!(
+                headers.contains(&format!("Content-Transfer-Encoding: {encoding}")),
+                "{headers}"
+            );
+            if encoding == "quoted-printable" {
+                let decode = |body: &str| {
+                    quoted_printable::decode(body.trim_end(), quoted_printable::ParseMode::Strict)
+                        .expect("quoted-printable")
+                };
+                assert_eq!(decode(&body), decode(&lettre_body), "{text:?}");
+            } else {
+                assert_eq!(body, lettre_body, "{text:?}");
+            }
+        }
     }
 
     #[test]

@@ -35,6 +35,7 @@ mod error;
 pub mod format;
 mod jobs;
 mod pool;
+mod qp;
 pub mod snapshot;
 #[cfg(any(test, feature = "testing"))]
 mod stub;

@@ -84,10 +84,18 @@ impl Sent {
     /// Finds the part of `content_type` in the formatted message and undoes its transfer encoding.
     fn part(&self, content_type: &str) -> String {
         let raw = self.raw();
+        let boundary = raw
+            .split_once("boundary=\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map_or("", |(boundary, _)| boundary);
+        // Up to the boundary itself: a body may hold lines of its own that start with `--` (a signature's).
         let found = raw
             .split_once(&format!("\r\nContent-Type: {content_type}"))
             .and_then(|(_, part)| part.split_once("\r\n\r\n"))
-            .map(|(headers, rest)| (headers, rest.split("\r\n--").next().unwrap_or(rest)));
+            .map(|(headers, rest)| {
+                let end = format!("\r\n--{boundary}");
+                (headers, rest.split(end.as_str()).next().unwrap_or(rest))
+            });
         let Some((headers, body)) = found else {
             panic!("the message has no {content_type} part")
         };

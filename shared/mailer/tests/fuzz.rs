@@ -161,6 +161,21 @@ fn fuzz_email_render_and_compose() {
                         );
                     }
                     prop_assert!(!rendered.subject.contains(['\r', '\n', '\0']));
+                    // The bodies survive their transfer encoding (the mailer's own quoted-printable among them).
+                    for (content_type, sent) in [
+                        ("text/plain", &rendered.text),
+                        ("text/html", &rendered.html),
+                    ] {
+                        let decoded = decoded_part(&text, content_type);
+                        let expected = sent.replace("\r\n", "\n");
+                        prop_assert_eq!(
+                            decoded.as_deref(),
+                            Some(expected.as_str()),
+                            "{} in\n{}",
+                            content_type,
+                            text
+                        );
+                    }
                 }
                 Err(SendError::HeaderInjection { .. }) => {
                     let mut values = vec![rendered.subject.as_str(), name.as_str()];
@@ -179,4 +194,29 @@ fn fuzz_email_render_and_compose() {
             Ok(())
         },
     );
+}
+
+/// The part of `content_type` in a formatted message, its transfer encoding undone and its line breaks LF; `None`
+/// where it is missing or does not decode.
+fn decoded_part(message: &str, content_type: &str) -> Option<String> {
+    use base64::Engine as _;
+    let boundary = message.split_once("boundary=\"")?.1.split_once('"')?.0;
+    let (_, part) = message.split_once(&format!("\r\nContent-Type: {content_type}"))?;
+    let (headers, rest) = part.split_once("\r\n\r\n")?;
+    // Up to the boundary itself: a body may hold lines of its own that start with `--` (a signature's).
+    let body = rest.split(&format!("\r\n--{boundary}")).next()?;
+    let encoding = headers
+        .split("\r\n")
+        .find_map(|line| line.strip_prefix("Content-Transfer-Encoding: "))
+        .unwrap_or("7bit");
+    let bytes = match encoding {
+        "quoted-printable" => {
+            quoted_printable::decode(body, quoted_printable::ParseMode::Strict).ok()?
+        }
+        "base64" => base64::engine::general_purpose::STANDARD
+            .decode(body.split_whitespace().collect::<String>())
+            .ok()?,
+        _ => body.as_bytes().to_vec(),
+    };
+    Some(String::from_utf8(bytes).ok()?.replace("\r\n", "\n"))
 }
