@@ -13,7 +13,9 @@ use std::num::NonZeroU16;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, JobConfig};
+use anyhow::Context as _;
+
+use crate::config::JobConfig;
 
 /// How many threads run a function's tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,8 +50,8 @@ impl<'de> Deserialize<'de> for Threads {
 /// A `JOB_*` setting that does not parse (the error names it, as [`JobConfig::from_env`]'s does), or a runtime
 /// the system refuses to start (no threads left).
 pub fn build(default: Threads) -> anyhow::Result<tokio::runtime::Runtime> {
-    let threads = chosen(default, JobConfig::from_env())?;
-    Ok(builder(threads).build()?)
+    let job = JobConfig::from_env().context("reading JOB_* configuration")?;
+    Ok(builder(chosen(default, &job)).build()?)
 }
 
 fn builder(threads: Threads) -> tokio::runtime::Builder {
@@ -66,9 +68,8 @@ fn builder(threads: Threads) -> tokio::runtime::Builder {
     builder
 }
 
-fn chosen(default: Threads, job: Result<JobConfig, ConfigError>) -> Result<Threads, anyhow::Error> {
-    let job = job.map_err(|err| anyhow::Error::new(err).context("reading JOB_* configuration"))?;
-    Ok(job.threads.unwrap_or(default))
+fn chosen(default: Threads, job: &JobConfig) -> Threads {
+    job.threads.unwrap_or(default)
 }
 
 #[cfg(test)]
@@ -91,14 +92,8 @@ mod tests {
         );
         let unset = from_vars::<JobConfig>(std::iter::empty::<(String, String)>()).unwrap();
         assert_eq!(unset.threads, None);
-        assert_eq!(
-            chosen(Threads::One, Ok(unset.clone())).unwrap(),
-            Threads::One
-        );
-        assert_eq!(
-            chosen(Threads::PerCore, Ok(unset)).unwrap(),
-            Threads::PerCore
-        );
+        assert_eq!(chosen(Threads::One, &unset), Threads::One);
+        assert_eq!(chosen(Threads::PerCore, &unset), Threads::PerCore);
     }
 
     #[test]
