@@ -146,21 +146,30 @@ pub async fn run(setup: &Setup, kind: Kind) -> anyhow::Result<Rate> {
     let cpu_before = (cpu_secs("self"), servers_cpu_secs(&setup.server_pids));
     let io_before = (io_calls("self").1, servers_reads(&setup.server_pids));
 
-    let result = match kind {
+    let one_thread = threads_one();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let stopped = async {
+        let _ = stopped.await;
+    };
+    let mut bucket = None;
+    let side = match kind {
         Kind::RawAck | Kind::RawDoubleAck | Kind::RawRequestAck => {
-            let client = connect(&setup.url, setup.tls_ca.as_deref()).await?;
-            let consumer: PullConsumer = jetstream::new(client.clone())
-                .get_stream("EVENTS")
-                .await?
-                .get_consumer(&name)
-                .await
-                .map_err(|err| anyhow::anyhow!("binding {name}: {err}"))?;
-            let task = tokio::spawn(raw_consume(client.clone(), consumer, kind));
-            let rate = measure(&stream, &name, setup.window, setup.cap).await;
-            task.abort();
-            let _ = task.await;
-            client.flush().await?;
-            rate
+            let (url, ca, name) = (setup.url.clone(), setup.tls_ca.clone(), name.clone());
+            start_side(one_thread, move || async move {
+                let client = connect(&url, ca.as_deref()).await?;
+                let consumer: PullConsumer = jetstream::new(client.clone())
+                    .get_stream("EVENTS")
+                    .await?
+                    .get_consumer(&name)
+                    .await
+                    .map_err(|err| anyhow::anyhow!("binding {name}: {err}"))?;
+                tokio::select! {
+                    consumed = raw_consume(client.clone(), consumer, kind) => consumed?,
+                    () = stopped => {}
+                }
+                client.flush().await?;
+                Ok(())
+            })
         }
         Kind::RuntimeNoop | Kind::RuntimeNoopPlain => {
             let ack = if kind == Kind::RuntimeNoop {
@@ -168,49 +177,52 @@ pub async fn run(setup: &Setup, kind: Kind) -> anyhow::Result<Rate> {
             } else {
                 "plain"
             };
-            let runtime = runtime_for(setup, &name, "jetfn-ledger", ack).await?;
-            let (stop, stopped) = oneshot::channel::<()>();
-            let task = tokio::spawn(runtime.serve(
-                |_job: Job<UserRegistered>| async { Ok::<(), JobError>(()) },
-                async {
-                    let _ = stopped.await;
-                },
-            ));
-            let rate = measure(&stream, &name, setup.window, setup.cap).await;
-            let _ = stop.send(());
-            task.await??;
-            rate
+            let (setup, name) = (setup.clone(), name.clone());
+            start_side(one_thread, move || async move {
+                let runtime = runtime_for(&setup, &name, "jetfn-ledger", ack).await?;
+                runtime
+                    .serve(
+                        |_job: Job<UserRegistered>| async { Ok::<(), JobError>(()) },
+                        stopped,
+                    )
+                    .await
+            })
         }
         Kind::RuntimeLedger => {
             // A fresh ledger per run: the same events are read again, and a ledger that remembered them would
             // skip every effect.
-            let bucket = format!("bench-ledger-{}", short_id());
+            let fresh = format!("bench-ledger-{}", short_id());
             create_ledger_with(
                 &setup.js,
-                &bucket,
+                &fresh,
                 setup.atomic_batches,
                 setup.ledger_replicas,
             )
             .await?;
-            let runtime = runtime_for(setup, &name, &bucket, "confirmed").await?;
-            let (stop, stopped) = oneshot::channel::<()>();
-            let task = tokio::spawn(runtime.serve(
-                |job: Job<UserRegistered>| async move {
-                    job.once("welcome-email", || async { Ok::<(), JobError>(()) })
-                        .await?;
-                    Ok(())
-                },
-                async {
-                    let _ = stopped.await;
-                },
-            ));
-            let rate = measure(&stream, &name, setup.window, setup.cap).await;
-            let _ = stop.send(());
-            task.await??;
-            setup.js.delete_key_value(&bucket).await?;
-            rate
+            bucket = Some(fresh.clone());
+            let (setup, name) = (setup.clone(), name.clone());
+            start_side(one_thread, move || async move {
+                let runtime = runtime_for(&setup, &name, &fresh, "confirmed").await?;
+                runtime
+                    .serve(
+                        |job: Job<UserRegistered>| async move {
+                            job.once("welcome-email", || async { Ok::<(), JobError>(()) })
+                                .await?;
+                            Ok(())
+                        },
+                        stopped,
+                    )
+                    .await
+            })
         }
     };
+    let result = measure(&stream, &name, setup.window, setup.cap).await;
+    let _ = stop.send(());
+    side.await
+        .map_err(|_| anyhow::anyhow!("the consuming side of {name} ended without a result"))??;
+    if let Some(bucket) = bucket {
+        setup.js.delete_key_value(&bucket).await?;
+    }
     let (client_cpu, server_cpu) = (
         cpu_secs("self") - cpu_before.0,
         servers_cpu_secs(&setup.server_pids) - cpu_before.1,
@@ -238,6 +250,38 @@ pub async fn run(setup: &Setup, kind: Kind) -> anyhow::Result<Rate> {
         server_reads_per_event: server_reads / acked,
         ..rate
     })
+}
+
+/// `JETFN_BENCH_THREADS=one`: every consume row's consuming side, raw and runtime alike, on a one-thread runtime of
+/// its own (tests/bench/ANALYSIS.md, section 37). A diagnostic: the full run refuses it.
+pub fn threads_one() -> bool {
+    std::env::var("JETFN_BENCH_THREADS").as_deref() == Ok("one")
+}
+
+/// Starts a row's consuming side (its connection, its consumer or runtime, until it is stopped): on the bench's
+/// runtime, or with `one_thread` on a one-thread tokio runtime of its own in an OS thread of its own, as
+/// `runtime::threads` runs an email function (`Threads::One`). The receiver gets the side's result.
+fn start_side<F, Fut>(one_thread: bool, make: F) -> oneshot::Receiver<anyhow::Result<()>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let (done, result) = oneshot::channel();
+    if one_thread {
+        std::thread::spawn(move || {
+            let outcome = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| runtime.block_on(make()));
+            let _ = done.send(outcome);
+        });
+    } else {
+        tokio::spawn(async move {
+            let _ = done.send(make().await);
+        });
+    }
+    result
 }
 
 /// User + system CPU seconds of a process (`self` or a pid) from /proc, in clock ticks of 10 ms; 0 if unreadable.

@@ -206,6 +206,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .canonicalize()
         .context("locating the workspace")?;
     let full = args.only.is_empty() && !args.quick;
+    if full && consume::threads_one() {
+        anyhow::bail!(
+            "JETFN_BENCH_THREADS=one is a diagnostic for a partial run (--quick or --only); a full run measures the \
+             rows as tests/bench/ANALYSIS.md describes them"
+        );
+    }
     let wants = |section| args.only.is_empty() || args.only.contains(&section);
     let plan = Plan::new(&args);
     install_log_sink(&args.log)?;
@@ -339,6 +345,9 @@ fn mode_text(args: &Args, full: bool) -> String {
         return "full run".to_owned();
     }
     let mut parts = Vec::new();
+    if consume::threads_one() {
+        parts.push("JETFN_BENCH_THREADS=one".to_owned());
+    }
     if args.quick {
         parts.push("--quick".to_owned());
     }
