@@ -457,17 +457,9 @@ fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
 const TRACEPARENT: &str = "traceparent";
 
 fn random_traceparent() -> String {
-    use ring::rand::SecureRandom as _;
-    let mut bytes = [0u8; 24];
-    // The system RNG failing leaves zeros; the all-zero ids are invalid, so fall back to the clock's bits.
-    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        bytes[..16].copy_from_slice(&nanos.to_le_bytes());
-        bytes[16..].copy_from_slice(&nanos.to_be_bytes()[..8]);
-    }
+    // The thread's CSPRNG (seeded from the system, reseeded as it goes), where ring's system RNG made a `getrandom`
+    // system call per published event (tests/bench/ANALYSIS.md, section 38).
+    let bytes: [u8; 24] = rand::random();
     let mut traceparent = String::with_capacity(55);
     traceparent.push_str("00-");
     events::hex::push_lower(&mut traceparent, &bytes[..16]);
