@@ -12,13 +12,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream::consumer::DeliverPolicy;
-use events::UserRegistered;
+use runtime::Runtime;
 use runtime::config::{JobConfig, NatsConfig};
-use runtime::{Job, JobError, Runtime};
 use serde_json::json;
 
 use super::{CpuWindow, DURABILITY, Memory, Plan, Restarted, Server, mib};
-use crate::consume::{IN_FLIGHT, create_ledger, short_id};
+use crate::consume::{IN_FLIGHT, create_ledger, email_shape, short_id};
 use crate::publish::{self, Via};
 use crate::report::{Row, number};
 use crate::servers::ChildGuard;
@@ -341,15 +340,8 @@ pub async fn function() -> anyhow::Result<()> {
     let runtime = Runtime::new("bench-backlog", &NatsConfig::local(url), job).await?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     runtime
-        .serve(
-            |job: Job<UserRegistered>| async move {
-                job.once("welcome-email", || async { Ok::<(), JobError>(()) })
-                    .await?;
-                Ok(())
-            },
-            async move {
-                terminate.recv().await;
-            },
-        )
+        .serve(email_shape, async move {
+            terminate.recv().await;
+        })
         .await
 }
