@@ -14,6 +14,18 @@ pub fn lower(bytes: &[u8]) -> String {
     text
 }
 
+/// `bytes` random bytes as lower-case hex: tokens that tell one writer's try from another's (a rate-limit slot, an
+/// atomic batch). From the thread's CSPRNG (seeded from the system), not a `getrandom` system call each, which
+/// ring's system RNG made for every rate-limited event (tests/bench/ANALYSIS.md, section 38).
+#[must_use]
+pub fn random_lower(bytes: usize) -> String {
+    let mut text = String::with_capacity(bytes * 2);
+    for _ in 0..bytes {
+        push_lower(&mut text, &[rand::random::<u8>()]);
+    }
+    text
+}
+
 /// Appends `bytes` to `text` as lower-case hex.
 pub fn push_lower(text: &mut String, bytes: &[u8]) {
     text.reserve(bytes.len() * 2);

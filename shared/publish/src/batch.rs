@@ -566,7 +566,7 @@ impl Publisher {
         chunk: &[Item],
     ) -> Result<(), BatchError> {
         let client = self.js.client();
-        let atomic_id = format!("{batch_id}-{number}-{}", &uuid_like()[..8]);
+        let atomic_id = format!("{batch_id}-{number}-{}", events::hex::random_lower(4));
         let last = chunk.len();
         for (offset, item) in chunk.iter().enumerate() {
             let sequence = offset + 1;
@@ -642,14 +642,6 @@ fn answer(payload: &[u8]) -> Answer {
                 .to_owned(),
         ),
     }
-}
-
-/// Eight-plus random hex characters, so each try of a chunk is a new atomic batch on the server.
-fn uuid_like() -> String {
-    use ring::rand::SecureRandom as _;
-    let mut bytes = [0u8; 8];
-    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
-    events::hex::lower(&bytes)
 }
 
 #[cfg(test)]

@@ -457,14 +457,11 @@ fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
 const TRACEPARENT: &str = "traceparent";
 
 fn random_traceparent() -> String {
-    // The thread's CSPRNG (seeded from the system, reseeded as it goes), where ring's system RNG made a `getrandom`
-    // system call per published event (tests/bench/ANALYSIS.md, section 38).
-    let bytes: [u8; 24] = rand::random();
     let mut traceparent = String::with_capacity(55);
     traceparent.push_str("00-");
-    events::hex::push_lower(&mut traceparent, &bytes[..16]);
+    traceparent.push_str(&events::hex::random_lower(16));
     traceparent.push('-');
-    events::hex::push_lower(&mut traceparent, &bytes[16..]);
+    traceparent.push_str(&events::hex::random_lower(8));
     traceparent.push_str("-01");
     traceparent
 }

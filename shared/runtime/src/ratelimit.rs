@@ -231,7 +231,7 @@ impl RateLimiter {
                 }
             }
         }
-        let token = token();
+        let token = events::hex::random_lower(8);
         let log = Log {
             granted,
             token: token.clone(),
@@ -343,13 +343,6 @@ fn local_ms() -> i64 {
 
 fn ms(value: i64) -> Duration {
     Duration::from_millis(u64::try_from(value.max(1)).unwrap_or(1))
-}
-
-fn token() -> String {
-    use ring::rand::SecureRandom as _;
-    let mut bytes = [0u8; 8];
-    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
-    events::hex::lower(&bytes)
 }
 
 /// A few milliseconds, different per call, so racing replicas fall out of step.
