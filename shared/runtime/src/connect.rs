@@ -34,7 +34,7 @@ pub async fn connect(config: &NatsConfig, name: &str) -> anyhow::Result<async_na
             tracing::error!(
                 url = %url,
                 error = %error,
-                hint = hint(&error).unwrap_or_default(),
+                hint = hint(config, &error).unwrap_or_default(),
                 "cannot connect to NATS yet; retrying until it works"
             );
         }
@@ -73,7 +73,7 @@ pub async fn connect_once(config: &NatsConfig, name: &str) -> anyhow::Result<asy
     let url = crate::nats_url::mask(&config.url);
     options.connect(servers).await.map_err(|err| {
         let text = error_chain(&err);
-        let hint = hint(&text)
+        let hint = hint(config, &text)
             .map(|hint| format!(" ({hint})"))
             .unwrap_or_default();
         anyhow::anyhow!("connecting to NATS at {url}: {text}{hint}")
@@ -81,7 +81,7 @@ pub async fn connect_once(config: &NatsConfig, name: &str) -> anyhow::Result<asy
 }
 
 /// What to check, for the failures whose library wording does not say which setting is at fault.
-fn hint(error: &str) -> Option<&'static str> {
+fn hint(config: &NatsConfig, error: &str) -> Option<&'static str> {
     if error.contains("UnknownIssuer") {
         Some(
             "the server's certificate is not signed by the CA of NATS_TLS_CA_FILE, or by a system root without it",
@@ -93,9 +93,42 @@ fn hint(error: &str) -> Option<&'static str> {
         )
     } else if error.contains("CertificateRequired") || error.contains("certificate required") {
         Some("the server wants a client certificate: set NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE")
+    } else if config.tls_cert_file.is_none() && uses_tls(config) && closed_by_peer(error) {
+        // Under TLS 1.3 the client finishes its side of the handshake before the server checks the (missing)
+        // certificate; the server's alert can then be lost to a connection reset, so the error says only that the
+        // connection was closed.
+        Some(
+            "the server closed the TLS connection; if it verifies clients, set NATS_TLS_CERT_FILE and \
+             NATS_TLS_KEY_FILE",
+        )
     } else {
         None
     }
+}
+
+fn uses_tls(config: &NatsConfig) -> bool {
+    config.tls_required
+        || config.tls_ca_file.is_some()
+        || config
+            .url
+            .split(',')
+            .any(|url| url.trim_start().starts_with("tls://"))
+}
+
+/// The wordings of a connection the peer closed or reset (std's I/O errors, rustls' missing close_notify).
+fn closed_by_peer(error: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    [
+        "connection reset",
+        "broken pipe",
+        "unexpected eof",
+        "unexpectedeof",
+        "close_notify",
+        "connection closed",
+        "connection aborted",
+    ]
+    .iter()
+    .any(|wording| error.contains(wording))
 }
 
 /// The one place that turns [`NatsConfig`] into async-nats options, for the functions and the CLI alike: the
@@ -237,6 +270,26 @@ mod tests {
         assert_eq!(reconnect_delay(1), Duration::ZERO);
         assert!(reconnect_delay(2) >= Duration::from_millis(100));
         assert_eq!(reconnect_delay(1000), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_tls_connection_closed_without_a_client_certificate_points_at_the_certificate() {
+        let mut config = NatsConfig::local("tls://127.0.0.1:4222");
+        let reset = "IO error: Connection reset by peer (os error 104)";
+        assert!(
+            hint(&config, reset)
+                .unwrap()
+                .contains("set NATS_TLS_CERT_FILE")
+        );
+        assert!(
+            hint(&config, "received fatal alert: CertificateRequired")
+                .unwrap()
+                .starts_with("the server wants a client certificate")
+        );
+        config.tls_cert_file = Some("client.pem".into());
+        assert_eq!(hint(&config, reset), None);
+        let plain = NatsConfig::local("nats://127.0.0.1:4222");
+        assert_eq!(hint(&plain, reset), None);
     }
 
     #[test]
