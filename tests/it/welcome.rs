@@ -375,10 +375,15 @@ pub(crate) async fn welcome_held_before_the_ack(system: &System) -> testkit::Fun
 
 /// SIGKILLs `doomed` before its ack and starts another welcome: the event is delivered again and the ledger says
 /// it was already sent. Returns the survivor.
+///
+/// The kill waits for `doomed` to hold the ack: the SMTP server has the message as soon as the send's DATA ends,
+/// before the function has its reply and writes the ledger's `done`, and a kill in that gap is the documented
+/// window in which a redelivery sends again (ARCHITECTURE.md), not the case these tests pin.
 pub(crate) async fn kill_and_redeliver(
     system: &System,
     doomed: &testkit::FunctionProcess,
 ) -> testkit::FunctionProcess {
+    doomed.wait_for_output("holding the ack", WAIT).await;
     doomed.sigkill();
     doomed.wait_exit(WAIT).await;
     let survivor = system.welcome().await;
@@ -601,6 +606,8 @@ async fn plain_acks_settle_every_event_and_a_redelivery_still_sends_once() {
         .await
         .unwrap();
     system.smtp.wait_for_messages(6, WAIT).await;
+    // After the ledger's `done`, not between the send and it (see `kill_and_redeliver`).
+    crashed.wait_for_output("holding the ack", WAIT).await;
     crashed.sigkill();
     crashed.wait_exit(WAIT).await;
     let survivor = system

@@ -171,6 +171,12 @@ impl Settler {
     async fn ack(&self, message: &jetstream::Message, attempt: u32, sequence: u64, seconds: f64) {
         #[cfg(feature = "fault-injection")]
         if !self.delay_before_ack.is_zero() {
+            // The crash tests kill the process on this line: the effect and its ledger record are behind it.
+            tracing::info!(
+                delay_ms = self.delay_before_ack.as_millis(),
+                "holding the ack ({})",
+                crate::fault::DELAY_BEFORE_ACK
+            );
             tokio::time::sleep(self.delay_before_ack).await;
         }
         if telemetry::exporting() {
