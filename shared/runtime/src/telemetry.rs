@@ -223,6 +223,21 @@ fn exporter_list(
     Ok(chosen)
 }
 
+/// `layer` behind `filter` when there is one, boxed, so the four log layers share one type.
+fn filtered<S, L>(
+    layer: L,
+    filter: Option<EnvFilter>,
+) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    L: tracing_subscriber::Layer<S> + Send + Sync + 'static,
+{
+    match filter {
+        Some(filter) => layer.with_filter(filter).boxed(),
+        None => layer.boxed(),
+    }
+}
+
 fn install(
     service_name: &str,
     default_filter: &str,
@@ -264,33 +279,46 @@ fn install(
                 .with_current_span(true),
         )
     };
+    // Without an exporter the log layer is the only layer, so its filter goes on the whole subscriber: a
+    // per-layer filter keeps its own bookkeeping at every span's creation, entry, exit and close, about 800
+    // instructions of a no-op attempt's 44k (tests/bench/ANALYSIS.md, section 39). With spans exported, the OTLP
+    // layer takes the runtime's debug spans that the log layer does not, so each keeps a filter of its own.
+    let (global_filter, log_filter) = if exporters.traces_otlp {
+        (None, Some(filter()))
+    } else {
+        (Some(filter()), None)
+    };
     let fmt_layer = match (json, stderr) {
-        (true, false) => tracing_subscriber::fmt::layer()
-            .json()
-            .event_format(json_event())
-            .with_filter(filter())
-            .boxed(),
-        (true, true) => tracing_subscriber::fmt::layer()
-            .json()
-            .event_format(json_event())
-            .with_writer(std::io::stderr)
-            .with_filter(filter())
-            .boxed(),
-        (false, false) => tracing_subscriber::fmt::layer()
-            .with_ansi(ansi)
-            .compact()
-            .with_target(false)
-            .fmt_fields(LogFields)
-            .with_filter(filter())
-            .boxed(),
-        (false, true) => tracing_subscriber::fmt::layer()
-            .with_ansi(ansi)
-            .compact()
-            .with_target(false)
-            .fmt_fields(LogFields)
-            .with_writer(std::io::stderr)
-            .with_filter(filter())
-            .boxed(),
+        (true, false) => filtered(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .event_format(json_event()),
+            log_filter,
+        ),
+        (true, true) => filtered(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .event_format(json_event())
+                .with_writer(std::io::stderr),
+            log_filter,
+        ),
+        (false, false) => filtered(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(ansi)
+                .compact()
+                .with_target(false)
+                .fmt_fields(LogFields),
+            log_filter,
+        ),
+        (false, true) => filtered(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(ansi)
+                .compact()
+                .with_target(false)
+                .fmt_fields(LogFields)
+                .with_writer(std::io::stderr),
+            log_filter,
+        ),
     };
 
     let resource = || {
@@ -344,6 +372,7 @@ fn install(
             .with_filter(EnvFilter::new("info,runtime=debug"))
     });
     tracing_subscriber::registry()
+        .with(global_filter)
         .with(fmt_layer)
         .with(otel_layer)
         .try_init()

@@ -89,7 +89,8 @@ struct Args {
     #[arg(long)]
     markdown: bool,
     /// Log filter for the in-process runtime rows, written to /dev/null the way a function writes to stdout;
-    /// `off` measures without logging.
+    /// `off` measures without logging. The ledger rows count their probes' verdicts from these logs: a filter
+    /// quieter than `info` for `runtime::ledger::batch` (or `off`) leaves those counts at zero.
     #[arg(long, default_value = "info")]
     log: String,
     /// Only these consume rows (raw-ack, raw-double-ack, raw-request-ack, runtime-noop-plain, runtime-noop,
@@ -389,13 +390,14 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (year, month, day)
 }
 
-/// The in-process runtime rows log the way a function does (compact text at `info`), into /dev/null instead of
-/// stdout so the table stays readable; the formatting and the write are still paid.
+/// The in-process runtime rows log the way a function does (compact text at `info`, the filter on the whole
+/// subscriber as `runtime::telemetry` puts it when no spans are exported), into /dev/null instead of stdout so the
+/// table stays readable; the formatting and the write are still paid. The verdicts layer filters by itself rather
+/// than through a per-layer filter: any per-layer filter makes every span pay its bookkeeping (ANALYSIS 39).
 fn install_log_sink(filter: &str) -> anyhow::Result<()> {
     if filter == "off" {
         return Ok(());
     }
-    use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -406,15 +408,11 @@ fn install_log_sink(filter: &str) -> anyhow::Result<()> {
         .with_ansi(false)
         .with_target(false)
         .fmt_fields(runtime::telemetry::LogFields)
-        .with_writer(Mutex::new(devnull))
-        .with_filter(tracing_subscriber::EnvFilter::new(filter));
-    let verdicts = probe::Verdicts.with_filter(
-        tracing_subscriber::filter::Targets::new()
-            .with_target("runtime::ledger::batch", tracing::Level::INFO),
-    );
+        .with_writer(Mutex::new(devnull));
     tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new(filter))
         .with(sink)
-        .with(verdicts)
+        .with(probe::Verdicts)
         .try_init()
         .map_err(|err| anyhow::anyhow!("installing the log sink: {err}"))
 }

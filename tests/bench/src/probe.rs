@@ -16,12 +16,17 @@ static ONE_BY_ONE: AtomicUsize = AtomicUsize::new(0);
 static CHANGES: AtomicUsize = AtomicUsize::new(0);
 
 /// Counts the probe's verdicts, and the changes the ledger's checks while it runs made to them (the events with a
-/// `gap_us`); installed beside the log sink with a filter on the probe's module at `info`, so no other event
-/// reaches it.
+/// `gap_us`); installed beside the log sink, behind its filter, it reads only the probe module's events at `info`
+/// and above.
 pub struct Verdicts;
 
 impl<S: Subscriber> Layer<S> for Verdicts {
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        let metadata = event.metadata();
+        if metadata.target() != "runtime::ledger::batch" || *metadata.level() > tracing::Level::INFO
+        {
+            return;
+        }
         let mut fields = Fields::default();
         event.record(&mut fields);
         match (fields.synced, fields.gap) {
