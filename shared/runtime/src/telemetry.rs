@@ -223,7 +223,25 @@ fn exporter_list(
     Ok(chosen)
 }
 
-/// `layer` behind `filter` when there is one, boxed, so the four log layers share one type.
+/// Where the log lines go: stdout for a function, stderr for a command (whose stdout is its output).
+#[derive(Clone, Copy)]
+struct Output {
+    stderr: bool,
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Output {
+    type Writer = tracing_subscriber::fmt::writer::EitherWriter<std::io::Stdout, std::io::Stderr>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        if self.stderr {
+            tracing_subscriber::fmt::writer::EitherWriter::B(std::io::stderr())
+        } else {
+            tracing_subscriber::fmt::writer::EitherWriter::A(std::io::stdout())
+        }
+    }
+}
+
+/// `layer` behind `filter` when there is one, boxed, so the log layers share one type.
 fn filtered<S, L>(
     layer: L,
     filter: Option<EnvFilter>,
@@ -288,37 +306,25 @@ fn install(
     } else {
         (Some(filter()), None)
     };
-    let fmt_layer = match (json, stderr) {
-        (true, false) => filtered(
-            tracing_subscriber::fmt::layer()
-                .json()
-                .event_format(json_event()),
-            log_filter,
-        ),
-        (true, true) => filtered(
+    let output = Output { stderr };
+    let fmt_layer = if json {
+        filtered(
             tracing_subscriber::fmt::layer()
                 .json()
                 .event_format(json_event())
-                .with_writer(std::io::stderr),
+                .with_writer(output),
             log_filter,
-        ),
-        (false, false) => filtered(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(ansi)
-                .compact()
-                .with_target(false)
-                .fmt_fields(LogFields),
-            log_filter,
-        ),
-        (false, true) => filtered(
+        )
+    } else {
+        filtered(
             tracing_subscriber::fmt::layer()
                 .with_ansi(ansi)
                 .compact()
                 .with_target(false)
                 .fmt_fields(LogFields)
-                .with_writer(std::io::stderr),
+                .with_writer(output),
             log_filter,
-        ),
+        )
     };
 
     let resource = || {
