@@ -20,10 +20,20 @@ pub fn lower(bytes: &[u8]) -> String {
 #[must_use]
 pub fn random_lower(bytes: usize) -> String {
     let mut text = String::with_capacity(bytes * 2);
-    for _ in 0..bytes {
-        push_lower(&mut text, &[rand::random::<u8>()]);
-    }
+    push_random_lower(&mut text, bytes);
     text
+}
+
+/// Appends `bytes` random bytes to `text` as lower-case hex, as [`random_lower`], drawn a block at a time rather
+/// than a byte at a time.
+pub fn push_random_lower(text: &mut String, bytes: usize) {
+    let mut left = bytes;
+    while left > 0 {
+        let block: [u8; 32] = rand::random();
+        let take = left.min(block.len());
+        push_lower(text, &block[..take]);
+        left -= take;
+    }
 }
 
 /// Appends `bytes` to `text` as lower-case hex.
@@ -46,5 +56,19 @@ mod tests {
         let mut text = "key.".to_owned();
         super::push_lower(&mut text, &[0x0a, 0xf0]);
         assert_eq!(text, "key.0af0");
+    }
+
+    #[test]
+    fn random_tokens_are_lower_hex_of_the_asked_length_past_one_block() {
+        for bytes in [0, 4, 32, 40] {
+            let token = super::random_lower(bytes);
+            assert_eq!(token.len(), bytes * 2);
+            assert!(
+                token
+                    .bytes()
+                    .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
+            );
+        }
+        assert_ne!(super::random_lower(16), super::random_lower(16));
     }
 }

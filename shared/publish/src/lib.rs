@@ -459,9 +459,9 @@ const TRACEPARENT: &str = "traceparent";
 fn random_traceparent() -> String {
     let mut traceparent = String::with_capacity(55);
     traceparent.push_str("00-");
-    traceparent.push_str(&events::hex::random_lower(16));
+    events::hex::push_random_lower(&mut traceparent, 16);
     traceparent.push('-');
-    traceparent.push_str(&events::hex::random_lower(8));
+    events::hex::push_random_lower(&mut traceparent, 8);
     traceparent.push_str("-01");
     traceparent
 }

@@ -27,6 +27,7 @@ pub async fn connect(config: &NatsConfig, name: &str) -> anyhow::Result<async_na
     // One plain attempt first: its error says why (a certificate the CA did not sign, an authorization
     // violation), where the retrying connection's events only say "IO error".
     let (options, servers) = connect_options(config, name).await?;
+    let tls = tls_wanted(config, &servers);
     match forever(options).connect(servers).await {
         Ok(client) => return Ok(client),
         Err(err) => {
@@ -34,7 +35,7 @@ pub async fn connect(config: &NatsConfig, name: &str) -> anyhow::Result<async_na
             tracing::error!(
                 url = %url,
                 error = %error,
-                hint = hint(config, &error).unwrap_or_default(),
+                hint = hint(config, tls, &error).unwrap_or_default(),
                 "cannot connect to NATS yet; retrying until it works"
             );
         }
@@ -71,17 +72,19 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 pub async fn connect_once(config: &NatsConfig, name: &str) -> anyhow::Result<async_nats::Client> {
     let (options, servers) = connect_options(config, name).await?;
     let url = crate::nats_url::mask(&config.url);
+    let tls = tls_wanted(config, &servers);
     options.connect(servers).await.map_err(|err| {
         let text = error_chain(&err);
-        let hint = hint(config, &text)
+        let hint = hint(config, tls, &text)
             .map(|hint| format!(" ({hint})"))
             .unwrap_or_default();
         anyhow::anyhow!("connecting to NATS at {url}: {text}{hint}")
     })
 }
 
-/// What to check, for the failures whose library wording does not say which setting is at fault.
-fn hint(config: &NatsConfig, error: &str) -> Option<&'static str> {
+/// What to check, for the failures whose library wording does not say which setting is at fault; `tls` is
+/// [`tls_wanted`]'s answer for this connection.
+fn hint(config: &NatsConfig, tls: bool, error: &str) -> Option<&'static str> {
     if error.contains("UnknownIssuer") {
         Some(
             "the server's certificate is not signed by the CA of NATS_TLS_CA_FILE, or by a system root without it",
@@ -93,7 +96,7 @@ fn hint(config: &NatsConfig, error: &str) -> Option<&'static str> {
         )
     } else if error.contains("CertificateRequired") || error.contains("certificate required") {
         Some("the server wants a client certificate: set NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE")
-    } else if config.tls_cert_file.is_none() && uses_tls(config) && closed_by_peer(error) {
+    } else if tls && config.tls_cert_file.is_none() && closed_by_peer(error) {
         // Under TLS 1.3 the client finishes its side of the handshake before the server checks the (missing)
         // certificate; the server's alert can then be lost to a connection reset, so the error says only that the
         // connection was closed.
@@ -106,13 +109,12 @@ fn hint(config: &NatsConfig, error: &str) -> Option<&'static str> {
     }
 }
 
-fn uses_tls(config: &NatsConfig) -> bool {
+/// Whether the connection goes over TLS: asked for by `NATS_TLS_REQUIRED`, implied by a CA to verify the server
+/// against, or by a `tls://` server in `NATS_URL`.
+fn tls_wanted(config: &NatsConfig, servers: &[ServerAddr]) -> bool {
     config.tls_required
         || config.tls_ca_file.is_some()
-        || config
-            .url
-            .split(',')
-            .any(|url| url.trim_start().starts_with("tls://"))
+        || servers.iter().any(ServerAddr::tls_required)
 }
 
 /// The wordings of a connection the peer closed or reset (std's I/O errors, rustls' missing close_notify).
@@ -195,8 +197,7 @@ pub async fn connect_options(
             None => options.token(user),
         };
     }
-    let tls_url = servers.iter().any(|server| server.tls_required());
-    if config.tls_required || config.tls_ca_file.is_some() || tls_url {
+    if tls_wanted(config, &servers) {
         options = options.require_tls(true);
     }
     if let Some(ca) = &config.tls_ca_file {
@@ -274,22 +275,25 @@ mod tests {
 
     #[test]
     fn a_tls_connection_closed_without_a_client_certificate_points_at_the_certificate() {
+        let tls_of =
+            |config: &NatsConfig| tls_wanted(config, &crate::nats_url::parse(&config.url).unwrap());
         let mut config = NatsConfig::local("tls://127.0.0.1:4222");
+        let tls = tls_of(&config);
         let reset = "IO error: Connection reset by peer (os error 104)";
         assert!(
-            hint(&config, reset)
+            hint(&config, tls, reset)
                 .unwrap()
                 .contains("set NATS_TLS_CERT_FILE")
         );
         assert!(
-            hint(&config, "received fatal alert: CertificateRequired")
+            hint(&config, tls, "received fatal alert: CertificateRequired")
                 .unwrap()
                 .starts_with("the server wants a client certificate")
         );
         config.tls_cert_file = Some("client.pem".into());
-        assert_eq!(hint(&config, reset), None);
+        assert_eq!(hint(&config, tls, reset), None);
         let plain = NatsConfig::local("nats://127.0.0.1:4222");
-        assert_eq!(hint(&plain, reset), None);
+        assert_eq!(hint(&plain, tls_of(&plain), reset), None);
     }
 
     #[test]
