@@ -4,9 +4,10 @@
 //! attempt's log lines. `DefaultFields` paints each field name through `nu_ansi_term` even with colours off and
 //! formats it with `write!`, which cost about 6,700 instructions per attempt, an eighth of a no-op attempt
 //! (tests/bench/ANALYSIS.md, section 17). Here an ordinary name and its value are written directly: a string that
-//! needs no escape in one write (section 31), numbers and booleans through `record_debug` as in `DefaultVisitor`;
-//! everything else (the message, errors, `r#` names, colours on) goes to a `DefaultVisitor`, so the text is the
-//! same byte for byte (a unit test holds the two to that).
+//! needs no escape as one piece (section 31), an integer by its digits (section 40), other numbers and booleans
+//! through `record_debug` as in `DefaultVisitor`; everything else (the message, errors, `r#` names, colours on)
+//! goes to a `DefaultVisitor`, so the text is the same byte for byte (a unit test holds the two to that). The
+//! direct pieces gather on the stack and reach the span's text in one write.
 
 use std::fmt;
 
@@ -26,6 +27,8 @@ impl<'a> MakeVisitor<Writer<'a>> for LogFields {
         LogVisitor {
             direct: !writer.has_ansi_escapes(),
             writer,
+            pending: [0; PENDING],
+            pending_len: 0,
             is_empty: true,
             result: Ok(()),
         }
@@ -35,11 +38,20 @@ impl<'a> MakeVisitor<Writer<'a>> for LogFields {
 /// Writes `name=value` pairs separated by a space, as `DefaultVisitor` does.
 pub struct LogVisitor<'a> {
     writer: Writer<'a>,
+    /// The text of the fast paths, handed to `writer` in one write when the fields are done (or before anything
+    /// else writes to it). The writer appends to a `String` that starts empty: a write per field made it grow
+    /// two or three times per span, and those reallocations were most of what the fields cost (about 1,500 of
+    /// a no-op attempt's instructions; tests/bench/ANALYSIS.md, section 40).
+    pending: [u8; PENDING],
+    pending_len: usize,
     /// Colours off: ordinary fields are written here. With colours, every field goes to `DefaultVisitor`.
     direct: bool,
     is_empty: bool,
     result: fmt::Result,
 }
+
+/// Room for an attempt's span fields and a typical line's.
+const PENDING: usize = 256;
 
 impl LogVisitor<'_> {
     /// Whether `DefaultVisitor` writes this field as a bare `name=` followed by the value's `Debug`: it treats
@@ -50,6 +62,7 @@ impl LogVisitor<'_> {
 
     /// `name=` and the value, after a space unless it is the first field.
     fn write(&mut self, name: &str, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+        self.flush();
         if self.result.is_err() {
             return;
         }
@@ -62,14 +75,76 @@ impl LogVisitor<'_> {
         })();
     }
 
-    /// `name=` and a string that needs no escape, in one write rather than six: each write to the span's text
-    /// costs a call through `dyn fmt::Write` and a capacity check.
+    /// `name=` and a string that needs no escape, into the pending text: each write to the span's text costs a
+    /// call through `dyn fmt::Write` and a capacity check.
     fn write_plain(&mut self, name: &str, value: &str) {
         if self.result.is_err() {
             return;
         }
         let separator = self.separator();
-        self.result = write_joined(&mut self.writer, &[separator, name, "=\"", value, "\""]);
+        self.append(&[separator, name, "=\"", value, "\""]);
+    }
+
+    /// `name=` and an integer, into the pending text: `Debug` for an integer goes through `core::fmt`'s padding and flag
+    /// checks, about 450 instructions for an attempt's sequence number, against a few dozen here.
+    fn write_integer(&mut self, name: &str, negative: bool, magnitude: u64) {
+        if self.result.is_err() {
+            return;
+        }
+        let mut digits = [0_u8; 20];
+        let mut start = digits.len();
+        let mut rest = magnitude;
+        loop {
+            start -= 1;
+            // A digit: `rest % 10` is below 10.
+            digits[start] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        // ASCII digits: valid UTF-8, so the check cannot fail.
+        let Ok(digits) = std::str::from_utf8(&digits[start..]) else {
+            return;
+        };
+        let separator = self.separator();
+        let sign = if negative { "-" } else { "" };
+        self.append(&[separator, name, "=", sign, digits]);
+    }
+
+    /// `parts` end to end after the pending text; to the writer directly when they do not fit even alone.
+    fn append(&mut self, parts: &[&str]) {
+        let total: usize = parts.iter().map(|part| part.len()).sum();
+        if self.pending_len + total > PENDING {
+            self.flush();
+            if total > PENDING {
+                for part in parts {
+                    if self.result.is_ok() {
+                        self.result = self.writer.write_str(part);
+                    }
+                }
+                return;
+            }
+        }
+        for part in parts {
+            self.pending[self.pending_len..self.pending_len + part.len()]
+                .copy_from_slice(part.as_bytes());
+            self.pending_len += part.len();
+        }
+    }
+
+    /// Hands the pending text to the writer.
+    fn flush(&mut self) {
+        if self.pending_len == 0 {
+            return;
+        }
+        let len = std::mem::take(&mut self.pending_len);
+        if self.result.is_err() {
+            return;
+        }
+        // Whole `str`s end to end: valid UTF-8, so the check cannot fail.
+        self.result = std::str::from_utf8(&self.pending[..len])
+            .map_or(Err(fmt::Error), |text| self.writer.write_str(text));
     }
 
     fn separator(&mut self) -> &'static str {
@@ -80,6 +155,7 @@ impl LogVisitor<'_> {
 
     /// The field as `DefaultVisitor` writes it, continuing this visitor's output.
     fn delegate(&mut self, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
+        self.flush();
         if self.result.is_err() {
             return;
         }
@@ -99,21 +175,6 @@ fn needs_no_escape(value: &str) -> bool {
     })
 }
 
-/// `parts` written end to end in one `write_str`, through a buffer on the stack when they fit in it.
-fn write_joined(writer: &mut Writer<'_>, parts: &[&str]) -> fmt::Result {
-    let mut buffer = [0_u8; 128];
-    let mut len = 0;
-    for part in parts {
-        let Some(room) = buffer.get_mut(len..len + part.len()) else {
-            return parts.iter().try_for_each(|part| writer.write_str(part));
-        };
-        room.copy_from_slice(part.as_bytes());
-        len += part.len();
-    }
-    // Whole `str`s end to end: valid UTF-8, so the check cannot fail.
-    std::str::from_utf8(&buffer[..len]).map_or(Err(fmt::Error), |text| writer.write_str(text))
-}
-
 impl Visit for LogVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         match field.name() {
@@ -124,6 +185,24 @@ impl Visit for LogVisitor<'_> {
             }
             name if self.ordinary(name) => self.write(name, |writer| write!(writer, "{value:?}")),
             _ => self.delegate(|inner| inner.record_str(field, value)),
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        match field.name() {
+            name if name.starts_with("log.") => {}
+            name if self.ordinary(name) => self.write_integer(name, false, value),
+            _ => self.delegate(|inner| inner.record_u64(field, value)),
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        match field.name() {
+            name if name.starts_with("log.") => {}
+            name if self.ordinary(name) => {
+                self.write_integer(name, value < 0, value.unsigned_abs());
+            }
+            _ => self.delegate(|inner| inner.record_i64(field, value)),
         }
     }
 
@@ -143,13 +222,15 @@ impl Visit for LogVisitor<'_> {
 }
 
 impl VisitOutput<fmt::Result> for LogVisitor<'_> {
-    fn finish(self) -> fmt::Result {
+    fn finish(mut self) -> fmt::Result {
+        self.flush();
         self.result
     }
 }
 
 impl VisitFmt for LogVisitor<'_> {
     fn writer(&mut self) -> &mut dyn fmt::Write {
+        self.flush();
         &mut self.writer
     }
 }
