@@ -345,6 +345,10 @@ impl<'m> Known<'m> {
 
 /// The delivery count and stream sequence of a JetStream message; `None` (logged) for one without metadata.
 pub(crate) fn delivery(message: &jetstream::Message) -> Option<(u32, u64)> {
+    if let Some((delivered, sequence)) = message.reply.as_deref().and_then(ack_numbers) {
+        return Some((u32::try_from(delivered).unwrap_or(u32::MAX), sequence));
+    }
+    // Not the plain form: `info` decides, and names what is wrong.
     match message.info() {
         Ok(info) => Some((
             u32::try_from(info.delivered).unwrap_or(u32::MAX),
@@ -355,6 +359,58 @@ pub(crate) fn delivery(message: &jetstream::Message) -> Option<(u32, u64)> {
             None
         }
     }
+}
+
+/// The delivery count and stream sequence in a `$JS.ACK.` reply subject, where every number in it is plain digits;
+/// `None` otherwise, and [`jetstream::Message::info`] reads it. `info` also parses the publish time into a date
+/// (an `i128` parse and a calendar conversion) and the other numbers, which no attempt uses: `delivery` took
+/// about 1,560 instructions per attempt through it, 900 through this (tests/bench/ANALYSIS.md, section 40). Where this gives
+/// numbers, `info` gives the same ones (a unit test holds the two to that): the same tokens (ADR-15's form of 7
+/// tokens after the prefix, or 9 and more, of which it reads 10), and every number `info` parses checked here
+/// too, so a subject it refuses is not taken here.
+fn ack_numbers(reply: &str) -> Option<(u64, u64)> {
+    let rest = reply.strip_prefix("$JS.ACK.")?;
+    // The first ten of `rest.split('.')`, by a loop over the bytes: `split` looks for each dot with a `memchr`
+    // call, whose setup cost more than these short tokens.
+    let mut tokens = [""; 10];
+    let (mut count, mut start) = (0, 0);
+    for (at, byte) in rest.bytes().enumerate() {
+        if byte == b'.' {
+            tokens[count] = &rest[start..at];
+            count += 1;
+            start = at + 1;
+            if count == tokens.len() {
+                break;
+            }
+        }
+    }
+    if count < tokens.len() {
+        tokens[count] = &rest[start..];
+        count += 1;
+    }
+    let numbers = match count {
+        7 => &tokens[2..7],
+        9.. => &tokens[4..9],
+        _ => return None,
+    };
+    let [delivered, stream, consumer, published, pending] = numbers else {
+        return None;
+    };
+    let digits = |token: &str, most: usize| {
+        if token.is_empty() || token.len() > most {
+            return None;
+        }
+        token.bytes().try_fold(0_u64, |value, byte| {
+            byte.is_ascii_digit()
+                .then(|| value * 10 + u64::from(byte - b'0'))
+        })
+    };
+    // Up to 19 digits always fit a u64 (and, as nanoseconds, a date `info` converts); `info` reads the delivery
+    // count as an i64, which 18 always fit.
+    digits(consumer, 19)?;
+    digits(published, 19)?;
+    digits(pending, 19)?;
+    Some((digits(delivered, 18)?, digits(stream, 19)?))
 }
 
 #[cfg(test)]
@@ -427,5 +483,88 @@ mod tests {
         let none = Known::of(None);
         assert_eq!(none.message_id, "");
         assert!(none.batch_id.is_none() && none.key_id.is_none() && !none.is_recurring_firing());
+    }
+
+    /// Where [`super::ack_numbers`] reads a reply subject, async-nats' `info` reads the same numbers from it; the
+    /// subjects it leaves to `info` include every one `info` refuses.
+    #[tokio::test]
+    async fn ack_numbers_agree_with_info() {
+        // A client that never connects: `info` only reads the message.
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect("127.0.0.1:9")
+            .await
+            .expect("a client");
+        let context = async_nats::jetstream::new(client);
+        let info = |reply: &str| {
+            let message = async_nats::jetstream::Message {
+                message: async_nats::Message {
+                    subject: "events.x".into(),
+                    reply: Some(reply.into()),
+                    payload: bytes::Bytes::new(),
+                    headers: None,
+                    status: None,
+                    description: None,
+                    length: 0,
+                },
+                context: context.clone(),
+            };
+            let info = message.info().ok()?;
+            Some((u64::try_from(info.delivered).ok()?, info.stream_sequence))
+        };
+        let mut taken = 0;
+        let numbers = [
+            "0",
+            "1",
+            "7",
+            "42",
+            "18446744073709551615",
+            "9999999999999999999",
+            "99999999999999999999",
+            "+1",
+            "-1",
+            "",
+            "1a",
+            "01",
+            "1764668400000000000",
+            "ab",
+        ];
+        let mut subjects = vec![
+            "$JS.ACK.EVENTS.welcome.1.2.3.1764668400000000000.0".to_owned(),
+            "$JS.ACK._.ACCHASH.EVENTS.welcome.3.1234.17.1764668400000000000.5".to_owned(),
+            "$JS.ACK._.ACCHASH.EVENTS.welcome.3.1234.17.1764668400000000000.5.tok".to_owned(),
+            "$JS.ACK.hub.ACCHASH.EVENTS.welcome.3.1234.17.1764668400000000000.5.tok.more.x"
+                .to_owned(),
+            "$JS.ACK.EVENTS.welcome.1.2.3.4".to_owned(),
+            "$JS.ACK.EVENTS.welcome.1.2.3.4.5.6".to_owned(),
+            "$JS.ACK.a.b.c.d.e.f.g.h".to_owned(),
+            "$JS.ACK.".to_owned(),
+            "$JS.NAK.EVENTS.welcome.1.2.3.4.5".to_owned(),
+            "_INBOX.x".to_owned(),
+        ];
+        for (at, number) in numbers.iter().enumerate() {
+            for position in 0..5 {
+                let mut fields = ["1", "2", "3", "1764668400000000000", "0"];
+                fields[position] = number;
+                let [d, s, c, t, p] = fields;
+                subjects.push(format!("$JS.ACK.EVENTS.welcome.{d}.{s}.{c}.{t}.{p}"));
+                subjects.push(format!("$JS.ACK._.H.EVENTS.c{at}.{d}.{s}.{c}.{t}.{p}.z"));
+            }
+        }
+        for subject in &subjects {
+            let ours = super::ack_numbers(subject);
+            if ours.is_some() {
+                taken += 1;
+                assert_eq!(ours, info(subject), "{subject}");
+            }
+        }
+        // The plain form is taken, not all left to `info`.
+        assert!(taken >= 40, "only {taken} taken");
+        assert_eq!(
+            super::ack_numbers(
+                "$JS.ACK._.ACCHASH.EVENTS.welcome.3.1234.17.1764668400000000000.5.tok"
+            ),
+            Some((3, 1234))
+        );
     }
 }
