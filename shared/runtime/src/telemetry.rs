@@ -241,18 +241,57 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Output {
     }
 }
 
-/// `layer` behind `filter` when there is one, boxed, so the log layers share one type.
-fn filtered<S, L>(
-    layer: L,
+/// The log layer of a process: JSON lines (`LOG_FORMAT=json`, with the attempt's trace and span ids) or compact
+/// text, written through `writer`. Public for the benchmark's log sink, which must pay what a function pays; it
+/// turns the JSON lines' per-attempt ids on with [`set_json_log_ids`], as [`init`] does.
+pub fn log_layer<S, W>(
+    json: bool,
+    ansi: bool,
+    writer: W,
+) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .event_format(WithTraceIds(
+                tracing_subscriber::fmt::format()
+                    .json()
+                    .with_current_span(true),
+            ))
+            .with_writer(writer)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .compact()
+            .with_target(false)
+            .fmt_fields(LogFields)
+            .with_writer(writer)
+            .boxed()
+    }
+}
+
+/// Whether each attempt gets trace and span ids of its own for JSON log lines ([`attach_log_ids`]); [`init`] sets
+/// it for JSON logs without a span exporter.
+#[doc(hidden)]
+pub fn set_json_log_ids(on: bool) {
+    JSON_IDS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `layer` behind `filter` when there is one.
+fn filtered<S>(
+    layer: Box<dyn tracing_subscriber::Layer<S> + Send + Sync>,
     filter: Option<EnvFilter>,
 ) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
 where
     S: tracing::Subscriber + for<'a> LookupSpan<'a>,
-    L: tracing_subscriber::Layer<S> + Send + Sync + 'static,
 {
     match filter {
         Some(filter) => layer.with_filter(filter).boxed(),
-        None => layer.boxed(),
+        None => layer,
     }
 }
 
@@ -290,13 +329,6 @@ fn install(
     } else {
         std::io::stdout().is_terminal()
     };
-    let json_event = || {
-        WithTraceIds(
-            tracing_subscriber::fmt::format()
-                .json()
-                .with_current_span(true),
-        )
-    };
     // Without an exporter the log layer is the only layer, so its filter goes on the whole subscriber: a
     // per-layer filter keeps its own bookkeeping at every span's creation, entry, exit and close, about 800
     // instructions of a no-op attempt's 44k (tests/bench/ANALYSIS.md, section 39). With spans exported, the OTLP
@@ -306,26 +338,7 @@ fn install(
     } else {
         (Some(filter()), None)
     };
-    let output = Output { stderr };
-    let fmt_layer = if json {
-        filtered(
-            tracing_subscriber::fmt::layer()
-                .json()
-                .event_format(json_event())
-                .with_writer(output),
-            log_filter,
-        )
-    } else {
-        filtered(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(ansi)
-                .compact()
-                .with_target(false)
-                .fmt_fields(LogFields)
-                .with_writer(output),
-            log_filter,
-        )
-    };
+    let fmt_layer = filtered(log_layer(json, ansi, Output { stderr }), log_filter);
 
     let resource = || {
         let mut resource = opentelemetry_sdk::Resource::builder();
@@ -387,10 +400,7 @@ fn install(
         tracing::info!(service = service_name, "exporting spans over OTLP");
     }
     EXPORTING.store(provider.is_some(), std::sync::atomic::Ordering::Relaxed);
-    JSON_IDS.store(
-        json && provider.is_none(),
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    set_json_log_ids(json && provider.is_none());
     publish::set_exporting(provider.is_some());
     Ok(Telemetry { provider, meters })
 }

@@ -93,6 +93,10 @@ struct Args {
     /// quieter than `info` for `runtime::ledger::batch` (or `off`) leaves those counts at zero.
     #[arg(long, default_value = "info")]
     log: String,
+    /// The log lines' format for the runtime rows: `text` (a function's default) or `json` (`LOG_FORMAT=json`,
+    /// the containers' setting; a diagnostic for a partial run).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
     /// Only these consume rows (raw-ack, raw-double-ack, raw-request-ack, runtime-noop-plain, runtime-noop,
     /// runtime-ledger), for profiling one.
     #[arg(long, value_delimiter = ',')]
@@ -213,9 +217,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
              rows as tests/bench/ANALYSIS.md describes them"
         );
     }
+    if full && args.log_format == LogFormat::Json {
+        anyhow::bail!(
+            "--log-format json is a diagnostic for a partial run (--quick or --only); a full run logs as a function \
+             does by default"
+        );
+    }
     let wants = |section| args.only.is_empty() || args.only.contains(&section);
     let plan = Plan::new(&args);
-    install_log_sink(&args.log)?;
+    install_log_sink(&args.log, args.log_format)?;
     let nats_bin = match &args.nats_server {
         Some(bin) => bin.clone(),
         None => testkit::find_nats_server()?,
@@ -349,6 +359,9 @@ fn mode_text(args: &Args, full: bool) -> String {
     if consume::threads_one() {
         parts.push("JETFN_BENCH_THREADS=one".to_owned());
     }
+    if args.log_format == LogFormat::Json {
+        parts.push("--log-format json".to_owned());
+    }
     if args.quick {
         parts.push("--quick".to_owned());
     }
@@ -390,11 +403,12 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (year, month, day)
 }
 
-/// The in-process runtime rows log the way a function does (compact text at `info`, the filter on the whole
-/// subscriber as `runtime::telemetry` puts it when no spans are exported), into /dev/null instead of stdout so the
-/// table stays readable; the formatting and the write are still paid. The verdicts layer filters by itself rather
-/// than through a per-layer filter: any per-layer filter makes every span pay its bookkeeping (ANALYSIS 39).
-fn install_log_sink(filter: &str) -> anyhow::Result<()> {
+/// The in-process runtime rows log the way a function does (the layer `runtime::telemetry` builds: compact text at
+/// `info`, or JSON lines with each attempt's ids, the filter on the whole subscriber as it is when no spans are
+/// exported), into /dev/null instead of stdout so the table stays readable; the formatting and the write are still
+/// paid. The verdicts layer filters by itself rather than through a per-layer filter: any per-layer filter makes
+/// every span pay its bookkeeping (ANALYSIS 39).
+fn install_log_sink(filter: &str, format: LogFormat) -> anyhow::Result<()> {
     if filter == "off" {
         return Ok(());
     }
@@ -402,19 +416,23 @@ fn install_log_sink(filter: &str) -> anyhow::Result<()> {
     use tracing_subscriber::util::SubscriberInitExt as _;
 
     let devnull = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
-    let sink = tracing_subscriber::fmt::layer()
-        .compact()
-        // A function writes no colour codes into a pipe or a file (runtime::telemetry); neither does the sink.
-        .with_ansi(false)
-        .with_target(false)
-        .fmt_fields(runtime::telemetry::LogFields)
-        .with_writer(Mutex::new(devnull));
+    let json = format == LogFormat::Json;
+    runtime::telemetry::set_json_log_ids(json);
+    // A function writes no colour codes into a pipe or a file (runtime::telemetry); neither does the sink.
+    let sink = runtime::telemetry::log_layer(json, false, Mutex::new(devnull));
     tracing_subscriber::registry()
         .with(tracing_subscriber::EnvFilter::new(filter))
         .with(sink)
         .with(probe::Verdicts)
         .try_init()
         .map_err(|err| anyhow::anyhow!("installing the log sink: {err}"))
+}
+
+/// The log lines' format of the runtime rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// One nats-server configuration's rows.
