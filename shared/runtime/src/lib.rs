@@ -19,6 +19,7 @@ mod fault;
 pub mod health;
 pub mod heartbeat;
 mod job;
+mod json_fields;
 mod lanes;
 mod ledger;
 mod log_fields;

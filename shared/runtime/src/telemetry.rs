@@ -256,6 +256,7 @@ where
     if json {
         tracing_subscriber::fmt::layer()
             .json()
+            .fmt_fields(crate::json_fields::JsonLogFields)
             .event_format(WithTraceIds(
                 tracing_subscriber::fmt::format()
                     .json()
