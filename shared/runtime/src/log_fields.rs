@@ -236,7 +236,7 @@ impl VisitFmt for LogVisitor<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::io;
     use std::sync::{Arc, Mutex};
 
@@ -244,8 +244,9 @@ mod tests {
 
     use super::LogFields;
 
+    /// What a test's subscriber wrote (the JSON fields' test uses it too).
     #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Captured(pub(crate) Arc<Mutex<Vec<u8>>>);
 
     impl io::Write for Captured {
         fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
