@@ -364,10 +364,10 @@ pub(crate) fn delivery(message: &jetstream::Message) -> Option<(u32, u64)> {
 /// The delivery count and stream sequence in a `$JS.ACK.` reply subject, where every number in it is plain digits;
 /// `None` otherwise, and [`jetstream::Message::info`] reads it. `info` also parses the publish time into a date
 /// (an `i128` parse and a calendar conversion) and the other numbers, which no attempt uses: `delivery` took
-/// about 1,560 instructions per attempt through it, 900 through this (tests/bench/ANALYSIS.md, section 40). Where this gives
-/// numbers, `info` gives the same ones (a unit test holds the two to that): the same tokens (ADR-15's form of 7
-/// tokens after the prefix, or 9 and more, of which it reads 10), and every number `info` parses checked here
-/// too, so a subject it refuses is not taken here.
+/// about 1,560 instructions per attempt through it, 900 through this (tests/bench/ANALYSIS.md, section 40).
+/// Where this gives numbers, `info` gives the same ones (a unit test holds the two to that): the same tokens
+/// (ADR-15's form of 7 tokens after the prefix, or 9 and more, of which it reads 10), and every number `info`
+/// parses checked here too, so a subject it refuses is not taken here.
 fn ack_numbers(reply: &str) -> Option<(u64, u64)> {
     let rest = reply.strip_prefix("$JS.ACK.")?;
     // The first ten of `rest.split('.')`, by a loop over the bytes: `split` looks for each dot with a `memchr`

@@ -6,10 +6,10 @@
 //! about 9,000 instructions more than a text-logging one (tests/bench/ANALYSIS.md, section 40). Here each value is
 //! written as JSON into one string as it is recorded (strings that need no escape, integers and booleans directly,
 //! anything else through serde_json), and the fields are put in the map's order, by name, in one write at the
-//! end, so the text is the same byte for byte (a unit test holds the two to that). Only the span fields go through here: the JSON event format
-//! writes an event's own fields itself.
+//! end, so the text is the same byte for byte (a unit test holds the two to that). Only the span fields go
+//! through here: the JSON event format writes an event's own fields itself.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 
 use tracing::field::{Field, Visit};
 use tracing::span::Record;
@@ -17,6 +17,8 @@ use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::FormattedFields;
 use tracing_subscriber::fmt::format::Writer;
+
+use crate::log_fields::decimal;
 
 /// The JSON format's span fields (`fmt::layer().json().fmt_fields(JsonLogFields)`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -136,13 +138,16 @@ impl Visit for Gathered {
 
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.set(field.name(), |text| {
-            let _ = write!(text, "{value}");
+            if value < 0 {
+                text.push('-');
+            }
+            text.push_str(decimal(value.unsigned_abs(), &mut [0; 20]));
         });
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         self.set(field.name(), |text| {
-            let _ = write!(text, "{value}");
+            text.push_str(decimal(value, &mut [0; 20]));
         });
     }
 

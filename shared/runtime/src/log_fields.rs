@@ -85,28 +85,13 @@ impl LogVisitor<'_> {
         self.append(&[separator, name, "=\"", value, "\""]);
     }
 
-    /// `name=` and an integer, into the pending text: `Debug` for an integer goes through `core::fmt`'s padding and flag
-    /// checks, about 450 instructions for an attempt's sequence number, against a few dozen here.
+    /// `name=` and an integer, into the pending text.
     fn write_integer(&mut self, name: &str, negative: bool, magnitude: u64) {
         if self.result.is_err() {
             return;
         }
-        let mut digits = [0_u8; 20];
-        let mut start = digits.len();
-        let mut rest = magnitude;
-        loop {
-            start -= 1;
-            // A digit: `rest % 10` is below 10.
-            digits[start] = b'0' + (rest % 10) as u8;
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
-        // ASCII digits: valid UTF-8, so the check cannot fail.
-        let Ok(digits) = std::str::from_utf8(&digits[start..]) else {
-            return;
-        };
+        let mut buffer = [0_u8; 20];
+        let digits = decimal(magnitude, &mut buffer);
         let separator = self.separator();
         let sign = if negative { "-" } else { "" };
         self.append(&[separator, name, "=", sign, digits]);
@@ -165,6 +150,25 @@ impl LogVisitor<'_> {
         // It wrote the field (log metadata, which it skips, never gets here).
         self.is_empty = false;
     }
+}
+
+/// `magnitude`'s decimal digits, written into the end of `buffer`: `Debug` or `Display` for an integer goes through
+/// `core::fmt`'s padding and flag checks, about 450 instructions for an attempt's sequence number, against a few
+/// dozen here. The JSON fields write their integers through it too.
+pub(crate) fn decimal(magnitude: u64, buffer: &mut [u8; 20]) -> &str {
+    let mut start = buffer.len();
+    let mut rest = magnitude;
+    loop {
+        start -= 1;
+        // A digit: `rest % 10` is below 10.
+        buffer[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    // ASCII digits: valid UTF-8, so the check cannot fail.
+    std::str::from_utf8(&buffer[start..]).unwrap_or_default()
 }
 
 /// Whether `Debug` writes `value` between quotes as it is: printable ASCII without a quote or backslash. Every
