@@ -11,16 +11,24 @@
 //! connection task finds all of it at once. A request's reply comes back to the attempt that asked. Nothing
 //! changes in what is sent or when it counts: a plain ack was already a message left in the client's buffer, and
 //! a confirmed ack is still confirmed by the server's reply to that attempt.
+//!
+//! A request (a confirmed ack, a TERM) is a publish with a reply subject on this task's own inbox, `<inbox>.<n>`
+//! for a counter `n`, and its reply is matched back by `n`. Through async-nats' `send_request` each one cost a
+//! fresh random inbox name, a timer registered and cancelled, a boxed future and a map keyed by that name: about
+//! 5,000 instructions per confirmed ack in this task against about 1,200 for a plain one (tests/bench/ANALYSIS.md,
+//! section 41). The timeouts are checked together instead: one timer, set for the earliest deadline pending.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use async_nats::{Client, Subject};
+use async_nats::{Client, RequestError, RequestErrorKind, StatusCode, Subject, Subscriber};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 /// The most queued sends one round hands to the client: a bound on how long the other queued work waits.
 const ROUND: usize = 1024;
@@ -29,6 +37,14 @@ enum Queued {
     Publish {
         subject: Subject,
         body: Bytes,
+    },
+    /// A request: published with a reply subject on the task's inbox; the reply, or the error, goes back through
+    /// `answer`.
+    Request {
+        subject: Subject,
+        body: Bytes,
+        timeout: Duration,
+        answer: oneshot::Sender<Result<async_nats::Message, RequestError>>,
     },
     /// Work that sends and waits for an answer (a request, a KV write): its first poll, which hands its message
     /// to the connection, happens in the round; its answer goes back through the channel it carries.
@@ -80,21 +96,33 @@ impl Outbox {
         subject: Subject,
         body: Bytes,
         timeout: Duration,
-    ) -> Result<async_nats::Message, async_nats::RequestError> {
-        let client = self.client.clone();
-        self.run(async move {
-            let request = async_nats::Request::new()
-                .payload(body)
-                .timeout(Some(timeout));
-            client.send_request(subject, request).await
-        })
-        .await
-        .unwrap_or_else(|| {
-            Err(async_nats::RequestError::with_source(
-                async_nats::RequestErrorKind::Other,
-                "the runtime's sending task ended before the reply",
-            ))
-        })
+    ) -> Result<async_nats::Message, RequestError> {
+        let (answer, answered) = oneshot::channel();
+        match self.queue.send(Queued::Request {
+            subject,
+            body,
+            timeout,
+            answer,
+        }) {
+            Ok(()) => answered.await.unwrap_or_else(|_| {
+                Err(RequestError::with_source(
+                    RequestErrorKind::Other,
+                    "the runtime's sending task ended before the reply",
+                ))
+            }),
+            Err(mpsc::error::SendError(Queued::Request {
+                subject,
+                body,
+                timeout,
+                ..
+            })) => {
+                let request = async_nats::Request::new()
+                    .payload(body)
+                    .timeout(Some(timeout));
+                self.client.send_request(subject, request).await
+            }
+            Err(_) => unreachable!("the send given back is the request that was sent"),
+        }
     }
 
     /// Runs `work`, which sends through this process's connection and waits for an answer (a KV write and its
@@ -132,17 +160,29 @@ async fn run(client: Client, mut queue: mpsc::UnboundedReceiver<Queued>) {
     let mut running = FuturesUnordered::new();
     let mut round = Vec::with_capacity(64);
     let mut flushed = Vec::new();
+    let mut requests = Requests::default();
+    let timer = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(timer);
     loop {
         tokio::select! {
             biased;
             received = queue.recv_many(&mut round, ROUND) => {
                 if received == 0 {
-                    // Every handle is gone: finish the work in flight, then end.
+                    // Every handle is gone: finish the work in flight, then end. No request is waiting: its
+                    // caller holds a handle until it is answered.
                     while running.next().await.is_some() {}
                     return;
                 }
             }
             Some(()) = running.next(), if !running.is_empty() => continue,
+            Some(reply) = next_reply(requests.replies.as_mut()), if requests.replies.is_some() => {
+                requests.answer(reply);
+                continue;
+            }
+            () = &mut timer, if requests.armed.is_some() => {
+                requests.expire(timer.as_mut());
+                continue;
+            }
         }
         // The first sends of a round are here. The other tasks this worker has ready (attempts finishing beside
         // this one) run before this task resumes, and queue theirs: they all go out in this round.
@@ -153,12 +193,30 @@ async fn run(client: Client, mut queue: mpsc::UnboundedReceiver<Queued>) {
                 Err(_) => break,
             }
         }
+        let now = Instant::now();
         for send in round.drain(..) {
             match send {
                 Queued::Publish { subject, body } => {
                     if let Err(err) = client.publish(subject, body).await {
                         tracing::warn!(error = %err, "a queued send was not handed to the connection");
                     }
+                }
+                Queued::Request {
+                    subject,
+                    body,
+                    timeout,
+                    answer,
+                } => {
+                    requests
+                        .send(
+                            &client,
+                            subject,
+                            body,
+                            now + timeout,
+                            answer,
+                            timer.as_mut(),
+                        )
+                        .await;
                 }
                 Queued::Run(job) => running.push(job),
                 Queued::Flush(done) => flushed.push(done),
@@ -169,6 +227,145 @@ async fn run(client: Client, mut queue: mpsc::UnboundedReceiver<Queued>) {
         while let std::task::Poll::Ready(Some(())) = futures::poll!(running.next()) {}
         for done in flushed.drain(..) {
             let _ = done.send(());
+        }
+    }
+}
+
+/// The next reply on the task's inbox; never, before the first request has subscribed to it.
+async fn next_reply(replies: Option<&mut Replies>) -> Option<async_nats::Message> {
+    match replies {
+        Some(replies) => replies.subscriber.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The subscription every request's reply comes to.
+struct Replies {
+    /// `<inbox>.`: what each reply subject starts with, before its number.
+    prefix: String,
+    subscriber: Subscriber,
+}
+
+/// A request sent and not answered yet.
+struct Pending {
+    answer: oneshot::Sender<Result<async_nats::Message, RequestError>>,
+    deadline: Instant,
+}
+
+/// The requests in flight, by the number that ends their reply subject.
+#[derive(Default)]
+struct Requests {
+    /// Subscribed at the first request, so a function that never asks (plain acks) holds no subscription for it.
+    replies: Option<Replies>,
+    next: u64,
+    pending: HashMap<u64, Pending>,
+    /// The deadline the timer is set for; `None` while it is not set. Later deadlines than the one set wait for
+    /// it: with one timeout for every ack, the timer fires about once per timeout while requests are in flight.
+    armed: Option<Instant>,
+}
+
+impl Requests {
+    /// Publishes `body` to `subject` with a reply subject of its own, and keeps `answer` for the reply.
+    async fn send(
+        &mut self,
+        client: &Client,
+        subject: Subject,
+        body: Bytes,
+        deadline: Instant,
+        answer: oneshot::Sender<Result<async_nats::Message, RequestError>>,
+        timer: Pin<&mut tokio::time::Sleep>,
+    ) {
+        if self.replies.is_none() {
+            let inbox = client.new_inbox();
+            match client.subscribe(format!("{inbox}.*")).await {
+                Ok(subscriber) => {
+                    self.replies = Some(Replies {
+                        prefix: inbox + ".",
+                        subscriber,
+                    });
+                }
+                Err(err) => {
+                    let _ =
+                        answer.send(Err(RequestError::with_source(RequestErrorKind::Other, err)));
+                    return;
+                }
+            }
+        }
+        let Some(replies) = &self.replies else {
+            unreachable!("subscribed above")
+        };
+        let token = self.next;
+        self.next += 1;
+        let mut digits = [0; 20];
+        let digits = crate::log_fields::decimal(token, &mut digits);
+        let mut reply = String::with_capacity(replies.prefix.len() + digits.len());
+        reply.push_str(&replies.prefix);
+        reply.push_str(digits);
+        if let Err(err) = client.publish_with_reply(subject, reply, body).await {
+            let kind = match err.kind() {
+                async_nats::client::PublishErrorKind::InvalidSubject => {
+                    RequestErrorKind::InvalidSubject
+                }
+                async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
+                    RequestErrorKind::MaxPayloadExceeded
+                }
+                _ => RequestErrorKind::Other,
+            };
+            let _ = answer.send(Err(RequestError::with_source(kind, err)));
+            return;
+        }
+        self.pending.insert(token, Pending { answer, deadline });
+        if self.armed.is_none_or(|armed| deadline < armed) {
+            timer.reset(deadline);
+            self.armed = Some(deadline);
+        }
+    }
+
+    /// Gives a reply to the request its subject names, as `send_request` would: a no-responders status is an
+    /// error. A reply nobody waits for (its request timed out, a duplicate) is dropped.
+    fn answer(&mut self, reply: async_nats::Message) {
+        let Some(token) = self
+            .replies
+            .as_ref()
+            .and_then(|replies| reply.subject.as_str().strip_prefix(&replies.prefix))
+            .and_then(|digits| digits.parse::<u64>().ok())
+        else {
+            return;
+        };
+        let Some(pending) = self.pending.remove(&token) else {
+            return;
+        };
+        let answer = if reply.status == Some(StatusCode::NO_RESPONDERS) {
+            Err(RequestError::with_source(
+                RequestErrorKind::NoResponders,
+                "no responders",
+            ))
+        } else {
+            Ok(reply)
+        };
+        let _ = pending.answer.send(answer);
+    }
+
+    /// Fails the requests whose deadline has passed, and sets the timer for the earliest one left.
+    fn expire(&mut self, mut timer: Pin<&mut tokio::time::Sleep>) {
+        let now = Instant::now();
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, pending)| pending.deadline <= now)
+            .map(|(token, _)| *token)
+            .collect();
+        for token in expired {
+            if let Some(pending) = self.pending.remove(&token) {
+                let _ = pending.answer.send(Err(RequestError::with_source(
+                    RequestErrorKind::TimedOut,
+                    "no reply before the deadline",
+                )));
+            }
+        }
+        self.armed = self.pending.values().map(|pending| pending.deadline).min();
+        if let Some(earliest) = self.armed {
+            timer.as_mut().reset(earliest);
         }
     }
 }
@@ -235,6 +432,71 @@ mod tests {
                 .unwrap();
             assert!(seen.insert(n), "{n} arrived twice");
         }
+    }
+
+    /// A request whose reply never comes fails at its deadline, not at a later one's, and the requests after it
+    /// are still answered: the one timer is set again for what is left.
+    #[tokio::test]
+    async fn a_request_left_unanswered_times_out_at_its_own_deadline() {
+        let server = testkit::NatsServer::start();
+        let client = async_nats::connect(server.url()).await.unwrap();
+        // Subscribed and silent: the server has a responder, so no status comes back either.
+        let _silent = client.subscribe("outbox.silent").await.unwrap();
+        let mut asked = client.subscribe("outbox.echo").await.unwrap();
+        let replier = client.clone();
+        tokio::spawn(async move {
+            while let Some(message) = asked.next().await {
+                let _ = replier
+                    .publish(message.reply.unwrap(), message.payload)
+                    .await;
+            }
+        });
+        client.flush().await.unwrap();
+        let outbox = Outbox::start(client);
+
+        let slow = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move {
+                outbox
+                    .request(
+                        "outbox.silent".into(),
+                        Bytes::from_static(b"?"),
+                        Duration::from_secs(30),
+                    )
+                    .await
+            })
+        };
+        let started = std::time::Instant::now();
+        let err = tokio::time::timeout(
+            Duration::from_secs(10),
+            outbox.request(
+                "outbox.silent".into(),
+                Bytes::from_static(b"?"),
+                Duration::from_millis(300),
+            ),
+        )
+        .await
+        .expect("the request's own deadline ends it")
+        .unwrap_err();
+        let waited = started.elapsed();
+        assert_eq!(err.kind(), async_nats::RequestErrorKind::TimedOut, "{err}");
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(10),
+            "timed out after {waited:?}"
+        );
+        for n in 0..3 {
+            let reply = outbox
+                .request(
+                    "outbox.echo".into(),
+                    Bytes::from(format!("{n}")),
+                    Duration::from_secs(5),
+                )
+                .await
+                .unwrap();
+            assert_eq!(reply.payload, format!("{n}").as_bytes());
+        }
+        assert!(!slow.is_finished(), "the 30 s request ended early");
+        slow.abort();
     }
 
     /// A request nobody answers fails as the client's own would: no responders, not a hang.
