@@ -820,17 +820,41 @@ impl Inner {
         }
     }
 
-    /// `store.create`, through the outbox when there is one.
+    /// `store.create`, through the outbox when there is one: an update that expects no revision, and where one is
+    /// found, the key read as the KV API reads it (a deleted or purged key is written over).
     async fn create(&self, key: &str, value: Bytes) -> Result<u64, kv::CreateError> {
-        let (store, key) = (self.store.clone(), key.to_owned());
-        self.through_outbox(async move { store.create(key, value).await }, || {
-            kv::CreateError::new(CreateErrorKind::Other)
-        })
-        .await
+        if self.direct().is_none() {
+            let (store, key) = (self.store.clone(), key.to_owned());
+            return self
+                .through_outbox(async move { store.create(key, value).await }, || {
+                    kv::CreateError::new(CreateErrorKind::Other)
+                })
+                .await;
+        }
+        let refused = match self.update(key, value.clone(), 0).await {
+            Ok(revision) => return Ok(revision),
+            Err(err) => err,
+        };
+        match self.store.entry(key).await? {
+            Some(kv::Entry {
+                operation: Operation::Delete | Operation::Purge,
+                revision,
+                ..
+            }) => Ok(self.update(key, value, revision).await?),
+            Some(_) => Err(kv::CreateError::new(CreateErrorKind::AlreadyExists)),
+            None => Err(refused.into()),
+        }
     }
 
     /// `store.put`, through the outbox when there is one.
     async fn put(&self, key: &str, value: Bytes) -> Result<u64, kv::PutError> {
+        if let Some(outbox) = self.direct() {
+            return self
+                .write(outbox, key, value, None)
+                .await
+                .map(|ack| ack.sequence)
+                .map_err(|err| kv::PutError::with_source(kv::PutErrorKind::Ack, err));
+        }
         let (store, key) = (self.store.clone(), key.to_owned());
         self.through_outbox(async move { store.put(key, value).await }, || {
             kv::PutError::new(kv::PutErrorKind::Publish)
@@ -840,12 +864,79 @@ impl Inner {
 
     /// `store.update`, through the outbox when there is one.
     async fn update(&self, key: &str, value: Bytes, revision: u64) -> Result<u64, kv::UpdateError> {
+        if let Some(outbox) = self.direct() {
+            return self
+                .write(outbox, key, value, Some(revision))
+                .await
+                .map(|ack| ack.sequence)
+                .map_err(kv::UpdateError::from);
+        }
         let (store, key) = (self.store.clone(), key.to_owned());
         self.through_outbox(
             async move { store.update(key, value, revision).await },
             || kv::UpdateError::new(UpdateErrorKind::Other),
         )
         .await
+    }
+
+    /// The outbox, where a write can go as a request of its own ([`Inner::write`]): not for a bucket behind a
+    /// JetStream domain prefix, whose writes go through subjects the KV API builds.
+    fn direct(&self) -> Option<&crate::outbox::Outbox> {
+        self.outbox
+            .as_ref()
+            .filter(|_| !self.store.use_jetstream_prefix)
+    }
+
+    /// One KV write as the KV API sends it (the key's subject, `Nats-Expected-Last-Subject-Sequence` when
+    /// `expected`), sent as a request of the outbox's own ([`crate::outbox`]), and its stream ack read as the API
+    /// reads it: the same errors, a wrong revision as `WrongLastSequence`. Through `kv::Store` each write took a
+    /// random inbox, a timer and the client's request map (ANALYSIS section 41).
+    async fn write(
+        &self,
+        outbox: &crate::outbox::Outbox,
+        key: &str,
+        value: Bytes,
+        expected: Option<u64>,
+    ) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+        use jetstream::context::{PublishError, PublishErrorKind};
+        let prefix = self.store.put_prefix.as_ref().unwrap_or(&self.store.prefix);
+        let mut subject = String::with_capacity(prefix.len() + key.len());
+        subject.push_str(prefix);
+        subject.push_str(key);
+        let headers = expected.map(|revision| {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                async_nats::HeaderValue::from(revision),
+            );
+            headers
+        });
+        let reply = outbox
+            .request_with_headers(subject.into(), headers, value, WRITE_TIMEOUT)
+            .await
+            .map_err(|err| match err.kind() {
+                async_nats::RequestErrorKind::TimedOut => {
+                    PublishError::new(PublishErrorKind::TimedOut)
+                }
+                async_nats::RequestErrorKind::NoResponders => {
+                    PublishError::new(PublishErrorKind::StreamNotFound)
+                }
+                _ => PublishError::with_source(PublishErrorKind::Other, err),
+            })?;
+        match serde_json::from_slice(&reply.payload)
+            .map_err(|err| PublishError::with_source(PublishErrorKind::Other, err))?
+        {
+            StreamAck::Refused { error } => Err(match error.error_code() {
+                jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE => {
+                    PublishError::with_source(PublishErrorKind::WrongLastSequence, error)
+                }
+                jetstream::ErrorCode::STREAM_WRONG_LAST_MESSAGE_ID => {
+                    PublishError::with_source(PublishErrorKind::WrongLastMessageId, error)
+                }
+                _ => PublishError::with_source(PublishErrorKind::Other, error),
+            }),
+            StreamAck::Stored(ack) => Ok(ack),
+        }
     }
 
     /// Runs a single KV write in the outbox's task when there is one, so the writes of concurrent messages leave
@@ -1025,8 +1116,103 @@ fn push_token(out: &mut String, text: &str) {
     }));
 }
 
+/// How long a ledger write waits for its stream ack: the JetStream context's default, which `kv::Store`'s writes
+/// waited.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A stream's answer to a publish, as async-nats reads it.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum StreamAck {
+    Refused { error: jetstream::Error },
+    Stored(jetstream::publish::PublishAck),
+}
+
 #[cfg(test)]
 mod tests {
+
+    /// A write sent through the outbox's own requests answers as the same write through `kv::Store` does: the
+    /// revision, or the error kind the ledger's protocol branches on (a key that exists, a revision that moved on),
+    /// and a deleted key created again.
+    #[tokio::test]
+    async fn writes_through_the_outbox_answer_as_the_kv_apis_do() {
+        use super::*;
+        let server = testkit::NatsServer::start();
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let js = jetstream::new(client.clone());
+        let store = js
+            .create_key_value(kv::Config {
+                bucket: "ledger-writes".to_owned(),
+                history: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let lease = Duration::from_secs(60);
+        let outbox = crate::outbox::Outbox::start(client);
+        let direct = Ledger::build(js.clone(), store.clone(), "f", lease, None, Some(outbox));
+        let through_api = Ledger::build(js, store.clone(), "f", lease, None, None);
+        let inner = |ledger: &Ledger| match &ledger.backend {
+            Backend::Kv(inner) => inner.clone(),
+            #[cfg(feature = "testing")]
+            Backend::Memory(_) => unreachable!("a KV ledger"),
+        };
+        let (direct, through_api) = (inner(&direct), inner(&through_api));
+        assert!(direct.direct().is_some() && through_api.direct().is_none());
+
+        for (name, ledger) in [("direct", &direct), ("api", &through_api)] {
+            let key = |suffix: &str| format!("{name}-{suffix}");
+            let value = Bytes::from_static(b"v");
+            let first = ledger.create(&key("a"), value.clone()).await.unwrap();
+            let again = ledger.create(&key("a"), value.clone()).await.unwrap_err();
+            assert_eq!(
+                again.kind(),
+                CreateErrorKind::AlreadyExists,
+                "{name}: {again}"
+            );
+            let second = ledger
+                .update(&key("a"), value.clone(), first)
+                .await
+                .unwrap();
+            assert_eq!(
+                store.entry(key("a")).await.unwrap().unwrap().revision,
+                second,
+                "{name}"
+            );
+            let stale = ledger
+                .update(&key("a"), value.clone(), first)
+                .await
+                .unwrap_err();
+            assert_eq!(
+                stale.kind(),
+                UpdateErrorKind::WrongLastRevision,
+                "{name}: {stale}"
+            );
+            let absent = ledger
+                .update(&key("never"), value.clone(), second)
+                .await
+                .unwrap_err();
+            assert_eq!(
+                absent.kind(),
+                UpdateErrorKind::WrongLastRevision,
+                "{name}: {absent}"
+            );
+
+            store.delete(key("a")).await.unwrap();
+            let recreated = ledger.create(&key("a"), value.clone()).await.unwrap();
+            assert!(recreated > second, "{name}");
+
+            let put = ledger.put(&key("b"), value.clone()).await.unwrap();
+            let overwritten = ledger.put(&key("b"), value.clone()).await.unwrap();
+            assert!(overwritten > put, "{name}");
+            let entry = store.entry(key("b")).await.unwrap().unwrap();
+            assert_eq!(
+                (entry.revision, &entry.value[..]),
+                (overwritten, &b"v"[..]),
+                "{name}"
+            );
+        }
+    }
 
     /// The keys of effects recorded by earlier releases must still be found: the key is the formula it always was.
     #[test]

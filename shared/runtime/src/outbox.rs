@@ -42,6 +42,7 @@ enum Queued {
     /// `answer`.
     Request {
         subject: Subject,
+        headers: Option<async_nats::HeaderMap>,
         body: Bytes,
         timeout: Duration,
         answer: oneshot::Sender<Result<async_nats::Message, RequestError>>,
@@ -97,9 +98,25 @@ impl Outbox {
         body: Bytes,
         timeout: Duration,
     ) -> Result<async_nats::Message, RequestError> {
+        self.request_with_headers(subject, None, body, timeout)
+            .await
+    }
+
+    /// [`Outbox::request`] with headers: a KV write with its expected revision, answered by the stream's ack.
+    ///
+    /// # Errors
+    /// As [`Outbox::request`].
+    pub(crate) async fn request_with_headers(
+        &self,
+        subject: Subject,
+        headers: Option<async_nats::HeaderMap>,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<async_nats::Message, RequestError> {
         let (answer, answered) = oneshot::channel();
         match self.queue.send(Queued::Request {
             subject,
+            headers,
             body,
             timeout,
             answer,
@@ -112,13 +129,17 @@ impl Outbox {
             }),
             Err(mpsc::error::SendError(Queued::Request {
                 subject,
+                headers,
                 body,
                 timeout,
                 ..
             })) => {
-                let request = async_nats::Request::new()
+                let mut request = async_nats::Request::new()
                     .payload(body)
                     .timeout(Some(timeout));
+                if let Some(headers) = headers {
+                    request = request.headers(headers);
+                }
                 self.client.send_request(subject, request).await
             }
             Err(_) => unreachable!("the send given back is the request that was sent"),
@@ -203,19 +224,14 @@ async fn run(client: Client, mut queue: mpsc::UnboundedReceiver<Queued>) {
                 }
                 Queued::Request {
                     subject,
+                    headers,
                     body,
                     timeout,
                     answer,
                 } => {
+                    let message = (subject, headers, body);
                     requests
-                        .send(
-                            &client,
-                            subject,
-                            body,
-                            now + timeout,
-                            answer,
-                            timer.as_mut(),
-                        )
+                        .send(&client, message, now + timeout, answer, timer.as_mut())
                         .await;
                 }
                 Queued::Run(job) => running.push(job),
@@ -269,8 +285,7 @@ impl Requests {
     async fn send(
         &mut self,
         client: &Client,
-        subject: Subject,
-        body: Bytes,
+        (subject, headers, body): (Subject, Option<async_nats::HeaderMap>, Bytes),
         deadline: Instant,
         answer: oneshot::Sender<Result<async_nats::Message, RequestError>>,
         timer: Pin<&mut tokio::time::Sleep>,
@@ -301,7 +316,15 @@ impl Requests {
         let mut reply = String::with_capacity(replies.prefix.len() + digits.len());
         reply.push_str(&replies.prefix);
         reply.push_str(digits);
-        if let Err(err) = client.publish_with_reply(subject, reply, body).await {
+        let sent = match headers {
+            Some(headers) => {
+                client
+                    .publish_with_reply_and_headers(subject, reply, headers, body)
+                    .await
+            }
+            None => client.publish_with_reply(subject, reply, body).await,
+        };
+        if let Err(err) = sent {
             let kind = match err.kind() {
                 async_nats::client::PublishErrorKind::InvalidSubject => {
                     RequestErrorKind::InvalidSubject
