@@ -35,9 +35,14 @@ pub enum Kind {
     /// A raw pull consumer that double-acks each message with async-nats' `Message::double_ack` (which
     /// subscribes a fresh inbox per ack), 256 in flight.
     RawDoubleAck,
-    /// A raw pull consumer that confirms each ack the way the runtime does: a request on the connection's shared
-    /// reply subscription, 256 in flight.
+    /// A raw pull consumer that confirms each ack with async-nats' `Client::request` (the connection's shared reply
+    /// subscription, a random token per request), a task per message, 256 in flight: what the runtime did before
+    /// ANALYSIS section 41, and issue 13's baseline for confirmed acks.
     RawRequestAck,
+    /// A raw pull consumer that confirms each ack the way the runtime does since ANALYSIS section 41: published with
+    /// a reply subject of its own inbox and a counter, one subscription for every reply, the replies matched back by
+    /// the counter; one loop, no task per message, 256 in flight. The leanest confirmed ack the client allows.
+    RawInboxAck,
     /// The jetfn runtime with a handler that does nothing, confirmed acks (the default).
     RuntimeNoop,
     /// The jetfn runtime with a handler that does nothing and `JOB_ACK=plain`.
@@ -54,6 +59,7 @@ impl Kind {
             Self::RawAck => "raw-ack",
             Self::RawDoubleAck => "raw-double-ack",
             Self::RawRequestAck => "raw-request-ack",
+            Self::RawInboxAck => "raw-inbox-ack",
             Self::RuntimeNoop => "runtime-noop",
             Self::RuntimeNoopPlain => "runtime-noop-plain",
             Self::RuntimeLedger => "runtime-ledger",
@@ -153,7 +159,7 @@ pub async fn run(setup: &Setup, kind: Kind) -> anyhow::Result<Rate> {
     };
     let mut bucket = None;
     let side = match kind {
-        Kind::RawAck | Kind::RawDoubleAck | Kind::RawRequestAck => {
+        Kind::RawAck | Kind::RawDoubleAck | Kind::RawRequestAck | Kind::RawInboxAck => {
             let (url, ca, name) = (setup.url.clone(), setup.tls_ca.clone(), name.clone());
             start_side(one_thread, move || async move {
                 let client = connect(&url, ca.as_deref()).await?;
@@ -458,6 +464,9 @@ async fn raw_consume(
         }
         return Ok(());
     }
+    if kind == Kind::RawInboxAck {
+        return inbox_acks(&client, messages, batch).await;
+    }
     let permits = Arc::new(Semaphore::new(batch));
     loop {
         let permit = permits.clone().acquire_owned().await?;
@@ -476,6 +485,49 @@ async fn raw_consume(
             }
             drop(permit);
         });
+    }
+}
+
+/// Acks each message as a publish with the reply subject `<inbox>.<n>`, at most `in_flight` unconfirmed, and counts
+/// one confirmed when the server's reply for its `n` comes back.
+async fn inbox_acks(
+    client: &async_nats::Client,
+    mut messages: pull::Stream,
+    in_flight: usize,
+) -> anyhow::Result<()> {
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(format!("{inbox}.*")).await?;
+    let prefix = format!("{inbox}.");
+    let mut pending = std::collections::HashSet::with_capacity(in_flight);
+    let mut next = 0u64;
+    loop {
+        tokio::select! {
+            biased;
+            Some(reply) = replies.next() => {
+                let n = reply
+                    .subject
+                    .as_str()
+                    .strip_prefix(prefix.as_str())
+                    .and_then(|digits| digits.parse::<u64>().ok());
+                if let Some(n) = n {
+                    pending.remove(&n);
+                }
+            }
+            message = messages.next(), if pending.len() < in_flight => {
+                let Some(message) = message else {
+                    return Ok(());
+                };
+                let message = message.map_err(|err| anyhow::anyhow!("{err}"))?;
+                let Some(reply) = message.reply.clone() else {
+                    continue;
+                };
+                client
+                    .publish_with_reply(reply, format!("{prefix}{next}"), bytes::Bytes::from_static(b"+ACK"))
+                    .await?;
+                pending.insert(next);
+                next += 1;
+            }
+        }
     }
 }
 

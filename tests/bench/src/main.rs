@@ -97,8 +97,8 @@ struct Args {
     /// the containers' setting; a diagnostic for a partial run).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
-    /// Only these consume rows (raw-ack, raw-double-ack, raw-request-ack, runtime-noop-plain, runtime-noop,
-    /// runtime-ledger), for profiling one.
+    /// Only these consume rows (raw-ack, raw-double-ack, raw-request-ack, raw-inbox-ack, runtime-noop-plain,
+    /// runtime-noop, runtime-ledger), for profiling one.
     #[arg(long, value_delimiter = ',')]
     consume: Vec<String>,
     /// The welcome binary the welcome rows and the scale rows of welcome processes (replicas, functions) run
@@ -578,6 +578,13 @@ impl<'a> Phase<'a> {
                 Kind::RawRequestAck,
                 format!(
                     "raw pull consumer, acks confirmed by request on the shared inbox, {} in flight",
+                    consume::IN_FLIGHT
+                ),
+            ),
+            (
+                Kind::RawInboxAck,
+                format!(
+                    "raw pull consumer, acks confirmed through its own inbox (a reply subject per ack), {} in flight",
                     consume::IN_FLIGHT
                 ),
             ),

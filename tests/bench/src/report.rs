@@ -309,6 +309,7 @@ impl Report {
             let raw = value(format!("consume/raw-ack/{s}"));
             let raw_double = value(format!("consume/raw-double-ack/{s}"));
             let raw_request = value(format!("consume/raw-request-ack/{s}"));
+            let raw_inbox = value(format!("consume/raw-inbox-ack/{s}"));
             let noop_plain = value(format!("consume/runtime-noop-plain/{s}"));
             let noop = value(format!("consume/runtime-noop/{s}"));
             let ledger = value(format!("consume/runtime-ledger/{s}"));
@@ -321,14 +322,19 @@ impl Report {
             if let (Some(noop), Some(raw_double), Some(raw_request)) =
                 (noop, raw_double, raw_request)
             {
-                notes.push((
-                    format!("consume/runtime-noop/{s}"),
-                    format!(
-                        "{} of raw double acks, {} of raw request-confirmed acks",
-                        pct(noop / raw_double),
-                        pct(noop / raw_request)
-                    ),
-                ));
+                let mut note = format!(
+                    "{} of raw double acks, {} of raw request-confirmed acks",
+                    pct(noop / raw_double),
+                    pct(noop / raw_request)
+                );
+                if let Some(raw_inbox) = raw_inbox {
+                    let _ = write!(
+                        note,
+                        ", {} of raw acks confirmed through their own inbox (the runtime's path)",
+                        pct(noop / raw_inbox)
+                    );
+                }
+                notes.push((format!("consume/runtime-noop/{s}"), note));
             }
             // Issue 13's targets (issue 5's were lower: 70% for both no-op rows, 4× BullMQ, p99 ≤ 2 ms, cold
             // start ≤ 100 ms, idle RSS ≤ 20 MiB). Like with like: plain acks against plain acks, confirmed
