@@ -852,7 +852,6 @@ impl Inner {
             return self
                 .write(outbox, key, value, None)
                 .await
-                .map(|ack| ack.sequence)
                 .map_err(|err| kv::PutError::with_source(kv::PutErrorKind::Ack, err));
         }
         let (store, key) = (self.store.clone(), key.to_owned());
@@ -868,7 +867,6 @@ impl Inner {
             return self
                 .write(outbox, key, value, Some(revision))
                 .await
-                .map(|ack| ack.sequence)
                 .map_err(kv::UpdateError::from);
         }
         let (store, key) = (self.store.clone(), key.to_owned());
@@ -889,7 +887,7 @@ impl Inner {
 
     /// One KV write as the KV API sends it (the key's subject, `Nats-Expected-Last-Subject-Sequence` when
     /// `expected`), sent as a request of the outbox's own ([`crate::outbox`]), and its stream ack read as the API
-    /// reads it: the same errors, a wrong revision as `WrongLastSequence`. Through `kv::Store` each write took a
+    /// reads it: the revision written, or the same errors, a wrong revision as `WrongLastSequence`. Through `kv::Store` each write took a
     /// random inbox, a timer and the client's request map (ANALYSIS section 41).
     async fn write(
         &self,
@@ -897,7 +895,7 @@ impl Inner {
         key: &str,
         value: Bytes,
         expected: Option<u64>,
-    ) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+    ) -> Result<u64, jetstream::context::PublishError> {
         use jetstream::context::{PublishError, PublishErrorKind};
         let prefix = self.store.put_prefix.as_ref().unwrap_or(&self.store.prefix);
         let mut subject = String::with_capacity(prefix.len() + key.len());
@@ -935,7 +933,7 @@ impl Inner {
                 }
                 _ => PublishError::with_source(PublishErrorKind::Other, error),
             }),
-            StreamAck::Stored(ack) => Ok(ack),
+            StreamAck::Stored(ack) => Ok(ack.sequence),
         }
     }
 

@@ -290,24 +290,22 @@ impl Requests {
         answer: oneshot::Sender<Result<async_nats::Message, RequestError>>,
         timer: Pin<&mut tokio::time::Sleep>,
     ) {
-        if self.replies.is_none() {
-            let inbox = client.new_inbox();
-            match client.subscribe(format!("{inbox}.*")).await {
-                Ok(subscriber) => {
-                    self.replies = Some(Replies {
+        let replies = match &mut self.replies {
+            Some(replies) => replies,
+            None => {
+                let inbox = client.new_inbox();
+                match client.subscribe(format!("{inbox}.*")).await {
+                    Ok(subscriber) => self.replies.insert(Replies {
                         prefix: inbox + ".",
                         subscriber,
-                    });
-                }
-                Err(err) => {
-                    let _ =
-                        answer.send(Err(RequestError::with_source(RequestErrorKind::Other, err)));
-                    return;
+                    }),
+                    Err(err) => {
+                        let _ = answer
+                            .send(Err(RequestError::with_source(RequestErrorKind::Other, err)));
+                        return;
+                    }
                 }
             }
-        }
-        let Some(replies) = &self.replies else {
-            unreachable!("subscribed above")
         };
         let token = self.next;
         self.next += 1;
@@ -372,19 +370,14 @@ impl Requests {
     /// Fails the requests whose deadline has passed, and sets the timer for the earliest one left.
     fn expire(&mut self, mut timer: Pin<&mut tokio::time::Sleep>) {
         let now = Instant::now();
-        let expired: Vec<u64> = self
+        for (_, pending) in self
             .pending
-            .iter()
-            .filter(|(_, pending)| pending.deadline <= now)
-            .map(|(token, _)| *token)
-            .collect();
-        for token in expired {
-            if let Some(pending) = self.pending.remove(&token) {
-                let _ = pending.answer.send(Err(RequestError::with_source(
-                    RequestErrorKind::TimedOut,
-                    "no reply before the deadline",
-                )));
-            }
+            .extract_if(|_, pending| pending.deadline <= now)
+        {
+            let _ = pending.answer.send(Err(RequestError::with_source(
+                RequestErrorKind::TimedOut,
+                "no reply before the deadline",
+            )));
         }
         self.armed = self.pending.values().map(|pending| pending.deadline).min();
         if let Some(earliest) = self.armed {
