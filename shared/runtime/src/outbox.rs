@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -198,6 +199,13 @@ async fn run(client: Client, mut queue: mpsc::UnboundedReceiver<Queued>) {
             Some(()) = running.next(), if !running.is_empty() => continue,
             Some(reply) = next_reply(requests.replies.as_mut()), if requests.replies.is_some() => {
                 requests.answer(reply);
+                // The replies that came in the same read are answered here, not one per turn of the select, which
+                // polls every other branch first each time.
+                while let Some(replies) = requests.replies.as_mut()
+                    && let std::task::Poll::Ready(Some(reply)) = futures::poll!(replies.subscriber.next())
+                {
+                    requests.answer(reply);
+                }
                 continue;
             }
             () = &mut timer, if requests.armed.is_some() => {
@@ -274,10 +282,32 @@ struct Requests {
     /// Subscribed at the first request, so a function that never asks (plain acks) holds no subscription for it.
     replies: Option<Replies>,
     next: u64,
-    pending: HashMap<u64, Pending>,
+    pending: HashMap<u64, Pending, BuildHasherDefault<Sequential>>,
     /// The deadline the timer is set for; `None` while it is not set. Later deadlines than the one set wait for
     /// it: with one timeout for every ack, the timer fires about once per timeout while requests are in flight.
     armed: Option<Instant>,
+}
+
+/// The hash of a request's number. The numbers are consecutive and made here, so no caller can choose keys that
+/// collide, and SipHash's guard against that costs more than the map's lookup itself. A multiply by an odd constant
+/// spreads consecutive numbers over the table's buckets (the low bits) and its control bytes (the high bits).
+#[derive(Default)]
+struct Sequential(u64);
+
+impl Hasher for Sequential {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 impl Requests {
