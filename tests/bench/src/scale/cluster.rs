@@ -98,6 +98,15 @@ pub async fn run(root: &Path, nats_bin: &Path, plan: &Plan) -> anyhow::Result<Ve
             ),
         },
         Measured {
+            slug: "raw-inbox-ack",
+            kind: Kind::RawInboxAck,
+            batches: false,
+            label: format!(
+                "raw pull consumer, acks confirmed through its own inbox (a reply subject per ack), {} in flight",
+                consume::IN_FLIGHT
+            ),
+        },
+        Measured {
             slug: "runtime-noop",
             kind: Kind::RuntimeNoop,
             batches: false,
@@ -221,6 +230,7 @@ fn relate(rows: &mut [Row]) {
     ) else {
         return;
     };
+    let inbox = value(rows, "raw-inbox-ack");
     for row in rows.iter_mut() {
         let baseline = if row.id == "scale/cluster/consume/runtime-noop" {
             Some(("raw request-confirmed acks", request))
@@ -230,8 +240,18 @@ fn relate(rows: &mut [Row]) {
             None
         };
         if let Some((name, baseline)) = baseline.filter(|(_, baseline)| *baseline > 0.0) {
+            // The runtime's own path for a confirmed ack (section 41 of the analysis), beside the target's baseline.
+            let inbox = inbox
+                .filter(|inbox| *inbox > 0.0 && row.id == "scale/cluster/consume/runtime-noop")
+                .map(|inbox| {
+                    format!(
+                        ", {:.0}% of raw acks confirmed through their own inbox",
+                        row.value / inbox * 100.0
+                    )
+                })
+                .unwrap_or_default();
             row.note = format!(
-                "{:.0}% of {name}; {}",
+                "{:.0}% of {name}{inbox}; {}",
                 row.value / baseline * 100.0,
                 row.note
             );

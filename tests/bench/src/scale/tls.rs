@@ -179,6 +179,13 @@ async fn measure(
             ),
         ),
         (
+            Kind::RawInboxAck,
+            format!(
+                "raw pull consumer, acks confirmed through its own inbox (a reply subject per ack), {} in flight",
+                consume::IN_FLIGHT
+            ),
+        ),
+        (
             Kind::RuntimeNoop,
             "jetfn runtime, no-op handler, confirmed acks (default)".to_owned(),
         ),
