@@ -131,6 +131,9 @@ pub struct Setup {
     /// The CA that signed the certificate of a server that serves only TLS: the raw consumers then require TLS and
     /// trust it, and the runtime gets it as `NATS_TLS_CA_FILE`, so both pay what a deployed function pays.
     pub tls_ca: Option<PathBuf>,
+    /// A client certificate and its key, for a server that asks for one (mutual TLS): the raw consumers present it,
+    /// and the runtime gets it as `NATS_TLS_CERT_FILE` and `NATS_TLS_KEY_FILE`.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
 }
 
 /// Runs one row once and returns its rate.
@@ -160,9 +163,14 @@ pub async fn run(setup: &Setup, kind: Kind) -> anyhow::Result<Rate> {
     let mut bucket = None;
     let side = match kind {
         Kind::RawAck | Kind::RawDoubleAck | Kind::RawRequestAck | Kind::RawInboxAck => {
-            let (url, ca, name) = (setup.url.clone(), setup.tls_ca.clone(), name.clone());
+            let (url, ca, identity, name) = (
+                setup.url.clone(),
+                setup.tls_ca.clone(),
+                setup.tls_client.clone(),
+                name.clone(),
+            );
             start_side(one_thread, move || async move {
-                let client = connect(&url, ca.as_deref()).await?;
+                let client = connect(&url, ca.as_deref(), identity.as_ref()).await?;
                 let consumer: PullConsumer = jetstream::new(client.clone())
                     .get_stream("EVENTS")
                     .await?
@@ -346,8 +354,13 @@ pub fn window_row(
 
 /// A connection to `url`, one server or a cluster's comma-separated list, read as a function reads `NATS_URL`
 /// (async-nats parses only a single URL from a string). With `tls_ca`, TLS is required and the server's certificate
-/// verified against that CA, so a raw baseline never falls back to plain text.
-pub async fn connect(url: &str, tls_ca: Option<&Path>) -> anyhow::Result<async_nats::Client> {
+/// verified against that CA, so a raw baseline never falls back to plain text; with `tls_client` as well, that
+/// certificate is presented to a server that asks for one.
+pub async fn connect(
+    url: &str,
+    tls_ca: Option<&Path>,
+    tls_client: Option<&(PathBuf, PathBuf)>,
+) -> anyhow::Result<async_nats::Client> {
     let servers = runtime::nats_url::parse(url)
         .map_err(|err| anyhow::anyhow!("parsing the server list {url}: {err}"))?;
     let mut options = async_nats::ConnectOptions::new();
@@ -355,6 +368,9 @@ pub async fn connect(url: &str, tls_ca: Option<&Path>) -> anyhow::Result<async_n
         options = options
             .add_root_certificates(ca.to_path_buf())
             .require_tls(true);
+    }
+    if let Some((cert, key)) = tls_client {
+        options = options.add_client_certificate(cert.clone(), key.clone());
     }
     Ok(options.connect(servers).await?)
 }
@@ -438,6 +454,8 @@ pub async fn runtime_for(
     // The CA goes through the runtime's own configuration, the path `NATS_TLS_CA_FILE` takes in a function.
     let nats = NatsConfig {
         tls_ca_file: setup.tls_ca.clone(),
+        tls_cert_file: setup.tls_client.as_ref().map(|(cert, _)| cert.clone()),
+        tls_key_file: setup.tls_client.as_ref().map(|(_, key)| key.clone()),
         ..NatsConfig::local(setup.url.clone())
     };
     Runtime::new("bench", &nats, job).await

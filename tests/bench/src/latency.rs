@@ -71,7 +71,12 @@ pub async fn run(
             })
         }
         Pipeline::Raw => {
-            let client = consume::connect(&setup.url, setup.tls_ca.as_deref()).await?;
+            let client = consume::connect(
+                &setup.url,
+                setup.tls_ca.as_deref(),
+                setup.tls_client.as_ref(),
+            )
+            .await?;
             let consumer: PullConsumer = jetstream::new(client)
                 .get_stream("EVENTS")
                 .await?
@@ -104,7 +109,12 @@ pub async fn run(
         }
     };
 
-    let client = consume::connect(&setup.url, setup.tls_ca.as_deref()).await?;
+    let client = consume::connect(
+        &setup.url,
+        setup.tls_ca.as_deref(),
+        setup.tls_client.as_ref(),
+    )
+    .await?;
     let js = jetstream::new(client.clone());
     let publisher = Publisher::new(client.clone(), "/signup-api");
     let failures = Arc::new(AtomicU64::new(0));

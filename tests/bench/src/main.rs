@@ -561,6 +561,7 @@ impl<'a> Phase<'a> {
             atomic_batches: self.sync() == Sync::Always,
             ledger_replicas: 1,
             tls_ca: None,
+            tls_client: None,
         };
         let kinds = [
             (
@@ -730,6 +731,7 @@ impl<'a> Phase<'a> {
             atomic_batches: self.sync() == Sync::Always,
             ledger_replicas: 1,
             tls_ca: None,
+            tls_client: None,
         };
         let durability = self.sync().label();
         let mut rows = Vec::new();

@@ -44,7 +44,7 @@ pub async fn run(root: &Path, nats_bin: &Path, plan: &Plan) -> anyhow::Result<Ve
     })
     .context("starting a three-node cluster")?;
     let url = cluster.url();
-    let client = consume::connect(&url, None).await?;
+    let client = consume::connect(&url, None, None).await?;
     let js = jetstream::new(client.clone());
     let mut definitions = Definitions::load(&root.join("infra/nats"))?;
     definitions.schedules.clear();
@@ -77,6 +77,7 @@ pub async fn run(root: &Path, nats_bin: &Path, plan: &Plan) -> anyhow::Result<Ve
         atomic_batches: false,
         ledger_replicas: REPLICAS,
         tls_ca: None,
+        tls_client: None,
     };
     let measured = [
         Measured {

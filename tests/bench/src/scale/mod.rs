@@ -270,17 +270,17 @@ impl Server {
         Self::start_with(root, bin, None).await
     }
 
-    /// [`Self::start`], serving only TLS with `certs`' server certificate when given (no client certificate
-    /// asked), so the TLS part's two servers differ in nothing else.
+    /// [`Self::start`], serving only TLS with `certs`' server certificate when given, and with `true` asking every
+    /// client for a certificate that CA signed (mutual TLS), so the TLS part's servers differ in nothing else.
     async fn start_with(
         root: &Path,
         bin: &Path,
-        certs: Option<&testkit::TestCertificates>,
+        certs: Option<(&testkit::TestCertificates, bool)>,
     ) -> anyhow::Result<Self> {
         let dir = TempDir::new("scale")?;
         let mut builder = testkit::NatsServer::builder();
-        if let Some(certs) = certs {
-            builder = builder.tls(certs, false);
+        if let Some((certs, verify)) = certs {
+            builder = builder.tls(certs, verify);
         }
         let server = builder
             .bin(bin)
@@ -292,8 +292,12 @@ impl Server {
             .jetstream_config("max_file_store: 16GB\nmax_memory_store: 256MB")
             .quiet()
             .try_start()?;
-        let ca = certs.map(testkit::TestCertificates::ca);
-        let client = crate::consume::connect(&server.url(), ca.as_deref()).await?;
+        let ca = certs.map(|(certs, _)| certs.ca());
+        let identity = certs
+            .filter(|(_, verify)| *verify)
+            .map(|(certs, _)| (certs.client_cert(), certs.client_key()));
+        let client =
+            crate::consume::connect(&server.url(), ca.as_deref(), identity.as_ref()).await?;
         let js = jetstream::new(client.clone());
         let mut definitions = Definitions::load(&root.join("infra/nats"))?;
         definitions.schedules.clear();
@@ -358,7 +362,7 @@ impl Server {
         // A connection of its own per try: the shared client reconnects on its own schedule, whose backoff
         // would be counted as the server's.
         loop {
-            if let Ok(client) = crate::consume::connect(&self.url(), None).await
+            if let Ok(client) = crate::consume::connect(&self.url(), None, None).await
                 && jetstream::new(client).query_account().await.is_ok()
             {
                 break;

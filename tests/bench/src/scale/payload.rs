@@ -199,6 +199,7 @@ fn setup(server: &Server, window: Window) -> consume::Setup {
         atomic_batches: false,
         ledger_replicas: 1,
         tls_ca: None,
+        tls_client: None,
     }
 }
 

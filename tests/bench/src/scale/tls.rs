@@ -1,7 +1,9 @@
 //! TLS to the server: every other row runs in plain text on the loopback, while the compose stack and Kubernetes
-//! connect over TLS. Two servers alike in all but the `tls { }` block (the test kit's certificates, no client
-//! certificate asked) run side by side, with the same definitions and the same counts, and every row runs on both,
-//! interleaved run by run with the order swapped each run, so drift on a shared machine falls on both sides.
+//! connect over TLS. Three servers alike in all but the `tls { }` block run side by side, with the same definitions
+//! and the same counts: plain text, TLS (the test kit's certificates, no client certificate asked), and mutual TLS
+//! (`verify: true`: every client presents a certificate the CA signed, as a deployment that authenticates its
+//! functions by certificate runs). Every row runs on all three, interleaved run by run with the order rotated each
+//! run, so drift on a shared machine falls on every side.
 //!
 //! On the loopback the network costs nothing, so what TLS adds is CPU: encryption and decryption in the bench (or
 //! the runtime) and in nats-server. The CPU per event of each side is the figure a deployment carries over; the
@@ -23,18 +25,23 @@ use crate::report::Row;
 
 const SECTION: &str = "Scale: TLS to the server (one node, beside the same rows in plain text)";
 
-/// Which of the two servers a row ran on.
+/// Which of the three servers a row ran on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Transport {
     Plain,
     Tls,
+    /// TLS with a client certificate asked and verified.
+    Mutual,
 }
 
 impl Transport {
+    const ALL: [Self; 3] = [Self::Plain, Self::Tls, Self::Mutual];
+
     fn slug(self) -> &'static str {
         match self {
             Self::Plain => "plain",
             Self::Tls => "tls",
+            Self::Mutual => "mtls",
         }
     }
 
@@ -42,6 +49,7 @@ impl Transport {
         match self {
             Self::Plain => "plain",
             Self::Tls => "over TLS",
+            Self::Mutual => "over mutual TLS (client certificate)",
         }
     }
 }
@@ -60,11 +68,12 @@ struct Run {
     machine_busy: f64,
 }
 
-/// Both sides of one row: its runs (or a latency row's quantiles).
+/// The three sides of one row: its runs (or a latency row's quantiles).
 #[derive(Debug)]
 struct Sides<T = Run> {
     plain: Vec<T>,
     tls: Vec<T>,
+    mutual: Vec<T>,
 }
 
 impl<T> Default for Sides<T> {
@@ -72,15 +81,29 @@ impl<T> Default for Sides<T> {
         Self {
             plain: Vec::new(),
             tls: Vec::new(),
+            mutual: Vec::new(),
         }
     }
 }
 
 impl<T> Sides<T> {
     fn push(&mut self, transport: Transport, run: T) {
+        self.side_mut(transport).push(run);
+    }
+
+    fn side(&self, transport: Transport) -> &[T] {
         match transport {
-            Transport::Plain => self.plain.push(run),
-            Transport::Tls => self.tls.push(run),
+            Transport::Plain => &self.plain,
+            Transport::Tls => &self.tls,
+            Transport::Mutual => &self.mutual,
+        }
+    }
+
+    fn side_mut(&mut self, transport: Transport) -> &mut Vec<T> {
+        match transport {
+            Transport::Plain => &mut self.plain,
+            Transport::Tls => &mut self.tls,
+            Transport::Mutual => &mut self.mutual,
         }
     }
 }
@@ -91,36 +114,43 @@ pub async fn run(root: &Path, nats_bin: &Path, plan: &Plan) -> anyhow::Result<Ve
     let plain = Server::start_with(root, nats_bin, None)
         .await
         .context("starting the plain nats-server")?;
-    let tls = match Server::start_with(root, nats_bin, Some(&certs)).await {
+    let tls = match Server::start_with(root, nats_bin, Some((&certs, false))).await {
         Ok(tls) => tls,
         Err(err) => {
             plain.stop();
             return Err(err.context("starting the TLS nats-server"));
         }
     };
-    let result = measure(&plain, &tls, &certs, plan).await;
+    let mutual = match Server::start_with(root, nats_bin, Some((&certs, true))).await {
+        Ok(mutual) => mutual,
+        Err(err) => {
+            plain.stop();
+            tls.stop();
+            return Err(err.context("starting the mutual-TLS nats-server"));
+        }
+    };
+    let result = measure([&plain, &tls, &mutual], &certs, plan).await;
     plain.stop();
     tls.stop();
+    mutual.stop();
     result
 }
 
 async fn measure(
-    plain: &Server,
-    tls: &Server,
+    [plain, tls, mutual]: [&Server; 3],
     certs: &testkit::TestCertificates,
     plan: &Plan,
 ) -> anyhow::Result<Vec<Row>> {
     let server = |transport| match transport {
         Transport::Plain => plain,
         Transport::Tls => tls,
+        Transport::Mutual => mutual,
     };
-    // Swapped every run: whichever side ran second would otherwise always meet a warmer (or busier) machine.
+    // Rotated every run: whichever side ran last would otherwise always meet a warmer (or busier) machine.
     let order = |run: usize| {
-        if run.is_multiple_of(2) {
-            [Transport::Plain, Transport::Tls]
-        } else {
-            [Transport::Tls, Transport::Plain]
-        }
+        let mut order = Transport::ALL;
+        order.rotate_left(run % Transport::ALL.len());
+        order
     };
 
     // Publishing fills each stream: the first run's events are the window every consume row reads, later runs only
@@ -167,7 +197,9 @@ async fn measure(
             server_pids: vec![server.pid()],
             atomic_batches: false,
             ledger_replicas: 1,
-            tls_ca: (transport == Transport::Tls).then(|| certs.ca()),
+            tls_ca: (transport != Transport::Plain).then(|| certs.ca()),
+            tls_client: (transport == Transport::Mutual)
+                .then(|| (certs.client_cert(), certs.client_key())),
         }
     };
     let kinds = [
@@ -271,6 +303,7 @@ async fn measure(
     for (transport, runs) in [
         (Transport::Plain, latencies.plain),
         (Transport::Tls, latencies.tls),
+        (Transport::Mutual, latencies.mutual),
     ] {
         rows.push(Row::latency_runs(
             format!("scale/tls/e2e-{LATENCY_RATE}/{}", transport.slug()),
@@ -325,21 +358,30 @@ fn pair(slug: &str, label: &str, client: &str, sides: &Sides) -> Vec<Row> {
         );
         row
     };
-    let plain = row(Transport::Plain, &sides.plain);
-    let mut tls = row(Transport::Tls, &sides.tls);
-    if let (Some((plain_bench, plain_nats)), Some((tls_bench, tls_nats))) =
-        (plain.cpu_us_per_event, tls.cpu_us_per_event)
-        && plain.value > 0.0
-    {
-        tls.note = format!(
-            "{:.0}% of plain; {}; TLS adds {:+.1} µs ({client}) and {:+.1} µs (nats-server) per event",
-            tls.value / plain.value * 100.0,
-            tls.note,
-            tls_bench - plain_bench,
-            tls_nats - plain_nats,
-        );
+    let plain = row(Transport::Plain, sides.side(Transport::Plain));
+    let mut rows = vec![plain];
+    for transport in [Transport::Tls, Transport::Mutual] {
+        let mut encrypted = row(transport, sides.side(transport));
+        let plain = &rows[0];
+        if let (Some((plain_bench, plain_nats)), Some((bench, nats))) =
+            (plain.cpu_us_per_event, encrypted.cpu_us_per_event)
+            && plain.value > 0.0
+        {
+            let what = match transport {
+                Transport::Mutual => "mutual TLS",
+                _ => "TLS",
+            };
+            encrypted.note = format!(
+                "{:.0}% of plain; {}; {what} adds {:+.1} µs ({client}) and {:+.1} µs (nats-server) per event",
+                encrypted.value / plain.value * 100.0,
+                encrypted.note,
+                bench - plain_bench,
+                nats - plain_nats,
+            );
+        }
+        rows.push(encrypted);
     }
-    vec![plain, tls]
+    rows
 }
 
 /// CPU seconds over `events` as microseconds per event, (bench, nats-server).
